@@ -1,0 +1,63 @@
+# imagebuild. Two commands on a fresh machine:
+#   make golden   build + verify the default golden image end to end
+#   make test     the whole test suite (unit, real-tool and end-to-end QEMU tests)
+# Both install what they need (Debian packages, the venv) on first use.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUILD := build
+APT_PACKAGES := packer qemu-system-x86 qemu-utils mmdebstrap shellcheck cloud-init xorriso \
+	cloud-image-utils busybox-static grub-pc-bin grub2-common e2fsprogs fdisk curl systemd
+export CHECKPOINT_DISABLE := 1
+
+.PHONY: golden test test-fast test-e2e deps venv lint regen-defaults regen-cases bench fuzz clean
+
+## golden: the main job on the built-in default spec: base image, bake, verify, print the report
+golden: venv
+	$(PY) -m imagebuild.golden --work $(BUILD)/golden
+
+## test: everything CI runs
+test: venv
+	$(PY) -m pytest -v --timeout=3600
+
+## test-fast: unit and real-tool tests, no QEMU boots (about a minute)
+test-fast: venv
+	$(PY) -m pytest -m "not e2e" -q
+
+## test-e2e: only the end-to-end QEMU / Packer tests
+test-e2e: venv
+	$(PY) -m pytest -m e2e -v --timeout=3600
+
+## deps: the Debian packages (installed only when one is missing)
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+## venv: the virtualenv with imagebuild (editable) and its test dependencies
+venv: deps $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+## regen-defaults: re-read `containerd config default` from the real 1.6, 1.7 and 2.1 binaries
+regen-defaults: venv
+	$(PY) -m imagebuild.debian_artifacts defaults
+
+## regen-cases: rewrite the expected files of tests/cases/* (review the diff!)
+regen-cases: venv
+	$(PY) -m tests.cases regen
+	git status --short tests/cases
+
+## bench: performance figures, side by side
+bench: venv
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(BUILD) output .pytest_cache

@@ -1,0 +1,113 @@
+"""boto3 clients for publish and prune, and AWS errors turned into clear messages.
+
+Credentials come only from boto3's normal chain (environment variables, shared config/profile,
+instance roles); nothing here reads, stores or prints them. An endpoint override (a local test
+server, a VPC endpoint) uses boto3's own `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>`
+environment support, so there is no separate imagebuild setting for it.
+
+A *client factory* is any callable `(service, region) -> client`; publish and prune take one so
+that callers (and tests) can wrap the real clients.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from imagebuild.errors import ImagebuildError
+
+ClientFactory = Callable[[str, str], Any]
+
+# Parallel put_snapshot_block requests; each holds one 512 KiB block in memory.
+DEFAULT_POOL_CONNECTIONS = 16
+
+
+def boto3_clients(*, max_pool_connections: int = DEFAULT_POOL_CONNECTIONS) -> ClientFactory:
+    """A factory of boto3 clients from one default session, one client per (service, region).
+
+    Clients are created under a lock (a boto3 Session is not thread-safe); the clients
+    themselves are safe to share between threads.
+    """
+    try:
+        import boto3
+        import botocore
+        import botocore.config
+        import botocore.configprovider
+    except ImportError:
+        raise ImagebuildError("publishing to AWS needs boto3: pip install boto3") from None
+
+    if (os.environ.get("AWS_ENDPOINT_URL") or _service_endpoint_env()) and not hasattr(
+        botocore.configprovider, "ConfiguredEndpointProvider"
+    ):
+        raise ImagebuildError(
+            f"AWS_ENDPOINT_URL is set but botocore {botocore.__version__} ignores it; "
+            "upgrade boto3/botocore (endpoint settings from the environment came in botocore 1.31)"
+        )
+
+    session = boto3.session.Session()
+    config = botocore.config.Config(
+        max_pool_connections=max_pool_connections,
+        user_agent_appid="imagebuild",
+    )
+    lock = threading.Lock()
+    cache: dict[tuple[str, str], Any] = {}
+
+    def factory(service: str, region: str) -> Any:
+        key = (service, region)
+        with lock:
+            client = cache.get(key)
+            if client is None:
+                client = session.client(service, region_name=region, config=config)
+                cache[key] = client
+            return client
+
+    return factory
+
+
+def _service_endpoint_env() -> bool:
+    return any(name.startswith("AWS_ENDPOINT_URL_") for name in os.environ)
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError (`InvalidAMIID.NotFound`), else ''."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code") or "")
+    return ""
+
+
+def is_aws_error(exc: BaseException) -> bool:
+    """True for errors raised by botocore (API errors, connection errors, missing credentials)."""
+    try:
+        import botocore.exceptions
+    except ImportError:  # pragma: no cover - boto3 missing means no AWS call was made
+        return False
+    return isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError))
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying what AWS (or the way to it) said, without a traceback."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        code = response["Error"].get("Code") or "error"
+        message = response["Error"].get("Message") or ""
+        operation = getattr(exc, "operation_name", "")
+        where = f" in {operation}" if operation else ""
+        text = f"{code}{where}"
+        if message and message != "None":
+            text += f": {message}"
+        return text
+    text = str(exc).strip() or type(exc).__name__
+    first = text.splitlines()[0]
+    try:
+        import botocore.exceptions
+
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return (
+                "no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "or run where an instance role is available)"
+            )
+    except ImportError:  # pragma: no cover
+        pass
+    return first

@@ -1,0 +1,237 @@
+"""The inputs publish and prune work from, and the decisions prune makes.
+
+`Manifest` and `VerifyResult` are read from a baked image directory (`manifest.json`,
+`verify.json`); `PublishTarget` says where and how to publish; `Decision` is one line of a prune.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from imagebuild.errors import ImagebuildError
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(r"^[0-9a-f]+$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+# AMI names: 3-128 characters of letters, digits and ( ) [ ] space . / - ' @ _
+_AMI_NAME_CHARS = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]+$")
+
+BOOT_MODES = ("legacy-bios", "uefi", "uefi-preferred")
+# manifest architecture -> EC2 architecture
+ARCHITECTURES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ImagebuildError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise ImagebuildError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImagebuildError(f"{what} {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ImagebuildError(f"{what} {path} must hold a JSON object")
+    return data
+
+
+def _need(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in data:
+        raise ImagebuildError(f"{where}: missing field {key!r}")
+    value = data[key]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ImagebuildError(f"{where}: field {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_build_time(text: str, where: str = "build_time") -> datetime:
+    """An ISO-8601 time (with `Z` or an offset) as an aware UTC datetime."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise ImagebuildError(f"{where}: not an ISO-8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise ImagebuildError(f"{where}: time {text!r} has no time zone (expected UTC, e.g. ...Z)")
+    return moment.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    source: str
+    checksum: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`manifest.json` of a baked image directory."""
+
+    image: str
+    sha256: str
+    virtual_size: int
+    disk_size: int
+    family: str
+    spec_hash: str
+    inputs_hash: str
+    containerd_version: str
+    runc_version: str
+    base_image: BaseImage
+    build_time: str
+    boot_mode: str
+    architecture: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "manifest.json") -> Manifest:
+        image = _need(data, "image", str, where)
+        if not image or "/" in image or "\\" in image or image in (".", ".."):
+            raise ImagebuildError(f"{where}: 'image' must be a file name in the image directory, got {image!r}")
+        sha = _need(data, "sha256", str, where).lower()
+        if not _HEX64.match(sha):
+            raise ImagebuildError(f"{where}: 'sha256' must be 64 hex digits, got {sha!r}")
+        virtual_size = _need(data, "virtual_size", int, where)
+        if virtual_size <= 0:
+            raise ImagebuildError(f"{where}: 'virtual_size' must be positive, got {virtual_size}")
+        base = _need(data, "base_image", dict, where)
+        boot_mode = _need(data, "boot_mode", str, where)
+        if boot_mode not in BOOT_MODES:
+            raise ImagebuildError(f"{where}: 'boot_mode' must be one of {', '.join(BOOT_MODES)}, got {boot_mode!r}")
+        arch = _need(data, "architecture", str, where)
+        if arch not in ARCHITECTURES:
+            raise ImagebuildError(f"{where}: 'architecture' {arch!r} is not one of {', '.join(ARCHITECTURES)}")
+        build_time = _need(data, "build_time", str, where)
+        parse_build_time(build_time, f"{where}: build_time")
+        for key in ("spec_hash", "inputs_hash"):
+            if not _HEX.match(_need(data, key, str, where).lower()):
+                raise ImagebuildError(f"{where}: {key!r} must be hex")
+        return cls(
+            image=image,
+            sha256=sha,
+            virtual_size=virtual_size,
+            disk_size=_need(data, "disk_size", int, where),
+            family=_need(data, "family", str, where),
+            spec_hash=data["spec_hash"].lower(),
+            inputs_hash=data["inputs_hash"].lower(),
+            containerd_version=_need(data, "containerd_version", str, where),
+            runc_version=_need(data, "runc_version", str, where),
+            base_image=BaseImage(
+                source=_need(base, "source", str, f"{where}: base_image"),
+                checksum=_need(base, "checksum", str, f"{where}: base_image"),
+            ),
+            build_time=build_time,
+            boot_mode=boot_mode,
+            architecture=arch,
+        )
+
+    @classmethod
+    def load(cls, image_dir: Path) -> Manifest:
+        path = Path(image_dir) / "manifest.json"
+        return cls.from_dict(_read_json(path, "manifest"), str(path))
+
+    @property
+    def build_datetime(self) -> datetime:
+        return parse_build_time(self.build_time)
+
+    @property
+    def build_time_compact(self) -> str:
+        """The build time as `20261126T181500Z`, for AMI names."""
+        return self.build_datetime.strftime("%Y%m%dT%H%M%SZ")
+
+    @property
+    def ec2_architecture(self) -> str:
+        return ARCHITECTURES[self.architecture]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """`verify.json` of a baked image directory: did the boot verification pass, for which file."""
+
+    passed: bool
+    image_sha256: str
+    checks: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "verify.json") -> VerifyResult:
+        passed = _need(data, "passed", bool, where)
+        sha = _need(data, "image_sha256", str, where).lower()
+        checks = data.get("checks", [])
+        if not isinstance(checks, list):
+            raise ImagebuildError(f"{where}: 'checks' must be a list")
+        return cls(passed=passed, image_sha256=sha, checks=checks)
+
+    @classmethod
+    def load(cls, image_dir: Path) -> VerifyResult:
+        path = Path(image_dir) / "verify.json"
+        return cls.from_dict(_read_json(path, "verification result"), str(path))
+
+    def failed_checks(self) -> list[str]:
+        """Names of the checks that did not pass, as far as the check entries say."""
+        names = []
+        for check in self.checks:
+            if isinstance(check, dict) and check.get("passed") is False:
+                names.append(str(check.get("name") or check.get("id") or check))
+        return names
+
+
+@dataclass(frozen=True)
+class PublishTarget:
+    """Where an image is published: home region, copies, sharing, SSM pointer, retention."""
+
+    region: str
+    copy_regions: list[str] = field(default_factory=list)
+    share_with: list[str] = field(default_factory=list)
+    ssm_parameter: str = ""
+    keep: int = 3
+    tags: dict[str, str] = field(default_factory=dict)
+    family: str = "containerd-golden"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for region in [self.region, *self.copy_regions]:
+            if not isinstance(region, str) or not _REGION.match(region):
+                raise ImagebuildError(f"publish target: {region!r} is not a region name (like eu-west-1)")
+        if self.region in self.copy_regions:
+            raise ImagebuildError(f"publish target: copy_regions must not contain the home region {self.region}")
+        if len(set(self.copy_regions)) != len(self.copy_regions):
+            raise ImagebuildError("publish target: copy_regions lists a region twice")
+        for account in self.share_with:
+            if not isinstance(account, str) or not _ACCOUNT.match(account):
+                raise ImagebuildError(f"publish target: share_with entry {account!r} is not a 12-digit account id")
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
+            raise ImagebuildError(f"publish target: keep must be a whole number >= 1, got {self.keep!r}")
+        if not self.family or not _AMI_NAME_CHARS.match(self.family) or len(self.family) > 100:
+            raise ImagebuildError(f"publish target: family {self.family!r} is not usable in an AMI name")
+        if self.ssm_parameter and not isinstance(self.ssm_parameter, str):
+            raise ImagebuildError("publish target: ssm_parameter must be a string")
+        for key, value in self.tags.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ImagebuildError(f"publish target: tag {key!r} must map a string to a string")
+            if key.lower().startswith("aws:"):
+                raise ImagebuildError(f"publish target: tag {key!r}: keys starting with 'aws:' are reserved")
+            if key.startswith("imagebuild:"):
+                raise ImagebuildError(f"publish target: tag {key!r}: keys starting with 'imagebuild:' are set by imagebuild")
+
+    @property
+    def regions(self) -> list[str]:
+        return [self.region, *self.copy_regions]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What prune does (or did) with one AMI in one region, and why."""
+
+    region: str
+    ami_id: str
+    name: str
+    action: str  # "keep" or "delete"
+    reason: str
+    build_time: str = ""
+    snapshot_ids: tuple[str, ...] = ()
+    result: str = ""  # after apply: "deleted", "failed: ...", or "" when nothing was done

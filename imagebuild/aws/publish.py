@@ -1,0 +1,616 @@
+"""Publish a verified image as an AMI: upload, register, copy, share, point the SSM parameter.
+
+Only an image whose verification passed, for exactly the bytes on disk, is published. Every
+step updates `publish.json` in the image directory (see imagebuild.aws.record), so a publish
+that fails half-way says what exists, and running it again finishes the job: it never uploads
+again once the home AMI exists, copies only to regions that lack the AMI, and is a no-op once
+everything is done. The SSM parameter is set last, once every region has the shared AMI.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
+from imagebuild.aws.model import Manifest, PublishTarget, VerifyResult
+from imagebuild.aws.record import PublishRecord
+from imagebuild.aws.upload import (
+    DEFAULT_WORKERS,
+    ProgressCallback,
+    StderrProgressBar,
+    UploadFailed,
+    qcow2_to_raw,
+    upload_raw,
+    volume_size_gib,
+)
+from imagebuild.errors import ImagebuildError
+from imagebuild.progress import step
+
+ROOT_DEVICE = "/dev/xvda"
+TAG_PREFIX = "imagebuild:"
+IMAGE_ID_TAG = "imagebuild:image-id"  # on snapshots: the AMI they back
+WAIT_TIMEOUT = 3600.0  # seconds to wait for a snapshot or an AMI copy
+POLL_INTERVAL = 10.0
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:
+    """The manifest and qcow2 path, or ImagebuildError unless the image on disk passed verification."""
+    manifest = Manifest.load(image_dir)
+    verify = VerifyResult.load(image_dir)
+    if not verify.passed:
+        failed = verify.failed_checks()
+        detail = f" (failed checks: {', '.join(failed)})" if failed else ""
+        raise ImagebuildError(f"refusing to publish {image_dir}: its verification did not pass{detail}")
+    if verify.image_sha256 != manifest.sha256:
+        raise ImagebuildError(
+            f"refusing to publish {image_dir}: verify.json is for image sha256 {verify.image_sha256}, "
+            f"but manifest.json describes {manifest.sha256}; verify this image again"
+        )
+    qcow2 = Path(image_dir) / manifest.image
+    if not qcow2.is_file():
+        raise ImagebuildError(f"refusing to publish: the image file {qcow2} does not exist")
+    actual = sha256_file(qcow2)
+    if actual != manifest.sha256:
+        raise ImagebuildError(
+            f"refusing to publish {qcow2}: its sha256 is {actual}, but it was verified as "
+            f"{manifest.sha256}; the file changed after verification"
+        )
+    return manifest, qcow2
+
+
+def ami_name(manifest: Manifest, target: PublishTarget) -> str:
+    return f"{target.family}-{manifest.build_time_compact}"
+
+
+def image_tags(manifest: Manifest, target: PublishTarget) -> dict[str, str]:
+    """Tags for the AMIs and snapshots: target.tags plus imagebuild's own (which win)."""
+    ours = {
+        "imagebuild:family": target.family,
+        "imagebuild:spec-hash": manifest.spec_hash,
+        "imagebuild:inputs-hash": manifest.inputs_hash,
+        "imagebuild:containerd-version": manifest.containerd_version,
+        "imagebuild:build-time": manifest.build_time,
+        "imagebuild:source-image": manifest.base_image.source,
+        "imagebuild:image-sha256": manifest.sha256,
+    }
+    tags = {**target.tags, **ours}
+    return {key: value[:256] for key, value in tags.items()}
+
+
+def image_description(manifest: Manifest, target: PublishTarget) -> str:
+    text = (
+        f"{target.family}: containerd {manifest.containerd_version}, runc {manifest.runc_version}, "
+        f"built {manifest.build_time}, image sha256 {manifest.sha256}"
+    )
+    return text[:255]
+
+
+def register_request(manifest: Manifest, target: PublishTarget, snapshot_id: str) -> dict[str, Any]:
+    """The RegisterImage parameters for the home AMI backed by *snapshot_id*."""
+    tags = image_tags(manifest, target)
+    return {
+        "Name": ami_name(manifest, target),
+        "Description": image_description(manifest, target),
+        "Architecture": manifest.ec2_architecture,
+        "RootDeviceName": ROOT_DEVICE,
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": ROOT_DEVICE,
+                "Ebs": {
+                    "SnapshotId": snapshot_id,
+                    "VolumeSize": volume_size_gib(manifest.virtual_size),
+                    "VolumeType": "gp3",
+                    "DeleteOnTermination": True,
+                },
+            }
+        ],
+        "VirtualizationType": "hvm",
+        "EnaSupport": True,
+        "BootMode": manifest.boot_mode,
+        "TagSpecifications": [{"ResourceType": "image", "Tags": _tag_list(tags)}],
+    }
+
+
+def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def publish(
+    image_dir: Path | str,
+    target: PublishTarget,
+    *,
+    progress: ProgressCallback | None = None,
+    clients: ClientFactory | None = None,
+    workers: int = DEFAULT_WORKERS,
+    wait_timeout: float = WAIT_TIMEOUT,
+    poll_interval: float = POLL_INTERVAL,
+) -> dict[str, Any]:
+    """Publish the verified image in *image_dir* to *target*; returns the publish record.
+
+    *progress* receives UploadProgress updates during the upload (default: a bar on stderr).
+    *clients* is a `(service, region) -> boto3 client` factory (default: boto3's default
+    session). Raises ImagebuildError when the image is not publishable or a step fails; the
+    record in `publish.json` then says what exists.
+    """
+    image_dir = Path(image_dir)
+    target.validate()
+    manifest, qcow2 = check_publishable(image_dir)
+    record = PublishRecord.open(
+        image_dir,
+        image=manifest.image,
+        image_sha256=manifest.sha256,
+        family=target.family,
+        name=ami_name(manifest, target),
+        home_region=target.region,
+    )
+    if clients is None:
+        clients = boto3_clients(max_pool_connections=max(workers, 1) + 4)
+    job = _Publish(
+        image_dir, qcow2, manifest, target, record, clients,
+        progress=progress if progress is not None else StderrProgressBar(),
+        workers=workers, wait_timeout=wait_timeout, poll_interval=poll_interval,
+    )
+    try:
+        job.run()
+    except ImagebuildError as exc:
+        record.set("last_error", str(exc))
+        raise
+    except Exception as exc:
+        if not is_aws_error(exc):
+            raise
+        message = f"publish stopped: {describe_error(exc)}"
+        record.set("last_error", message)
+        raise ImagebuildError(f"{message}. What exists is recorded in {record.path}; run publish again to finish.") from None
+    return record.as_dict()
+
+
+class _Publish:
+    def __init__(
+        self,
+        image_dir: Path,
+        qcow2: Path,
+        manifest: Manifest,
+        target: PublishTarget,
+        record: PublishRecord,
+        clients: ClientFactory,
+        *,
+        progress: ProgressCallback,
+        workers: int,
+        wait_timeout: float,
+        poll_interval: float,
+    ) -> None:
+        self.image_dir = image_dir
+        self.qcow2 = qcow2
+        self.manifest = manifest
+        self.target = target
+        self.record = record
+        self.clients = clients
+        self.progress = progress
+        self.workers = workers
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+        self.home = target.region
+        self.name = ami_name(manifest, target)
+        self.tags = image_tags(manifest, target)
+        self.description = image_description(manifest, target)
+
+    def ec2(self, region: str) -> Any:
+        return self.clients("ec2", region)
+
+    # ------------------------------------------------------------------ flow
+
+    def run(self) -> None:
+        self.record.data["last_error"] = None
+        self.record.data["complete"] = False
+        self.reconcile()
+        if self.record.image_id(self.home) is None:
+            self.make_home_image()
+        self.finish_image(self.home)
+        self.make_copies()
+        self.share()
+        self.point_ssm_parameter()
+        self.record.set("complete", True, note="publish complete")
+        step(f"published {self.name}: " + ", ".join(f"{r} {e['id']}" for r, e in self.record.images.items()))
+
+    def reconcile(self) -> None:
+        """Drop from the record what no longer exists, so the rerun recreates it."""
+        for region, entry in list(self.record.images.items()):
+            state = image_state(self.ec2(region), entry["id"])
+            if state in (None, "deregistered", "failed", "error", "invalid"):
+                step(f"{region}: recorded AMI {entry['id']} is gone ({state or 'not found'}); will publish it again")
+                self.record.set_image(region, None, note=f"{region}: {entry['id']} no longer exists ({state or 'not found'})")
+        snap = self.record.snapshot
+        if snap is None:
+            return
+        actual = snapshot_state(self.ec2(self.home), snap["id"])
+        if actual is None:
+            self.record.set("snapshot", None, note=f"snapshot {snap['id']} no longer exists")
+            return
+        if snap.get("state") == "completing" and actual == "completed":
+            # killed while waiting for AWS to finish a snapshot it had accepted as complete
+            self.record.set("snapshot", {**snap, "state": "completed"}, note=f"snapshot {snap['id']} completed")
+        elif snap.get("state") != "completed" and self.record.image_id(self.home) is None:
+            # an earlier upload died without cleaning up (e.g. the process was killed)
+            self.delete_incomplete_snapshot(snap["id"], "left by an interrupted earlier upload")
+
+    # ------------------------------------------------------------------ home region
+
+    def make_home_image(self) -> None:
+        ec2 = self.ec2(self.home)
+        if self.adopt_existing(self.home):
+            return
+        snap = self.record.snapshot
+        if snap is None or snap.get("state") != "completed":
+            snapshot_id = self.upload()
+        else:
+            snapshot_id = snap["id"]
+            step(f"reusing uploaded snapshot {snapshot_id}")
+        step(f"{self.home}: registering AMI {self.name}")
+        request = register_request(self.manifest, self.target, snapshot_id)
+        image_id = ec2.register_image(**request)["ImageId"]
+        self.record.set_image(
+            self.home,
+            {"id": image_id, "state": "pending", "source": "register", "snapshots": [snapshot_id]},
+            note=f"{self.home}: registered {image_id} from {snapshot_id}",
+        )
+
+    def adopt_existing(self, region: str) -> bool:
+        """Take over an AMI of our name made from this image (e.g. a run killed after registering)."""
+        found = find_image_by_name(self.ec2(region), self.name)
+        if found is None:
+            return False
+        tags = {t["Key"]: t["Value"] for t in found.get("Tags", [])}
+        ours = tags.get("imagebuild:image-sha256") == self.manifest.sha256 or self.manifest.sha256 in (
+            found.get("Description") or ""
+        )
+        if not ours:
+            raise ImagebuildError(
+                f"{region}: an AMI named {self.name} already exists ({found['ImageId']}) and was not "
+                f"made from this image; AMI names are unique per region"
+            )
+        snapshots = block_device_snapshots(found)
+        self.record.set_image(
+            region,
+            {"id": found["ImageId"], "state": found.get("State", "pending"), "source": "adopted", "snapshots": snapshots},
+            note=f"{region}: adopted existing {found['ImageId']} named {self.name}",
+        )
+        step(f"{region}: found {found['ImageId']} ({self.name}) from an earlier run; using it")
+        return True
+
+    def upload(self) -> str:
+        ec2 = self.ec2(self.home)
+        workdir = Path(tempfile.mkdtemp(prefix="imagebuild-publish-"))
+        try:
+            raw = workdir / "disk.raw"
+            step(f"converting {self.qcow2.name} to raw")
+            qcow2_to_raw(self.qcow2, raw)
+            size = raw.stat().st_size
+            if size != self.manifest.virtual_size:
+                raise ImagebuildError(
+                    f"the raw image is {size} bytes, but manifest.json says the virtual size is "
+                    f"{self.manifest.virtual_size}; refusing to publish"
+                )
+            if sha256_file(self.qcow2) != self.manifest.sha256:
+                raise ImagebuildError(f"refusing to publish {self.qcow2}: the file changed while it was being converted")
+
+            def started(snapshot_id: str) -> None:
+                self.record.set(
+                    "snapshot",
+                    {"id": snapshot_id, "region": self.home, "state": "uploading"},
+                    note=f"started snapshot {snapshot_id}",
+                )
+
+            step(f"{self.home}: uploading {volume_size_gib(size)} GiB volume through the EBS direct APIs")
+            try:
+                result = upload_raw(
+                    self.clients("ebs", self.home),
+                    raw,
+                    description=self.description,
+                    tags=self.tags,
+                    client_token=str(uuid.uuid4()),
+                    on_started=started,
+                    progress=self.progress,
+                    workers=self.workers,
+                )
+            except UploadFailed as failed:
+                self.upload_failed(failed)
+                raise AssertionError("unreachable")  # upload_failed always raises
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        snapshot_id = result.snapshot_id
+        self.record.set(
+            "snapshot",
+            {
+                "id": snapshot_id,
+                "region": self.home,
+                "state": "completing",
+                "blocks_written": result.blocks_written,
+                "checksum": result.checksum,
+            },
+        )
+        state = self.wait_snapshot(ec2, snapshot_id)
+        if state != "completed":
+            self.delete_incomplete_snapshot(snapshot_id, f"it ended in state {state}")
+            raise ImagebuildError(f"snapshot {snapshot_id} ended in state {state!r} instead of completed; it was deleted")
+        snap = dict(self.record.snapshot or {})
+        snap["state"] = "completed"
+        self.record.set("snapshot", snap, note=f"snapshot {snapshot_id} completed ({result.blocks_written} blocks)")
+        step(f"snapshot {snapshot_id} completed: {result.blocks_written} blocks written")
+        return snapshot_id
+
+    def upload_failed(self, failed: UploadFailed) -> None:
+        cause = failed.cause
+        if isinstance(cause, KeyboardInterrupt):
+            what = "interrupted"
+        elif isinstance(cause, ImagebuildError):
+            what = f"failed: {cause}"
+        elif is_aws_error(cause):
+            what = f"failed: {describe_error(cause)}"
+        else:
+            what = f"failed: {type(cause).__name__}: {cause}"
+        deleted = self.delete_incomplete_snapshot(failed.snapshot_id, f"upload {what}")
+        fate = (
+            f"the incomplete snapshot {failed.snapshot_id} was deleted"
+            if deleted
+            else f"the incomplete snapshot {failed.snapshot_id} could NOT be deleted (AWS errors it out "
+            "when its upload times out; delete it by hand or run publish again)"
+        )
+        message = f"upload {what} after {failed.written} of {failed.total} blocks; {fate}"
+        self.record.set("last_error", message)
+        step(message)
+        if isinstance(cause, KeyboardInterrupt):
+            raise cause
+        raise ImagebuildError(message) from None
+
+    def delete_incomplete_snapshot(self, snapshot_id: str, why: str) -> bool:
+        """Best effort; records the outcome. True when the snapshot is gone."""
+        try:
+            self.ec2(self.home).delete_snapshot(SnapshotId=snapshot_id)
+        except Exception as exc:  # best effort: report, never mask the original failure
+            if error_code(exc) == "InvalidSnapshot.NotFound":
+                self.record.set("snapshot", None, note=f"snapshot {snapshot_id} ({why}) was already gone")
+                return True
+            snap = dict(self.record.snapshot or {"id": snapshot_id, "region": self.home})
+            snap["state"] = "incomplete"
+            self.record.set(
+                "snapshot", snap,
+                note=f"could not delete incomplete snapshot {snapshot_id} ({why}): {describe_error(exc)}",
+            )
+            return False
+        self.record.set("snapshot", None, note=f"deleted incomplete snapshot {snapshot_id} ({why})")
+        step(f"deleted incomplete snapshot {snapshot_id} ({why})")
+        return True
+
+    # ------------------------------------------------------------------ per-region AMIs
+
+    def finish_image(self, region: str) -> None:
+        """Wait until the region's AMI is available, then tag it and its snapshots."""
+        entry = dict(self.record.images[region])
+        ec2 = self.ec2(region)
+        image = self.wait_image(ec2, entry["id"])
+        state = image.get("State") if image else None
+        if state != "available":
+            raise _RegionFailed(region, f"AMI {entry['id']} is {state or 'gone'} instead of available")
+        snapshots = list(dict.fromkeys([*entry.get("snapshots", []), *block_device_snapshots(image)]))
+        ec2.create_tags(Resources=[entry["id"]], Tags=_tag_list(self.tags))
+        if snapshots:
+            ec2.create_tags(Resources=snapshots, Tags=_tag_list({**self.tags, IMAGE_ID_TAG: entry["id"]}))
+        entry.update(state="available", snapshots=snapshots)
+        self.record.set_image(region, entry)
+
+    def make_copies(self) -> None:
+        home_id = self.record.image_id(self.home)
+        for region in list(self.record.failed_regions):
+            if region not in self.target.copy_regions:
+                self.record.failed_regions.pop(region)
+        failures: dict[str, str] = {}
+        started: list[str] = []
+        for region in self.target.copy_regions:
+            if self.record.image_id(region) is not None:
+                continue
+            try:
+                if self.adopt_existing(region):
+                    started.append(region)
+                    continue
+                step(f"{region}: copying {home_id} from {self.home}")
+                image_id = self.ec2(region).copy_image(
+                    Name=self.name,
+                    Description=self.description,
+                    SourceImageId=home_id,
+                    SourceRegion=self.home,
+                    ClientToken=str(uuid.uuid4()),
+                    TagSpecifications=[{"ResourceType": "image", "Tags": _tag_list(self.tags)}],
+                )["ImageId"]
+            except Exception as exc:
+                if not (is_aws_error(exc) or isinstance(exc, ImagebuildError)):
+                    raise
+                failures[region] = describe_error(exc) if is_aws_error(exc) else str(exc)
+                self.region_failed(region, failures[region])
+                continue
+            self.record.set_image(
+                region,
+                {"id": image_id, "state": "pending", "source": "copy", "snapshots": []},
+                note=f"{region}: copy {image_id} of {home_id} started",
+            )
+            started.append(region)
+        for region in started:
+            try:
+                self.finish_image(region)
+            except _RegionFailed as exc:
+                failures[region] = exc.reason
+                self.drop_failed_copy(region)
+                self.region_failed(region, exc.reason)
+            except Exception as exc:
+                if not is_aws_error(exc):
+                    raise
+                failures[region] = describe_error(exc)
+                self.region_failed(region, failures[region])
+        if failures:
+            have = ", ".join(f"{r} {e['id']}" for r, e in self.record.images.items())
+            lines = "; ".join(f"{r}: {why}" for r, why in failures.items())
+            raise ImagebuildError(
+                f"copying the AMI failed for {', '.join(failures)} ({lines}). These exist and are kept: {have}. "
+                f"Sharing and the SSM parameter wait for every region. {self.record.path} records this; "
+                "run publish again to retry the missing regions."
+            )
+
+    def region_failed(self, region: str, reason: str) -> None:
+        self.record.failed_regions[region] = reason
+        self.record.note(f"{region}: copy failed: {reason}")
+        self.record.save()
+        step(f"{region}: copy failed: {reason}")
+
+    def drop_failed_copy(self, region: str) -> None:
+        entry = self.record.images.get(region)
+        if entry is None:
+            return
+        try:
+            self.ec2(region).deregister_image(ImageId=entry["id"])
+        except Exception as exc:
+            if not is_aws_error(exc):
+                raise
+            if error_code(exc) not in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
+                self.record.note(f"{region}: could not deregister failed copy {entry['id']}: {describe_error(exc)}")
+                self.record.save()
+                return
+        self.record.set_image(region, None, note=f"{region}: deregistered failed copy {entry['id']}")
+
+    # ------------------------------------------------------------------ sharing, SSM
+
+    def share(self) -> None:
+        want = sorted(set(self.target.share_with))
+        for region, entry in self.record.images.items():
+            ec2 = self.ec2(region)
+            current = launch_permission_accounts(ec2, entry["id"])
+            missing = [account for account in want if account not in current]
+            if missing:
+                step(f"{region}: sharing {entry['id']} with {', '.join(missing)}")
+                ec2.modify_image_attribute(
+                    ImageId=entry["id"],
+                    LaunchPermission={"Add": [{"UserId": account} for account in missing]},
+                )
+                current = launch_permission_accounts(ec2, entry["id"])
+                still = [account for account in missing if account not in current]
+                if still:
+                    raise ImagebuildError(f"{region}: {entry['id']} is still not shared with {', '.join(still)}")
+            if current or region in self.record.shared:
+                self.record.shared[region] = sorted(current)
+                self.record.save()
+
+    def point_ssm_parameter(self) -> None:
+        name = self.target.ssm_parameter
+        if not name:
+            return
+        image_id = self.record.image_id(self.home)
+        done = self.record.data.get("ssm_parameter")
+        if done and done.get("name") == name and done.get("value") == image_id:
+            return  # set by this publish already; never move it back if a newer publish moved it
+        ssm = self.clients("ssm", self.home)
+        step(f"{self.home}: SSM parameter {name} -> {image_id}")
+        response = ssm.put_parameter(
+            Name=name,
+            Value=image_id,
+            Type="String",
+            DataType="aws:ec2:image",
+            Overwrite=True,
+            Description=f"latest {self.target.family} AMI (imagebuild)",
+        )
+        self.record.set(
+            "ssm_parameter",
+            {"name": name, "region": self.home, "value": image_id, "version": response.get("Version")},
+            note=f"SSM parameter {name} = {image_id}",
+        )
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait_snapshot(self, ec2: Any, snapshot_id: str) -> str | None:
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            state = snapshot_state(ec2, snapshot_id)
+            if state != "pending" or time.monotonic() >= deadline:
+                return state
+            time.sleep(self.poll_interval)
+
+    def wait_image(self, ec2: Any, image_id: str) -> dict[str, Any] | None:
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            image = describe_image(ec2, image_id)
+            if image is None or image.get("State") != "pending" or time.monotonic() >= deadline:
+                return image
+            time.sleep(self.poll_interval)
+
+
+class _RegionFailed(ImagebuildError):
+    def __init__(self, region: str, reason: str) -> None:
+        super().__init__(f"{region}: {reason}")
+        self.region = region
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.region}: {self.reason}"
+
+
+# --------------------------------------------------------------------------- AWS look-ups
+
+
+def describe_image(ec2: Any, image_id: str) -> dict[str, Any] | None:
+    try:
+        images = ec2.describe_images(ImageIds=[image_id])["Images"]
+    except Exception as exc:
+        if error_code(exc) in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
+            return None
+        raise
+    return images[0] if images else None
+
+
+def image_state(ec2: Any, image_id: str) -> str | None:
+    image = describe_image(ec2, image_id)
+    return image.get("State") if image else None
+
+
+def snapshot_state(ec2: Any, snapshot_id: str) -> str | None:
+    try:
+        snapshots = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    except Exception as exc:
+        if error_code(exc) == "InvalidSnapshot.NotFound":
+            return None
+        raise
+    return snapshots[0].get("State") if snapshots else None
+
+
+def find_image_by_name(ec2: Any, name: str) -> dict[str, Any] | None:
+    images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+    images = [image for image in images if image.get("Name") == name and image.get("State") != "deregistered"]
+    return images[0] if images else None
+
+
+def block_device_snapshots(image: dict[str, Any]) -> list[str]:
+    return [
+        mapping["Ebs"]["SnapshotId"]
+        for mapping in image.get("BlockDeviceMappings", [])
+        if mapping.get("Ebs", {}).get("SnapshotId")
+    ]
+
+
+def launch_permission_accounts(ec2: Any, image_id: str) -> list[str]:
+    response = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
+    return sorted({perm["UserId"] for perm in response.get("LaunchPermissions", []) if "UserId" in perm})

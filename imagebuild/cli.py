@@ -1,0 +1,203 @@
+"""The `imagebuild` command. Each subcommand imports what it needs when it runs, so `--help` and
+`render` stay fast (boto3, packer and QEMU code load only for the commands that use them).
+
+Exit codes: 0 success, 1 a failure explained on stderr, 2 a bad spec or bad arguments,
+130 interrupted. Pipeline-specific codes are listed in `imagebuild pipeline --help`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+SPEC_HELP = "spec file (YAML); omitted: the built-in default, containerd's seed setup"
+
+
+def _spec(path: str | None):
+    from .spec import load
+
+    spec = load(path)
+    for warning in spec.warnings:
+        print(f"imagebuild: warning: {warning}", file=sys.stderr)
+    return spec
+
+
+def cmd_render(args) -> int:
+    from . import render
+
+    out = render.write_tree(render.render_all(_spec(args.spec)), args.output)
+    print(out)
+    return 0
+
+
+def cmd_user_data(args) -> int:
+    from . import render
+
+    data = render.user_data(_spec(args.spec), args.format)
+    if args.output:
+        render.write_file_atomic(Path(args.output), data)
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
+def cmd_packer(args) -> int:
+    from . import render
+    from .bake import packer_directory
+
+    out = packer_directory(_spec(args.spec), args.output)
+    print(out)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from .schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_init(args) -> int:
+    from .render import write_file_atomic
+    from .schema import commented_default
+
+    text = commented_default()
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.output)
+    if path.exists() and not args.force:
+        print(f"imagebuild: error: {path} exists; pass --force to overwrite", file=sys.stderr)
+        return 1
+    write_file_atomic(path, text.encode())
+    print(path)
+    return 0
+
+
+def cmd_base_image(args) -> int:
+    from .baseimage import build
+
+    print(build())
+    return 0
+
+
+def cmd_bake(args) -> int:
+    from .bake import bake
+
+    result = bake(_spec(args.spec), Path(args.output), base=args.base, spec_path=args.spec)
+    print(result)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .verify import verify_image, verify_user_data, print_report
+
+    spec = _spec(args.spec)
+    if args.user_data:
+        report = verify_user_data(spec, base=args.base, log_dir=args.log_dir)
+    else:
+        if not args.image:
+            print("imagebuild: error: verify needs IMAGE, or --user-data", file=sys.stderr)
+            return 2
+        report = verify_image(Path(args.image), spec, log_dir=args.log_dir)
+    print_report(report, as_json=args.json)
+    return 0 if report["passed"] else 1
+
+
+def cmd_publish(args) -> int:
+    from .aws.publish import publish_image
+
+    print(publish_image(Path(args.image_dir), _spec(args.spec)))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .aws.prune import prune_family
+
+    return prune_family(_spec(args.spec), apply=args.apply)
+
+
+def cmd_pipeline(args) -> int:
+    from .pipeline import run_pipeline
+
+    return run_pipeline(_spec(args.spec), spec_path=args.spec, work=Path(args.work), force=args.force,
+                        publish=not args.no_publish)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="imagebuild", description="One spec -> containerd config.toml, "
+                                  "hosts.toml, systemd unit, install script, cloud-init user-data and a Packer "
+                                  "template; baked images are booted in QEMU and checked before anyone trusts them.")
+    top.add_argument("--version", action="version", version=f"imagebuild {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func, help_text: str, spec: str | None = "arg") -> argparse.ArgumentParser:
+        """A subcommand; its spec is the positional SPEC, a --spec option, or none."""
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if spec == "arg":
+            p.add_argument("spec", nargs="?", metavar="SPEC", help=SPEC_HELP)
+        elif spec == "opt":
+            p.add_argument("--spec", dest="spec", help=SPEC_HELP)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("render", cmd_render, "write every output of a spec into a directory, atomically")
+    p.add_argument("-o", "--output", required=True, help="directory (new, empty, or an earlier render)")
+    p = command("user-data", cmd_user_data, "print cloud-init user-data that installs the tuned containerd")
+    p.add_argument("--format", choices=["cloud-config", "mime"], default="cloud-config",
+                   help="mime: a multipart message to merge with your own parts")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p = command("packer", cmd_packer, "write a ready-to-run Packer directory (template, payload, build seed)")
+    p.add_argument("-o", "--output", required=True, help="directory (new, empty, or an earlier render)")
+    command("schema", cmd_schema, "print the JSON Schema of the spec", spec=None)
+    p = command("init", cmd_init, "write the default spec, commented, as a starting point", spec=None)
+    p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    command("base-image", cmd_base_image, "build (or reuse) the Debian 12 cloud-style base qcow2", spec=None)
+    p = command("bake", cmd_bake, "render, run packer build (qemu), and write the image with manifest.json")
+    p.add_argument("-o", "--output", default="output", help="output directory for the image (default: output)")
+    p.add_argument("--base", help="base qcow2 overriding the spec's image.base (default: `imagebuild base-image`)")
+    p = command("verify", cmd_verify, "boot an image (or the user-data on a base image) in QEMU and check it",
+                spec="opt")
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="qcow2 to verify (never modified)")
+    p.add_argument("--user-data", action="store_true", help="verify the user-data path on a plain base image")
+    p.add_argument("--base", help="base image for --user-data (default: `imagebuild base-image`)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--log-dir", help="where the serial log and report go (default: beside IMAGE, or a temp dir)")
+    p = command("publish", cmd_publish, "upload a verified image as an AMI, copy, share, record in SSM",
+                spec="opt")
+    p.add_argument("image_dir", metavar="IMAGE_DIR", help="bake output directory (image, manifest.json, verify.json)")
+    p = command("prune", cmd_prune, "retire old AMIs of the spec's family (dry run unless --apply)")
+    p.add_argument("--apply", action="store_true", help="deregister and delete; without it only print the plan")
+    p = command("pipeline", cmd_pipeline, "nightly: render, bake, verify, publish, prune. Exit 0 published, "
+                "3 unchanged (skipped), 1 failed")
+    p.add_argument("--work", default="pipeline", help="work directory (default: pipeline)")
+    p.add_argument("--force", action="store_true", help="build even when the inputs are unchanged")
+    p.add_argument("--no-publish", action="store_true", help="stop after verify (no AWS)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from .errors import ImagebuildError
+    from .spec import SpecError
+
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"imagebuild: {exc.report()}", file=sys.stderr)
+        return 2
+    except ImagebuildError as exc:
+        print(f"imagebuild: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("imagebuild: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""The in-guest check: proves a machine matches its spec. Python 3.11 standard library only.
+
+Runs as root inside the guest, as the Packer build's last provisioner (--phase build) and on every
+verify boot (--phase boot), against expected.json rendered from the spec. Each check prints one line
+
+    IMAGEBUILD-RESULT {"check": ..., "ok": ..., "expected": ..., "actual": ...}
+
+to stdout (and to --results, e.g. a virtio-serial port), then one IMAGEBUILD-DONE line with the
+totals. Exit status 0 only when every check passed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+RESULT = "IMAGEBUILD-RESULT"
+DONE = "IMAGEBUILD-DONE"
+STATE_DIR = Path("/var/lib/imagebuild")
+CONTAINER_TIMEOUT = 180
+
+
+class Reporter:
+    def __init__(self, results_path: str | None):
+        self.sinks = [sys.stdout]
+        if results_path:
+            self.sinks.append(open(results_path, "w", encoding="utf-8", buffering=1))
+        self.passed = self.failed = 0
+
+    def emit(self, prefix: str, record: dict) -> None:
+        line = f"{prefix} {json.dumps(record, sort_keys=True)}\n"
+        for sink in self.sinks:
+            sink.write(line)
+            sink.flush()
+
+    def check(self, name: str, expected, actual, ok: bool | None = None, note: str = "") -> bool:
+        ok = (expected == actual) if ok is None else ok
+        self.passed += ok
+        self.failed += not ok
+        record = {"check": name, "ok": ok, "expected": expected, "actual": actual}
+        if note:
+            record["note"] = note
+        self.emit(RESULT, record)
+        return ok
+
+
+def run(*cmd: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(cmd, 127, "", f"{cmd[0]}: not found")
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"{' '.join(cmd)}: timed out after {timeout}s")
+
+
+def dig(tree: dict, path: list[str]):
+    node = tree
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return "<absent>"
+        node = node[key]
+    return node
+
+
+def version_matches(expected: str, reported: str) -> bool:
+    """'1.6.20' matches 'v1.6.20', '1.6.20~ds1' and '1.6.20-1', not '1.6.200'."""
+    return re.match(rf"v?{re.escape(expected)}(?![0-9.])", reported) is not None
+
+
+def ctr_versions() -> dict[str, str]:
+    out = run("ctr", "version").stdout
+    found, section = {}, None
+    for line in out.splitlines():
+        if line.strip().rstrip(":") in ("Client", "Server"):
+            section = line.strip().rstrip(":").lower()
+        match = re.match(r"\s*Version:\s*(\S+)", line)
+        if match and section:
+            found[section] = match.group(1)
+    return found
+
+
+def service_checks(rep: Reporter, exp: dict) -> None:
+    rep.check("service.active", "active", run("systemctl", "is-active", "containerd").stdout.strip())
+    rep.check("service.enabled", "enabled", run("systemctl", "is-enabled", "containerd").stdout.strip())
+    versions = ctr_versions()
+    for side in ("client", "server"):
+        actual = versions.get(side, "<none>")
+        rep.check(f"version.{side}", exp["containerd_version"], actual,
+                  version_matches(exp["containerd_version"], actual))
+    if exp["runc_version"]:
+        first = (run("runc", "--version").stdout.splitlines() or [""])[0]
+        actual = first.split()[-1] if first else "<none>"
+        rep.check("version.runc", exp["runc_version"], actual, version_matches(exp["runc_version"], actual))
+
+
+def config_checks(rep: Reporter, exp: dict) -> None:
+    dump = run("containerd", "config", "dump")
+    try:
+        effective = tomllib.loads(dump.stdout) if dump.returncode == 0 else None
+    except tomllib.TOMLDecodeError as exc:
+        effective, dump.stderr = None, f"unparsable dump: {exc}"
+    if effective is None:
+        rep.check("config.dump", "exit 0", f"exit {dump.returncode}: {dump.stderr.strip()[-300:]}", False)
+        return
+    for item in exp["config"]:
+        rep.check(item["name"], item["value"], dig(effective, item["path"]))
+
+
+def file_checks(rep: Reporter, exp: dict) -> None:
+    for item in exp["files"]:
+        path = Path(item["path"])
+        actual = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "<missing>"
+        rep.check(f"file.{item['path']}", item["sha256"], actual)
+
+
+def unit_checks(rep: Reporter, exp: dict) -> int:
+    props = ",".join(list(exp["unit"]) + ["MainPID", "ActiveEnterTimestampMonotonic"])
+    shown = dict(line.split("=", 1) for line in run("systemctl", "show", "containerd", "-p", props).stdout.splitlines()
+                 if "=" in line)
+    for prop, value in exp["unit"].items():
+        rep.check(f"unit.{prop}", value, shown.get(prop, "<absent>"))
+    pid = int(shown.get("MainPID", "0") or 0)
+    try:
+        actual = int(Path(f"/proc/{pid}/oom_score_adj").read_text()) if pid else "<no main pid>"
+    except OSError as exc:
+        actual = f"<{exc}>"
+    rep.check("process.oom_score_adj", exp["oom_score_adj"], actual)
+    return int(shown.get("ActiveEnterTimestampMonotonic", "0") or 0)
+
+
+def system_checks(rep: Reporter, exp: dict) -> None:
+    for module in exp["modules"]:
+        loaded = Path(f"/sys/module/{module}").exists()
+        rep.check(f"module.{module}", "loaded", "loaded" if loaded else "not loaded")
+    for key, value in exp["sysctls"].items():
+        path = Path("/proc/sys") / key.replace(".", "/")
+        actual = " ".join(path.read_text().split()) if path.exists() else "<absent>"
+        rep.check(f"sysctl.{key}", " ".join(str(value).split()), actual)
+
+
+def container_checks(rep: Reporter, image: str | None) -> None:
+    """A container runs from a local image, and a running one survives `systemctl restart containerd`."""
+    if not image:
+        rep.check("container.image", "a test image tarball (--test-image)", "none given", False)
+        return
+    ctr = ("ctr", "-n", "k8s.io")
+    imported = run(*ctr, "images", "import", "--all-platforms", image, timeout=CONTAINER_TIMEOUT)
+    names = re.findall(r"(\S+:\S+)", imported.stdout) or [""]
+    listing = run(*ctr, "images", "ls", "-q").stdout.split()
+    ref = next((n for n in listing if "imagebuild" in n), names[0])
+    if not rep.check("container.import", "exit 0", f"exit {imported.returncode}", imported.returncode == 0 and bool(ref),
+                     note=imported.stderr.strip()[-300:]):
+        return
+    once = run(*ctr, "run", "--rm", ref, "imagebuild-once", "/bin/echo", "imagebuild-ok", timeout=CONTAINER_TIMEOUT)
+    rep.check("container.run", "imagebuild-ok", once.stdout.strip() or once.stderr.strip()[-300:])
+
+    started = run(*ctr, "run", "-d", ref, "imagebuild-long", "/bin/sleep", "3600", timeout=CONTAINER_TIMEOUT)
+    pid = _task_pid(ctr, "imagebuild-long")
+    if not rep.check("container.start", "running", "running" if pid else f"not running: {started.stderr.strip()[-300:]}"):
+        return
+    ctd_pid = run("systemctl", "show", "containerd", "-p", "MainPID", "--value").stdout.strip()
+    ctd_cgroup = _cgroup(ctd_pid)
+    task_cgroup = _cgroup(str(pid))
+    rep.check("container.own_cgroup", f"not {ctd_cgroup}", task_cgroup,
+              bool(task_cgroup) and task_cgroup != ctd_cgroup and "containerd.service" not in task_cgroup)
+    restart = run("systemctl", "restart", "containerd", timeout=120)
+    active = run("systemctl", "is-active", "containerd").stdout.strip()
+    new_pid = run("systemctl", "show", "containerd", "-p", "MainPID", "--value").stdout.strip()
+    rep.check("container.restart_containerd", "active with a new pid",
+              f"{active}, pid {ctd_pid} -> {new_pid}", restart.returncode == 0 and active == "active" and new_pid != ctd_pid)
+    alive = Path(f"/proc/{pid}").exists()
+    after = _task_pid(ctr, "imagebuild-long")
+    rep.check("container.survives_restart", f"pid {pid} still running", f"pid {after or 'gone'}"
+              + ("" if alive else " (process gone)"), alive and after == pid)
+    run(*ctr, "tasks", "kill", "-s", "SIGKILL", "imagebuild-long")
+    for _ in range(20):
+        if run(*ctr, "tasks", "delete", "imagebuild-long").returncode == 0:
+            break
+        time.sleep(0.5)
+    run(*ctr, "containers", "delete", "imagebuild-long")
+
+
+def _task_pid(ctr: tuple, name: str) -> int:
+    for _ in range(30):
+        for line in run(*ctr, "tasks", "ls").stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] == name and fields[2] == "RUNNING":
+                return int(fields[1])
+        time.sleep(0.5)
+    return 0
+
+
+def _cgroup(pid: str) -> str:
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return ""
+    unified = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+    return unified[0] if unified else lines[0].split(":", 2)[2] if lines else ""
+
+
+def hygiene_checks(rep: Reporter, instance_id: str | None) -> None:
+    """The image was cleaned before capture, so this boot made itself fresh identities."""
+    facts_path = STATE_DIR / "build-facts.json"
+    facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
+    if instance_id:
+        current = Path("/var/lib/cloud/data/instance-id")
+        rep.check("hygiene.cloud_init_fresh", instance_id, current.read_text().strip() if current.exists() else "<none>")
+    machine_id = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
+    built = facts.get("machine_id")
+    rep.check("hygiene.machine_id", f"32 hex digits, not the build's {built or '(none recorded)'}", machine_id,
+              re.fullmatch(r"[0-9a-f]{32}", machine_id) is not None and machine_id != built)
+    keys = sorted(p.name for p in Path("/etc/ssh").glob("ssh_host_*_key.pub"))
+    fingerprints = {p: hashlib.sha256(Path("/etc/ssh", p).read_bytes()).hexdigest() for p in keys}
+    reused = [k for k, v in fingerprints.items() if facts.get("ssh_host_keys", {}).get(k) == v]
+    rep.check("hygiene.ssh_host_keys", "regenerated on first boot", f"{len(keys)} keys, {len(reused)} reused from the build",
+              bool(keys) and not reused)
+
+
+def extra_checks(rep: Reporter, exp: dict) -> None:
+    for item in exp["extra_checks"]:
+        done = run("bash", "-c", item["run"], timeout=300)
+        rep.check(f"extra.{item['name']}", "exit 0", f"exit {done.returncode}", done.returncode == 0,
+                  note=(done.stdout + done.stderr).strip()[-300:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--expected", default=str(STATE_DIR / "expected.json"))
+    parser.add_argument("--phase", choices=["build", "boot"], default="boot",
+                        help="build: inside the Packer build (no hygiene or container checks); boot: a verify boot")
+    parser.add_argument("--test-image", help="OCI image tarball for the container checks (boot phase)")
+    parser.add_argument("--instance-id", help="the instance-id this boot's seed carries")
+    parser.add_argument("--results", help="also write result lines here (e.g. a virtio-serial port)")
+    args = parser.parse_args(argv)
+
+    exp = json.loads(Path(args.expected).read_text())
+    rep = Reporter(args.results)
+    service_checks(rep, exp)
+    config_checks(rep, exp)
+    file_checks(rep, exp)
+    active_at = unit_checks(rep, exp)
+    system_checks(rep, exp)
+    if args.phase == "boot":
+        container_checks(rep, args.test_image)
+        hygiene_checks(rep, args.instance_id)
+    extra_checks(rep, exp)
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    rep.emit(DONE, {"passed": rep.passed, "failed": rep.failed, "phase": args.phase,
+                    "containerd_active_at_s": round(active_at / 1e6, 2), "uptime_s": uptime,
+                    "spec_hash": exp["spec_hash"]})
+    return 0 if rep.failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

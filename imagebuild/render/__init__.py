@@ -1,0 +1,156 @@
+"""Every output of a spec, as a pure function of it, and the atomic writer that puts them on disk.
+
+    render/
+      payload/<absolute path>   files the install script places: config.toml, certs.d/*/hosts.toml,
+                                the unit or its drop-ins, modules-load.d, sysctl.d
+      install.sh                installs containerd and the payload (Packer, user-data, verify)
+      check.py, expected.json   the in-guest check and what it must find
+      user-data                 #cloud-config (gzipped past 16 KB)
+      packer/                   imagebuild.pkr.hcl and hygiene.sh
+      spec.json                 the effective spec, defaults filled in
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ImagebuildError
+from ..spec import Spec
+from . import config_toml, expected, hosts_toml, userdata
+from .templating import PACKAGE_DIR, render_template, shipped_dir
+
+GUEST_DIR = "/var/lib/imagebuild"
+BUILD_USER = "imagebuild-build"
+MARKER = ".imagebuild-render"
+DROPINS = ("10-exec", "20-lifecycle", "30-limits", "40-oom", "50-ordering")
+SYSCTL_PATH = "/etc/sysctl.d/99-containerd.conf"
+
+
+@dataclass(frozen=True)
+class File:
+    content: bytes
+    mode: int = 0o644
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+def payload(spec: Spec) -> dict[str, File]:
+    """The files the install script places, keyed by their absolute path on the machine."""
+    files: dict[str, File] = {"/etc/containerd/config.toml": File(config_toml.render(spec).encode())}
+    if spec.config.registry.mode == "hosts":
+        for mirror in spec.config.registry.mirrors:
+            path = f"{spec.config.registry.config_path}/{mirror.host}/hosts.toml"
+            secret = any(ep.headers for ep in mirror.endpoints)
+            files[path] = File(hosts_toml.render(mirror).encode(), 0o600 if secret else 0o644)
+    context = {"unit": spec.unit, "system": spec.system}
+    if spec.containerd.install.method == "tarball":
+        files["/etc/systemd/system/containerd.service"] = File(
+            render_template("containerd.service.j2", **context).encode())
+    else:
+        for name in DROPINS:
+            files[f"/etc/systemd/system/containerd.service.d/{name}.conf"] = File(
+                render_template(f"dropin-{name}.conf.j2", **context).encode())
+    files["/etc/modules-load.d/containerd.conf"] = File(render_template("modules-load.conf.j2", **context).encode())
+    files[SYSCTL_PATH] = File(render_template("sysctl.conf.j2", **context).encode())
+    return files
+
+
+def install_script(spec: Spec, files: dict[str, File]) -> str:
+    entries = [{"path": path, "mode": f"{f.mode:04o}", "sha256": f.sha256} for path, f in files.items()]
+    return render_template("install.sh.j2", spec=spec, files=entries, guest_dir=GUEST_DIR, sysctl_path=SYSCTL_PATH)
+
+
+def guest_files(spec: Spec) -> dict[str, File]:
+    """What lands in GUEST_DIR on the machine: payload, install script, check and its expectations."""
+    files = payload(spec)
+    exp = expected.render(spec, [{"path": p, "sha256": f.sha256} for p, f in files.items()])
+    out = {f"payload{path}": f for path, f in files.items()}
+    out["install.sh"] = File(install_script(spec, files).encode(), 0o755)
+    out["check.py"] = File((PACKAGE_DIR / "guest" / "check.py").read_bytes(), 0o755)
+    out["expected.json"] = File((json.dumps(exp, indent=2, sort_keys=True) + "\n").encode())
+    return out
+
+
+def user_data(spec: Spec, fmt: str = "cloud-config") -> bytes:
+    """User-data that installs and tunes containerd at first boot; gzipped past EC2's 16 KB."""
+    staged = [(f"{GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in guest_files(spec).items()]
+    text = userdata.cloud_config(staged, ["bash", f"{GUEST_DIR}/install.sh", f"{GUEST_DIR}/payload"])
+    raw = userdata.mime(text) if fmt == "mime" else text.encode()
+    return userdata.fit(raw)
+
+
+def packer_template(spec: Spec) -> str:
+    base = spec.image.base
+    aws = spec.image.aws
+    tags = {"Name": spec.name, "imagebuild:family": spec.name, "imagebuild:spec-hash": spec.spec_hash,
+            "imagebuild:containerd-version": spec.containerd.version, **aws.tags}
+    major, minor = (int(p) for p in spec.image.packer_version.split("."))
+    return render_template(
+        "imagebuild.pkr.hcl.j2", spec=spec, aws=aws, tags=tags, guest_dir=GUEST_DIR, build_user=BUILD_USER,
+        base_source=base.source if base else "", base_checksum=base.checksum if base else "none",
+        accelerator="kvm" if spec.image.accelerator == "kvm" else "tcg",
+        required_plugins=(major, minor) >= (1, 7))
+
+
+def render_all(spec: Spec) -> dict[str, File]:
+    """Every output file, keyed by its path relative to the render directory."""
+    files = guest_files(spec)
+    files["user-data"] = File(user_data(spec))
+    files["packer/imagebuild.pkr.hcl"] = File(packer_template(spec).encode())
+    files["packer/hygiene.sh"] = File((shipped_dir("packer") / "hygiene.sh").read_bytes(), 0o755)
+    files["spec.json"] = File((json.dumps(spec.document, indent=2, sort_keys=True) + "\n").encode())
+    return files
+
+
+def write_tree(files: dict[str, File], out_dir: str | Path) -> Path:
+    """Write *files* under *out_dir* all at once: on any failure *out_dir* is left as it was.
+
+    The tree is written to a sibling temporary directory and swapped in by rename. An existing
+    *out_dir* is replaced only if it is empty or an earlier render (it holds the marker file).
+    """
+    out = Path(out_dir).resolve()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
+        raise ImagebuildError(f"{out} exists and is not an imagebuild render directory; "
+                              "choose an empty or new directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for rel, f in files.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(f.content)
+            path.chmod(f.mode)
+        (tmp / MARKER).write_text("written by imagebuild render; replaced whole on the next render\n")
+        tmp.chmod(0o755)
+        if out.exists():
+            old = out.parent / f"{tmp.name}.old"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def write_file_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write one file via a temporary sibling and rename: readers never see half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

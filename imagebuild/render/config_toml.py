@@ -1,0 +1,110 @@
+"""config.toml: containerd's own `config default` of the target family, tuned by the spec.
+
+The reference defaults live in imagebuild/defaults/config-<family>.toml (regenerated from real
+binaries by `make regen-defaults`), so every key containerd ships stays visible and documented.
+The spec's settings land at the key paths of the file's config version (2 for containerd 1.x,
+3 for 2.0-2.2); `config.overrides` is deep-merged last.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import tomlkit
+from tomlkit.items import Table
+
+from ..spec import Spec
+
+HEADER = "Managed by imagebuild: change the spec and re-render rather than editing this file."
+
+
+def reference_default(family: str) -> str:
+    """The real `containerd config default` output of a family (1.6, 1.7 or 2.1)."""
+    return resources.files("imagebuild").joinpath("defaults", f"config-{family}.toml").read_text()
+
+
+def _table(parent: Any, *keys: str) -> Table:
+    """The nested table at *keys* under *parent*, created (as a super-table chain) where missing."""
+    node = parent
+    for key in keys:
+        if key not in node:
+            node[key] = tomlkit.table()
+        node = node[key]
+    return node
+
+
+def _deep_merge(target: Any, overrides: dict) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and key in target and isinstance(target[key], dict):
+            _deep_merge(target[key], value)
+        else:
+            target[key] = value
+
+
+class KeyPaths:
+    """Where each tuned setting lives in one config version (see ENVIRONMENT.md's table)."""
+
+    def __init__(self, version: int):
+        if version == 2:
+            cri = ("plugins", "io.containerd.grpc.v1.cri")
+            self.sandbox = (cri, "sandbox_image")
+            self.runtime_root = cri + ("containerd",)
+            self.images = cri + ("containerd",)
+            self.registry = cri + ("registry",)
+            self.log_line = cri
+        else:
+            images = ("plugins", "io.containerd.cri.v1.images")
+            runtime = ("plugins", "io.containerd.cri.v1.runtime")
+            self.sandbox = (images + ("pinned_images",), "sandbox")
+            self.runtime_root = runtime + ("containerd",)
+            self.images = images
+            self.registry = images + ("registry",)
+            self.log_line = runtime
+
+
+def render(spec: Spec) -> str:
+    cfg = spec.config
+    doc = tomlkit.parse(reference_default(spec.containerd.family))
+    paths = KeyPaths(spec.containerd.config_version)
+
+    doc["root"] = cfg.root
+    doc["state"] = cfg.state
+    doc["oom_score"] = cfg.oom_score
+    doc["imports"] = list(cfg.imports)
+
+    table, key = paths.sandbox
+    _table(doc, *table)[key] = cfg.sandbox_image
+    _table(doc, *paths.log_line)["max_container_log_line_size"] = cfg.max_container_log_line_size
+    images = _table(doc, *paths.images)
+    images["snapshotter"] = cfg.snapshotter
+    images["discard_unpacked_layers"] = cfg.discard_unpacked_layers
+
+    containerd = _table(doc, *paths.runtime_root)
+    containerd["default_runtime_name"] = cfg.default_runtime
+    runtimes = _table(containerd, "runtimes")
+    _table(runtimes, "runc", "options")["SystemdCgroup"] = cfg.systemd_cgroup
+    for name, rt in cfg.runtimes.items():
+        handler = _table(runtimes, name)
+        handler["runtime_type"] = rt.runtime_type
+        handler["pod_annotations"] = list(rt.pod_annotations)
+        handler["privileged_without_host_devices"] = rt.privileged_without_host_devices
+        options = _table(handler, "options")
+        if rt.binary_name:
+            options["BinaryName"] = rt.binary_name
+        if rt.config_path:
+            options["ConfigPath"] = rt.config_path
+        if rt.runtime_type == "io.containerd.runc.v2":
+            options["SystemdCgroup"] = cfg.systemd_cgroup
+
+    registry = _table(doc, *paths.registry)
+    if cfg.registry.mode == "hosts":
+        registry["config_path"] = cfg.registry.config_path
+        registry.pop("mirrors", None)
+    else:
+        registry["config_path"] = ""
+        mirrors = _table(registry, "mirrors")
+        for mirror in cfg.registry.mirrors:
+            _table(mirrors, mirror.host)["endpoint"] = [ep.url for ep in mirror.endpoints]
+
+    _deep_merge(doc, cfg.overrides)
+    return f"# {HEADER}\n" + tomlkit.dumps(doc)

@@ -1,0 +1,32 @@
+"""certs.d/<host>/hosts.toml: one file per registry, mirrors tried in the order the spec lists them."""
+from __future__ import annotations
+
+import tomlkit
+
+from ..spec import Mirror
+
+HEADER = "Managed by imagebuild. Hosts are tried in file order, then the server."
+
+
+def render(mirror: Mirror) -> str:
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment(HEADER))
+    doc["server"] = mirror.upstream
+    hosts = tomlkit.table(is_super_table=True)
+    for ep in mirror.endpoints:
+        host = tomlkit.table()
+        host["capabilities"] = list(ep.capabilities)
+        if ep.override_path:
+            host["override_path"] = True
+        if ep.skip_verify:
+            host["skip_verify"] = True
+        if ep.ca:
+            host["ca"] = ep.ca
+        if ep.headers:
+            headers = tomlkit.table()
+            for name, value in ep.headers.items():
+                headers[name] = [value]
+            host["header"] = headers
+        hosts[ep.url] = host
+    doc["host"] = hosts
+    return tomlkit.dumps(doc)

@@ -1,0 +1,425 @@
+"""The spec, parsed and validated once into a typed, immutable model.
+
+Every renderer takes a `Spec` and nothing else; nothing downstream re-reads YAML or re-checks values.
+`load()` reports every problem at once (key path, bad value, what is allowed) as a `SpecError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import schema
+from .schema import Problem
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; carries one Problem per violation."""
+
+    def __init__(self, problems: list[Problem], source: str = "spec"):
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(str(p) for p in problems))
+
+    def report(self) -> str:
+        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _frozen(cls):
+    return dataclass(frozen=True)(cls)
+
+
+@_frozen
+class Artifact:
+    url: str
+    sha256: str | None
+    checksum_url: str | None
+    version: str = ""
+
+    @property
+    def resolved_url(self) -> str:
+        return self.url.replace("{version}", self.version)
+
+    @property
+    def resolved_checksum_url(self) -> str | None:
+        if self.checksum_url is None:
+            return None
+        return self.checksum_url.replace("{url}", self.resolved_url).replace("{version}", self.version)
+
+    @property
+    def filename(self) -> str:
+        return self.resolved_url.rstrip("/").rsplit("/", 1)[-1]
+
+
+@_frozen
+class Package:
+    name: str
+    version: str | None
+    hold: bool
+
+
+@_frozen
+class Install:
+    method: str
+    tarball: Artifact
+    runc: Artifact
+    cni_plugins: Artifact | None
+    package: Package
+
+
+@_frozen
+class Containerd:
+    version: str
+    install: Install
+
+    @property
+    def version_tuple(self) -> tuple[int, int, int]:
+        major, minor, patch = (int(part) for part in self.version.split("."))
+        return major, minor, patch
+
+    @property
+    def family(self) -> str:
+        """The reference-default family: 1.6, 1.7 or 2.1 (2.0-2.2 share config version 3)."""
+        major, minor, _ = self.version_tuple
+        return f"{major}.{minor}" if major == 1 else "2.1"
+
+    @property
+    def config_version(self) -> int:
+        major, minor, _ = self.version_tuple
+        return 2 if major == 1 else 3 if minor <= 2 else 4
+
+
+@_frozen
+class Endpoint:
+    url: str
+    capabilities: tuple[str, ...]
+    override_path: bool
+    ca: str | None
+    skip_verify: bool
+    headers: dict[str, str]
+
+
+@_frozen
+class Mirror:
+    host: str
+    server: str | None
+    endpoints: tuple[Endpoint, ...]
+
+    @property
+    def upstream(self) -> str:
+        if self.server:
+            return self.server
+        return "https://registry-1.docker.io" if self.host == "docker.io" else f"https://{self.host}"
+
+
+@_frozen
+class Registry:
+    mode: str
+    config_path: str
+    mirrors: tuple[Mirror, ...]
+
+
+@_frozen
+class Runtime:
+    runtime_type: str
+    binary_name: str | None
+    config_path: str | None
+    pod_annotations: tuple[str, ...]
+    privileged_without_host_devices: bool
+
+
+@_frozen
+class Config:
+    root: str
+    state: str
+    oom_score: int
+    sandbox_image: str
+    systemd_cgroup: bool
+    registry: Registry
+    default_runtime: str
+    runtimes: dict[str, Runtime]
+    max_container_log_line_size: int
+    snapshotter: str
+    discard_unpacked_layers: bool
+    imports: tuple[str, ...]
+    overrides: dict[str, Any]
+
+
+@_frozen
+class Unit:
+    description: str
+    documentation: str
+    after: tuple[str, ...]
+    exec_start_pre: tuple[str, ...]
+    exec_start: str
+    type: str
+    delegate: bool
+    kill_mode: str
+    restart: str
+    restart_sec: int
+    limit_nproc: str
+    limit_core: str
+    limit_nofile: str
+    tasks_max: str
+    oom_score_adjust: int
+    wanted_by: str
+
+
+@_frozen
+class System:
+    modules: tuple[str, ...]
+    sysctls: dict[str, str]
+
+
+@_frozen
+class BaseImage:
+    source: str
+    checksum: str
+
+
+@_frozen
+class Aws:
+    region: str
+    copy_regions: tuple[str, ...]
+    share_with: tuple[str, ...]
+    ssm_parameter: str
+    keep: int
+    tags: dict[str, str]
+    source_ami_name: str
+    source_ami_owners: tuple[str, ...]
+    instance_type: str
+    volume_size_gb: int
+    encrypt_boot: bool
+
+
+@_frozen
+class Image:
+    base: BaseImage | None
+    disk_size_gb: int
+    accelerator: str
+    hygiene: bool
+    packer_version: str
+    aws: Aws
+
+
+@_frozen
+class Check:
+    name: str
+    run: str
+
+
+@_frozen
+class Verify:
+    timeout: int
+    checks: tuple[Check, ...]
+
+
+@_frozen
+class Spec:
+    name: str
+    containerd: Containerd
+    config: Config
+    unit: Unit
+    system: System
+    image: Image
+    verify: Verify
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    document: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def spec_hash(self) -> str:
+        """sha256 of the normalised spec: equal specs hash equal, whatever their YAML layout."""
+        canonical = json.dumps(self.document, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- building the model -------------------------------------------------------------------------
+
+def _build(cls: type, data: Any) -> Any:
+    """Turn validated, defaulted data into the dataclass *cls* (recursively, by type hints)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in ("warnings", "document"):
+            continue
+        kwargs[f.name] = _convert(hints[f.name], data.get(f.name))
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None:
+            return None
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value)
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        return tuple(_convert(item, v) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        return {k: _convert(item, v) for k, v in value.items()}
+    if hint is str and isinstance(value, int):
+        return str(value)
+    return value
+
+
+def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
+    """Rules that span keys; returns (problems, warnings)."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    ctd, cfg, unit = doc["containerd"], doc["config"], doc["unit"]
+    major, minor, _ = (int(p) for p in ctd["version"].split("."))
+    if (major, minor) < (1, 6) or major > 2 or (major == 2 and minor > 2):
+        problems.append(Problem("containerd.version", f"got {ctd['version']!r}, expected 1.6.x, 1.7.x or 2.0.x-2.2.x "
+                                "(the versions whose reference config imagebuild carries)"))
+    install = ctd["install"]
+    if install["method"] == "tarball":
+        for name in ("tarball", "runc") + (("cni_plugins",) if install["cni_plugins"] else ()):
+            art = install[name]
+            if not art["sha256"] and not art["checksum_url"]:
+                problems.append(Problem(f"containerd.install.{name}.sha256",
+                                        "got null with checksum_url null, expected a pinned sha256 or a checksum_url"))
+    else:
+        pkg = install["package"]
+        if not pkg["version"]:
+            problems.append(Problem("containerd.install.package.version",
+                                    "got null, expected the exact package version to pin (package method)"))
+        elif not pkg["version"].split(":", 1)[-1].startswith(ctd["version"]):
+            problems.append(Problem("containerd.install.package.version",
+                                    f"got {pkg['version']!r}, expected a version of containerd {ctd['version']} "
+                                    f"(starting with {ctd['version']})"))
+    registry = cfg["registry"]
+    seen: dict[str, int] = {}
+    for index, mirror in enumerate(registry["mirrors"]):
+        if mirror["host"] in seen:
+            problems.append(Problem(f"config.registry.mirrors[{index}].host",
+                                    f"got {mirror['host']!r} again (also at [{seen[mirror['host']]}]), "
+                                    "each registry host once"))
+        seen.setdefault(mirror["host"], index)
+        if registry["mode"] == "legacy":
+            for e_index, ep in enumerate(mirror["endpoints"]):
+                extras = [k for k in ("ca", "headers") if ep[k]] + [k for k in ("skip_verify",) if ep[k]]
+                if ep["capabilities"] != ["pull", "resolve"] or ep["override_path"]:
+                    extras.append("capabilities/override_path")
+                if extras:
+                    problems.append(Problem(f"config.registry.mirrors[{index}].endpoints[{e_index}]",
+                                            f"sets {', '.join(extras)}, which the legacy registry.mirrors table "
+                                            "cannot express; use mode: hosts"))
+    if registry["mode"] == "legacy":
+        warnings.append("config.registry.mode: legacy registry.mirrors is deprecated and removed in containerd 2.4; "
+                        "use mode: hosts")
+        if major >= 2 and minor >= 1:
+            warnings.append("config.registry.mode: with legacy mirrors containerd 2.1+ falls back to local pull mode")
+    if cfg["discard_unpacked_layers"] and major >= 2 and minor >= 1:
+        warnings.append("config.discard_unpacked_layers: true makes containerd 2.1+ fall back to local pull mode")
+    if "runc" in cfg["runtimes"]:
+        problems.append(Problem("config.runtimes.runc", "runc is built in; tune it with config.systemd_cgroup "
+                                "or config.overrides"))
+    if cfg["default_runtime"] != "runc" and cfg["default_runtime"] not in cfg["runtimes"]:
+        problems.append(Problem("config.default_runtime", f"got {cfg['default_runtime']!r}, expected runc or one of "
+                                f"config.runtimes ({', '.join(cfg['runtimes']) or 'none defined'})"))
+    _check_overrides(cfg["overrides"], "config.overrides", problems)
+    if not -999 <= cfg["oom_score"] <= 0:
+        warnings.append(f"config.oom_score: {cfg['oom_score']} is outside the recommended -999..0 "
+                        "(-1000 means never killed; 0 and above put containerd before containers)")
+    if unit["oom_score_adjust"] != cfg["oom_score"]:
+        warnings.append(f"unit.oom_score_adjust ({unit['oom_score_adjust']}) differs from config.oom_score "
+                        f"({cfg['oom_score']}); containerd applies config.oom_score to itself once started")
+    if unit["kill_mode"] != "process":
+        warnings.append(f"unit.kill_mode: {unit['kill_mode']} kills or orphans running containers when "
+                        "containerd restarts; process keeps them")
+    if not unit["delegate"]:
+        warnings.append("unit.delegate: false lets systemd take over container cgroups")
+    if unit["exec_start"] is None:
+        unit["exec_start"] = ("/usr/local/bin/containerd" if install["method"] == "tarball"
+                              else "/usr/bin/containerd")
+    if doc["image"]["aws"]["ssm_parameter"] is None:
+        doc["image"]["aws"]["ssm_parameter"] = f"/imagebuild/{doc['name']}/latest"
+    for index, check in enumerate(doc["verify"]["checks"]):
+        if check["name"] in [c["name"] for c in doc["verify"]["checks"][:index]]:
+            problems.append(Problem(f"verify.checks[{index}].name", f"got {check['name']!r} twice, names must be unique"))
+    return problems, warnings
+
+
+def _check_overrides(value: Any, path: str, problems: list[Problem]) -> None:
+    """Overrides go to TOML verbatim, so refuse what TOML cannot hold (null) and control characters in keys."""
+    if value is None:
+        problems.append(Problem(path, "got null, TOML has no null; remove the key instead"))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or schema.CONTROL_CHARS.search(key):
+                problems.append(Problem(f"{path}.{key!r}", "bad key, expected printable text"))
+            else:
+                _check_overrides(item, f"{path}.{key}", problems)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_overrides(item, f"{path}[{index}]", problems)
+    elif isinstance(value, str) and "\x00" in value:
+        problems.append(Problem(path, "got a NUL character, which TOML cannot hold"))
+
+
+def from_document(document: Any, source: str = "spec") -> Spec:
+    """Validate a parsed YAML document and build the model; raises SpecError listing every problem."""
+    if document is None:
+        document = {}
+    doc, problems = schema.validate(document)
+    warnings: list[str] = []
+    if not problems:
+        problems, warnings = _semantic_checks(doc)
+    if problems:
+        raise SpecError(problems, source)
+    # The containerd tarball's version is containerd's own.
+    doc["containerd"]["install"]["tarball"]["version"] = doc["containerd"]["version"]
+    spec = _build(Spec, doc)
+    return dataclasses.replace(spec, warnings=tuple(warnings), document=doc)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse(text: str, source: str = "spec") -> Spec:
+    try:
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SpecError([Problem("", f"not valid YAML: {exc}")], source) from None
+    if document is not None and not isinstance(document, dict):
+        raise SpecError([Problem("", f"got {type(document).__name__}, expected a mapping at the top level")], source)
+    return from_document(document, source)
+
+
+def load(path: str | Path | None = None) -> Spec:
+    """The spec at *path*, or the built-in default (the seed's tuned setup) when *path* is None."""
+    if path is None:
+        return from_document({}, "default spec")
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([Problem("", f"cannot read {path}: {exc}")], str(path)) from None
+    return parse(text, str(path))

@@ -1,0 +1,262 @@
+"""A real moto server on 127.0.0.1 for the AWS tests, reset between tests, and small images.
+
+boto3 is used unmodified: the fixture only sets the environment boto3 reads anyway (fake
+credentials, `AWS_ENDPOINT_URL` pointing at the local server).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+MIB = 1024 * 1024
+BLOCK = 512 * 1024
+
+
+def _moto_command() -> list[str]:
+    script = Path(sys.executable).parent / "moto_server"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "moto.server"]
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """Start `moto_server -H 127.0.0.1 -p 0` (werkzeug binds a free port and logs it); yield its URL."""
+    pytest.importorskip("moto")
+    pytest.importorskip("boto3")
+    logdir = Path(tempfile.mkdtemp(prefix="imagebuild-moto-"))
+    log = logdir / "moto.log"
+    env = dict(os.environ)
+    env.pop("MOTO_PORT", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*_moto_command(), "-H", "127.0.0.1", "-p", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    try:
+        url = None
+        deadline = time.monotonic() + 30
+        while url is None:
+            match = re.search(rb"Running on (http://127\.0\.0\.1:\d+)", log.read_bytes())
+            if match:
+                url = match.group(1).decode()
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"moto_server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("moto_server did not start within 30 s")
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+def _reset(url: str) -> None:
+    request = urllib.request.Request(f"{url}/moto-api/reset", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+@pytest.fixture
+def aws(moto_server, monkeypatch, tmp_path):
+    """Fresh moto state and an environment where boto3's normal chain finds fake credentials."""
+    _reset(moto_server)
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name.startswith("BOTO_"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("IMAGEBUILD_CACHE", str(tmp_path / "cache"))
+    yield moto_server
+    _reset(moto_server)
+
+
+@pytest.fixture
+def boto(aws):
+    """A plain boto3 client maker for assertions (separate from the code under test)."""
+    import boto3
+
+    session = boto3.session.Session()
+    return lambda service, region="eu-west-1": session.client(service, region_name=region)
+
+
+# --------------------------------------------------------------------------- images
+
+# block index -> content written into the raw disk (everything else is a hole)
+DATA_BLOCKS = {
+    0: b"\xeb\x63\x90" + b"MBR-ish" * 1000,          # start of block 0
+    3: bytes(range(256)) * 2048,                         # a full block of data
+    7: b"partial data in the middle of block 7",         # a few bytes, rest zero
+    15: b"last block" * 100,                             # the final block
+}
+ZERO_WRITTEN_BLOCKS = (5,)  # explicitly written zeros: allocated in the raw file, yet all zero
+
+
+def make_raw(path: Path, size: int = 8 * MIB, blocks: dict[int, bytes] | None = None) -> bytes:
+    """A sparse raw disk with data in a few blocks; returns its full content."""
+    blocks = DATA_BLOCKS if blocks is None else blocks
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        for index, data in blocks.items():
+            offset = index * BLOCK + (1000 if index == 7 else 0)
+            handle.seek(offset)
+            handle.write(data)
+        for index in ZERO_WRITTEN_BLOCKS:
+            if index * BLOCK < size:
+                handle.seek(index * BLOCK)
+                handle.write(bytes(BLOCK))
+    return path.read_bytes()
+
+
+def make_image_dir(
+    parent: Path,
+    *,
+    build_time: str = "2026-11-26T18:15:00Z",
+    passed: bool = True,
+    size: int = 8 * MIB,
+    blocks: dict[int, bytes] | None = None,
+    name: str = "golden",
+) -> tuple[Path, bytes]:
+    """A baked-image directory: <name>.qcow2 made by qemu-img from a sparse raw, manifest, verify."""
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img (qemu-utils) is not installed")
+    image_dir = parent / f"{name}-{build_time.replace(':', '')}"
+    image_dir.mkdir(parents=True)
+    raw = parent / f"{image_dir.name}.raw"
+    content = make_raw(raw, size, blocks)
+    qcow2 = image_dir / f"{name}.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True
+    )
+    raw.unlink()
+    sha = hashlib.sha256(qcow2.read_bytes()).hexdigest()
+    manifest = {
+        "image": qcow2.name,
+        "sha256": sha,
+        "virtual_size": size,
+        "disk_size": qcow2.stat().st_size,
+        "family": "containerd-golden",
+        "spec_hash": "ab" * 32,
+        "inputs_hash": hashlib.sha256(build_time.encode()).hexdigest(),
+        "containerd_version": "1.6.20",
+        "runc_version": "1.1.5",
+        "base_image": {"source": "debian-12-genericcloud-amd64.qcow2", "checksum": "sha256:" + "cd" * 32},
+        "build_time": build_time,
+        "boot_mode": "legacy-bios",
+        "architecture": "x86_64",
+    }
+    (image_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    verify = {
+        "passed": passed,
+        "image_sha256": sha,
+        "checks": [{"name": "containerd-active", "passed": passed}],
+    }
+    (image_dir / "verify.json").write_text(json.dumps(verify, indent=2))
+    return image_dir, content
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    return make_image_dir(tmp_path)
+
+
+# --------------------------------------------------------------------------- client wrapping
+
+
+class RecordingClients:
+    """A client factory around the real boto3 clients that records calls and injects faults.
+
+    `fail_on[(service, region, operation)] = fn(call_number) -> exception | None`: before the
+    real call, fn gets the 1-based number of that operation's call; an exception it returns is
+    raised instead of calling AWS. boto3 itself is untouched; this wraps our factory only.
+    """
+
+    def __init__(self, fail_on=None):
+        import threading
+
+        from imagebuild.aws.clients import boto3_clients
+
+        self.real = boto3_clients()
+        self.fail_on = dict(fail_on or {})
+        self.calls: list[tuple[str, str, str, dict]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, service, region):
+        return _ClientProxy(self, service, region, self.real(service, region))
+
+    def count(self, operation, service=None, region=None):
+        return sum(
+            1
+            for s, r, op, _ in self.calls
+            if op == operation and (service is None or s == service) and (region is None or r == region)
+        )
+
+    def kwargs(self, operation):
+        return [kw for _, _, op, kw in self.calls if op == operation]
+
+
+class _ClientProxy:
+    def __init__(self, owner, service, region, client):
+        self._owner, self._service, self._region, self._client = owner, service, region, client
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if name.startswith("_") or name in ("meta", "exceptions", "get_paginator", "get_waiter", "can_paginate"):
+            return attr
+        if not callable(attr):
+            return attr
+        owner = self._owner
+
+        def call(**kwargs):
+            with owner._lock:
+                owner.calls.append(
+                    (self._service, self._region, name, {k: v for k, v in kwargs.items() if k != "BlockData"})
+                )
+                number = owner.count(name, self._service, self._region)
+            fault = owner.fail_on.get((self._service, self._region, name))
+            if fault is not None:
+                exc = fault(number)
+                if exc is not None:
+                    raise exc
+            return attr(**kwargs)
+
+        return call
+
+
+def client_error(code, message, operation):
+    """A botocore ClientError shaped like the one AWS returns."""
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+
+@pytest.fixture
+def recording_clients(aws):
+    return RecordingClients

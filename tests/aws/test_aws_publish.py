@@ -1,0 +1,337 @@
+"""publish() against a real moto server: upload, AMI, copies, sharing, SSM, failures, reruns."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from imagebuild.aws import PublishTarget, publish
+from imagebuild.aws.publish import register_request
+from imagebuild.aws.model import Manifest
+from imagebuild.errors import ImagebuildError
+
+from conftest import BLOCK, MIB, RecordingClients, client_error, make_image_dir
+
+HOME = "eu-west-1"
+COPIES = ["us-west-2", "eu-central-1"]
+ACCOUNT = "111122223333"
+PARAM = "/imagebuild/containerd-golden/latest"
+
+
+def target(**changes) -> PublishTarget:
+    values = dict(
+        region=HOME,
+        copy_regions=list(COPIES),
+        share_with=[ACCOUNT],
+        ssm_parameter=PARAM,
+        keep=2,
+        tags={"team": "platform"},
+        family="containerd-golden",
+    )
+    values.update(changes)
+    return PublishTarget(**values)
+
+
+def record_of(image_dir):
+    return json.loads((image_dir / "publish.json").read_text())
+
+
+def tags_of(resource):
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
+
+
+def family_snapshots(ec2):
+    return ec2.describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag:imagebuild:family", "Values": ["containerd-golden"]}]
+    )["Snapshots"]
+
+
+def read_snapshot(ebs, snapshot_id):
+    listing = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)
+    blocks = {}
+    for entry in listing["Blocks"]:
+        got = ebs.get_snapshot_block(
+            SnapshotId=snapshot_id, BlockIndex=entry["BlockIndex"], BlockToken=entry["BlockToken"]
+        )
+        data = got["BlockData"].read()
+        assert got["Checksum"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
+        blocks[entry["BlockIndex"]] = data
+    return listing, blocks
+
+
+def expected_blocks(content: bytes) -> dict[int, bytes]:
+    blocks = {}
+    for index in range(-(-len(content) // BLOCK)):
+        data = content[index * BLOCK : (index + 1) * BLOCK].ljust(BLOCK, b"\0")
+        if data.count(0) != len(data):
+            blocks[index] = data
+    return blocks
+
+
+def test_publish_end_to_end(aws, boto, tmp_path):
+    image_dir, content = make_image_dir(tmp_path)
+    clients = RecordingClients()
+    events = []
+    record = publish(image_dir, target(), progress=events.append, clients=clients, poll_interval=0.01)
+
+    # the snapshot holds exactly the non-zero blocks, byte for byte
+    snapshot_id = record["snapshot"]["id"]
+    listing, blocks = read_snapshot(boto("ebs"), snapshot_id)
+    want = expected_blocks(content)
+    assert sorted(want) == [0, 3, 7, 15]  # block 5 was written as zeros: skipped like the holes
+    assert sorted(blocks) == sorted(want)
+    for index, data in want.items():
+        assert blocks[index] == data, f"block {index} differs"
+    start = clients.kwargs("start_snapshot")[0]
+    assert start["VolumeSize"] == 1 and start["ClientToken"] and start["Description"]
+    assert {"Key": "imagebuild:family", "Value": "containerd-golden"} in start["Tags"]
+    puts = clients.kwargs("put_snapshot_block")
+    assert sorted(p["BlockIndex"] for p in puts) == [0, 3, 7, 15]
+    assert all(p["ChecksumAlgorithm"] == "SHA256" and p["DataLength"] == BLOCK for p in puts)
+    # LINEAR aggregate: SHA256 over the raw per-block digests in block order, base64
+    (complete,) = clients.kwargs("complete_snapshot")
+    aggregate = hashlib.sha256(b"".join(hashlib.sha256(want[i]).digest() for i in sorted(want))).digest()
+    assert complete["Checksum"] == base64.b64encode(aggregate).decode()
+    assert complete["ChangedBlocksCount"] == 4
+    assert complete["ChecksumAggregationMethod"] == "LINEAR" and complete["ChecksumAlgorithm"] == "SHA256"
+    assert events and events[-1].blocks_done == events[-1].blocks_total and events[-1].blocks_written == 4
+
+    # RegisterImage got what AWS needs (moto keeps only the name and description of it)
+    (register,) = clients.kwargs("register_image")
+    assert register["Name"] == "containerd-golden-20261126T181500Z"
+    assert register["Architecture"] == "x86_64" and register["BootMode"] == "legacy-bios"
+    assert register["RootDeviceName"] == "/dev/xvda" and register["VirtualizationType"] == "hvm"
+    assert register["EnaSupport"] is True
+    assert register["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snapshot_id
+
+    # the AMIs: home and copies, tagged, shared
+    home_id = record["images"][HOME]["id"]
+    ec2 = boto("ec2", HOME)
+    (image,) = ec2.describe_images(ImageIds=[home_id])["Images"]
+    tags = tags_of(image)
+    assert tags["imagebuild:family"] == "containerd-golden"
+    assert tags["imagebuild:spec-hash"] == "ab" * 32
+    assert tags["imagebuild:containerd-version"] == "1.6.20"
+    assert tags["imagebuild:build-time"] == "2026-11-26T18:15:00Z"
+    assert tags["imagebuild:source-image"] == "debian-12-genericcloud-amd64.qcow2"
+    assert tags["imagebuild:inputs-hash"] and tags["team"] == "platform"
+    (snapshot,) = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert tags_of(snapshot)["imagebuild:image-id"] == home_id
+    assert tags_of(snapshot)["imagebuild:spec-hash"] == "ab" * 32
+    for region in [HOME, *COPIES]:
+        regional = boto("ec2", region)
+        image_id = record["images"][region]["id"]
+        (found,) = regional.describe_images(ImageIds=[image_id])["Images"]
+        assert found["Name"] == "containerd-golden-20261126T181500Z"
+        assert tags_of(found)["imagebuild:family"] == "containerd-golden"
+        perms = regional.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
+        assert perms["LaunchPermissions"] == [{"UserId": ACCOUNT}]
+        assert record["shared"][region] == [ACCOUNT]
+    assert len({record["images"][r]["id"] for r in [HOME, *COPIES]}) == 3
+
+    # SSM points at the home AMI
+    parameter = boto("ssm", HOME).get_parameter(Name=PARAM)["Parameter"]
+    assert parameter["Value"] == home_id and parameter["DataType"] == "aws:ec2:image"
+
+    # the record says the same, and holds no secrets
+    on_disk = record_of(image_dir)
+    assert on_disk == record and on_disk["complete"] is True and on_disk["failed_regions"] == {}
+    assert on_disk["ssm_parameter"]["value"] == home_id
+    text = (image_dir / "publish.json").read_text()
+    assert "testing" not in text and "127.0.0.1" not in text
+    assert not list(image_dir.glob(".publish.json.*"))  # no temp file left behind
+
+
+def test_rerun_of_complete_publish_changes_nothing(aws, boto, tmp_path):
+    image_dir, _ = make_image_dir(tmp_path)
+    first = publish(image_dir, target(), progress=lambda p: None, poll_interval=0.01)
+    clients = RecordingClients()
+    second = publish(image_dir, target(), progress=lambda p: None, clients=clients, poll_interval=0.01)
+    assert second["images"] == first["images"]
+    for operation in ("start_snapshot", "put_snapshot_block", "register_image", "copy_image",
+                      "modify_image_attribute", "put_parameter"):
+        assert clients.count(operation) == 0, operation
+    assert boto("ssm").get_parameter(Name=PARAM)["Parameter"]["Version"] == 1
+
+
+def test_refuses_failed_verification(aws, tmp_path):
+    image_dir, _ = make_image_dir(tmp_path, passed=False)
+    clients = RecordingClients()
+    with pytest.raises(ImagebuildError, match="verification did not pass.*containerd-active"):
+        publish(image_dir, target(), clients=clients)
+    assert clients.calls == [] and not (image_dir / "publish.json").exists()
+
+
+def test_refuses_image_changed_after_verification(aws, tmp_path):
+    image_dir, _ = make_image_dir(tmp_path)
+    qcow2 = image_dir / "golden.qcow2"
+    with open(qcow2, "r+b") as handle:  # one byte changed after verify and manifest were written
+        handle.seek(qcow2.stat().st_size - 1)
+        last = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    clients = RecordingClients()
+    with pytest.raises(ImagebuildError, match="changed after verification"):
+        publish(image_dir, target(), clients=clients)
+    assert clients.calls == []
+
+
+def test_refuses_verify_of_another_image(aws, tmp_path):
+    image_dir, _ = make_image_dir(tmp_path)
+    verify = json.loads((image_dir / "verify.json").read_text())
+    verify["image_sha256"] = "0" * 64
+    (image_dir / "verify.json").write_text(json.dumps(verify))
+    with pytest.raises(ImagebuildError, match="verify.json is for image sha256 0000"):
+        publish(image_dir, target(), clients=RecordingClients())
+
+
+def test_copy_failure_is_recorded_and_rerun_finishes(aws, boto, tmp_path):
+    image_dir, _ = make_image_dir(tmp_path)
+    outage = lambda n: client_error("RequestLimitExceeded", "Request limit exceeded.", "CopyImage")
+    failing = RecordingClients(fail_on={("ec2", "eu-central-1", "copy_image"): outage})
+    with pytest.raises(ImagebuildError, match="copying the AMI failed for eu-central-1") as caught:
+        publish(image_dir, target(), progress=lambda p: None, clients=failing, poll_interval=0.01)
+    assert "RequestLimitExceeded" in str(caught.value) and "run publish again" in str(caught.value)
+
+    record = record_of(image_dir)
+    assert set(record["images"]) == {HOME, "us-west-2"}
+    assert "RequestLimitExceeded" in record["failed_regions"]["eu-central-1"]
+    assert record["complete"] is False and record["ssm_parameter"] is None and record["shared"] == {}
+    # the record is exactly what exists
+    for region, entry in record["images"].items():
+        assert boto("ec2", region).describe_images(ImageIds=[entry["id"]])["Images"][0]["State"] == "available"
+    assert boto("ec2", "eu-central-1").describe_images(Owners=["self"])["Images"] == []
+    with pytest.raises(boto("ssm").exceptions.ParameterNotFound):
+        boto("ssm").get_parameter(Name=PARAM)
+
+    rerun = RecordingClients()
+    finished = publish(image_dir, target(), progress=lambda p: None, clients=rerun, poll_interval=0.01)
+    assert rerun.count("start_snapshot") == rerun.count("put_snapshot_block") == 0
+    assert rerun.count("register_image") == 0
+    assert [kw["SourceImageId"] for kw in rerun.kwargs("copy_image")] == [record["images"][HOME]["id"]]
+    assert rerun.count("copy_image", region="eu-central-1") == 1
+    assert finished["complete"] is True and finished["failed_regions"] == {}
+    assert finished["images"][HOME] == {**record["images"][HOME]}
+    assert finished["images"]["us-west-2"]["id"] == record["images"]["us-west-2"]["id"]
+    assert set(finished["shared"]) == {HOME, *COPIES}
+    assert boto("ssm").get_parameter(Name=PARAM)["Parameter"]["Value"] == record["images"][HOME]["id"]
+
+
+def test_copy_to_a_region_the_server_rejects(aws, boto, tmp_path, monkeypatch):
+    """An honest failure from the real server: moto has no backend for a made-up region (HTTP 500)."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    image_dir, _ = make_image_dir(tmp_path)
+    bad = target(copy_regions=["us-west-2", "xx-nowhere-9"])
+    with pytest.raises(ImagebuildError, match="copying the AMI failed for xx-nowhere-9"):
+        publish(image_dir, bad, progress=lambda p: None, poll_interval=0.01)
+    record = record_of(image_dir)
+    assert set(record["images"]) == {HOME, "us-west-2"} and set(record["failed_regions"]) == {"xx-nowhere-9"}
+    assert record["snapshot"]["state"] == "completed"
+
+    fixed = target(copy_regions=["us-west-2"])
+    clients = RecordingClients()
+    done = publish(image_dir, fixed, progress=lambda p: None, clients=clients, poll_interval=0.01)
+    assert done["complete"] is True and done["failed_regions"] == {}
+    assert clients.count("copy_image") == 0 and clients.count("start_snapshot") == 0
+
+
+def _boom_after(k):
+    def fault(n):
+        return RuntimeError("injected: network went away") if n > k else None
+    return fault
+
+
+def test_failed_upload_leaves_no_snapshot_and_rerun_publishes(aws, boto, tmp_path):
+    image_dir, _ = make_image_dir(tmp_path)
+    failing = RecordingClients(fail_on={("ebs", HOME, "put_snapshot_block"): _boom_after(2)})
+    with pytest.raises(ImagebuildError, match=r"upload failed: RuntimeError: injected.*was deleted"):
+        publish(image_dir, target(), progress=lambda p: None, clients=failing, workers=1, poll_interval=0.01)
+    (started,) = [kw for s, r, op, kw in failing.calls if op == "start_snapshot"]
+    assert failing.count("delete_snapshot") == 1
+    ec2 = boto("ec2")
+    assert family_snapshots(ec2) == []
+    assert ec2.describe_images(Owners=["self"])["Images"] == []
+    record = record_of(image_dir)
+    assert record["snapshot"] is None and record["images"] == {}
+    assert any("deleted incomplete snapshot" in note for note in record["notes"])
+    assert "upload failed" in record["last_error"]
+
+    done = publish(image_dir, target(), progress=lambda p: None, poll_interval=0.01)
+    assert done["complete"] is True
+    assert len(family_snapshots(ec2)) >= 1
+
+
+def test_interrupted_upload_deletes_snapshot_and_reraises(aws, boto, tmp_path):
+    image_dir, _ = make_image_dir(tmp_path)
+    interrupt = lambda n: KeyboardInterrupt() if n == 2 else None
+    failing = RecordingClients(fail_on={("ebs", HOME, "put_snapshot_block"): interrupt})
+    with pytest.raises(KeyboardInterrupt):
+        publish(image_dir, target(), progress=lambda p: None, clients=failing, workers=2, poll_interval=0.01)
+    assert family_snapshots(boto("ec2")) == []
+    record = record_of(image_dir)
+    assert record["snapshot"] is None and "interrupted" in record["last_error"]
+
+
+def test_killed_upload_is_cleaned_up_by_the_rerun(aws, boto, tmp_path):
+    """A record left by a killed process (snapshot still 'uploading'): the rerun deletes it first."""
+    image_dir, _ = make_image_dir(tmp_path)
+    ebs = boto("ebs")
+    orphan = ebs.start_snapshot(VolumeSize=1, Tags=[{"Key": "imagebuild:family", "Value": "containerd-golden"}])
+    manifest = json.loads((image_dir / "manifest.json").read_text())
+    (image_dir / "publish.json").write_text(json.dumps({
+        "version": 1, "image": "golden.qcow2", "image_sha256": manifest["sha256"],
+        "family": "containerd-golden", "name": "containerd-golden-20261126T181500Z",
+        "home_region": HOME, "snapshot": {"id": orphan["SnapshotId"], "region": HOME, "state": "uploading"},
+        "images": {}, "failed_regions": {}, "shared": {}, "ssm_parameter": None,
+        "complete": False, "last_error": None, "notes": [], "updated_at": None,
+    }))
+    done = publish(image_dir, target(copy_regions=[]), progress=lambda p: None, poll_interval=0.01)
+    assert done["snapshot"]["id"] != orphan["SnapshotId"]
+    with pytest.raises(boto("ec2").exceptions.ClientError, match="InvalidSnapshot.NotFound"):
+        boto("ec2").describe_snapshots(SnapshotIds=[orphan["SnapshotId"]])
+
+
+def test_partial_last_block_is_padded(aws, boto, tmp_path):
+    size = 2 * MIB + 64 * 1024  # 4 full blocks and a 64 KiB tail
+    image_dir, content = make_image_dir(tmp_path, size=size, blocks={4: b"tail data" * 10, 1: b"x" * BLOCK})
+    record = publish(image_dir, target(copy_regions=[], share_with=[], ssm_parameter=""),
+                     progress=lambda p: None, poll_interval=0.01)
+    _, blocks = read_snapshot(boto("ebs"), record["snapshot"]["id"])
+    assert sorted(blocks) == [1, 4]
+    assert blocks[4] == content[4 * BLOCK :].ljust(BLOCK, b"\0")
+    assert record["shared"] == {} and record["ssm_parameter"] is None
+
+
+def test_register_request_follows_manifest(tmp_path):
+    image_dir, _ = make_image_dir(tmp_path)
+    manifest = Manifest.load(image_dir)
+    request = register_request(manifest, target(), "snap-0123")
+    assert request["Name"] == "containerd-golden-20261126T181500Z"
+    assert request["BlockDeviceMappings"] == [{
+        "DeviceName": "/dev/xvda",
+        "Ebs": {"SnapshotId": "snap-0123", "VolumeSize": 1, "VolumeType": "gp3", "DeleteOnTermination": True},
+    }]
+    assert request["BootMode"] == "legacy-bios" and request["Architecture"] == "x86_64"
+
+
+def test_target_validation():
+    with pytest.raises(ImagebuildError, match="12-digit"):
+        target(share_with=["12345"])
+    with pytest.raises(ImagebuildError, match="home region"):
+        target(copy_regions=[HOME])
+    with pytest.raises(ImagebuildError, match="keep"):
+        target(keep=0)
+    with pytest.raises(ImagebuildError, match="set by imagebuild"):
+        target(tags={"imagebuild:family": "other"})
+
+
+def test_importing_imagebuild_does_not_import_boto3():
+    code = (
+        "import sys, imagebuild, imagebuild.aws, imagebuild.aws.publish, imagebuild.aws.prune;"
+        "bad = [m for m in ('boto3', 'botocore') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,350 @@
+"""Real containerd binaries from Debian packages: fetch, tarballs, test image, local server.
+
+The first run downloads (~10 s per family, into the imagebuild cache); later runs reuse it.
+"""
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from imagebuild import debian_artifacts as da
+from imagebuild.errors import ImagebuildError
+
+EXPECTED = {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------- sources parsing (offline)
+
+DEB822 = """\
+Types: deb
+# a comment
+URIs: http://mirror.invalid/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.invalid/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+def test_parse_deb822_and_pick_archive():
+    entries = da.parse_sources(DEB822, deb822=True)
+    assert len(entries) == 2
+    picked = da.pick_debian_source(entries, "bookworm")
+    assert picked["URIs"] == "http://mirror.invalid/debian"
+    assert picked["Signed-By"] == "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def test_parse_one_line_skips_security_and_third_party():
+    text = """\
+# deb http://commented.invalid/debian bookworm main
+deb https://thirdparty.invalid/apt cloud-sdk-bookworm main
+deb http://mirror.invalid/debian-security bookworm-security main
+deb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/debian bookworm main contrib
+"""
+    picked = da.pick_debian_source(da.parse_sources(text, deb822=False), "bookworm")
+    assert picked["URIs"] == "http://mirror.invalid/debian"
+    assert picked["Signed-By"] == "/k.gpg"
+
+
+def test_disabled_or_foreign_sources_are_an_error():
+    text = "Types: deb\nURIs: https://x.invalid/node\nSuites: nodistro\nComponents: main\n\n" \
+           "Types: deb\nURIs: http://m.invalid/debian\nSuites: bookworm\nComponents: main\n" \
+           "Enabled: no\n"
+    with pytest.raises(ImagebuildError, match="no Debian archive"):
+        da.pick_debian_source(da.parse_sources(text, deb822=True), "bookworm")
+
+
+def test_upstream_version():
+    assert da.upstream_version("1.6.20~ds1-1+deb12u3") == "1.6.20"
+    assert da.upstream_version("2.1.9+ds1-5") == "2.1.9"
+    assert da.upstream_version("1:1.35.0-4+deb12u1+b1") == "1.35.0"
+    assert da.upstream_version("2.0.0-rc.1+ds-1") == "2.0.0-rc.1"
+
+
+def test_unknown_family():
+    with pytest.raises(ImagebuildError, match="unknown containerd family"):
+        da.fetch("0.9")
+
+
+# ----------------------------------------------------------------- caching and locking (offline)
+
+
+@pytest.fixture
+def fake_debs(tmp_path, monkeypatch):
+    """Replace the apt download with a locally built tiny .deb; count the downloads."""
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "usr/bin").mkdir(parents=True)
+    (pkg / "usr/bin/hello").write_text("#!/bin/sh\necho hi\n")
+    (pkg / "DEBIAN/control").write_text(
+        "Package: hello\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n")
+    deb = tmp_path / "hello_1.0-1_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(pkg), str(deb)], check=True,
+                   capture_output=True)
+    calls = []
+
+    def download(suite, packages, dest):
+        calls.append(suite)
+        if suite == "broken":
+            raise ImagebuildError("network down")
+        (dest / deb.name).write_bytes(deb.read_bytes())
+        return {"hello": "1.0-1"}
+
+    monkeypatch.setattr(da, "_download_debs", download)
+    return calls
+
+
+def test_fetch_unpacks_once_and_redoes_interrupted(tmp_path, fake_debs):
+    target = tmp_path / "cache" / "x"
+    target.mkdir(parents=True)
+    (target / "leftover").write_text("from an interrupted fetch")
+    lock = tmp_path / "cache" / ".x.lock"
+    assert da._fetch_unpacked(target, lock, "s", ("hello",)) == target
+    assert (target / "usr/bin/hello").is_file()
+    assert not (target / "leftover").exists()
+    assert json.loads((target / ".fetched.json").read_text())["packages"] == {"hello": "1.0-1"}
+    da._fetch_unpacked(target, lock, "s", ("hello",))
+    assert fake_debs == ["s"]  # cached: no second download
+
+
+def test_failed_fetch_leaves_no_stamp(tmp_path, fake_debs):
+    target = tmp_path / "y"
+    target.mkdir()
+    with pytest.raises(ImagebuildError, match="network down"):
+        da._fetch_unpacked(target, tmp_path / ".y.lock", "broken", ("hello",))
+    assert not (target / ".fetched.json").exists()
+    assert list(tmp_path.glob(".download-*")) == []
+
+
+# ----------------------------------------------------------------- serve() (offline)
+
+
+def test_serve_small_files(tmp_path):
+    (tmp_path / "a.bin").write_bytes(os.urandom(70_000))
+    with da.serve(tmp_path) as url:
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(f"{url}/a.bin", timeout=10) as resp:
+            assert resp.read() == (tmp_path / "a.bin").read_bytes()
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{url}/missing", timeout=10)
+    with pytest.raises(OSError):  # shut down on exit
+        urllib.request.urlopen(f"{url}/a.bin", timeout=2)
+
+
+# ----------------------------------------------------------------- real Debian binaries
+
+
+@pytest.mark.parametrize("family", list(da.FAMILIES))
+def test_fetch_and_version(family):
+    root = da.fetch(family)
+    for name in ("containerd", "ctr", "containerd-shim-runc-v2", "runc"):
+        assert os.access(da.binary(family, name), os.X_OK), name
+    assert da.binary(family).is_relative_to(root)
+    out = subprocess.run([da.binary(family), "--version"], capture_output=True, text=True,
+                         check=True).stdout
+    assert EXPECTED[family] in out
+    assert da.upstream_version(da.version(family)) == EXPECTED[family]
+
+
+def test_second_fetch_is_instant():
+    da.fetch("1.6")
+    start = time.monotonic()
+    da.fetch("1.6")
+    assert time.monotonic() - start < 0.1
+
+
+@pytest.mark.parametrize("family", list(da.FAMILIES))
+def test_default_config_parses_with_real_binary(family):
+    default = da.defaults_dir() / f"config-{family}.toml"
+    proc = subprocess.run([da.binary(family), "--config", default, "config", "dump"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "version = " in proc.stdout
+
+
+@pytest.mark.parametrize("family", list(da.FAMILIES))
+def test_packaged_defaults_match_binary(family):
+    """imagebuild/defaults is the byte-for-byte `config default` (run `make regen-defaults`)."""
+    proc = subprocess.run([da.binary(family), "config", "default"], capture_output=True, check=True)
+    assert (da.defaults_dir() / f"config-{family}.toml").read_bytes() == proc.stdout
+
+
+@pytest.fixture(scope="module")
+def tarballs_16(tmp_path_factory):
+    return da.release_tarballs("1.6", tmp_path_factory.mktemp("tb"))
+
+
+@pytest.mark.slow
+def test_release_tarball_members_and_runc(tarballs_16):
+    c = tarballs_16["containerd"]
+    assert Path(c["path"]).name == "containerd-1.6.20-linux-amd64.tar.gz"
+    assert c["version"] == "1.6.20"
+    assert c["sha256"] == hashlib.sha256(Path(c["path"]).read_bytes()).hexdigest()
+    with tarfile.open(c["path"]) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["bin/containerd", "bin/containerd-shim-runc-v2",
+                                             "bin/ctr"]
+        for m in members:
+            assert (m.mode, m.mtime, m.uid, m.gid, m.isfile()) == (0o755, 0, 0, 0, True)
+            assert tar.extractfile(m).read() == da.binary("1.6", m.name.split("/")[1]).read_bytes()
+    with gzip.open(c["path"]) as gz:
+        gz.read(1)
+    assert Path(c["path"] + ".sha256sum").read_text() == f"{c['sha256']}  {Path(c['path']).name}\n"
+    r = tarballs_16["runc"]
+    assert Path(r["path"]).name == "runc.amd64" and r["version"] == "1.1.5"
+    assert Path(r["path"]).read_bytes() == da.binary("1.6", "runc").read_bytes()
+    assert os.access(r["path"], os.X_OK)
+
+
+@pytest.mark.slow
+def test_release_tarball_is_reproducible(tarballs_16, tmp_path):
+    again = da.release_tarballs("1.6", tmp_path)
+    assert again["containerd"]["sha256"] == tarballs_16["containerd"]["sha256"]
+    assert again["runc"]["sha256"] == tarballs_16["runc"]["sha256"]
+
+
+@pytest.mark.slow
+def test_served_tarball_downloads_byte_identical(tarballs_16):
+    path = Path(tarballs_16["containerd"]["path"])
+    with da.serve(path.parent) as url:
+        with urllib.request.urlopen(f"{url}/{path.name}", timeout=30) as resp:
+            data = resp.read()
+        with urllib.request.urlopen(f"{url}/{path.name}.sha256sum", timeout=30) as resp:
+            sums = resp.read().decode()
+    assert hashlib.sha256(data).hexdigest() == tarballs_16["containerd"]["sha256"]
+    assert sums.split()[0] == tarballs_16["containerd"]["sha256"]
+    assert data == path.read_bytes()
+
+
+# ----------------------------------------------------------------- OCI test image
+
+
+@pytest.fixture(scope="module")
+def oci_image(tmp_path_factory):
+    return da.test_oci_image(tmp_path_factory.mktemp("oci") / "busybox.tar")
+
+
+def test_oci_image_layout(oci_image, tmp_path):
+    assert oci_image["ref"] == "docker.io/library/imagebuild-busybox:latest"
+    again = da.test_oci_image(tmp_path / "again.tar")
+    assert Path(again["path"]).read_bytes() == Path(oci_image["path"]).read_bytes()
+    with tarfile.open(oci_image["path"]) as tar:
+        names = tar.getnames()
+        assert names[:2] == ["oci-layout", "index.json"]
+        blobs = {n.rsplit("/", 1)[1]: tar.extractfile(n).read()
+                 for n in names if n.startswith("blobs/sha256/") and tar.getmember(n).isfile()}
+        index = json.loads(tar.extractfile("index.json").read())
+    for digest, data in blobs.items():
+        assert hashlib.sha256(data).hexdigest() == digest
+    (desc,) = index["manifests"]
+    assert desc["annotations"] == {"org.opencontainers.image.ref.name": oci_image["ref"],
+                                   "io.containerd.image.name": oci_image["ref"]}
+    manifest = json.loads(blobs[desc["digest"].split(":")[1]])
+    config = json.loads(blobs[manifest["config"]["digest"].split(":")[1]])
+    assert (config["architecture"], config["os"], config["config"]["Cmd"]) == \
+        ("amd64", "linux", ["/bin/sh"])
+    (layer,) = manifest["layers"]
+    assert config["rootfs"]["diff_ids"] == [layer["digest"]]
+    with tarfile.open(fileobj=io.BytesIO(blobs[layer["digest"].split(":")[1]])) as lt:
+        entries = {m.name: m for m in lt.getmembers()}
+    assert entries["bin/busybox"].isfile() and entries["bin/busybox"].mode == 0o755
+    for applet in ("sh", "sleep", "cat", "echo"):
+        assert entries[f"bin/{applet}"].issym() and entries[f"bin/{applet}"].linkname == "busybox"
+
+
+def _start_containerd(family: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    sock = str(workdir / "sock")
+    config = workdir / "config.toml"
+    config.write_text(
+        f'version = {3 if family.startswith("2.") else 2}\n'
+        f'root = "{workdir}/root"\nstate = "{workdir}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n')
+    # runc from bookworm: the trixie/sid runc builds need glibc 2.38, newer than this host's
+    path = os.pathsep.join([str(da.binary("1.6", "runc").parent), str(da.binary(family).parent),
+                            os.environ.get("PATH", "")])
+    log = open(workdir / "containerd.log", "wb")
+    proc = subprocess.Popen([da.binary(family), "--config", config], stdout=log, stderr=log,
+                            env={**os.environ, "PATH": path})
+    deadline = time.monotonic() + 20
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"containerd did not start:\n{(workdir / 'containerd.log').read_text()}")
+        time.sleep(0.05)
+    return proc, sock
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running containerd needs root")
+@pytest.mark.parametrize("family", list(da.FAMILIES))
+def test_ctr_imports_and_runs_test_image(family, oci_image):
+    workdir = Path(tempfile.mkdtemp(prefix="ctrd-"))
+    proc, sock = _start_containerd(family, workdir)
+    ctr = [str(da.binary(family, "ctr")), "-a", sock, "-n", "k8s.io"]
+    try:
+        subprocess.run([*ctr, "image", "import", oci_image["path"]], check=True,
+                       capture_output=True, timeout=60)
+        listed = subprocess.run([*ctr, "image", "ls", "-q"], check=True, capture_output=True,
+                                text=True, timeout=30).stdout
+        assert oci_image["ref"] in listed.split()
+        run = subprocess.run([*ctr, "run", "--rm", oci_image["ref"], f"t-{os.getpid()}",
+                              "sh", "-c", "echo hello; sleep 0.1; cat /etc/group | head -1"],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr + (workdir / "containerd.log").read_text()[-3000:]
+        assert run.stdout.splitlines() == ["hello", "root:x:0:"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["rm", "-rf", "--one-file-system", str(workdir)], check=False)
+
+
+# ----------------------------------------------------------------- concurrency and CLI
+
+
+@pytest.mark.slow
+def test_two_processes_fetch_once(tmp_path):
+    """Two processes fetching at once into an empty cache: one downloads, both succeed."""
+    env = {**os.environ, "IMAGEBUILD_CACHE": str(tmp_path / "cache")}
+    code = "from imagebuild.debian_artifacts import busybox_static; print(busybox_static())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    outs = {out.strip() for out, _ in results}
+    assert len(outs) == 1 and Path(outs.pop()).is_file()
+    assert sum(err.count("apt-get download") for _, err in results) == 1
+
+
+def test_cli_fetch_prints_versions():
+    da.fetch("1.6")
+    proc = subprocess.run([sys.executable, "-m", "imagebuild.debian_artifacts", "fetch", "1.6"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    family, path, version = proc.stdout.strip().split("\t")
+    assert (family, Path(path), version) == ("1.6", da.fetch("1.6"), "1.6.20~ds1")
+
+
+def test_cli_error_is_one_line():
+    proc = subprocess.run([sys.executable, "-m", "imagebuild.debian_artifacts", "fetch", "0.9"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: unknown containerd family")
+    assert "Traceback" not in proc.stderr
