@@ -308,6 +308,12 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                                     f"got {mirror['host']!r} again (also at [{seen[mirror['host']]}]), "
                                     "each registry host once"))
         seen.setdefault(mirror["host"], index)
+        urls = [ep["url"] for ep in mirror["endpoints"]]
+        for e_index, url in enumerate(urls):
+            if url in urls[:e_index]:
+                problems.append(Problem(f"config.registry.mirrors[{index}].endpoints[{e_index}].url",
+                                        f"got {url!r} again (also at [{urls.index(url)}]), each endpoint once "
+                                        "(hosts.toml keys hosts by URL)"))
         if registry["mode"] == "legacy":
             for e_index, ep in enumerate(mirror["endpoints"]):
                 extras = [k for k in ("ca", "headers") if ep[k]] + [k for k in ("skip_verify",) if ep[k]]
@@ -366,8 +372,20 @@ def _check_overrides(value: Any, path: str, problems: list[Problem]) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_overrides(item, f"{path}[{index}]", problems)
-    elif isinstance(value, str) and "\x00" in value:
-        problems.append(Problem(path, "got a NUL character, which TOML cannot hold"))
+    elif isinstance(value, str):
+        if "\x00" in value:
+            problems.append(Problem(path, "got a NUL character, which TOML cannot hold"))
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        if not -(1 << 63) <= value < (1 << 63):
+            problems.append(Problem(path, f"got {value}, outside TOML's 64-bit integers"))
+    elif isinstance(value, float):
+        if value != value:
+            problems.append(Problem(path, "got nan, which can never be checked equal; remove it"))
+    else:
+        problems.append(Problem(path, f"got {schema._show(value)} ({type(value).__name__}), expected a string, "
+                                "number, boolean, list or mapping (quote dates)"))
 
 
 def from_document(document: Any, source: str = "spec") -> Spec:
@@ -380,10 +398,41 @@ def from_document(document: Any, source: str = "spec") -> Spec:
         problems, warnings = _semantic_checks(doc)
     if problems:
         raise SpecError(problems, source)
-    # The containerd tarball's version is containerd's own.
-    doc["containerd"]["install"]["tarball"]["version"] = doc["containerd"]["version"]
     spec = _build(Spec, doc)
+    # The containerd tarball's version is containerd's own. Set on the model only: the document
+    # (spec.json, spec_hash) stays a valid spec that loads back.
+    ctd = spec.containerd
+    tarball = dataclasses.replace(ctd.install.tarball, version=ctd.version)
+    spec = dataclasses.replace(spec, containerd=dataclasses.replace(
+        ctd, install=dataclasses.replace(ctd.install, tarball=tarball)))
+    problems = _override_conflicts(spec)
+    if problems:
+        raise SpecError(problems, source)
     return dataclasses.replace(spec, warnings=tuple(warnings), document=doc)
+
+
+def _override_conflicts(spec: Spec) -> list[Problem]:
+    """config.overrides may not set (or replace a table holding) a key a typed setting owns: the
+    rendered file would carry the override while expected.json expects both values."""
+    from .render.config_toml import KeyPaths
+    from .render.expected import config_expectations
+
+    items = config_expectations(spec)
+    owned = {tuple(i["path"]): i["name"] for i in items if not i["name"].startswith("config.overrides.")}
+    owned[("version",)] = "containerd.version"
+    owned[KeyPaths(spec.containerd.config_version).registry + ("mirrors",)] = "config.registry"
+    problems = []
+    for item in items:
+        if not item["name"].startswith("config.overrides."):
+            continue
+        path = tuple(item["path"])
+        for own, name in owned.items():
+            n = min(len(own), len(path))
+            if own[:n] == path[:n]:
+                problems.append(Problem(item["name"], f"got {schema._show(item['value'])}, which sets "
+                                        f"{'.'.join(own)}: use {name} instead"))
+                break
+    return problems
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -1,21 +1,14 @@
 """Publishing verified images to AWS as AMIs, and pruning old ones.
 
-`publish` uploads a verified qcow2 through the EBS direct APIs, registers an AMI, copies it to
-other regions, shares it and points an SSM parameter at it; `prune` removes a family's old AMIs
-that nothing uses. boto3 is imported inside the functions that talk to AWS, never on import.
-Credentials come from boto3's own chain (environment, profile); an endpoint override goes
-through boto3's own `AWS_ENDPOINT_URL` support.
+`imagebuild.aws.publish.publish` uploads a verified qcow2 through the EBS direct APIs, registers
+an AMI, copies it to other regions, shares it and points an SSM parameter at it;
+`imagebuild.aws.prune.prune` removes a family's old AMIs that nothing uses. boto3 is imported
+inside the functions that talk to AWS, never on import. Credentials come from boto3's own chain
+(environment, profile); an endpoint override goes through boto3's own `AWS_ENDPOINT_URL` support.
+
+The functions are not re-exported here: a package attribute named `publish` would shadow the
+`publish` submodule.
 """
 from imagebuild.aws.model import Decision, Manifest, PublishTarget, VerifyResult
-from imagebuild.aws.prune import format_table, prune
-from imagebuild.aws.publish import publish
 
-__all__ = [
-    "Decision",
-    "Manifest",
-    "PublishTarget",
-    "VerifyResult",
-    "format_table",
-    "prune",
-    "publish",
-]
+__all__ = ["Decision", "Manifest", "PublishTarget", "VerifyResult"]

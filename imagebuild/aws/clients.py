@@ -23,10 +23,11 @@ ClientFactory = Callable[[str, str], Any]
 DEFAULT_POOL_CONNECTIONS = 16
 
 
-def boto3_clients(*, max_pool_connections: int = DEFAULT_POOL_CONNECTIONS) -> ClientFactory:
-    """A factory of boto3 clients from one default session, one client per (service, region).
+def boto3_clients(*, max_pool_connections: int = DEFAULT_POOL_CONNECTIONS, session: Any = None) -> ClientFactory:
+    """A factory of boto3 clients from one session, one client per (service, region).
 
-    Clients are created under a lock (a boto3 Session is not thread-safe); the clients
+    *session* is a boto3 Session (default: a new default session, i.e. the normal credential
+    chain). Clients are created under a lock (a Session is not thread-safe); the clients
     themselves are safe to share between threads.
     """
     try:
@@ -45,7 +46,8 @@ def boto3_clients(*, max_pool_connections: int = DEFAULT_POOL_CONNECTIONS) -> Cl
             "upgrade boto3/botocore (endpoint settings from the environment came in botocore 1.31)"
         )
 
-    session = boto3.session.Session()
+    if session is None:
+        session = boto3.session.Session()
     config = botocore.config.Config(
         max_pool_connections=max_pool_connections,
         user_agent_appid="imagebuild",
@@ -81,9 +83,18 @@ def is_aws_error(exc: BaseException) -> bool:
     """True for errors raised by botocore (API errors, connection errors, missing credentials)."""
     try:
         import botocore.exceptions
+        import botocore.parsers
     except ImportError:  # pragma: no cover - boto3 missing means no AWS call was made
         return False
-    return isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError))
+    return isinstance(
+        exc,
+        (
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+            # an endpoint that answered with something other than an AWS response (HTTP 500 page)
+            botocore.parsers.ResponseParserError,
+        ),
+    )
 
 
 def describe_error(exc: BaseException) -> str:
@@ -102,6 +113,10 @@ def describe_error(exc: BaseException) -> str:
     first = text.splitlines()[0]
     try:
         import botocore.exceptions
+        import botocore.parsers
+
+        if isinstance(exc, botocore.parsers.ResponseParserError):
+            return f"the endpoint did not answer like AWS ({first.rstrip(':')})"
 
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return (

@@ -171,6 +171,10 @@ def publish(
     )
     try:
         job.run()
+    except KeyboardInterrupt:
+        if not record.data.get("last_error"):
+            record.set("last_error", "interrupted; run publish again to finish")
+        raise
     except ImagebuildError as exc:
         record.set("last_error", str(exc))
         raise
@@ -235,9 +239,11 @@ class _Publish:
         """Drop from the record what no longer exists, so the rerun recreates it."""
         for region, entry in list(self.record.images.items()):
             state = image_state(self.ec2(region), entry["id"])
-            if state in (None, "deregistered", "failed", "error", "invalid"):
-                step(f"{region}: recorded AMI {entry['id']} is gone ({state or 'not found'}); will publish it again")
-                self.record.set_image(region, None, note=f"{region}: {entry['id']} no longer exists ({state or 'not found'})")
+            if state in (None, "deregistered"):
+                step(f"{region}: recorded AMI {entry['id']} is gone; will publish it again")
+                self.record.set_image(region, None, note=f"{region}: {entry['id']} no longer exists")
+            elif state not in ("available", "pending"):
+                self.drop_image(region, f"it is {state}")
         snap = self.record.snapshot
         if snap is None:
             return
@@ -403,19 +409,33 @@ class _Publish:
     # ------------------------------------------------------------------ per-region AMIs
 
     def finish_image(self, region: str) -> None:
-        """Wait until the region's AMI is available, then tag it and its snapshots."""
+        """Wait until the region's AMI is available, then tag it and its snapshots.
+
+        An AMI that failed is deregistered and dropped from the record; one still pending when
+        the wait times out stays recorded, for the next run to wait for.
+        """
         entry = dict(self.record.images[region])
         ec2 = self.ec2(region)
         image = self.wait_image(ec2, entry["id"])
-        state = image.get("State") if image else None
+        if image is None or image.get("State") == "deregistered":
+            self.record.set_image(region, None, note=f"{region}: {entry['id']} disappeared")
+            raise _RegionFailed(region, f"AMI {entry['id']} disappeared before it became available")
+        state = image.get("State")
+        if state == "pending":
+            raise _RegionFailed(
+                region, f"AMI {entry['id']} is still pending after {self.wait_timeout:.0f} s; run publish again to keep waiting"
+            )
         if state != "available":
-            raise _RegionFailed(region, f"AMI {entry['id']} is {state or 'gone'} instead of available")
+            reason = image.get("StateReason", {}).get("Message") or state
+            self.drop_image(region, f"it is {state}")
+            raise _RegionFailed(region, f"AMI {entry['id']} became {state} ({reason})")
         snapshots = list(dict.fromkeys([*entry.get("snapshots", []), *block_device_snapshots(image)]))
         ec2.create_tags(Resources=[entry["id"]], Tags=_tag_list(self.tags))
         if snapshots:
             ec2.create_tags(Resources=snapshots, Tags=_tag_list({**self.tags, IMAGE_ID_TAG: entry["id"]}))
-        entry.update(state="available", snapshots=snapshots)
-        self.record.set_image(region, entry)
+        if entry.get("state") != "available" or entry.get("snapshots") != snapshots:
+            entry.update(state="available", snapshots=snapshots)
+            self.record.set_image(region, entry, note=f"{region}: {entry['id']} available")
 
     def make_copies(self) -> None:
         home_id = self.record.image_id(self.home)
@@ -426,6 +446,7 @@ class _Publish:
         started: list[str] = []
         for region in self.target.copy_regions:
             if self.record.image_id(region) is not None:
+                started.append(region)  # recorded by an earlier run: make sure it is finished
                 continue
             try:
                 if self.adopt_existing(region):
@@ -457,7 +478,6 @@ class _Publish:
                 self.finish_image(region)
             except _RegionFailed as exc:
                 failures[region] = exc.reason
-                self.drop_failed_copy(region)
                 self.region_failed(region, exc.reason)
             except Exception as exc:
                 if not is_aws_error(exc):
@@ -479,7 +499,8 @@ class _Publish:
         self.record.save()
         step(f"{region}: copy failed: {reason}")
 
-    def drop_failed_copy(self, region: str) -> None:
+    def drop_image(self, region: str, why: str) -> None:
+        """Deregister a failed AMI (best effort) and drop it from the record if it is gone."""
         entry = self.record.images.get(region)
         if entry is None:
             return
@@ -489,10 +510,11 @@ class _Publish:
             if not is_aws_error(exc):
                 raise
             if error_code(exc) not in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
-                self.record.note(f"{region}: could not deregister failed copy {entry['id']}: {describe_error(exc)}")
+                self.record.note(f"{region}: could not deregister {entry['id']} ({why}): {describe_error(exc)}")
                 self.record.save()
                 return
-        self.record.set_image(region, None, note=f"{region}: deregistered failed copy {entry['id']}")
+        step(f"{region}: deregistered {entry['id']} ({why})")
+        self.record.set_image(region, None, note=f"{region}: deregistered {entry['id']} ({why})")
 
     # ------------------------------------------------------------------ sharing, SSM
 

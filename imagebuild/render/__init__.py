@@ -132,7 +132,11 @@ def write_tree(files: dict[str, File], out_dir: str | Path) -> Path:
         if out.exists():
             old = out.parent / f"{tmp.name}.old"
             out.rename(old)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)  # put the earlier render back: out_dir is left as it was
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)

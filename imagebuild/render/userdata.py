@@ -74,7 +74,10 @@ def fit(raw: bytes, *, limit: int = EC2_LIMIT) -> bytes:
 def mime(cloud_config_text: str) -> bytes:
     """A multipart/mixed message with one text/cloud-config part, for merging with other parts."""
     message = MIMEMultipart(boundary="==imagebuild-boundary==")
-    part = MIMEText(cloud_config_text, "cloud-config", "utf-8")
+    # dump() escapes non-ASCII, so the part is 7bit text: a utf-8 part would be base64 (a third
+    # larger, and base64 barely gzips: the default spec no longer fitted EC2's limit).
+    charset = "us-ascii" if cloud_config_text.isascii() else "utf-8"
+    part = MIMEText(cloud_config_text, "cloud-config", charset)
     part.add_header("Content-Disposition", 'attachment; filename="imagebuild.cfg"')
     message.attach(part)
     return message.as_bytes()

@@ -23,6 +23,17 @@ MIB = 1024 * 1024
 BLOCK = 512 * 1024
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when pytest dies, so a killed test run leaves no server behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def _moto_command() -> list[str]:
     script = Path(sys.executable).parent / "moto_server"
     if script.exists():
@@ -39,6 +50,9 @@ def moto_server():
     log = logdir / "moto.log"
     env = dict(os.environ)
     env.pop("MOTO_PORT", None)
+    # moto otherwise seeds ~1,300 public AMIs (each with a volume and snapshot) into every
+    # region on first use after each reset; our tests only look at their own images
+    env["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [*_moto_command(), "-H", "127.0.0.1", "-p", "0"],
@@ -46,6 +60,7 @@ def moto_server():
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
     try:
         url = None
@@ -60,6 +75,7 @@ def moto_server():
             if time.monotonic() > deadline:
                 pytest.fail("moto_server did not start within 30 s")
             time.sleep(0.05)
+        _warm_up(url)
         yield url
     finally:
         proc.terminate()
@@ -69,6 +85,23 @@ def moto_server():
             proc.kill()
             proc.wait()
         shutil.rmtree(logdir, ignore_errors=True)
+
+
+def _warm_up(url: str) -> None:
+    """Make moto import its EC2, EBS and SSM backends now, not inside the first test (~1 s)."""
+    import boto3
+    import botocore.config
+
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="eu-west-1"
+    )
+    once = botocore.config.Config(retries={"total_max_attempts": 1})
+    session.client("ec2", endpoint_url=url, config=once).describe_images(Owners=["self"])
+    session.client("ssm", endpoint_url=url, config=once).describe_parameters()
+    try:
+        session.client("ebs", endpoint_url=url, config=once).list_snapshot_blocks(SnapshotId="snap-00000000000000000")
+    except Exception:  # no such snapshot; the backend is loaded all the same
+        pass
 
 
 def _reset(url: str) -> None:
@@ -95,16 +128,31 @@ def aws(moto_server, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("IMAGEBUILD_CACHE", str(tmp_path / "cache"))
     yield moto_server
-    _reset(moto_server)
+
+
+@pytest.fixture(scope="session")
+def _botocore_loader():
+    """One botocore data loader for the whole run: parsing the EC2 model costs ~0.2 s a session."""
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
 
 
 @pytest.fixture
-def boto(aws):
-    """A plain boto3 client maker for assertions (separate from the code under test)."""
+def boto_session(aws, _botocore_loader):
+    """A fresh boto3 Session (normal credential chain, from this test's environment)."""
     import boto3
+    import botocore.session
 
-    session = boto3.session.Session()
-    return lambda service, region="eu-west-1": session.client(service, region_name=region)
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _botocore_loader)
+    return boto3.session.Session(botocore_session=core)
+
+
+@pytest.fixture
+def boto(boto_session):
+    """A plain boto3 client maker for assertions (separate from the code under test)."""
+    return lambda service, region="eu-west-1": boto_session.client(service, region_name=region)
 
 
 # --------------------------------------------------------------------------- images
@@ -183,8 +231,10 @@ def make_image_dir(
 
 
 @pytest.fixture
-def image_dir(tmp_path):
-    return make_image_dir(tmp_path)
+def make_image(tmp_path):
+    """make_image(**options) -> (image_dir, raw content); see make_image_dir."""
+    counter = iter(range(1000))
+    return lambda **options: make_image_dir(tmp_path / f"img{next(counter)}", **options)
 
 
 # --------------------------------------------------------------------------- client wrapping
@@ -198,12 +248,12 @@ class RecordingClients:
     raised instead of calling AWS. boto3 itself is untouched; this wraps our factory only.
     """
 
-    def __init__(self, fail_on=None):
+    def __init__(self, fail_on=None, session=None):
         import threading
 
         from imagebuild.aws.clients import boto3_clients
 
-        self.real = boto3_clients()
+        self.real = boto3_clients(session=session)
         self.fail_on = dict(fail_on or {})
         self.calls: list[tuple[str, str, str, dict]] = []
         self._lock = threading.Lock()
@@ -250,7 +300,7 @@ class _ClientProxy:
         return call
 
 
-def client_error(code, message, operation):
+def _client_error(code, message, operation):
     """A botocore ClientError shaped like the one AWS returns."""
     from botocore.exceptions import ClientError
 
@@ -258,5 +308,12 @@ def client_error(code, message, operation):
 
 
 @pytest.fixture
-def recording_clients(aws):
-    return RecordingClients
+def recording_clients(aws, boto_session):
+    """Make RecordingClients (a client factory that records calls and injects faults)."""
+    return lambda fail_on=None: RecordingClients(fail_on, session=boto_session)
+
+
+@pytest.fixture
+def client_error():
+    """client_error(code, message, operation) -> a botocore ClientError like AWS's."""
+    return _client_error

@@ -4,17 +4,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
-from imagebuild.aws import PublishTarget, publish
+from imagebuild.aws import PublishTarget
+from imagebuild.aws.publish import publish
 from imagebuild.aws.publish import register_request
 from imagebuild.aws.model import Manifest
 from imagebuild.errors import ImagebuildError
 
-from conftest import BLOCK, MIB, RecordingClients, client_error, make_image_dir
+MIB = 1024 * 1024
+BLOCK = 512 * 1024
 
 HOME = "eu-west-1"
 COPIES = ["us-west-2", "eu-central-1"]
@@ -72,9 +75,9 @@ def expected_blocks(content: bytes) -> dict[int, bytes]:
     return blocks
 
 
-def test_publish_end_to_end(aws, boto, tmp_path):
-    image_dir, content = make_image_dir(tmp_path)
-    clients = RecordingClients()
+def test_publish_end_to_end(aws, boto, make_image, recording_clients):
+    image_dir, content = make_image()
+    clients = recording_clients()
     events = []
     record = publish(image_dir, target(), progress=events.append, clients=clients, poll_interval=0.01)
 
@@ -146,10 +149,10 @@ def test_publish_end_to_end(aws, boto, tmp_path):
     assert not list(image_dir.glob(".publish.json.*"))  # no temp file left behind
 
 
-def test_rerun_of_complete_publish_changes_nothing(aws, boto, tmp_path):
-    image_dir, _ = make_image_dir(tmp_path)
+def test_rerun_of_complete_publish_changes_nothing(aws, boto, make_image, recording_clients):
+    image_dir, _ = make_image()
     first = publish(image_dir, target(), progress=lambda p: None, poll_interval=0.01)
-    clients = RecordingClients()
+    clients = recording_clients()
     second = publish(image_dir, target(), progress=lambda p: None, clients=clients, poll_interval=0.01)
     assert second["images"] == first["images"]
     for operation in ("start_snapshot", "put_snapshot_block", "register_image", "copy_image",
@@ -158,41 +161,41 @@ def test_rerun_of_complete_publish_changes_nothing(aws, boto, tmp_path):
     assert boto("ssm").get_parameter(Name=PARAM)["Parameter"]["Version"] == 1
 
 
-def test_refuses_failed_verification(aws, tmp_path):
-    image_dir, _ = make_image_dir(tmp_path, passed=False)
-    clients = RecordingClients()
+def test_refuses_failed_verification(aws, make_image, recording_clients):
+    image_dir, _ = make_image(passed=False)
+    clients = recording_clients()
     with pytest.raises(ImagebuildError, match="verification did not pass.*containerd-active"):
         publish(image_dir, target(), clients=clients)
     assert clients.calls == [] and not (image_dir / "publish.json").exists()
 
 
-def test_refuses_image_changed_after_verification(aws, tmp_path):
-    image_dir, _ = make_image_dir(tmp_path)
+def test_refuses_image_changed_after_verification(aws, make_image, recording_clients):
+    image_dir, _ = make_image()
     qcow2 = image_dir / "golden.qcow2"
     with open(qcow2, "r+b") as handle:  # one byte changed after verify and manifest were written
         handle.seek(qcow2.stat().st_size - 1)
         last = handle.read(1)
         handle.seek(-1, 1)
         handle.write(bytes([last[0] ^ 0xFF]))
-    clients = RecordingClients()
+    clients = recording_clients()
     with pytest.raises(ImagebuildError, match="changed after verification"):
         publish(image_dir, target(), clients=clients)
     assert clients.calls == []
 
 
-def test_refuses_verify_of_another_image(aws, tmp_path):
-    image_dir, _ = make_image_dir(tmp_path)
+def test_refuses_verify_of_another_image(aws, make_image, recording_clients):
+    image_dir, _ = make_image()
     verify = json.loads((image_dir / "verify.json").read_text())
     verify["image_sha256"] = "0" * 64
     (image_dir / "verify.json").write_text(json.dumps(verify))
     with pytest.raises(ImagebuildError, match="verify.json is for image sha256 0000"):
-        publish(image_dir, target(), clients=RecordingClients())
+        publish(image_dir, target(), clients=recording_clients())
 
 
-def test_copy_failure_is_recorded_and_rerun_finishes(aws, boto, tmp_path):
-    image_dir, _ = make_image_dir(tmp_path)
+def test_copy_failure_is_recorded_and_rerun_finishes(aws, boto, make_image, recording_clients, client_error):
+    image_dir, _ = make_image()
     outage = lambda n: client_error("RequestLimitExceeded", "Request limit exceeded.", "CopyImage")
-    failing = RecordingClients(fail_on={("ec2", "eu-central-1", "copy_image"): outage})
+    failing = recording_clients(fail_on={("ec2", "eu-central-1", "copy_image"): outage})
     with pytest.raises(ImagebuildError, match="copying the AMI failed for eu-central-1") as caught:
         publish(image_dir, target(), progress=lambda p: None, clients=failing, poll_interval=0.01)
     assert "RequestLimitExceeded" in str(caught.value) and "run publish again" in str(caught.value)
@@ -208,7 +211,7 @@ def test_copy_failure_is_recorded_and_rerun_finishes(aws, boto, tmp_path):
     with pytest.raises(boto("ssm").exceptions.ParameterNotFound):
         boto("ssm").get_parameter(Name=PARAM)
 
-    rerun = RecordingClients()
+    rerun = recording_clients()
     finished = publish(image_dir, target(), progress=lambda p: None, clients=rerun, poll_interval=0.01)
     assert rerun.count("start_snapshot") == rerun.count("put_snapshot_block") == 0
     assert rerun.count("register_image") == 0
@@ -221,19 +224,22 @@ def test_copy_failure_is_recorded_and_rerun_finishes(aws, boto, tmp_path):
     assert boto("ssm").get_parameter(Name=PARAM)["Parameter"]["Value"] == record["images"][HOME]["id"]
 
 
-def test_copy_to_a_region_the_server_rejects(aws, boto, tmp_path, monkeypatch):
+def test_copy_to_a_region_the_server_rejects(aws, boto, make_image, recording_clients, monkeypatch, capsys):
     """An honest failure from the real server: moto has no backend for a made-up region (HTTP 500)."""
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    image_dir, _ = make_image_dir(tmp_path)
+    image_dir, _ = make_image()
     bad = target(copy_regions=["us-west-2", "xx-nowhere-9"])
     with pytest.raises(ImagebuildError, match="copying the AMI failed for xx-nowhere-9"):
-        publish(image_dir, bad, progress=lambda p: None, poll_interval=0.01)
+        publish(image_dir, bad, poll_interval=0.01)  # default clients and progress bar
+    err = capsys.readouterr().err
+    assert re.search(r"upload (\d+)/\1 blocks, 2\.0 MiB sent, [\d.]+ MiB/s", err), err
+    assert "xx-nowhere-9: copy failed: the endpoint did not answer like AWS" in err
     record = record_of(image_dir)
     assert set(record["images"]) == {HOME, "us-west-2"} and set(record["failed_regions"]) == {"xx-nowhere-9"}
     assert record["snapshot"]["state"] == "completed"
 
     fixed = target(copy_regions=["us-west-2"])
-    clients = RecordingClients()
+    clients = recording_clients()
     done = publish(image_dir, fixed, progress=lambda p: None, clients=clients, poll_interval=0.01)
     assert done["complete"] is True and done["failed_regions"] == {}
     assert clients.count("copy_image") == 0 and clients.count("start_snapshot") == 0
@@ -245,9 +251,9 @@ def _boom_after(k):
     return fault
 
 
-def test_failed_upload_leaves_no_snapshot_and_rerun_publishes(aws, boto, tmp_path):
-    image_dir, _ = make_image_dir(tmp_path)
-    failing = RecordingClients(fail_on={("ebs", HOME, "put_snapshot_block"): _boom_after(2)})
+def test_failed_upload_leaves_no_snapshot_and_rerun_publishes(aws, boto, make_image, recording_clients):
+    image_dir, _ = make_image()
+    failing = recording_clients(fail_on={("ebs", HOME, "put_snapshot_block"): _boom_after(2)})
     with pytest.raises(ImagebuildError, match=r"upload failed: RuntimeError: injected.*was deleted"):
         publish(image_dir, target(), progress=lambda p: None, clients=failing, workers=1, poll_interval=0.01)
     (started,) = [kw for s, r, op, kw in failing.calls if op == "start_snapshot"]
@@ -265,10 +271,10 @@ def test_failed_upload_leaves_no_snapshot_and_rerun_publishes(aws, boto, tmp_pat
     assert len(family_snapshots(ec2)) >= 1
 
 
-def test_interrupted_upload_deletes_snapshot_and_reraises(aws, boto, tmp_path):
-    image_dir, _ = make_image_dir(tmp_path)
+def test_interrupted_upload_deletes_snapshot_and_reraises(aws, boto, make_image, recording_clients):
+    image_dir, _ = make_image()
     interrupt = lambda n: KeyboardInterrupt() if n == 2 else None
-    failing = RecordingClients(fail_on={("ebs", HOME, "put_snapshot_block"): interrupt})
+    failing = recording_clients(fail_on={("ebs", HOME, "put_snapshot_block"): interrupt})
     with pytest.raises(KeyboardInterrupt):
         publish(image_dir, target(), progress=lambda p: None, clients=failing, workers=2, poll_interval=0.01)
     assert family_snapshots(boto("ec2")) == []
@@ -276,9 +282,9 @@ def test_interrupted_upload_deletes_snapshot_and_reraises(aws, boto, tmp_path):
     assert record["snapshot"] is None and "interrupted" in record["last_error"]
 
 
-def test_killed_upload_is_cleaned_up_by_the_rerun(aws, boto, tmp_path):
+def test_killed_upload_is_cleaned_up_by_the_rerun(aws, boto, make_image, recording_clients):
     """A record left by a killed process (snapshot still 'uploading'): the rerun deletes it first."""
-    image_dir, _ = make_image_dir(tmp_path)
+    image_dir, _ = make_image()
     ebs = boto("ebs")
     orphan = ebs.start_snapshot(VolumeSize=1, Tags=[{"Key": "imagebuild:family", "Value": "containerd-golden"}])
     manifest = json.loads((image_dir / "manifest.json").read_text())
@@ -295,9 +301,9 @@ def test_killed_upload_is_cleaned_up_by_the_rerun(aws, boto, tmp_path):
         boto("ec2").describe_snapshots(SnapshotIds=[orphan["SnapshotId"]])
 
 
-def test_partial_last_block_is_padded(aws, boto, tmp_path):
+def test_partial_last_block_is_padded(aws, boto, make_image, recording_clients):
     size = 2 * MIB + 64 * 1024  # 4 full blocks and a 64 KiB tail
-    image_dir, content = make_image_dir(tmp_path, size=size, blocks={4: b"tail data" * 10, 1: b"x" * BLOCK})
+    image_dir, content = make_image(size=size, blocks={4: b"tail data" * 10, 1: b"x" * BLOCK})
     record = publish(image_dir, target(copy_regions=[], share_with=[], ssm_parameter=""),
                      progress=lambda p: None, poll_interval=0.01)
     _, blocks = read_snapshot(boto("ebs"), record["snapshot"]["id"])
@@ -306,8 +312,8 @@ def test_partial_last_block_is_padded(aws, boto, tmp_path):
     assert record["shared"] == {} and record["ssm_parameter"] is None
 
 
-def test_register_request_follows_manifest(tmp_path):
-    image_dir, _ = make_image_dir(tmp_path)
+def test_register_request_follows_manifest(make_image):
+    image_dir, _ = make_image()
     manifest = Manifest.load(image_dir)
     request = register_request(manifest, target(), "snap-0123")
     assert request["Name"] == "containerd-golden-20261126T181500Z"
@@ -335,3 +341,25 @@ def test_importing_imagebuild_does_not_import_boto3():
         "bad = [m for m in ('boto3', 'botocore') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rerun_adopts_an_ami_registered_but_not_recorded(aws, boto, make_image, recording_clients):
+    """Killed right after RegisterImage returned: the rerun finds the AMI by name and keeps it."""
+    image_dir, _ = make_image()
+    first = publish(image_dir, target(copy_regions=[]), progress=lambda p: None, poll_interval=0.01)
+    record = record_of(image_dir)
+    record["images"], record["shared"], record["ssm_parameter"], record["complete"] = {}, {}, None, False
+    (image_dir / "publish.json").write_text(json.dumps(record))
+    clients = recording_clients()
+    again = publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=clients, poll_interval=0.01)
+    assert again["images"][HOME]["id"] == first["images"][HOME]["id"]
+    assert again["images"][HOME]["source"] == "adopted"
+    assert clients.count("register_image") == 0 and clients.count("start_snapshot") == 0
+    assert len(boto("ec2").describe_images(Owners=["self"])["Images"]) == 1
+
+
+def test_refuses_to_take_over_a_foreign_ami_of_the_same_name(aws, boto, make_image, recording_clients):
+    image_dir, _ = make_image()
+    boto("ec2").register_image(Name="containerd-golden-20261126T181500Z", Description="someone else's")
+    with pytest.raises(ImagebuildError, match="already exists .* not made from this image"):
+        publish(image_dir, target(), progress=lambda p: None, clients=recording_clients(), poll_interval=0.01)

@@ -1,0 +1,256 @@
+"""Bake: render the spec, run `packer build` (qemu source) through packer-py, and leave a checked
+qcow2 with manifest.json in the output directory, or nothing at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from . import __version__, render
+from .errors import ImagebuildError
+from .progress import step
+from .render.templating import shipped_dir
+from .spec import Spec
+
+PACKER = shutil.which("packer") or "/usr/bin/packer"
+
+
+def build_seed(seed_dir: Path) -> None:
+    """NoCloud seed for the build VM: a build user with a fresh SSH key, made for this build only."""
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    key = seed_dir / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", render.BUILD_USER, "-f", str(key)],
+                   check=True)
+    doc = yaml.safe_load((shipped_dir("cloud-init") / "build-user.yaml").read_text())
+    doc["users"][0]["name"] = render.BUILD_USER
+    doc["users"][0]["ssh_authorized_keys"] = [(seed_dir / "id_ed25519.pub").read_text().strip()]
+    (seed_dir / "user-data").write_text("#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False))
+    (seed_dir / "meta-data").write_text(f"instance-id: imagebuild-build-{uuid.uuid4().hex[:12]}\n"
+                                        f"local-hostname: {render.BUILD_USER}\n")
+
+
+def packer_directory(spec: Spec, output: str | Path) -> Path:
+    """A ready-to-run render directory: every output plus packer/seed/ with a per-build SSH key."""
+    out = render.write_tree(render.render_all(spec), output)
+    build_seed(out / "packer" / "seed")
+    return out
+
+
+def inputs_hash(spec: Spec, base_checksum: str) -> str:
+    """Everything that decides the image's content: equal hashes mean a rebuild would change nothing."""
+    install = spec.containerd.install
+    artifacts = [(a.resolved_url, a.sha256 or a.resolved_checksum_url)
+                 for a in (install.tarball, install.runc, install.cni_plugins) if a is not None]
+    blob = json.dumps({"spec": spec.spec_hash, "artifacts": artifacts, "base": base_checksum,
+                       "imagebuild": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_base(spec: Spec, base: str | None) -> tuple[str, str]:
+    """(source, sha256:checksum) of the base image: --base, the spec's, or the built-in base image."""
+    if base:
+        path = Path(base).resolve()
+        if not path.is_file():
+            raise ImagebuildError(f"base image {base} does not exist")
+        return str(path), "sha256:" + sha256_file(path)
+    if spec.image.base:
+        source = spec.image.base.source
+        if "://" not in source:
+            path = Path(source).resolve()
+            if not path.is_file():
+                raise ImagebuildError(f"image.base.source: {source} does not exist")
+            actual = "sha256:" + sha256_file(path)
+            if actual != spec.image.base.checksum:
+                raise ImagebuildError(f"image.base.checksum: {source} has {actual}, the spec expects "
+                                      f"{spec.image.base.checksum}; nothing was built")
+            source = str(path)
+        return source, spec.image.base.checksum
+    from . import baseimage
+
+    path = baseimage.build()
+    return str(path), baseimage.checksum(path)
+
+
+# Packer UI messages that open each phase of a qemu build, for the duration breakdown.
+PHASES = [
+    ("boot", re.compile(r"Starting VM|Starting HTTP server|Creating required virtual machine disks|Copying hard drive")),
+    ("provision", re.compile(r"Connected to SSH!")),
+    ("hygiene", re.compile(r"Provisioning with shell script: .*hygiene\.sh")),
+    ("check", re.compile(r"check\.py --phase build|Provisioning with shell script: /tmp/packer-shell\d+$")),
+    ("shutdown", re.compile(r"Gracefully halting virtual machine")),
+    ("convert", re.compile(r"Converting hard drive")),
+    ("post-process", re.compile(r"Running post-processor")),
+]
+
+
+class PackerRun:
+    """Runs `packer build` through packer-py, echoing each UI line with elapsed time as it comes."""
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self.phase_starts: dict[str, float] = {}
+        self.errors: list[str] = []
+        self.artifacts: list[str] = []
+        self.started = time.monotonic()
+
+    def _read(self, stream) -> None:
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            for raw in iter(stream.readline, ""):
+                fields = raw.rstrip("\n").split(",", 4)
+                if len(fields) < 4:
+                    log.write(raw)
+                    continue
+                kind, data = fields[2], [f.replace("%!(PACKER_COMMA)", ",") for f in fields[3:]]
+                text = data[-1].replace("\\n", "\n").replace("\\r", "") if data else ""
+                if kind == "ui":
+                    log.write(text + "\n")
+                    log.flush()
+                    elapsed = time.monotonic() - self.started
+                    for name, pattern in PHASES:
+                        if name not in self.phase_starts and pattern.search(text):
+                            self.phase_starts[name] = elapsed
+                    if data[0] == "error":
+                        self.errors.append(text)
+                    if data[0] == "say" or data[0] == "error":
+                        step(f"packer {elapsed:6.1f}s {text.strip()}")
+                elif kind == "artifact":
+                    self.artifacts.append(",".join(data))
+
+    def run(self, template: Path, variables: dict[str, str], only: str) -> int:
+        from packerpy import PackerExecutable
+
+        read_end, write_end = os.pipe()
+        reader = os.fdopen(read_end, "r", encoding="utf-8", errors="replace")
+        writer = os.fdopen(write_end, "w")
+        packer = PackerExecutable(executable_path=PACKER,
+                                  config={"stdout": writer, "stderr": subprocess.STDOUT})
+        thread = threading.Thread(target=self._read, args=(reader,), daemon=True)
+        thread.start()
+        try:
+            code, _, _ = packer.build(str(template), var=variables, only=only, color="false")
+        finally:
+            writer.close()
+            thread.join(timeout=30)
+            reader.close()
+        return code
+
+    def durations(self, total: float) -> dict[str, float]:
+        marks = sorted(self.phase_starts.items(), key=lambda item: item[1])
+        out = {}
+        for index, (name, start) in enumerate(marks):
+            end = marks[index + 1][1] if index + 1 < len(marks) else total
+            out[name] = round(end - start, 1)
+        out["total"] = round(total, 1)
+        return out
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def bake(spec: Spec, output: Path, *, base: str | None = None, spec_path: str | None = None) -> Path:
+    """Build the golden qcow2 into *output*; returns the image path. Nothing half-made stays behind."""
+    from . import qemu
+
+    output = output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    base_source, base_checksum = resolve_base(spec, base)
+    accelerator = qemu.accelerator(spec.image.accelerator)
+    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-bake-", dir=output.parent))
+    log_path = work / f"{spec.name}.packer.log"
+    started = time.monotonic()
+    try:
+        step(f"bake {spec.name}: containerd {spec.containerd.version} ({spec.containerd.install.method}), "
+             f"base {base_source}, accelerator {accelerator}")
+        render_dir = packer_directory(spec, work / "render")
+        packer_out = work / "image"
+        run = PackerRun(log_path)
+        variables = {"base_image": base_source, "base_checksum": base_checksum,
+                     "output_directory": str(packer_out), "accelerator": accelerator,
+                     "ssh_private_key_file": str(render_dir / "packer" / "seed" / "id_ed25519")}
+        code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
+        image = packer_out / f"{spec.name}.qcow2"
+        if code != 0 or not image.is_file():
+            output.mkdir(parents=True, exist_ok=True)
+            failed_log = output / f"{spec.name}.packer-failed.log"
+            shutil.copyfile(log_path, failed_log)
+            raise ImagebuildError(f"packer build failed (exit {code}); full log: {failed_log}\n"
+                                  + "\n".join(run.errors[-5:]) + "\n--- log tail ---\n" + _log_tail(log_path))
+        total = time.monotonic() - started
+        step("packer build done; writing manifest")
+        manifest = _manifest(spec, image, work / "image-packer-manifest.json", base_source, base_checksum,
+                             run.durations(total), accelerator)
+        (packer_out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.copyfile(log_path, packer_out / f"{spec.name}.packer.log")
+        _publish_dir(packer_out, output)
+        step(f"image: {output / image.name} ({manifest['disk_size'] / 2**20:.0f} MiB on disk, "
+             f"{total:.0f}s)")
+        return output / image.name
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _manifest(spec: Spec, image: Path, packer_manifest: Path, base_source: str, base_checksum: str,
+              durations: dict, accelerator: str) -> dict:
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(image)], check=True,
+                                     capture_output=True, text=True).stdout)
+    entry = {}
+    if packer_manifest.exists():
+        data = json.loads(packer_manifest.read_text())
+        last = data.get("last_run_uuid")
+        entry = next((b for b in data.get("builds", []) if b.get("packer_run_uuid") == last), {})
+    install = spec.containerd.install
+    return {
+        "image": image.name,
+        "sha256": sha256_file(image),
+        "virtual_size": info["virtual-size"],
+        "disk_size": image.stat().st_size,
+        "family": spec.name,
+        "spec_hash": spec.spec_hash,
+        "inputs_hash": inputs_hash(spec, base_checksum),
+        "containerd_version": spec.containerd.version,
+        "install_method": install.method,
+        "runc_version": install.runc.version if install.method == "tarball" else "distro package",
+        "base_image": {"source": base_source, "checksum": base_checksum},
+        "build_time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "boot_mode": "legacy-bios",
+        "architecture": "x86_64",
+        "accelerator": accelerator,
+        "imagebuild_version": __version__,
+        "durations_s": durations,
+        "packer": entry,
+    }
+
+
+def _publish_dir(source: Path, output: Path) -> None:
+    """Move the finished files into *output* by rename (same filesystem), manifest.json last:
+    a manifest in the output directory always describes a complete image beside it."""
+    output.mkdir(parents=True, exist_ok=True)
+    for stale in ("verify.json", "publish.json"):
+        (output / stale).unlink(missing_ok=True)
+    files = sorted(source.iterdir(), key=lambda p: p.name == "manifest.json")
+    for path in files:
+        os.replace(path, output / path.name)
