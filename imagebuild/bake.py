@@ -171,7 +171,7 @@ def _log_tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def bake(spec: Spec, output: Path, *, base: str | None = None, spec_path: str | None = None) -> Path:
+def bake(spec: Spec, output: Path, *, base: str | None = None) -> Path:
     """Build the golden qcow2 into *output*; returns the image path. Nothing half-made stays behind."""
     from . import qemu
 

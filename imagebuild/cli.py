@@ -88,7 +88,7 @@ def cmd_base_image(args) -> int:
 def cmd_bake(args) -> int:
     from .bake import bake
 
-    result = bake(_spec(args.spec), Path(args.output), base=args.base, spec_path=args.spec)
+    result = bake(_spec(args.spec), Path(args.output), base=args.base)
     print(result)
     return 0
 
@@ -109,23 +109,32 @@ def cmd_verify(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from .aws.publish import publish_image
+    import json
 
-    print(publish_image(Path(args.image_dir), _spec(args.spec)))
+    from .aws.publish import publish
+    from .aws.target import target_of
+
+    record = publish(Path(args.image_dir), target_of(_spec(args.spec)))
+    print(json.dumps(record, indent=2))
     return 0
 
 
 def cmd_prune(args) -> int:
-    from .aws.prune import prune_family
+    from .aws.prune import format_table, prune
+    from .aws.target import target_of
 
-    return prune_family(_spec(args.spec), apply=args.apply)
+    decisions = prune(target_of(_spec(args.spec)), apply=args.apply)
+    print(format_table(decisions))
+    if not args.apply:
+        print("dry run: nothing was changed; pass --apply to deregister and delete")
+    return 0
 
 
 def cmd_pipeline(args) -> int:
     from .pipeline import run_pipeline
 
-    return run_pipeline(_spec(args.spec), spec_path=args.spec, work=Path(args.work), force=args.force,
-                        publish=not args.no_publish)
+    return run_pipeline(_spec(args.spec), work=Path(args.work), force=args.force,
+                        publish=not args.no_publish, base=args.base)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -178,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="pipeline", help="work directory (default: pipeline)")
     p.add_argument("--force", action="store_true", help="build even when the inputs are unchanged")
     p.add_argument("--no-publish", action="store_true", help="stop after verify (no AWS)")
+    p.add_argument("--base", help="base qcow2 overriding the spec's image.base")
     return top
 
 

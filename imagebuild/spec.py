@@ -351,6 +351,13 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     if unit["exec_start"] is None:
         unit["exec_start"] = ("/usr/local/bin/containerd" if install["method"] == "tarball"
                               else "/usr/bin/containerd")
+    aws = doc["image"]["aws"]
+    if aws["region"] in aws["copy_regions"]:
+        problems.append(Problem("image.aws.copy_regions", f"got {aws['region']!r}, the home region; list only "
+                                "the regions the AMI is copied to"))
+    for key in aws["tags"]:
+        if key.lower().startswith(("aws:", "imagebuild:")):
+            problems.append(Problem(f"image.aws.tags.{key}", "keys starting with aws: or imagebuild: are reserved"))
     if doc["image"]["aws"]["ssm_parameter"] is None:
         doc["image"]["aws"]["ssm_parameter"] = f"/imagebuild/{doc['name']}/latest"
     for index, check in enumerate(doc["verify"]["checks"]):

@@ -173,7 +173,7 @@ class VerifyResult:
         """Names of the checks that did not pass, as far as the check entries say."""
         names = []
         for check in self.checks:
-            if isinstance(check, dict) and check.get("passed") is False:
+            if isinstance(check, dict) and check.get("ok", check.get("passed")) is False:
                 names.append(str(check.get("name") or check.get("id") or check))
         return names
 

@@ -1,0 +1,131 @@
+"""Helpers shared by the foundation's tests: specs from YAML, the CLI (in-process and as a real
+subprocess), directory snapshots, and the real consumers of what imagebuild renders (containerd,
+systemd-analyze, cloud-init, packer).
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imagebuild import cli, debian_artifacts
+from imagebuild import spec as spec_module
+from imagebuild.spec import Spec
+
+ROOT = Path(__file__).resolve().parents[1]
+ZERO_CHECKSUM = "sha256:" + "0" * 64
+GZIP_MAGIC = b"\x1f\x8b"
+#: containerd versions the Debian mirror carries, one per reference-default family.
+FAMILY_VERSIONS = {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}
+#: Debian package versions of those families (bookworm, trixie, sid).
+PACKAGE_VERSIONS = {"1.6": "1.6.20~ds1-1+deb12u3", "1.7": "1.7.24~ds1-6+deb13u1", "2.1": "2.1.9+ds1-5"}
+#: The system's python3: cloud-init's own modules live there, not in the venv.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def spec_of(doc: dict | str | None = None) -> Spec:
+    """A validated Spec from a YAML document (text, or a dict dumped to YAML first)."""
+    text = doc if isinstance(doc, str) else yaml.safe_dump(doc or {}, sort_keys=False)
+    return spec_module.parse(text, "test spec")
+
+
+def write_spec(directory: Path, doc: dict | str | None, name: str = "spec.yaml") -> Path:
+    path = Path(directory) / name
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc or {}, sort_keys=False))
+    return path
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    """`imagebuild ARGV` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:  # argparse: --help, bad arguments
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """The real entry point, `python -m imagebuild ARGS`, as a subprocess (bytes out)."""
+    return subprocess.run([sys.executable, "-m", "imagebuild", *args], capture_output=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, input=stdin, timeout=120)
+
+
+def snapshot(directory: Path) -> dict[str, tuple]:
+    """Every entry under *directory*: relative path -> (kind, mode, mtime_ns, content)."""
+    directory = Path(directory)
+    found: dict[str, tuple] = {}
+    for path in sorted(directory.rglob("*")):
+        st = path.lstat()
+        rel = str(path.relative_to(directory))
+        if path.is_symlink():
+            found[rel] = ("link", st.st_mode, st.st_mtime_ns, os.readlink(path))
+        elif path.is_dir():
+            found[rel] = ("dir", st.st_mode, None, None)
+        else:
+            found[rel] = ("file", st.st_mode, st.st_mtime_ns, path.read_bytes())
+    return found
+
+
+def ungzip(blob: bytes) -> bytes:
+    return gzip.decompress(blob) if blob[:2] == GZIP_MAGIC else blob
+
+
+# --------------------------------------------------------------------- real consumers
+
+
+def containerd_dump(config_text: str, family: str, workdir: Path) -> tuple[subprocess.CompletedProcess, Any]:
+    """`containerd --config FILE config dump` with the real binary of *family*: (process, parsed dump)."""
+    path = Path(workdir) / f"config-{family}.toml"
+    path.write_text(config_text)
+    proc = subprocess.run([str(debian_artifacts.binary(family)), "--config", str(path), "config", "dump"],
+                          capture_output=True, text=True, timeout=60)
+    dumped = tomllib.loads(proc.stdout) if proc.returncode == 0 else None
+    return proc, dumped
+
+
+def packer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["packer", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+
+
+def packer_validate(packer_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return packer("validate", "-var", "base_image=/nonexistent/base.qcow2", "-var",
+                  f"base_checksum={ZERO_CHECKSUM}", *extra, "imagebuild.pkr.hcl", cwd=packer_dir)
+
+
+def cloud_init_schema(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["cloud-init", "schema", "-c", str(path)], capture_output=True, text=True, timeout=120)
+
+
+_CLOUD_INIT_PARTS = r"""
+import json, sys
+from cloudinit import helpers, user_data, util
+msg = user_data.UserDataProcessor(helpers.Paths({})).process(sys.stdin.buffer.read())
+parts = [{"type": p.get_content_type(), "payload": util.fully_decoded_payload(p).decode()}
+         for p in msg.walk() if p.get_content_maintype() != "multipart"]
+print(json.dumps(parts))
+"""
+
+
+def cloud_init_parts(blob: bytes) -> list[dict]:
+    """The parts cloud-init's own user-data processor makes of *blob* (it un-gzips and splits MIME)."""
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", _CLOUD_INIT_PARTS], input=blob, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)

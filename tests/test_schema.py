@@ -1,0 +1,176 @@
+"""The schema table: the default spec is the seed's setup, `init` and `schema` agree with it, and
+the warnings fire where the spec is legal but questionable."""
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import yaml
+
+from imagebuild import schema
+from imagebuild.spec import load
+from tests.support import run_cli, run_main, spec_of, write_spec
+
+SEED_MIRRORS = [
+    ("docker.io", "https://registry-1.docker.io",
+     [("https://docker.mirrors.ustc.edu.cn", False), ("http://hub-mirror.c.163.com", False)]),
+    ("gcr.io", "https://gcr.io", [("https://gcr.mirrors.ustc.edu.cn", False)]),
+    ("k8s.gcr.io", "https://k8s.gcr.io", [("https://gcr.mirrors.ustc.edu.cn/google-containers/", True)]),
+    ("quay.io", "https://quay.io", [("https://quay.mirrors.ustc.edu.cn", False)]),
+]
+
+
+def test_default_spec_is_the_seed():
+    spec = load()
+    assert spec.warnings == ()
+    assert spec.name == "containerd-golden"
+    assert spec.containerd.version == "1.6.20"
+    assert (spec.containerd.family, spec.containerd.config_version) == ("1.6", 2)
+    assert spec.containerd.install.method == "tarball"
+    assert spec.containerd.install.tarball.resolved_url.endswith(
+        "/containerd/containerd/releases/download/v1.6.20/containerd-1.6.20-linux-amd64.tar.gz")
+    assert spec.containerd.install.runc.version == "1.1.5"
+    cfg = spec.config
+    assert cfg.sandbox_image == "registry.cn-hangzhou.aliyuncs.com/google_containers/pause:3.6"
+    assert (cfg.root, cfg.state, cfg.oom_score) == ("/var/lib/containerd", "/run/containerd", -999)
+    assert cfg.systemd_cgroup is True
+    assert (cfg.registry.mode, cfg.registry.config_path) == ("hosts", "/etc/containerd/certs.d")
+    got = [(m.host, m.upstream, [(e.url, e.override_path) for e in m.endpoints]) for m in cfg.registry.mirrors]
+    assert got == SEED_MIRRORS
+    for mirror in cfg.registry.mirrors:
+        for ep in mirror.endpoints:
+            assert ep.capabilities == ("pull", "resolve")
+            assert (ep.ca, ep.skip_verify, ep.headers) == (None, False, {})
+    assert (cfg.default_runtime, cfg.runtimes, cfg.overrides) == ("runc", {}, {})
+    assert (cfg.snapshotter, cfg.max_container_log_line_size, cfg.discard_unpacked_layers) == ("overlayfs", 16384, False)
+    unit = spec.unit
+    assert unit.type == "notify" and unit.delegate is True
+    assert (unit.kill_mode, unit.restart, unit.restart_sec) == ("process", "always", 5)
+    assert (unit.limit_nproc, unit.limit_core, unit.limit_nofile, unit.tasks_max) == ("infinity",) * 4
+    assert unit.oom_score_adjust == -999
+    assert unit.exec_start == "/usr/local/bin/containerd"
+    assert unit.exec_start_pre == ("-/sbin/modprobe overlay",)
+    assert unit.after == ("network.target", "local-fs.target")
+    assert unit.wanted_by == "multi-user.target"
+    assert spec.system.modules == ("overlay", "br_netfilter")
+    # sysctl values are text in the model (YAML 1 and "1" are the same setting).
+    assert spec.system.sysctls == {"net.bridge.bridge-nf-call-iptables": "1",
+                                   "net.bridge.bridge-nf-call-ip6tables": "1", "net.ipv4.ip_forward": "1"}
+    assert spec.image.aws.ssm_parameter == "/imagebuild/containerd-golden/latest"
+
+
+@pytest.mark.parametrize("text", ["", "# nothing\n", "{}\n", "name: containerd-golden\n",
+                                  "config:\n  oom_score: -999\n  registry: {mode: hosts}\n"])
+def test_empty_or_default_valued_spec_equals_default(text):
+    spec = spec_of(text)
+    assert spec == load()
+    assert spec.spec_hash == load().spec_hash
+
+
+def test_init_output_parses_back_to_the_default(tmp_path):
+    proc = run_cli("init")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.decode()
+    assert text.startswith("# imagebuild spec")
+    # Every key carries its description as a comment.
+    assert "# pause image for pod sandboxes" in text
+    spec = spec_of(text)
+    assert spec == load() and spec.spec_hash == load().spec_hash
+    # And the file form: written once, refused without --force, rewritten with it.
+    target = tmp_path / "spec.yaml"
+    assert run_main(["init", "-o", str(target)])[0] == 0
+    assert target.read_text() == text
+    code, _, err = run_main(["init", "-o", str(target)])
+    assert code == 1 and "--force" in err
+    assert run_main(["init", "-o", str(target), "--force"])[0] == 0
+
+
+_SCHEMA = schema.json_schema()
+
+
+def _cli_schema() -> dict:
+    proc = run_cli("schema")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_schema_is_valid_json_schema_and_default_documents_validate(tmp_path):
+    doc = _cli_schema()
+    jsonschema.Draft202012Validator.check_schema(doc)
+    validator = jsonschema.Draft202012Validator(doc)
+    # Neither imagebuild's private x- keywords nor anything non-standard leak out.
+    assert "x-allowed" not in json.dumps(doc)
+    init_doc = yaml.safe_load(run_cli("init").stdout)
+    assert run_main(["render", "-o", str(tmp_path / "r")])[0] == 0
+    effective = json.loads((tmp_path / "r" / "spec.json").read_text())  # the effective spec, defaults filled in
+    for document in ({}, init_doc, effective, load().document):
+        errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(document)]
+        assert errors == []
+
+
+@pytest.mark.parametrize("document", [
+    {"config": {"oom_score": 5000}},
+    {"config": {"snapshotter": "overlay"}},
+    {"containerd": {"verison": "1.6.20"}},
+    {"config": {"registry": {"mirrors": [{"host": "docker.io", "endpoints": [{"url": "ftp://x"}]}]}}},
+    {"containerd": {"install": {"tarball": {"sha256": "ABC"}}}},
+    {"system": {"sysctls": {"NotDotted": 1}}},
+    {"config": {"systemd_cgroup": "yes"}},
+])
+def test_json_schema_refuses_what_validation_refuses(document):
+    validator = jsonschema.Draft202012Validator(_SCHEMA)
+    assert list(validator.iter_errors(document)), "JSON Schema accepted it"
+    with pytest.raises(Exception) as info:
+        spec_of(document)
+    assert type(info.value).__name__ == "SpecError"
+
+
+def _walk(node: dict, path: str = ""):
+    yield path, node
+    for key, child in node.get("properties", {}).items():
+        yield from _walk(child, f"{path}.{key}" if path else key)
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], path + "[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], path + ".*")
+
+
+def test_every_key_is_documented_and_defaults_validate():
+    for path, node in _walk(schema.SPEC_SCHEMA):
+        assert node.get("description"), f"{path or '<spec>'} has no description"
+        if "properties" not in node and node.get("default") is not None:
+            _, problems = schema.validate(node["default"], node, path)
+            assert problems == [], f"default of {path} fails its own schema: {problems}"
+
+
+# ----------------------------------------------------------------------------------- warnings
+
+LEGACY = {"mode": "legacy", "mirrors": [{"host": "docker.io", "endpoints": [{"url": "https://m.example"}]}]}
+
+
+@pytest.mark.parametrize("doc, fragment", [
+    ({"config": {"oom_score": 100}}, "config.oom_score: 100 is outside the recommended -999..0"),
+    ({"config": {"oom_score": -1000}, "unit": {"oom_score_adjust": -1000}}, "config.oom_score: -1000 is outside"),
+    ({"config": {"registry": LEGACY}}, "legacy registry.mirrors is deprecated and removed in containerd 2.4"),
+    ({"containerd": {"version": "2.1.9"}, "config": {"registry": LEGACY}}, "containerd 2.1+ falls back to local pull mode"),
+    ({"containerd": {"version": "2.1.9"}, "config": {"discard_unpacked_layers": True}},
+     "config.discard_unpacked_layers: true makes containerd 2.1+ fall back to local pull mode"),
+    ({"unit": {"oom_score_adjust": -500}}, "unit.oom_score_adjust (-500) differs from config.oom_score (-999)"),
+    ({"unit": {"kill_mode": "control-group"}}, "unit.kill_mode: control-group kills or orphans running containers"),
+    ({"unit": {"delegate": False}}, "unit.delegate: false lets systemd take over container cgroups"),
+])
+def test_warnings_are_printed_and_render_still_succeeds(tmp_path, doc, fragment):
+    spec = spec_of(doc)
+    assert any(fragment in w for w in spec.warnings), spec.warnings
+    code, _, err = run_main(["render", str(write_spec(tmp_path, doc)), "-o", str(tmp_path / "out")])
+    assert code == 0, err
+    assert "imagebuild: warning: " in err and fragment in err
+    assert (tmp_path / "out" / "payload" / "etc" / "containerd" / "config.toml").is_file()
+
+
+def test_legacy_mirrors_on_1x_do_not_warn_about_pull_mode():
+    spec = spec_of({"config": {"registry": LEGACY}})
+    assert not any("local pull mode" in w for w in spec.warnings)
+    assert not any("local pull mode" in w for w in spec_of(
+        {"containerd": {"version": "2.0.5"}, "config": {"registry": LEGACY}}).warnings)
