@@ -131,7 +131,7 @@ class PackerRun:
                             self.phase_starts[name] = elapsed
                     if data[0] == "error":
                         self.errors.append(text)
-                    if data[0] == "say" or data[0] == "error":
+                    if data[0] in ("say", "message", "error"):
                         step(f"packer {elapsed:6.1f}s {text.strip()}")
                 elif kind == "artifact":
                     self.artifacts.append(",".join(data))

@@ -24,18 +24,23 @@ from .spec import Spec, SpecError, load, parse
 GUEST_HOST = "10.0.2.2"  # the host's loopback as QEMU user-mode networking shows it to the guest
 
 
-def local_mirror_spec(spec: Spec, base_url: str, artifacts: dict) -> Spec:
-    """*spec* with its containerd and runc downloads pointed at a local mirror, sha256 pinned."""
-    doc = spec.document
-    doc = yaml.safe_load(yaml.safe_dump(doc))  # a deep copy
+def local_mirror_spec(spec: Spec, containerd: dict, runc: dict) -> Spec:
+    """*spec* with its containerd and runc downloads pointed at a mirror, sha256 pinned.
+
+    *containerd* and *runc* are {"url", "sha256", "version"}.
+    """
+    doc = yaml.safe_load(yaml.safe_dump(spec.document))  # a deep copy
     install = doc["containerd"]["install"]
-    for key, name in (("tarball", "containerd"), ("runc", "runc")):
-        art = artifacts[name]
-        install[key]["url"] = f"{base_url}/{Path(art['path']).name}"
-        install[key]["sha256"] = art["sha256"]
-        install[key]["checksum_url"] = None
-    install["runc"]["version"] = artifacts["runc"]["version"]
-    return parse(yaml.safe_dump(doc), "default spec (local mirror)")
+    for key, art in (("tarball", containerd), ("runc", runc)):
+        install[key] |= {"url": art["url"], "sha256": art["sha256"], "checksum_url": None}
+    install["runc"]["version"] = runc["version"]
+    return parse(yaml.safe_dump(doc), "spec (local mirror)")
+
+
+def mirrored(art: dict, base_url: str, root: Path) -> dict:
+    """A release_tarballs() entry as {"url", "sha256", "version"} under *base_url* serving *root*."""
+    return {"url": f"{base_url}/{Path(art['path']).relative_to(root)}", "sha256": art["sha256"],
+            "version": art["version"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         mirror_dir = cache_dir("mirror", family)
         artifacts = debian_artifacts.release_tarballs(family, mirror_dir)
         with debian_artifacts.serve(mirror_dir) as url:
-            port = url.rsplit(":", 1)[1]
-            local = local_mirror_spec(spec, f"http://{GUEST_HOST}:{port}", artifacts)
+            guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
+            local = local_mirror_spec(spec, mirrored(artifacts["containerd"], guest_url, mirror_dir),
+                                      mirrored(artifacts["runc"], guest_url, mirror_dir))
             image = bake(local, work / "output", base=str(base))
         report = verify_image(image, local)
         print_report(report)

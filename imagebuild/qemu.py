@@ -301,8 +301,8 @@ def guest_emit_function(prefix: str = RESULT_PREFIX, name: str = "imagebuild_emi
     return (
         f"{name}() {{\n"
         f"  _ib_line=\"{prefix} $*\"\n"
-        f"  if [ -w {RESULTS_DEVICE} ]; then printf '%s\\n' \"$_ib_line\" > {RESULTS_DEVICE}; fi\n"
-        f"  printf '%s\\n' \"$_ib_line\" > {SERIAL_DEVICE} 2>/dev/null || true\n"
+        f"  if [ -w {RESULTS_DEVICE} ]; then printf '%s\\n' \"$_ib_line\" >> {RESULTS_DEVICE}; fi\n"
+        f"  printf '%s\\n' \"$_ib_line\" >> {SERIAL_DEVICE} 2>/dev/null || true\n"
         f"}}\n"
     )
 

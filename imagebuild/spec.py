@@ -308,6 +308,11 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                                     f"got {mirror['host']!r} again (also at [{seen[mirror['host']]}]), "
                                     "each registry host once"))
         seen.setdefault(mirror["host"], index)
+        if registry["mode"] == "hosts" and major == 1 and not mirror["endpoints"]:
+            problems.append(Problem(f"config.registry.mirrors[{index}].endpoints",
+                                    "got [], but containerd 1.x ignores a hosts.toml without [host] entries "
+                                    "(\"invalid `host` tree\"), server included; list at least one endpoint "
+                                    "(the server itself will do)"))
         urls = [ep["url"] for ep in mirror["endpoints"]]
         for e_index, url in enumerate(urls):
             if url in urls[:e_index]:

@@ -207,7 +207,7 @@ def _cgroup(pid: str) -> str:
     return unified[0] if unified else lines[0].split(":", 2)[2] if lines else ""
 
 
-def hygiene_checks(rep: Reporter, instance_id: str | None) -> None:
+def hygiene_checks(rep: Reporter, exp: dict, instance_id: str | None) -> None:
     """The image was cleaned before capture, so this boot made itself fresh identities."""
     facts_path = STATE_DIR / "build-facts.json"
     facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
@@ -221,6 +221,10 @@ def hygiene_checks(rep: Reporter, instance_id: str | None) -> None:
     keys = sorted(p.name for p in Path("/etc/ssh").glob("ssh_host_*_key.pub"))
     fingerprints = {p: hashlib.sha256(Path("/etc/ssh", p).read_bytes()).hexdigest() for p in keys}
     reused = [k for k, v in fingerprints.items() if facts.get("ssh_host_keys", {}).get(k) == v]
+    user = exp.get("build_user")
+    if user:
+        present = run("getent", "passwd", user).returncode == 0
+        rep.check("hygiene.build_user_removed", f"no user {user}", f"user {user} present" if present else f"no user {user}")
     rep.check("hygiene.ssh_host_keys", "regenerated on first boot", f"{len(keys)} keys, {len(reused)} reused from the build",
               bool(keys) and not reused)
 
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     system_checks(rep, exp)
     if args.phase == "boot":
         container_checks(rep, args.test_image)
-        hygiene_checks(rep, args.instance_id)
+        hygiene_checks(rep, exp, args.instance_id)
     extra_checks(rep, exp)
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     rep.emit(DONE, {"passed": rep.passed, "failed": rep.failed, "phase": args.phase,

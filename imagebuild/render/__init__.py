@@ -70,7 +70,7 @@ def install_script(spec: Spec, files: dict[str, File]) -> str:
 def guest_files(spec: Spec) -> dict[str, File]:
     """What lands in GUEST_DIR on the machine: payload, install script, check and its expectations."""
     files = payload(spec)
-    exp = expected.render(spec, [{"path": p, "sha256": f.sha256} for p, f in files.items()])
+    exp = expected.render(spec, [{"path": p, "sha256": f.sha256} for p, f in files.items()], BUILD_USER)
     out = {f"payload{path}": f for path, f in files.items()}
     out["install.sh"] = File(install_script(spec, files).encode(), 0o755)
     out["check.py"] = File((PACKAGE_DIR / "guest" / "check.py").read_bytes(), 0o755)
@@ -105,7 +105,9 @@ def render_all(spec: Spec) -> dict[str, File]:
     files["user-data"] = File(user_data(spec))
     files["packer/imagebuild.pkr.hcl"] = File(packer_template(spec).encode())
     files["packer/hygiene.sh"] = File((shipped_dir("packer") / "hygiene.sh").read_bytes(), 0o755)
-    files["spec.json"] = File((json.dumps(spec.document, indent=2, sort_keys=True) + "\n").encode())
+    # Document order (schema order, mappings as written): sorted keys reordered sysctls, headers
+    # and runtimes, so spec.json rendered different files than the spec it came from.
+    files["spec.json"] = File((json.dumps(spec.document, indent=2) + "\n").encode())
     return files
 
 

@@ -67,7 +67,7 @@ def unit_expectations(spec: Spec) -> dict[str, str]:
     }
 
 
-def render(spec: Spec, files: list[dict]) -> dict:
+def render(spec: Spec, files: list[dict], build_user: str) -> dict:
     """The whole expectation document; *files* are the payload entries (path, sha256)."""
     method = spec.containerd.install.method
     return {
@@ -82,5 +82,6 @@ def render(spec: Spec, files: list[dict]) -> dict:
         "oom_score_adj": spec.config.oom_score or spec.unit.oom_score_adjust,
         "modules": list(spec.system.modules),
         "sysctls": dict(spec.system.sysctls),
+        "build_user": build_user if spec.image.hygiene else None,
         "extra_checks": [{"name": c.name, "run": c.run} for c in spec.verify.checks],
     }

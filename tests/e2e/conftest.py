@@ -1,0 +1,50 @@
+"""Fixtures for the end-to-end tests: the base image, a local artifact mirror, baked images.
+
+Everything is real: mmdebstrap'd Debian 12 base image, Packer 1.6.6's qemu builder, QEMU (TCG
+unless a probe proves KVM works), containerd binaries from Debian served as release tarballs from
+127.0.0.1 (10.0.2.2 inside the guest). Expensive products are session-scoped and built once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagebuild import baseimage, debian_artifacts
+from imagebuild.bake import bake
+from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
+from imagebuild.spec import load
+
+
+@pytest.fixture(scope="session")
+def base_image() -> Path:
+    return baseimage.build()
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory):
+    """Release-shaped tarballs of the 1.6 and 2.1 families, served on 127.0.0.1.
+
+    runc always comes from bookworm (the 1.6 family): later suites' runc needs glibc 2.38, newer
+    than the Debian 12 guest has. Yields a function: family -> spec with downloads mirrored.
+    """
+    root = tmp_path_factory.mktemp("mirror")
+    artifacts = {family: debian_artifacts.release_tarballs(family, root / family) for family in ("1.6", "2.1")}
+    with debian_artifacts.serve(root) as url:
+        guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
+
+        def mirrored_spec(spec, family: str):
+            return local_mirror_spec(spec, mirrored(artifacts[family]["containerd"], guest_url, root),
+                                     mirrored(artifacts["1.6"]["runc"], guest_url, root))
+        yield mirrored_spec
+
+
+@pytest.fixture(scope="session")
+def golden_spec(mirror):
+    return mirror(load(), "1.6")
+
+
+@pytest.fixture(scope="session")
+def golden_image(golden_spec, base_image, tmp_path_factory) -> Path:
+    """The default spec's golden image, baked once for the session."""
+    return bake(golden_spec, tmp_path_factory.mktemp("golden") / "output", base=str(base_image))

@@ -1,0 +1,356 @@
+"""Bad specs: each one is refused by the real CLI with exit 2, a message naming the key path and
+the bad value, and nothing written (a new output directory is not created, an earlier render is
+left byte for byte, mtimes included).
+
+Strings that reach a file or a shell are tried with quotes, $, backticks, newlines and NUL. Header
+values are the exception: they go only into hosts.toml through tomlkit, so quotes and $ are
+allowed there (and shown to come back exactly); control characters are refused everywhere.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from tests.support import run_cli, run_main, snapshot, spec_of, write_spec
+
+SHA = "0123456789abcdef" * 4
+
+
+def mirror(url="https://mirror.example", host="docker.io", **endpoint):
+    return {"config": {"registry": {"mirrors": [{"host": host, "endpoints": [{"url": url, **endpoint}]}]}}}
+
+
+def legacy(**endpoint):
+    doc = mirror(**endpoint)
+    doc["config"]["registry"]["mode"] = "legacy"
+    return doc
+
+
+def runtime(**fields):
+    return {"config": {"runtimes": {"nvidia": fields}}}
+
+
+def pkg(version=None, **extra):
+    package = {"version": version} if version else {}
+    return {"containerd": {"install": {"method": "package", "package": {**package, **extra}}}}
+
+
+def tarball(**fields):
+    return {"containerd": {"install": {"tarball": fields}}}
+
+
+def tags(values):
+    return {"image": {"aws": {"tags": values}}}
+
+
+@dataclass
+class Bad:
+    id: str
+    doc: dict | str  # a dict is dumped with yaml.safe_dump (which escapes control characters)
+    path: str        # the key path the message must name
+    value: str       # a fragment of the message showing the bad value
+
+
+CASES = [
+    # --- types and ranges
+    Bad("name-not-string", {"name": 123}, "name", "got 123, expected a string"),
+    Bad("name-pattern", {"name": "Golden_Image"}, "name", "'Golden_Image'"),
+    Bad("name-too-long", {"name": "a" * 64}, "name", "'aaaaaaaa"),
+    Bad("oom-below-range", {"config": {"oom_score": -1001}}, "config.oom_score", "got -1001"),
+    Bad("oom-not-integer", {"config": {"oom_score": "low"}}, "config.oom_score", "got 'low', expected a"),
+    Bad("oom-bool", {"config": {"oom_score": True}}, "config.oom_score", "got True"),
+    Bad("log-line-range", {"config": {"max_container_log_line_size": -2}}, "config.max_container_log_line_size", "got -2"),
+    Bad("restart-sec-range", {"unit": {"restart_sec": 99999}}, "unit.restart_sec", "got 99999"),
+    Bad("disk-size-range", {"image": {"disk_size_gb": 1}}, "image.disk_size_gb", "got 1"),
+    Bad("verify-timeout-range", {"verify": {"timeout": 10}}, "verify.timeout", "got 10"),
+    Bad("aws-keep-zero", {"image": {"aws": {"keep": 0}}}, "image.aws.keep", "got 0"),
+    Bad("systemd-cgroup-string", {"config": {"systemd_cgroup": "yes"}}, "config.systemd_cgroup", "got 'yes', expected a boolean"),
+    Bad("mirrors-mapping", {"config": {"registry": {"mirrors": {"docker.io": "x"}}}}, "config.registry.mirrors",
+        "got {'docker.io': 'x'}, expected a list"),
+    Bad("modules-string", {"system": {"modules": "overlay"}}, "system.modules", "got 'overlay', expected a list"),
+    Bad("header-value-list", mirror(headers={"X-Token": ["a", "b"]}),
+        "config.registry.mirrors[0].endpoints[0].headers.X-Token", "got ['a', 'b'], expected a string"),
+    Bad("snapshotter-typo", {"config": {"snapshotter": "overlay"}}, "config.snapshotter", "got 'overlay', expected one of"),
+    Bad("kill-mode-typo", {"unit": {"kill_mode": "proces"}}, "unit.kill_mode", "(did you mean 'process'?)"),
+    Bad("method-typo", {"containerd": {"install": {"method": "tarbal"}}}, "containerd.install.method",
+        "(did you mean 'tarball'?)"),
+    Bad("capability-unknown", mirror(capabilities=["pull", "fetch"]),
+        "config.registry.mirrors[0].endpoints[0].capabilities[1]", "got 'fetch'"),
+    # --- unknown keys, with "did you mean"
+    Bad("unknown-verison", {"containerd": {"verison": "1.7.24"}}, "containerd.verison", "unknown key (did you mean 'version'?)"),
+    Bad("unknown-sandbox-dash", {"config": {"sandbox-image": "x"}}, "config.sandbox-image",
+        "unknown key (did you mean 'sandbox_image'?)"),
+    Bad("unknown-skipverify", mirror(skipverify=True), "config.registry.mirrors[0].endpoints[0].skipverify",
+        "(did you mean 'skip_verify'?)"),
+    Bad("unknown-Delegate", {"unit": {"Delegate": True}}, "unit.Delegate", "(did you mean 'delegate'?)"),
+    Bad("unknown-top-level", {"mirrors": []}, "mirrors", "unknown key; allowed keys: name, containerd"),
+    # --- URLs and digests
+    Bad("endpoint-ftp", mirror("ftp://mirror.example"), "config.registry.mirrors[0].endpoints[0].url",
+        "'ftp://mirror.example'"),
+    Bad("endpoint-space", mirror("https://mirror example.com"), "config.registry.mirrors[0].endpoints[0].url",
+        "'https://mirror example.com'"),
+    Bad("endpoint-query", mirror("https://mirror.example/v2?ns=docker.io"), "config.registry.mirrors[0].endpoints[0].url",
+        "?ns=docker.io"),
+    Bad("endpoint-quote-dollar", mirror('https://mirror.example/"$(reboot)"'), "config.registry.mirrors[0].endpoints[0].url",
+        '"$(reboot)"'),
+    Bad("endpoint-newline", mirror("https://mirror.example/\nreboot"), "config.registry.mirrors[0].endpoints[0].url",
+        "\\nreboot"),
+    Bad("server-no-scheme", {"config": {"registry": {"mirrors": [{"host": "ghcr.io", "server": "ghcr.io", "endpoints": []}]}}},
+        "config.registry.mirrors[0].server", "got 'ghcr.io'"),
+    Bad("tarball-url-backticks", tarball(url="https://example.com/`id`.tgz"), "containerd.install.tarball.url", "`id`"),
+    Bad("tarball-url-quote", tarball(url="https://example.com/a'b.tgz"), "containerd.install.tarball.url", "a'b.tgz"),
+    Bad("checksum-url-injection", tarball(checksum_url="{url}.sha256; rm -rf /"), "containerd.install.tarball.checksum_url",
+        "rm -rf /"),
+    Bad("sha256-uppercase", tarball(sha256=SHA.upper()), "containerd.install.tarball.sha256", SHA.upper()[:20]),
+    Bad("sha256-short", tarball(sha256=SHA[:63]), "containerd.install.tarball.sha256", SHA[:20]),
+    Bad("sha256-prefixed", {"containerd": {"install": {"runc": {"sha256": "sha256:" + SHA}}}},
+        "containerd.install.runc.sha256", "'sha256:0123"),
+    Bad("base-checksum-md5", {"image": {"base": {"source": "/srv/base.qcow2", "checksum": "md5:" + SHA[:32]}}},
+        "image.base.checksum", "'md5:0123"),
+    Bad("documentation-not-url", {"unit": {"documentation": "man:containerd(8)"}}, "unit.documentation",
+        "'man:containerd(8)'"),
+    # --- duplicates
+    Bad("duplicate-registry", {"config": {"registry": {"mirrors": [
+        {"host": "docker.io", "endpoints": [{"url": "https://a.example"}]},
+        {"host": "docker.io", "endpoints": [{"url": "https://b.example"}]}]}}},
+        "config.registry.mirrors[1].host", "got 'docker.io' again (also at [0])"),
+    Bad("duplicate-endpoint", {"config": {"registry": {"mirrors": [{"host": "docker.io", "endpoints": [
+        {"url": "https://a.example"}, {"url": "https://b.example"}, {"url": "https://a.example", "skip_verify": True}]}]}}},
+        "config.registry.mirrors[0].endpoints[2].url", "got 'https://a.example' again (also at [0])"),
+    Bad("mirror-without-endpoints-1x", {"config": {"registry": {"mirrors": [
+        {"host": "registry.example:5000", "server": "https://registry.example:5000", "endpoints": []}]}}},
+        "config.registry.mirrors[0].endpoints", "got [], but containerd 1.x ignores a hosts.toml without [host]"),
+    Bad("duplicate-yaml-key", "name: one\nconfig:\n  oom_score: -999\nname: two\n", "<spec>", "duplicate key 'name'"),
+    Bad("duplicate-yaml-key-nested", "config:\n  oom_score: -999\n  root: /data\n  oom_score: 0\n", "<spec>",
+        "duplicate key 'oom_score'"),
+    Bad("duplicate-check-name", {"verify": {"checks": [{"name": "ok", "run": "true"}, {"name": "ok", "run": "false"}]}},
+        "verify.checks[1].name", "got 'ok' twice"),
+    Bad("duplicate-after", {"unit": {"after": ["network.target", "network.target"]}}, "unit.after[1]",
+        "got 'network.target' twice"),
+    # --- legacy mirrors mixed with hosts-only features
+    Bad("legacy-headers", legacy(headers={"Authorization": "Basic abc"}), "config.registry.mirrors[0].endpoints[0]",
+        "sets headers, which the legacy registry.mirrors table cannot express"),
+    Bad("legacy-skip-verify", legacy(skip_verify=True), "config.registry.mirrors[0].endpoints[0]", "sets skip_verify"),
+    Bad("legacy-ca", legacy(ca="/etc/ssl/mirror.pem"), "config.registry.mirrors[0].endpoints[0]", "sets ca"),
+    Bad("legacy-seed-mirrors", {"config": {"registry": {"mode": "legacy"}}}, "config.registry.mirrors[2].endpoints[0]",
+        "sets capabilities/override_path"),
+    Bad("legacy-push", legacy(capabilities=["pull", "resolve", "push"]), "config.registry.mirrors[0].endpoints[0]",
+        "sets capabilities/override_path"),
+    # --- versions and install methods
+    Bad("containerd-1.5", {"containerd": {"version": "1.5.9"}}, "containerd.version", "got '1.5.9', expected 1.6.x"),
+    Bad("containerd-2.3", {"containerd": {"version": "2.3.0"}}, "containerd.version", "got '2.3.0'"),
+    Bad("containerd-3", {"containerd": {"version": "3.0.0"}}, "containerd.version", "got '3.0.0'"),
+    Bad("containerd-two-part", {"containerd": {"version": "1.7"}}, "containerd.version", "got '1.7', expected a version"),
+    Bad("package-without-version", pkg(), "containerd.install.package.version", "got null"),
+    Bad("package-version-mismatch", pkg("1.7.24~ds1-6"), "containerd.install.package.version",
+        "got '1.7.24~ds1-6', expected a version of containerd 1.6.20"),
+    Bad("package-version-injection", pkg("1.6.20;reboot"), "containerd.install.package.version", "'1.6.20;reboot'"),
+    Bad("package-name-space", pkg("1.6.20-1", name="containerd io"), "containerd.install.package.name", "'containerd io'"),
+    Bad("tarball-unpinned", tarball(sha256=None, checksum_url=None), "containerd.install.tarball.sha256",
+        "got null with checksum_url null"),
+    # --- sandbox_image
+    Bad("sandbox-quote", {"config": {"sandbox_image": 'registry.k8s.io/pause:3.9"'}}, "config.sandbox_image", 'pause:3.9"'),
+    Bad("sandbox-dollar", {"config": {"sandbox_image": "registry.k8s.io/pause:$TAG"}}, "config.sandbox_image", "pause:$TAG"),
+    Bad("sandbox-backtick", {"config": {"sandbox_image": "registry.k8s.io/`id`:3.9"}}, "config.sandbox_image", "`id`"),
+    Bad("sandbox-newline", {"config": {"sandbox_image": "registry.k8s.io/pause:3.9\nroot = \"/\""}},
+        "config.sandbox_image", "control characters"),
+    Bad("sandbox-nul", {"config": {"sandbox_image": "registry.k8s.io/pause:3.9\x00"}}, "config.sandbox_image", "\\x00"),
+    # --- headers: control characters refused (quotes and $ are allowed, see below)
+    Bad("header-newline", mirror(headers={"X-Token": "abc\r\nX-Evil: 1"}),
+        "config.registry.mirrors[0].endpoints[0].headers.X-Token", "\\r\\nX-Evil"),
+    Bad("header-nul", mirror(headers={"X-Token": "abc\x00"}), "config.registry.mirrors[0].endpoints[0].headers.X-Token",
+        "\\x00"),
+    Bad("header-tab", mirror(headers={"X-Token": "a\tb"}), "config.registry.mirrors[0].endpoints[0].headers.X-Token",
+        "\\t"),
+    Bad("header-name-space", mirror(headers={"X Token": "abc"}), "config.registry.mirrors[0].endpoints[0].headers.X Token",
+        "bad key 'X Token'"),
+    Bad("header-name-colon", mirror(headers={"X-Token:": "abc"}), "config.registry.mirrors[0].endpoints[0].headers.X-Token:",
+        "bad key 'X-Token:'"),
+    # --- runtimes
+    Bad("runtime-binary-semicolon", runtime(binary_name="/usr/bin/nvidia;reboot"), "config.runtimes.nvidia.binary_name",
+        "'/usr/bin/nvidia;reboot'"),
+    Bad("runtime-binary-quote", runtime(binary_name='/usr/bin/nvidia"'), "config.runtimes.nvidia.binary_name", "nvidia\"'"),
+    Bad("runtime-binary-dollar", runtime(binary_name="/usr/bin/$RUNTIME"), "config.runtimes.nvidia.binary_name", "$RUNTIME"),
+    Bad("runtime-binary-relative", runtime(binary_name="nvidia-container-runtime"), "config.runtimes.nvidia.binary_name",
+        "'nvidia-container-runtime'"),
+    Bad("runtime-config-backtick", runtime(config_path="/etc/`id`.toml"), "config.runtimes.nvidia.config_path", "`id`"),
+    Bad("runtime-type-shell", runtime(runtime_type="io.containerd.runc.v2;x"), "config.runtimes.nvidia.runtime_type",
+        "'io.containerd.runc.v2;x'"),
+    Bad("runtime-name-space", {"config": {"runtimes": {"my runtime": {}}}}, "config.runtimes.my runtime", "bad key 'my runtime'"),
+    Bad("runtime-runc", {"config": {"runtimes": {"runc": {}}}}, "config.runtimes.runc", "runc is built in"),
+    Bad("default-runtime-unknown", {"config": {"default_runtime": "nvidia"}}, "config.default_runtime",
+        "got 'nvidia', expected runc or one of"),
+    # --- unit fields
+    Bad("description-dollar", {"unit": {"description": "containerd $MAINPID"}}, "unit.description", "$MAINPID"),
+    Bad("description-percent", {"unit": {"description": "containerd %n"}}, "unit.description", "%n"),
+    Bad("description-newline", {"unit": {"description": "containerd\nExecStartPost=/bin/evil"}}, "unit.description",
+        "\\nExecStartPost"),
+    Bad("exec-start-backtick", {"unit": {"exec_start": "/usr/bin/containerd `id`"}}, "unit.exec_start", "`id`"),
+    Bad("exec-start-dollar", {"unit": {"exec_start": "/usr/bin/containerd $OPTS"}}, "unit.exec_start", "$OPTS"),
+    Bad("exec-start-relative", {"unit": {"exec_start": "containerd"}}, "unit.exec_start", "got 'containerd'"),
+    Bad("exec-start-pre-quote", {"unit": {"exec_start_pre": ["-/sbin/modprobe 'overlay'"]}}, "unit.exec_start_pre[0]",
+        "'overlay'"),
+    Bad("limit-nofile-word", {"unit": {"limit_nofile": "unlimited"}}, "unit.limit_nofile", "got 'unlimited'"),
+    Bad("wanted-by-injection", {"unit": {"wanted_by": "multi-user.target; reboot"}}, "unit.wanted_by",
+        "'multi-user.target; reboot'"),
+    Bad("after-quote", {"unit": {"after": ['network.target"']}}, "unit.after[0]", "network.target\""),
+    # --- kernel modules and sysctls
+    Bad("module-semicolon", {"system": {"modules": ["overlay;reboot"]}}, "system.modules[0]", "'overlay;reboot'"),
+    Bad("module-dollar", {"system": {"modules": ["$(reboot)"]}}, "system.modules[0]", "'$(reboot)'"),
+    Bad("sysctl-key-dollar", {"system": {"sysctls": {"net.ipv4.$(reboot)": 1}}}, "system.sysctls.net.ipv4.$(reboot)",
+        "bad key 'net.ipv4.$(reboot)'"),
+    Bad("sysctl-key-flat", {"system": {"sysctls": {"kernel": 1}}}, "system.sysctls.kernel", "bad key 'kernel'"),
+    Bad("sysctl-value-semicolon", {"system": {"sysctls": {"net.ipv4.ip_forward": "1; reboot"}}},
+        "system.sysctls.net.ipv4.ip_forward", "'1; reboot'"),
+    Bad("sysctl-value-quote", {"system": {"sysctls": {"net.ipv4.ip_forward": '"1"'}}},
+        "system.sysctls.net.ipv4.ip_forward", "'\"1\"'"),
+    Bad("sysctl-value-newline", {"system": {"sysctls": {"net.ipv4.ip_forward": "1\nkernel.panic = 0"}}},
+        "system.sysctls.net.ipv4.ip_forward", "\\nkernel.panic"),
+    # --- paths
+    Bad("root-relative", {"config": {"root": "var/lib/containerd"}}, "config.root", "'var/lib/containerd'"),
+    Bad("state-space", {"config": {"state": "/run/contain erd"}}, "config.state", "'/run/contain erd'"),
+    Bad("config-path-dollar", {"config": {"registry": {"config_path": "/etc/$HOME"}}}, "config.registry.config_path",
+        "'/etc/$HOME'"),
+    Bad("imports-quote", {"config": {"imports": ["/etc/containerd/conf.d/*.toml\""]}}, "config.imports[0]",
+        "*.toml\""),
+    Bad("host-traversal", mirror(host="../../etc"), "config.registry.mirrors[0].host", "'../../etc'"),
+    Bad("host-with-path", mirror(host="docker.io/library"), "config.registry.mirrors[0].host", "'docker.io/library'"),
+    Bad("endpoint-ca-relative", mirror(ca="certs/ca.pem"), "config.registry.mirrors[0].endpoints[0].ca", "'certs/ca.pem'"),
+    # --- image and aws
+    Bad("base-source-quote", {"image": {"base": {"source": "/srv/base\".qcow2", "checksum": "sha256:" + SHA}}},
+        "image.base.source", "base\".qcow2"),
+    Bad("base-source-space", {"image": {"base": {"source": "/srv/my base.qcow2", "checksum": "sha256:" + SHA}}},
+        "image.base.source", "'/srv/my base.qcow2'"),
+    Bad("base-source-interpolation", {"image": {"base": {"source": "/srv/${var.x}.qcow2", "checksum": "sha256:" + SHA}}},
+        "image.base.source", "${var.x}"),
+    Bad("base-missing-checksum", {"image": {"base": {"source": "/srv/base.qcow2"}}}, "image.base.checksum", "is required"),
+    Bad("packer-version-word", {"image": {"packer_version": "latest"}}, "image.packer_version", "got 'latest'"),
+    Bad("tag-value-interpolation", tags({"Team": '${var.x} %{ if true }"q"'}), "image.aws.tags.Team", "${var.x}"),
+    Bad("tag-value-backtick", tags({"Team": "`id`"}), "image.aws.tags.Team", "`id`"),
+    Bad("tag-value-newline", tags({"Team": "a\nb"}), "image.aws.tags.Team", "\\n"),
+    Bad("tag-key-quote", tags({'Team"': "infra"}), "image.aws.tags.Team\"", "bad key 'Team\"'"),
+    Bad("aws-region", {"image": {"aws": {"region": "mars-north-1a"}}}, "image.aws.region", "'mars-north-1a'"),
+    Bad("aws-share-short", {"image": {"aws": {"share_with": ["1234"]}}}, "image.aws.share_with[0]", "'1234'"),
+    Bad("ssm-relative", {"image": {"aws": {"ssm_parameter": "imagebuild/latest"}}}, "image.aws.ssm_parameter",
+        "'imagebuild/latest'"),
+    # --- verify checks
+    Bad("check-name-space", {"verify": {"checks": [{"name": "my check", "run": "true"}]}}, "verify.checks[0].name",
+        "'my check'"),
+    Bad("check-name-injection", {"verify": {"checks": [{"name": "a;reboot", "run": "true"}]}}, "verify.checks[0].name",
+        "'a;reboot'"),
+    Bad("check-name-quote", {"verify": {"checks": [{"name": "a\"b", "run": "true"}]}}, "verify.checks[0].name", "a\"b"),
+    Bad("check-run-nul", {"verify": {"checks": [{"name": "nul", "run": "true\x00"}]}}, "verify.checks[0].run", "\\x00"),
+    Bad("check-without-run", {"verify": {"checks": [{"name": "x"}]}}, "verify.checks[0].run", "is required"),
+    # --- overrides: what TOML, JSON and the check can all carry, and never a key a typed setting owns
+    Bad("override-null", {"config": {"overrides": {"debug": {"level": None}}}}, "config.overrides.debug.level",
+        "got null"),
+    Bad("override-nul", {"config": {"overrides": {"debug": {"level": "x\x00"}}}}, "config.overrides.debug.level",
+        "NUL character"),
+    Bad("override-date", "config:\n  overrides:\n    debug:\n      when: 2024-01-01\n", "config.overrides.debug.when",
+        "datetime.date(2024, 1, 1)"),
+    Bad("override-huge-int", {"config": {"overrides": {"grpc": {"max_recv_message_size": 2 ** 64}}}},
+        "config.overrides.grpc.max_recv_message_size", str(2 ** 64)),
+    Bad("override-typed-key", {"config": {"overrides": {"oom_score": 0}}}, "config.overrides.oom_score",
+        "got 0, which sets oom_score: use config.oom_score instead"),
+    Bad("override-replaces-table", {"config": {"overrides": {"plugins": {"io.containerd.grpc.v1.cri": "off"}}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri", "got 'off'"),
+    Bad("override-mirrors-in-hosts-mode", {"config": {"overrides": {"plugins": {"io.containerd.grpc.v1.cri": {
+        "registry": {"mirrors": {"docker.io": {"endpoint": ["https://m.example"]}}}}}}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.registry.mirrors.docker.io.endpoint",
+        "use config.registry instead"),
+    Bad("override-version", {"config": {"overrides": {"version": 3}}}, "config.overrides.version",
+        "use containerd.version instead"),
+    # --- documents that are not a spec at all
+    Bad("top-level-list", "- name: x\n", "<spec>", "got list, expected a mapping"),
+    Bad("invalid-yaml", "config: {oom_score: -999\n", "<spec>", "not valid YAML"),
+]
+
+IDS = [case.id for case in CASES]
+assert len(set(IDS)) == len(IDS), "case ids must be unique"
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory):
+    """An earlier render of the default spec, and its snapshot (contents, modes, mtimes)."""
+    out = tmp_path_factory.mktemp("earlier") / "render"
+    code, _, err = run_main(["render", "-o", str(out)])
+    assert code == 0, err
+    return out, snapshot(out)
+
+
+def _spec_file(tmp_path, doc):
+    return write_spec(tmp_path, doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_bad_spec_is_refused(tmp_path, earlier, case):
+    spec_path = _spec_file(tmp_path, case.doc)
+    out = tmp_path / "out"
+    code, stdout, err = run_main(["render", str(spec_path), "-o", str(out)])
+    assert code == 2, err
+    assert stdout == ""
+    assert err.startswith(f"imagebuild: {spec_path}: ")
+    assert f"  {case.path}: " in err, f"message does not name {case.path}:\n{err}"
+    line = next(line for line in err.splitlines() if line.startswith(f"  {case.path}: "))
+    assert case.value in line, f"message does not show the bad value {case.value!r}:\n{err}"
+    assert "Traceback" not in err
+    assert not out.exists()
+    # An earlier render in the way is left exactly as it was.
+    directory, before = earlier
+    assert run_main(["render", str(spec_path), "-o", str(directory)])[0] == 2
+    assert snapshot(directory) == before
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["render"]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in
+                                  ("sandbox-nul", "duplicate-yaml-key", "unknown-verison", "header-newline")],
+                         ids=lambda c: c.id)
+def test_bad_spec_through_the_real_entry_point(tmp_path, case):
+    spec_path = _spec_file(tmp_path, case.doc)
+    proc = run_cli("render", str(spec_path), "-o", str(tmp_path / "out"))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert f"  {case.path}: " in err and case.value in err
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_the_table_is_big_enough():
+    assert len(CASES) >= 45
+
+
+# ---------------------------------------------------------------- allowed, and rendered inert
+
+HEADER_VALUES = {
+    "X-Quote": 'say "hi" and \'bye\'',
+    "X-Dollar": "$HOME ${PATH} $(reboot)",
+    "X-Backtick": "`id`",
+    "X-Backslash": "C:\\path\\n",
+    "X-Toml": '"]\tserver = "x'.replace("\t", " "),  # tries to close the string and the table
+    "Authorization": "Basic dXNlcjpwYXNz",
+    "X-Unicode": "snowman \u2603",
+}
+
+
+def test_header_values_with_quotes_and_dollars_render_inert(tmp_path):
+    doc = mirror(headers=HEADER_VALUES)
+    out = tmp_path / "out"
+    code, _, err = run_main(["render", str(_spec_file(tmp_path, doc)), "-o", str(out)])
+    assert code == 0, err
+    hosts = out / "payload/etc/containerd/certs.d/docker.io/hosts.toml"
+    parsed = tomllib.loads(hosts.read_text())
+    assert parsed["server"] == "https://registry-1.docker.io"
+    assert parsed["host"]["https://mirror.example"]["header"] == {k: [v] for k, v in HEADER_VALUES.items()}
+    assert set(parsed) == {"server", "host"}
+    assert (hosts.stat().st_mode & 0o777) == 0o600  # headers are often credentials
+    # They reach no shell: the install script carries only paths and checksums.
+    install = (out / "install.sh").read_text()
+    assert "$(reboot)" not in install and "dXNlcjpwYXNz" not in install
+
+
+def test_description_with_quotes_and_backticks_is_allowed():
+    spec = spec_of({"unit": {"description": 'containerd "tuned" `golden`'}})
+    assert spec.unit.description == 'containerd "tuned" `golden`'

@@ -1,0 +1,260 @@
+"""The locally built Debian 12 base image: recipe hash, mirror discovery, cache discipline.
+
+The e2e test builds the real image (~110 s cold, into the imagebuild cache; instant when cached).
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from imagebuild import baseimage
+from imagebuild.errors import ImagebuildError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------ recipe hash (fast)
+
+def test_recipe_hash_is_hex_sha256_and_stable_within_a_process():
+    h = baseimage.recipe_hash()
+    assert len(h) == 64 and int(h, 16) >= 0
+    assert baseimage.recipe_hash() == h
+    assert baseimage.recipe_hash(baseimage.recipe()) == h
+
+
+def test_recipe_hash_is_stable_across_processes():
+    code = "from imagebuild import baseimage; print(baseimage.recipe_hash())"
+    seen = set()
+    for seed in ("0", "12345"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONHASHSEED=seed), check=True).stdout.strip()
+        seen.add(out)
+    assert seen == {baseimage.recipe_hash()}
+
+
+def test_recipe_hash_follows_the_recipe(monkeypatch):
+    before = baseimage.recipe_hash()
+    monkeypatch.setattr(baseimage, "PACKAGES", tuple(reversed(baseimage.PACKAGES)))
+    assert baseimage.recipe_hash() == before, "package order must not matter"
+    monkeypatch.setattr(baseimage, "PACKAGES", baseimage.PACKAGES + ("vim-tiny",))
+    with_vim = baseimage.recipe_hash()
+    assert with_vim != before
+    files = dict(baseimage.FILES)
+    files["etc/hostname"] = "other\n"
+    monkeypatch.setattr(baseimage, "FILES", files)
+    assert baseimage.recipe_hash() not in (before, with_vim)
+
+
+def test_recipe_covers_what_cloud_images_need():
+    r = baseimage.recipe()
+    for pkg in ("linux-image-cloud-amd64", "cloud-init", "cloud-guest-utils", "openssh-server",
+                "sudo", "grub-pc-bin", "systemd-sysv", "tar", "gzip", "curl", "ca-certificates"):
+        assert pkg in r["packages"]
+    assert "datasource_list: [ NoCloud, ConfigDrive, None ]" in r["files"]["etc/cloud/cloud.cfg.d/90_imagebuild.cfg"]
+    assert "console=ttyS0,115200" in r["kernel_cmdline"]
+    assert "set timeout=0" in r["files"]["boot/grub/grub.cfg"]
+    assert "serial --unit=0 --speed=115200" in r["files"]["boot/grub/grub.cfg"]
+    assert r["files"]["etc/fstab"].startswith("UUID={uuid} / ext4")
+    assert "etc/ssh/ssh_host_*" in r["remove"]
+
+
+def test_filesystem_uuid_is_derived_from_the_recipe():
+    u = baseimage._fs_uuid()
+    assert u == baseimage._fs_uuid()
+    assert len(u) == 36 and u.count("-") == 4
+    assert baseimage.kernel_cmdline().startswith(f"root=UUID={u} ")
+
+
+def test_checksum_format(tmp_path):
+    f = tmp_path / "x"
+    f.write_bytes(b"abc")
+    assert baseimage.checksum(f) == \
+        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+# ---------------------------------------------------------------------- mirror discovery (fast)
+
+def _fake_root(tmp_path: Path, codename: str, deb822: str = "", one_line: str = "") -> Path:
+    (tmp_path / "etc/apt/sources.list.d").mkdir(parents=True)
+    (tmp_path / "etc/os-release").write_text(f'ID=debian\nVERSION_CODENAME={codename}\n')
+    if deb822:
+        (tmp_path / "etc/apt/sources.list.d/debian.sources").write_text(deb822)
+    (tmp_path / "etc/apt/sources.list").write_text(one_line)
+    return tmp_path
+
+
+def test_sources_from_deb822(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGEBUILD_DEBIAN_MIRROR", raising=False)
+    root = _fake_root(tmp_path, "bookworm", deb822="""\
+Types: deb deb-src
+# a comment
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main contrib
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb
+URIs: http://disabled.example/debian
+Suites: bookworm
+Components: main
+Enabled: no
+
+Types: deb
+URIs: http://other.example/apt
+Suites: nodistro
+Components: main
+""")
+    assert baseimage.debian_sources(root) == [
+        "deb http://mirror.example/debian bookworm main",
+        "deb http://mirror.example/debian bookworm-updates main",
+        "deb http://mirror.example/debian-security bookworm-security main",
+    ]
+
+
+def test_sources_from_one_line_format_on_a_newer_host(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGEBUILD_DEBIAN_MIRROR", raising=False)
+    root = _fake_root(tmp_path, "trixie", one_line="""\
+# deb http://commented.example/debian trixie main
+deb [signed-by=/usr/share/keyrings/k.gpg arch=amd64] http://m.example/debian trixie main
+deb-src http://m.example/debian trixie main
+deb http://m.example/debian-security trixie-security main non-free-firmware
+deb http://m.example/debian trixie contrib
+""")
+    assert baseimage.debian_sources(root) == [
+        "deb http://m.example/debian bookworm main",
+        "deb http://m.example/debian-security bookworm-security main",
+    ]
+
+
+def test_sources_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGEBUILD_DEBIAN_MIRROR", raising=False)
+    root = _fake_root(tmp_path, "bookworm", one_line="deb http://x.example/ubuntu jammy main\n")
+    with pytest.raises(ImagebuildError, match="IMAGEBUILD_DEBIAN_MIRROR"):
+        baseimage.debian_sources(root)
+
+
+def test_sources_override(monkeypatch):
+    monkeypatch.setenv("IMAGEBUILD_DEBIAN_MIRROR", "http://mirror.example/debian/")
+    assert baseimage.debian_sources() == [
+        "deb http://mirror.example/debian bookworm main",
+        "deb http://mirror.example/debian bookworm-updates main",
+        "deb http://mirror.example/debian-security bookworm-security main",
+    ]
+
+
+def test_system_sources_are_found():
+    """This machine's own apt sources name a Debian mirror that carries bookworm."""
+    lines = baseimage.debian_sources()
+    assert lines and lines[0].split()[2] == "bookworm"
+
+
+# --------------------------------------------------------- cache discipline, no real build (fast)
+
+def _fake_build_into(calls: list, delay: float = 0.0, fail: BaseException | None = None):
+    def build_into(work: Path) -> Path:
+        calls.append(work)
+        (work / baseimage.KERNEL_NAME).write_bytes(b"kernel")
+        (work / baseimage.INITRD_NAME).write_bytes(b"initrd")
+        image = work / baseimage.IMAGE_NAME
+        image.write_bytes(b"QFI\xfb fake")
+        if delay:
+            time.sleep(delay)
+        if fail is not None:
+            raise fail
+        return image
+    return build_into
+
+
+@pytest.fixture
+def fake_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGEBUILD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(baseimage, "_preflight", lambda: None)
+    return tmp_path / "cache"
+
+
+def test_build_is_cached_by_recipe_hash(fake_cache, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(baseimage, "_build_into", _fake_build_into(calls))
+    path = baseimage.build()
+    assert path == fake_cache / "base" / baseimage.recipe_hash() / baseimage.IMAGE_NAME
+    sums = path.with_name(path.name + ".sha256").read_text()
+    assert sums == f"{baseimage.checksum(path).split(':')[1]}  {baseimage.IMAGE_NAME}\n"
+    assert baseimage.kernel_files() == (path.with_name(baseimage.KERNEL_NAME),
+                                        path.with_name(baseimage.INITRD_NAME))
+    assert baseimage.build() == path
+    assert len(calls) == 1
+    assert not list(path.parent.glob(".build-*"))
+
+
+def test_interrupted_build_leaves_nothing(fake_cache, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(baseimage, "_build_into", _fake_build_into(calls, fail=KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        baseimage.build()
+    target = fake_cache / "base" / baseimage.recipe_hash()
+    assert sorted(p.name for p in target.iterdir()) == [".lock"]
+    assert baseimage.cached_image() is None and baseimage.kernel_files() is None
+
+
+def test_stale_temp_dirs_are_swept(fake_cache, monkeypatch):
+    target = fake_cache / "base" / baseimage.recipe_hash()
+    (target / ".build-dead" / "tree").mkdir(parents=True)
+    monkeypatch.setattr(baseimage, "_build_into", _fake_build_into([]))
+    baseimage.build()
+    assert not (target / ".build-dead").exists()
+
+
+def test_concurrent_callers_build_once(fake_cache, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(baseimage, "_build_into", _fake_build_into(calls, delay=0.3))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(baseimage.build())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(results)) == 1 and len(results) == 3
+
+
+def test_out_dir_and_stale_recipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(baseimage, "_preflight", lambda: None)
+    calls: list = []
+    monkeypatch.setattr(baseimage, "_build_into", _fake_build_into(calls))
+    out = tmp_path / "out"
+    path = baseimage.build(out)
+    assert path == out / baseimage.IMAGE_NAME
+    path.with_name(path.name + ".recipe").write_text("0" * 64 + "\n")   # built by another recipe
+    assert baseimage.build(out) == path
+    assert len(calls) == 2
+
+
+# ------------------------------------------------------------------------------- real build
+
+@pytest.mark.e2e
+def test_real_build_and_cache():
+    t0 = time.monotonic()
+    path = baseimage.build()
+    first = time.monotonic() - t0
+    t0 = time.monotonic()
+    assert baseimage.build() == path
+    assert time.monotonic() - t0 < 1.0, "a cached build must return at once"
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == "qcow2"
+    assert info["virtual-size"] == baseimage.DISK_SIZE
+    assert info["actual-size"] < 400 * 2**20
+    recorded = path.with_name(path.name + ".sha256").read_text().split()[0]
+    assert baseimage.checksum(path) == "sha256:" + recorded
+    kernel, initrd = baseimage.kernel_files()
+    assert kernel.stat().st_size > 5 * 2**20 and initrd.stat().st_size > 5 * 2**20
+    print(f"base image: {path} ({path.stat().st_size / 2**20:.0f} MiB), build call {first:.1f} s")

@@ -1,0 +1,119 @@
+"""config.toml, loaded by the real containerd binary of its family (`containerd --config FILE
+config dump`): it must parse, and every setting the spec tunes must come out as expected.json says.
+"""
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from imagebuild.guest.check import dig
+from imagebuild.render import config_toml, expected
+from imagebuild.render.config_toml import KeyPaths
+from tests.support import FAMILY_VERSIONS, containerd_dump, spec_of
+
+RUNTIMES = {
+    "nvidia": {"binary_name": "/usr/bin/nvidia-container-runtime"},
+    "runsc": {"runtime_type": "io.containerd.runsc.v1", "config_path": "/etc/containerd/runsc.toml",
+              "pod_annotations": ["dev.gvisor.*"]},
+    "kata": {"runtime_type": "io.containerd.kata.v2", "config_path": "/opt/kata/share/defaults/kata/configuration.toml",
+             "pod_annotations": ["io.katacontainers.*"], "privileged_without_host_devices": True},
+}
+LEGACY = {"mode": "legacy", "mirrors": [
+    {"host": "docker.io", "endpoints": [{"url": "https://docker.mirror.example"}, {"url": "http://10.0.0.5:5000"}]},
+    {"host": "registry.example:5000", "endpoints": [{"url": "https://mirror.example/registry"}]},
+]}
+
+
+def _overrides(family: str) -> dict:
+    cri = {"io.containerd.grpc.v1.cri": {"enable_unprivileged_ports": True, "enable_unprivileged_icmp": True,
+                                         "containerd": {"runtimes": {"runc": {"options": {"NoNewKeyring": True}}}}}}
+    if family == "2.1":
+        cri = {"io.containerd.cri.v1.runtime": {"enable_unprivileged_ports": True, "enable_unprivileged_icmp": True,
+                                                "containerd": {"runtimes": {"runc": {"options": {"NoNewKeyring": True}}}}}}
+    return {"debug": {"level": "debug"}, "grpc": {"max_recv_message_size": 33554432}, "plugins": cri}
+
+
+VARIANTS = {
+    "default": lambda family: {},
+    "runtimes": lambda family: {"config": {"runtimes": RUNTIMES, "default_runtime": "nvidia"}},
+    "legacy-mirrors": lambda family: {"config": {"registry": LEGACY}},
+    "overrides": lambda family: {"config": {"overrides": _overrides(family)}},
+    "tuned": lambda family: {"config": {
+        "systemd_cgroup": False, "root": "/data/containerd", "state": "/run/containerd-alt", "oom_score": -500,
+        "sandbox_image": "registry.k8s.io/pause:3.9", "snapshotter": "native", "discard_unpacked_layers": True,
+        "max_container_log_line_size": -1, "imports": ["/etc/containerd/conf.d/*.toml"],
+        "registry": {"config_path": "/etc/containerd/registries.d"}}},
+}
+CASES = [(family, variant) for family in FAMILY_VERSIONS for variant in VARIANTS]
+
+
+def _spec(family: str, variant: str):
+    doc = VARIANTS[variant](family)
+    doc.setdefault("containerd", {})["version"] = FAMILY_VERSIONS[family]
+    return spec_of(doc)
+
+
+@pytest.mark.parametrize("family, variant", CASES, ids=[f"{f}-{v}" for f, v in CASES])
+def test_real_containerd_loads_the_config_and_reports_every_expectation(tmp_path, family, variant):
+    spec = _spec(family, variant)
+    assert spec.containerd.family == family
+    text = config_toml.render(spec)
+    proc, dumped = containerd_dump(text, family, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    version = 2 if family.startswith("1.") else 3
+    assert tomllib.loads(text)["version"] == version
+    assert dumped["version"] == version
+    expectations = expected.config_expectations(spec)
+    assert len(expectations) >= 10
+    mismatches = [(e["name"], e["path"], e["value"], dig(dumped, e["path"])) for e in expectations
+                  if dig(dumped, e["path"]) != e["value"]]
+    assert mismatches == []
+    # Hosts and legacy registry modes never mix: a `mirrors` table together with config_path makes the
+    # CRI plugin refuse to start (which `config dump` does not show, so the file is checked as well).
+    registry_path = list(KeyPaths(spec.containerd.config_version).registry)
+    for registry in (dig(tomllib.loads(text), registry_path), dig(dumped, registry_path)):
+        if spec.config.registry.mode == "hosts":
+            assert registry["config_path"] == spec.config.registry.config_path
+            assert not registry.get("mirrors")
+        else:
+            assert registry["config_path"] == ""
+            assert registry["mirrors"] == {m.host: {"endpoint": [e.url for e in m.endpoints]}
+                                           for m in spec.config.registry.mirrors}
+
+
+@pytest.mark.parametrize("family", FAMILY_VERSIONS)
+def test_every_key_of_containerds_own_default_stays_visible(family):
+    """The file is containerd's `config default` tuned, not a sparse file: every default key is kept."""
+    def keys(tree, prefix=()):
+        for key, value in tree.items():
+            yield prefix + (key,)
+            if isinstance(value, dict):
+                yield from keys(value, prefix + (key,))
+
+    spec = _spec(family, "default")
+    default = set(keys(tomllib.loads(config_toml.reference_default(family))))
+    rendered = set(keys(tomllib.loads(config_toml.render(spec))))
+    registry = KeyPaths(spec.containerd.config_version).registry
+    missing = {k for k in default - rendered if k[:len(registry) + 1] != registry + ("mirrors",)}
+    assert missing == set()
+    assert config_toml.render(spec).startswith("# Managed by imagebuild")
+
+
+def test_runtime_handlers_are_complete(tmp_path):
+    spec = _spec("1.7", "runtimes")
+    _, dumped = containerd_dump(config_toml.render(spec), "1.7", tmp_path)
+    runtimes = dumped["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    assert runtimes["nvidia"]["options"]["BinaryName"] == "/usr/bin/nvidia-container-runtime"
+    assert runtimes["nvidia"]["options"]["SystemdCgroup"] is True  # a runc shim: the cgroup driver follows runc's
+    assert runtimes["runsc"]["options"]["ConfigPath"] == "/etc/containerd/runsc.toml"
+    assert "SystemdCgroup" not in runtimes["runsc"]["options"]
+    assert runtimes["kata"]["pod_annotations"] == ["io.katacontainers.*"]
+    assert runtimes["kata"]["privileged_without_host_devices"] is True
+
+
+def test_the_consumer_is_not_a_rubber_stamp(tmp_path):
+    """Sanity: the real parser does refuse a mistyped value, so the passes above mean something."""
+    text = config_toml.render(_spec("1.6", "default")).replace("oom_score = -999", 'oom_score = "-999"')
+    proc, _ = containerd_dump(text, "1.6", tmp_path)
+    assert proc.returncode != 0

@@ -1,0 +1,334 @@
+"""QEMU guests: results parsing, command lines, seeds, overlays; real boots under e2e.
+
+The e2e boots use the locally built base image (imagebuild.baseimage; built once, cached).
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imagebuild import qemu
+from imagebuild.errors import ImagebuildError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------ marked lines (fast)
+
+def test_parse_marked_lines_plain_and_prefixed():
+    text = (
+        'IMAGEBUILD-RESULT {"a": 1}\n'
+        '[   12.345678] cloud-init[612]: IMAGEBUILD-RESULT {"b": 2}\r\n'
+        '\x1b[0;32mIMAGEBUILD-RESULT\x1b[0m {"c": 3}\n'
+        'IMAGEBUILD-RESULTX not this one\n'
+        'IMAGEBUILD-DONE {"passed": 1}\n'
+        'nothing here\n'
+        'IMAGEBUILD-RESULT\n'
+        'IMAGEBUILD-RESULT \t{"d": 4}  '
+    )
+    assert qemu.parse_marked_lines(text, "IMAGEBUILD-RESULT") == \
+        ['{"a": 1}', '{"b": 2}', '{"c": 3}', "", '{"d": 4}']
+    assert qemu.parse_marked_lines(text, "IMAGEBUILD-DONE") == ['{"passed": 1}']
+    assert qemu.parse_marked_lines("", "X") == []
+
+
+def test_parse_marked_lines_interleaved_console():
+    # The kernel printed in the middle of a line: the fragment after the interruption
+    # still carries the prefix only once, and the broken record is not valid JSON.
+    text = ('IMAGEBUILD-RESULT {"ok": tr[   40.1] random: crng init done\n'
+            'ue}\n'
+            'junk IMAGEBUILD-RESULT old IMAGEBUILD-RESULT {"last": true}\n')
+    assert qemu.parse_marked_lines(text) == ['{"ok": tr[   40.1] random: crng init done',
+                                             '{"last": true}']
+    assert qemu.parse_marked_json(text) == [{"last": True}]
+
+
+def test_boot_result_prefers_the_results_port():
+    def result(lines):
+        return qemu.BootResult(
+            name="g", command=[], accel="tcg", serial_log=Path("s"), results_log=Path("r"),
+            started_at=0.0, kernel_s=1.0, cloud_init_final_s=None, done_s=None, done_line=None,
+            markers={}, exited_s=9.0, returncode=0, powered_off=True, lines=lines)
+
+    L = qemu.Line
+    both = result([L(1.0, "console", "[ 1.0] Linux version 6.1"),
+                   L(2.0, "console", 'IMAGEBUILD-RESULT {"from": "console"}'),
+                   L(2.1, "results", 'IMAGEBUILD-RESULT {"from": "port"}'),
+                   L(2.2, "results", 'IMAGEBUILD-DONE {"passed": 1, "failed": 0}')])
+    assert both.records() == [{"from": "port"}]
+    assert both.results == ['{"from": "port"}', '{"passed": 1, "failed": 0}']
+    assert both.time_of(r"Linux version") == 1.0
+    assert both.time_of("DONE", source="console") is None
+    assert both.kernel_at == 1.0 and both.done_at == 9.0          # no marker: QEMU's exit
+    console_only = result([L(2.0, "console", 'IMAGEBUILD-RESULT {"from": "console"}')])
+    assert console_only.records() == [{"from": "console"}]
+
+
+def test_guest_emit_function_writes_whole_lines(tmp_path):
+    port, console = tmp_path / "port", tmp_path / "console"
+    port.write_text("")
+    fn = qemu.guest_emit_function().replace(qemu.RESULTS_DEVICE, str(port)) \
+                                   .replace(qemu.SERIAL_DEVICE, str(console))
+    subprocess.run(["sh", "-c", fn + """imagebuild_emit '{"hello": 1}'; imagebuild_emit x y"""],
+                   check=True)
+    expected = 'IMAGEBUILD-RESULT {"hello": 1}\nIMAGEBUILD-RESULT x y\n'
+    assert port.read_text() == expected and console.read_text() == expected
+
+
+def test_tail_reader_handles_partial_lines(tmp_path):
+    f = tmp_path / "log"
+    f.write_bytes(b"")
+    t = qemu._Tail(f)
+    with open(f, "ab") as w:
+        w.write(b"one\r\ntw")
+        w.flush()
+        assert t.read_lines() == ["one"]
+        w.write(b"o\n\x1b[1mthree\x1b[0m\n\xffpart")
+        w.flush()
+        assert t.read_lines() == ["two", "three"]
+    assert t.flush() == "\ufffdpart"
+
+
+# ------------------------------------------------------------------------ command line (fast)
+
+def test_command_line_tcg(tmp_path):
+    g = qemu.Guest(tmp_path / "disk,1.qcow2", tmp_path / "seed.iso", serial_log=tmp_path / "s.log",
+                   accel="tcg", name="imagebuild-unit")
+    cmd = g.command()
+    joined = " ".join(cmd)
+    assert cmd[0] == "qemu-system-x86_64"
+    assert "-accel tcg,thread=multi -cpu max -smp 2 -m 2048" in joined
+    assert f"file={tmp_path}/disk,,1.qcow2,if=virtio,format=qcow2" in joined
+    assert f"file={tmp_path}/seed.iso,if=virtio,format=raw,readonly=on" in joined
+    assert "-netdev user,id=net0 " in joined and "hostfwd" not in joined
+    assert f"file,id=con0,path={tmp_path}/s.log" in joined
+    assert f"file,id=res0,path={tmp_path}/s.log.results" in joined
+    assert "virtserialport,bus=vser0.0,chardev=res0,name=imagebuild.results" in joined
+    assert "-nodefaults" in cmd and "-name" in cmd and "imagebuild-unit" in cmd[cmd.index("-name") + 1]
+    assert "-kernel" not in cmd and "-enable-kvm" not in cmd
+
+
+def test_command_line_options(tmp_path):
+    g = qemu.Guest(None, None, serial_log=tmp_path / "s.log", results_log=tmp_path / "r.log",
+                   accel="kvm", memory=4096, smp=4, hostfwd=[(40022, 22)], kernel="/k",
+                   initrd="/i", append="console=ttyS0", extra_args=["-snapshot"])
+    joined = " ".join(g.command())
+    assert "-accel kvm -cpu host -smp 4 -m 4096" in joined
+    assert "hostfwd=tcp:127.0.0.1:40022-:22" in joined
+    assert "-kernel /k -initrd /i -append console=ttyS0" in joined
+    assert f"path={tmp_path}/r.log" in joined and joined.endswith("-snapshot")
+    assert "-drive" not in joined
+    no_net = qemu.Guest(None, serial_log=tmp_path / "s.log", accel="tcg", network=False).command()
+    assert "-netdev" not in no_net
+
+
+def test_accelerator_choices(monkeypatch):
+    monkeypatch.delenv("IMAGEBUILD_ACCEL", raising=False)
+    assert qemu.accelerator("tcg") == "tcg"
+    assert qemu.accelerator("kvm") == "kvm"
+    with pytest.raises(ImagebuildError, match="unknown accelerator"):
+        qemu.accelerator("hvf")
+    monkeypatch.setenv("IMAGEBUILD_ACCEL", "tcg")
+    assert qemu.accelerator("auto") == "tcg"
+    assert qemu.accel_args("tcg") == ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def test_probe_kvm_without_a_usable_device_is_false_and_cached(monkeypatch):
+    monkeypatch.setattr(qemu, "_kvm_answer", None)
+    monkeypatch.setattr(qemu, "_kvm_device_usable", lambda: False)
+    monkeypatch.setattr(qemu, "probe_boot", lambda *a, **k: pytest.fail("must not boot"))
+    assert qemu.probe_kvm() is False
+    monkeypatch.setattr(qemu, "_kvm_device_usable", lambda: pytest.fail("must be cached"))
+    assert qemu.probe_kvm() is False
+    monkeypatch.delenv("IMAGEBUILD_ACCEL", raising=False)
+    assert qemu.accelerator("auto") == "tcg"
+
+
+def test_probe_kvm_uses_the_boot_probe(monkeypatch, tmp_path):
+    monkeypatch.setattr(qemu, "_kvm_answer", None)
+    monkeypatch.setattr(qemu, "_kvm_device_usable", lambda: True)
+    seen = []
+    monkeypatch.setattr(qemu, "probe_boot", lambda accel, kernel, timeout: seen.append(accel) or True)
+    assert qemu.probe_kvm(kernel=tmp_path / "vmlinuz") is True
+    assert qemu.probe_kvm() is True and seen == ["kvm"]
+
+
+# -------------------------------------------------------------------- seeds, overlays (fast)
+
+def test_seed_iso(tmp_path):
+    if not (qemu.shutil.which("xorriso")):
+        pytest.skip("xorriso not installed")
+    iso = qemu.seed_iso(tmp_path / "seed.iso", b"#cloud-config\n{}\n", b"instance-id: x\n",
+                        {"files/payload.tar.gz": b"\x1f\x8b payload", "top.txt": b"top"})
+    data = iso.read_bytes()
+    assert data[0x8000 + 1:0x8000 + 6] == b"CD001"
+    assert data[0x8000 + 40:0x8000 + 72].rstrip() == b"cidata"
+    out = tmp_path / "x"
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(out)],
+                   check=True, capture_output=True)
+    assert (out / "user-data").read_bytes() == b"#cloud-config\n{}\n"
+    assert (out / "meta-data").read_bytes() == b"instance-id: x\n"
+    assert (out / "files/payload.tar.gz").read_bytes() == b"\x1f\x8b payload"
+    assert (out / "top.txt").read_bytes() == b"top"
+    assert not list(tmp_path.glob(".seed.iso.*"))
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "user-data"])
+def test_seed_iso_rejects_bad_names(tmp_path, bad):
+    with pytest.raises(ImagebuildError):
+        qemu.seed_iso(tmp_path / "s.iso", b"", b"", {bad: b"x"})
+
+
+def test_overlay_never_touches_the_image(tmp_path):
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    before = base.read_bytes()
+    ov = qemu.overlay(base, tmp_path, size="128M")
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(ov)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["backing-filename"] == str(base) and info["backing-filename-format"] == "qcow2"
+    assert info["virtual-size"] == 128 * 2**20
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 1M", str(ov)], check=True, capture_output=True)
+    assert base.read_bytes() == before
+    assert qemu.overlay(base, tmp_path) != ov
+    with pytest.raises(ImagebuildError, match="not found"):
+        qemu.overlay(tmp_path / "missing.qcow2", tmp_path)
+
+
+# ------------------------------------------------------------------------------- e2e: boots
+
+def _qemu_pids(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"qemu-system-x86_64 -name {name}"],
+                         capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _wait_gone(name: str, seconds: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (pids := _qemu_pids(name)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pids
+
+
+@pytest.fixture(scope="module")
+def base_image():
+    from imagebuild import baseimage
+    return baseimage.build()
+
+
+@pytest.mark.e2e
+def test_kvm_probe_answers_quickly_and_the_probe_sees_tcg(base_image, monkeypatch):
+    from imagebuild import baseimage
+    monkeypatch.setattr(qemu, "_kvm_answer", None)
+    t0 = time.monotonic()
+    answer = qemu.probe_kvm(timeout=10)
+    took = time.monotonic() - t0
+    assert isinstance(answer, bool) and took < 20
+    print(f"probe_kvm() = {answer} in {took:.1f} s")
+    # The probe itself is sound: the same kernel under TCG passes it.
+    kernel, _ = baseimage.kernel_files()
+    t0 = time.monotonic()
+    assert qemu.probe_boot("tcg", kernel, timeout=30)
+    print(f"probe_boot('tcg') in {time.monotonic() - t0:.1f} s")
+    assert not _qemu_pids("imagebuild-probe-")
+
+
+@pytest.mark.e2e
+def test_boot_reports_results_and_timings(base_image, tmp_path):
+    script = qemu.guest_emit_function() + """imagebuild_emit '{"hello": 1}'"""
+    user_data = "#cloud-config\n" + yaml.safe_dump({
+        "runcmd": [["sh", "-c", script]],
+        "power_state": {"mode": "poweroff", "delay": "now"},   # after cloud-init final
+    })
+    seed = qemu.seed_iso(tmp_path / "seed.iso", user_data.encode(),
+                         b"instance-id: hello-1\nlocal-hostname: hello\n")
+    disk = qemu.overlay(base_image, tmp_path)
+    before = qemu._qemu_img_info(base_image)
+    name = f"imagebuild-hello-{os.getpid()}"
+    result = qemu.boot(disk, seed, serial_log=tmp_path / "serial.log", timeout=420,
+                       done_marker="IMAGEBUILD-RESULT", accel="auto", exit_grace=90, name=name,
+                       markers={"network up": r"Reached target .*[Nn]etwork is Online"})
+    print(json.dumps({k: v for k, v in result.markers.items()}, indent=1))
+    print(f"done {result.done_s} s, QEMU exited {result.exited_s} s, accel {result.accel}")
+    assert result.records() == [{"hello": 1}]
+    assert qemu.parse_marked_json(result.results_text()) == [{"hello": 1}], \
+        "the marker must arrive on the results port"
+    assert result.done_line.endswith('IMAGEBUILD-RESULT {"hello": 1}')
+    assert 0 < result.kernel_s < result.done_s
+    assert result.markers["cloud-init local"] is not None
+    assert result.cloud_init_final_s is not None and result.cloud_init_final_s >= result.done_s
+    assert result.powered_off and result.exited_s >= result.cloud_init_final_s
+    assert result.started_at > 0 and result.accel in ("kvm", "tcg")
+    assert (tmp_path / "serial.log").read_text(errors="replace").count("Linux version") == 1
+    assert qemu._qemu_img_info(base_image) == before
+    assert not _qemu_pids(name)
+
+
+@pytest.mark.e2e
+def test_boot_timeout_is_clear_and_kills_qemu(base_image, tmp_path):
+    seed = qemu.seed_iso(tmp_path / "seed.iso", b"#cloud-config\n{}\n", b"instance-id: t-1\n")
+    name = f"imagebuild-timeout-{os.getpid()}"
+    log = tmp_path / "serial.log"
+    t0 = time.monotonic()
+    with pytest.raises(ImagebuildError) as err:
+        qemu.boot(qemu.overlay(base_image, tmp_path), seed, serial_log=log, timeout=25,
+                  done_marker="NEVER-PRINTED", accel="tcg", name=name)
+    assert time.monotonic() - t0 < 45
+    message = str(err.value)
+    assert "timed out after 25 s" in message and "'NEVER-PRINTED'" in message
+    assert str(log) in message
+    tail = message.split("last lines of the serial console:\n", 1)[1].splitlines()
+    assert 10 <= len(tail) <= 30, "the tail of the serial log belongs in the message"
+    logged = qemu.strip_ansi(log.read_text(errors="replace"))
+    assert all(line in logged for line in tail)
+    assert not _wait_gone(name, 1.0)
+
+
+@pytest.mark.e2e
+def test_qemu_exiting_early_is_reported(tmp_path):
+    # QEMU fails at once: its disk does not exist.
+    with pytest.raises(ImagebuildError, match="exited .* before printing"):
+        qemu.boot(tmp_path / "missing.qcow2", None, serial_log=tmp_path / "s.log", timeout=30,
+                  done_marker="X", accel="tcg")
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from imagebuild import qemu
+    name, log = sys.argv[1], Path(sys.argv[2])
+    qemu.boot(None, None, serial_log=log, timeout=600, done_marker="NEVER", accel="tcg",
+              network=False, name=name)
+""")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_killing_the_caller_leaves_no_qemu(tmp_path, sig):
+    name = f"imagebuild-kill-{sig.name.lower()}-{os.getpid()}"
+    caller = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, name, str(tmp_path / "s.log")],
+                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _qemu_pids(name):
+            assert caller.poll() is None, caller.stderr.read()
+            assert time.monotonic() < deadline, "QEMU never started"
+            time.sleep(0.1)
+        time.sleep(1.0)                     # let it get going
+        caller.send_signal(sig)
+        caller.wait(timeout=20)
+        assert caller.returncode != 0
+        assert not _wait_gone(name, 10.0), f"QEMU survived {sig.name} of its caller"
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+        for pid in _qemu_pids(name):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,100 @@
+"""The typed model: what it derives from the document, how it hashes, how it reports problems."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imagebuild.spec import SpecError, load, parse
+from tests.support import run_main, spec_of, write_spec
+
+
+def snapshot_bytes(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("version, family, config_version", [
+    ("1.6.20", "1.6", 2), ("1.6.0", "1.6", 2), ("1.7.24", "1.7", 2),
+    ("2.0.5", "2.1", 3), ("2.1.9", "2.1", 3), ("2.2.1", "2.1", 3),
+])
+def test_family_and_config_version(version, family, config_version):
+    ctd = spec_of({"containerd": {"version": version}}).containerd
+    assert (ctd.family, ctd.config_version) == (family, config_version)
+    assert ctd.install.tarball.version == version  # the tarball is containerd's own version
+
+
+def test_artifact_urls_resolve():
+    spec = spec_of({"containerd": {"version": "1.7.24", "install": {
+        "tarball": {"url": "http://127.0.0.1:9/c/{version}/containerd-{version}.tgz", "checksum_url": "{url}.sha256sum"},
+        "runc": {"version": "1.1.15", "url": "file:///srv/runc-{version}", "sha256": "ab" * 32, "checksum_url": None},
+        "cni_plugins": {"url": "https://example.com/cni-{version}.tgz", "checksum_url": "https://example.com/SUMS"}}}})
+    install = spec.containerd.install
+    assert install.tarball.resolved_url == "http://127.0.0.1:9/c/1.7.24/containerd-1.7.24.tgz"
+    assert install.tarball.resolved_checksum_url == "http://127.0.0.1:9/c/1.7.24/containerd-1.7.24.tgz.sha256sum"
+    assert install.tarball.filename == "containerd-1.7.24.tgz"
+    assert (install.runc.resolved_url, install.runc.resolved_checksum_url) == ("file:///srv/runc-1.1.15", None)
+    assert install.cni_plugins.version == "1.2.0"
+    assert install.cni_plugins.resolved_checksum_url == "https://example.com/SUMS"
+
+
+def test_defaults_that_depend_on_other_keys():
+    pkg = spec_of({"name": "gpu-nodes", "containerd": {"install": {
+        "method": "package", "package": {"version": "1.6.20~ds1-1+deb12u3"}}}})
+    assert pkg.unit.exec_start == "/usr/bin/containerd"
+    assert pkg.image.aws.ssm_parameter == "/imagebuild/gpu-nodes/latest"
+    assert spec_of({"unit": {"exec_start": "/opt/bin/containerd --log-level debug"}}).unit.exec_start == \
+        "/opt/bin/containerd --log-level debug"
+    mirrors = spec_of({"containerd": {"version": "2.1.9"}, "config": {"registry": {"mirrors": [
+        {"host": "docker.io", "endpoints": []},
+        {"host": "registry.example:5000", "endpoints": []},
+        {"host": "ghcr.io", "server": "https://ghcr.example", "endpoints": []}]}}}).config.registry.mirrors
+    assert [m.upstream for m in mirrors] == ["https://registry-1.docker.io", "https://registry.example:5000",
+                                             "https://ghcr.example"]
+
+
+def test_spec_hash_ignores_layout_and_follows_content():
+    block = "config:\n  oom_score: -500\n  sandbox_image: registry.k8s.io/pause:3.9\nname: a-b\n"
+    flow = "{name: a-b, config: {sandbox_image: 'registry.k8s.io/pause:3.9', oom_score: -500}}  # a comment\n"
+    assert parse(block).spec_hash == parse(flow).spec_hash
+    assert parse(block).spec_hash != parse(block.replace("-500", "-501")).spec_hash
+    assert len(parse(block).spec_hash) == 64
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(SpecError) as info:
+        spec_of({"name": "Bad Name", "config": {"oom_score": 99999, "snapshoter": "native"},
+                 "unit": {"restart_sec": -1}})
+    paths = sorted(p.path for p in info.value.problems)
+    assert paths == ["config.oom_score", "config.snapshoter", "name", "unit.restart_sec"]
+    report = info.value.report()
+    assert report.startswith("test spec: 4 problem(s)\n")
+    assert "config.snapshoter: unknown key (did you mean 'snapshotter'?)" in report
+
+
+def test_effective_spec_json_loads_back_to_the_same_spec(tmp_path):
+    """spec.json (defaults filled in) is itself a valid spec that renders the same outputs.
+
+    Regression: the model used to write containerd.install.tarball.version into the document, a key
+    the schema does not have, so spec.json (and anything re-parsing spec.document) was refused.
+    """
+    doc = {"containerd": {"version": "1.7.24"}, "config": {"oom_score": -500, "runtimes": {
+        "runsc": {"runtime_type": "io.containerd.runsc.v1"}, "kata": {"runtime_type": "io.containerd.kata.v2"}}},
+        "system": {"sysctls": {"vm.max_map_count": 262144, "net.ipv4.ip_forward": 1}}}
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_main(["render", str(write_spec(tmp_path, doc)), "-o", str(first)])[0] == 0
+    code, _, err = run_main(["render", str(first / "spec.json"), "-o", str(second)])
+    assert code == 0, err
+    # Every output, byte for byte (spec.json keeps mapping order: sysctls, runtimes stay as written).
+    assert snapshot_bytes(first) == snapshot_bytes(second)
+    assert json.loads((first / "spec.json").read_text()) == spec_of(doc).document
+
+
+def test_load_errors_are_spec_errors(tmp_path):
+    with pytest.raises(SpecError, match="cannot read"):
+        load(tmp_path / "missing.yaml")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(SpecError, match="cannot read"):
+        load(binary)
+    with pytest.raises(SpecError, match="expected a mapping at the top level"):
+        parse("- a\n- b\n")
