@@ -234,7 +234,9 @@ def build(out_dir: str | os.PathLike | None = None) -> Path:
         return target
     _preflight()
 
-    with _locked(target_dir / ".lock"):
+    from imagebuild.qemu import sigterm_as_exit
+
+    with sigterm_as_exit(), _locked(target_dir / ".lock"):
         if _complete(target):          # another process finished it while we waited
             return target
         for stale in target_dir.glob(".build-*"):
@@ -302,18 +304,51 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _remove_tree(path: Path) -> None:
-    """rm -rf, but never through a mount point (mmdebstrap may leave /proc, /dev ...)."""
-    if not path.exists():
-        return
+def _mounts_inside(path: Path) -> list[str]:
     real = os.path.realpath(path)
     with open("/proc/self/mounts") as f:
-        mounted = [line.split()[1] for line in f if len(line.split()) > 1]
-    mounted = [m.encode().decode("unicode_escape") for m in mounted]
-    inside = [m for m in mounted if m == real or m.startswith(real + "/")]
-    if inside:
-        raise ImagebuildError(f"not removing {path}: still mounted inside it: {inside}")
+        points = [line.split()[1] for line in f if len(line.split()) > 1]
+    points = [p.encode().decode("unicode_escape") for p in points]   # \040 etc.
+    return [p for p in points if p == real or p.startswith(real + "/")]
+
+
+def _remove_tree(path: Path) -> None:
+    """rm -rf, but never through a mount point: mmdebstrap mounts /proc, /sys and /dev
+    inside its tree, and a build killed outright can leave them. Those are unmounted
+    (lazily) first; if that fails the directory is left alone with a warning."""
+    if not path.exists():
+        return
+    for point in sorted(_mounts_inside(path), key=len, reverse=True):
+        subprocess.run(["umount", "-R", "-l", point], capture_output=True)
+    left = _mounts_inside(path)
+    if left:
+        step(f"warning: not removing {path}: still mounted inside it: {', '.join(left)}")
+        return
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_mmdebstrap(cmd: list[str]) -> None:
+    """Run mmdebstrap; if we are interrupted, let it clean up its mounts (SIGTERM, which
+    it handles) before giving up on it (SIGKILL)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    out = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                            env=env)
+    try:
+        code = proc.wait()
+    except BaseException:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise
+    if code != 0:
+        out.seek(0)
+        tail = "\n".join(out.read().decode("utf-8", "replace").splitlines()[-30:])
+        raise ImagebuildError(f"mmdebstrap failed (exit {code}):\n{tail}")
 
 
 def _fs_uuid() -> str:
@@ -340,8 +375,7 @@ def _build_into(work: Path) -> Path:
            "--include=" + ",".join(PACKAGES)]
     cmd += [f"--aptopt={opt}" for opt in _host_proxy_options()]
     cmd += [SUITE, str(tree), *sources]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _run(cmd, "mmdebstrap", env=env, stdin=subprocess.DEVNULL)
+    _run_mmdebstrap(cmd)
     step(f"base image: root tree ready in {time.monotonic() - t0:.0f} s; configuring it")
 
     fs_uuid = _fs_uuid()

@@ -182,8 +182,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("image_dir", metavar="IMAGE_DIR", help="bake output directory (image, manifest.json, verify.json)")
     p = command("prune", cmd_prune, "retire old AMIs of the spec's family (dry run unless --apply)")
     p.add_argument("--apply", action="store_true", help="deregister and delete; without it only print the plan")
-    p = command("pipeline", cmd_pipeline, "nightly: render, bake, verify, publish, prune. Exit 0 published, "
-                "3 unchanged (skipped), 1 failed")
+    p = command("pipeline", cmd_pipeline, "nightly: decide, render, bake, verify, publish, prune; skipped when "
+                "the newest AMI already has these inputs. Every step's status and duration go to "
+                "WORK/run-<time>.json and WORK/last-run.json. Exit 0 published, 3 unchanged (skipped), 1 failed")
     p.add_argument("--work", default="pipeline", help="work directory (default: pipeline)")
     p.add_argument("--force", action="store_true", help="build even when the inputs are unchanged")
     p.add_argument("--no-publish", action="store_true", help="stop after verify (no AWS)")

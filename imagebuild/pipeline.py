@@ -1,19 +1,28 @@
-"""The nightly pipeline: render -> bake -> verify -> publish -> prune, with a run manifest.
+"""The nightly pipeline: decide -> render -> bake -> verify -> publish -> prune, with a run manifest.
 
-A run is skipped when the content hash of its inputs (spec, artifact checksums, base image
-checksum, imagebuild version) equals the `imagebuild:inputs-hash` tag of the family's newest AMI:
-nothing would change. Every step's result and duration go to <work>/run-<time>.json (and
-last-run.json), written after each step, so a failed run says exactly how far it got.
+`decide` says whether a build is needed at all: the inputs hash (spec, artifact checksums, base
+image checksum, imagebuild version: `imagebuild.bake.inputs_hash`) is compared with the
+`imagebuild:inputs-hash` tag of the family's newest AMI in the home region. The run is skipped
+only when they are equal and that AMI's publish finished (available, copied to every copy
+region, shared with every account, SSM parameter present); a publish that stopped half-way is
+built and published again rather than skipped for ever.
 
-Exit codes: 0 published, 3 unchanged (skipped), 1 a step failed, 2 a bad spec.
+Every step's status and duration go to <work>/run-<time>.json (and a copy, last-run.json),
+rewritten after each step, so a failed run says exactly how far it got. The publish step lists
+the AMI id of every region.
+
+Exit codes: 0 published (or verified, with publish off), 3 unchanged (skipped), 1 a step failed
+(ImagebuildError naming the run manifest), 2 a bad spec (raised before the pipeline starts).
 """
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 from . import render
 from .errors import ImagebuildError
@@ -21,34 +30,146 @@ from .progress import step
 from .spec import Spec
 
 PUBLISHED, UNCHANGED, FAILED = 0, 3, 1
+STEPS = ("decide", "render", "bake", "verify", "publish", "prune")
+
+INPUTS_HASH_TAG = "imagebuild:inputs-hash"
+SPEC_HASH_TAG = "imagebuild:spec-hash"
+BASE_CHECKSUM_TAG = "imagebuild:base-checksum"
 
 
-def newest_inputs_hash(spec: Spec) -> tuple[str | None, str | None]:
-    """(AMI id, inputs hash tag) of the family's newest AMI in the home region, or (None, None)."""
+# --------------------------------------------------------------------------- the decision
+
+
+class BuildDecision(NamedTuple):
+    """Whether to build, why (one line for people), and the newest AMI looked at (or None)."""
+
+    build: bool
+    reason: str
+    newest_ami: dict[str, Any] | None
+
+
+def _tags(resource: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
+
+
+def newest_ami(spec: Spec, clients=None) -> dict[str, Any] | None:
+    """The family's newest AMI in the home region (prune's order: build-time tag, then CreationDate).
+
+    Returns {"id", "name", "region", "state", "tags"} or None when the family has no AMI there.
+    """
     from .aws.clients import boto3_clients
+    from .aws.prune import family_images, newest_first_key
 
-    ec2 = boto3_clients()("ec2", spec.image.aws.region)
-    images = ec2.describe_images(Owners=["self"], Filters=[
-        {"Name": "tag:imagebuild:family", "Values": [spec.name]}])["Images"]
+    clients = clients or boto3_clients()
+    region = spec.image.aws.region
+    images = sorted(family_images(clients("ec2", region), spec.name), key=newest_first_key)
     if not images:
-        return None, None
+        return None
+    image = images[0]
+    return {"id": image["ImageId"], "name": image.get("Name", ""), "region": region,
+            "state": image.get("State", ""), "tags": _tags(image)}
 
-    def tags(image: dict) -> dict:
-        return {t["Key"]: t["Value"] for t in image.get("Tags", [])}
 
-    newest = max(images, key=lambda i: (tags(i).get("imagebuild:build-time", ""), i.get("CreationDate", "")))
-    return newest["ImageId"], tags(newest).get("imagebuild:inputs-hash")
+def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
+    """What the publish of *ami* (the home AMI) still lacks; [] when it finished.
+
+    Publish makes the home AMI, copies it (same name) to each copy region, shares every copy and
+    sets the SSM parameter last; a run that stopped half-way leaves some of that missing.
+    """
+    from .aws.publish import find_image_by_name, launch_permission_accounts
+
+    aws = spec.image.aws
+    missing: list[str] = []
+    if ami["state"] != "available":
+        missing.append(f"it is {ami['state'] or 'in no state'} in {ami['region']}")
+        return missing
+    regional = {ami["region"]: ami["id"]}
+    for region in aws.copy_regions:
+        copy = find_image_by_name(clients("ec2", region), ami["name"])
+        if copy is None or copy.get("State") != "available":
+            missing.append(f"no available copy in {region}")
+        else:
+            regional[region] = copy["ImageId"]
+    for region, image_id in regional.items():
+        accounts = set(launch_permission_accounts(clients("ec2", region), image_id))
+        lacking = [a for a in aws.share_with if a not in accounts]
+        if lacking:
+            missing.append(f"{image_id} in {region} is not shared with {', '.join(lacking)}")
+    if aws.ssm_parameter:
+        from .aws.clients import error_code
+
+        try:
+            clients("ssm", aws.region).get_parameter(Name=aws.ssm_parameter)
+        except Exception as exc:
+            if error_code(exc) != "ParameterNotFound":
+                raise
+            missing.append(f"SSM parameter {aws.ssm_parameter} does not exist")
+    return missing
+
+
+def decide(spec: Spec, base_checksum: str, *, force: bool = False, clients=None) -> BuildDecision:
+    """Does *spec* on the base image with *base_checksum* need a build? Asks the home region only.
+
+    *clients* is an imagebuild.aws.clients factory (default: boto3's normal chain).
+    """
+    from .aws.clients import boto3_clients
+    from .bake import inputs_hash
+
+    clients = clients or boto3_clients()
+    wanted = inputs_hash(spec, base_checksum)
+    newest = newest_ami(spec, clients)
+    where = f"family {spec.name} in {spec.image.aws.region}"
+    if force:
+        return BuildDecision(True, "forced (--force)", newest)
+    if newest is None:
+        return BuildDecision(True, f"no AMI of {where} yet", None)
+    tags = newest["tags"]
+    have = tags.get(INPUTS_HASH_TAG)
+    label = f"newest AMI {newest['id']} ({newest['name']})"
+    if have != wanted:
+        if tags.get(SPEC_HASH_TAG) != spec.spec_hash:
+            what = "the spec changed"
+        elif tags.get(BASE_CHECKSUM_TAG) not in (None, base_checksum):
+            what = "the base image changed"
+        else:
+            what = "an artifact checksum, the base image or the imagebuild version changed"
+        return BuildDecision(True, f"{what}: {label} has inputs hash {(have or 'none')[:12]}, "
+                                   f"these inputs hash to {wanted[:12]}", newest)
+    missing = unfinished_publish(spec, newest, clients)
+    if missing:
+        return BuildDecision(True, f"{label} has these inputs but its publish did not finish "
+                                   f"({'; '.join(missing)}); building again", newest)
+    return BuildDecision(False, f"inputs unchanged: {label} has inputs hash {wanted[:12]}", newest)
+
+
+# --------------------------------------------------------------------------- the run manifest
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Run:
-    """The run manifest, rewritten after every step."""
+    """The run manifest: every step with status and duration, rewritten after every change."""
 
-    def __init__(self, work: Path, spec: Spec):
+    def __init__(self, work: Path, spec: Spec, steps: tuple[str, ...] = STEPS):
         self.work = work
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.path = work / f"run-{stamp}.json"
-        self.data = {"family": spec.name, "spec_hash": spec.spec_hash, "started": stamp, "steps": [],
-                     "result": "running"}
+        suffix = 1
+        while self.path.exists():  # two runs in one second must not share a manifest
+            suffix += 1
+            self.path = work / f"run-{stamp}-{suffix}.json"
+        self.started = time.monotonic()
+        self.data: dict[str, Any] = {
+            "family": spec.name, "spec_hash": spec.spec_hash, "started": _now(), "finished": None,
+            "duration_s": None, "result": "running", "exit_code": None,
+            "steps": [{"step": name, "status": "pending"} for name in steps],
+        }
+        self.save()
+
+    def entry(self, name: str) -> dict[str, Any]:
+        return next(e for e in self.data["steps"] if e["step"] == name)
 
     def save(self) -> None:
         text = (json.dumps(self.data, indent=2) + "\n").encode()
@@ -56,92 +177,195 @@ class Run:
         render.write_file_atomic(self.work / "last-run.json", text)
 
     def run_step(self, name: str, action: Callable[[], dict | None]) -> dict:
-        entry = {"step": name, "status": "running"}
-        self.data["steps"].append(entry)
+        """Run one step; its entry gets status ok/failed, duration_s and the action's details."""
+        entry = self.entry(name)
+        entry |= {"status": "running", "started": _now()}
         self.save()
         started = time.monotonic()
         step(f"pipeline: {name}")
         try:
             detail = action() or {}
         except BaseException as exc:
-            entry |= {"status": "failed", "error": str(exc) or type(exc).__name__,
-                      "duration_s": round(time.monotonic() - started, 1)}
-            self.data["result"] = "failed"
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            entry |= {"status": status, "duration_s": round(time.monotonic() - started, 1),
+                      "error": _describe(exc)}
             self.save()
             raise
         entry |= {"status": "ok", "duration_s": round(time.monotonic() - started, 1), **detail}
         self.save()
         return detail
 
-    def finish(self, result: str) -> None:
-        self.data["result"] = result
+    def skip_rest(self, reason: str) -> None:
+        for entry in self.data["steps"]:
+            if entry["status"] == "pending":
+                entry |= {"status": "skipped", "reason": reason}
+
+    def finish(self, result: str, exit_code: int, error: str | None = None) -> None:
+        for entry in self.data["steps"]:
+            if entry["status"] == "pending":
+                entry["status"] = "not run"
+        self.data |= {"result": result, "exit_code": exit_code, "finished": _now(),
+                      "duration_s": round(time.monotonic() - self.started, 1)}
+        if error:
+            self.data["error"] = error
         self.save()
 
 
+def _describe(exc: BaseException) -> str:
+    from .aws.clients import describe_error, is_aws_error
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if is_aws_error(exc):
+        return describe_error(exc)
+    if isinstance(exc, ImagebuildError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _WorkLock:
+    """One pipeline per work directory: a second one would replace the image under the first."""
+
+    def __init__(self, work: Path):
+        self.path = work / ".pipeline.lock"
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise ImagebuildError(f"another pipeline is running in {self.path.parent}") from None
+        return self
+
+    def __exit__(self, *exc_info):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
 def run_pipeline(spec: Spec, *, work: Path, force: bool = False, publish: bool = True,
-                 base: str | None = None) -> int:
+                 base: str | None = None, clients=None) -> int:
+    """Run the nightly job in *work*; returns PUBLISHED or UNCHANGED, raises ImagebuildError on failure.
+
+    *base* overrides the base image (as `--base`); *clients* is an imagebuild.aws.clients
+    factory for decide, publish and prune (default: boto3's normal chain).
+    """
+    work = Path(work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    with _WorkLock(work):
+        run = Run(work, spec)
+        try:
+            return _run(run, spec, work, force=force, publish=publish, base=base, clients=clients)
+        except KeyboardInterrupt:
+            run.finish("interrupted", 130, "interrupted")
+            raise
+        except BaseException as exc:
+            message = _describe(exc)
+            run.finish("failed", FAILED, message)
+            if isinstance(exc, ImagebuildError) or _is_aws_error(exc):
+                raise ImagebuildError(f"{message}\nrun manifest: {run.path}") from None
+            raise  # a bug: keep the traceback, the manifest still says where it happened
+
+
+def _is_aws_error(exc: BaseException) -> bool:
+    from .aws.clients import is_aws_error
+
+    return is_aws_error(exc)
+
+
+def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: str | None, clients) -> int:
     from .bake import bake, inputs_hash, resolve_base
     from .verify import print_report, verify_image
 
-    work = work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    run = Run(work, spec)
     image_dir = work / "image"
-    try:
-        base_source, base_checksum = resolve_base(spec, base)
-        wanted = inputs_hash(spec, base_checksum)
-        run.data |= {"base_image": {"source": base_source, "checksum": base_checksum}, "inputs_hash": wanted}
-        if publish and not force:
-            ami, current = newest_inputs_hash(spec)
-            if current == wanted:
-                run.data["steps"].append({"step": "bake", "status": "skipped",
-                                          "reason": f"inputs unchanged since {ami}"})
-                run.finish("unchanged")
-                step(f"pipeline: inputs unchanged (newest AMI {ami} has inputs hash {wanted[:12]}); skipped")
-                return UNCHANGED
+    made: dict[str, Any] = {}
 
-        made: dict = {}
-
-        def render_step() -> dict:
-            files = render.render_all(spec)
-            render.write_tree(files, work / "render")
-            return {"files": len(files)}
-
-        def bake_step() -> dict:
-            made["image"] = bake(spec, image_dir, base=base_source)
-            return {"image": str(made["image"])}
-
-        def verify_step() -> dict:
-            report = verify_image(made["image"], spec)
-            print_report(report)
-            if not report["passed"]:
-                raise ImagebuildError(f"verify failed: {', '.join(report['failed']) or 'no checks ran'}")
-            return {"checks": len(report["checks"]), "timings": report["timings"]}
-
-        def publish_step() -> dict:
-            made["record"] = publish_image(image_dir, target)
-            return {"record": made["record"]}
-
-        def prune_step() -> dict:
-            made["decisions"] = prune(target, apply=True)
-            return {"decisions": [vars(d) for d in made["decisions"]]}
-
-        run.run_step("render", render_step)
-        run.run_step("bake", bake_step)
-        run.run_step("verify", verify_step)
+    def decide_step() -> dict:
+        source, checksum = resolve_base(spec, base)
+        made["base"] = source
+        made["inputs_hash"] = inputs_hash(spec, checksum)
+        run.data |= {"base_image": {"source": source, "checksum": checksum}, "inputs_hash": made["inputs_hash"]}
         if not publish:
-            run.finish("verified")
-            return PUBLISHED
-        from .aws.prune import format_table, prune
+            made["decision"] = BuildDecision(True, "publish is off: build and verify only", None)
+        else:
+            made["decision"] = decide(spec, checksum, force=force, clients=clients)
+        decision = made["decision"]
+        step(f"pipeline: {'build' if decision.build else 'skip'}: {decision.reason}")
+        newest = decision.newest_ami
+        return {"build": decision.build, "reason": decision.reason,
+                "newest_ami": {k: newest[k] for k in ("id", "name", "region", "state")} if newest else None}
+
+    def render_step() -> dict:
+        files = render.render_all(spec)
+        render.write_tree(files, work / "render")
+        return {"files": len(files), "directory": str(work / "render")}
+
+    def bake_step() -> dict:
+        # A local base goes in as the path decide hashed; a URL (spec's image.base) bake resolves itself.
+        local = made["base"] if "://" not in made["base"] else None
+        image = bake(spec, image_dir, base=local or base)
+        manifest = json.loads((image_dir / "manifest.json").read_text())
+        if manifest.get("inputs_hash") != made["inputs_hash"]:
+            raise ImagebuildError(f"bake recorded inputs hash {manifest.get('inputs_hash')}, the pipeline computed "
+                                  f"{made['inputs_hash']}; publishing would break the unchanged-inputs skip")
+        made["image"] = image
+        return {"image": str(image), "sha256": manifest["sha256"], "inputs_hash": manifest["inputs_hash"],
+                "packer_durations_s": manifest.get("durations_s", {})}
+
+    def verify_step() -> dict:
+        report = verify_image(made["image"], spec)
+        print_report(report)
+        if not report["passed"]:
+            raise ImagebuildError(f"verify failed: {', '.join(report['failed']) or 'no checks ran'}; "
+                                  f"serial log {report['serial_log']}")
+        return {"checks": len(report["checks"]), "image_sha256": report["image_sha256"],
+                "timings": report["timings"], "report": str(image_dir / "verify.json")}
+
+    def publish_step() -> dict:
         from .aws.publish import publish as publish_image
         from .aws.target import target_of
 
-        target = target_of(spec)
-        run.run_step("publish", publish_step)
-        run.run_step("prune", prune_step)
-        print(format_table(made["decisions"]))
-        run.finish("published")
+        record = publish_image(image_dir, target_of(spec), clients=clients)
+        made["record"] = record
+        return {"amis": {region: entry["id"] for region, entry in record["images"].items()},
+                "name": record["name"],
+                "snapshot": (record.get("snapshot") or {}).get("id"),
+                "shared": record.get("shared", {}),
+                "ssm_parameter": record.get("ssm_parameter"),
+                "record": str(image_dir / "publish.json")}
+
+    def prune_step() -> dict:
+        from .aws.prune import format_table, prune
+        from .aws.target import target_of
+
+        decisions = prune(target_of(spec), apply=True, clients=clients)
+        print(format_table(decisions))
+        return {"kept": sum(d.action == "keep" for d in decisions),
+                "deleted": sum(d.action == "delete" for d in decisions),
+                "decisions": [dataclasses.asdict(d) for d in decisions]}
+
+    run.run_step("decide", decide_step)
+    decision = made["decision"]
+    if not decision.build:
+        run.skip_rest(decision.reason)
+        run.finish("unchanged", UNCHANGED)
+        step(f"pipeline: unchanged, nothing built; run manifest {run.path}")
+        return UNCHANGED
+    run.run_step("render", render_step)
+    run.run_step("bake", bake_step)
+    run.run_step("verify", verify_step)
+    if not publish:
+        run.skip_rest("publish is off (--no-publish)")
+        run.finish("verified", PUBLISHED)
+        step(f"pipeline: verified {made['image']}; not published; run manifest {run.path}")
         return PUBLISHED
-    except ImagebuildError as exc:
-        run.finish("failed")
-        raise ImagebuildError(f"{exc}\nrun manifest: {run.path}") from None
+    run.run_step("publish", publish_step)
+    run.run_step("prune", prune_step)
+    run.finish("published", PUBLISHED)
+    amis = ", ".join(f"{r} {e['id']}" for r, e in made["record"]["images"].items())
+    step(f"pipeline: published {amis}; run manifest {run.path}")
+    return PUBLISHED

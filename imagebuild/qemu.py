@@ -329,7 +329,7 @@ class BootResult:
     done_s: float | None                   # QEMU start -> done marker
     done_line: str | None
     markers: dict[str, float | None]       # name -> seconds since QEMU start (None: not seen)
-    exited_s: float | None                 # QEMU exit, None if we had to stop it
+    exited_s: float | None                 # QEMU exited by itself; None if we stopped it
     returncode: int | None
     powered_off: bool                      # the guest shut QEMU down by itself
     lines: list[Line]
@@ -420,6 +420,7 @@ class Guest:
         self.lines: list[Line] = []
         self.exited_s: float | None = None
         self._t0 = 0.0
+        self._stopping = False
         self._scratch: Path | None = None
         self._readers: dict[str, _Tail] = {}
 
@@ -496,7 +497,8 @@ class Guest:
             for text in tail.read_lines():
                 new.append(Line(round(now, 2), source, text))
         self.lines.extend(new)
-        if self.exited_s is None and self.proc is not None and self.proc.poll() is not None:
+        if (self.exited_s is None and not self._stopping and self.proc is not None
+                and self.proc.poll() is not None):
             self.exited_s = round(now, 2)
         return new
 
@@ -550,6 +552,8 @@ class Guest:
         """Kill QEMU (whole process group) if it still runs; idempotent."""
         if self.proc is not None:
             if self.proc.poll() is None:
+                self.poll()               # what it wrote before we stop it
+                self._stopping = True
                 _kill_group(self.proc)
             with contextlib.suppress(Exception):
                 self.poll()
@@ -620,7 +624,7 @@ def boot(disk: str | os.PathLike | None, seed_iso: str | os.PathLike | None = No
     """
     guest = Guest(disk, seed_iso, serial_log=serial_log, memory=memory, smp=smp,
                   accel=accel, hostfwd=hostfwd, **guest_options)
-    with _sigterm_as_exit(), guest:
+    with sigterm_as_exit(), guest:
         guest.start()
         step(f"guest {guest.name}: booting under {guest.accel} "
              f"(serial log {guest.serial_log})")
@@ -737,7 +741,7 @@ def _kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_exit():
+def sigterm_as_exit():
     """While a boot runs in the main thread, turn SIGTERM into SystemExit(143) so the
     cleanup code runs (only if nobody else installed a SIGTERM handler)."""
     if threading.current_thread() is not threading.main_thread():

@@ -363,6 +363,10 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     for key in aws["tags"]:
         if key.lower().startswith(("aws:", "imagebuild:")):
             problems.append(Problem(f"image.aws.tags.{key}", "keys starting with aws: or imagebuild: are reserved"))
+    if aws["encrypt_boot"] and aws["share_with"]:
+        problems.append(Problem("image.aws.share_with", f"got {schema._show(aws['share_with'])} with encrypt_boot: true, "
+                                "but an AMI encrypted with the default KMS key cannot be shared (Packer refuses it); "
+                                "share it unencrypted or not at all"))
     if doc["image"]["aws"]["ssm_parameter"] is None:
         doc["image"]["aws"]["ssm_parameter"] = f"/imagebuild/{doc['name']}/latest"
     for index, check in enumerate(doc["verify"]["checks"]):

@@ -101,6 +101,14 @@ def packer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           env={**os.environ, "CHECKPOINT_DISABLE": "1"})
 
 
+def packer_console(packer_dir: Path, expression: str) -> str:
+    """What Packer evaluates *expression* to, with the template's variables loaded."""
+    proc = subprocess.run(["packer", "console", "imagebuild.pkr.hcl"], cwd=packer_dir, input=expression + "\n",
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.rstrip("\n")
+
+
 def packer_validate(packer_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return packer("validate", "-var", "base_image=/nonexistent/base.qcow2", "-var",
                   f"base_checksum={ZERO_CHECKSUM}", *extra, "imagebuild.pkr.hcl", cwd=packer_dir)
@@ -114,7 +122,9 @@ _CLOUD_INIT_PARTS = r"""
 import json, sys
 from cloudinit import helpers, user_data, util
 msg = user_data.UserDataProcessor(helpers.Paths({})).process(sys.stdin.buffer.read())
-parts = [{"type": p.get_content_type(), "payload": util.fully_decoded_payload(p).decode()}
+def text(payload):
+    return payload.decode() if isinstance(payload, bytes) else payload
+parts = [{"type": p.get_content_type(), "payload": text(util.fully_decoded_payload(p))}
          for p in msg.walk() if p.get_content_maintype() != "multipart"]
 print(json.dumps(parts))
 """

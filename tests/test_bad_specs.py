@@ -234,6 +234,8 @@ CASES = [
     Bad("tag-key-quote", tags({'Team"': "infra"}), "image.aws.tags.Team\"", "bad key 'Team\"'"),
     Bad("aws-region", {"image": {"aws": {"region": "mars-north-1a"}}}, "image.aws.region", "'mars-north-1a'"),
     Bad("aws-share-short", {"image": {"aws": {"share_with": ["1234"]}}}, "image.aws.share_with[0]", "'1234'"),
+    Bad("aws-share-encrypted", {"image": {"aws": {"encrypt_boot": True, "share_with": ["123456789012"]}}},
+        "image.aws.share_with", "got ['123456789012'] with encrypt_boot: true"),
     Bad("ssm-relative", {"image": {"aws": {"ssm_parameter": "imagebuild/latest"}}}, "image.aws.ssm_parameter",
         "'imagebuild/latest'"),
     # --- verify checks

@@ -235,13 +235,14 @@ def test_dropped_mirror_moves_its_stale_hosts_toml_aside(first_install, tmp_path
 
 
 @needs_root
+@pytest.mark.slow  # ~3.5 s idle, past 5 s on a loaded machine: 120 mirrors, three runs
 def test_rerun_with_many_files_changes_nothing(first_install, tmp_path, release_16):
     """Regression: the stale-file scan piped the file list into `grep -q` under pipefail; past a
     few KB of paths the writer died of SIGPIPE and current hosts.toml files were moved aside."""
     out, scratch, first = first_install
     assert first.returncode == 0, first.stderr
     mirrors = [{"host": f"registry{i:03d}.example.com", "endpoints": [{"url": f"https://mirror{i}.example.com"}]}
-               for i in range(150)]
+               for i in range(120)]
     spec = spec_of(_doc(release_16, registry={"mirrors": mirrors}))
     big = tmp_path / "big"
     for rel, f in render.guest_files(spec).items():  # (its user-data would not fit EC2's 16 KB)
@@ -253,12 +254,11 @@ def test_rerun_with_many_files_changes_nothing(first_install, tmp_path, release_
     proc = _install(big, root)
     assert proc.returncode == 0, proc.stderr
     before = snapshot(root)
-    for _ in range(2):
-        proc = _install(big, root)
-        assert proc.returncode == 0, proc.stderr
-        assert "nothing to change" in proc.stderr, proc.stderr[-2000:]
-        assert snapshot(root) == before
-    assert len(list((root / "etc/containerd/certs.d").glob("*/hosts.toml"))) == 150
+    proc = _install(big, root)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to change" in proc.stderr, proc.stderr[-2000:]
+    assert snapshot(root) == before
+    assert len(list((root / "etc/containerd/certs.d").glob("*/hosts.toml"))) == 120
 
 
 @needs_root

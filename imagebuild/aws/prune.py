@@ -85,8 +85,8 @@ def _ssm_image(clients: ClientFactory, target: PublishTarget) -> str | None:
 
 def _decide_region(clients: ClientFactory, target: PublishTarget, region: str, ssm_image: str | None) -> list[Decision]:
     ec2 = clients("ec2", region)
-    images = list(_family_images(ec2, target.family))
-    images.sort(key=_newest_first_key)
+    images = list(family_images(ec2, target.family))
+    images.sort(key=newest_first_key)
     ids = [image["ImageId"] for image in images]
     protected: dict[str, list[str]] = {}
     for image_id, reason in _instance_users(ec2, ids):
@@ -126,7 +126,8 @@ def _tags(resource: dict[str, Any]) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
 
 
-def _family_images(ec2: Any, family: str) -> Iterator[dict[str, Any]]:
+def family_images(ec2: Any, family: str) -> Iterator[dict[str, Any]]:
+    """The family's own AMIs in one region (owner self, tag imagebuild:family), deregistered ones left out."""
     pages = ec2.get_paginator("describe_images").paginate(
         Owners=["self"], Filters=[{"Name": f"tag:{FAMILY_TAG}", "Values": [family]}]
     )
@@ -147,7 +148,8 @@ def _sort_time(image: dict[str, Any]) -> datetime:
     return datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _newest_first_key(image: dict[str, Any]) -> tuple[float, str]:
+def newest_first_key(image: dict[str, Any]) -> tuple[float, str]:
+    """Sort key: newest build-time tag first (CreationDate without it); the pipeline uses the same order."""
     return (-_sort_time(image).timestamp(), image["ImageId"])
 
 

@@ -87,6 +87,7 @@ def image_tags(manifest: Manifest, target: PublishTarget) -> dict[str, str]:
         "imagebuild:containerd-version": manifest.containerd_version,
         "imagebuild:build-time": manifest.build_time,
         "imagebuild:source-image": manifest.base_image.source,
+        "imagebuild:base-checksum": manifest.base_image.checksum,
         "imagebuild:image-sha256": manifest.sha256,
     }
     tags = {**target.tags, **ours}

@@ -78,10 +78,16 @@ def guest_files(spec: Spec) -> dict[str, File]:
     return out
 
 
-def user_data(spec: Spec, fmt: str = "cloud-config") -> bytes:
+def cloud_config(spec: Spec, files: dict[str, File] | None = None) -> str:
+    """The #cloud-config document (never gzipped): every guest file via write_files, then install.sh."""
+    files = guest_files(spec) if files is None else files
+    staged = [(f"{GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()]
+    return userdata.cloud_config(staged, ["bash", f"{GUEST_DIR}/install.sh", f"{GUEST_DIR}/payload"])
+
+
+def user_data(spec: Spec, fmt: str = "cloud-config", files: dict[str, File] | None = None) -> bytes:
     """User-data that installs and tunes containerd at first boot; gzipped past EC2's 16 KB."""
-    staged = [(f"{GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in guest_files(spec).items()]
-    text = userdata.cloud_config(staged, ["bash", f"{GUEST_DIR}/install.sh", f"{GUEST_DIR}/payload"])
+    text = cloud_config(spec, files)
     raw = userdata.mime(text) if fmt == "mime" else text.encode()
     return userdata.fit(raw)
 
@@ -102,7 +108,7 @@ def packer_template(spec: Spec) -> str:
 def render_all(spec: Spec) -> dict[str, File]:
     """Every output file, keyed by its path relative to the render directory."""
     files = guest_files(spec)
-    files["user-data"] = File(user_data(spec))
+    files["user-data"] = File(user_data(spec, files=dict(files)))
     files["packer/imagebuild.pkr.hcl"] = File(packer_template(spec).encode())
     files["packer/hygiene.sh"] = File((shipped_dir("packer") / "hygiene.sh").read_bytes(), 0o755)
     # Document order (schema order, mappings as written): sorted keys reordered sysctls, headers

@@ -20,8 +20,8 @@ from .templating import shipped_dir
 EC2_LIMIT = 16 * 1024
 
 
-class _Dumper(yaml.SafeDumper):
-    """Multi-line strings as literal blocks, so the user-data stays readable."""
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):
+    """Multi-line strings as literal blocks, so the user-data stays readable (libyaml when present)."""
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

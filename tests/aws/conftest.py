@@ -5,6 +5,7 @@ credentials, `AWS_ENDPOINT_URL` pointing at the local server).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,18 +42,19 @@ def _moto_command() -> list[str]:
     return [sys.executable, "-m", "moto.server"]
 
 
-@pytest.fixture(scope="session")
-def moto_server():
-    """Start `moto_server -H 127.0.0.1 -p 0` (werkzeug binds a free port and logs it); yield its URL."""
+@contextlib.contextmanager
+def moto_process(env_overrides: dict[str, str] | None = None):
+    """Run `moto_server -H 127.0.0.1 -p 0` (werkzeug binds a free port and logs it); yield its URL.
+
+    *env_overrides* are moto settings for this server only (e.g. MOTO_AMIS_PATH).
+    """
     pytest.importorskip("moto")
     pytest.importorskip("boto3")
     logdir = Path(tempfile.mkdtemp(prefix="imagebuild-moto-"))
     log = logdir / "moto.log"
     env = dict(os.environ)
     env.pop("MOTO_PORT", None)
-    # moto otherwise seeds ~1,300 public AMIs (each with a volume and snapshot) into every
-    # region on first use after each reset; our tests only look at their own images
-    env["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+    env.update(env_overrides or {})
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [*_moto_command(), "-H", "127.0.0.1", "-p", "0"],
@@ -75,7 +77,6 @@ def moto_server():
             if time.monotonic() > deadline:
                 pytest.fail("moto_server did not start within 30 s")
             time.sleep(0.05)
-        _warm_up(url)
         yield url
     finally:
         proc.terminate()
@@ -85,6 +86,16 @@ def moto_server():
             proc.kill()
             proc.wait()
         shutil.rmtree(logdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """The session's moto server; yields its URL."""
+    # moto otherwise seeds ~1,300 public AMIs (each with a volume and snapshot) into every
+    # region on first use after each reset; our tests only look at their own images
+    with moto_process({"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}) as url:
+        _warm_up(url)
+        yield url
 
 
 def _warm_up(url: str) -> None:
@@ -317,3 +328,9 @@ def recording_clients(aws, boto_session):
 def client_error():
     """client_error(code, message, operation) -> a botocore ClientError like AWS's."""
     return _client_error
+
+
+@pytest.fixture(scope="session")
+def start_moto():
+    """`with start_moto({"MOTO_...": ...}) as url:` a separate moto server with its own settings."""
+    return moto_process

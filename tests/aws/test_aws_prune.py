@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from imagebuild.aws import PublishTarget
-from imagebuild.aws.prune import _newest_first_key, format_table, prune
+from imagebuild.aws.prune import newest_first_key, format_table, prune
 from imagebuild.aws.publish import publish
 
 
@@ -167,5 +167,5 @@ def test_sort_falls_back_to_creation_date():
               "CreationDate": "2020-01-01T00:00:00.000Z"}
     untagged = {"ImageId": "ami-2", "CreationDate": "2026-06-01T00:00:00.000Z"}
     broken = {"ImageId": "ami-3", "Tags": [{"Key": "imagebuild:build-time", "Value": "yesterday"}]}
-    ordered = sorted([tagged, broken, untagged], key=_newest_first_key)
+    ordered = sorted([tagged, broken, untagged], key=newest_first_key)
     assert [i["ImageId"] for i in ordered] == ["ami-2", "ami-1", "ami-3"]

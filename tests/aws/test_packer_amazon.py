@@ -1,0 +1,148 @@
+"""The rendered template's amazon-ebs source, run for real by Packer 1.6.6 against moto.
+
+`packer build -only=<name>.amazon-ebs.plumbing` runs the whole AMI pipeline without provisioning
+(find the source AMI by the spec's filter, launch, stop, create the AMI, copy, share, tag, clean
+up). The source AMI is one of moto's own built-in Canonical AMIs: a separate moto server loads
+just those (MOTO_AMIS_PATH) instead of the ~1,300 defaults. Packer only ever talks to 127.0.0.1:
+its EC2 endpoint is the `aws_endpoint` variable, and a proxy that does not exist catches anything
+else it might try (Go never proxies loopback).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.support import run_cli, spec_of, write_spec
+
+HOME, COPY = "us-east-1", "us-west-2"
+ACCOUNT = "111122223333"
+CANONICAL = "099720109477"
+DOC = {
+    "name": "plumbing-check",
+    "image": {"aws": {
+        "region": HOME, "copy_regions": [COPY], "share_with": [ACCOUNT], "encrypt_boot": False,
+        "source_ami_name": "ubuntu/images/hvm-ssd/ubuntu-*", "source_ami_owners": [CANONICAL],
+        "tags": {"team": "platform"},
+    }},
+}
+
+
+def _render(tmp_path, doc=DOC):
+    out = tmp_path / "render"
+    proc = run_cli("packer", str(write_spec(tmp_path, doc)), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr.decode()
+    return out / "packer"
+
+
+@pytest.fixture(scope="module")
+def moto_canonical(start_moto, tmp_path_factory):
+    """A moto server whose only public AMIs are moto's built-in Canonical Ubuntu ones."""
+    pytest.importorskip("moto")
+    from moto.utilities.utils import load_resource
+
+    amis = [a for a in load_resource("ec2/resources/amis.json")
+            if a.get("owner_id") == CANONICAL and fnmatch.fnmatch(a.get("name") or "", "ubuntu/images/hvm-ssd/ubuntu-*")]
+    assert amis, "moto's built-in AMIs changed: no Canonical ubuntu/images/hvm-ssd image left"
+    path = tmp_path_factory.mktemp("moto-amis") / "amis.json"
+    path.write_text(json.dumps(amis))
+    with start_moto({"MOTO_AMIS_PATH": str(path), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}) as url:
+        yield url, amis
+
+
+def _packer_env(tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BOTO_"))}
+    dead = "http://127.0.0.1:9"  # nothing listens: any request off this machine fails at once
+    return env | {
+        "CHECKPOINT_DISABLE": "1",
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead,
+        "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
+        "PACKER_CONFIG_DIR": str(tmp_path / "packer-config"),
+    }
+
+
+def _client(url, service, region):
+    import boto3
+
+    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing").client(
+        service, region_name=region, endpoint_url=url)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_plumbing_build_makes_copies_shares_and_tags_in_moto(moto_canonical, tmp_path):
+    if shutil.which("packer") is None:
+        pytest.skip("packer is not installed")
+    url, amis = moto_canonical
+    spec = spec_of(DOC)
+    packer_dir = _render(tmp_path)
+    output = tmp_path / "out"
+    proc = subprocess.run(
+        ["packer", "build", "-color=false", "-only", f"{spec.name}.amazon-ebs.plumbing",
+         "-var", f"aws_endpoint={url}", "-var", f"output_directory={output}", "imagebuild.pkr.hcl"],
+        cwd=packer_dir, env=_packer_env(tmp_path), capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert any(a["ami_id"] in log for a in amis), "packer did not start from moto's Canonical AMI"
+
+    manifest = json.loads((tmp_path / "out-packer-manifest.json").read_text())
+    build = next(b for b in manifest["builds"] if b["packer_run_uuid"] == manifest["last_run_uuid"])
+    # Packer 1.6.6 names the entry after the source block ("golden"), not the override ("plumbing")
+    assert build["builder_type"] == "amazon-ebs"
+    assert f"{spec.name}.amazon-ebs.plumbing" in log and "qemu.golden" not in log
+    assert build["custom_data"] == {"family": spec.name, "spec_hash": spec.spec_hash,
+                                    "containerd": spec.containerd.version}
+    made = dict(pair.split(":", 1) for pair in build["artifact_id"].split(","))
+    assert set(made) == {HOME, COPY}
+
+    want_tags = {"Name": spec.name, "imagebuild:family": spec.name, "imagebuild:spec-hash": spec.spec_hash,
+                 "imagebuild:containerd-version": spec.containerd.version, "team": "platform"}
+    for region, image_id in made.items():
+        assert re.fullmatch(r"ami-[0-9a-f]+", image_id)
+        ec2 = _client(url, "ec2", region)
+        image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+        assert image["State"] == "available"
+        assert image["Name"].startswith(f"{spec.name}-")
+        tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+        assert want_tags.items() <= tags.items(), tags
+        permissions = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
+        assert {"UserId": ACCOUNT} in permissions["LaunchPermissions"]
+    # Packer cleaned up after itself: no build instance left running
+    ec2 = _client(url, "ec2", HOME)
+    running = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+               if i["State"]["Name"] in ("pending", "running")]
+    assert running == []
+
+
+def _build_block_provisioners(template: str) -> list[str]:
+    """The provisioner blocks of the build block, in order (their text up to the next block)."""
+    build = template[template.index("\nbuild {"):]
+    starts = [m.start() for m in re.finditer(r"\n  (provisioner|post-processor) \"", build)]
+    blocks = [build[a:b] for a, b in zip(starts, starts[1:] + [len(build)])]
+    return [b for b in blocks if b.startswith("\n  provisioner")]
+
+
+def test_cloud_builds_end_with_the_in_guest_check(tmp_path):
+    """Static: check.py --phase build is the last provisioner and applies to amazon-ebs.golden."""
+    template = (_render(tmp_path) / "imagebuild.pkr.hcl").read_text()
+    provisioners = _build_block_provisioners(template)
+    assert len(provisioners) >= 3
+    last = provisioners[-1]
+    assert [p for p in provisioners if "check.py --phase build" in p] == [last]
+    for block in provisioners:  # what each one applies to
+        only = re.search(r"only\s*=\s*\[([^\]]*)\]", block)
+        excepted = re.search(r"except\s*=\s*\[([^\]]*)\]", block)
+        assert only is None or "amazon-ebs.golden" in only.group(1)
+        assert excepted is None or "amazon-ebs.golden" not in excepted.group(1), block
+    assert re.search(r"except\s*=\s*\[\s*\"amazon-ebs\.plumbing\"\s*\]", last)
+    # and both real sources are in the build
+    assert '"source.qemu.golden"' in template and '"source.amazon-ebs.golden"' in template

@@ -1,0 +1,229 @@
+"""The pipeline's "does this need a build?" decision and its skip path, against a real moto server.
+
+Nothing here bakes: the base image is a small file of junk (hashed, never booted), and the
+skip tests replace `imagebuild.bake.bake` with a function that fails the test if it is called.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imagebuild import bake as bake_module
+from imagebuild.aws.clients import boto3_clients
+from imagebuild.bake import inputs_hash
+from imagebuild.errors import ImagebuildError
+from imagebuild.pipeline import FAILED, STEPS, UNCHANGED, BuildDecision, decide, run_pipeline
+from tests.support import run_main, spec_of, write_spec
+
+HOME, OTHER = "us-east-1", "us-west-2"
+ACCOUNT = "111122223333"
+BASE_CHECKSUM = "sha256:" + "ab" * 32
+SHARED = {"image": {"aws": {"copy_regions": [OTHER], "share_with": [ACCOUNT]}}}
+
+
+@pytest.fixture
+def clients(boto_session):
+    return boto3_clients(session=boto_session)
+
+
+def publish_fake(boto, spec, base_checksum=BASE_CHECKSUM, *, build_time="2026-11-26T18:15:00Z",
+                 inputs=None, regions=(HOME,), share=(), ssm=True) -> dict[str, str]:
+    """What a finished publish leaves (no image data): a tagged AMI per region, shares, SSM parameter."""
+    name = f"{spec.name}-{build_time.replace('-', '').replace(':', '')}"
+    tags = {"imagebuild:family": spec.name, "imagebuild:spec-hash": spec.spec_hash,
+            "imagebuild:inputs-hash": inputs or inputs_hash(spec, base_checksum),
+            "imagebuild:base-checksum": base_checksum, "imagebuild:build-time": build_time}
+    ids = {}
+    for region in regions:
+        ec2 = boto("ec2", region)
+        image_id = ec2.register_image(Name=name, Description="test", RootDeviceName="/dev/xvda",
+                                      Architecture="x86_64", VirtualizationType="hvm")["ImageId"]
+        ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        if share:
+            ec2.modify_image_attribute(ImageId=image_id,
+                                       LaunchPermission={"Add": [{"UserId": a} for a in share]})
+        ids[region] = image_id
+    if ssm:
+        boto("ssm", HOME).put_parameter(Name=spec.image.aws.ssm_parameter, Value=ids[HOME], Type="String",
+                                        DataType="aws:ec2:image", Overwrite=True)
+    return ids
+
+
+def test_no_ami_means_build(aws, clients):
+    result = decide(spec_of({}), BASE_CHECKSUM, clients=clients)
+    assert isinstance(result, BuildDecision)
+    build, reason, newest = result
+    assert build and newest is None
+    assert "no AMI of family containerd-golden in us-east-1" in reason
+
+
+def test_same_inputs_hash_on_the_newest_ami_means_skip(aws, boto, clients):
+    spec = spec_of({})
+    ids = publish_fake(boto, spec)
+    build, reason, newest = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert not build, reason
+    assert newest["id"] == ids[HOME] and newest["tags"]["imagebuild:inputs-hash"] == inputs_hash(spec, BASE_CHECKSUM)
+    assert reason.startswith("inputs unchanged") and ids[HOME] in reason
+
+
+def test_only_the_newest_ami_counts(aws, boto, clients):
+    spec = spec_of({})
+    publish_fake(boto, spec, build_time="2026-11-20T00:00:00Z", ssm=False)
+    newer = publish_fake(boto, spec, build_time="2026-11-26T00:00:00Z", inputs="0" * 64)
+    build, reason, newest = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert build and newest["id"] == newer[HOME], "an older AMI with these inputs must not cause a skip"
+    # ... and the other way round: the newest has these inputs, an older one does not
+    publish_fake(boto, spec, build_time="2026-11-27T00:00:00Z")
+    assert not decide(spec, BASE_CHECKSUM, clients=clients).build
+
+
+def test_a_spec_change_means_build(aws, boto, clients):
+    publish_fake(boto, spec_of({}))
+    build, reason, _ = decide(spec_of({"config": {"oom_score": -500}}), BASE_CHECKSUM, clients=clients)
+    assert build and reason.startswith("the spec changed"), reason
+
+
+def test_a_new_base_image_means_build(aws, boto, clients):
+    spec = spec_of({})
+    publish_fake(boto, spec)
+    build, reason, _ = decide(spec, "sha256:" + "cd" * 32, clients=clients)
+    assert build and reason.startswith("the base image changed"), reason
+
+
+def test_force_means_build(aws, boto, clients):
+    spec = spec_of({})
+    ids = publish_fake(boto, spec)
+    build, reason, newest = decide(spec, BASE_CHECKSUM, force=True, clients=clients)
+    assert build and "forced" in reason and newest["id"] == ids[HOME]
+
+
+def test_a_publish_that_did_not_finish_is_not_skipped(aws, boto, clients):
+    spec = spec_of(SHARED)
+    publish_fake(boto, spec, regions=(HOME,), share=(ACCOUNT,), ssm=False)  # stopped before the copy
+    build, reason, _ = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert build
+    assert f"no available copy in {OTHER}" in reason and "SSM parameter" in reason, reason
+
+
+def test_a_finished_publish_with_copies_and_shares_is_skipped(aws, boto, clients):
+    spec = spec_of(SHARED)
+    publish_fake(boto, spec, regions=(HOME, OTHER), share=(ACCOUNT,))
+    build, reason, _ = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert not build, reason
+
+
+def test_an_unshared_copy_is_not_finished(aws, boto, clients):
+    spec = spec_of(SHARED)
+    publish_fake(boto, spec, regions=(HOME, OTHER), share=())
+    build, reason, _ = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert build and f"is not shared with {ACCOUNT}" in reason, reason
+
+
+# --------------------------------------------------------------------------- run_pipeline
+
+
+@pytest.fixture
+def junk_base(tmp_path) -> Path:
+    """A 'base image' that is not an image: hashing it is fine, any build from it would fail."""
+    path = tmp_path / "not-a-base.qcow2"
+    path.write_bytes(b"this is not a qcow2 image\n" * 100)
+    return path
+
+
+@pytest.fixture
+def no_bake(monkeypatch):
+    def refuse(*args, **kwargs):
+        pytest.fail("the pipeline baked, but it should not have")
+
+    monkeypatch.setattr(bake_module, "bake", refuse)
+
+
+def _base_checksum(path: Path) -> str:
+    return "sha256:" + bake_module.sha256_file(path)
+
+
+def test_unchanged_inputs_skip_without_baking(aws, boto, clients, junk_base, no_bake, tmp_path):
+    spec = spec_of({})
+    ids = publish_fake(boto, spec, _base_checksum(junk_base))
+    work = tmp_path / "work"
+    code = run_pipeline(spec, work=work, base=str(junk_base), clients=clients)
+    assert code == UNCHANGED == 3
+    assert not (work / "image").exists() and not (work / "render").exists()
+    runs = sorted(work.glob("run-*.json"))
+    assert len(runs) == 1
+    manifest = json.loads(runs[0].read_text())
+    assert json.loads((work / "last-run.json").read_text()) == manifest
+    assert manifest["result"] == "unchanged" and manifest["exit_code"] == 3
+    assert manifest["inputs_hash"] == inputs_hash(spec, _base_checksum(junk_base))
+    steps = {s["step"]: s for s in manifest["steps"]}
+    assert list(steps) == list(STEPS)
+    assert steps["decide"]["status"] == "ok" and steps["decide"]["build"] is False
+    assert steps["decide"]["newest_ami"]["id"] == ids[HOME]
+    assert isinstance(steps["decide"]["duration_s"], float)
+    for name in ("render", "bake", "verify", "publish", "prune"):
+        assert steps[name]["status"] == "skipped" and ids[HOME] in steps[name]["reason"]
+
+
+def test_the_cli_exits_3_when_unchanged(aws, boto, junk_base, no_bake, tmp_path):
+    spec = spec_of({})
+    publish_fake(boto, spec, _base_checksum(junk_base))
+    code, out, err = run_main(["pipeline", str(write_spec(tmp_path, {})), "--work", str(tmp_path / "w"),
+                               "--base", str(junk_base)])
+    assert code == UNCHANGED, err
+    assert "inputs unchanged" in err
+    # a second run in the same second gets its own manifest
+    code, _, _ = run_main(["pipeline", str(write_spec(tmp_path, {})), "--work", str(tmp_path / "w"),
+                           "--base", str(junk_base)])
+    assert code == UNCHANGED and len(list((tmp_path / "w").glob("run-*.json"))) == 2
+
+
+def test_a_failed_step_is_marked_and_exits_1(aws, junk_base, monkeypatch, tmp_path):
+    def broken_bake(spec, output, *, base=None):
+        raise ImagebuildError("packer build failed (exit 1); full log: /somewhere")
+
+    monkeypatch.setattr(bake_module, "bake", broken_bake)
+    work = tmp_path / "w"
+    code, out, err = run_main(["pipeline", str(write_spec(tmp_path, {})), "--work", str(work),
+                               "--base", str(junk_base)])
+    assert code == FAILED == 1
+    last = work / "last-run.json"
+    manifest = json.loads(last.read_text())
+    run_path = next(work.glob("run-*.json"))
+    assert f"run manifest: {run_path}" in err and "packer build failed" in err
+    steps = {s["step"]: s for s in manifest["steps"]}
+    assert manifest["result"] == "failed" and manifest["exit_code"] == 1
+    assert steps["decide"]["status"] == "ok" and steps["decide"]["build"] is True
+    assert steps["render"]["status"] == "ok" and steps["render"]["files"] > 0
+    assert steps["bake"]["status"] == "failed" and "packer build failed" in steps["bake"]["error"]
+    assert "duration_s" in steps["bake"]
+    assert [steps[n]["status"] for n in ("verify", "publish", "prune")] == ["not run"] * 3
+
+
+def test_an_aws_failure_while_deciding_is_marked_too(aws, junk_base, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(ImagebuildError) as failed:
+        run_pipeline(spec_of({}), work=tmp_path / "w", base=str(junk_base))
+    manifest = json.loads((tmp_path / "w" / "last-run.json").read_text())
+    assert manifest["steps"][0]["step"] == "decide" and manifest["steps"][0]["status"] == "failed"
+    assert "run manifest:" in str(failed.value) and "Traceback" not in str(failed.value)
+
+
+def test_no_publish_never_asks_aws(junk_base, monkeypatch, tmp_path):
+    """--no-publish builds and verifies without AWS: the decision is 'build', no clients made."""
+    calls = []
+
+    def fake_bake(spec, output, *, base=None):
+        calls.append(base)
+        raise ImagebuildError("stop here")
+
+    monkeypatch.setattr(bake_module, "bake", fake_bake)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    with pytest.raises(ImagebuildError, match="stop here"):
+        run_pipeline(spec_of({}), work=tmp_path / "w", base=str(junk_base), publish=False,
+                     clients=lambda *a: pytest.fail("no AWS client with publish off"))
+    assert calls == [str(junk_base.resolve())]
+    manifest = json.loads((tmp_path / "w" / "last-run.json").read_text())
+    assert manifest["steps"][0]["reason"].startswith("publish is off")

@@ -1,0 +1,137 @@
+"""`make bench`: imagebuild's performance figures, measured side by side in one run.
+
+    python -m tests.bench [--quick] [--runs N] [--out BENCHMARKS.md]
+
+--quick measures only what needs no QEMU (render, --help, user-data size). The full run also
+bakes the default spec and boots it, and boots the user-data path (tarball and package installs)
+the same way, so the golden/user-data ratio compares like with like. Figures are wall seconds,
+each the median of --runs runs where a run is cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EC2_LIMIT = 16 * 1024
+
+
+def timed(cmd: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cli_figures(runs: int) -> list[tuple[str, str, str]]:
+    exe = [sys.executable, "-m", "imagebuild"]
+    out = Path(tempfile.mkdtemp(prefix="bench-render-")) / "out"
+    render_s = timed(exe + ["render", "-o", str(out)], runs)
+    helps = timed(exe + ["--help"], runs)
+    from imagebuild import render
+    from imagebuild.spec import load
+
+    raw = render.cloud_config(load()).encode()
+    shipped = len(render.user_data(load()))
+    packed = len(gzip.compress(raw, 9))
+    return [
+        ("imagebuild render (default spec)", f"{render_s:.3f} s", "goal <= 0.3 s"),
+        ("imagebuild --help", f"{helps:.3f} s", "goal <= 0.2 s"),
+        ("user-data, raw", f"{len(raw)} B", f"{len(raw) / EC2_LIMIT:.0%} of EC2's 16 KB"),
+        ("user-data, gzipped", f"{packed} B", f"{packed / EC2_LIMIT:.0%} of EC2's 16 KB"),
+        ("user-data as rendered", f"{shipped} B", "raw when it fits 16 KB, else gzipped"),
+    ]
+
+
+def qemu_figures() -> list[tuple[str, str, str]]:
+    from imagebuild import baseimage, debian_artifacts
+    from imagebuild.bake import bake
+    from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
+    from imagebuild.spec import load, parse
+    from imagebuild.verify import verify_image, verify_user_data
+
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    start = time.perf_counter()
+    base = baseimage.build()
+    rows.append(("base image (cached after the first build)", f"{time.perf_counter() - start:.1f} s", str(base.name)))
+    mirror_dir = work / "mirror"
+    arts = debian_artifacts.release_tarballs("1.6", mirror_dir)
+    payload = sum(Path(a["path"]).stat().st_size for a in arts.values())
+    with debian_artifacts.serve(mirror_dir) as url:
+        guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
+        spec = local_mirror_spec(load(), mirrored(arts["containerd"], guest_url, mirror_dir),
+                                 mirrored(arts["runc"], guest_url, mirror_dir))
+        start = time.perf_counter()
+        image = bake(spec, work / "output", base=str(base))
+        bake_s = time.perf_counter() - start
+        manifest = json.loads((image.parent / "manifest.json").read_text())
+        steps = ", ".join(f"{k} {v:.0f}" for k, v in manifest["durations_s"].items() if k != "total")
+        rows.append(("bake (spec -> qcow2)", f"{bake_s:.0f} s", steps))
+        start = time.perf_counter()
+        golden = verify_image(image, spec, log_dir=str(work / "verify-golden"))
+        verify_s = time.perf_counter() - start
+        rows.append(("spec -> verified qcow2 (base cached)", f"{bake_s + verify_s:.0f} s", "goal <= 360 s"))
+        rows.append(("verify golden: QEMU -> kernel / containerd active / done",
+                     "{kernel_s} / {containerd_active_s} / {check_done_s} s".format(**golden["timings"]),
+                     "passed" if golden["passed"] else "FAILED"))
+        tarball = verify_user_data(spec, base=str(base), log_dir=str(work / "verify-ud-tarball"))
+        rows.append(("verify user-data (tarball): QEMU -> containerd active",
+                     f"{tarball['timings']['containerd_active_s']} s", "passed" if tarball["passed"] else "FAILED"))
+        versions = debian_artifacts.fetched_versions("1.6")
+        doc = yaml.safe_load(yaml.safe_dump(spec.document))
+        doc["containerd"]["install"]["method"] = "package"
+        doc["containerd"]["install"]["package"]["version"] = versions["containerd"]
+        doc["unit"]["exec_start"] = None
+        package = verify_user_data(parse(yaml.safe_dump(doc)), base=str(base),
+                                   log_dir=str(work / "verify-ud-package"))
+        rows.append(("verify user-data (package, apt in guest): QEMU -> containerd active",
+                     f"{package['timings']['containerd_active_s']} s", "passed" if package["passed"] else "FAILED"))
+    g, t, p = (r["timings"]["containerd_active_s"] for r in (golden, tarball, package))
+    rows.append(("golden / user-data time to containerd active", f"{g / t:.2f} (tarball), {g / p:.2f} (package)",
+                 "goal <= 0.5"))
+    overhead = image.stat().st_size - base.stat().st_size
+    rows.append(("image overhead vs containerd+runc payload", f"{overhead / 2**20:.0f} MiB / {payload / 2**20:.0f} MiB "
+                 f"= {overhead / payload:.2f}x", "goal <= 1.2x"))
+    return rows
+
+
+def table(rows: list[tuple[str, str, str]]) -> str:
+    head = ("measure", "figure", "note")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only what needs no QEMU")
+    parser.add_argument("--runs", type=int, default=7, help="runs per cheap figure (median)")
+    parser.add_argument("--out", help="also write the table (markdown) to this file")
+    args = parser.parse_args(argv)
+    rows = cli_figures(args.runs)
+    if not args.quick:
+        rows += qemu_figures()
+    text = table(rows)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(f"Measured {time.strftime('%Y-%m-%d')} with `make bench` on a 2-core TCG machine.\n\n"
+                                  + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

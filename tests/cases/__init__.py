@@ -1,0 +1,119 @@
+"""Golden cases: tests/cases/<name>/spec.yaml beside expected/, every file `render_all` produces
+for that spec, compared whole and byte for byte by tests/test_cases.py.
+
+    python -m tests.cases regen [NAME...]     rewrite expected/ (`make regen-cases`; review the diff!)
+    python -m tests.cases check [NAME...]     compare, print unified diffs, exit 1 on any difference
+
+What expected/ holds: every rendered file, user-data included as rendered (gzipped, gzip mtime 0,
+so its bytes are stable; diffs are shown on its text). Left out are the two files the render
+copies verbatim from the source tree rather than renders, `check.py` (imagebuild/guest/check.py)
+and `packer/hygiene.sh` (packer/hygiene.sh): the test checks they are those files instead of
+keeping six copies that change whenever the sources do.
+"""
+from __future__ import annotations
+
+import difflib
+import gzip
+import shutil
+import sys
+from pathlib import Path
+
+CASES_DIR = Path(__file__).resolve().parent
+EXPECTED = "expected"
+
+
+def verbatim() -> dict[str, Path]:
+    """Rendered path -> the source file it must equal (not stored in expected/)."""
+    from imagebuild.render.templating import PACKAGE_DIR, shipped_dir
+
+    return {"check.py": PACKAGE_DIR / "guest" / "check.py", "packer/hygiene.sh": shipped_dir("packer") / "hygiene.sh"}
+
+
+def names() -> list[str]:
+    return sorted(p.parent.name for p in CASES_DIR.glob("*/spec.yaml"))
+
+
+def rendered(name: str) -> dict[str, bytes]:
+    """What render_all makes of the case's spec today, minus the verbatim copies."""
+    from imagebuild import render
+    from imagebuild.spec import load
+
+    files = render.render_all(load(CASES_DIR / name / "spec.yaml"))
+    skip = verbatim()
+    return {rel: f.content for rel, f in sorted(files.items()) if rel not in skip}
+
+
+def stored(name: str) -> dict[str, bytes]:
+    base = CASES_DIR / name / EXPECTED
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def _text(rel: str, data: bytes) -> list[str]:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+        rel += " (gunzipped)"
+    try:
+        return data.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        return [f"<{len(data)} bytes of binary>\n"]
+
+
+def differences(name: str) -> list[str]:
+    """Unified diffs (expected -> rendered) for every file that differs, appears or disappears."""
+    want, got = stored(name), rendered(name)
+    out = []
+    for rel in sorted(set(want) | set(got)):
+        if want.get(rel) == got.get(rel):
+            continue
+        if rel not in want:
+            out.append(f"+++ {name}: {rel} is rendered but not in {name}/{EXPECTED} "
+                       f"({len(_text(rel, got[rel]))} lines)\n")
+            continue
+        if rel not in got:
+            out.append(f"--- {name}/{EXPECTED}/{rel} is no longer rendered\n")
+            continue
+        diff = "".join(difflib.unified_diff(_text(rel, want[rel]), _text(rel, got[rel]),
+                                            f"{name}/{EXPECTED}/{rel}", f"{name}: rendered {rel}", n=2))
+        # Same text, different bytes: a gzip header, line endings.
+        out.append(diff or f"--- {name}/{EXPECTED}/{rel}\n+++ {name}: rendered {rel}\n(same text, different bytes)\n")
+    return out
+
+
+def regen(selected: list[str] | None = None) -> list[Path]:
+    """Rewrite expected/ of each case (all by default) from today's render; returns the case dirs."""
+    done = []
+    for name in selected or names():
+        target = CASES_DIR / name / EXPECTED
+        files = rendered(name)
+        tmp = target.with_name(EXPECTED + ".new")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for rel, data in files.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        done.append(target.parent)
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("regen", "check"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    command, selected = argv[0], argv[1:]
+    unknown = sorted(set(selected) - set(names()))
+    if unknown:
+        print(f"no such case: {', '.join(unknown)} (cases: {', '.join(names())})", file=sys.stderr)
+        return 2
+    if command == "regen":
+        for case in regen(selected):
+            print(f"rewrote {case.relative_to(CASES_DIR.parent.parent)}/{EXPECTED}")
+        return 0
+    failed = False
+    for name in selected or names():
+        for diff in differences(name):
+            sys.stdout.write(diff)
+            failed = True
+    return 1 if failed else 0

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Managed by imagebuild: installs containerd 1.7.24 (tarball)
+# with its tuned configuration. The same script serves the Packer build and cloud-init user-data.
+#
+#   install.sh [PAYLOAD_DIR]     default /var/lib/imagebuild/payload
+#
+# Every download is checked against its sha256 before anything is unpacked; every file is
+# replaced atomically (the replaced one kept as *.imagebuild-backup); a second run changes
+# nothing and says so. IMAGEBUILD_ROOT=/some/dir installs into a scratch root instead of /
+# (no systemctl, modprobe or sysctl there).
+set -euo pipefail
+
+PAYLOAD=${1:-/var/lib/imagebuild/payload}
+ROOT=${IMAGEBUILD_ROOT:-}
+STATE_DIR=$ROOT/var/lib/imagebuild
+CONTAINERD_VERSION=1.7.24
+changes=()
+
+log() { printf 'imagebuild-install: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+live() { [[ -z $ROOT ]]; }
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+# fetch URL DEST SHA256 CHECKSUM_URL: download, then prove the bytes before anyone uses them.
+fetch() {
+  local url=$1 dest=$2 want=$3 sums=$4 name got
+  name=${url##*/}
+  log "downloading $url"
+  curl -fsSL --retry 3 --retry-connrefused -o "$dest" "$url" || die "download failed: $url"
+  if [[ -z $want ]]; then
+    curl -fsSL --retry 3 --retry-connrefused -o "$WORK/sums" "$sums" || die "download failed: $sums"
+    want=$(awk -v n="$name" 'NF == 1 { print $1; exit } $2 == n || $2 == "*" n { print $1; exit }' "$WORK/sums")
+    [[ $want =~ ^[0-9a-f]{64}$ ]] || die "no sha256 for $name in $sums"
+  fi
+  got=$(sha256_of "$dest")
+  [[ $got == "$want" ]] || die "sha256 mismatch for $url: expected $want, got $got; nothing was installed"
+  log "sha256 verified: $name"
+}
+
+# place SRC DEST MODE: replace $ROOT/DEST with SRC atomically unless it is already identical.
+place() {
+  local src=$1 dest=$ROOT$2 mode=$3
+  if [[ -f $dest ]] && cmp -s "$src" "$dest" && [[ $(stat -c %a "$dest") == "${mode#0}" ]]; then
+    return 0
+  fi
+  mkdir -p "$(dirname "$dest")"
+  if [[ -f $dest && $4 == backup ]]; then
+    cp -p "$dest" "$dest.imagebuild-backup"
+  fi
+  install -m "$mode" "$src" "$dest.imagebuild-new"
+  mv -f "$dest.imagebuild-new" "$dest"
+  changes+=("$2")
+}
+
+# installed NAME URL: true when the binaries recorded for NAME came from URL and are unchanged.
+installed() {
+  local stamp=$STATE_DIR/installed/$1
+  [[ -f $stamp ]] && [[ $(head -n 1 "$stamp") == "$2" ]] &&
+    (cd "${ROOT:-/}" && tail -n +2 "$stamp" | sha256sum --check --status)
+}
+
+# record NAME URL PATH...: remember what NAME installed, for the next run's `installed`.
+record() {
+  local name=$1 url=$2 path
+  shift 2
+  mkdir -p "$STATE_DIR/installed"
+  {
+    printf '%s\n' "$url"
+    for path in "$@"; do
+      printf '%s  %s\n' "$(sha256_of "$ROOT$path")" "${path#/}"
+    done
+  } > "$STATE_DIR/installed/$name.new"
+  mv -f "$STATE_DIR/installed/$name.new" "$STATE_DIR/installed/$name"
+}
+
+download_artifacts() {
+  if ! installed containerd https://github.com/containerd/containerd/releases/download/v1.7.24/containerd-1.7.24-linux-amd64.tar.gz; then
+    fetch https://github.com/containerd/containerd/releases/download/v1.7.24/containerd-1.7.24-linux-amd64.tar.gz "$WORK/containerd.tar.gz" '' https://github.com/containerd/containerd/releases/download/v1.7.24/containerd-1.7.24-linux-amd64.tar.gz.sha256sum
+    mkdir "$WORK/containerd"
+    tar -xzf "$WORK/containerd.tar.gz" -C "$WORK/containerd"
+    [[ -x $WORK/containerd/bin/containerd ]] || die "the containerd tarball has no bin/containerd"
+  fi
+  if ! installed runc https://github.com/opencontainers/runc/releases/download/v1.1.15/runc.amd64; then
+    fetch https://github.com/opencontainers/runc/releases/download/v1.1.15/runc.amd64 "$WORK/runc" '' https://github.com/opencontainers/runc/releases/download/v1.1.15/runc.sha256sum
+  fi
+
+}
+
+install_binaries() {
+  local bin paths=()
+  if [[ -d $WORK/containerd ]]; then
+    for bin in "$WORK"/containerd/bin/*; do
+      place "$bin" "/usr/local/bin/${bin##*/}" 0755 no-backup
+      paths+=("/usr/local/bin/${bin##*/}")
+    done
+    record containerd https://github.com/containerd/containerd/releases/download/v1.7.24/containerd-1.7.24-linux-amd64.tar.gz "${paths[@]}"
+  else
+    log "containerd $CONTAINERD_VERSION already installed"
+  fi
+  if [[ -f $WORK/runc ]]; then
+    place "$WORK/runc" /usr/local/sbin/runc 0755 no-backup
+    record runc https://github.com/opencontainers/runc/releases/download/v1.1.15/runc.amd64 /usr/local/sbin/runc
+  else
+    log "runc 1.1.15 already installed"
+  fi
+
+}
+
+
+# mode sha256 path, for every file the payload carries (rendered from the spec).
+FILES=(
+  '0644 5be0650564aa0d044b09410d11d74ec4fcc6c853c72cae495841fc1cb1514a33 /etc/containerd/config.toml'
+  '0644 7e9b185961636e9f62e19fd07b19f38b3121936c295f51bd6068e13e40b83301 /etc/systemd/system/containerd.service'
+  '0644 99a60363382a7dcb5a5acea071f1db1c7f5c1c1780491622494b3cabef66cb3d /etc/modules-load.d/containerd.conf'
+  '0644 dea627b3169a25dec9f68235a79eeee2d5ed68147c04fbe00f63e46ca9d8429a /etc/sysctl.d/99-containerd.conf'
+)
+
+check_payload() {
+  local entry mode sum path
+  for entry in "${FILES[@]}"; do
+    read -r mode sum path <<< "$entry"
+    [[ -f $PAYLOAD$path ]] || die "payload file missing: $PAYLOAD$path"
+    [[ $(sha256_of "$PAYLOAD$path") == "$sum" ]] || die "payload file differs from the rendered one: $PAYLOAD$path"
+  done
+}
+
+install_files() {
+  local entry mode sum path old current
+  for entry in "${FILES[@]}"; do
+    read -r mode sum path <<< "$entry"
+    place "$PAYLOAD$path" "$path" "$mode" backup
+  done
+  # Files an earlier run installed that this spec no longer has (a dropped mirror, say).
+  # grep reads a here-string, not a pipe: under pipefail, grep -q exiting at the first match made
+  # the writer die of SIGPIPE on long lists, and current files were moved aside as stale.
+  current=$(printf '%s\n' "${FILES[@]}" | cut -d' ' -f3)
+  if [[ -f $STATE_DIR/installed/files ]]; then
+    while read -r old; do
+      if ! grep -qxF -- "$old" <<< "$current" && [[ -f $ROOT$old ]]; then
+        mv -f "$ROOT$old" "$ROOT$old.imagebuild-backup"
+        changes+=("removed $old")
+      fi
+    done < "$STATE_DIR/installed/files"
+  fi
+  mkdir -p "$STATE_DIR/installed" "$ROOT"/etc/containerd/certs.d
+  printf '%s\n' "$current" > "$STATE_DIR/installed/files.new"
+  # Replaced only when it changed, so a run that changes nothing leaves every file as it was.
+  if cmp -s "$STATE_DIR/installed/files.new" "$STATE_DIR/installed/files"; then
+    rm -f "$STATE_DIR/installed/files.new"
+  else
+    mv -f "$STATE_DIR/installed/files.new" "$STATE_DIR/installed/files"
+  fi
+}
+
+apply_system() {
+  if ! live; then
+    log "scratch root: systemctl, modprobe and sysctl skipped"
+    return 0
+  fi
+
+  modprobe overlay || log "warning: modprobe overlay failed"
+
+  modprobe br_netfilter || log "warning: modprobe br_netfilter failed"
+
+  sysctl -q --load=/etc/sysctl.d/99-containerd.conf || log "warning: some sysctls did not apply"
+  if [[ ${#changes[@]} -gt 0 ]]; then
+    systemctl daemon-reload
+  fi
+  if ! systemctl is-enabled --quiet containerd; then
+    systemctl enable containerd
+    changes+=("enabled containerd.service")
+  fi
+  if [[ ${#changes[@]} -gt 0 ]] || ! systemctl is-active --quiet containerd; then
+    systemctl restart containerd
+    log "containerd restarted"
+  fi
+  systemctl is-active --quiet containerd || die "containerd is not active; see: journalctl -u containerd"
+}
+
+[[ $(id -u) == 0 ]] || die "run as root"
+download_artifacts
+check_payload
+install_binaries
+install_files
+apply_system
+if [[ ${#changes[@]} -eq 0 ]]; then
+  log "nothing to change: containerd $CONTAINERD_VERSION and its configuration are already in place"
+else
+  log "changed ${#changes[@]}: ${changes[*]}"
+fi

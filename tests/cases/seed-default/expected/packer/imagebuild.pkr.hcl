@@ -1,0 +1,163 @@
+# Managed by imagebuild: the Packer template for image family "containerd-golden".
+# Rendered from the spec by `imagebuild packer` / `imagebuild render`; `imagebuild bake` runs it.
+# Both sources run the same steps: upload the payload, run install.sh, clean the image,
+# then run the in-guest check (check.py --phase build) so no image is captured unchecked.
+
+variable "base_image" {
+  type        = string
+  description = "qcow2 cloud image the qemu build starts from (URL or path)."
+  default     = ""
+}
+
+variable "base_checksum" {
+  type        = string
+  description = "Checksum of base_image, as sha256:<hex>."
+  default     = "none"
+}
+
+variable "output_directory" {
+  type        = string
+  description = "Where the qemu build writes the image; must not exist yet."
+  default     = "output"
+}
+
+variable "accelerator" {
+  type        = string
+  description = "QEMU accelerator: kvm or tcg."
+  default     = "tcg"
+  validation {
+    condition     = contains(["kvm", "tcg"], var.accelerator)
+    error_message = "The accelerator must be kvm or tcg."
+  }
+}
+
+variable "ssh_private_key_file" {
+  type        = string
+  description = "Private key of the build user the NoCloud seed (seed/) creates."
+  default     = "seed/id_ed25519"
+}
+
+variable "aws_endpoint" {
+  type        = string
+  description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
+  default     = ""
+}
+
+locals {
+  render_dir = "${path.root}/.."
+  build_user = "imagebuild-build"
+}
+
+source "qemu" "golden" {
+  disk_image       = true
+  iso_url          = var.base_image
+  iso_checksum     = var.base_checksum
+  output_directory = var.output_directory
+  vm_name          = "containerd-golden.qcow2"
+  format           = "qcow2"
+  disk_size        = "4G"
+  disk_interface   = "virtio"
+  net_device       = "virtio-net"
+  accelerator      = var.accelerator
+  cpus             = 2
+  memory           = 2048
+  qemuargs         = [["-cpu", "max"]]
+  headless         = true
+  cd_files         = ["${path.root}/seed/user-data", "${path.root}/seed/meta-data"]
+  cd_label         = "cidata"
+  communicator     = "ssh"
+  ssh_username     = local.build_user
+  ssh_private_key_file = var.ssh_private_key_file
+  ssh_timeout      = "20m"
+  # The build user leaves with the build: removed as the machine halts.
+  shutdown_command = "sudo sh -c 'userdel --force --remove ${local.build_user}; rm -f /etc/sudoers.d/90-cloud-init-users; shutdown -P now'"
+  disk_compression = true
+}
+
+source "amazon-ebs" "golden" {
+  region        = "us-east-1"
+  custom_endpoint_ec2 = var.aws_endpoint
+  instance_type = "t3.small"
+  source_ami_filter {
+    filters = {
+      name                  = "debian-12-amd64-*"
+      "virtualization-type" = "hvm"
+      "root-device-type"    = "ebs"
+      architecture          = "x86_64"
+    }
+    owners      = ["136693071363"]
+    most_recent = true
+  }
+  ssh_username  = "admin"
+  ami_name      = "containerd-golden-${formatdate("YYYYMMDD'T'hhmmss'Z'", timestamp())}"
+  ami_description = "containerd 1.6.20 golden image, built by imagebuild"
+  ami_regions   = []
+  ami_users     = []
+  encrypt_boot  = false
+  ena_support   = true
+  launch_block_device_mappings {
+    device_name           = "/dev/xvda"
+    volume_size           = 8
+    volume_type           = "gp3"
+    iops                  = 3000
+    throughput            = 125
+    delete_on_termination = true
+  }
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ceaa506b60a7b10c9368bc20d692b5aa5973fedd1187f8b5c7c9d99ed31ab196", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ceaa506b60a7b10c9368bc20d692b5aa5973fedd1187f8b5c7c9d99ed31ab196", "imagebuild:containerd-version" = "1.6.20"}
+}
+
+build {
+  name    = "containerd-golden"
+  sources = ["source.qemu.golden", "source.amazon-ebs.golden"]
+
+  # The AMI pipeline without provisioning (find the source AMI, launch, snapshot, copy, share,
+  # tag, clean up): a quick check of permissions and regions. Never for real images.
+  source "amazon-ebs.golden" {
+    name         = "plumbing"
+    communicator = "none"
+  }
+
+  provisioner "shell" {
+    except = ["amazon-ebs.plumbing"]
+    inline = ["rm -rf /tmp/imagebuild", "mkdir -p /tmp/imagebuild"]
+  }
+
+  provisioner "file" {
+    except      = ["amazon-ebs.plumbing"]
+    sources     = ["${local.render_dir}/payload", "${local.render_dir}/install.sh", "${local.render_dir}/check.py", "${local.render_dir}/expected.json"]
+    destination = "/tmp/imagebuild/"
+  }
+
+  provisioner "shell" {
+    except          = ["amazon-ebs.plumbing"]
+    execute_command = "sudo sh -c '{{ .Vars }} bash {{ .Path }}'"
+    inline = [
+      "install -d -m 0755 /var/lib/imagebuild",
+      "cp -r /tmp/imagebuild/. /var/lib/imagebuild/",
+      "bash /var/lib/imagebuild/install.sh /var/lib/imagebuild/payload",
+    ]
+  }
+
+  provisioner "shell" {
+    except          = ["amazon-ebs.plumbing"]
+    execute_command = "sudo sh -c '{{ .Vars }} bash {{ .Path }}'"
+    script          = "${path.root}/hygiene.sh"
+  }
+
+  provisioner "shell" {
+    except          = ["amazon-ebs.plumbing"]
+    execute_command = "sudo sh -c '{{ .Vars }} bash {{ .Path }}'"
+    inline          = ["python3 /var/lib/imagebuild/check.py --phase build --expected /var/lib/imagebuild/expected.json"]
+  }
+
+  post-processor "manifest" {
+    output     = "${var.output_directory}-packer-manifest.json"
+    strip_path = true
+    custom_data = {
+      family     = "containerd-golden"
+      spec_hash  = "ceaa506b60a7b10c9368bc20d692b5aa5973fedd1187f8b5c7c9d99ed31ab196"
+      containerd = "1.6.20"
+    }
+  }
+}
