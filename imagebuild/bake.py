@@ -43,7 +43,7 @@ def build_seed(seed_dir: Path) -> None:
 
 def packer_directory(spec: Spec, output: str | Path) -> Path:
     """A ready-to-run render directory: every output plus packer/seed/ with a per-build SSH key."""
-    out = render.write_tree(render.render_all(spec), output)
+    out = render.write_tree(render.render_all(spec, with_user_data=False), output)
     build_seed(out / "packer" / "seed")
     return out
 

@@ -371,8 +371,8 @@ def validate(value: Any, node: dict = SPEC_SCHEMA, path: str = "") -> tuple[Any,
     problems: list[Problem] = []
     kinds = _types(node)
     if not _type_ok(value, kinds):
-        allowed = " or ".join("a mapping" if k == "object" else "a list" if k == "array" else f"a {k}"
-                              for k in kinds)
+        names = {"object": "a mapping", "array": "a list", "integer": "an integer", "null": "null"}
+        allowed = " or ".join(names.get(k, f"a {k}") for k in kinds)
         return value, [Problem(path, f"got {_show(value)}, expected {allowed}")]
     if value is None:
         return value, problems

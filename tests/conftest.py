@@ -4,11 +4,6 @@ from __future__ import annotations
 import pytest
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than a few seconds even with a warm cache")
-    config.addinivalue_line("markers", "e2e: boots VMs or runs packer builds (minutes)")
-
-
 @pytest.fixture(scope="session")
 def release_16(tmp_path_factory):
     """Release-shaped containerd 1.6 + runc artifacts served from 127.0.0.1 (ephemeral port).

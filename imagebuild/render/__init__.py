@@ -105,10 +105,15 @@ def packer_template(spec: Spec) -> str:
         required_plugins=(major, minor) >= (1, 7))
 
 
-def render_all(spec: Spec) -> dict[str, File]:
-    """Every output file, keyed by its path relative to the render directory."""
+def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:
+    """Every output file, keyed by its path relative to the render directory.
+
+    Packer never reads the user-data, so a bake renders without it: a spec whose user-data is
+    over EC2's limit can still be baked into an image.
+    """
     files = guest_files(spec)
-    files["user-data"] = File(user_data(spec, files=dict(files)))
+    if with_user_data:
+        files["user-data"] = File(user_data(spec, files=dict(files)))
     files["packer/imagebuild.pkr.hcl"] = File(packer_template(spec).encode())
     files["packer/hygiene.sh"] = File((shipped_dir("packer") / "hygiene.sh").read_bytes(), 0o755)
     # Document order (schema order, mappings as written): sorted keys reordered sysctls, headers

@@ -12,6 +12,9 @@ set -euo pipefail
 
 PAYLOAD=${1:-/var/lib/imagebuild/payload}
 ROOT=${IMAGEBUILD_ROOT:-}
+if [[ -n $ROOT ]]; then
+  ROOT=$(realpath -m "$ROOT")
+fi
 STATE_DIR=$ROOT/var/lib/imagebuild
 CONTAINERD_VERSION=2.1.9
 changes=()
