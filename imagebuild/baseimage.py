@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -324,7 +325,12 @@ def _remove_tree(path: Path) -> None:
     if left:
         step(f"warning: not removing {path}: still mounted inside it: {', '.join(left)}")
         return
-    shutil.rmtree(path, ignore_errors=True)
+    for _ in range(5):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.5)
+    step(f"warning: could not remove all of {path}")
 
 
 def _run_mmdebstrap(cmd: list[str]) -> None:
@@ -332,18 +338,22 @@ def _run_mmdebstrap(cmd: list[str]) -> None:
     it handles) before giving up on it (SIGKILL)."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     out = tempfile.TemporaryFile()
+    # Its own process group, so that on interruption everything it started (apt, dpkg,
+    # maintainer scripts in the chroot) can be stopped before its tree is removed.
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                            env=env)
+                            env=env, start_new_session=True)
     try:
         code = proc.wait()
     except BaseException:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)      # mmdebstrap unmounts on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)      # stragglers
+        proc.wait()
         raise
     if code != 0:
         out.seek(0)

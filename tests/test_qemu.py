@@ -4,7 +4,6 @@ The e2e boots use the locally built base image (imagebuild.baseimage; built once
 """
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -270,6 +269,20 @@ def test_boot_reports_results_and_timings(base_image, tmp_path):
     assert (tmp_path / "serial.log").read_text(errors="replace").count("Linux version") == 1
     assert qemu._qemu_img_info(base_image) == before
     assert not _qemu_pids(name)
+
+
+@pytest.mark.e2e
+def test_boot_without_marker_waits_for_the_guest_to_stop(base_image, tmp_path):
+    """done_marker=None: the boot ends when the guest shuts QEMU down (here: a kernel with no
+    root filesystem panics, and -no-reboot turns the reboot into an exit)."""
+    from imagebuild import baseimage
+    kernel, _ = baseimage.kernel_files()
+    result = qemu.boot(None, None, serial_log=tmp_path / "s.log", timeout=120, accel="tcg",
+                       network=False, kernel=kernel, append="console=ttyS0 panic=-1",
+                       extra_args=["-no-reboot"], markers={"panic": "Kernel panic"})
+    assert result.done_s is None and result.exited_s is not None
+    assert result.done_at == result.exited_s and result.powered_off
+    assert result.kernel_s is not None and result.kernel_s <= result.markers["panic"] <= result.exited_s
 
 
 @pytest.mark.e2e
