@@ -148,6 +148,9 @@ class PackerRun:
         thread.start()
         try:
             code, _, _ = packer.build(str(template), var=variables, only=only, color="false")
+        except BaseException:
+            stop_packer()
+            raise
         finally:
             writer.close()
             thread.join(timeout=30)
@@ -162,6 +165,62 @@ class PackerRun:
             out[name] = round(end - start, 1)
         out["total"] = round(total, 1)
         return out
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below *pid* (children first found, then theirs), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in parents.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def stop_packer(grace: float = 60.0) -> None:
+    """Interrupted mid-build: SIGINT packer so it tears its VM down, then kill whatever is left.
+
+    packer-py keeps its Popen to itself, so the children are found through /proc.
+    """
+    import signal
+
+    packers = [pid for pid in _descendants(os.getpid()) if _comm(pid) == "packer"]
+    tree = packers + [child for pid in packers for child in _descendants(pid)]
+    for pid in packers:
+        _signal(pid, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.5)
+    for pid in tree + [child for pid in tree for child in _descendants(pid)]:
+        _signal(pid, signal.SIGKILL)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _log_tail(path: Path, lines: int = 25) -> str:
