@@ -421,7 +421,7 @@ class Guest:
         self.exited_s: float | None = None
         self._t0 = 0.0
         self._stopping = False
-        self._scratch: Path | None = None
+        self._stderr = None
         self._readers: dict[str, _Tail] = {}
 
     # command line ------------------------------------------------------------------------
@@ -463,20 +463,20 @@ class Guest:
             raise ImagebuildError(f"guest {self.name} already started")
         self.accel = self.accel or accelerator(self.accel_choice)
         cmd = self.command(self.accel)
-        self._scratch = Path(tempfile.mkdtemp(prefix="imagebuild-qemu-"))
         self.serial_log.parent.mkdir(parents=True, exist_ok=True)
         self.results_log.parent.mkdir(parents=True, exist_ok=True)
         for log in (self.serial_log, self.results_log):
             log.write_bytes(b"")
         self._readers = {"console": _Tail(self.serial_log), "results": _Tail(self.results_log)}
-        cmd += ["-pidfile", str(self._scratch / "qemu.pid")]
-        self._stderr = open(self._scratch / "qemu.stderr", "wb")
+        # An anonymous (already unlinked) file: nothing to leave behind, even if we are
+        # SIGKILLed.
+        self._stderr = tempfile.TemporaryFile(prefix="imagebuild-qemu-stderr-")
         self.started_at = time.time()
         self._t0 = time.monotonic()
         try:
             self.proc = _spawn(cmd, stderr=self._stderr)
         except OSError as exc:
-            self._cleanup_scratch()
+            self._cleanup()
             raise ImagebuildError(f"cannot start {QEMU}: {exc}") from None
 
     def elapsed(self) -> float:
@@ -561,24 +561,23 @@ class Guest:
                 rest = tail.flush()
                 if rest:
                     self.lines.append(Line(round(self.elapsed(), 2), source, rest))
-        self._cleanup_scratch()
+        self._cleanup()
 
     def tail(self, n: int = 30) -> str:
         return tail(self.serial_log, n)
 
     def _stderr_tail(self) -> str:
         try:
-            err = (self._scratch / "qemu.stderr").read_text(errors="replace").strip()
-        except (OSError, TypeError):
+            self._stderr.seek(0)
+            err = self._stderr.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError, AttributeError):
             return ""
         return f"\nQEMU said: {err[-2000:]}" if err else ""
 
-    def _cleanup_scratch(self) -> None:
-        with contextlib.suppress(Exception):
-            self._stderr.close()
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
+    def _cleanup(self) -> None:
+        if self._stderr is not None:
+            with contextlib.suppress(Exception):
+                self._stderr.close()
 
     def __enter__(self) -> "Guest":
         return self

@@ -13,6 +13,9 @@ from typing import Any
 
 # Strings that end up in files or shell commands must be printable, single-line text.
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# Half of a UTF-16 surrogate pair (YAML and JSON both let "\ud800" through): not a character,
+# and no file can hold it (UTF-8 refuses to encode it).
+SURROGATES = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,9 @@ def validate(value: Any, node: dict = SPEC_SCHEMA, path: str = "") -> tuple[Any,
     if isinstance(value, str):
         if CONTROL_CHARS.search(value):
             problems.append(Problem(path, f"got {_show(value)}: control characters (newline, NUL, ...) are not allowed"))
+        elif SURROGATES.search(value):
+            problems.append(Problem(path, f"got {_show(value)}: a lone UTF-16 surrogate (\\ud800-\\udfff) is not a "
+                                    "character and cannot be written to a file"))
         elif "enum" in node and value not in node["enum"]:
             near = difflib.get_close_matches(value, node["enum"], n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""

@@ -341,7 +341,7 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     if cfg["default_runtime"] != "runc" and cfg["default_runtime"] not in cfg["runtimes"]:
         problems.append(Problem("config.default_runtime", f"got {cfg['default_runtime']!r}, expected runc or one of "
                                 f"config.runtimes ({', '.join(cfg['runtimes']) or 'none defined'})"))
-    _check_overrides(cfg["overrides"], "config.overrides", problems)
+    _check_overrides(cfg["overrides"], "config.overrides", problems, quote_in_keys=major >= 2)
     if not -999 <= cfg["oom_score"] <= 0:
         warnings.append(f"config.oom_score: {cfg['oom_score']} is outside the recommended -999..0 "
                         "(-1000 means never killed; 0 and above put containerd before containers)")
@@ -375,22 +375,33 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     return problems, warnings
 
 
-def _check_overrides(value: Any, path: str, problems: list[Problem]) -> None:
-    """Overrides go to TOML verbatim, so refuse what TOML cannot hold (null) and control characters in keys."""
+def _check_overrides(value: Any, path: str, problems: list[Problem], *, quote_in_keys: bool = True) -> None:
+    """Overrides go to TOML verbatim, so refuse what TOML cannot hold (null), control characters in
+    keys, and what containerd's own TOML parser cannot read back.
+
+    containerd 1.x (go-toml v1) refuses a quoted key with an escaped double quote (`"a\\"b" = 1`:
+    "invalid bare key character"), so the whole config fails to load: *quote_in_keys* is False there.
+    """
     if value is None:
         problems.append(Problem(path, "got null, TOML has no null; remove the key instead"))
     elif isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str) or schema.CONTROL_CHARS.search(key):
+            if not isinstance(key, str) or schema.CONTROL_CHARS.search(key) or schema.SURROGATES.search(key):
                 problems.append(Problem(f"{path}.{key!r}", "bad key, expected printable text"))
+            elif not quote_in_keys and '"' in key:
+                problems.append(Problem(f"{path}.{key}", "bad key: containerd 1.x cannot read a key holding a "
+                                        "double quote (its config would not load)"))
             else:
-                _check_overrides(item, f"{path}.{key}", problems)
+                _check_overrides(item, f"{path}.{key}", problems, quote_in_keys=quote_in_keys)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _check_overrides(item, f"{path}[{index}]", problems)
+            _check_overrides(item, f"{path}[{index}]", problems, quote_in_keys=quote_in_keys)
     elif isinstance(value, str):
         if "\x00" in value:
             problems.append(Problem(path, "got a NUL character, which TOML cannot hold"))
+        elif schema.SURROGATES.search(value):
+            problems.append(Problem(path, f"got {schema._show(value)}: a lone UTF-16 surrogate is not a character "
+                                    "and cannot be written to a file"))
     elif isinstance(value, bool):
         pass
     elif isinstance(value, int):
@@ -468,9 +479,40 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+class _DuplicateJsonKey(ValueError):
+    pass
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateJsonKey(key)
+        out[key] = value
+    return out
+
+
+def _load_document(text: str) -> Any:
+    """The document in *text*: JSON when it is JSON (spec.json, the effective spec), else YAML.
+
+    JSON is read as JSON, not as the YAML it nearly is: YAML 1.1 reads `1e-05` as a string and a
+    `\ud83d\ude00` escape pair as two lone surrogates, so spec.json did not load back as the same spec.
+    """
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text, object_pairs_hook=_json_object)
+        except _DuplicateJsonKey as exc:
+            raise SpecError([Problem("", f"not valid JSON: duplicate key {exc.args[0]!r}")]) from None
+        except json.JSONDecodeError:
+            pass  # a YAML flow mapping such as {name: x}
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+
+
 def parse(text: str, source: str = "spec") -> Spec:
     try:
-        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        document = _load_document(text)
+    except SpecError as exc:
+        raise SpecError(exc.problems, source) from None
     except yaml.YAMLError as exc:
         raise SpecError([Problem("", f"not valid YAML: {exc}")], source) from None
     if document is not None and not isinstance(document, dict):

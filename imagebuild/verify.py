@@ -71,7 +71,7 @@ def _boot(disk: Path, spec: Spec, user_data: bytes, instance_id: str, test_image
         serial_log = log_dir / f"{label}.serial.log"
         step(f"verify {label}: booting {disk.name} (timeout {spec.verify.timeout}s)")
         result = qemu.boot(overlay, seed, serial_log=serial_log, timeout=spec.verify.timeout,
-                           accel=spec.image.accelerator)
+                           accel=spec.image.accelerator, done_marker=qemu.DONE_PREFIX)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return _report(result, serial_log)
