@@ -198,7 +198,7 @@ def stop_packer(grace: float = 60.0) -> None:
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(_alive(p) for p in tree):
         time.sleep(0.5)
-    for pid in tree + [child for pid in tree for child in _descendants(pid)]:
+    for pid in tree + [child for parent in tree for child in _descendants(parent)]:
         _signal(pid, signal.SIGKILL)
 
 

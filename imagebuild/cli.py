@@ -44,7 +44,6 @@ def cmd_user_data(args) -> int:
 
 
 def cmd_packer(args) -> int:
-    from . import render
     from .bake import packer_directory
 
     out = packer_directory(_spec(args.spec), args.output)
