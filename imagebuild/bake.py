@@ -223,6 +223,18 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+def _keep_failed_log(log_path: Path, output: Path, name: str) -> str:
+    """Save a failed build's log in the output directory (no image goes there); say where."""
+    target = output / f"{name}.packer-failed.log"
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log_path, target)
+    except OSError as exc:
+        target.unlink(missing_ok=True)
+        return f"its log could not be saved ({exc.strerror}); the tail follows"
+    return f"full log: {target}"
+
+
 def _log_tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -253,10 +265,7 @@ def bake(spec: Spec, output: Path, *, base: str | None = None) -> Path:
         code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
         image = packer_out / f"{spec.name}.qcow2"
         if code != 0 or not image.is_file():
-            output.mkdir(parents=True, exist_ok=True)
-            failed_log = output / f"{spec.name}.packer-failed.log"
-            shutil.copyfile(log_path, failed_log)
-            raise ImagebuildError(f"packer build failed (exit {code}); full log: {failed_log}\n"
+            raise ImagebuildError(f"packer build failed (exit {code}); {_keep_failed_log(log_path, output, spec.name)}\n"
                                   + "\n".join(run.errors[-5:]) + "\n--- log tail ---\n" + _log_tail(log_path))
         total = time.monotonic() - started
         step("packer build done; writing manifest")
@@ -268,6 +277,8 @@ def bake(spec: Spec, output: Path, *, base: str | None = None) -> Path:
         step(f"image: {output / image.name} ({manifest['disk_size'] / 2**20:.0f} MiB on disk, "
              f"{total:.0f}s)")
         return output / image.name
+    except OSError as exc:
+        raise ImagebuildError(f"bake of {spec.name} failed: {exc}; nothing was left in {output}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

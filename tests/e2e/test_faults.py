@@ -1,0 +1,128 @@
+"""Faults in the slow paths: each leaves no QEMU behind, no half-written output, and says why."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imagebuild import bake
+from imagebuild.bake import sha256_file
+from imagebuild.errors import ImagebuildError
+from imagebuild.spec import parse
+from imagebuild.verify import verify_image
+
+from .test_bake_verify import with_changes
+
+pytestmark = pytest.mark.e2e
+
+
+def qemu_processes(needle: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if needle in line]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_verifies_at_once_share_nothing(golden_image, golden_spec, tmp_path):
+    """The same image booted twice at once: no fixed ports or scratch paths, each gets its own verdict."""
+    drifted = with_changes(golden_spec, config__oom_score=-500, unit__oom_score_adjust=-500)
+    before = sha256_file(golden_image)
+    with ThreadPoolExecutor(2) as pool:
+        good = pool.submit(verify_image, golden_image, golden_spec, log_dir=str(tmp_path / "good"))
+        bad = pool.submit(verify_image, golden_image, drifted, log_dir=str(tmp_path / "drifted"))
+        good, bad = good.result(), bad.result()
+    assert good["passed"], [c for c in good["checks"] if not c["ok"]]
+    assert not bad["passed"]
+    assert {"config.oom_score", "unit.OOMScoreAdjust", "process.oom_score_adj"} <= set(bad["failed"])
+    by_name = {c["check"]: c for c in bad["checks"]}
+    assert (by_name["config.oom_score"]["expected"], by_name["config.oom_score"]["actual"]) == (-500, -999)
+    assert sha256_file(golden_image) == before
+
+
+def test_qemu_killed_mid_verify(golden_image, golden_spec, tmp_path):
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            verify_image(golden_image, golden_spec, log_dir=str(tmp_path))
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    # The overlay lives in a private scratch dir; find this verify's QEMU by its serial log path.
+    line = wait_for(lambda: qemu_processes(str(tmp_path)), 60, "QEMU to start")[0]
+    time.sleep(5)
+    os.kill(int(line.split()[0]), signal.SIGKILL)
+    worker.join(120)
+    assert not worker.is_alive()
+    assert errors and isinstance(errors[0], ImagebuildError), errors
+    assert "serial" in str(errors[0]).lower()
+    assert not (tmp_path / "verify.json").exists(), "a verify that did not finish writes no verdict"
+    assert qemu_processes(str(tmp_path)) == []
+
+
+def test_bake_interrupted_leaves_nothing(golden_spec, base_image, tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(golden_spec.document))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "imagebuild", "bake", str(spec_file), "-o", str(out),
+                             "--base", str(base_image)], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)
+    reader.start()
+    wait_for(lambda: any("Waiting for SSH" in line or "Connected to SSH" in line for line in seen), 240,
+             "packer to start the build VM")
+    assert qemu_processes(str(tmp_path)), "the build VM should be running"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(180) == 130
+    reader.join(10)
+    assert any("interrupted" in line for line in seen), seen[-5:]
+    wait_for(lambda: not qemu_processes(str(tmp_path)), 30, "the build VM to go away")
+    assert not out.exists() or not list(out.glob("*.qcow2"))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "scratch left behind"
+
+
+def test_bake_on_a_full_disk_fails_cleanly(golden_spec, base_image, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(small)], check=True)
+    try:
+        with pytest.raises(ImagebuildError) as raised:
+            bake.bake(golden_spec, small / "out", base=str(base_image))
+        assert "packer build failed" in str(raised.value)
+        assert not list(small.rglob("*.qcow2"))
+        assert [p.name for p in small.iterdir() if p.name.startswith(".")] == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_wrong_tarball_checksum_fails_the_bake_loudly(golden_spec, base_image, tmp_path):
+    doc = yaml.safe_load(yaml.safe_dump(golden_spec.document))
+    doc["containerd"]["install"]["tarball"]["sha256"] = "0" * 64
+    bad = parse(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    with pytest.raises(ImagebuildError) as raised:
+        bake.bake(bad, out, base=str(base_image))
+    message = str(raised.value)
+    assert "sha256 mismatch" in message and "0" * 64 in message
+    assert not list(out.glob("*.qcow2"))
+    assert (out / f"{bad.name}.packer-failed.log").exists()
+    assert [p.name for p in out.iterdir()] == [f"{bad.name}.packer-failed.log"]
+    assert qemu_processes(str(tmp_path)) == []
