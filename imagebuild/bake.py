@@ -278,7 +278,7 @@ def bake(spec: Spec, output: Path, *, base: str | None = None) -> Path:
              f"{total:.0f}s)")
         return output / image.name
     except OSError as exc:
-        raise ImagebuildError(f"bake of {spec.name} failed: {exc}; nothing was left in {output}") from None
+        raise ImagebuildError(f"bake of {spec.name} failed: {exc}; {output} holds no new image") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
