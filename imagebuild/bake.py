@@ -139,6 +139,13 @@ class PackerRun:
     def run(self, template: Path, variables: dict[str, str], only: str) -> int:
         from packerpy import PackerExecutable
 
+        from .paths import cache_dir
+
+        # packer-py passes no environment of its own: packer inherits ours. Keep its cache (port
+        # reservations, downloads) out of the working directory, and never phone home.
+        os.environ.setdefault("PACKER_CACHE_DIR", str(cache_dir("packer")))
+        os.environ.setdefault("CHECKPOINT_DISABLE", "1")
+
         read_end, write_end = os.pipe()
         reader = os.fdopen(read_end, "r", encoding="utf-8", errors="replace")
         writer = os.fdopen(write_end, "w")
