@@ -55,6 +55,10 @@ regen-cases: venv
 	$(PY) -m tests.cases regen
 	git status --short tests/cases
 
+## fuzz: the property tests with ~300 random specs per property (failures replay first next time)
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_properties.py -q
+
 ## bench: performance figures, side by side
 bench: venv
 	$(PY) -m tests.bench

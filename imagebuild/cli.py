@@ -2,12 +2,14 @@
 `render` stay fast (boto3, packer and QEMU code load only for the commands that use them).
 
 Exit codes: 0 success, 1 a failure explained on stderr, 2 a bad spec or bad arguments,
-130 interrupted. Pipeline-specific codes are listed in `imagebuild pipeline --help`.
+130 interrupted (Ctrl-C or SIGTERM). Pipeline-specific codes are listed in `imagebuild pipeline --help`.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -191,12 +193,42 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _sigterm_as_interrupt():
+    """Route SIGTERM (`kill`, systemd stop, a cancelled CI job) into the Ctrl-C path; returns a
+    function that puts the previous handler back. Only in the main thread (signals go there).
+
+    The first SIGTERM raises KeyboardInterrupt; later ones are dropped while the cleanup runs (it
+    stops its own children and removes its scratch; SIGKILL still ends everything). Dropped by a
+    Python handler, not SIG_IGN, which processes started during the cleanup would inherit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    interrupted = False
+
+    def handler(signum, frame) -> None:
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    restore = _sigterm_as_interrupt()
+    try:
+        return _main(argv)
+    finally:
+        restore()
+
+
+def _main(argv: list[str] | None) -> int:
     from .errors import ImagebuildError
     from .spec import SpecError
 
     try:
+        args = parser().parse_args(argv)
         return args.func(args)
     except SpecError as exc:
         print(f"imagebuild: {exc.report()}", file=sys.stderr)
@@ -207,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imagebuild: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # The machine said no (disk full, permission denied, ...): one line naming the file, not a
+        # traceback. Writers clean up their own temporary files before the error gets here.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"imagebuild: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -296,7 +297,8 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
         if not pkg["version"]:
             problems.append(Problem("containerd.install.package.version",
                                     "got null, expected the exact package version to pin (package method)"))
-        elif not pkg["version"].split(":", 1)[-1].startswith(ctd["version"]):
+        # 1.6.20, 1.6.20~ds1-1 and 2:1.6.20-1 package containerd 1.6.20; 1.6.200-1 does not.
+        elif not re.match(rf"{re.escape(ctd['version'])}(?![0-9.])", pkg["version"].split(":", 1)[-1]):
             problems.append(Problem("containerd.install.package.version",
                                     f"got {pkg['version']!r}, expected a version of containerd {ctd['version']} "
                                     f"(starting with {ctd['version']})"))
@@ -333,6 +335,12 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                         "use mode: hosts")
         if major >= 2 and minor >= 1:
             warnings.append("config.registry.mode: with legacy mirrors containerd 2.1+ falls back to local pull mode")
+    if major == 1:
+        for path in cfg["imports"]:
+            if "*" not in path:
+                warnings.append(f"config.imports: {path} names one file, and containerd 1.x refuses to start "
+                                "when it is missing; make sure something creates it, or use a glob "
+                                "(/etc/containerd/conf.d/*.toml may match nothing)")
     if cfg["discard_unpacked_layers"] and major >= 2 and minor >= 1:
         warnings.append("config.discard_unpacked_layers: true makes containerd 2.1+ fall back to local pull mode")
     if "runc" in cfg["runtimes"]:

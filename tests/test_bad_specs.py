@@ -147,6 +147,8 @@ CASES = [
     Bad("package-without-version", pkg(), "containerd.install.package.version", "got null"),
     Bad("package-version-mismatch", pkg("1.7.24~ds1-6"), "containerd.install.package.version",
         "got '1.7.24~ds1-6', expected a version of containerd 1.6.20"),
+    Bad("package-version-longer", pkg("1.6.200~ds1-1"), "containerd.install.package.version",
+        "got '1.6.200~ds1-1', expected a version of containerd 1.6.20"),
     Bad("package-version-injection", pkg("1.6.20;reboot"), "containerd.install.package.version", "'1.6.20;reboot'"),
     Bad("package-name-space", pkg("1.6.20-1", name="containerd io"), "containerd.install.package.name", "'containerd io'"),
     Bad("tarball-unpinned", tarball(sha256=None, checksum_url=None), "containerd.install.tarball.sha256",
@@ -265,6 +267,13 @@ CASES = [
         "use config.registry instead"),
     Bad("override-version", {"config": {"overrides": {"version": 3}}}, "config.overrides.version",
         "use containerd.version instead"),
+    # containerd 1.x's TOML parser refuses `"a\"b" = ...` (2.x reads it): the config would not load.
+    Bad("override-key-quote-1x", {"config": {"overrides": {"timeouts": {'my"timeout': "5s"}}}},
+        'config.overrides.timeouts.my"timeout', "containerd 1.x cannot read a key holding a double quote"),
+    Bad("override-surrogate", '{"config": {"overrides": {"debug": {"level": "a\\ud800"}}}}',
+        "config.overrides.debug.level", "lone UTF-16 surrogate"),
+    Bad("description-surrogate", 'unit:\n  description: "containerd \\udfff"\n', "unit.description",
+        "lone UTF-16 surrogate"),
     # --- documents that are not a spec at all
     Bad("top-level-list", "- name: x\n", "<spec>", "got list, expected a mapping"),
     Bad("invalid-yaml", "config: {oom_score: -999\n", "<spec>", "not valid YAML"),

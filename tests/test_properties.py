@@ -45,6 +45,8 @@ from imagebuild.render.config_toml import KeyPaths
 from imagebuild.spec import Spec, SpecError, parse
 from tests.support import FAMILY_VERSIONS, cloud_init_schema, containerd_dump, packer_validate, ungzip
 
+pytestmark = pytest.mark.slow  # 1-12 s per property in the ci profile, ~30 s for the file
+
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True, database=None,
                           suppress_health_check=_QUIET, print_blob=True)
@@ -419,7 +421,7 @@ def test_b_hosts_toml_lists_the_hosts_in_order_with_exact_headers(doc_and_spec):
     if mirrors_in_doc is None:  # the seed mirrors (schema default)
         mirrors_in_doc = spec.document["config"]["registry"]["mirrors"]
     assert hosts_files == [f"{spec.config.registry.config_path}/{m['host']}/hosts.toml" for m in mirrors_in_doc]
-    for mirror, doc_mirror, path in zip(spec.config.registry.mirrors, mirrors_in_doc, hosts_files):
+    for mirror, doc_mirror, path in zip(spec.config.registry.mirrors, mirrors_in_doc, hosts_files, strict=True):
         parsed = tomllib.loads(files[path].content.decode("utf-8"))
         assert parsed["server"] == mirror.upstream
         assert list(parsed["host"]) == [ep["url"] for ep in doc_mirror["endpoints"]]
@@ -486,7 +488,7 @@ def test_e_packer_validate_accepts_the_template(batch):
             dirs.append(out / "packer")
         with ThreadPoolExecutor(len(dirs)) as pool:
             results = list(pool.map(packer_validate, dirs))
-    for spec, proc in zip(batch, results):
+    for spec, proc in zip(batch, results, strict=True):
         assert proc.returncode == 0, f"{spec.name}: {proc.stdout}{proc.stderr}"
 
 

@@ -158,6 +158,9 @@ LEGACY = {"mode": "legacy", "mirrors": [{"host": "docker.io", "endpoints": [{"ur
     ({"unit": {"oom_score_adjust": -500}}, "unit.oom_score_adjust (-500) differs from config.oom_score (-999)"),
     ({"unit": {"kill_mode": "control-group"}}, "unit.kill_mode: control-group kills or orphans running containers"),
     ({"unit": {"delegate": False}}, "unit.delegate: false lets systemd take over container cgroups"),
+    # containerd 1.x: "failed to load TOML: /etc/containerd/extra.toml: ... no such file or directory"
+    ({"config": {"imports": ["/etc/containerd/conf.d/*.toml", "/etc/containerd/extra.toml"]}},
+     "config.imports: /etc/containerd/extra.toml names one file, and containerd 1.x refuses to start"),
 ])
 def test_warnings_are_printed_and_render_still_succeeds(tmp_path, doc, fragment):
     spec = spec_of(doc)
@@ -166,6 +169,12 @@ def test_warnings_are_printed_and_render_still_succeeds(tmp_path, doc, fragment)
     assert code == 0, err
     assert "imagebuild: warning: " in err and fragment in err
     assert (tmp_path / "out" / "payload" / "etc" / "containerd" / "config.toml").is_file()
+
+
+def test_globs_and_2x_imports_do_not_warn():
+    assert spec_of({"config": {"imports": ["/etc/containerd/conf.d/*.toml"]}}).warnings == ()
+    assert spec_of({"containerd": {"version": "2.1.9"}, "config": {"imports": ["/etc/containerd/extra.toml"]}}
+                   ).warnings == ()
 
 
 def test_legacy_mirrors_on_1x_do_not_warn_about_pull_mode():

@@ -89,6 +89,30 @@ def test_effective_spec_json_loads_back_to_the_same_spec(tmp_path):
     assert json.loads((first / "spec.json").read_text()) == spec_of(doc).document
 
 
+@pytest.mark.parametrize("doc", [
+    {"config": {"overrides": {"plugins": {"io.containerd.gc.v1.scheduler": {"pause_threshold": 1e-05}},
+                              "debug": {"level": "info"}}}},
+    {"unit": {"description": "containerd \U0001f600 \U00010000"}},
+    {"verify": {"checks": [{"name": "emoji", "run": "echo \U0001f680 done"}]}},
+], ids=["exponent-float", "astral-description", "astral-check"])
+def test_spec_json_is_read_as_json(tmp_path, doc):
+    """Regression (found by tests/test_properties.py): spec.json was read back as YAML, and YAML 1.1
+    reads `1e-05` as a string and a \\ud83d\\ude00 escape pair as two lone surrogates, so the
+    override became a TOML string and the description could not be written at all."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_main(["render", str(write_spec(tmp_path, doc)), "-o", str(first)])[0] == 0
+    code, _, err = run_main(["render", str(first / "spec.json"), "-o", str(second)])
+    assert code == 0, err
+    assert snapshot_bytes(first) == snapshot_bytes(second)
+    assert load(first / "spec.json") == spec_of(doc)
+
+
+def test_json_specs_refuse_duplicate_keys_and_yaml_flow_mappings_still_load():
+    with pytest.raises(SpecError, match="not valid JSON: duplicate key 'name'"):
+        parse('{"name": "a", "name": "b"}')
+    assert parse("{name: flow-style}").name == "flow-style"
+
+
 def test_load_errors_are_spec_errors(tmp_path):
     with pytest.raises(SpecError, match="cannot read"):
         load(tmp_path / "missing.yaml")

@@ -132,13 +132,21 @@ def write_tree(files: dict[str, File], out_dir: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
         raise ImagebuildError(f"{out} exists and is not an imagebuild render directory; "
                               "choose an empty or new directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    earlier = (out / MARKER).exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise _write_error(out, exc, None, earlier) from None
     try:
         for rel, f in files.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(f.content)
+            try:
+                path.write_bytes(f.content)
+            except OSError as exc:
+                exc.filename = exc.filename or str(path)  # ENOSPC from write() names no file
+                raise
             path.chmod(f.mode)
         (tmp / MARKER).write_text("written by imagebuild render; replaced whole on the next render\n")
         tmp.chmod(0o755)
@@ -153,21 +161,41 @@ def write_tree(files: dict[str, File], out_dir: str | Path) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _write_error(out, exc, tmp, earlier) from None
         raise
     return out
 
 
+def _write_error(out: Path, exc: OSError, tmp: Path | None, earlier: bool) -> ImagebuildError:
+    """A failed write (disk full, read-only, permissions) as one clear message, not a traceback."""
+    what = exc.strerror or str(exc)
+    if exc.filename:
+        name = Path(exc.filename)
+        if tmp is not None and name.is_relative_to(tmp):
+            name = out / name.relative_to(tmp)  # where the file was going, not its temporary name
+        what += f" (writing {name})"
+    kept = "the earlier render there is unchanged" if earlier else "nothing was written"
+    return ImagebuildError(f"cannot write the render to {out}: {what}; {kept}")
+
+
 def write_file_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write one file via a temporary sibling and rename: readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise ImagebuildError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            kept = "it is unchanged" if path.exists() else "nothing was written"
+            raise ImagebuildError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
         raise

@@ -1,0 +1,216 @@
+"""Faults that need no QEMU: a base image that is not the one the spec pins, a full disk under the
+output directory, and SIGTERM. Each one ends with a clear message and an exit code, never a
+traceback, and leaves nothing half-made behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imagebuild import cli
+from tests.support import run_cli, run_main, snapshot, write_spec
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs / builds as root")
+
+
+# ------------------------------------------------------------------ (a) base image checksum
+
+
+def test_bake_with_a_base_image_that_does_not_match_its_checksum_stops_before_packer(tmp_path):
+    base = tmp_path / "base.qcow2"
+    base.write_bytes(b"QFI\xfb not really an image, but a file whose sha256 is known\n" * 1000)
+    actual = hashlib.sha256(base.read_bytes()).hexdigest()
+    pinned = "0123456789abcdef" * 4
+    spec = write_spec(tmp_path, {"image": {"base": {"source": str(base), "checksum": f"sha256:{pinned}"}}})
+    out = tmp_path / "out"
+    started = time.monotonic()
+    proc = run_cli("bake", str(spec), "-o", str(out))
+    elapsed = time.monotonic() - started
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert err.startswith("imagebuild: error: image.base.checksum: "), err
+    assert f"sha256:{actual}" in err and f"sha256:{pinned}" in err and "nothing was built" in err
+    assert "Traceback" not in err
+    assert "packer" not in err.lower()  # it stopped before the build started
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.qcow2", "spec.yaml"]  # no scratch left
+    assert elapsed < 15, f"took {elapsed:.1f}s: the checksum should be checked before anything slow"
+
+
+# ------------------------------------------------------------------ (b) no space left
+
+
+@contextlib.contextmanager
+def small_tmpfs(directory: Path, size: str):
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=False)
+
+
+def _no_space(proc: subprocess.CompletedProcess, out: Path, kept: str) -> None:
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert proc.stdout == b""
+    assert err.startswith(f"imagebuild: error: cannot write the render to {out}: No space left on device "
+                          f"(writing {out}/"), err
+    assert err.rstrip().endswith(kept), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@needs_root
+def test_render_onto_a_full_disk_fails_cleanly_and_leaves_nothing(tmp_path):
+    with small_tmpfs(tmp_path / "small", "64k") as small:
+        out = small / "out"
+        proc = run_cli("render", "-o", str(out))
+        _no_space(proc, out, "nothing was written")
+        assert list(small.iterdir()) == []  # no partial tree, no temporary directory
+        assert shutil.disk_usage(small).used == 0
+
+
+@needs_root
+def test_render_that_runs_out_of_space_keeps_the_earlier_render(tmp_path):
+    """Room for one render but not for the second one, which is written beside it before the swap."""
+    with small_tmpfs(tmp_path / "small", "1m") as small:
+        out = small / "out"
+        first = run_cli("render", "-o", str(out))
+        assert first.returncode == 0, first.stderr.decode()
+        before = snapshot(out)
+        used = shutil.disk_usage(small).used
+        # Shrink the filesystem to one and a half renders (tmpfs resizes in place).
+        subprocess.run(["mount", "-o", f"remount,size={used * 3 // 2 // 1024}k", str(small)], check=True)
+        changed = {"config": {"oom_score": -500}, "unit": {"oom_score_adjust": -500}}
+        proc = run_cli("render", str(write_spec(tmp_path, changed)), "-o", str(out))
+        _no_space(proc, out, "the earlier render there is unchanged")
+        assert snapshot(out) == before
+        assert [p.name for p in small.iterdir()] == ["out"]
+        assert shutil.disk_usage(small).used == used
+
+
+@needs_root
+def test_user_data_onto_a_full_disk_fails_cleanly(tmp_path):
+    with small_tmpfs(tmp_path / "small", "16k") as small:
+        (small / "filler").write_bytes(b"x" * 12 * 1024)
+        target = small / "user-data"
+        proc = run_cli("user-data", "-o", str(target))
+        err = proc.stderr.decode()
+        assert proc.returncode == 1, err
+        assert err.startswith(f"imagebuild: error: cannot write {target}: No space left on device"), err
+        assert "Traceback" not in err
+        assert [p.name for p in small.iterdir()] == ["filler"]
+
+
+# ------------------------------------------------------------------ (c) SIGTERM
+
+
+def _start(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "imagebuild", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def test_sigterm_takes_the_ctrl_c_path(tmp_path):
+    """A command blocked on I/O (its spec is a FIFO nobody writes) gets SIGTERM: exit 130, "interrupted"."""
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    proc = _start("render", str(fifo), "-o", str(out))
+    try:
+        time.sleep(0.8)  # started, and blocked in open()
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr.decode()
+    assert stderr.decode().strip().splitlines()[-1] == "imagebuild: interrupted"
+    assert stdout == b"" and b"Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_a_second_sigterm_does_not_cut_the_cleanup_short(monkeypatch):
+    cleaned = []
+
+    def long_command(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # interrupted here
+            return 0
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # impatient: a second one while cleaning up
+            time.sleep(0.05)
+            cleaned.append(True)
+
+    monkeypatch.setattr(cli, "cmd_schema", long_command)
+    started = time.monotonic()
+    code, _, err = run_main(["schema"])
+    assert code == 130 and err == "imagebuild: interrupted\n"
+    assert cleaned == [True] and time.monotonic() - started < 5
+
+
+def test_main_restores_the_sigterm_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_main(["schema"])[0] == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _processes_mentioning(needle: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if needle in cmdline:
+                found.append(f"{pid} {cmdline}")
+    return found
+
+
+def _mounts_under(path: Path) -> list[str]:
+    real = os.path.realpath(path)
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1].encode().decode("unicode_escape") for line in mounts]
+    return [p for p in points if p == real or p.startswith(real + "/")]
+
+
+@needs_root
+@pytest.mark.slow  # a few seconds: mmdebstrap starts and is stopped
+def test_sigterm_during_a_base_image_build_leaves_an_empty_cache(tmp_path):
+    missing = [tool for tool in ("mmdebstrap", "sfdisk", "mkfs.ext4", "grub-mkimage", "qemu-img")
+               if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"base-image needs {', '.join(missing)}")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    proc = _start("base-image", env={"IMAGEBUILD_CACHE": str(cache)}, cwd=tmp_path)
+    try:
+        time.sleep(2)
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert _processes_mentioning(str(cache)), "mmdebstrap should be building under the cache by now"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = stderr.decode()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "imagebuild: interrupted", err
+    assert "Traceback" not in err and stdout == b""
+    # Nothing of the build is left: no image, no work tree, no mounts, no mmdebstrap/apt processes.
+    # Only base/<recipe hash>/ and its (empty, unlocked) .lock file stay.
+    left = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*"))
+    assert [p for p in left if p.count("/") > 2 or (p.count("/") == 2 and not p.endswith("/.lock"))] == [], left
+    assert _mounts_under(cache) == []
+    assert _processes_mentioning(str(cache)) == []
