@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__, render
+from .digest import sha256_file
 from .errors import ImagebuildError
 from .progress import step
 from .render.templating import shipped_dir
@@ -56,14 +57,6 @@ def inputs_hash(spec: Spec, base_checksum: str) -> str:
     blob = json.dumps({"spec": spec.spec_hash, "artifacts": artifacts, "base": base_checksum,
                        "imagebuild": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_base(spec: Spec, base: str | None) -> tuple[str, str]:

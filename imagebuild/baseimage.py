@@ -192,11 +192,9 @@ def recipe_hash(spec: dict | None = None) -> str:
 
 def checksum(path: str | os.PathLike) -> str:
     """``"sha256:<hex>"`` of the file at *path*."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    from .digest import sha256_file
+
+    return "sha256:" + sha256_file(path)
 
 
 def cached_image(out_dir: str | os.PathLike | None = None) -> Path | None:

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
 from imagebuild.progress import step
@@ -362,14 +363,6 @@ def _tar_info(name: str, size: int = 0, mode: int = 0o755, kind: bytes = tarfile
     return info
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def release_tarballs(family: str, out_dir: Path | str,
                      compresslevel: int = 6) -> dict[str, dict[str, str]]:
     """Official-release-shaped artifacts of *family* in *out_dir*, from the Debian binaries.
@@ -402,8 +395,8 @@ def release_tarballs(family: str, out_dir: Path | str,
     os.chmod(runc.with_name(runc.name + ".tmp"), 0o755)
     os.replace(runc.with_name(runc.name + ".tmp"), runc)
     result = {
-        "containerd": {"path": str(tarball), "sha256": _sha256_file(tarball), "version": c_version},
-        "runc": {"path": str(runc), "sha256": _sha256_file(runc),
+        "containerd": {"path": str(tarball), "sha256": sha256_file(tarball), "version": c_version},
+        "runc": {"path": str(runc), "sha256": sha256_file(runc),
                  "version": upstream_version(versions["runc"])},
     }
     for item in result.values():

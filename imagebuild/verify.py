@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from . import qemu, render
-from .bake import sha256_file
+from .digest import sha256_file
 from .errors import ImagebuildError
 from .progress import step
 from .render import userdata

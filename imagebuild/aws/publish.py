@@ -8,7 +8,6 @@ everything is done. The SSM parameter is set last, once every region has the sha
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import time
@@ -28,6 +27,7 @@ from imagebuild.aws.upload import (
     upload_raw,
     volume_size_gib,
 )
+from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import step
 
@@ -39,14 +39,6 @@ POLL_INTERVAL = 10.0
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:

@@ -13,6 +13,7 @@ import pytest
 from imagebuild import bake as bake_module
 from imagebuild.aws.clients import boto3_clients
 from imagebuild.bake import inputs_hash
+from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.pipeline import FAILED, STEPS, UNCHANGED, BuildDecision, decide, run_pipeline
 from tests.support import run_main, spec_of, write_spec
@@ -141,7 +142,7 @@ def no_bake(monkeypatch):
 
 
 def _base_checksum(path: Path) -> str:
-    return "sha256:" + bake_module.sha256_file(path)
+    return "sha256:" + sha256_file(path)
 
 
 def test_unchanged_inputs_skip_without_baking(aws, boto, clients, junk_base, no_bake, tmp_path):

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from imagebuild import baseimage
-from imagebuild.bake import inputs_hash, sha256_file
+from imagebuild.bake import inputs_hash
+from imagebuild.digest import sha256_file
 from imagebuild.pipeline import PUBLISHED, UNCHANGED, run_pipeline
 from imagebuild.spec import parse
 # The e2e suite's session fixtures, reused as they are (fixtures imported into a module are its own).

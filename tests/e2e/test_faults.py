@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from imagebuild import bake
-from imagebuild.bake import sha256_file
+from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import parse
 from imagebuild.verify import verify_image
