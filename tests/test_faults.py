@@ -128,12 +128,22 @@ def test_sigterm_takes_the_ctrl_c_path(tmp_path):
     os.mkfifo(fifo)
     out = tmp_path / "out"
     proc = _start("render", str(fifo), "-o", str(out))
+    writer = None
     try:
-        time.sleep(0.8)  # started, and blocked in open()
-        assert proc.poll() is None
+        # Opening the FIFO's write end succeeds only once imagebuild has opened it to read the spec:
+        # it is then inside main(), its handler installed, and blocked reading (we never write).
+        deadline = time.monotonic() + 60
+        while writer is None:
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "imagebuild never opened its spec"
+                time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
+        if writer is not None:
+            os.close(writer)
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr.decode()
