@@ -4,6 +4,17 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A check that could not run fails loudly: every skip (missing tool, not root) is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"could not run, so it fails: {reason}"
+
+
 @pytest.fixture(scope="session")
 def release_16(tmp_path_factory):
     """Release-shaped containerd 1.6 + runc artifacts served from 127.0.0.1 (ephemeral port).
