@@ -242,8 +242,11 @@ def _log_tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def bake(spec: Spec, output: Path, *, base: str | None = None) -> Path:
-    """Build the golden qcow2 into *output*; returns the image path. Nothing half-made stays behind."""
+def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict[str, str] | None = None) -> Path:
+    """Build the golden qcow2 into *output*; returns the image path. Nothing half-made stays behind.
+
+    *packer_vars* override template variables (the benchmark compares disk_discard=ignore).
+    """
     from . import qemu
 
     output = output.resolve()
@@ -261,7 +264,8 @@ def bake(spec: Spec, output: Path, *, base: str | None = None) -> Path:
         run = PackerRun(log_path)
         variables = {"base_image": base_source, "base_checksum": base_checksum,
                      "output_directory": str(packer_out), "accelerator": accelerator,
-                     "ssh_private_key_file": str(render_dir / "packer" / "seed" / "id_ed25519")}
+                     "ssh_private_key_file": str(render_dir / "packer" / "seed" / "id_ed25519"),
+                     **(packer_vars or {})}
         code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
         image = packer_out / f"{spec.name}.qcow2"
         if code != 0 or not image.is_file():

@@ -31,6 +31,16 @@ variable "accelerator" {
   }
 }
 
+variable "disk_discard" {
+  type        = string
+  description = "unmap: blocks the build frees become holes in the qcow2; ignore: they stay (for comparison)."
+  default     = "unmap"
+  validation {
+    condition     = contains(["unmap", "ignore"], var.disk_discard)
+    error_message = "The disk_discard must be unmap or ignore."
+  }
+}
+
 variable "ssh_private_key_file" {
   type        = string
   description = "Private key of the build user the NoCloud seed (seed/) creates."
@@ -59,8 +69,8 @@ source "qemu" "golden" {
   disk_interface   = "virtio"
   # Blocks the build frees (the downloaded tarball, apt lists, logs) and fstrim reports become
   # holes in the qcow2 instead of data: the image grows by little more than the payload.
-  disk_discard       = "unmap"
-  disk_detect_zeroes = "unmap"
+  disk_discard       = var.disk_discard
+  disk_detect_zeroes = var.disk_discard == "unmap" ? "unmap" : "off"
   net_device       = "virtio-net"
   accelerator      = var.accelerator
   cpus             = 2
