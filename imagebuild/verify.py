@@ -14,13 +14,12 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import yaml
-
 from . import qemu, render
 from .digest import sha256_file
 from .errors import ImagebuildError
 from .progress import step
 from .render import userdata
+from .render.templating import render_template
 from .spec import Spec
 
 VERIFY_DIR = f"{render.GUEST_DIR}/verify"
@@ -28,35 +27,20 @@ SEED_MOUNT = "/run/imagebuild-seed"
 TEST_IMAGE = "test-image.tar"
 
 
-def _verify_steps(instance_id: str) -> tuple[list[tuple[str, bytes, int]], list]:
-    """write_files entries and runcmd lines that run the check and power the guest off."""
-    check = f"""set -u
-mkdir -p {SEED_MOUNT}
-mount -o ro /dev/disk/by-label/cidata {SEED_MOUNT} 2>/dev/null || mount -o ro LABEL=CIDATA {SEED_MOUNT} || true
-results=/dev/virtio-ports/{qemu.RESULTS_PORT}
-[ -e "$results" ] || results=/dev/ttyS0
-python3 {VERIFY_DIR}/check.py --phase boot --expected {VERIFY_DIR}/expected.json \\
-  --test-image {SEED_MOUNT}/{TEST_IMAGE} --instance-id {instance_id} --results "$results"
-"""
-    return [(f"{VERIFY_DIR}/run-check.sh", check.encode(), 0o755)], [
-        ["bash", f"{VERIFY_DIR}/run-check.sh"],
-        ["systemctl", "poweroff"],
-    ]
-
-
 def _seed_files(spec: Spec, *, install: bool) -> tuple[bytes, str]:
-    """(user-data, instance-id) for a verify boot; *install* adds the spec's own user-data first."""
+    """(user-data, instance-id) of a verify boot: the check and what it expects, a script that runs
+    it and reports over the results port, then power-off. *install* first installs the spec the
+    way its own user-data does (the user-data path)."""
     instance_id = f"imagebuild-verify-{uuid.uuid4().hex[:12]}"
     files = render.guest_files(spec)
-    staged: list[tuple[str, bytes, int]] = []
-    if install:
-        staged += [(f"{render.GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()]
+    staged = [(f"{render.GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()] if install else []
     staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode) for name in ("check.py", "expected.json")]
-    extra_files, runcmd = _verify_steps(instance_id)
-    install_cmd = ["bash", f"{render.GUEST_DIR}/install.sh", f"{render.GUEST_DIR}/payload"] if install else ["true"]
-    doc = yaml.safe_load(userdata.cloud_config(staged + extra_files, install_cmd).split("\n", 1)[1])
-    doc["runcmd"] += runcmd
-    return userdata.dump(doc).encode(), instance_id
+    run_check = render_template("run-check.sh.j2", verify_dir=VERIFY_DIR, seed_mount=SEED_MOUNT,
+                                results_port=qemu.RESULTS_PORT, test_image=TEST_IMAGE, instance_id=instance_id)
+    staged.append((f"{VERIFY_DIR}/run-check.sh", run_check.encode(), 0o755))
+    commands = ([render.INSTALL_COMMAND] if install else []) + [["bash", f"{VERIFY_DIR}/run-check.sh"],
+                                                                 ["systemctl", "poweroff"]]
+    return userdata.cloud_config(staged, commands).encode(), instance_id
 
 
 def _boot(disk: Path, spec: Spec, user_data: bytes, instance_id: str, test_image: Path, log_dir: Path,

@@ -29,6 +29,7 @@ BUILD_USER = "imagebuild-build"
 MARKER = ".imagebuild-render"
 DROPINS = ("10-exec", "20-lifecycle", "30-limits", "40-oom", "50-ordering")
 SYSCTL_PATH = "/etc/sysctl.d/99-containerd.conf"
+INSTALL_COMMAND = ["bash", f"{GUEST_DIR}/install.sh", f"{GUEST_DIR}/payload"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def cloud_config(spec: Spec, files: dict[str, File] | None = None) -> str:
     """The #cloud-config document (never gzipped): every guest file via write_files, then install.sh."""
     files = guest_files(spec) if files is None else files
     staged = [(f"{GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()]
-    return userdata.cloud_config(staged, ["bash", f"{GUEST_DIR}/install.sh", f"{GUEST_DIR}/payload"])
+    return userdata.cloud_config(staged, [INSTALL_COMMAND])
 
 
 def user_data(spec: Spec, fmt: str = "cloud-config", files: dict[str, File] | None = None) -> bytes:

@@ -41,8 +41,8 @@ def base_document() -> dict:
     return yaml.safe_load((shipped_dir("cloud-init") / "user-data.yaml").read_text())
 
 
-def cloud_config(guest_files: Iterable[tuple[str, bytes, int]], install_command: list[str]) -> str:
-    """#cloud-config writing *guest_files* (guest path, content, mode) and running *install_command*."""
+def cloud_config(guest_files: Iterable[tuple[str, bytes, int]], commands: list[list[str]]) -> str:
+    """#cloud-config writing *guest_files* (guest path, content, mode), then running *commands*."""
     doc = base_document()
     doc["write_files"] = list(doc.get("write_files") or [])
     for path, content, mode in guest_files:
@@ -56,7 +56,7 @@ def cloud_config(guest_files: Iterable[tuple[str, bytes, int]], install_command:
             entry["encoding"] = "b64"
             entry["content"] = base64.b64encode(content).decode()
         doc["write_files"].append(entry)
-    doc["runcmd"] = list(doc.get("runcmd") or []) + [install_command]
+    doc["runcmd"] = list(doc.get("runcmd") or []) + commands
     return dump(doc)
 
 
