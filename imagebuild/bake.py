@@ -84,15 +84,17 @@ def resolve_base(spec: Spec, base: str | None) -> tuple[str, str]:
     return str(path), baseimage.checksum(path)
 
 
-# Packer UI messages that open each phase of a qemu build, for the duration breakdown.
+# Packer UI messages that open each phase of a qemu build, for the duration breakdown, and the
+# phase that must have opened first (the check is the inline script after hygiene, not the
+# install's inline script).
 PHASES = [
-    ("boot", re.compile(r"Starting VM|Starting HTTP server|Creating required virtual machine disks|Copying hard drive")),
-    ("provision", re.compile(r"Connected to SSH!")),
-    ("hygiene", re.compile(r"Provisioning with shell script: .*hygiene\.sh")),
-    ("check", re.compile(r"check\.py --phase build|Provisioning with shell script: /tmp/packer-shell\d+$")),
-    ("shutdown", re.compile(r"Gracefully halting virtual machine")),
-    ("convert", re.compile(r"Converting hard drive")),
-    ("post-process", re.compile(r"Running post-processor")),
+    ("boot", re.compile(r"Starting VM|Starting HTTP server|Creating required virtual machine disks|Copying hard drive"), None),
+    ("provision", re.compile(r"Connected to SSH!"), None),
+    ("hygiene", re.compile(r"Provisioning with shell script: .*hygiene\.sh"), None),
+    ("check", re.compile(r"Provisioning with shell script: /tmp/packer-shell\d+$"), "hygiene"),
+    ("shutdown", re.compile(r"Gracefully halting virtual machine"), None),
+    ("convert", re.compile(r"Converting hard drive"), None),
+    ("post-process", re.compile(r"Running post-processor"), None),
 ]
 
 
@@ -119,8 +121,9 @@ class PackerRun:
                     log.write(text + "\n")
                     log.flush()
                     elapsed = time.monotonic() - self.started
-                    for name, pattern in PHASES:
-                        if name not in self.phase_starts and pattern.search(text):
+                    for name, pattern, after in PHASES:
+                        ready = after is None or after in self.phase_starts
+                        if name not in self.phase_starts and ready and pattern.search(text):
                             self.phase_starts[name] = elapsed
                     if data[0] == "error":
                         self.errors.append(text)
