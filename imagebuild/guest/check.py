@@ -100,6 +100,17 @@ def service_checks(rep: Reporter, exp: dict) -> None:
         rep.check("version.runc", exp["runc_version"], actual, version_matches(exp["runc_version"], actual))
 
 
+def package_checks(rep: Reporter, exp: dict) -> None:
+    """Package installs: the pinned version is the installed one, and held when the spec says so."""
+    pkg = exp.get("package")
+    if not pkg:
+        return
+    installed = run("dpkg-query", "-W", "-f=${Version}", pkg["name"])
+    rep.check("package.version", pkg["version"], installed.stdout.strip() if installed.returncode == 0 else "<not installed>")
+    held = pkg["name"] in run("apt-mark", "showhold").stdout.split()
+    rep.check("package.hold", "held" if pkg["hold"] else "not held", "held" if held else "not held")
+
+
 def config_checks(rep: Reporter, exp: dict) -> None:
     dump = run("containerd", "config", "dump")
     try:
@@ -248,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     exp = json.loads(Path(args.expected).read_text())
     rep = Reporter(args.results)
     service_checks(rep, exp)
+    package_checks(rep, exp)
     config_checks(rep, exp)
     file_checks(rep, exp)
     active_at = unit_checks(rep, exp)

@@ -70,10 +70,12 @@ def unit_expectations(spec: Spec) -> dict[str, str]:
 def render(spec: Spec, files: list[dict], build_user: str) -> dict:
     """The whole expectation document; *files* are the payload entries (path, sha256)."""
     method = spec.containerd.install.method
+    pkg = spec.containerd.install.package
     return {
         "spec_hash": spec.spec_hash,
         "containerd_version": spec.containerd.version,
         "runc_version": spec.containerd.install.runc.version if method == "tarball" else None,
+        "package": {"name": pkg.name, "version": pkg.version, "hold": pkg.hold} if method == "package" else None,
         "config_version": spec.containerd.config_version,
         "config": config_expectations(spec),
         "files": [{"path": f["path"], "sha256": f["sha256"]} for f in files],
