@@ -16,7 +16,7 @@ export CHECKPOINT_DISABLE := 1
 
 ## golden: the main job on the built-in default spec: base image, bake, verify, print the report
 golden: venv
-	$(PY) -m imagebuild.golden --work $(BUILD)/golden
+	$(PY) -m imagebuild golden --work $(BUILD)/golden
 
 ## test: everything CI runs
 test: venv

@@ -94,6 +94,12 @@ def cmd_bake(args) -> int:
     return 0
 
 
+def cmd_golden(args) -> int:
+    from .golden import run
+
+    return run(Path(args.work), args.spec)
+
+
 def cmd_verify(args) -> int:
     from .verify import verify_image, verify_user_data, print_report
 
@@ -171,6 +177,9 @@ def parser() -> argparse.ArgumentParser:
     p = command("bake", cmd_bake, "render, run packer build (qemu), and write the image with manifest.json")
     p.add_argument("-o", "--output", default="output", help="output directory for the image (default: output)")
     p.add_argument("--base", help="base qcow2 overriding the spec's image.base (default: `imagebuild base-image`)")
+    p = command("golden", cmd_golden, "the main job where GitHub is unreachable: base image, bake with "
+                "containerd/runc served from a local mirror of Debian's binaries, verify")
+    p.add_argument("--work", default="build/golden", help="work directory (default: build/golden)")
     p = command("verify", cmd_verify, "boot an image (or the user-data on a base image) in QEMU and check it",
                 spec="opt")
     p.add_argument("image", nargs="?", metavar="IMAGE", help="qcow2 to verify (never modified)")

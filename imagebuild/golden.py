@@ -7,19 +7,18 @@
 3. the default spec with only those two download URLs (and their pinned sha256) redirected;
 4. bake, then verify the baked image, printing the verify table.
 
-    python -m imagebuild.golden [--work DIR] [--spec SPEC]
+    imagebuild golden [--work DIR] [SPEC]
 """
 from __future__ import annotations
 
-import argparse
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from .errors import ImagebuildError
 from .progress import step
-from .spec import Spec, SpecError, load, parse
+from .spec import Spec, load, parse
 
 GUEST_HOST = "10.0.2.2"  # the host's loopback as QEMU user-mode networking shows it to the guest
 
@@ -43,39 +42,34 @@ def mirrored(art: dict, base_url: str, root: Path) -> dict:
             "version": art["version"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m imagebuild.golden", description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default="build/golden", help="work directory (default: build/golden)")
-    parser.add_argument("--spec", help="spec to use instead of the built-in default")
-    args = parser.parse_args(argv)
-    from . import baseimage, debian_artifacts
-    from .bake import bake
+@contextmanager
+def local_mirror(spec: Spec) -> Iterator[Spec]:
+    """*spec* with containerd and runc served from 127.0.0.1, while the server runs.
+
+    The release-shaped tarballs are assembled from Debian's binaries of the spec's family.
+    """
+    from . import debian_artifacts
     from .paths import cache_dir
+
+    family = spec.containerd.family
+    step(f"assembling release-shaped containerd {family} and runc tarballs from Debian's binaries")
+    mirror_dir = cache_dir("mirror", family)
+    artifacts = debian_artifacts.release_tarballs(family, mirror_dir)
+    with debian_artifacts.serve(mirror_dir) as url:
+        guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
+        yield local_mirror_spec(spec, mirrored(artifacts["containerd"], guest_url, mirror_dir),
+                                mirrored(artifacts["runc"], guest_url, mirror_dir))
+
+
+def run(work: Path, spec_path: str | None = None) -> int:
+    """Base image, bake through the local mirror, verify; prints the verify table. Exit code."""
+    from . import baseimage
+    from .bake import bake
     from .verify import print_report, verify_image
 
-    work = Path(args.work).resolve()
-    try:
-        spec = load(args.spec)
-        base = baseimage.build()
-        family = spec.containerd.family
-        step(f"assembling release-shaped containerd {family} and runc tarballs from Debian's binaries")
-        mirror_dir = cache_dir("mirror", family)
-        artifacts = debian_artifacts.release_tarballs(family, mirror_dir)
-        with debian_artifacts.serve(mirror_dir) as url:
-            guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
-            local = local_mirror_spec(spec, mirrored(artifacts["containerd"], guest_url, mirror_dir),
-                                      mirrored(artifacts["runc"], guest_url, mirror_dir))
-            image = bake(local, work / "output", base=str(base))
-        report = verify_image(image, local)
-        print_report(report)
-        return 0 if report["passed"] else 1
-    except SpecError as exc:
-        print(f"imagebuild: {exc.report()}", file=sys.stderr)
-        return 2
-    except ImagebuildError as exc:
-        print(f"imagebuild: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    base = baseimage.build()
+    with local_mirror(load(spec_path)) as local:
+        image = bake(local, work.resolve() / "output", base=str(base))
+    report = verify_image(image, local)
+    print_report(report)
+    return 0 if report["passed"] else 1

@@ -57,7 +57,8 @@ def cli_figures(runs: int) -> list[tuple[str, str, str]]:
 def qemu_figures() -> list[tuple[str, str, str]]:
     from imagebuild import baseimage, debian_artifacts
     from imagebuild.bake import bake
-    from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
+    from imagebuild.golden import local_mirror
+    from imagebuild.paths import cache_dir
     from imagebuild.spec import load, parse
     from imagebuild.verify import verify_image, verify_user_data
 
@@ -66,13 +67,10 @@ def qemu_figures() -> list[tuple[str, str, str]]:
     start = time.perf_counter()
     base = baseimage.build()
     rows.append(("base image (cached after the first build)", f"{time.perf_counter() - start:.1f} s", str(base.name)))
-    mirror_dir = work / "mirror"
-    arts = debian_artifacts.release_tarballs("1.6", mirror_dir)
-    payload = sum(Path(a["path"]).stat().st_size for a in arts.values())
-    with debian_artifacts.serve(mirror_dir) as url:
-        guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
-        spec = local_mirror_spec(load(), mirrored(arts["containerd"], guest_url, mirror_dir),
-                                 mirrored(arts["runc"], guest_url, mirror_dir))
+    with local_mirror(load()) as spec:
+        served = cache_dir("mirror", spec.containerd.family)
+        install = spec.containerd.install
+        payload = sum((served / art.filename).stat().st_size for art in (install.tarball, install.runc))
         start = time.perf_counter()
         image = bake(spec, work / "output", base=str(base))
         bake_s = time.perf_counter() - start
