@@ -365,11 +365,16 @@ class BootResult:
 
     @property
     def results(self) -> list[str]:
-        """Payloads of the IMAGEBUILD-RESULT and IMAGEBUILD-DONE lines, in order (results
-        port preferred, console as fallback)."""
+        """Payloads of the IMAGEBUILD-RESULT and IMAGEBUILD-DONE lines, in order: from the results
+        port if it carries the DONE line, else from the console if that does (QEMU is stopped
+        at the first DONE it sees, and the port's copy can still be in flight), else whichever
+        source has any."""
         pat = f"(?:{re.escape(RESULT_PREFIX)}|{re.escape(DONE_PREFIX)})"
-        from_port = _parse_marked(self.results_text(), pat)
-        return from_port if from_port else _parse_marked(self.console_text(), pat)
+        port, console = self.results_text(), self.console_text()
+        for text in (port, console):
+            if _parse_marked(text, re.escape(DONE_PREFIX)):
+                return _parse_marked(text, pat)
+        return _parse_marked(port, pat) or _parse_marked(console, pat)
 
     def records(self, prefix: str = RESULT_PREFIX) -> list:
         """:meth:`marked` payloads parsed as JSON (unparsable ones skipped)."""

@@ -69,6 +69,15 @@ def test_boot_result_prefers_the_results_port():
     assert both.kernel_at == 1.0 and both.done_at == 9.0          # no marker: QEMU's exit
     console_only = result([L(2.0, "console", 'IMAGEBUILD-RESULT {"from": "console"}')])
     assert console_only.records() == [{"from": "console"}]
+    # QEMU was stopped at the console's DONE before the port's copy landed: the console's
+    # complete report wins over the port's truncated one.
+    port_behind = result([L(2.0, "results", 'IMAGEBUILD-RESULT {"from": "port"}'),
+                          L(2.1, "console", '[ 2.1] cloud-init[511]: IMAGEBUILD-RESULT {"from": "console"}'),
+                          L(2.2, "console", '[ 2.2] cloud-init[511]: IMAGEBUILD-DONE {"passed": 1, "failed": 0}')])
+    assert port_behind.results == ['{"from": "console"}', '{"passed": 1, "failed": 0}']
+    no_done = result([L(2.0, "results", 'IMAGEBUILD-RESULT {"from": "port"}'),
+                      L(2.1, "console", 'IMAGEBUILD-RESULT {"from": "console"}')])
+    assert no_done.results == ['{"from": "port"}']
 
 
 def test_guest_emit_function_writes_whole_lines(tmp_path):

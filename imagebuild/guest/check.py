@@ -29,9 +29,10 @@ CONTAINER_TIMEOUT = 180
 
 class Reporter:
     def __init__(self, results_path: str | None):
-        self.sinks = [sys.stdout]
-        if results_path:
-            self.sinks.append(open(results_path, "w", encoding="utf-8", buffering=1))
+        # The port first: the host stops QEMU at the first DONE line it sees, and the console
+        # (a slow emulated UART behind cloud-init's pipe) should not win that race.
+        self.sinks = [open(results_path, "w", encoding="utf-8", buffering=1)] if results_path else []
+        self.sinks.append(sys.stdout)
         self.passed = self.failed = 0
 
     def emit(self, prefix: str, record: dict) -> None:
