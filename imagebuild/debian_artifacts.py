@@ -46,6 +46,9 @@ PACKAGES: tuple[str, ...] = ("containerd", "runc")
 #: The three binaries of an official `containerd-<v>-linux-<arch>.tar.gz` we reproduce.
 TARBALL_BINARIES: tuple[str, ...] = ("containerd", "containerd-shim-runc-v2", "ctr")
 
+#: Suite Debian's CNI plugins (`containernetworking-plugins`) are taken from.
+CNI_SUITE = "bookworm"
+
 #: Name under which the registry-free test image is imported.
 TEST_IMAGE_REF = "docker.io/library/imagebuild-busybox:latest"
 
@@ -403,6 +406,46 @@ def release_tarballs(family: str, out_dir: Path | str,
         path = Path(item["path"])
         path.with_name(path.name + ".sha256sum").write_text(f"{item['sha256']}  {path.name}\n")
     return result
+
+
+def cni_plugins() -> tuple[str, Path]:
+    """(upstream version, directory of the plugin binaries) of Debian's CNI plugins (cached).
+
+    Why: the install path for `containerd.install.cni_plugins` runs against real plugins.
+    """
+    target = cache_dir("cni-plugins", CNI_SUITE)
+    root = _fetch_unpacked(target, cache_dir("cni-plugins") / f".{CNI_SUITE}.lock",
+                           CNI_SUITE, ("containernetworking-plugins",))
+    plugins = root / "usr" / "lib" / "cni"
+    if not (plugins / "loopback").is_file():
+        raise ImagebuildError("containernetworking-plugins did not contain usr/lib/cni/loopback")
+    stamp = json.loads((root / _STAMP).read_text())
+    return upstream_version(stamp["packages"]["containernetworking-plugins"]), plugins
+
+
+def cni_tarball(out_dir: Path | str, compresslevel: int = 6) -> dict[str, str]:
+    """An official-release-shaped `cni-plugins-linux-<arch>-v<v>.tgz` (plugins at `./<name>`,
+    reproducible like :func:`release_tarballs`) and its upstream-style `.sha256` in *out_dir*.
+
+    Returns {"path", "sha256", "version", "plugins": [names]}.
+    """
+    version, plugins = cni_plugins()
+    names = sorted(p.name for p in plugins.iterdir() if p.is_file())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tarball = out / f"cni-plugins-linux-{_deb_arch()}-v{version}.tgz"
+    tmp = tarball.with_name(tarball.name + ".tmp")
+    with open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                          compresslevel=compresslevel) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in names:
+            with open(plugins / name, "rb") as fh:
+                tar.addfile(_tar_info(f"./{name}", (plugins / name).stat().st_size), fh)
+    os.replace(tmp, tarball)
+    sha256 = sha256_file(tarball)
+    tarball.with_name(tarball.name + ".sha256").write_text(f"{sha256}  {tarball.name}\n")
+    return {"path": str(tarball), "sha256": sha256, "version": version, "plugins": names}
 
 
 def busybox_static() -> Path:

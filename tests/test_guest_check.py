@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from imagebuild import debian_artifacts
 from imagebuild.guest import check
 
 
@@ -39,3 +40,24 @@ def test_package_checks_read_the_real_dpkg_database(monkeypatch):
 
 def test_tarball_installs_have_no_package_checks(monkeypatch):
     assert _results(monkeypatch, {"package": None}, check.package_checks) == []
+
+
+def test_cni_check_runs_the_real_loopback_plugin(monkeypatch):
+    _, plugins = debian_artifacts.cni_plugins()
+    [result] = _results(monkeypatch, {"cni_plugins_dir": str(plugins)}, check.cni_checks)
+    assert result["check"] == "cni.loopback" and result["ok"], result
+    assert "1.0.0" in result["actual"]
+
+
+def test_cni_check_fails_on_a_missing_or_broken_plugin(monkeypatch, tmp_path):
+    [missing] = _results(monkeypatch, {"cni_plugins_dir": str(tmp_path)}, check.cni_checks)
+    assert not missing["ok"] and "FileNotFoundError" in missing["actual"]
+    broken = tmp_path / "loopback"
+    broken.write_text("#!/bin/sh\necho 'not a plugin' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    [failed] = _results(monkeypatch, {"cni_plugins_dir": str(tmp_path)}, check.cni_checks)
+    assert not failed["ok"] and failed["actual"] == "exit 1: not a plugin"
+
+
+def test_no_cni_plugins_no_cni_check(monkeypatch):
+    assert _results(monkeypatch, {"cni_plugins_dir": None}, check.cni_checks) == []

@@ -148,6 +148,42 @@ def test_second_run_changes_nothing(first_install, tmp_path):
     assert snapshot(root) == before  # every file: content, mode and mtime
 
 
+@pytest.fixture(scope="module")
+def cni_release(release_16):
+    """Release-shaped CNI plugins (Debian's) beside release_16's artifacts, on the same server."""
+    return debian_artifacts.cni_tarball(release_16["dir"], compresslevel=1)
+
+
+@needs_root
+def test_cni_plugins_are_verified_installed_and_then_left_alone(tmp_path, release_16, cni_release):
+    doc = _doc(release_16)
+    url = f"{release_16['url']}/{Path(cni_release['path']).name}"
+    # no sha256: the default checksum_url ({url}.sha256, upstream's layout) is fetched and checked
+    doc["containerd"]["install"]["cni_plugins"] = {"version": cni_release["version"], "url": url}
+    out = _render(tmp_path, doc)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = _install(out, scratch)
+    assert proc.returncode == 0, proc.stderr
+    assert f"sha256 verified: {Path(cni_release['path']).name}" in proc.stderr
+    _, plugins = debian_artifacts.cni_plugins()
+    installed = sorted(p.name for p in (scratch / "opt/cni/bin").iterdir())
+    assert installed == cni_release["plugins"] and "loopback" in installed
+    for name in installed:
+        path = scratch / "opt/cni/bin" / name
+        assert path.read_bytes() == (plugins / name).read_bytes(), name
+        assert path.stat().st_mode & 0o777 == 0o755, name
+    stamp = (scratch / "var/lib/imagebuild/installed/cni-plugins").read_text().splitlines()
+    assert stamp[0] == url and len(stamp) == 1 + len(installed)
+
+    root = _copy_root(scratch, tmp_path / "again")
+    before = snapshot(root)
+    again = _install(out, root)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to change" in again.stderr and "downloading" not in again.stderr
+    assert snapshot(root) == before
+
+
 @needs_root
 def test_wrong_sha256_fails_loudly_and_installs_nothing(tmp_path, release_16):
     doc = _doc(release_16)

@@ -112,6 +112,23 @@ def package_checks(rep: Reporter, exp: dict) -> None:
     rep.check("package.hold", "held" if pkg["hold"] else "not held", "held" if held else "not held")
 
 
+def cni_checks(rep: Reporter, exp: dict) -> None:
+    """Installs with CNI plugins: the plugins run here and answer the CNI VERSION call
+    (`loopback` is in every release of the plugins)."""
+    bin_dir = exp.get("cni_plugins_dir")
+    if not bin_dir:
+        return
+    try:
+        done = subprocess.run([f"{bin_dir}/loopback"], env={"CNI_COMMAND": "VERSION"}, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=30)
+        answer = json.loads(done.stdout)["supportedVersions"] if done.returncode == 0 else \
+            f"exit {done.returncode}: {done.stderr.strip()[-200:]}"
+    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError) as exc:
+        answer = f"{type(exc).__name__}: {exc}"
+    ok = isinstance(answer, list) and bool(answer)
+    rep.check("cni.loopback", "answers CNI VERSION", f"supports {', '.join(answer)}" if ok else answer, ok)
+
+
 def config_checks(rep: Reporter, exp: dict) -> None:
     dump = run("containerd", "config", "dump")
     try:
@@ -261,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = Reporter(args.results)
     service_checks(rep, exp)
     package_checks(rep, exp)
+    cni_checks(rep, exp)
     config_checks(rep, exp)
     file_checks(rep, exp)
     active_at = unit_checks(rep, exp)

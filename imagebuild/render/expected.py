@@ -10,6 +10,9 @@ from typing import Any
 from ..spec import Spec
 from .config_toml import KeyPaths
 
+#: Where the install script unpacks the CNI plugins: containerd's default CNI bin_dir.
+CNI_BIN_DIR = "/opt/cni/bin"
+
 
 def _leaves(value: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
     if isinstance(value, dict):
@@ -76,6 +79,7 @@ def render(spec: Spec, files: list[dict], build_user: str) -> dict:
         "containerd_version": spec.containerd.version,
         "runc_version": spec.containerd.install.runc.version if method == "tarball" else None,
         "package": {"name": pkg.name, "version": pkg.version, "hold": pkg.hold} if method == "package" else None,
+        "cni_plugins_dir": CNI_BIN_DIR if method == "tarball" and spec.containerd.install.cni_plugins else None,
         "config_version": spec.containerd.config_version,
         "config": config_expectations(spec),
         "files": [{"path": f["path"], "sha256": f["sha256"]} for f in files],

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from imagebuild import baseimage, debian_artifacts
 from imagebuild.bake import bake
 from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
-from imagebuild.spec import load
+from imagebuild.spec import load, parse
 
 
 @pytest.fixture(scope="session")
@@ -23,19 +24,28 @@ def base_image() -> Path:
 
 @pytest.fixture(scope="session")
 def mirror(tmp_path_factory):
-    """Release-shaped tarballs of the 1.6 and 2.1 families, served on 127.0.0.1.
+    """Release-shaped tarballs of the 1.6 and 2.1 families and CNI plugins, served on 127.0.0.1.
 
     runc always comes from bookworm (the 1.6 family): later suites' runc needs glibc 2.38, newer
     than the Debian 12 guest has. Yields a function: family -> spec with downloads mirrored.
     """
     root = tmp_path_factory.mktemp("mirror")
     artifacts = {family: debian_artifacts.release_tarballs(family, root / family) for family in ("1.6", "2.1")}
+    cni = debian_artifacts.cni_tarball(root / "cni")
     with debian_artifacts.serve(root) as url:
         guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
 
-        def mirrored_spec(spec, family: str):
-            return local_mirror_spec(spec, mirrored(artifacts[family]["containerd"], guest_url, root),
+        def mirrored_spec(spec, family: str, *, with_cni: bool = False):
+            """*spec* downloading from the mirror; *with_cni* adds the CNI plugins, their sha256
+            fetched from the default `{url}.sha256` rather than pinned."""
+            spec = local_mirror_spec(spec, mirrored(artifacts[family]["containerd"], guest_url, root),
                                      mirrored(artifacts["1.6"]["runc"], guest_url, root))
+            if not with_cni:
+                return spec
+            doc = yaml.safe_load(yaml.safe_dump(spec.document))
+            doc["containerd"]["install"]["cni_plugins"] = {
+                "version": cni["version"], "url": mirrored(cni, guest_url, root)["url"]}
+            return parse(yaml.safe_dump(doc), "e2e spec with CNI plugins")
         yield mirrored_spec
 
 

@@ -81,14 +81,16 @@ def test_verify_times_out_on_a_guest_that_never_boots(tmp_path, golden_spec):
     assert leftover == "", "no QEMU process may outlive a timed-out verify"
 
 
-def test_containerd_2x_bakes_and_verifies(mirror, base_image, tmp_path):
-    spec = mirror(with_changes(parse("{}"), containerd__version="2.1.9", name="containerd-two"), "2.1")
+def test_containerd_2x_with_cni_plugins_bakes_and_verifies(mirror, base_image, tmp_path):
+    spec = mirror(with_changes(parse("{}"), containerd__version="2.1.9", name="containerd-two"), "2.1",
+                  with_cni=True)
     assert spec.containerd.config_version == 3
     image = bake.bake(spec, tmp_path / "output", base=str(base_image))
     report = verify_image(image, spec, log_dir=str(tmp_path))
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
     by_name = {c["check"]: c for c in report["checks"]}
     assert by_name["config.sandbox_image"]["actual"] == spec.config.sandbox_image
+    assert by_name["cni.loopback"]["ok"], by_name["cni.loopback"]   # the plugins run in the guest
 
 
 def test_user_data_path_verifies(mirror, base_image, golden_spec, tmp_path):

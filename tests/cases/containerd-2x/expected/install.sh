@@ -90,6 +90,12 @@ download_artifacts() {
     fetch https://github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64 "$WORK/runc" '' https://github.com/opencontainers/runc/releases/download/v1.3.6/runc.sha256sum
   fi
 
+  if ! installed cni-plugins https://github.com/containernetworking/plugins/releases/download/v1.6.2/cni-plugins-linux-amd64-v1.6.2.tgz; then
+    fetch https://github.com/containernetworking/plugins/releases/download/v1.6.2/cni-plugins-linux-amd64-v1.6.2.tgz "$WORK/cni.tgz" '' https://github.com/containernetworking/plugins/releases/download/v1.6.2/cni-plugins-linux-amd64-v1.6.2.tgz.sha256
+    mkdir "$WORK/cni"
+    tar -xzf "$WORK/cni.tgz" -C "$WORK/cni"
+  fi
+
 }
 
 install_binaries() {
@@ -108,6 +114,18 @@ install_binaries() {
     record runc https://github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64 /usr/local/sbin/runc
   else
     log "runc 1.3.6 already installed"
+  fi
+
+  if [[ -d $WORK/cni ]]; then
+    paths=()
+    for bin in "$WORK"/cni/*; do
+      [[ -f $bin ]] || continue
+      place "$bin" "/opt/cni/bin/${bin##*/}" 0755 no-backup
+      paths+=("/opt/cni/bin/${bin##*/}")
+    done
+    record cni-plugins https://github.com/containernetworking/plugins/releases/download/v1.6.2/cni-plugins-linux-amd64-v1.6.2.tgz "${paths[@]}"
+  else
+    log "CNI plugins 1.6.2 already installed"
   fi
 
 }
