@@ -64,9 +64,11 @@ def _report(result, serial_log: Path) -> dict:
     records = []
     for line in result.results:
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:   # a console copy broken by a kernel message; DONE's counts still hold
             continue
+        if isinstance(record, dict):
+            records.append(record)
     checks = [r for r in records if "check" in r]
     done = next((r for r in records if "passed" in r and "failed" in r), None)
     if done is None:

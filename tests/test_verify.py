@@ -32,6 +32,7 @@ def test_a_garbled_console_record_cannot_hide_a_failure(tmp_path):
     report = verify._report(_result([
         ("console", 'IMAGEBUILD-RESULT {"check": "a", "ok": true, "expected": 1, "actual": 1}'),
         ("console", 'IMAGEBUILD-RESULT {"check": "b", "ok": fa[  9.9] random: crng init done'),
+        ("console", 'IMAGEBUILD-RESULT 42'),
         ("console", 'IMAGEBUILD-DONE {"passed": 1, "failed": 1}'),
     ]), tmp_path / "serial.log")
     assert report["passed"] is False
