@@ -366,6 +366,20 @@ def _tar_info(name: str, size: int = 0, mode: int = 0o755, kind: bytes = tarfile
     return info
 
 
+def _write_tarball(path: Path, members: Mapping[str, Path], compresslevel: int) -> None:
+    """A reproducible .tar.gz at *path* (atomically): *members* is {name in the archive: file},
+    each 0755 with fixed mtime and owner, in the given order; gzip without name or time."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                          compresslevel=compresslevel) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, src in members.items():
+            with open(src, "rb") as fh:
+                tar.addfile(_tar_info(name, src.stat().st_size), fh)
+    os.replace(tmp, path)
+
+
 def release_tarballs(family: str, out_dir: Path | str,
                      compresslevel: int = 6) -> dict[str, dict[str, str]]:
     """Official-release-shaped artifacts of *family* in *out_dir*, from the Debian binaries.
@@ -383,16 +397,7 @@ def release_tarballs(family: str, out_dir: Path | str,
     arch = _deb_arch()
     c_version = upstream_version(versions["containerd"])
     tarball = out / f"containerd-{c_version}-linux-{arch}.tar.gz"
-    tmp = tarball.with_name(tarball.name + ".tmp")
-    with open(tmp, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                          compresslevel=compresslevel) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in TARBALL_BINARIES:
-            src = binary(family, name)
-            with open(src, "rb") as fh:
-                tar.addfile(_tar_info(f"bin/{name}", src.stat().st_size), fh)
-    os.replace(tmp, tarball)
+    _write_tarball(tarball, {f"bin/{name}": binary(family, name) for name in TARBALL_BINARIES}, compresslevel)
     runc = out / f"runc.{arch}"
     shutil.copyfile(binary(family, "runc"), runc.with_name(runc.name + ".tmp"))
     os.chmod(runc.with_name(runc.name + ".tmp"), 0o755)
@@ -434,15 +439,7 @@ def cni_tarball(out_dir: Path | str, compresslevel: int = 6) -> dict[str, str]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tarball = out / f"cni-plugins-linux-{_deb_arch()}-v{version}.tgz"
-    tmp = tarball.with_name(tarball.name + ".tmp")
-    with open(tmp, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                          compresslevel=compresslevel) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in names:
-            with open(plugins / name, "rb") as fh:
-                tar.addfile(_tar_info(f"./{name}", (plugins / name).stat().st_size), fh)
-    os.replace(tmp, tarball)
+    _write_tarball(tarball, {f"./{name}": plugins / name for name in names}, compresslevel)
     sha256 = sha256_file(tarball)
     tarball.with_name(tarball.name + ".sha256").write_text(f"{sha256}  {tarball.name}\n")
     return {"path": str(tarball), "sha256": sha256, "version": version, "plugins": names}
