@@ -50,10 +50,13 @@ $(VENV)/.installed: pyproject.toml
 regen-defaults: venv
 	$(PY) -m imagebuild.debian_artifacts defaults
 
-## regen-cases: rewrite the expected files of tests/cases/* (review the diff!)
+## regen-cases: rewrite the expected files of tests/cases/* and print the diff to review
+## (user-data is gzipped: its text, expected/user-data.txt, shows the change)
 regen-cases: venv
 	$(PY) -m tests.cases regen
-	git status --short tests/cases
+	@git --no-pager diff --stat -- tests/cases/*/expected
+	@git --no-pager diff -- tests/cases/*/expected
+	@git status --short --untracked-files=all -- tests/cases/*/expected
 
 ## fuzz: the property tests with ~300 random specs per property (failures replay first next time)
 fuzz: venv

@@ -5,6 +5,8 @@ On a difference the test prints unified diffs; if the change is intended, run `m
 """
 from __future__ import annotations
 
+import gzip
+
 import pytest
 
 from imagebuild import render
@@ -26,6 +28,49 @@ def test_case_renders_exactly_as_expected(name):
     assert not diffs, ("rendered output differs from tests/cases/{0}/expected:\n\n{1}\n"
                        "If this change is intended, run `make regen-cases` (python -m tests.cases regen {0}) "
                        "and review the diff.").format(name, "\n".join(diffs))
+
+
+@pytest.mark.parametrize("name", cases.names())
+def test_gzipped_files_have_their_text_beside_them(name):
+    stored = cases.stored(name)
+    assert [rel for rel, data in stored.items() if cases.is_gzip(data)], f"{name}: no gzipped file to check"
+    assert not cases.round_trip_errors(name)
+
+
+def test_round_trip_check_fails_on_a_stale_or_missing_text(tmp_path, monkeypatch):
+    """The round-trip check is not vacuous: a text that is not the blob's, or none, is reported."""
+    blob = gzip.compress(b"#cloud-config\n", mtime=0)
+    expected = tmp_path / "case" / cases.EXPECTED
+    expected.mkdir(parents=True)
+    (expected / "user-data").write_bytes(blob)
+    (expected / "plain").write_bytes(b"x\n")
+    monkeypatch.setattr(cases, "CASES_DIR", tmp_path)
+    assert cases.round_trip_errors("case") == [f"case/{cases.EXPECTED}/user-data is gzipped but user-data.txt is missing"]
+    (expected / "user-data.txt").write_bytes(b"#cloud-config\nstale: true\n")
+    assert cases.round_trip_errors("case") == [f"case/{cases.EXPECTED}/user-data does not gunzip to user-data.txt"]
+    (expected / "user-data.txt").write_bytes(b"#cloud-config\n")
+    (expected / "plain.txt").write_bytes(b"x\n")
+    assert cases.round_trip_errors("case") == [
+        f"case/{cases.EXPECTED}/plain.txt sits beside plain, which is not gzipped"]
+    (expected / "plain.txt").unlink()
+    assert cases.round_trip_errors("case") == []
+
+
+def test_a_changed_gzip_render_reads_as_a_text_diff(monkeypatch):
+    """What a reviewer sees when user-data changes: a unified diff of its text, not a binary blob."""
+    real = cases.rendered
+
+    def changed(name):
+        files = {rel: data for rel, data in real(name).items() if not rel.endswith(cases.TEXT_SUFFIX)}
+        text = gzip.decompress(files["user-data"]).replace(b"#cloud-config\n", b"#cloud-config\n# changed\n", 1)
+        files["user-data"] = gzip.compress(text, mtime=0)
+        return cases.with_texts(files)
+
+    monkeypatch.setattr(cases, "rendered", changed)
+    diffs = cases.differences("seed-default")
+    assert len(diffs) == 2, diffs
+    assert "gzip blob differs" in diffs[0] and "its text diff is under user-data.txt" in diffs[0]
+    assert "+# changed\n" in diffs[1] and diffs[1].startswith("--- seed-default/expected/user-data.txt")
 
 
 @pytest.mark.parametrize("name", cases.names())

@@ -5,7 +5,9 @@ for that spec, compared whole and byte for byte by tests/test_cases.py.
     python -m tests.cases check [NAME...]     compare, print unified diffs, exit 1 on any difference
 
 What expected/ holds: every rendered file, user-data included as rendered (gzipped, gzip mtime 0,
-so its bytes are stable; diffs are shown on its text). Left out are the two files the render
+so its bytes are stable), and beside each gzipped file its text, `<file>.txt` (e.g.
+`expected/user-data.txt`), so that a regeneration reads as a text diff in `git diff` and review.
+The test checks both: the blob byte for byte, and that it gunzips to exactly the `.txt`. Left out are the two files the render
 copies verbatim from the source tree rather than renders, `check.py` (imagebuild/guest/check.py)
 and `packer/hygiene.sh` (packer/hygiene.sh): the test checks they are those files instead of
 keeping six copies that change whenever the sources do.
@@ -20,6 +22,8 @@ from pathlib import Path
 
 CASES_DIR = Path(__file__).resolve().parent
 EXPECTED = "expected"
+TEXT_SUFFIX = ".txt"   # expected/<file>.txt: the gunzipped text of a gzipped expected/<file>
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def verbatim() -> dict[str, Path]:
@@ -33,14 +37,28 @@ def names() -> list[str]:
     return sorted(p.parent.name for p in CASES_DIR.glob("*/spec.yaml"))
 
 
+def is_gzip(data: bytes) -> bool:
+    return data[:2] == GZIP_MAGIC
+
+
+def with_texts(files: dict[str, bytes]) -> dict[str, bytes]:
+    """*files* plus `<rel>.txt`, the gunzipped text, beside every gzipped file."""
+    out = dict(files)
+    for rel, data in files.items():
+        if is_gzip(data):
+            out[rel + TEXT_SUFFIX] = gzip.decompress(data)
+    return dict(sorted(out.items()))
+
+
 def rendered(name: str) -> dict[str, bytes]:
-    """What render_all makes of the case's spec today, minus the verbatim copies."""
+    """What expected/ must hold: render_all of the case's spec today, minus the verbatim copies,
+    plus the text beside each gzipped file."""
     from imagebuild import render
     from imagebuild.spec import load
 
     files = render.render_all(load(CASES_DIR / name / "spec.yaml"))
     skip = verbatim()
-    return {rel: f.content for rel, f in sorted(files.items()) if rel not in skip}
+    return with_texts({rel: f.content for rel, f in files.items() if rel not in skip})
 
 
 def stored(name: str) -> dict[str, bytes]:
@@ -48,10 +66,25 @@ def stored(name: str) -> dict[str, bytes]:
     return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
-def _text(rel: str, data: bytes) -> list[str]:
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-        rel += " (gunzipped)"
+def round_trip_errors(name: str) -> list[str]:
+    """Stored gzip blobs whose `.txt` is missing or is not what the blob gunzips to, and `.txt`
+    files beside a file that is not gzipped."""
+    files = stored(name)
+    errors = []
+    for rel, data in files.items():
+        if is_gzip(data):
+            text = files.get(rel + TEXT_SUFFIX)
+            if text is None:
+                errors.append(f"{name}/{EXPECTED}/{rel} is gzipped but {rel}{TEXT_SUFFIX} is missing")
+            elif gzip.decompress(data) != text:
+                errors.append(f"{name}/{EXPECTED}/{rel} does not gunzip to {rel}{TEXT_SUFFIX}")
+        elif rel.endswith(TEXT_SUFFIX) and rel[:-len(TEXT_SUFFIX)] in files \
+                and not is_gzip(files[rel[:-len(TEXT_SUFFIX)]]):
+            errors.append(f"{name}/{EXPECTED}/{rel} sits beside {rel[:-len(TEXT_SUFFIX)]}, which is not gzipped")
+    return errors
+
+
+def _text(data: bytes) -> list[str]:
     try:
         return data.decode("utf-8").splitlines(keepends=True)
     except UnicodeDecodeError:
@@ -67,12 +100,19 @@ def differences(name: str) -> list[str]:
             continue
         if rel not in want:
             out.append(f"+++ {name}: {rel} is rendered but not in {name}/{EXPECTED} "
-                       f"({len(_text(rel, got[rel]))} lines)\n")
+                       f"({len(_text(got[rel]))} lines)\n")
             continue
         if rel not in got:
             out.append(f"--- {name}/{EXPECTED}/{rel} is no longer rendered\n")
             continue
-        diff = "".join(difflib.unified_diff(_text(rel, want[rel]), _text(rel, got[rel]),
+        text = rel + TEXT_SUFFIX
+        if is_gzip(want[rel]) and is_gzip(got[rel]):
+            why = ("its text diff is under " + text if want.get(text) != got.get(text)
+                   else "same text, different gzip bytes")
+            out.append(f"{name}/{EXPECTED}/{rel}: gzip blob differs ({len(want[rel])} -> {len(got[rel])} "
+                       f"bytes); {why}\n")
+            continue
+        diff = "".join(difflib.unified_diff(_text(want[rel]), _text(got[rel]),
                                             f"{name}/{EXPECTED}/{rel}", f"{name}: rendered {rel}", n=2))
         # Same text, different bytes: a gzip header, line endings.
         out.append(diff or f"--- {name}/{EXPECTED}/{rel}\n+++ {name}: rendered {rel}\n(same text, different bytes)\n")
