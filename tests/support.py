@@ -139,3 +139,27 @@ def cloud_init_parts(blob: bytes) -> list[dict]:
 
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+
+
+def qemu_processes_using(path: Path) -> dict[int, str]:
+    """Live QEMU processes that touch *path* (a file, or anything under a directory): named on
+    their command line (a serial log, a disk) or held open (an overlay's backing image, which
+    never appears on the command line). pid -> command line. For "no QEMU outlived X" checks:
+    `pgrep -f <image>` cannot see a guest that runs on an overlay of <image>."""
+    path = Path(path).resolve()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if not os.path.basename(argv[0]).startswith(b"qemu-system"):
+                continue
+            command = b" ".join(argv).decode(errors="replace").strip()
+            touched = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except (FileNotFoundError, ProcessLookupError):   # gone meanwhile
+            continue
+        touched.append(command)
+        if any(str(path) in item for item in touched):
+            found[int(proc.name)] = command
+    return found

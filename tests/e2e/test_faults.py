@@ -17,15 +17,13 @@ from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import parse
 from imagebuild.verify import verify_image
+from tests.support import qemu_processes_using
 
 from .test_bake_verify import with_changes
 
 pytestmark = pytest.mark.e2e
 
 
-def qemu_processes(needle: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if needle in line]
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -66,15 +64,15 @@ def test_qemu_killed_mid_verify(golden_image, golden_spec, tmp_path):
     worker = threading.Thread(target=run)
     worker.start()
     # The overlay lives in a private scratch dir; find this verify's QEMU by its serial log path.
-    line = wait_for(lambda: qemu_processes(str(tmp_path)), 60, "QEMU to start")[0]
+    pid = next(iter(wait_for(lambda: qemu_processes_using(tmp_path), 60, "QEMU to start")))
     time.sleep(5)
-    os.kill(int(line.split()[0]), signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
     worker.join(120)
     assert not worker.is_alive()
     assert errors and isinstance(errors[0], ImagebuildError), errors
     assert "serial" in str(errors[0]).lower()
     assert not (tmp_path / "verify.json").exists(), "a verify that did not finish writes no verdict"
-    assert qemu_processes(str(tmp_path)) == []
+    assert qemu_processes_using(tmp_path) == {}
 
 
 def test_bake_interrupted_leaves_nothing(golden_spec, base_image, tmp_path):
@@ -88,12 +86,12 @@ def test_bake_interrupted_leaves_nothing(golden_spec, base_image, tmp_path):
     reader.start()
     wait_for(lambda: any("Waiting for SSH" in line or "Connected to SSH" in line for line in seen), 240,
              "packer to start the build VM")
-    assert qemu_processes(str(tmp_path)), "the build VM should be running"
+    assert qemu_processes_using(tmp_path), "the build VM should be running"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(180) == 130
     reader.join(10)
     assert any("interrupted" in line for line in seen), seen[-5:]
-    wait_for(lambda: not qemu_processes(str(tmp_path)), 30, "the build VM to go away")
+    wait_for(lambda: not qemu_processes_using(tmp_path), 30, "the build VM to go away")
     assert not out.exists() or not list(out.glob("*.qcow2"))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "scratch left behind"
 
@@ -124,4 +122,4 @@ def test_wrong_tarball_checksum_fails_the_bake_loudly(golden_spec, base_image, t
     assert not list(out.glob("*.qcow2"))
     assert (out / f"{bad.name}.packer-failed.log").exists()
     assert [p.name for p in out.iterdir()] == [f"{bad.name}.packer-failed.log"]
-    assert qemu_processes(str(tmp_path)) == []
+    assert qemu_processes_using(tmp_path) == {}
