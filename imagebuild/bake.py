@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -88,7 +88,8 @@ def resolve_base(spec: Spec, base: str | None) -> tuple[str, str]:
 # phase that must have opened first (the check is the inline script after hygiene, not the
 # install's inline script).
 PHASES = [
-    ("boot", re.compile(r"Starting VM|Starting HTTP server|Creating required virtual machine disks|Copying hard drive"), None),
+    ("boot", re.compile(r"Starting VM|Starting HTTP server|Creating required virtual machine disks"
+                        r"|Copying hard drive"), None),
     ("provision", re.compile(r"Connected to SSH!"), None),
     ("hygiene", re.compile(r"Provisioning with shell script: .*hygiene\.sh"), None),
     ("check", re.compile(r"Provisioning with shell script: /tmp/packer-shell\d+$"), "hygiene"),
@@ -101,8 +102,9 @@ PHASES = [
 class PackerRun:
     """Runs `packer build` through packer-py, echoing each UI line with elapsed time as it comes."""
 
-    def __init__(self, log_path: Path):
+    def __init__(self, log_path: Path, tmpdir: Path):
         self.log_path = log_path
+        self.tmpdir = tmpdir
         self.phase_starts: dict[str, float] = {}
         self.errors: list[str] = []
         self.artifacts: list[str] = []
@@ -137,16 +139,27 @@ class PackerRun:
 
         from .paths import cache_dir
 
-        # packer-py passes no environment of its own: packer inherits ours. Keep its cache (port
-        # reservations, downloads) out of the working directory, and never phone home.
-        os.environ.setdefault("PACKER_CACHE_DIR", str(cache_dir("packer")))
-        os.environ.setdefault("CHECKPOINT_DISABLE", "1")
+        # Packer's environment: its cache (port reservations, downloads) out of the working
+        # directory, never phoning home, and TMPDIR in the bake's scratch: Packer 1.6.6 leaves
+        # the staging directory of cd_files (`packer_to_cdrom*`, the build seed) in TMPDIR.
+        env = {"PACKER_CACHE_DIR": str(cache_dir("packer")), "CHECKPOINT_DISABLE": "1",
+               **os.environ, "TMPDIR": str(self.tmpdir)}
 
+        class Packer(PackerExecutable):
+            """packer-py's executable, started with *env* (packer-py itself passes none)."""
+
+            def execute_cmd(self, packer_cmd, template=None, **kwargs):
+                cmd = [self.configuration[self.PATH], packer_cmd, "-machine-readable",
+                       *self._explode_args(**kwargs), template]
+                proc = subprocess.Popen(cmd, stdout=self.configuration["stdout"],
+                                        stderr=self.configuration["stderr"], env=env)
+                return proc.wait(), None, None
+
+        self.tmpdir.mkdir(exist_ok=True)
         read_end, write_end = os.pipe()
         reader = os.fdopen(read_end, "r", encoding="utf-8", errors="replace")
         writer = os.fdopen(write_end, "w")
-        packer = PackerExecutable(executable_path=PACKER,
-                                  config={"stdout": writer, "stderr": subprocess.STDOUT})
+        packer = Packer(executable_path=PACKER, config={"stdout": writer, "stderr": subprocess.STDOUT})
         thread = threading.Thread(target=self._read, args=(reader,), daemon=True)
         thread.start()
         try:
@@ -264,7 +277,7 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
              f"base {base_source}, accelerator {accelerator}")
         render_dir = packer_directory(spec, work / "render")
         packer_out = work / "image"
-        run = PackerRun(log_path)
+        run = PackerRun(log_path, tmpdir=work / "tmp")
         variables = {"base_image": base_source, "base_checksum": base_checksum,
                      "output_directory": str(packer_out), "accelerator": accelerator,
                      "ssh_private_key_file": str(render_dir / "packer" / "seed" / "id_ed25519"),
@@ -272,8 +285,9 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
         code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
         image = packer_out / f"{spec.name}.qcow2"
         if code != 0 or not image.is_file():
-            raise ImagebuildError(f"packer build failed (exit {code}); {_keep_failed_log(log_path, output, spec.name)}\n"
-                                  + "\n".join(run.errors[-5:]) + "\n--- log tail ---\n" + _log_tail(log_path))
+            kept = _keep_failed_log(log_path, output, spec.name)
+            raise ImagebuildError(f"packer build failed (exit {code}); {kept}\n" + "\n".join(run.errors[-5:])
+                                  + "\n--- log tail ---\n" + _log_tail(log_path))
         total = time.monotonic() - started
         step("packer build done; writing manifest")
         manifest = _manifest(spec, image, work / "image-packer-manifest.json", base_source, base_checksum,
@@ -312,7 +326,7 @@ def _manifest(spec: Spec, image: Path, packer_manifest: Path, base_source: str, 
         "install_method": install.method,
         "runc_version": install.runc.version if install.method == "tarball" else "distro package",
         "base_image": {"source": base_source, "checksum": base_checksum},
-        "build_time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "build_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "boot_mode": "legacy-bios",
         "architecture": "x86_64",
         "accelerator": accelerator,

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,23 @@ def qemu_processes_using(path: Path) -> dict[int, str]:
         if any(str(path) in item for item in touched):
             found[int(proc.name)] = command
     return found
+
+
+@contextlib.contextmanager
+def temp_dir_of_its_own(directory: Path):
+    """Run the body with *directory* as the temporary directory of this process (`tempfile`) and
+    of every process it starts ($TMPDIR); yield *directory*. What the body leaves there is what
+    it would have left in /tmp: "leaves /tmp as it found it" is "*directory* is empty after",
+    whatever else runs on the machine meanwhile."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(directory), str(directory)
+    try:
+        yield directory
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env

@@ -45,7 +45,8 @@ def test_round_trip_check_fails_on_a_stale_or_missing_text(tmp_path, monkeypatch
     (expected / "user-data").write_bytes(blob)
     (expected / "plain").write_bytes(b"x\n")
     monkeypatch.setattr(cases, "CASES_DIR", tmp_path)
-    assert cases.round_trip_errors("case") == [f"case/{cases.EXPECTED}/user-data is gzipped but user-data.txt is missing"]
+    assert cases.round_trip_errors("case") == [
+        f"case/{cases.EXPECTED}/user-data is gzipped but user-data.txt is missing"]
     (expected / "user-data.txt").write_bytes(b"#cloud-config\nstale: true\n")
     assert cases.round_trip_errors("case") == [f"case/{cases.EXPECTED}/user-data does not gunzip to user-data.txt"]
     (expected / "user-data.txt").write_bytes(b"#cloud-config\n")

@@ -1,11 +1,16 @@
 """The detectors that "nothing is left behind" tests rely on, shown able to fail."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from imagebuild import qemu
-from tests.support import qemu_processes_using
+from imagebuild.bake import PACKER, PackerRun
+from tests.support import qemu_processes_using, temp_dir_of_its_own
 
 
 def test_a_qemu_on_an_overlay_is_found_by_its_backing_image_and_its_serial_log(tmp_path):
@@ -31,3 +36,68 @@ def test_a_qemu_on_an_overlay_is_found_by_its_backing_image_and_its_serial_log(t
         assert list(qemu_processes_using(tmp_path)) == [guest.pid]
         assert qemu_processes_using(tmp_path / "elsewhere") == {}
     assert qemu_processes_using(tmp_path) == {}
+
+
+# A qemu build that makes its cd_files CD and then fails at once (its QEMU is `false`): what a bake
+# does before its VM starts, in a second and without a VM.
+CD_ONLY_TEMPLATE = """
+source "qemu" "cd" {{
+  iso_url          = {iso}
+  iso_checksum     = "none"
+  qemu_binary      = "false"
+  cd_files         = [{seed}]
+  cd_label         = "cidata"
+  communicator     = "none"
+  output_directory = {out}
+  headless         = true
+  disk_size        = "64M"
+  accelerator      = "tcg"
+}}
+build {{
+  name    = "t"
+  sources = ["source.qemu.cd"]
+}}
+"""
+
+
+def _cd_only_template(directory: Path) -> Path:
+    (directory / "seed").mkdir()
+    (directory / "seed" / "user-data").write_text("#cloud-config\n")
+    (directory / "empty.iso").write_bytes(b"")
+    template = directory / "cd.pkr.hcl"
+    template.write_text(CD_ONLY_TEMPLATE.format(iso=json.dumps(str(directory / "empty.iso")),
+                                                seed=json.dumps(str(directory / "seed" / "user-data")),
+                                                out=json.dumps(str(directory / "out"))))
+    return template
+
+
+def test_packer_alone_leaves_its_cd_staging_dir_in_tmpdir(tmp_path):
+    """The cause, and the detector failing on it: Packer 1.6.6 never removes `packer_to_cdrom*`."""
+    template = _cd_only_template(tmp_path)
+    with temp_dir_of_its_own(tmp_path / "tmp") as tmp:
+        proc = subprocess.run([PACKER, "build", "-only=t.qemu.cd", str(template)], capture_output=True, text=True,
+                              env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    assert proc.returncode != 0 and "Done copying paths from CD_dirs" in proc.stdout, proc.stdout
+    assert [p.name.startswith("packer_to_cdrom") for p in tmp.iterdir()] == [True]
+
+
+def test_bakes_packer_leaves_the_temporary_directory_as_it_found_it(tmp_path):
+    """bake's PackerRun gives Packer a TMPDIR inside the bake's scratch (removed with it)."""
+    template = _cd_only_template(tmp_path)
+    scratch = tmp_path / "bake-scratch"
+    scratch.mkdir()
+    with temp_dir_of_its_own(tmp_path / "tmp") as tmp:
+        run = PackerRun(scratch / "packer.log", tmpdir=scratch / "tmp")
+        assert run.run(template, {}, only="t.qemu.cd") != 0
+    assert "Done copying paths from CD_dirs" in (scratch / "packer.log").read_text()
+    assert list(tmp.iterdir()) == []
+    assert [p.name.startswith("packer_to_cdrom") for p in (scratch / "tmp").iterdir()] == [True]
+
+
+def test_temp_dir_of_its_own_sees_what_python_and_child_processes_leave(tmp_path):
+    with temp_dir_of_its_own(tmp_path / "tmp") as tmp:
+        assert tempfile.gettempdir() == str(tmp)
+        left = Path(tempfile.mkdtemp(prefix="python-"))
+        made = subprocess.run(["mktemp", "-d"], capture_output=True, text=True, check=True).stdout.strip()
+    assert tempfile.gettempdir() != str(tmp)
+    assert sorted(tmp.iterdir()) == sorted([left, Path(made)])

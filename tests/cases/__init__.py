@@ -7,10 +7,10 @@ for that spec, compared whole and byte for byte by tests/test_cases.py.
 What expected/ holds: every rendered file, user-data included as rendered (gzipped, gzip mtime 0,
 so its bytes are stable), and beside each gzipped file its text, `<file>.txt` (e.g.
 `expected/user-data.txt`), so that a regeneration reads as a text diff in `git diff` and review.
-The test checks both: the blob byte for byte, and that it gunzips to exactly the `.txt`. Left out are the two files the render
-copies verbatim from the source tree rather than renders, `check.py` (imagebuild/guest/check.py)
-and `packer/hygiene.sh` (packer/hygiene.sh): the test checks they are those files instead of
-keeping six copies that change whenever the sources do.
+The test checks both: the blob byte for byte, and that it gunzips to exactly the `.txt`.
+Left out are the two files the render copies verbatim from the source tree rather than renders,
+`check.py` (imagebuild/guest/check.py) and `packer/hygiene.sh` (packer/hygiene.sh): the test
+checks they are those files instead of keeping six copies that change whenever the sources do.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from imagebuild import baseimage, debian_artifacts
 from imagebuild.bake import bake
 from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
 from imagebuild.spec import load, parse
+from tests.support import temp_dir_of_its_own
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +56,14 @@ def golden_spec(mirror):
 
 
 @pytest.fixture(scope="session")
-def golden_image(golden_spec, base_image, tmp_path_factory) -> Path:
-    """The default spec's golden image, baked once for the session."""
-    return bake(golden_spec, tmp_path_factory.mktemp("golden") / "output", base=str(base_image))
+def golden_bake(golden_spec, base_image, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The default spec's golden image, baked once for the session, and what the bake left in
+    the temporary directory (it runs with one of its own: see temp_dir_of_its_own)."""
+    with temp_dir_of_its_own(tmp_path_factory.mktemp("golden-bake-tmp")) as tmp:
+        image = bake(golden_spec, tmp_path_factory.mktemp("golden") / "output", base=str(base_image))
+    return image, sorted(p.name for p in tmp.iterdir())
+
+
+@pytest.fixture(scope="session")
+def golden_image(golden_bake) -> Path:
+    return golden_bake[0]

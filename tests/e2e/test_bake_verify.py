@@ -40,7 +40,10 @@ def with_changes(spec, **changes):
     return parse(yaml.safe_dump(doc), "e2e spec")
 
 
-def test_golden_image_bakes_with_manifest(golden_image, golden_spec):
+def test_golden_image_bakes_with_manifest(golden_bake, golden_spec):
+    golden_image, left_in_tmp = golden_bake
+    # Nothing left in the temporary directory either (Packer's cd_files staging dir used to stay).
+    assert left_in_tmp == []
     manifest = json.loads((golden_image.parent / "manifest.json").read_text())
     assert manifest["image"] == golden_image.name
     assert manifest["sha256"] == sha256_file(golden_image)

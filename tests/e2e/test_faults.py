@@ -79,8 +79,11 @@ def test_bake_interrupted_leaves_nothing(golden_spec, base_image, tmp_path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(golden_spec.document))
     out = tmp_path / "out"
+    tmp = tmp_path / "tmp"   # the bake's temporary directory: it must stay empty
+    tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "imagebuild", "bake", str(spec_file), "-o", str(out),
-                             "--base", str(base_image)], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                             "--base", str(base_image)], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "TMPDIR": str(tmp)})
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)
     reader.start()
@@ -94,6 +97,7 @@ def test_bake_interrupted_leaves_nothing(golden_spec, base_image, tmp_path):
     wait_for(lambda: not qemu_processes_using(tmp_path), 30, "the build VM to go away")
     assert not out.exists() or not list(out.glob("*.qcow2"))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "scratch left behind"
+    assert list(tmp.iterdir()) == [], "temporary files left behind"
 
 
 def test_bake_on_a_full_disk_fails_cleanly(golden_spec, base_image, tmp_path):
