@@ -30,6 +30,11 @@ test-fast: venv
 test-e2e: venv
 	$(PY) -m pytest -m e2e -v --timeout=3600
 
+## lint: ruff and mypy as configured in pyproject.toml (tests/test_lint.py runs both in `make test`)
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 ## deps: the Debian packages (installed only when one is missing)
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -67,4 +72,4 @@ bench: venv
 	$(PY) -m tests.bench
 
 clean:
-	rm -rf $(BUILD) output .pytest_cache
+	rm -rf $(BUILD) output .pytest_cache .mypy_cache .ruff_cache

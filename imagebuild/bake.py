@@ -308,7 +308,7 @@ def _manifest(spec: Spec, image: Path, packer_manifest: Path, base_source: str, 
               durations: dict, accelerator: str) -> dict:
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(image)], check=True,
                                      capture_output=True, text=True).stdout)
-    entry = {}
+    entry: dict = {}
     if packer_manifest.exists():
         data = json.loads(packer_manifest.read_text())
         last = data.get("last_run_uuid")

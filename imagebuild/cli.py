@@ -101,7 +101,7 @@ def cmd_golden(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import verify_image, verify_user_data, print_report
+    from .verify import print_report, verify_image, verify_user_data
 
     spec = _spec(args.spec)
     if args.user_data:

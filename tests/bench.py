@@ -103,16 +103,17 @@ def qemu_figures() -> list[tuple[str, str, str]]:
     for label, path in (("before: disk_discard=ignore", before_image), ("after: discard + fstrim", image)):
         overhead = path.stat().st_size - base.stat().st_size
         rows.append((f"image overhead vs containerd+runc payload ({label})",
-                     f"{overhead / 2**20:.0f} MiB / {payload / 2**20:.0f} MiB = {overhead / payload:.2f}x", "goal <= 1.2x"))
+                     f"{overhead / 2**20:.0f} MiB / {payload / 2**20:.0f} MiB = {overhead / payload:.2f}x",
+                     "goal <= 1.2x"))
     return rows
 
 
 def table(rows: list[tuple[str, str, str]]) -> str:
     head = ("measure", "figure", "note")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -29,8 +29,9 @@ def _overrides(family: str) -> dict:
     cri = {"io.containerd.grpc.v1.cri": {"enable_unprivileged_ports": True, "enable_unprivileged_icmp": True,
                                          "containerd": {"runtimes": {"runc": {"options": {"NoNewKeyring": True}}}}}}
     if family == "2.1":
+        runc = {"runc": {"options": {"NoNewKeyring": True}}}
         cri = {"io.containerd.cri.v1.runtime": {"enable_unprivileged_ports": True, "enable_unprivileged_icmp": True,
-                                                "containerd": {"runtimes": {"runc": {"options": {"NoNewKeyring": True}}}}}}
+                                                "containerd": {"runtimes": runc}}}
     return {"debug": {"level": "debug"}, "grpc": {"max_recv_message_size": 33554432}, "plugins": cri}
 
 

@@ -39,8 +39,9 @@ def test_every_hosts_toml_parses_in_spec_order_with_every_setting():
     spec = spec_of(SPEC)
     files = render.payload(spec)
     paths = [p for p in files if p.endswith("/hosts.toml")]
-    assert paths == [f"/etc/containerd/certs.d/{m}/hosts.toml" for m in ("docker.io", "registry.example:5000", "quay.io")]
-    for mirror, path in zip(spec.config.registry.mirrors, paths):
+    hosts = ("docker.io", "registry.example:5000", "quay.io")
+    assert paths == [f"/etc/containerd/certs.d/{m}/hosts.toml" for m in hosts]
+    for mirror, path in zip(spec.config.registry.mirrors, paths, strict=True):
         text = files[path].content.decode()
         assert text.startswith("# Managed by imagebuild.")
         parsed = tomllib.loads(text)

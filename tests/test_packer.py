@@ -11,8 +11,16 @@ import pytest
 
 from imagebuild import render
 from imagebuild.spec import BaseImage
-from tests.support import (PACKAGE_VERSIONS, ZERO_CHECKSUM, packer, packer_console, packer_validate, run_cli, spec_of,
-                           write_spec)
+from tests.support import (
+    PACKAGE_VERSIONS,
+    ZERO_CHECKSUM,
+    packer,
+    packer_console,
+    packer_validate,
+    run_cli,
+    spec_of,
+    write_spec,
+)
 
 SPECS = {
     "default": {},

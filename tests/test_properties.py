@@ -88,7 +88,8 @@ http_url = st.builds(lambda scheme, host, p, path: f"{scheme}://{host}{'' if p i
                      st.sampled_from(["http", "https"]), dns_name, st.none() | port, st.just("") | url_path)
 url_template = st.builds(lambda scheme, host, path: f"{scheme}://{host}/{path}",
                          st.sampled_from(["http", "https", "file"]), st.just("") | dns_name | st.just("127.0.0.1:8080"),
-                         st.lists(st.sampled_from(["{version}", "a", "Z", "9", ".", "_", "~", "%", "/", "+", "@", "=", "-"]),
+                         st.lists(st.sampled_from(["{version}", "a", "Z", "9", ".", "_", "~", "%", "/", "+", "@",
+                                                   "=", "-"]),
                                   max_size=12).map("".join))
 systemd_unit = st.builds(lambda name, kind: f"{name}.{kind}", regex(r"[A-Za-z0-9@._-]{1,20}"),
                          st.sampled_from(["target", "service", "socket", "mount", "path"]))

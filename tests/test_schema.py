@@ -43,7 +43,8 @@ def test_default_spec_is_the_seed():
             assert ep.capabilities == ("pull", "resolve")
             assert (ep.ca, ep.skip_verify, ep.headers) == (None, False, {})
     assert (cfg.default_runtime, cfg.runtimes, cfg.overrides) == ("runc", {}, {})
-    assert (cfg.snapshotter, cfg.max_container_log_line_size, cfg.discard_unpacked_layers) == ("overlayfs", 16384, False)
+    assert (cfg.snapshotter, cfg.max_container_log_line_size, cfg.discard_unpacked_layers) == (
+        "overlayfs", 16384, False)
     unit = spec.unit
     assert unit.type == "notify" and unit.delegate is True
     assert (unit.kill_mode, unit.restart, unit.restart_sec) == ("process", "always", 5)
@@ -152,7 +153,8 @@ LEGACY = {"mode": "legacy", "mirrors": [{"host": "docker.io", "endpoints": [{"ur
     ({"config": {"oom_score": 100}}, "config.oom_score: 100 is outside the recommended -999..0"),
     ({"config": {"oom_score": -1000}, "unit": {"oom_score_adjust": -1000}}, "config.oom_score: -1000 is outside"),
     ({"config": {"registry": LEGACY}}, "legacy registry.mirrors is deprecated and removed in containerd 2.4"),
-    ({"containerd": {"version": "2.1.9"}, "config": {"registry": LEGACY}}, "containerd 2.1+ falls back to local pull mode"),
+    ({"containerd": {"version": "2.1.9"}, "config": {"registry": LEGACY}},
+     "containerd 2.1+ falls back to local pull mode"),
     ({"containerd": {"version": "2.1.9"}, "config": {"discard_unpacked_layers": True}},
      "config.discard_unpacked_layers: true makes containerd 2.1+ fall back to local pull mode"),
     ({"unit": {"oom_score_adjust": -500}}, "unit.oom_score_adjust (-500) differs from config.oom_score (-999)"),

@@ -14,8 +14,16 @@ import yaml
 
 from imagebuild import render
 from imagebuild.render import userdata
-from tests.support import (GZIP_MAGIC, PACKAGE_VERSIONS, cloud_init_parts, cloud_init_schema, run_cli,
-                           spec_of, ungzip, write_spec)
+from tests.support import (
+    GZIP_MAGIC,
+    PACKAGE_VERSIONS,
+    cloud_init_parts,
+    cloud_init_schema,
+    run_cli,
+    spec_of,
+    ungzip,
+    write_spec,
+)
 
 GUEST = render.GUEST_DIR
 LIMIT = 16384

@@ -47,7 +47,8 @@ def config_expectations(spec: Spec) -> list[dict]:
                           rt.binary_name))
     if cfg.registry.mode == "legacy":
         for mirror in cfg.registry.mirrors:
-            items.append((f"config.registry.mirrors.{mirror.host}", paths.registry + ("mirrors", mirror.host, "endpoint"),
+            items.append((f"config.registry.mirrors.{mirror.host}",
+                          paths.registry + ("mirrors", mirror.host, "endpoint"),
                           [ep.url for ep in mirror.endpoints]))
     for path, value in _leaves(cfg.overrides, ()):
         items.append(("config.overrides." + ".".join(path), path, value))

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import gzip
+from collections.abc import Iterable
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from typing import Iterable
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -20,7 +21,13 @@ from .templating import shipped_dir
 EC2_LIMIT = 16 * 1024
 
 
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):
+if TYPE_CHECKING:
+    _SafeDumper = yaml.SafeDumper
+else:   # libyaml's when present
+    _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(_SafeDumper):
     """Multi-line strings as literal blocks, so the user-data stays readable (libyaml when present)."""
 
 

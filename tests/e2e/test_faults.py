@@ -58,7 +58,7 @@ def test_qemu_killed_mid_verify(golden_image, golden_spec, tmp_path):
     def run():
         try:
             verify_image(golden_image, golden_spec, log_dir=str(tmp_path))
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        except BaseException as exc:   # the test inspects it
             errors.append(exc)
 
     worker = threading.Thread(target=run)
