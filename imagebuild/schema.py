@@ -13,6 +13,8 @@ from typing import Any
 
 # Strings that end up in files or shell commands must be printable, single-line text.
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# Words YAML 1.1 read as booleans; the spec is read with YAML 1.2's (true/false only), so they are text.
+YAML11_BOOLEANS = {"y", "yes", "n", "no", "on", "off"}
 # Half of a UTF-16 surrogate pair (YAML and JSON both let "\ud800" through): not a character,
 # and no file can hold it (UTF-8 refuses to encode it).
 SURROGATES = re.compile(r"[\ud800-\udfff]")
@@ -376,6 +378,8 @@ def validate(value: Any, node: dict = SPEC_SCHEMA, path: str = "") -> tuple[Any,
     if not _type_ok(value, kinds):
         names = {"object": "a mapping", "array": "a list", "integer": "an integer", "null": "null"}
         allowed = " or ".join(names.get(k, f"a {k}") for k in kinds)
+        if "boolean" in kinds and isinstance(value, str) and value.lower() in YAML11_BOOLEANS:
+            allowed += " (the spec is read with YAML 1.2 booleans: write true or false)"
         return value, [Problem(path, f"got {_show(value)}, expected {allowed}")]
     if value is None:
         return value, problems
@@ -395,7 +399,7 @@ def validate(value: Any, node: dict = SPEC_SCHEMA, path: str = "") -> tuple[Any,
         low, high = node.get("minimum"), node.get("maximum")
         if (low is not None and value < low) or (high is not None and value > high):
             problems.append(Problem(path, f"got {value}, expected an integer from {low} to {high}"))
-    if isinstance(value, list):
+    if isinstance(value, list) and "items" in node:  # free-form values (overrides) hold lists too
         out = []
         for index, item in enumerate(value):
             item, found = validate(item, node["items"], _join(path, index))

@@ -8,7 +8,9 @@ allowed there (and shown to come back exactly); control characters are refused e
 """
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -49,7 +51,8 @@ def tags(values):
 @dataclass
 class Bad:
     id: str
-    doc: dict | str  # a dict is dumped with yaml.safe_dump (which escapes control characters)
+    doc: dict | str | Callable[[], str]  # a dict is dumped with yaml.safe_dump (which escapes control
+    #                                      characters); a callable makes the text when the test runs
     path: str        # the key path the message must name
     value: str       # a fragment of the message showing the bad value
 
@@ -276,8 +279,62 @@ CASES = [
         "lone UTF-16 surrogate"),
     # --- documents that are not a spec at all
     Bad("top-level-list", "- name: x\n", "<spec>", "got list, expected a mapping"),
-    Bad("invalid-yaml", "config: {oom_score: -999\n", "<spec>", "not valid YAML"),
+    Bad("invalid-yaml", "config: {oom_score: -999\n", "<spec>", "not valid YAML at {spec}:2:1: expected ','"),
+    Bad("invalid-yaml-tab", "config:\n\toom_score: 0\n", "<spec>", "not valid YAML at {spec}:2:1: found character"),
+    Bad("invalid-yaml-unclosed-quote", 'name: "golden\n', "<spec>", "not valid YAML at {spec}:2:1:"),
+    Bad("empty-file", "", "<spec>", "the file holds no spec (it is empty or only comments)"),
+    Bad("only-comments", "# name: golden\n\n# nothing else\n", "<spec>", "the file holds no spec"),
+    Bad("only-document-marker", "---\n", "<spec>", "the file holds no spec"),
+    Bad("top-level-null", "null\n", "<spec>", "the file holds no spec"),
+    # --- YAML 1.2 booleans: yes/no/on/off are text, and a boolean field says so
+    Bad("boolean-field-no", "config:\n  systemd_cgroup: no\n", "config.systemd_cgroup",
+        "got 'no', expected a boolean (the spec is read with YAML 1.2 booleans: write true or false)"),
+    Bad("boolean-field-on", "image:\n  hygiene: On\n", "image.hygiene", "got 'On', expected a boolean (the spec is read"),
+    # --- keys that are not text
+    Bad("complex-key-list", "config:\n  overrides:\n    ? [a, b]\n    : 1\n", "<spec>",
+        "bad key at {spec}:3:7: got a sequence as a mapping key, expected a plain text key"),
+    Bad("complex-key-mapping", "{? {name: x} : 1}\n", "<spec>", "bad key at {spec}:1:4: got a mapping as a mapping key"),
+    Bad("key-integer", "system:\n  sysctls:\n    1: 2\n", "<spec>",
+        "bad key at {spec}:3:5: got the key '1', which YAML reads as an integer, expected text (quote it)"),
+    Bad("key-boolean", "config:\n  overrides:\n    true: 1\n", "<spec>", "got the key 'true', which YAML reads as a boolean"),
+    Bad("key-null", "~: 1\n", "<spec>", "got the key '~', which YAML reads as null"),
+    Bad("key-float", "unit:\n  1.5: x\n", "<spec>", "got the key '1.5', which YAML reads as a number"),
+    Bad("key-date", "config:\n  overrides:\n    2024-01-01: x\n", "<spec>", "which YAML reads as a date"),
+    # --- input limits: each refused at once (the test carries a timeout), in bounded memory
+    Bad("billion-laughs", lambda: billion_laughs(9), "<spec>", "more than 100000 values once aliases are expanded"),
+    Bad("alias-bomb-small-file", lambda: billion_laughs(30, width=2), "<spec>", "more than 100000 values"),
+    Bad("alias-recursive", "config:\n  overrides:\n    x: &a [*a]\n", "<spec>",
+        "alias *a refers to a node that contains it"),
+    Bad("alias-recursive-mapping", "config:\n  overrides: &o {x: *o}\n", "<spec>", "alias *o refers to a node"),
+    Bad("too-many-aliases", lambda: "x: &x 1\ny: [" + ", ".join(["*x"] * 300) + "]\n", "<spec>",
+        "more than 256 aliases (*name), expected at most 256"),
+    Bad("nesting-flow-5000", lambda: "config:\n  overrides:\n    x: " + "[" * 5000 + "]" * 5000 + "\n", "<spec>",
+        "over a limit at {spec}:3:69: nested more than 64 levels deep, expected at most 64"),
+    Bad("nesting-flow-mapping-5000", lambda: "config: {overrides: " + "{a: " * 5000 + "1" + "}" * 5001 + "\n",
+        "<spec>", "nested more than 64 levels deep"),
+    Bad("nesting-block-5000", lambda: "config:\n  overrides:\n    x:\n" + "    " + "- " * 5000 + "1\n", "<spec>",
+        "nested more than 64 levels deep"),
+    Bad("nesting-block-mapping-100", lambda: "config:\n  overrides:\n" + "".join(
+        "  " * (i + 2) + f"k{i}:\n" for i in range(100)) + "  " * 102 + "v\n", "<spec>", "nested more than 64 levels"),
+    Bad("nesting-json-5000", lambda: '{"config": {"overrides": {"x": ' + "[" * 5000 + "]" * 5000 + "}}}\n", "<spec>",
+        "nested more than 64 levels deep"),
+    Bad("nesting-json-900", lambda: '{"config": {"overrides": {"x": ' + "[" * 900 + "]" * 900 + "}}}\n", "<spec>",
+        "nested more than 64 levels deep"),
+    Bad("nesting-through-aliases", lambda: "a0: &a0 [1]\n" + "".join(
+        f"a{i}: &a{i} [[[[*a{i - 1}]]]]\n" for i in range(1, 20)), "<spec>",
+        "nested more than 64 levels deep once aliases are expanded"),
+    Bad("file-50mb", lambda: "name: golden\n" + ("# " + "x" * 1021 + "\n") * 50 * 1024, "<spec>",
+        f"got {13 + 50 * 1024 * 1024} bytes, expected a spec of at most 262144 bytes (256 KiB)"),
+    Bad("file-just-over-limit", lambda: "name: golden\n#" + "x" * (256 * 1024 - 14) + "\n", "<spec>",
+        "got 262145 bytes, expected a spec of at most 262144 bytes"),
 ]
+
+
+def billion_laughs(levels: int, width: int = 9) -> str:
+    """The classic alias bomb: width**levels strings from a file of a few hundred bytes."""
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
 
 IDS = [case.id for case in CASES]
 assert len(set(IDS)) == len(IDS), "case ids must be unique"
@@ -293,12 +350,18 @@ def earlier(tmp_path_factory):
 
 
 def _spec_file(tmp_path, doc):
+    if callable(doc):
+        doc = doc()
     return write_spec(tmp_path, doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
 
 
+# Hostile input (alias bombs, deep nesting, a 50 MB file) must be refused quickly: the timeout is the
+# bound (a normal case takes well under a second, both renders included).
+@pytest.mark.timeout(20)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_bad_spec_is_refused(tmp_path, earlier, case):
     spec_path = _spec_file(tmp_path, case.doc)
+    case = dataclasses.replace(case, value=case.value.replace("{spec}", str(spec_path)))
     out = tmp_path / "out"
     code, stdout, err = run_main(["render", str(spec_path), "-o", str(out)])
     assert code == 2, err
@@ -308,6 +371,8 @@ def test_bad_spec_is_refused(tmp_path, earlier, case):
     line = next(line for line in err.splitlines() if line.startswith(f"  {case.path}: "))
     assert case.value in line, f"message does not show the bad value {case.value!r}:\n{err}"
     assert "Traceback" not in err
+    assert len(err.splitlines()) == 1 + sum(1 for line in err.splitlines() if line.startswith("  ")), \
+        f"one line per problem:\n{err}"
     assert not out.exists()
     # An earlier render in the way is left exactly as it was.
     directory, before = earlier
