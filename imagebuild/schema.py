@@ -13,6 +13,8 @@ from typing import Any
 
 # Strings that end up in files or shell commands must be printable, single-line text.
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# The same, for text that may span lines (a shell script): newline and tab are allowed.
+CONTROL_CHARS_MULTILINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # Words YAML 1.1 read as booleans; the spec is read with YAML 1.2's (true/false only), so they are text.
 YAML11_BOOLEANS = {"y", "yes", "n", "no", "on", "off"}
 # Half of a UTF-16 surrogate pair (YAML and JSON both let "\ud800" through): not a character,
@@ -91,6 +93,12 @@ def obj(doc: str, properties: dict[str, dict], *, required: list[str] | None = N
 
 
 ANY_TOML = {"description": "free-form TOML value"}
+
+
+def unit_limit(doc: str) -> dict:
+    """A systemd limit: `infinity` or a number, written as YAML text or as a YAML number."""
+    return {"type": ["string", "integer"], "description": doc + " infinity or a number", "pattern": UNIT_LIMIT,
+            "x-allowed": "infinity or a number", "minimum": 0, "maximum": (1 << 63) - 1, "default": "infinity"}
 
 # --- patterns ---------------------------------------------------------------------------------
 
@@ -265,10 +273,10 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
                             enum=["process", "control-group", "mixed", "none"]),
         "restart": string("Restart=", "always", enum=["always", "on-failure", "on-abnormal", "no"]),
         "restart_sec": integer("RestartSec= seconds", 5, minimum=0, maximum=3600),
-        "limit_nproc": string("LimitNPROC=", "infinity", pattern=UNIT_LIMIT, allowed="infinity or a number"),
-        "limit_core": string("LimitCORE=", "infinity", pattern=UNIT_LIMIT, allowed="infinity or a number"),
-        "limit_nofile": string("LimitNOFILE=", "infinity", pattern=UNIT_LIMIT, allowed="infinity or a number"),
-        "tasks_max": string("TasksMax=", "infinity", pattern=UNIT_LIMIT, allowed="infinity or a number"),
+        "limit_nproc": unit_limit("LimitNPROC="),
+        "limit_core": unit_limit("LimitCORE="),
+        "limit_nofile": unit_limit("LimitNOFILE="),
+        "tasks_max": unit_limit("TasksMax="),
         "oom_score_adjust": integer("OOMScoreAdjust=", -999, minimum=-1000, maximum=1000),
         "wanted_by": string("WantedBy=", "multi-user.target", pattern=SYSTEMD_UNIT, allowed="a systemd unit name"),
     }),
@@ -327,7 +335,8 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
                            maximum=7200),
         "checks": array("extra checks: a shell command run in the guest; exit 0 passes", obj("a check", {
             "name": string("check name", None, pattern=CHECK_NAME, allowed="lowercase letters, digits, ._-"),
-            "run": string("shell command run as root in the guest", None),
+            "run": {**string("shell command (bash script, several lines allowed) run as root in the guest", None),
+                    "x-multiline": True},
         }, required=["name", "run"])),
     }),
 })
@@ -384,7 +393,10 @@ def validate(value: Any, node: dict = SPEC_SCHEMA, path: str = "") -> tuple[Any,
     if value is None:
         return value, problems
     if isinstance(value, str):
-        if CONTROL_CHARS.search(value):
+        if node.get("x-multiline") and CONTROL_CHARS_MULTILINE.search(value):
+            problems.append(Problem(path, f"got {_show(value)}: control characters other than newline and tab "
+                                    "(NUL, carriage return, ...) are not allowed"))
+        elif not node.get("x-multiline") and CONTROL_CHARS.search(value):
             problems.append(Problem(path, f"got {_show(value)}: control characters (newline, NUL, ...) are not allowed"))
         elif SURROGATES.search(value):
             problems.append(Problem(path, f"got {_show(value)}: a lone UTF-16 surrogate (\\ud800-\\udfff) is not a "

@@ -362,6 +362,8 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                         "containerd restarts; process keeps them")
     if not unit["delegate"]:
         warnings.append("unit.delegate: false lets systemd take over container cgroups")
+    for key in ("limit_nproc", "limit_core", "limit_nofile", "tasks_max"):
+        unit[key] = str(unit[key])  # `limit_nofile: 1048576` and "1048576" are the same setting
     if unit["exec_start"] is None:
         unit["exec_start"] = ("/usr/local/bin/containerd" if install["method"] == "tarball"
                               else "/usr/bin/containerd")

@@ -2,10 +2,17 @@
 (specs just inside a limit load; the refusals are in tests/test_bad_specs.py)."""
 from __future__ import annotations
 
-import pytest
+import json
+import subprocess
 
+import pytest
+import yaml
+
+from imagebuild import render
 from imagebuild import spec as spec_module
-from tests.support import run_main, spec_of, write_spec
+from imagebuild.guest import check
+from imagebuild.render import expected
+from tests.support import run_main, spec_of, ungzip, write_spec
 
 def test_merge_keys_merge_and_keys_written_win():
     text = "base: &base {oom_score: -500, root: /data}\n"  # a top-level anchor holder is not a spec key...
@@ -74,3 +81,64 @@ def test_the_effective_spec_json_loads_back(tmp_path):
     again = spec_module.load(tmp_path / "out" / "spec.json")
     assert again == spec_module.load()
     assert spec.config.overrides["debug"]["level"] == "no"
+
+
+# ---------------------------------------------------------------- natural YAML: numbers, multi-line checks
+
+def test_unit_limits_take_numbers_and_render_as_numbers(tmp_path):
+    spec = spec_of("unit:\n  limit_nofile: 1048576\n  limit_nproc: 4096\n  tasks_max: 0\n  limit_core: infinity\n")
+    assert (spec.unit.limit_nofile, spec.unit.limit_nproc, spec.unit.tasks_max, spec.unit.limit_core) == \
+        ("1048576", "4096", "0", "infinity")
+    # A number and the same number quoted are the same spec.
+    quoted = spec_of("unit:\n  limit_nofile: '1048576'\n  limit_nproc: '4096'\n  tasks_max: '0'\n")
+    assert quoted == spec and quoted.spec_hash == spec.spec_hash
+    unit = render.payload(spec)["/etc/systemd/system/containerd.service"].content.decode()
+    assert "LimitNOFILE=1048576\n" in unit and "LimitNPROC=4096\n" in unit and "TasksMax=0\n" in unit
+    assert expected.unit_expectations(spec)["LimitNOFILE"] == "1048576"
+
+
+MULTILINE = """\
+verify:
+  checks:
+    - name: multi
+      run: |
+        set -eu
+        marker="${1:-none}-set"
+        if [ "$(printf '%s' 'it''s "quoted" $HOME')" != "" ]; then
+          printf 'line one\\tand a tab\\n' > "$OUT/out"
+        fi
+        for word in a b; do echo "$word" >> "$OUT/out"; done
+        test "${marker:-}" != ""
+    - name: fails
+      run: |
+        true
+        exit 3
+"""
+
+
+def _extra_checks_as_delivered(spec) -> list[dict]:
+    """verify.checks as the guest gets them: expected.json inside the #cloud-config user-data."""
+    cloud = yaml.safe_load(ungzip(render.user_data(spec)).decode())
+    (entry,) = [f for f in cloud["write_files"] if f["path"].endswith("/expected.json")]
+    return json.loads(entry["content"])["extra_checks"]
+
+
+def test_multiline_check_reaches_the_guest_shell_intact(tmp_path, monkeypatch, capsys):
+    spec = spec_of(MULTILINE)
+    checks = _extra_checks_as_delivered(spec)
+    assert [c["run"] for c in checks] == [c.run for c in spec.verify.checks]
+    assert checks[0]["run"].count("\n") == 7
+    for item in checks:
+        assert subprocess.run(["bash", "-n", "-c", item["run"]], capture_output=True).returncode == 0
+        lint = subprocess.run(["shellcheck", "-s", "bash", "-S", "warning", "-"], input=item["run"].encode(),
+                              capture_output=True)
+        assert lint.returncode == 0, lint.stdout.decode()
+    # The guest check's own runner (bash -c) runs it: the script's lines all ran, the failing one fails.
+    monkeypatch.setenv("OUT", str(tmp_path))
+    rep = check.Reporter(None)
+    check.extra_checks(rep, {"extra_checks": checks})
+    assert (rep.passed, rep.failed) == (1, 1)
+    assert (tmp_path / "out").read_text() == "line one\tand a tab\na\nb\n"
+    records = [json.loads(line.split(" ", 1)[1]) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["check"], r["ok"], r["actual"]) for r in records] == [("extra.multi", True, "exit 0"),
+                                                                      ("extra.fails", False, "exit 3")]
