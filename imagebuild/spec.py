@@ -6,6 +6,7 @@ Every renderer takes a `Spec` and nothing else; nothing downstream re-reads YAML
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +94,38 @@ class Containerd:
     def family(self) -> str:
         """The reference-default family: 1.6, 1.7 or 2.1 (2.0-2.2 share config version 3)."""
         major, minor, _ = self.version_tuple
-        return f"{major}.{minor}" if major == 1 else "2.1"
+        return _family_of(major, minor) or f"{major}.{minor}"
 
     @property
     def config_version(self) -> int:
         major, minor, _ = self.version_tuple
         return 2 if major == 1 else 3 if minor <= 2 else 4
+
+
+def _family_of(major: int, minor: int) -> str | None:
+    """The reference default (imagebuild/defaults/config-<family>.toml) a containerd minor is rendered
+    from, or None when imagebuild carries none: each 1.x minor has its own (config version 2), and
+    2.0-2.2 share 2.1's (config version 3; 2.3 would bring version 4)."""
+    family = f"1.{minor}" if major == 1 else "2.1" if major == 2 and minor <= 2 else None
+    return family if family in _reference_families() else None
+
+
+@functools.cache
+def _reference_families() -> tuple[str, ...]:
+    names = [entry.name for entry in resources.files("imagebuild").joinpath("defaults").iterdir()]
+    found = [m.group(1) for m in map(re.compile(r"^config-([0-9]+\.[0-9]+)\.toml$").match, names) if m]
+    return tuple(sorted(found, key=lambda f: tuple(int(p) for p in f.split("."))))
+
+
+def supported_versions() -> str:
+    """The supported containerd versions, from the reference defaults imagebuild carries."""
+    groups = []
+    for family in _reference_families():
+        major = int(family.split(".")[0])
+        minors = [m for m in range(100) if _family_of(major, m) == family]
+        span = f"{major}.{minors[0]}.x" if len(minors) == 1 else f"{major}.{minors[0]}.x-{major}.{minors[-1]}.x"
+        groups.append(span)
+    return ", ".join(groups)
 
 
 @_frozen
@@ -283,9 +311,10 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     warnings: list[str] = []
     ctd, cfg, unit = doc["containerd"], doc["config"], doc["unit"]
     major, minor, _ = (int(p) for p in ctd["version"].split("."))
-    if (major, minor) < (1, 6) or major > 2 or (major == 2 and minor > 2):
-        problems.append(Problem("containerd.version", f"got {ctd['version']!r}, expected 1.6.x, 1.7.x or 2.0.x-2.2.x "
-                                "(the versions whose reference config imagebuild carries)"))
+    if _family_of(major, minor) is None:
+        problems.append(Problem("containerd.version", f"got {ctd['version']!r}, expected {supported_versions()} "
+                                f"(the versions whose reference config imagebuild carries: "
+                                f"{', '.join(_reference_families())})"))
     install = ctd["install"]
     if install["method"] == "tarball":
         for name in ("tarball", "runc") + (("cni_plugins",) if install["cni_plugins"] else ()):

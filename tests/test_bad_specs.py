@@ -146,6 +146,12 @@ CASES = [
     Bad("containerd-1.5", {"containerd": {"version": "1.5.9"}}, "containerd.version", "got '1.5.9', expected 1.6.x"),
     Bad("containerd-2.3", {"containerd": {"version": "2.3.0"}}, "containerd.version", "got '2.3.0'"),
     Bad("containerd-3", {"containerd": {"version": "3.0.0"}}, "containerd.version", "got '3.0.0'"),
+    Bad("containerd-1.8", {"containerd": {"version": "1.8.0"}}, "containerd.version",
+        "got '1.8.0', expected 1.6.x, 1.7.x, 2.0.x-2.2.x (the versions whose reference config imagebuild carries: "
+        "1.6, 1.7, 2.1)"),
+    Bad("containerd-0", {"containerd": {"version": "0.2.0"}}, "containerd.version", "got '0.2.0', expected 1.6.x"),
+    Bad("containerd-1.8-package", pkg("1.8.0-1") | {"containerd": {"version": "1.8.0", "install": {
+        "method": "package", "package": {"version": "1.8.0-1"}}}}, "containerd.version", "got '1.8.0'"),
     Bad("containerd-two-part", {"containerd": {"version": "1.7"}}, "containerd.version", "got '1.7', expected a version"),
     Bad("package-without-version", pkg(), "containerd.install.package.version", "got null"),
     Bad("package-version-mismatch", pkg("1.7.24~ds1-6"), "containerd.install.package.version",

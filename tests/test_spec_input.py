@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -142,3 +143,23 @@ def test_multiline_check_reaches_the_guest_shell_intact(tmp_path, monkeypatch, c
     records = [json.loads(line.split(" ", 1)[1]) for line in capsys.readouterr().out.splitlines()]
     assert [(r["check"], r["ok"], r["actual"]) for r in records] == [("extra.multi", True, "exit 0"),
                                                                       ("extra.fails", False, "exit 3")]
+
+
+# ---------------------------------------------------------------- versions that exist
+
+def test_supported_versions_come_from_the_reference_defaults():
+    families = sorted(p.name[len("config-"):-len(".toml")] for p in
+                      (Path(spec_module.__file__).parent / "defaults").glob("config-*.toml"))
+    assert families == ["1.6", "1.7", "2.1"]
+    assert spec_module.supported_versions() == "1.6.x, 1.7.x, 2.0.x-2.2.x"
+    for version, family in [("1.6.0", "1.6"), ("1.7.99", "1.7"), ("2.0.0", "2.1"), ("2.2.3", "2.1")]:
+        assert spec_of({"containerd": {"version": version}}).containerd.family == family
+    # Every supported family renders (its reference default is there).
+    for version in ("1.6.1", "1.7.2", "2.0.1"):
+        assert render.payload(spec_of({"containerd": {"version": version}}))
+
+
+def test_an_unknown_version_is_reported_with_the_other_problems():
+    with pytest.raises(spec_module.SpecError) as info:
+        spec_of({"containerd": {"version": "1.8.0"}, "config": {"default_runtime": "nvidia"}})
+    assert [p.path for p in info.value.problems] == ["containerd.version", "config.default_runtime"]
