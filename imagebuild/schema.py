@@ -109,7 +109,12 @@ HOSTNAME = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$"
 HTTP_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+@=-]*)?$"
 URL_TEMPLATE = r"^(https?|file)://[A-Za-z0-9.:-]*(/[A-Za-z0-9._~%/+@={}-]*)?$"
 CHECKSUM_URL = r"^(\{url\}[A-Za-z0-9._-]*|(https?|file)://[A-Za-z0-9.:-]*(/[A-Za-z0-9._~%/+@={}-]*)?)$"
-IMAGE_REF = r"^[a-z0-9]+([._/:@-][A-Za-z0-9]+)*([._-][A-Za-z0-9]+)*$"
+# An image reference as containerd parses it (distribution/reference): an optional registry host
+# (a name with a dot or a port, or localhost), lowercase repository path components, a tag, a digest.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REGISTRY = r"(?:(?:[A-Za-z0-9-]+\.)+[A-Za-z0-9-]+(?::[0-9]+)?|[A-Za-z0-9-]+:[0-9]+|localhost)"
+IMAGE_REF = (rf"^(?:{_REGISTRY}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+             r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$")
 SHA256 = r"^[0-9a-f]{64}$"
 NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 VERSION = r"^[0-9]+\.[0-9]+\.[0-9]+$"
@@ -230,7 +235,8 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
         "oom_score": integer("containerd's OOM score: -999 on a Kubernetes worker so containers die first",
                              -999, minimum=-1000, maximum=1000),
         "sandbox_image": string("pause image for pod sandboxes", "registry.cn-hangzhou.aliyuncs.com/google_containers/pause:3.6",
-                                pattern=IMAGE_REF, allowed="an image reference like registry/name:tag"),
+                                pattern=IMAGE_REF, allowed="an image reference like registry/name:tag "
+                                "(the repository path in lowercase)"),
         "systemd_cgroup": boolean("runc uses the systemd cgroup driver (SystemdCgroup)", True),
         "registry": obj("registry hosts and mirrors", {
             "mode": string("hosts: certs.d/<host>/hosts.toml (current); legacy: registry.mirrors table "

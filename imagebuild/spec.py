@@ -379,7 +379,7 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     if cfg["default_runtime"] != "runc" and cfg["default_runtime"] not in cfg["runtimes"]:
         problems.append(Problem("config.default_runtime", f"got {cfg['default_runtime']!r}, expected runc or one of "
                                 f"config.runtimes ({', '.join(cfg['runtimes']) or 'none defined'})"))
-    _check_overrides(cfg["overrides"], "config.overrides", problems, quote_in_keys=major >= 2)
+    _check_overrides(cfg["overrides"], "config.overrides", problems)  # key quotes: once split, in from_document
     if not -999 <= cfg["oom_score"] <= 0:
         warnings.append(f"config.oom_score: {cfg['oom_score']} is outside the recommended -999..0 "
                         "(-1000 means never killed; 0 and above put containerd before containers)")
@@ -396,6 +396,10 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     if unit["exec_start"] is None:
         unit["exec_start"] = ("/usr/local/bin/containerd" if install["method"] == "tarball"
                               else "/usr/bin/containerd")
+    for key, value in doc["system"]["sysctls"].items():
+        if not str(value).strip():
+            problems.append(Problem(f"system.sysctls.{key}", f"got {value!r}, expected a number or plain text "
+                                    "(an empty value sets nothing and systemd-sysctl rejects it; remove the key)"))
     aws = doc["image"]["aws"]
     if aws["region"] in aws["copy_regions"]:
         problems.append(Problem("image.aws.copy_regions", f"got {aws['region']!r}, the home region; list only "
@@ -463,6 +467,14 @@ def from_document(document: Any, source: str = "spec") -> Spec:
     warnings: list[str] = []
     if not problems:
         problems, warnings = _semantic_checks(doc)
+    if not problems:
+        from .render.config_toml import normalise_overrides
+
+        family = Containerd(doc["containerd"]["version"], None).family
+        doc["config"]["overrides"], found = normalise_overrides(doc["config"]["overrides"], family)
+        problems = [Problem(path, message) for path, message in found]
+        _check_overrides(doc["config"]["overrides"], "config.overrides", problems,
+                         quote_in_keys=not family.startswith("1."))
     if problems:
         raise SpecError(problems, source)
     spec = _build(Spec, doc)

@@ -168,6 +168,15 @@ CASES = [
     Bad("sandbox-backtick", {"config": {"sandbox_image": "registry.k8s.io/`id`:3.9"}}, "config.sandbox_image", "`id`"),
     Bad("sandbox-newline", {"config": {"sandbox_image": "registry.k8s.io/pause:3.9\nroot = \"/\""}},
         "config.sandbox_image", "control characters"),
+    Bad("sandbox-uppercase-repository", {"config": {"sandbox_image": "registry.k8s.io/Pause:3.9"}}, "config.sandbox_image",
+        "got 'registry.k8s.io/Pause:3.9', expected an image reference like registry/name:tag (the repository path in "
+        "lowercase)"),
+    Bad("sandbox-uppercase-no-registry", {"config": {"sandbox_image": "MyOrg/pause:3.9"}}, "config.sandbox_image",
+        "'MyOrg/pause:3.9'"),
+    Bad("sandbox-bad-tag", {"config": {"sandbox_image": "registry.k8s.io/pause:-3.9"}}, "config.sandbox_image",
+        "'registry.k8s.io/pause:-3.9'"),
+    Bad("sandbox-bad-digest", {"config": {"sandbox_image": "registry.k8s.io/pause@sha256:xyz"}}, "config.sandbox_image",
+        "'registry.k8s.io/pause@sha256:xyz'"),
     Bad("sandbox-nul", {"config": {"sandbox_image": "registry.k8s.io/pause:3.9\x00"}}, "config.sandbox_image", "\\x00"),
     # --- headers: control characters refused (quotes and $ are allowed, see below)
     Bad("header-newline", mirror(headers={"X-Token": "abc\r\nX-Evil: 1"}),
@@ -222,6 +231,10 @@ CASES = [
         "system.sysctls.net.ipv4.ip_forward", "'1; reboot'"),
     Bad("sysctl-value-quote", {"system": {"sysctls": {"net.ipv4.ip_forward": '"1"'}}},
         "system.sysctls.net.ipv4.ip_forward", "'\"1\"'"),
+    Bad("sysctl-value-empty", {"system": {"sysctls": {"net.ipv4.ip_forward": ""}}}, "system.sysctls.net.ipv4.ip_forward",
+        "got '', expected a number or plain text (an empty value sets nothing"),
+    Bad("sysctl-value-blank", {"system": {"sysctls": {"kernel.panic": "   "}}}, "system.sysctls.kernel.panic",
+        "got '   ', expected a number or plain text"),
     Bad("sysctl-value-newline", {"system": {"sysctls": {"net.ipv4.ip_forward": "1\nkernel.panic = 0"}}},
         "system.sysctls.net.ipv4.ip_forward", "\\nkernel.panic"),
     # --- paths
@@ -285,6 +298,35 @@ CASES = [
     # containerd 1.x's TOML parser refuses `"a\"b" = ...` (2.x reads it): the config would not load.
     Bad("override-key-quote-1x", {"config": {"overrides": {"timeouts": {'my"timeout': "5s"}}}},
         'config.overrides.timeouts.my"timeout', "containerd 1.x cannot read a key holding a double quote"),
+    # typed overrides: a key containerd's own default has is checked against the type it has there
+    Bad("override-string-for-int", {"config": {"overrides": {"grpc": {"max_recv_message_size": "16MB"}}}},
+        "config.overrides.grpc.max_recv_message_size",
+        "got '16MB' (string), expected an integer, the type containerd 1.6 gives this key (its default: 16777216)"),
+    Bad("override-dotted-string-for-int", {"config": {"overrides": {"grpc.max_recv_message_size": "16MB"}}},
+        "config.overrides.grpc.max_recv_message_size", "got '16MB' (string), expected an integer"),
+    Bad("override-bool-for-string", {"config": {"overrides": {"debug.level": True}}}, "config.overrides.debug.level",
+        "got True (boolean), expected a string"),
+    Bad("override-yes-for-bool", "config:\n  overrides:\n    plugins.io.containerd.grpc.v1.cri.enable_selinux: yes\n",
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.enable_selinux", "got 'yes' (string), expected a boolean"),
+    Bad("override-int-for-bool-2x", {"containerd": {"version": "2.1.9"}, "config": {"overrides": {
+        "plugins": {"io.containerd.cri.v1.runtime": {"enable_cdi": 1}}}}},
+        "config.overrides.plugins.io.containerd.cri.v1.runtime.enable_cdi",
+        "got 1 (integer), expected a boolean, the type containerd 2.1 gives this key (its default: True)"),
+    Bad("override-scalar-for-table", {"config": {"overrides": {"grpc": 5}}}, "config.overrides.grpc",
+        "got 5 (integer), expected a table"),
+    Bad("override-string-for-list", {"config": {"overrides": {"disabled_plugins": "io.containerd.snapshotter.v1.zfs"}}},
+        "config.overrides.disabled_plugins", "got 'io.containerd.snapshotter.v1.zfs' (string), expected a list"),
+    Bad("override-list-item-type", {"containerd": {"version": "1.7.24"}, "config": {"overrides": {
+        "plugins": {"io.containerd.grpc.v1.cri": {
+            "cdi_spec_dirs": ["/etc/cdi", 7]}}}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.cdi_spec_dirs[1]", "got 7 (integer), expected a string"),
+    Bad("override-list-of-tables-type", {"containerd": {"version": "1.7.24"}, "config": {"overrides": {
+        "plugins.io.containerd.transfer.v1.local.unpack_config": [{"platform": "linux/amd64", "snapshotter": 1}]}}},
+        "config.overrides.plugins.io.containerd.transfer.v1.local.unpack_config[0].snapshotter",
+        "got 1 (integer), expected a string"),
+    Bad("override-set-twice", {"config": {"overrides": {"grpc.max_recv_message_size": 1,
+                                                        "grpc": {"max_recv_message_size": 2}}}},
+        "config.overrides.grpc.max_recv_message_size", "set twice"),
     Bad("override-surrogate", '{"config": {"overrides": {"debug": {"level": "a\\ud800"}}}}',
         "config.overrides.debug.level", "lone UTF-16 surrogate"),
     Bad("description-surrogate", 'unit:\n  description: "containerd \\udfff"\n', "unit.description",
@@ -442,3 +484,22 @@ def test_header_values_with_quotes_and_dollars_render_inert(tmp_path):
 def test_description_with_quotes_and_backticks_is_allowed():
     spec = spec_of({"unit": {"description": 'containerd "tuned" `golden`'}})
     assert spec.unit.description == 'containerd "tuned" `golden`'
+
+
+def test_sandbox_images_containerd_accepts_are_accepted():
+    for ref in ("registry.k8s.io/pause:3.9", "pause", "localhost:5000/pause:3.9", "Registry.Example.com/a/b_c/d__e:T-1",
+                "k8s.gcr.io/pause@sha256:" + SHA, "registry.k8s.io/pause:3.9@sha256:" + SHA, "localhost/pause"):
+        assert spec_of({"config": {"sandbox_image": ref}}).config.sandbox_image == ref
+
+
+def test_an_unwritable_output_is_named_not_a_temporary_directory(tmp_path):
+    # sysfs refuses new directories even to root: the output's parent cannot take the render.
+    out = "/sys/imagebuild-render"
+    code, _, err = run_main(["render", "-o", out])
+    assert code == 1, err
+    assert err == f"imagebuild: error: cannot write the render to {out}: Operation not permitted (writing {out}); " \
+                  "nothing was written\n"
+    # A file where a parent directory should be: named as it is.
+    (tmp_path / "file").write_text("")
+    code, _, err = run_main(["render", "-o", str(tmp_path / "file" / "out")])
+    assert code == 1 and f"(writing {tmp_path / 'file'})" in err and ".out." not in err, err
