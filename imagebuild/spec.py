@@ -599,7 +599,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         size, depth = self._sizes[id(node)]
         self._nodes += 1 if own else size
         if self._nodes > MAX_NODES:
-            raise _Limit(None, None, f"more than {MAX_NODES} values once aliases are expanded, expected at "
+            raise _Limit(None, None, f"more than {MAX_NODES} values (aliases counted expanded), expected at "
                          f"most {MAX_NODES}", mark)
         if depth > MAX_DEPTH:
             raise _Limit(None, None, f"nested more than {MAX_DEPTH} levels deep once aliases are expanded, "
