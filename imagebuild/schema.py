@@ -13,6 +13,10 @@ from typing import Any
 
 # Strings that end up in files or shell commands must be printable, single-line text.
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# The same, for text that may span lines (a shell script): newline and tab are allowed.
+CONTROL_CHARS_MULTILINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Words YAML 1.1 read as booleans; the spec is read with YAML 1.2's (true/false only), so they are text.
+YAML11_BOOLEANS = {"y", "yes", "n", "no", "on", "off"}
 # Half of a UTF-16 surrogate pair (YAML and JSON both let "\ud800" through): not a character,
 # and no file can hold it (UTF-8 refuses to encode it).
 SURROGATES = re.compile(r"[\ud800-\udfff]")
@@ -90,6 +94,12 @@ def obj(doc: str, properties: dict[str, dict], *, required: list[str] | None = N
 
 ANY_TOML = {"description": "free-form TOML value"}
 
+
+def unit_limit(doc: str) -> dict:
+    """A systemd limit: `infinity` or a number, written as YAML text or as a YAML number."""
+    return {"type": ["string", "integer"], "description": doc + " infinity or a number", "pattern": UNIT_LIMIT,
+            "x-allowed": "infinity or a number", "minimum": 0, "maximum": (1 << 63) - 1, "default": "infinity"}
+
 # --- patterns ---------------------------------------------------------------------------------
 
 ABS_PATH = r"^/[A-Za-z0-9._/+@-]*$"
@@ -99,7 +109,12 @@ HOSTNAME = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$"
 HTTP_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+@=-]*)?$"
 URL_TEMPLATE = r"^(https?|file)://[A-Za-z0-9.:-]*(/[A-Za-z0-9._~%/+@={}-]*)?$"
 CHECKSUM_URL = r"^(\{url\}[A-Za-z0-9._-]*|(https?|file)://[A-Za-z0-9.:-]*(/[A-Za-z0-9._~%/+@={}-]*)?)$"
-IMAGE_REF = r"^[a-z0-9]+([._/:@-][A-Za-z0-9]+)*([._-][A-Za-z0-9]+)*$"
+# An image reference as containerd parses it (distribution/reference): an optional registry host
+# (a name with a dot or a port, or localhost), lowercase repository path components, a tag, a digest.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REGISTRY = r"(?:(?:[A-Za-z0-9-]+\.)+[A-Za-z0-9-]+(?::[0-9]+)?|[A-Za-z0-9-]+:[0-9]+|localhost)"
+IMAGE_REF = (rf"^(?:{_REGISTRY}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+             r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$")
 SHA256 = r"^[0-9a-f]{64}$"
 NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 VERSION = r"^[0-9]+\.[0-9]+\.[0-9]+$"
@@ -220,7 +235,8 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
         "oom_score": integer("containerd's OOM score: -999 on a Kubernetes worker so containers die first",
                              -999, minimum=-1000, maximum=1000),
         "sandbox_image": string("pause image for pod sandboxes", "registry.cn-hangzhou.aliyuncs.com/google_containers/pause:3.6",
-                                pattern=IMAGE_REF, allowed="an image reference like registry/name:tag"),
+                                pattern=IMAGE_REF, allowed="an image reference like registry/name:tag "
+                                "(the repository path in lowercase)"),
         "systemd_cgroup": boolean("runc uses the systemd cgroup driver (SystemdCgroup)", True),
         "registry": obj("registry hosts and mirrors", {
             "mode": string("hosts: certs.d/<host>/hosts.toml (current); legacy: registry.mirrors table "
@@ -263,10 +279,10 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
                             enum=["process", "control-group", "mixed", "none"]),
         "restart": string("Restart=", "always", enum=["always", "on-failure", "on-abnormal", "no"]),
         "restart_sec": integer("RestartSec= seconds", 5, minimum=0, maximum=3600),
-        "limit_nproc": string("LimitNPROC=", "infinity", pattern=UNIT_LIMIT, allowed="infinity or a number"),
-        "limit_core": string("LimitCORE=", "infinity", pattern=UNIT_LIMIT, allowed="infinity or a number"),
-        "limit_nofile": string("LimitNOFILE=", "infinity", pattern=UNIT_LIMIT, allowed="infinity or a number"),
-        "tasks_max": string("TasksMax=", "infinity", pattern=UNIT_LIMIT, allowed="infinity or a number"),
+        "limit_nproc": unit_limit("LimitNPROC="),
+        "limit_core": unit_limit("LimitCORE="),
+        "limit_nofile": unit_limit("LimitNOFILE="),
+        "tasks_max": unit_limit("TasksMax="),
         "oom_score_adjust": integer("OOMScoreAdjust=", -999, minimum=-1000, maximum=1000),
         "wanted_by": string("WantedBy=", "multi-user.target", pattern=SYSTEMD_UNIT, allowed="a systemd unit name"),
     }),
@@ -325,7 +341,8 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
                            maximum=7200),
         "checks": array("extra checks: a shell command run in the guest; exit 0 passes", obj("a check", {
             "name": string("check name", None, pattern=CHECK_NAME, allowed="lowercase letters, digits, ._-"),
-            "run": string("shell command run as root in the guest", None),
+            "run": {**string("shell command (bash script, several lines allowed) run as root in the guest", None),
+                    "x-multiline": True},
         }, required=["name", "run"])),
     }),
 })
@@ -376,11 +393,16 @@ def validate(value: Any, node: dict = SPEC_SCHEMA, path: str = "") -> tuple[Any,
     if not _type_ok(value, kinds):
         names = {"object": "a mapping", "array": "a list", "integer": "an integer", "null": "null"}
         allowed = " or ".join(names.get(k, f"a {k}") for k in kinds)
+        if "boolean" in kinds and isinstance(value, str) and value.lower() in YAML11_BOOLEANS:
+            allowed += " (the spec is read with YAML 1.2 booleans: write true or false)"
         return value, [Problem(path, f"got {_show(value)}, expected {allowed}")]
     if value is None:
         return value, problems
     if isinstance(value, str):
-        if CONTROL_CHARS.search(value):
+        if node.get("x-multiline") and CONTROL_CHARS_MULTILINE.search(value):
+            problems.append(Problem(path, f"got {_show(value)}: control characters other than newline and tab "
+                                    "(NUL, carriage return, ...) are not allowed"))
+        elif not node.get("x-multiline") and CONTROL_CHARS.search(value):
             problems.append(Problem(path, f"got {_show(value)}: control characters (newline, NUL, ...) are not allowed"))
         elif SURROGATES.search(value):
             problems.append(Problem(path, f"got {_show(value)}: a lone UTF-16 surrogate (\\ud800-\\udfff) is not a "
@@ -395,7 +417,7 @@ def validate(value: Any, node: dict = SPEC_SCHEMA, path: str = "") -> tuple[Any,
         low, high = node.get("minimum"), node.get("maximum")
         if (low is not None and value < low) or (high is not None and value > high):
             problems.append(Problem(path, f"got {value}, expected an integer from {low} to {high}"))
-    if isinstance(value, list):
+    if isinstance(value, list) and "items" in node:  # free-form values (overrides) hold lists too
         out = []
         for index, item in enumerate(value):
             item, found = validate(item, node["items"], _join(path, index))

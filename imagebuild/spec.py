@@ -6,12 +6,15 @@ Every renderer takes a `Spec` and nothing else; nothing downstream re-reads YAML
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +92,45 @@ class Containerd:
 
     @property
     def family(self) -> str:
-        """The reference-default family: 1.6, 1.7 or 2.1 (2.0-2.2 share config version 3)."""
-        major, minor, _ = self.version_tuple
-        return f"{major}.{minor}" if major == 1 else "2.1"
+        return family_of(self.version)
 
     @property
     def config_version(self) -> int:
         major, minor, _ = self.version_tuple
         return 2 if major == 1 else 3 if minor <= 2 else 4
+
+
+def family_of(version: str) -> str:
+    """The reference-default family of a containerd version: 1.6, 1.7 or 2.1 (2.0-2.2 share config
+    version 3)."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    return _family_of(major, minor) or f"{major}.{minor}"
+
+
+def _family_of(major: int, minor: int) -> str | None:
+    """The reference default (imagebuild/defaults/config-<family>.toml) a containerd minor is rendered
+    from, or None when imagebuild carries none: each 1.x minor has its own (config version 2), and
+    2.0-2.2 share 2.1's (config version 3; 2.3 would bring version 4)."""
+    family = f"1.{minor}" if major == 1 else "2.1" if major == 2 and minor <= 2 else None
+    return family if family in _reference_families() else None
+
+
+@functools.cache
+def _reference_families() -> tuple[str, ...]:
+    names = [entry.name for entry in resources.files("imagebuild").joinpath("defaults").iterdir()]
+    found = [m.group(1) for m in map(re.compile(r"^config-([0-9]+\.[0-9]+)\.toml$").match, names) if m]
+    return tuple(sorted(found, key=lambda f: tuple(int(p) for p in f.split("."))))
+
+
+def supported_versions() -> str:
+    """The supported containerd versions, from the reference defaults imagebuild carries."""
+    groups = []
+    for family in _reference_families():
+        major = int(family.split(".")[0])
+        minors = [m for m in range(100) if _family_of(major, m) == family]
+        span = f"{major}.{minors[0]}.x" if len(minors) == 1 else f"{major}.{minors[0]}.x-{major}.{minors[-1]}.x"
+        groups.append(span)
+    return ", ".join(groups)
 
 
 @_frozen
@@ -282,9 +316,10 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     warnings: list[str] = []
     ctd, cfg, unit = doc["containerd"], doc["config"], doc["unit"]
     major, minor, _ = (int(p) for p in ctd["version"].split("."))
-    if (major, minor) < (1, 6) or major > 2 or (major == 2 and minor > 2):
-        problems.append(Problem("containerd.version", f"got {ctd['version']!r}, expected 1.6.x, 1.7.x or 2.0.x-2.2.x "
-                                "(the versions whose reference config imagebuild carries)"))
+    if _family_of(major, minor) is None:
+        problems.append(Problem("containerd.version", f"got {ctd['version']!r}, expected {supported_versions()} "
+                                f"(the versions whose reference config imagebuild carries: "
+                                f"{', '.join(_reference_families())})"))
     install = ctd["install"]
     if install["method"] == "tarball":
         for name in ("tarball", "runc") + (("cni_plugins",) if install["cni_plugins"] else ()):
@@ -349,7 +384,7 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     if cfg["default_runtime"] != "runc" and cfg["default_runtime"] not in cfg["runtimes"]:
         problems.append(Problem("config.default_runtime", f"got {cfg['default_runtime']!r}, expected runc or one of "
                                 f"config.runtimes ({', '.join(cfg['runtimes']) or 'none defined'})"))
-    _check_overrides(cfg["overrides"], "config.overrides", problems, quote_in_keys=major >= 2)
+    _check_overrides(cfg["overrides"], "config.overrides", problems)  # key quotes: once split, in from_document
     if not -999 <= cfg["oom_score"] <= 0:
         warnings.append(f"config.oom_score: {cfg['oom_score']} is outside the recommended -999..0 "
                         "(-1000 means never killed; 0 and above put containerd before containers)")
@@ -361,9 +396,15 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                         "containerd restarts; process keeps them")
     if not unit["delegate"]:
         warnings.append("unit.delegate: false lets systemd take over container cgroups")
+    for key in ("limit_nproc", "limit_core", "limit_nofile", "tasks_max"):
+        unit[key] = str(unit[key])  # `limit_nofile: 1048576` and "1048576" are the same setting
     if unit["exec_start"] is None:
         unit["exec_start"] = ("/usr/local/bin/containerd" if install["method"] == "tarball"
                               else "/usr/bin/containerd")
+    for key, value in doc["system"]["sysctls"].items():
+        if not str(value).strip():
+            problems.append(Problem(f"system.sysctls.{key}", f"got {value!r}, expected a number or plain text "
+                                    "(an empty value sets nothing and systemd-sysctl rejects it; remove the key)"))
     aws = doc["image"]["aws"]
     if aws["region"] in aws["copy_regions"]:
         problems.append(Problem("image.aws.copy_regions", f"got {aws['region']!r}, the home region; list only "
@@ -431,6 +472,14 @@ def from_document(document: Any, source: str = "spec") -> Spec:
     warnings: list[str] = []
     if not problems:
         problems, warnings = _semantic_checks(doc)
+    if not problems:
+        from .render.config_toml import normalise_overrides
+
+        family = family_of(doc["containerd"]["version"])
+        doc["config"]["overrides"], found = normalise_overrides(doc["config"]["overrides"], family)
+        problems = [Problem(path, message) for path, message in found]
+        _check_overrides(doc["config"]["overrides"], "config.overrides", problems,
+                         quote_in_keys=not family.startswith("1."))
     if problems:
         raise SpecError(problems, source)
     spec = _build(Spec, doc)
@@ -470,17 +519,111 @@ def _override_conflicts(spec: Spec) -> list[Problem]:
     return problems
 
 
+#: Input limits: a spec is a few KiB and a dozen levels deep; hostile YAML (an alias bomb, thousands
+#: of nested brackets, a huge file) fails fast with one clear error instead of hanging or crashing.
+MAX_SPEC_BYTES = 256 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+MAX_ALIASES = 256
+
+_STR, _MERGE = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class _Limit(yaml.composer.ComposerError):
+    """A spec over one of the input limits (raised while composing, before anything is built)."""
+
+
+class _BadKey(yaml.composer.ComposerError):
+    """A mapping key that is not text: a list or mapping (a complex key), a number, a boolean, null."""
+
+
+_KINDS = {"int": "an integer", "float": "a number", "bool": "a boolean", "null": "null", "timestamp": "a date"}
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (YAML silently keeps the last)."""
+    """SafeLoader with YAML 1.2 booleans, refusing duplicate and non-text keys, within limits.
+
+    Only true/false (True, TRUE, False, FALSE) are booleans, as in YAML 1.2: `no`, `on`, `yes` and
+    `off` are strings, so `restart: no` means "no" and never False. Numbers stay PyYAML's, so a file
+    written by yaml.safe_dump reads back the same. Every node is counted as if aliases were expanded,
+    so an alias bomb stops at MAX_NODES while composing, before any value is built.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, "tag:yaml.org,2002:value")]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str, name: str):
+        super().__init__(stream)
+        self.name = name  # marks name the spec file, not "<unicode string>"
+        self._depth = 0
+        self._nodes = 0
+        self._aliases = 0
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, expanded depth)
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Limit(None, None, f"more than {MAX_ALIASES} aliases (*name), expected at most "
+                             f"{MAX_ALIASES}", event.start_mark)
+            node = super().compose_node(parent, index)
+            if id(node) not in self._sizes:
+                raise _Limit(None, None, f"alias *{event.anchor} refers to a node that contains it "
+                             "(a recursive structure), expected a finished anchor", event.start_mark)
+            self._count(node, event.start_mark)
+            return node
+        event = self.peek_event()
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Limit(None, None, f"nested more than {MAX_DEPTH} levels deep, expected at most {MAX_DEPTH}",
+                         event.start_mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    raise _BadKey(None, None, f"got a {key.id} as a mapping key, expected a plain text key",
+                                  key.start_mark)
+                if key.tag not in (_STR, _MERGE):
+                    kind = key.tag.rsplit(":", 1)[-1]
+                    raise _BadKey(None, None, f"got the key {key.value!r}, which YAML reads as "
+                                  f"{_KINDS.get(kind, kind)}, expected text (quote it)", key.start_mark)
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        size = 1 + sum(self._sizes[id(child)][0] for child in children)
+        depth = 1 + max((self._sizes[id(child)][1] for child in children), default=0)
+        self._sizes[id(node)] = (size, depth)
+        self._count(node, event.start_mark, own=True)
+        return node
+
+    def _count(self, node, mark, own: bool = False) -> None:
+        size, depth = self._sizes[id(node)]
+        self._nodes += 1 if own else size
+        if self._nodes > MAX_NODES:
+            raise _Limit(None, None, f"more than {MAX_NODES} values (aliases counted expanded), expected at "
+                         f"most {MAX_NODES}", mark)
+        if depth > MAX_DEPTH:
+            raise _Limit(None, None, f"nested more than {MAX_DEPTH} levels deep once aliases are expanded, "
+                         f"expected at most {MAX_DEPTH}", mark)
+
+
+_UniqueKeyLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE:
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
+    loader.flatten_mapping(node)  # `<<: *anchor` merges; keys written here win over merged ones
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
 
@@ -500,7 +643,7 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
-def _load_document(text: str) -> Any:
+def _load_document(text: str, source: str = "spec") -> Any:
     """The document in *text*: JSON when it is JSON (spec.json, the effective spec), else YAML.
 
     JSON is read as JSON, not as the YAML it nearly is: YAML 1.1 reads `1e-05` as a string and a
@@ -508,24 +651,70 @@ def _load_document(text: str) -> Any:
     """
     if text.lstrip().startswith("{"):
         try:
-            return json.loads(text, object_pairs_hook=_json_object)
+            return _within_depth(json.loads(text, object_pairs_hook=_json_object))
         except _DuplicateJsonKey as exc:
             raise SpecError([Problem("", f"not valid JSON: duplicate key {exc.args[0]!r}")]) from None
+        except RecursionError:
+            raise SpecError([Problem("", f"nested more than {MAX_DEPTH} levels deep, expected at most "
+                                     f"{MAX_DEPTH}")]) from None
         except json.JSONDecodeError:
             pass  # a YAML flow mapping such as {name: x}
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    loader = _UniqueKeyLoader(text, source)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _within_depth(document: Any) -> Any:
+    """*document* (parsed JSON), unless nested deeper than MAX_DEPTH: checked without recursion."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise RecursionError
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return document
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> Problem:
+    """One line for a YAML error: what is wrong, at file:line:column (PyYAML's own text takes 4-8 lines)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return Problem("", f"not valid YAML: {' '.join(str(exc).split())}")
+
+    def where(mark) -> str:
+        return f"{mark.name}:{mark.line + 1}:{mark.column + 1}"
+
+    what = "over a limit" if isinstance(exc, _Limit) else "bad key" if isinstance(exc, _BadKey) else "not valid YAML"
+    mark = exc.problem_mark or exc.context_mark
+    text = f"{what} at {where(mark)}: {exc.problem or exc.context}"
+    if exc.context and exc.problem and exc.context_mark:
+        text += f" ({exc.context} at {exc.context_mark.line + 1}:{exc.context_mark.column + 1})"
+    return Problem("", " ".join(text.split()))
 
 
 def parse(text: str, source: str = "spec") -> Spec:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SPEC_BYTES:
+        raise SpecError([_too_big(size)], source)
     try:
-        document = _load_document(text)
+        document = _load_document(text, source)
     except SpecError as exc:
         raise SpecError(exc.problems, source) from None
     except yaml.YAMLError as exc:
-        raise SpecError([Problem("", f"not valid YAML: {exc}")], source) from None
-    if document is not None and not isinstance(document, dict):
+        raise SpecError([_yaml_problem(exc)], source) from None
+    if document is None:
+        raise SpecError([Problem("", "the file holds no spec (it is empty or only comments), expected a mapping "
+                                 "such as `name: my-image`; omit SPEC for the built-in default")], source)
+    if not isinstance(document, dict):
         raise SpecError([Problem("", f"got {type(document).__name__}, expected a mapping at the top level")], source)
     return from_document(document, source)
+
+
+def _too_big(size: int | str) -> Problem:
+    return Problem("", f"got {size} bytes, expected a spec of at most {MAX_SPEC_BYTES} bytes "
+                   f"({MAX_SPEC_BYTES // 1024} KiB)")
 
 
 def load(path: str | Path | None = None) -> Spec:
@@ -534,7 +723,15 @@ def load(path: str | Path | None = None) -> Spec:
         return from_document({}, "default spec")
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:  # read no more than the limit: a 50 MB file is refused at once
+            data = handle.read(MAX_SPEC_BYTES + 1)
+            if len(data) > MAX_SPEC_BYTES:
+                try:
+                    size: int | str = os.fstat(handle.fileno()).st_size or f"more than {MAX_SPEC_BYTES}"
+                except OSError:
+                    size = f"more than {MAX_SPEC_BYTES}"
+                raise SpecError([_too_big(size)], str(path))
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([Problem("", f"cannot read {path}: {exc}")], str(path)) from None
     return parse(text, str(path))

@@ -8,7 +8,9 @@ allowed there (and shown to come back exactly); control characters are refused e
 """
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -49,7 +51,8 @@ def tags(values):
 @dataclass
 class Bad:
     id: str
-    doc: dict | str  # a dict is dumped with yaml.safe_dump (which escapes control characters)
+    doc: dict | str | Callable[[], str]  # a dict is dumped with yaml.safe_dump (which escapes control
+    #                                      characters); a callable makes the text when the test runs
     path: str        # the key path the message must name
     value: str       # a fragment of the message showing the bad value
 
@@ -152,8 +155,13 @@ CASES = [
     Bad("containerd-1.5", {"containerd": {"version": "1.5.9"}}, "containerd.version", "got '1.5.9', expected 1.6.x"),
     Bad("containerd-2.3", {"containerd": {"version": "2.3.0"}}, "containerd.version", "got '2.3.0'"),
     Bad("containerd-3", {"containerd": {"version": "3.0.0"}}, "containerd.version", "got '3.0.0'"),
-    Bad("containerd-two-part", {"containerd": {"version": "1.7"}}, "containerd.version",
-        "got '1.7', expected a version"),
+    Bad("containerd-1.8", {"containerd": {"version": "1.8.0"}}, "containerd.version",
+        "got '1.8.0', expected 1.6.x, 1.7.x, 2.0.x-2.2.x (the versions whose reference config imagebuild carries: "
+        "1.6, 1.7, 2.1)"),
+    Bad("containerd-0", {"containerd": {"version": "0.2.0"}}, "containerd.version", "got '0.2.0', expected 1.6.x"),
+    Bad("containerd-1.8-package", pkg("1.8.0-1") | {"containerd": {"version": "1.8.0", "install": {
+        "method": "package", "package": {"version": "1.8.0-1"}}}}, "containerd.version", "got '1.8.0'"),
+    Bad("containerd-two-part", {"containerd": {"version": "1.7"}}, "containerd.version", "got '1.7', expected a version"),
     Bad("package-without-version", pkg(), "containerd.install.package.version", "got null"),
     Bad("package-version-mismatch", pkg("1.7.24~ds1-6"), "containerd.install.package.version",
         "got '1.7.24~ds1-6', expected a version of containerd 1.6.20"),
@@ -172,6 +180,15 @@ CASES = [
     Bad("sandbox-backtick", {"config": {"sandbox_image": "registry.k8s.io/`id`:3.9"}}, "config.sandbox_image", "`id`"),
     Bad("sandbox-newline", {"config": {"sandbox_image": "registry.k8s.io/pause:3.9\nroot = \"/\""}},
         "config.sandbox_image", "control characters"),
+    Bad("sandbox-uppercase-repository", {"config": {"sandbox_image": "registry.k8s.io/Pause:3.9"}}, "config.sandbox_image",
+        "got 'registry.k8s.io/Pause:3.9', expected an image reference like registry/name:tag (the repository path in "
+        "lowercase)"),
+    Bad("sandbox-uppercase-no-registry", {"config": {"sandbox_image": "MyOrg/pause:3.9"}}, "config.sandbox_image",
+        "'MyOrg/pause:3.9'"),
+    Bad("sandbox-bad-tag", {"config": {"sandbox_image": "registry.k8s.io/pause:-3.9"}}, "config.sandbox_image",
+        "'registry.k8s.io/pause:-3.9'"),
+    Bad("sandbox-bad-digest", {"config": {"sandbox_image": "registry.k8s.io/pause@sha256:xyz"}}, "config.sandbox_image",
+        "'registry.k8s.io/pause@sha256:xyz'"),
     Bad("sandbox-nul", {"config": {"sandbox_image": "registry.k8s.io/pause:3.9\x00"}}, "config.sandbox_image", "\\x00"),
     # --- headers: control characters refused (quotes and $ are allowed, see below)
     Bad("header-newline", mirror(headers={"X-Token": "abc\r\nX-Evil: 1"}),
@@ -215,6 +232,10 @@ CASES = [
     Bad("exec-start-pre-quote", {"unit": {"exec_start_pre": ["-/sbin/modprobe 'overlay'"]}}, "unit.exec_start_pre[0]",
         "'overlay'"),
     Bad("limit-nofile-word", {"unit": {"limit_nofile": "unlimited"}}, "unit.limit_nofile", "got 'unlimited'"),
+    Bad("limit-nofile-negative", {"unit": {"limit_nofile": -1}}, "unit.limit_nofile", "got -1, expected an integer from 0"),
+    Bad("tasks-max-float", "unit:\n  tasks_max: 1.5\n", "unit.tasks_max", "got 1.5, expected a string or an integer"),
+    Bad("limit-nproc-bool", "unit:\n  limit_nproc: true\n", "unit.limit_nproc", "got True, expected a string or an integer"),
+    Bad("limit-core-huge", {"unit": {"limit_core": 2 ** 64}}, "unit.limit_core", f"got {2 ** 64}, expected an integer"),
     Bad("wanted-by-injection", {"unit": {"wanted_by": "multi-user.target; reboot"}}, "unit.wanted_by",
         "'multi-user.target; reboot'"),
     Bad("after-quote", {"unit": {"after": ['network.target"']}}, "unit.after[0]", "network.target\""),
@@ -228,6 +249,10 @@ CASES = [
         "system.sysctls.net.ipv4.ip_forward", "'1; reboot'"),
     Bad("sysctl-value-quote", {"system": {"sysctls": {"net.ipv4.ip_forward": '"1"'}}},
         "system.sysctls.net.ipv4.ip_forward", "'\"1\"'"),
+    Bad("sysctl-value-empty", {"system": {"sysctls": {"net.ipv4.ip_forward": ""}}}, "system.sysctls.net.ipv4.ip_forward",
+        "got '', expected a number or plain text (an empty value sets nothing"),
+    Bad("sysctl-value-blank", {"system": {"sysctls": {"kernel.panic": "   "}}}, "system.sysctls.kernel.panic",
+        "got '   ', expected a number or plain text"),
     Bad("sysctl-value-newline", {"system": {"sysctls": {"net.ipv4.ip_forward": "1\nkernel.panic = 0"}}},
         "system.sysctls.net.ipv4.ip_forward", "\\nkernel.panic"),
     # --- paths
@@ -269,6 +294,8 @@ CASES = [
         "'a;reboot'"),
     Bad("check-name-quote", {"verify": {"checks": [{"name": "a\"b", "run": "true"}]}}, "verify.checks[0].name", "a\"b"),
     Bad("check-run-nul", {"verify": {"checks": [{"name": "nul", "run": "true\x00"}]}}, "verify.checks[0].run", "\\x00"),
+    Bad("check-run-carriage-return", {"verify": {"checks": [{"name": "cr", "run": "true\r\nreboot"}]}},
+        "verify.checks[0].run", "control characters other than newline and tab"),
     Bad("check-without-run", {"verify": {"checks": [{"name": "x"}]}}, "verify.checks[0].run", "is required"),
     # --- overrides: what TOML, JSON and the check can all carry, and never a key a typed setting owns
     Bad("override-null", {"config": {"overrides": {"debug": {"level": None}}}}, "config.overrides.debug.level",
@@ -292,14 +319,97 @@ CASES = [
     # containerd 1.x's TOML parser refuses `"a\"b" = ...` (2.x reads it): the config would not load.
     Bad("override-key-quote-1x", {"config": {"overrides": {"timeouts": {'my"timeout': "5s"}}}},
         'config.overrides.timeouts.my"timeout', "containerd 1.x cannot read a key holding a double quote"),
+    # typed overrides: a key containerd's own default has is checked against the type it has there
+    Bad("override-string-for-int", {"config": {"overrides": {"grpc": {"max_recv_message_size": "16MB"}}}},
+        "config.overrides.grpc.max_recv_message_size",
+        "got '16MB' (string), expected an integer, the type containerd 1.6 gives this key (its default: 16777216)"),
+    Bad("override-dotted-string-for-int", {"config": {"overrides": {"grpc.max_recv_message_size": "16MB"}}},
+        "config.overrides.grpc.max_recv_message_size", "got '16MB' (string), expected an integer"),
+    Bad("override-bool-for-string", {"config": {"overrides": {"debug.level": True}}}, "config.overrides.debug.level",
+        "got True (boolean), expected a string"),
+    Bad("override-yes-for-bool", "config:\n  overrides:\n    plugins.io.containerd.grpc.v1.cri.enable_selinux: yes\n",
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.enable_selinux", "got 'yes' (string), expected a boolean"),
+    Bad("override-int-for-bool-2x", {"containerd": {"version": "2.1.9"}, "config": {"overrides": {
+        "plugins": {"io.containerd.cri.v1.runtime": {"enable_cdi": 1}}}}},
+        "config.overrides.plugins.io.containerd.cri.v1.runtime.enable_cdi",
+        "got 1 (integer), expected a boolean, the type containerd 2.1 gives this key (its default: True)"),
+    Bad("override-scalar-for-table", {"config": {"overrides": {"grpc": 5}}}, "config.overrides.grpc",
+        "got 5 (integer), expected a table"),
+    Bad("override-string-for-list", {"config": {"overrides": {"disabled_plugins": "io.containerd.snapshotter.v1.zfs"}}},
+        "config.overrides.disabled_plugins", "got 'io.containerd.snapshotter.v1.zfs' (string), expected a list"),
+    Bad("override-list-item-type", {"containerd": {"version": "1.7.24"}, "config": {"overrides": {
+        "plugins": {"io.containerd.grpc.v1.cri": {
+            "cdi_spec_dirs": ["/etc/cdi", 7]}}}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.cdi_spec_dirs[1]", "got 7 (integer), expected a string"),
+    Bad("override-list-of-tables-type", {"containerd": {"version": "1.7.24"}, "config": {"overrides": {
+        "plugins.io.containerd.transfer.v1.local.unpack_config": [{"platform": "linux/amd64", "snapshotter": 1}]}}},
+        "config.overrides.plugins.io.containerd.transfer.v1.local.unpack_config[0].snapshotter",
+        "got 1 (integer), expected a string"),
+    Bad("override-set-twice", {"config": {"overrides": {"grpc.max_recv_message_size": 1,
+                                                        "grpc": {"max_recv_message_size": 2}}}},
+        "config.overrides.grpc.max_recv_message_size", "set twice"),
     Bad("override-surrogate", '{"config": {"overrides": {"debug": {"level": "a\\ud800"}}}}',
         "config.overrides.debug.level", "lone UTF-16 surrogate"),
     Bad("description-surrogate", 'unit:\n  description: "containerd \\udfff"\n', "unit.description",
         "lone UTF-16 surrogate"),
     # --- documents that are not a spec at all
     Bad("top-level-list", "- name: x\n", "<spec>", "got list, expected a mapping"),
-    Bad("invalid-yaml", "config: {oom_score: -999\n", "<spec>", "not valid YAML"),
+    Bad("invalid-yaml", "config: {oom_score: -999\n", "<spec>", "not valid YAML at {spec}:2:1: expected ','"),
+    Bad("invalid-yaml-tab", "config:\n\toom_score: 0\n", "<spec>", "not valid YAML at {spec}:2:1: found character"),
+    Bad("invalid-yaml-unclosed-quote", 'name: "golden\n', "<spec>", "not valid YAML at {spec}:2:1:"),
+    Bad("empty-file", "", "<spec>", "the file holds no spec (it is empty or only comments)"),
+    Bad("only-comments", "# name: golden\n\n# nothing else\n", "<spec>", "the file holds no spec"),
+    Bad("only-document-marker", "---\n", "<spec>", "the file holds no spec"),
+    Bad("top-level-null", "null\n", "<spec>", "the file holds no spec"),
+    # --- YAML 1.2 booleans: yes/no/on/off are text, and a boolean field says so
+    Bad("boolean-field-no", "config:\n  systemd_cgroup: no\n", "config.systemd_cgroup",
+        "got 'no', expected a boolean (the spec is read with YAML 1.2 booleans: write true or false)"),
+    Bad("boolean-field-on", "image:\n  hygiene: On\n", "image.hygiene", "got 'On', expected a boolean (the spec is read"),
+    # --- keys that are not text
+    Bad("complex-key-list", "config:\n  overrides:\n    ? [a, b]\n    : 1\n", "<spec>",
+        "bad key at {spec}:3:7: got a sequence as a mapping key, expected a plain text key"),
+    Bad("complex-key-mapping", "{? {name: x} : 1}\n", "<spec>", "bad key at {spec}:1:4: got a mapping as a mapping key"),
+    Bad("key-integer", "system:\n  sysctls:\n    1: 2\n", "<spec>",
+        "bad key at {spec}:3:5: got the key '1', which YAML reads as an integer, expected text (quote it)"),
+    Bad("key-boolean", "config:\n  overrides:\n    true: 1\n", "<spec>", "got the key 'true', which YAML reads as a boolean"),
+    Bad("key-null", "~: 1\n", "<spec>", "got the key '~', which YAML reads as null"),
+    Bad("key-float", "unit:\n  1.5: x\n", "<spec>", "got the key '1.5', which YAML reads as a number"),
+    Bad("key-date", "config:\n  overrides:\n    2024-01-01: x\n", "<spec>", "which YAML reads as a date"),
+    # --- input limits: each refused at once (the test carries a timeout), in bounded memory
+    Bad("billion-laughs", lambda: billion_laughs(9), "<spec>", "more than 100000 values (aliases counted expanded), expected at most 100000"),
+    Bad("alias-bomb-small-file", lambda: billion_laughs(30, width=2), "<spec>", "more than 100000 values"),
+    Bad("alias-recursive", "config:\n  overrides:\n    x: &a [*a]\n", "<spec>",
+        "alias *a refers to a node that contains it"),
+    Bad("alias-recursive-mapping", "config:\n  overrides: &o {x: *o}\n", "<spec>", "alias *o refers to a node"),
+    Bad("too-many-aliases", lambda: "x: &x 1\ny: [" + ", ".join(["*x"] * 300) + "]\n", "<spec>",
+        "more than 256 aliases (*name), expected at most 256"),
+    Bad("nesting-flow-5000", lambda: "config:\n  overrides:\n    x: " + "[" * 5000 + "]" * 5000 + "\n", "<spec>",
+        "over a limit at {spec}:3:69: nested more than 64 levels deep, expected at most 64"),
+    Bad("nesting-flow-mapping-5000", lambda: "config: {overrides: " + "{a: " * 5000 + "1" + "}" * 5001 + "\n",
+        "<spec>", "nested more than 64 levels deep"),
+    Bad("nesting-block-5000", lambda: "config:\n  overrides:\n    x:\n" + "    " + "- " * 5000 + "1\n", "<spec>",
+        "nested more than 64 levels deep"),
+    Bad("nesting-block-mapping-100", lambda: "config:\n  overrides:\n" + "".join(
+        "  " * (i + 2) + f"k{i}:\n" for i in range(100)) + "  " * 102 + "v\n", "<spec>", "nested more than 64 levels"),
+    Bad("nesting-json-5000", lambda: '{"config": {"overrides": {"x": ' + "[" * 5000 + "]" * 5000 + "}}}\n", "<spec>",
+        "nested more than 64 levels deep"),
+    Bad("nesting-json-900", lambda: '{"config": {"overrides": {"x": ' + "[" * 900 + "]" * 900 + "}}}\n", "<spec>",
+        "nested more than 64 levels deep"),
+    Bad("nesting-through-aliases", lambda: "a0: &a0 [1]\n" + "".join(
+        f"a{i}: &a{i} [[[[*a{i - 1}]]]]\n" for i in range(1, 20)), "<spec>",
+        "nested more than 64 levels deep once aliases are expanded"),
+    Bad("file-50mb", lambda: "name: golden\n" + ("# " + "x" * 1021 + "\n") * 50 * 1024, "<spec>",
+        f"got {13 + 50 * 1024 * 1024} bytes, expected a spec of at most 262144 bytes (256 KiB)"),
+    Bad("file-just-over-limit", lambda: "name: golden\n#" + "x" * (256 * 1024 - 14) + "\n", "<spec>",
+        "got 262145 bytes, expected a spec of at most 262144 bytes"),
 ]
+
+
+def billion_laughs(levels: int, width: int = 9) -> str:
+    """The classic alias bomb: width**levels strings from a file of a few hundred bytes."""
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
 
 IDS = [case.id for case in CASES]
 assert len(set(IDS)) == len(IDS), "case ids must be unique"
@@ -315,12 +425,18 @@ def earlier(tmp_path_factory):
 
 
 def _spec_file(tmp_path, doc):
+    if callable(doc):
+        doc = doc()
     return write_spec(tmp_path, doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
 
 
+# Hostile input (alias bombs, deep nesting, a 50 MB file) must be refused quickly: the timeout is the
+# bound (a normal case takes well under a second, both renders included).
+@pytest.mark.timeout(20)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_bad_spec_is_refused(tmp_path, earlier, case):
     spec_path = _spec_file(tmp_path, case.doc)
+    case = dataclasses.replace(case, value=case.value.replace("{spec}", str(spec_path)))
     out = tmp_path / "out"
     code, stdout, err = run_main(["render", str(spec_path), "-o", str(out)])
     assert code == 2, err
@@ -330,6 +446,8 @@ def test_bad_spec_is_refused(tmp_path, earlier, case):
     line = next(line for line in err.splitlines() if line.startswith(f"  {case.path}: "))
     assert case.value in line, f"message does not show the bad value {case.value!r}:\n{err}"
     assert "Traceback" not in err
+    assert len(err.splitlines()) == 1 + sum(1 for line in err.splitlines() if line.startswith("  ")), \
+        f"one line per problem:\n{err}"
     assert not out.exists()
     # An earlier render in the way is left exactly as it was.
     directory, before = earlier
@@ -387,3 +505,22 @@ def test_header_values_with_quotes_and_dollars_render_inert(tmp_path):
 def test_description_with_quotes_and_backticks_is_allowed():
     spec = spec_of({"unit": {"description": 'containerd "tuned" `golden`'}})
     assert spec.unit.description == 'containerd "tuned" `golden`'
+
+
+def test_sandbox_images_containerd_accepts_are_accepted():
+    for ref in ("registry.k8s.io/pause:3.9", "pause", "localhost:5000/pause:3.9", "Registry.Example.com/a/b_c/d__e:T-1",
+                "k8s.gcr.io/pause@sha256:" + SHA, "registry.k8s.io/pause:3.9@sha256:" + SHA, "localhost/pause"):
+        assert spec_of({"config": {"sandbox_image": ref}}).config.sandbox_image == ref
+
+
+def test_an_unwritable_output_is_named_not_a_temporary_directory(tmp_path):
+    # sysfs refuses new directories even to root: the output's parent cannot take the render.
+    out = "/sys/imagebuild-render"
+    code, _, err = run_main(["render", "-o", out])
+    assert code == 1, err
+    assert err == f"imagebuild: error: cannot write the render to {out}: Operation not permitted (writing {out}); " \
+                  "nothing was written\n"
+    # A file where a parent directory should be: named as it is.
+    (tmp_path / "file").write_text("")
+    code, _, err = run_main(["render", "-o", str(tmp_path / "file" / "out")])
+    assert code == 1 and f"(writing {tmp_path / 'file'})" in err and ".out." not in err, err

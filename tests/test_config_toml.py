@@ -118,3 +118,64 @@ def test_the_consumer_is_not_a_rubber_stamp(tmp_path):
     text = config_toml.render(_spec("1.6", "default")).replace("oom_score = -999", 'oom_score = "-999"')
     proc, _ = containerd_dump(text, "1.6", tmp_path)
     assert proc.returncode != 0
+
+
+# ---------------------------------------------------------------- typed overrides, read back by containerd
+
+def _typed_overrides(family: str) -> dict:
+    """Lists directly under overrides, dotted keys (plugin names quoted and unquoted), a table inline
+    at depth, and (1.7) a list of tables: each a key containerd knows."""
+    cri = "io.containerd.cri.v1.runtime" if family == "2.1" else "io.containerd.grpc.v1.cri"
+    out = {
+        "disabled_plugins": ["io.containerd.internal.v1.tracing", "io.containerd.snapshotter.v1.zfs"],
+        "required_plugins": [cri],
+        "grpc.max_recv_message_size": 33554432,
+        f"plugins.{cri}.enable_unprivileged_ports": True,
+        f'plugins."{cri}".containerd.runtimes.runc.options': {"NoNewKeyring": True, "Root": "/run/runc-x"},
+        "timeouts": {"io.containerd.timeout.shim.cleanup": "7s"},
+    }
+    if family == "1.7":
+        out["plugins.io.containerd.transfer.v1.local.unpack_config"] = [
+            {"platform": "linux/amd64", "snapshotter": "native"}, {"platform": "linux/arm64", "snapshotter": "overlayfs"}]
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILY_VERSIONS)
+def test_typed_overrides_are_what_real_containerd_reads(tmp_path, family):
+    spec = spec_of({"containerd": {"version": FAMILY_VERSIONS[family]}, "config": {"overrides": _typed_overrides(family)}})
+    text = config_toml.render(spec)
+    assert "grpc.max_recv_message_size" not in text  # a quoted dotted key, which containerd ignores
+    proc, dumped = containerd_dump(text, family, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    items = [e for e in expected.config_expectations(spec) if e["name"].startswith("config.overrides")]
+    cri = "io.containerd.cri.v1.runtime" if family == "2.1" else "io.containerd.grpc.v1.cri"
+    names = {e["name"] for e in items}
+    assert {"config.overrides.disabled_plugins", "config.overrides.grpc.max_recv_message_size",
+            f"config.overrides.plugins.{cri}.enable_unprivileged_ports",
+            f"config.overrides.plugins.{cri}.containerd.runtimes.runc.options.Root"} <= names
+    assert len(items) == 7 + (4 if family == "1.7" else 0)
+    assert [(e["name"], e["value"], dig(dumped, e["path"])) for e in items if dig(dumped, e["path"]) != e["value"]] == []
+    assert dumped["grpc"]["max_recv_message_size"] == 33554432
+    assert dumped["disabled_plugins"] == ["io.containerd.internal.v1.tracing", "io.containerd.snapshotter.v1.zfs"]
+    # The check can fail: the same value under a quoted dotted key (how overrides used to render) is
+    # ignored by containerd, and the expectation sees the default instead.
+    flat = text.replace("max_recv_message_size = 33554432", "max_recv_message_size = 16777216", 1)
+    flat = flat.replace("[grpc]", '"grpc.max_recv_message_size" = 33554432\n\n[grpc]', 1)
+    assert flat != text
+    proc, dumped = containerd_dump(flat, family, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert dumped["grpc"]["max_recv_message_size"] == 16777216
+
+
+def test_dotted_keys_only_split_where_containerd_has_the_first_part():
+    spec = spec_of({"config": {"registry": {"mode": "legacy", "mirrors": []}, "overrides": {
+        "timeouts": {"my.timeout": "5s"},                          # timeouts has no key `my`: one key
+        "plugins.io.containerd.grpc.v1.cri.enable_selinux": True,  # unquoted plugin name, joined back
+        "plugins": {"io.containerd.grpc.v1.cri": {"registry.configs": {"r.example": {"auth": {"username": "u"}}}}},
+    }}})
+    assert spec.config.overrides == {
+        "timeouts": {"my.timeout": "5s"},
+        "plugins": {"io.containerd.grpc.v1.cri": {"enable_selinux": True,
+                                                  "registry": {"configs": {"r.example": {"auth": {"username": "u"}}}}}}}
+    # The normalised spec is its own normal form: spec.json loads back to the same spec.
+    assert spec_of(spec.document) == spec

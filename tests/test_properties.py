@@ -177,7 +177,9 @@ def mirrors(draw, legacy: bool) -> dict:
 image_component = regex(r"[a-z0-9]+([._-][a-z0-9]+){0,2}")
 sandbox_images = st.builds(
     lambda registry, path, ref: (f"{registry}/" if registry else "") + "/".join(path) + ref,
-    st.none() | st.tuples(dns_name, st.none() | port).map(lambda t: t[0] + (f":{t[1]}" if t[1] else "")),
+    # A registry is a name with a dot or a port (else containerd reads it as a lowercase path component).
+    st.none() | st.tuples(dns_name, st.none() | port).map(
+        lambda t: t[0] + (f":{t[1]}" if t[1] else "" if "." in t[0] else ":5000")),
     st.lists(image_component, min_size=1, max_size=3),
     st.just("") | regex(r"[A-Za-z0-9]+([._-][A-Za-z0-9]+){0,2}").map(lambda t: ":" + t)
     | hex64.map(lambda h: "@sha256:" + h))
@@ -235,6 +237,14 @@ def _override_catalogue(family: str) -> list[tuple[tuple[str, ...], st.SearchStr
     ]
     if family != "1.6":
         leaves.append((images + ("image_pull_progress_timeout",), durations))
+    # Lists: plugins containerd may run without (disabling them changes nothing `config dump` checks).
+    leaves.append((("disabled_plugins",), st.lists(st.sampled_from(
+        ["io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",
+         "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs"]), unique=True, max_size=3)))
+    if family == "1.7":  # a list of tables
+        leaves.append((("plugins", "io.containerd.transfer.v1.local", "unpack_config"), st.lists(st.fixed_dictionaries(
+            {"platform": st.sampled_from(["linux/amd64", "linux/arm64"]),
+             "snapshotter": st.sampled_from(["overlayfs", "native"])}), min_size=1, max_size=2)))
     return leaves
 
 
@@ -244,6 +254,9 @@ def overrides(draw, family: str) -> dict:
     out: dict = {}
     for index in draw(st.lists(st.integers(0, len(catalogue) - 1), unique=True, max_size=5)):
         path, values = catalogue[index]
+        if draw(st.booleans()):  # one dotted key (plugin names unquoted) instead of nested mappings
+            out[".".join(path)] = draw(values)
+            continue
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
@@ -323,7 +336,8 @@ def spec_documents(draw) -> dict:
     optional(draw, system, "modules", st.lists(regex(r"[a-z0-9_-]{1,15}"), unique=True, max_size=4))
     optional(draw, system, "sysctls", st.dictionaries(
         regex(r"[a-z0-9_]{1,10}(\.[A-Za-z0-9_-]{1,10}){1,3}"),
-        st.integers(-(2**31), 2**63 - 1) | regex(r"[A-Za-z0-9 ._:/-]{0,20}"), max_size=4))
+        st.integers(-(2**31), 2**63 - 1) | regex(r"[A-Za-z0-9._:/-]([A-Za-z0-9 ._:/-]{0,18}[A-Za-z0-9._:/-])?"),
+        max_size=4))  # an empty value is refused (nothing to set)
     if system:
         doc["system"] = system
 

@@ -61,7 +61,7 @@ def test_default_spec_is_the_seed():
     assert spec.image.aws.ssm_parameter == "/imagebuild/containerd-golden/latest"
 
 
-@pytest.mark.parametrize("text", ["", "# nothing\n", "{}\n", "name: containerd-golden\n",
+@pytest.mark.parametrize("text", ["{}\n", "name: containerd-golden\n",
                                   "config:\n  oom_score: -999\n  registry: {mode: hosts}\n"])
 def test_empty_or_default_valued_spec_equals_default(text):
     spec = spec_of(text)

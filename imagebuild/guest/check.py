@@ -61,12 +61,16 @@ def run(*cmd: str, timeout: float = 60, check: bool = False) -> subprocess.Compl
         return subprocess.CompletedProcess(cmd, 124, "", f"{' '.join(cmd)}: timed out after {timeout}s")
 
 
-def dig(tree: dict, path: list[str]):
+def dig(tree: dict, path: list):
+    """The value at *path* (keys, and indexes into lists of tables), or "<absent>"."""
     node = tree
     for key in path:
-        if not isinstance(node, dict) or key not in node:
+        if isinstance(key, int) and isinstance(node, list) and 0 <= key < len(node):
+            node = node[key]
+        elif isinstance(key, int) or not isinstance(node, dict) or key not in node:
             return "<absent>"
-        node = node[key]
+        else:
+            node = node[key]
     return node
 
 

@@ -138,6 +138,8 @@ def write_tree(files: dict[str, File], out_dir: str | Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as exc:
+        if exc.filename and Path(exc.filename).parent == out.parent:
+            exc.filename = str(out)  # mkdtemp's random name means nothing to the user: name the output
         raise _write_error(out, exc, None, earlier) from None
     try:
         for rel, f in files.items():

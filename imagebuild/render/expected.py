@@ -14,10 +14,18 @@ from .config_toml import KeyPaths
 CNI_BIN_DIR = "/opt/cni/bin"
 
 
-def _leaves(value: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+def _leaves(value: Any, path: tuple) -> list[tuple[tuple, Any]]:
+    """Every value set at *path*: tables and lists of tables are walked (containerd fills in the keys
+    a table in a list leaves out, so the list as a whole is not what `config dump` shows)."""
     if isinstance(value, dict):
         return [leaf for key, item in value.items() for leaf in _leaves(item, path + (key,))]
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return [leaf for index, item in enumerate(value) for leaf in _leaves(item, path + (index,))]
     return [(path, value)]
+
+
+def _name(path: tuple) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
 
 
 def config_expectations(spec: Spec) -> list[dict]:
@@ -51,7 +59,7 @@ def config_expectations(spec: Spec) -> list[dict]:
                           paths.registry + ("mirrors", mirror.host, "endpoint"),
                           [ep.url for ep in mirror.endpoints]))
     for path, value in _leaves(cfg.overrides, ()):
-        items.append(("config.overrides." + ".".join(path), path, value))
+        items.append(("config.overrides" + _name(path), path, value))
     return [{"name": name, "path": list(path), "value": value} for name, path, value in items]
 
 
