@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import model_check  # tests/aws is on sys.path (rootdir-relative conftest)
+
 MIB = 1024 * 1024
 BLOCK = 512 * 1024
 
@@ -149,21 +151,40 @@ def _botocore_loader():
     return botocore.loaders.create_loader()
 
 
-@pytest.fixture
-def boto_session(aws, _botocore_loader):
-    """A fresh boto3 Session (normal credential chain, from this test's environment)."""
+def _session(loader, log=None, check=True):
+    """A fresh boto3 Session; with *check*, every request is checked against botocore's model."""
     import boto3
     import botocore.session
 
     core = botocore.session.get_session()
-    core.register_component("data_loader", _botocore_loader)
-    return boto3.session.Session(botocore_session=core)
+    core.register_component("data_loader", loader)
+    session = boto3.session.Session(botocore_session=core)
+    if check:
+        model_check.install(session, log)
+    return session
 
 
 @pytest.fixture
-def boto(boto_session):
-    """A plain boto3 client maker for assertions (separate from the code under test)."""
-    return lambda service, region="eu-west-1": boto_session.client(service, region_name=region)
+def api_calls():
+    """The calls the code under test made (clients of `boto_session`): a model_check.CallLog."""
+    return model_check.CallLog()
+
+
+@pytest.fixture
+def boto_session(aws, _botocore_loader, api_calls):
+    """The boto3 Session for the code under test (normal credential chain, this test's
+    environment); every request is checked against botocore's model and recorded in api_calls."""
+    return _session(_botocore_loader, api_calls)
+
+
+@pytest.fixture
+def boto(aws, _botocore_loader):
+    """A plain boto3 client maker for setting up and asserting (separate from the code under test).
+
+    Not model-checked: it replays what moto hands out (moto's BlockTokens are UUIDs, which the EBS
+    model's pattern rejects)."""
+    session = _session(_botocore_loader, check=False)
+    return lambda service, region="eu-west-1": session.client(service, region_name=region)
 
 
 # --------------------------------------------------------------------------- images
