@@ -96,14 +96,15 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
         if lacking:
             missing.append(f"{image_id} in {region} is not shared with {', '.join(lacking)}")
     if aws.ssm_parameter:
-        from .aws.clients import error_code
+        from .aws.publish import ssm_parameter_value
 
-        try:
-            clients("ssm", aws.region).get_parameter(Name=aws.ssm_parameter)
-        except Exception as exc:
-            if error_code(exc) != "ParameterNotFound":
-                raise
-            missing.append(f"SSM parameter {aws.ssm_parameter} does not exist")
+        ssm_regions = regional if aws.ssm_all_regions else {ami["region"]: ami["id"]}
+        for region, image_id in ssm_regions.items():
+            value = ssm_parameter_value(clients("ssm", region), aws.ssm_parameter)
+            if value is None:
+                missing.append(f"SSM parameter {aws.ssm_parameter} does not exist in {region}")
+            elif value != image_id:
+                missing.append(f"SSM parameter {aws.ssm_parameter} in {region} names {value}, not {image_id}")
     return missing
 
 

@@ -47,7 +47,7 @@ def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:
     verify = VerifyResult.load(image_dir)
     if not verify.passed:
         failed = verify.failed_checks()
-        detail = f" (failed checks: {', '.join(failed)})" if failed else ""
+        detail = f" (failed checks: {'; '.join(failed)})" if failed else " (no check reported a result)"
         raise ImagebuildError(f"refusing to publish {image_dir}: its verification did not pass{detail}")
     if verify.image_sha256 != manifest.sha256:
         raise ImagebuildError(
@@ -629,3 +629,13 @@ def block_device_snapshots(image: dict[str, Any]) -> list[str]:
 def launch_permission_accounts(ec2: Any, image_id: str) -> list[str]:
     response = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
     return sorted({perm["UserId"] for perm in response.get("LaunchPermissions", []) if "UserId" in perm})
+
+
+def ssm_parameter_value(ssm: Any, name: str) -> str | None:
+    """The value of SSM parameter *name*, or None when it does not exist."""
+    try:
+        return ssm.get_parameter(Name=name)["Parameter"]["Value"].strip()
+    except Exception as exc:
+        if error_code(exc) == "ParameterNotFound":
+            return None
+        raise

@@ -253,13 +253,30 @@ def make_image_dir(
         "architecture": "x86_64",
     }
     (image_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    verify = {
-        "passed": passed,
-        "image_sha256": sha,
-        "checks": [{"name": "containerd-active", "passed": passed}],
-    }
-    (image_dir / "verify.json").write_text(json.dumps(verify, indent=2))
+    write_verify_report(image_dir, qcow2, sha, passed=passed)
     return image_dir, content
+
+
+def write_verify_report(image_dir: Path, image: Path, sha: str, *, passed: bool = True) -> dict:
+    """verify.json exactly as verify writes it: the guest check's Reporter makes the result lines,
+    verify's own _report reads them as a boot would deliver them, verify's writer writes the file."""
+    from imagebuild import qemu, verify
+    from imagebuild.guest import check
+
+    results = image_dir / "results.log"
+    reporter = check.Reporter(str(results))
+    reporter.check("containerd.active", "active", "active" if passed else "failed")
+    reporter.check("config.oom_score", -999, -999)
+    reporter.emit(check.DONE, {"passed": reporter.passed, "failed": reporter.failed, "containerd_active_at_s": 30.0})
+    reporter.sinks[0].close()
+    lines = [qemu.Line(10.0 + i, "results", text) for i, text in enumerate(results.read_text().splitlines())]
+    results.unlink()
+    boot = qemu.BootResult(
+        name="golden", command=[], accel="tcg", serial_log=image_dir / "serial.log", results_log=results,
+        started_at=0.0, kernel_s=2.0, cloud_init_final_s=None, done_s=50.0, done_line=None,
+        markers={}, exited_s=None, returncode=None, powered_off=True, lines=lines)
+    report = verify._report(boot, image_dir / "serial.log")
+    return verify.write_image_report(image_dir, report, image, sha, "ab" * 32)
 
 
 @pytest.fixture

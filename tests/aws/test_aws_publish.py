@@ -164,9 +164,30 @@ def test_rerun_of_complete_publish_changes_nothing(aws, boto, make_image, record
 def test_refuses_failed_verification(aws, make_image, recording_clients):
     image_dir, _ = make_image(passed=False)
     clients = recording_clients()
-    with pytest.raises(ImagebuildError, match="verification did not pass.*containerd-active"):
+    with pytest.raises(ImagebuildError) as caught:
         publish(image_dir, target(), clients=clients)
+    # verify.json as verify writes it: checks are {"check", "ok", "expected", "actual"}
+    assert str(caught.value).endswith(
+        "its verification did not pass (failed checks: containerd.active (expected active, got failed))")
+    assert "{" not in str(caught.value)
     assert clients.calls == [] and not (image_dir / "publish.json").exists()
+
+
+def test_the_verify_report_is_read_in_the_shape_verify_writes(make_image):
+    from imagebuild.aws.model import VerifyResult
+
+    image_dir, _ = make_image(passed=False)
+    written = json.loads((image_dir / "verify.json").read_text())
+    assert written["failed"] == ["containerd.active"] and written["checks"][0]["check"] == "containerd.active"
+    result = VerifyResult.load(image_dir)
+    assert result.passed is False and result.failed_checks() == ["containerd.active (expected active, got failed)"]
+    passing = VerifyResult.load(make_image()[0])
+    assert passing.passed and passing.failed_checks() == []
+    # a report of another shape is refused by name, not misread
+    written["checks"] = [{"name": "x", "passed": False}]
+    (image_dir / "verify.json").write_text(json.dumps(written))
+    with pytest.raises(ImagebuildError, match="'checks' must be a list of"):
+        VerifyResult.load(image_dir)
 
 
 def test_refuses_image_changed_after_verification(aws, make_image, recording_clients):

@@ -115,6 +115,31 @@ def test_a_finished_publish_with_copies_and_shares_is_skipped(aws, boto, clients
     assert not build, reason
 
 
+def test_ssm_naming_an_older_ami_is_not_finished(aws, boto, clients):
+    """The night the SSM update was denied: the AMI exists, the parameter still names the old one."""
+    spec = spec_of({})
+    old = publish_fake(boto, spec, build_time="2026-11-25T18:15:00Z", inputs="00" * 32)
+    new = publish_fake(boto, spec, ssm=False)
+    boto("ssm", HOME).put_parameter(Name=spec.image.aws.ssm_parameter, Value=old[HOME], Type="String",
+                                    DataType="aws:ec2:image", Overwrite=True)
+    build, reason, newest = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert newest["id"] == new[HOME]
+    assert build and f"names {old[HOME]}, not {new[HOME]}" in reason, reason
+    boto("ssm", HOME).put_parameter(Name=spec.image.aws.ssm_parameter, Value=new[HOME], Type="String",
+                                    DataType="aws:ec2:image", Overwrite=True)
+    assert not decide(spec, BASE_CHECKSUM, clients=clients).build
+
+
+def test_ssm_in_every_region_is_required_when_the_spec_asks(aws, boto, clients):
+    spec = spec_of({"image": {"aws": {"copy_regions": [OTHER], "ssm_all_regions": True}}})
+    ids = publish_fake(boto, spec, regions=(HOME, OTHER))
+    build, reason, _ = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert build and f"does not exist in {OTHER}" in reason, reason
+    boto("ssm", OTHER).put_parameter(Name=spec.image.aws.ssm_parameter, Value=ids[OTHER], Type="String",
+                                     DataType="aws:ec2:image", Overwrite=True)
+    assert not decide(spec, BASE_CHECKSUM, clients=clients).build
+
+
 def test_an_unshared_copy_is_not_finished(aws, boto, clients):
     spec = spec_of(SHARED)
     publish_fake(boto, spec, regions=(HOME, OTHER), share=())
