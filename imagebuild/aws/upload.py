@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagebuild.aws.clients import error_code
 from imagebuild.errors import ImagebuildError
 
 BLOCK_SIZE = 512 * 1024  # EBS direct API block size; fixed by AWS
@@ -31,6 +32,9 @@ GIB = 1024**3
 DEFAULT_WORKERS = 8
 SNAPSHOT_TIMEOUT_MINUTES = 120  # AWS errors an unfinished snapshot after this long
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
+# Right after StartSnapshot, EBS may not know the new snapshot yet (eventual consistency):
+# PutSnapshotBlock then answers ResourceNotFoundException. Retried for this long after the start.
+NOT_FOUND_GRACE_S = 60.0
 
 
 # --------------------------------------------------------------------------- raw image
@@ -260,15 +264,24 @@ def upload_raw(
                 if data is None:
                     return index, None
                 digest = hashlib.sha256(data).digest()
-                ebs.put_snapshot_block(
-                    SnapshotId=snapshot_id,
-                    BlockIndex=index,
-                    BlockData=data,
-                    DataLength=BLOCK_SIZE,
-                    Checksum=block_checksum(digest),
-                    ChecksumAlgorithm="SHA256",
-                )
-                return index, digest
+                delay = 0.25
+                while True:
+                    try:
+                        ebs.put_snapshot_block(
+                            SnapshotId=snapshot_id,
+                            BlockIndex=index,
+                            BlockData=data,
+                            DataLength=BLOCK_SIZE,
+                            Checksum=block_checksum(digest),
+                            ChecksumAlgorithm="SHA256",
+                        )
+                        return index, digest
+                    except Exception as exc:
+                        young = time.monotonic() - start_time < NOT_FOUND_GRACE_S
+                        if error_code(exc) != "ResourceNotFoundException" or not young:
+                            raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 8.0)
 
             workers = max(1, workers)
             pending: set[Future] = set()

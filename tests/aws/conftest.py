@@ -372,3 +372,56 @@ def client_error():
 def start_moto():
     """`with start_moto({"MOTO_...": ...}) as url:` a separate moto server with its own settings."""
     return moto_process
+
+
+# --------------------------------------------------------------------------- AWS error answers
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data
+
+    def read(self, *_):
+        return self.data
+
+
+def aws_error_answer(status: int, code: str, message: str = "error"):
+    """An HTTP answer shaped like a rest-json AWS error (EBS direct APIs), for a `before-send` hook."""
+    from botocore.awsrequest import AWSResponse
+
+    body = json.dumps({"message": message}).encode()
+    return AWSResponse("https://ebs.invalid/", status, {"x-amzn-ErrorType": f"{code}:", "Content-Type":
+                                                       "application/json"}, _Body(body))
+
+
+class Answers:
+    """Answer the first *n* sends of one operation with an AWS error, then let requests through.
+
+    Installed on a boto3 session with botocore's `before-send` event, so the clients' real retry
+    handling sees them exactly as if AWS had sent them. boto3 is not modified."""
+
+    def __init__(self, session, operation: str, n: int, status: int, code: str, when=None):
+        import threading
+
+        self.sent = 0
+        self.answered = 0
+        self.n, self.status, self.code, self.when = n, status, code, when
+        self._lock = threading.Lock()
+        session.events.register(f"before-send.{operation}", self)
+
+    def __call__(self, request, **_):
+        with self._lock:
+            self.sent += 1
+            if self.answered >= self.n or (self.when is not None and not self.when(request)):
+                return None
+            self.answered += 1
+        return aws_error_answer(self.status, self.code)
+
+
+@pytest.fixture
+def answers(boto_session):
+    """answers("ebs.PutSnapshotBlock", n, status, code, when=None) -> Answers on the code's session."""
+    return lambda operation, n, status, code, when=None: Answers(boto_session, operation, n, status, code, when)

@@ -384,3 +384,60 @@ def test_refuses_to_take_over_a_foreign_ami_of_the_same_name(aws, boto, make_ima
     boto("ec2").register_image(Name="containerd-golden-20261126T181500Z", Description="someone else's")
     with pytest.raises(ImagebuildError, match="already exists .* not made from this image"):
         publish(image_dir, target(), progress=lambda p: None, clients=recording_clients(), poll_interval=0.01)
+
+
+def test_throttled_blocks_are_retried_adaptively(aws, boto, make_image, recording_clients, answers):
+    """Three RequestThrottledException answers for one block: botocore's default (3 attempts)
+    would fail the upload; the EBS client's adaptive retries finish it."""
+    image_dir, content = make_image()
+    block3 = lambda request: "/blocks/3" in request.url
+    throttle = answers("ebs.PutSnapshotBlock", 3, 400, "RequestThrottledException", when=block3)
+    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+                     clients=recording_clients(), poll_interval=0.01)
+    assert throttle.answered == 3
+    listing, blocks = read_snapshot(boto("ebs"), record["snapshot"]["id"])
+    assert blocks == expected_blocks(content)
+
+
+def test_the_ebs_client_retry_budget(aws, boto_session):
+    from imagebuild.aws.clients import boto3_clients
+
+    ebs = boto3_clients(session=boto_session)("ebs", HOME)
+    assert ebs.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 10}
+    assert boto3_clients(session=boto_session)("ec2", HOME).meta.config.retries["mode"] == "standard"
+
+
+def test_a_snapshot_not_found_right_after_start_is_retried(aws, boto, make_image, recording_clients, answers):
+    image_dir, content = make_image()
+    missing = answers("ebs.PutSnapshotBlock", 2, 404, "ResourceNotFoundException")
+    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+                     clients=recording_clients(), poll_interval=0.01)
+    assert missing.answered == 2
+    assert read_snapshot(boto("ebs"), record["snapshot"]["id"])[1] == expected_blocks(content)
+
+
+def test_a_snapshot_not_found_later_fails_the_upload(aws, make_image, recording_clients, answers, monkeypatch):
+    from imagebuild.aws import upload
+
+    monkeypatch.setattr(upload, "NOT_FOUND_GRACE_S", 0.0)  # the snapshot is no longer young
+    image_dir, _ = make_image()
+    answers("ebs.PutSnapshotBlock", 100, 404, "ResourceNotFoundException")
+    with pytest.raises(ImagebuildError, match="ResourceNotFoundException"):
+        publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+                clients=recording_clients(), poll_interval=0.01)
+
+
+def test_three_throttles_fail_a_client_with_botocore_defaults(aws, boto_session, answers):
+    """The negative of the retry test: the same answers beat a client with the default 3 attempts."""
+    import botocore.config
+    from botocore.exceptions import ClientError
+
+    answers("ebs.PutSnapshotBlock", 3, 400, "RequestThrottledException")
+    ebs = boto_session.client("ebs", region_name=HOME,
+                              config=botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 3}))
+    snapshot_id = ebs.start_snapshot(VolumeSize=1, Timeout=60)["SnapshotId"]
+    data = bytes(BLOCK)
+    with pytest.raises(ClientError, match="RequestThrottledException"):
+        ebs.put_snapshot_block(SnapshotId=snapshot_id, BlockIndex=0, BlockData=data, DataLength=BLOCK,
+                               Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+                               ChecksumAlgorithm="SHA256")
