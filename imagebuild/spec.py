@@ -373,6 +373,9 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     if aws["region"] in aws["copy_regions"]:
         problems.append(Problem("image.aws.copy_regions", f"got {aws['region']!r}, the home region; list only "
                                 "the regions the AMI is copied to"))
+    if len(aws["tags"]) > 41:
+        problems.append(Problem("image.aws.tags", f"got {len(aws['tags'])} tags, expected at most 41 (AWS takes 50 "
+                                "a resource; imagebuild adds 9 of its own)"))
     for key in aws["tags"]:
         if key.lower().startswith(("aws:", "imagebuild:")):
             problems.append(Problem(f"image.aws.tags.{key}", "keys starting with aws: or imagebuild: are reserved"))

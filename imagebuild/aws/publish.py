@@ -82,8 +82,63 @@ def image_tags(manifest: Manifest, target: PublishTarget) -> dict[str, str]:
         "imagebuild:base-checksum": manifest.base_image.checksum,
         "imagebuild:image-sha256": manifest.sha256,
     }
-    tags = {**target.tags, **ours}
-    return {key: value[:256] for key, value in tags.items()}
+    # our own values are informational (a long base image URL): cut to the smallest limit of the
+    # APIs that receive them (StartSnapshot: 255); the spec's tags are checked, never cut
+    ours = {key: value[:255] for key, value in ours.items()}
+    return {**target.tags, **ours}
+
+
+# (operation, service) pairs that receive image_tags, and EC2's documented limits where its model
+# states none (keys 128, values 256 characters, 50 tags a resource).
+TAGGED_OPERATIONS = (("ebs", "StartSnapshot"), ("ec2", "RegisterImage"), ("ec2", "CopyImage"), ("ec2", "CreateTags"))
+EC2_TAG_LIMITS = {"key": 128, "value": 256, "count": 50}
+
+
+def tag_limits(client: Any, operation: str) -> dict[str, int]:
+    """Key/value length and count limits of the tags *operation* takes, from botocore's model."""
+    shape = client.meta.service_model.operation_model(operation).input_shape
+    found = _tag_list_shape(shape, set())
+    if found is None:
+        raise ImagebuildError(f"{operation} takes no tags in botocore's model")
+    tag = found.member
+    return {
+        "key": tag.members["Key"].metadata.get("max", EC2_TAG_LIMITS["key"]),
+        "value": tag.members["Value"].metadata.get("max", EC2_TAG_LIMITS["value"]),
+        "count": found.metadata.get("max", EC2_TAG_LIMITS["count"]),
+    }
+
+
+def _tag_list_shape(shape: Any, seen: set[str]) -> Any:
+    if shape.name in seen:
+        return None
+    seen.add(shape.name)
+    if shape.type_name == "list":
+        member = shape.member
+        if member.type_name == "structure" and {"Key", "Value"} <= set(member.members):
+            return shape
+        return _tag_list_shape(member, seen)
+    if shape.type_name == "structure":
+        for member in shape.members.values():
+            found = _tag_list_shape(member, seen)
+            if found is not None:
+                return found
+    return None
+
+
+def check_tags(tags: dict[str, str], clients: ClientFactory, region: str, extra: int = 0) -> None:
+    """ImagebuildError unless *tags* (plus *extra* more) fit every API that receives them."""
+    problems = []
+    for service, operation in TAGGED_OPERATIONS:
+        limits = tag_limits(clients(service, region), operation)
+        if len(tags) + extra > limits["count"]:
+            problems.append(f"{len(tags) + extra} tags, {operation} takes at most {limits['count']}")
+        for key, value in tags.items():
+            if not 1 <= len(key) <= limits["key"]:
+                problems.append(f"tag key {key[:40]!r}... is {len(key)} characters, {operation} takes 1-{limits['key']}")
+            if len(value) > limits["value"]:
+                problems.append(f"tag {key!r}: value is {len(value)} characters, {operation} takes at most {limits['value']}")
+    if problems:
+        raise ImagebuildError("refusing to publish: " + "; ".join(dict.fromkeys(problems)))
 
 
 def image_description(manifest: Manifest, target: PublishTarget) -> str:
@@ -157,6 +212,7 @@ def publish(
     )
     if clients is None:
         clients = boto3_clients(max_pool_connections=max(workers, 1) + 4)
+    check_tags(image_tags(manifest, target), clients, target.region, extra=1)  # +1: IMAGE_ID_TAG on snapshots
     job = _Publish(
         image_dir, qcow2, manifest, target, record, clients,
         progress=progress if progress is not None else StderrProgressBar(),

@@ -441,3 +441,41 @@ def test_three_throttles_fail_a_client_with_botocore_defaults(aws, boto_session,
         ebs.put_snapshot_block(SnapshotId=snapshot_id, BlockIndex=0, BlockData=data, DataLength=BLOCK,
                                Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(),
                                ChecksumAlgorithm="SHA256")
+
+
+def test_tag_limits_come_from_each_api_model(aws, boto_session):
+    from imagebuild.aws.clients import boto3_clients
+    from imagebuild.aws.publish import tag_limits
+
+    clients = boto3_clients(session=boto_session)
+    assert tag_limits(clients("ebs", HOME), "StartSnapshot") == {"key": 127, "value": 255, "count": 50}
+    assert tag_limits(clients("ec2", HOME), "RegisterImage") == {"key": 128, "value": 256, "count": 50}
+
+
+@pytest.mark.parametrize("tags, message", [
+    ({"team": "x" * 256}, "value is 256 characters, StartSnapshot takes at most 255"),
+    ({"k" * 128: "v"}, "is 128 characters, StartSnapshot takes 1-127"),
+    ({f"t{i}": "v" for i in range(42)}, "51 tags, StartSnapshot takes at most 50"),
+])
+def test_tags_over_an_api_limit_are_refused_before_any_call(aws, make_image, recording_clients, tags, message):
+    image_dir, _ = make_image()
+    clients = recording_clients()
+    with pytest.raises(ImagebuildError, match=re.escape(message)):
+        publish(image_dir, target(tags=tags), progress=lambda p: None, clients=clients)
+    assert clients.calls == []
+
+
+def test_tags_at_the_limits_are_published_whole_and_long_own_values_cut(aws, boto, make_image, recording_clients):
+    image_dir, _ = make_image()
+    manifest = json.loads((image_dir / "manifest.json").read_text())
+    manifest["base_image"]["source"] = "https://example.invalid/" + "d" * 400 + ".qcow2"
+    (image_dir / "manifest.json").write_text(json.dumps(manifest))
+    tags = {"k" * 127: "v" * 255}
+    clients = recording_clients()
+    record = publish(image_dir, target(tags=tags, copy_regions=[], share_with=[]), progress=lambda p: None,
+                     clients=clients, poll_interval=0.01)
+    (start,) = clients.kwargs("start_snapshot")
+    sent = {t["Key"]: t["Value"] for t in start["Tags"]}
+    assert sent["k" * 127] == "v" * 255 and len(sent["imagebuild:source-image"]) == 255
+    (image,) = boto("ec2", HOME).describe_images(ImageIds=[record["images"][HOME]["id"]])["Images"]
+    assert tags_of(image)["k" * 127] == "v" * 255
