@@ -272,3 +272,4 @@ class Decision:
     build_time: str = ""
     snapshot_ids: tuple[str, ...] = ()
     result: str = ""  # after apply: "deleted", "failed: ...", or "" when nothing was done
+    kind: str = "image"  # "image", or "snapshot": a family snapshot whose AMI is gone (ami_id)

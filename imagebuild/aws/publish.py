@@ -293,9 +293,10 @@ class _Publish:
                 self.record.set_image(region, None, note=f"{region}: {entry['id']} no longer exists")
             elif state not in ("available", "pending"):
                 self.drop_image(region, f"it is {state}")
+        self.sweep_own_orphans()
         snap = self.record.snapshot
-        if snap is None:
-            return
+        if snap is None or not snap.get("id"):
+            return  # nothing, or a start whose answer never arrived: upload() reuses its client token
         actual = snapshot_state(self.ec2(self.home), snap["id"])
         if actual is None:
             self.record.set("snapshot", None, note=f"snapshot {snap['id']} no longer exists")
@@ -306,6 +307,35 @@ class _Publish:
         elif snap.get("state") != "completed" and self.record.image_id(self.home) is None:
             # an earlier upload died without cleaning up (e.g. the process was killed)
             self.delete_incomplete_snapshot(snap["id"], "left by an interrupted earlier upload")
+
+    def sweep_own_orphans(self) -> None:
+        """Delete snapshots of this image that nothing records or uses (a run killed between
+        StartSnapshot and saving its answer; AWS may not honour the client token after a while).
+        Only snapshots tagged with this image's sha256 are looked at; one an AMI uses is kept."""
+        if self.record.image_id(self.home) is not None:
+            return
+        ec2 = self.ec2(self.home)
+        recorded = (self.record.snapshot or {}).get("id")
+        found = ec2.describe_snapshots(
+            OwnerIds=["self"],
+            Filters=[{"Name": "tag:imagebuild:image-sha256", "Values": [self.manifest.sha256]},
+                     {"Name": "tag:imagebuild:family", "Values": [self.target.family]}],
+        )["Snapshots"]
+        for snapshot in found:
+            tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
+            if snapshot["SnapshotId"] == recorded or tags.get("imagebuild:image-sha256") != self.manifest.sha256:
+                continue
+            if IMAGE_ID_TAG in tags:
+                continue  # registered once: prune's business
+            try:
+                ec2.delete_snapshot(SnapshotId=snapshot["SnapshotId"])
+            except Exception as exc:
+                if error_code(exc) not in ("InvalidSnapshot.NotFound", "InvalidSnapshot.InUse"):
+                    raise
+                continue
+            self.record.note(f"deleted snapshot {snapshot['SnapshotId']} of this image that no record held")
+            self.record.save()
+            step(f"deleted snapshot {snapshot['SnapshotId']}: left by an interrupted earlier upload of this image")
 
     # ------------------------------------------------------------------ home region
 
@@ -367,10 +397,18 @@ class _Publish:
             if sha256_file(self.qcow2) != self.manifest.sha256:
                 raise ImagebuildError(f"refusing to publish {self.qcow2}: the file changed while it was being converted")
 
+            # The client token is saved before StartSnapshot: a run killed before the answer is
+            # saved asks again with the same token, and AWS hands back the same snapshot.
+            earlier = self.record.snapshot or {}
+            token = earlier.get("client_token") if earlier.get("state") == "starting" else None
+            token = token or str(uuid.uuid4())
+            self.record.set("snapshot", {"id": None, "region": self.home, "state": "starting", "client_token": token},
+                            note=f"starting a snapshot with client token {token}")
+
             def started(snapshot_id: str) -> None:
                 self.record.set(
                     "snapshot",
-                    {"id": snapshot_id, "region": self.home, "state": "uploading"},
+                    {"id": snapshot_id, "region": self.home, "state": "uploading", "client_token": token},
                     note=f"started snapshot {snapshot_id}",
                 )
 
@@ -381,7 +419,7 @@ class _Publish:
                     raw,
                     description=self.description,
                     tags=self.tags,
-                    client_token=str(uuid.uuid4()),
+                    client_token=token,
                     on_started=started,
                     progress=self.progress,
                     workers=self.workers,

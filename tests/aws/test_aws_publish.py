@@ -479,3 +479,36 @@ def test_tags_at_the_limits_are_published_whole_and_long_own_values_cut(aws, bot
     assert sent["k" * 127] == "v" * 255 and len(sent["imagebuild:source-image"]) == 255
     (image,) = boto("ec2", HOME).describe_images(ImageIds=[record["images"][HOME]["id"]])["Images"]
     assert tags_of(image)["k" * 127] == "v" * 255
+
+
+def test_a_kill_right_after_start_snapshot_reuses_the_saved_client_token(aws, boto, boto_session, make_image,
+                                                                         recording_clients):
+    image_dir, content = make_image()
+    saved_at_call = []
+
+    def token_already_saved(params, **_):
+        saved_at_call.append((params["ClientToken"], (record_of(image_dir).get("snapshot") or {}).get("client_token")))
+
+    def killed(**_):
+        raise KeyboardInterrupt
+
+    boto_session.events.register("before-parameter-build.ebs.StartSnapshot", token_already_saved)
+    boto_session.events.register("after-call.ebs.StartSnapshot", killed, unique_id="kill")
+    with pytest.raises(KeyboardInterrupt):
+        publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+                clients=recording_clients(), poll_interval=0.01)
+    first = record_of(image_dir)["snapshot"]
+    assert first["state"] == "starting" and first["id"] is None
+    assert saved_at_call == [(first["client_token"], first["client_token"])]
+    (orphan,) = family_snapshots(boto("ec2"))  # the snapshot AWS started, recorded nowhere
+
+    boto_session.events.unregister("after-call.ebs.StartSnapshot", unique_id="kill")
+    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+                     clients=recording_clients(), poll_interval=0.01)
+    assert [call[0] for call in saved_at_call] == [first["client_token"]] * 2  # the same token again
+    # AWS answers the same token with the same snapshot; moto 5.2.5 ignores ClientToken and makes
+    # a second one, so the first is found by this image's sha256 tag and deleted
+    snapshots = family_snapshots(boto("ec2"))
+    assert {s["SnapshotId"] for s in snapshots} == {record["snapshot"]["id"], *record["images"][HOME]["snapshots"]}
+    assert orphan["SnapshotId"] not in {s["SnapshotId"] for s in snapshots}
+    assert read_snapshot(boto("ebs"), record["snapshot"]["id"])[1] == expected_blocks(content)
