@@ -4,8 +4,12 @@
 image checksum, imagebuild version: `imagebuild.bake.inputs_hash`) is compared with the
 `imagebuild:inputs-hash` tag of the family's newest AMI in the home region. The run is skipped
 only when they are equal and that AMI's publish finished (available, copied to every copy
-region, shared with every account, SSM parameter present); a publish that stopped half-way is
-built and published again rather than skipped for ever.
+region, shared with every account, the SSM parameter naming it in the home region, or in every
+region with ssm_all_regions); a publish that stopped half-way is not skipped for ever. When the
+work directory still holds that unfinished publish (image/publish.json, its verified image
+unchanged, the same inputs hash), the run resumes it: render, bake and verify are skipped and
+publish finishes what is missing. Without it, the image is built and published again. Prune runs
+after publish even when publish failed, so a publish failing night after night piles up no AMIs.
 
 Every step's status and duration go to <work>/run-<time>.json (and a copy, last-run.json),
 rewritten after each step, so a failed run says exactly how far it got. The publish step lists
@@ -106,6 +110,28 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
             elif value != image_id:
                 missing.append(f"SSM parameter {aws.ssm_parameter} in {region} names {value}, not {image_id}")
     return missing
+
+
+def unfinished_local_publish(image_dir: Path, wanted_inputs_hash: str) -> dict[str, Any] | None:
+    """The publish record in *image_dir* when it is unfinished and its image is publishable
+    with these inputs (verified, unchanged since); a rerun then resumes it instead of baking a new
+    image. None otherwise."""
+    from .aws.publish import check_publishable
+    from .aws.record import RECORD_NAME
+
+    path = Path(image_dir) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        manifest, _ = check_publishable(Path(image_dir))
+    except (OSError, ValueError, ImagebuildError):
+        return None
+    if not isinstance(record, dict) or record.get("complete") or manifest.inputs_hash != wanted_inputs_hash:
+        return None
+    if record.get("image_sha256") != manifest.sha256:
+        return None
+    return {"name": record.get("name", ""), "image": manifest.image, "last_error": record.get("last_error")}
 
 
 def decide(spec: Spec, base_checksum: str, *, force: bool = False, clients=None) -> BuildDecision:
@@ -294,6 +320,14 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
             made["decision"] = BuildDecision(True, "publish is off: build and verify only", None)
         else:
             made["decision"] = decide(spec, checksum, force=force, clients=clients)
+            pending = None if force or not made["decision"].build else unfinished_local_publish(
+                image_dir, made["inputs_hash"])
+            if pending:
+                made["resume"] = pending
+                made["image"] = image_dir / pending["image"]
+                made["decision"] = BuildDecision(True, f"resuming the unfinished publish of {pending['name']} in "
+                                                       f"{image_dir} ({made['decision'].reason})",
+                                                 made["decision"].newest_ami)
         decision = made["decision"]
         step(f"pipeline: {'build' if decision.build else 'skip'}: {decision.reason}")
         newest = decision.newest_ami
@@ -356,15 +390,29 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
         run.finish("unchanged", UNCHANGED)
         step(f"pipeline: unchanged, nothing built; run manifest {run.path}")
         return UNCHANGED
-    run.run_step("render", render_step)
-    run.run_step("bake", bake_step)
-    run.run_step("verify", verify_step)
+    if made.get("resume"):
+        for name in ("render", "bake", "verify"):
+            run.entry(name).update(status="skipped", reason=f"resuming the publish of {made['resume']['name']}, "
+                                                            "baked and verified by an earlier run")
+        run.save()
+    else:
+        run.run_step("render", render_step)
+        run.run_step("bake", bake_step)
+        run.run_step("verify", verify_step)
     if not publish:
         run.skip_rest("publish is off (--no-publish)")
         run.finish("verified", PUBLISHED)
         step(f"pipeline: verified {made['image']}; not published; run manifest {run.path}")
         return PUBLISHED
-    run.run_step("publish", publish_step)
+    try:
+        run.run_step("publish", publish_step)
+    except Exception:
+        # retention runs all the same: a publish failing night after night must not pile up AMIs
+        try:
+            run.run_step("prune", prune_step)
+        except Exception:
+            pass  # recorded in the prune step; the publish failure is what the run reports
+        raise
     run.run_step("prune", prune_step)
     run.finish("published", PUBLISHED)
     amis = ", ".join(f"{r} {e['id']}" for r, e in made["record"]["images"].items())

@@ -253,3 +253,61 @@ def test_no_publish_never_asks_aws(junk_base, monkeypatch, tmp_path):
     assert calls == [str(junk_base.resolve())]
     manifest = json.loads((tmp_path / "w" / "last-run.json").read_text())
     assert manifest["steps"][0]["reason"].startswith("publish is off")
+
+
+# --------------------------------------------------------------------------- a publish that keeps failing
+
+
+def _baked_image(spec, work: Path, base: Path, tmp_path: Path, make_image_dir) -> Path:
+    """work/image as bake + verify leave it for *spec* on *base* (the image data is small)."""
+    made, _ = make_image_dir(tmp_path / "bake", build_time="2026-11-26T18:15:00Z")
+    manifest = json.loads((made / "manifest.json").read_text())
+    manifest |= {"family": spec.name, "inputs_hash": inputs_hash(spec, _base_checksum(base)),
+                 "spec_hash": spec.spec_hash}
+    (made / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    work.mkdir(parents=True, exist_ok=True)
+    made.rename(work / "image")
+    return work / "image"
+
+
+def test_a_publish_that_keeps_failing_is_resumed_and_pruned(aws, boto, boto_session, junk_base, no_bake, tmp_path,
+                                                           recording_clients, client_error):
+    """Copying to one region is denied night after night (keep 2): the image baked on night 1 is
+    published once, each later night resumes it instead of baking a new one, prune runs every
+    night, and the night the copy works the publish finishes."""
+    from conftest import make_image_dir
+    from imagebuild.aws.publish import publish
+    from imagebuild.aws.target import target_of
+
+    spec = spec_of({"image": {"aws": {"region": HOME, "copy_regions": [OTHER], "keep": 2}}})
+    work = tmp_path / "work"
+    image_dir = _baked_image(spec, work, junk_base, tmp_path, make_image_dir)
+    denied = {("ec2", OTHER, "copy_image"): lambda n: client_error("UnauthorizedOperation", "denied", "CopyImage")}
+
+    night1 = recording_clients(denied)
+    with pytest.raises(ImagebuildError, match=f"copying the AMI failed for {OTHER}"):
+        publish(image_dir, target_of(spec), clients=night1, progress=lambda p: None, poll_interval=0.01)
+
+    for night in (2, 3, 4):
+        clients = recording_clients(denied)
+        with pytest.raises(ImagebuildError, match=f"copying the AMI failed for {OTHER}"):
+            run_pipeline(spec, work=work, base=str(junk_base), clients=clients)
+        manifest = json.loads((work / "last-run.json").read_text())
+        steps = {s["step"]: s for s in manifest["steps"]}
+        assert steps["decide"]["build"] and "resuming the unfinished publish" in steps["decide"]["reason"]
+        assert [steps[n]["status"] for n in ("render", "bake", "verify")] == ["skipped"] * 3
+        assert steps["publish"]["status"] == "failed" and steps["prune"]["status"] == "ok", night
+        assert clients.count("register_image") == 0 and clients.count("start_snapshot") == 0
+
+    ec2 = boto("ec2", HOME)
+    mine = ec2.describe_images(Owners=["self"])["Images"]
+    assert len(mine) == 1
+    assert len(ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": "tag:imagebuild:family", "Values": [spec.name]}])["Snapshots"]) <= 2  # upload + moto's AMI copy
+
+    code = run_pipeline(spec, work=work, base=str(junk_base), clients=recording_clients())
+    assert code == 0
+    record = json.loads((image_dir / "publish.json").read_text())
+    assert record["complete"] and set(record["images"]) == {HOME, OTHER}
+    # and the next night skips: everything is in place
+    assert run_pipeline(spec, work=work, base=str(junk_base), clients=recording_clients()) == UNCHANGED
