@@ -80,7 +80,8 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
     Publish makes the home AMI, copies it (same name) to each copy region, shares every copy and
     sets the SSM parameter last; a run that stopped half-way leaves some of that missing.
     """
-    from .aws.publish import find_image_by_name, launch_permission_accounts
+    from .aws.publish import find_image_by_name, launch_permission_set, launch_permissions
+    from .aws.target import target_of
 
     aws = spec.image.aws
     missing: list[str] = []
@@ -94,11 +95,11 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
             missing.append(f"no available copy in {region}")
         else:
             regional[region] = copy["ImageId"]
+    want = launch_permission_set(target_of(spec))
     for region, image_id in regional.items():
-        accounts = set(launch_permission_accounts(clients("ec2", region), image_id))
-        lacking = [a for a in aws.share_with if a not in accounts]
+        lacking = sorted(want - launch_permissions(clients("ec2", region), image_id)) if want else []
         if lacking:
-            missing.append(f"{image_id} in {region} is not shared with {', '.join(lacking)}")
+            missing.append(f"{image_id} in {region} is not shared with {', '.join(v for _, v in lacking)}")
     if aws.ssm_parameter:
         from .aws.publish import ssm_parameter_value
 

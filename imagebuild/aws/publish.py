@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,7 @@ def register_request(manifest: Manifest, target: PublishTarget, snapshot_id: str
     """The RegisterImage parameters for the home AMI backed by *snapshot_id*."""
     tags = image_tags(manifest, target)
     return {
+        "ImdsSupport": "v2.0",  # instances from this AMI get IMDSv2 only (tokens required)
         "Name": ami_name(manifest, target),
         "Description": image_description(manifest, target),
         "Architecture": manifest.ec2_architecture,
@@ -162,7 +164,7 @@ def register_request(manifest: Manifest, target: PublishTarget, snapshot_id: str
                 "DeviceName": ROOT_DEVICE,
                 "Ebs": {
                     "SnapshotId": snapshot_id,
-                    "VolumeSize": volume_size_gib(manifest.virtual_size),
+                    "VolumeSize": root_volume_gib(manifest, target),
                     "VolumeType": "gp3",
                     "DeleteOnTermination": True,
                 },
@@ -173,6 +175,18 @@ def register_request(manifest: Manifest, target: PublishTarget, snapshot_id: str
         "BootMode": manifest.boot_mode,
         "TagSpecifications": [{"ResourceType": "image", "Tags": _tag_list(tags)}],
     }
+
+
+def root_volume_gib(manifest: Manifest, target: PublishTarget) -> int:
+    """The AMI's root volume size: the spec's volume_size_gb, never less than the image."""
+    image = volume_size_gib(manifest.virtual_size)
+    if target.volume_size_gb is None:
+        return image
+    if target.volume_size_gb < image:
+        raise ImagebuildError(f"refusing to publish: volume_size_gb is {target.volume_size_gb} GiB, but the image "
+                              f"is {image} GiB (virtual size {manifest.virtual_size} bytes); an AMI's root volume "
+                              "cannot be smaller than its snapshot")
+    return target.volume_size_gb
 
 
 def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
@@ -213,6 +227,7 @@ def publish(
     if clients is None:
         clients = boto3_clients(max_pool_connections=max(workers, 1) + 4)
     check_tags(image_tags(manifest, target), clients, target.region, extra=1)  # +1: IMAGE_ID_TAG on snapshots
+    root_volume_gib(manifest, target)
     job = _Publish(
         image_dir, qcow2, manifest, target, record, clients,
         progress=progress if progress is not None else StderrProgressBar(),
@@ -280,6 +295,7 @@ class _Publish:
         self.finish_image(self.home)
         self.make_copies()
         self.share()
+        self.deprecate()
         self.point_ssm_parameter()
         self.record.set("complete", True, note="publish complete")
         step(f"published {self.name}: " + ", ".join(f"{r} {e['id']}" for r, e in self.record.images.items()))
@@ -423,6 +439,8 @@ class _Publish:
                     on_started=started,
                     progress=self.progress,
                     workers=self.workers,
+                    encrypted=self.target.encrypt_boot,
+                    kms_key_arn=self.target.kms_key(self.home),
                 )
             except UploadFailed as failed:
                 self.upload_failed(failed)
@@ -540,6 +558,9 @@ class _Publish:
                     started.append(region)
                     continue
                 step(f"{region}: copying {home_id} from {self.home}")
+                encryption: dict[str, Any] = {"Encrypted": True} if self.target.encrypt_boot else {}
+                if self.target.kms_key(region):
+                    encryption["KmsKeyId"] = self.target.kms_key(region)
                 image_id = self.ec2(region).copy_image(
                     Name=self.name,
                     Description=self.description,
@@ -547,6 +568,7 @@ class _Publish:
                     SourceRegion=self.home,
                     ClientToken=str(uuid.uuid4()),
                     TagSpecifications=[{"ResourceType": "image", "Tags": _tag_list(self.tags)}],
+                    **encryption,
                 )["ImageId"]
             except Exception as exc:
                 if not (is_aws_error(exc) or isinstance(exc, ImagebuildError)):
@@ -606,48 +628,89 @@ class _Publish:
     # ------------------------------------------------------------------ sharing, SSM
 
     def share(self) -> None:
-        want = sorted(set(self.target.share_with))
+        """Launch permission for every account, organization and OU; createVolumePermission on
+        each AMI's snapshots for the accounts (so they can copy the AMI or create volumes from it;
+        snapshots cannot be shared with organizations)."""
+        want = launch_permission_set(self.target)
+        accounts = sorted(set(self.target.share_with))
         for region, entry in self.record.images.items():
             ec2 = self.ec2(region)
-            current = launch_permission_accounts(ec2, entry["id"])
-            missing = [account for account in want if account not in current]
+            current = launch_permissions(ec2, entry["id"])
+            missing = sorted(want - current)
             if missing:
-                step(f"{region}: sharing {entry['id']} with {', '.join(missing)}")
+                step(f"{region}: sharing {entry['id']} with {', '.join(value for _, value in missing)}")
                 ec2.modify_image_attribute(
-                    ImageId=entry["id"],
-                    LaunchPermission={"Add": [{"UserId": account} for account in missing]},
+                    ImageId=entry["id"], LaunchPermission={"Add": [{key: value} for key, value in missing]}
                 )
-                current = launch_permission_accounts(ec2, entry["id"])
-                still = [account for account in missing if account not in current]
+                current = launch_permissions(ec2, entry["id"])
+                still = sorted(want - current)
                 if still:
-                    raise ImagebuildError(f"{region}: {entry['id']} is still not shared with {', '.join(still)}")
+                    raise ImagebuildError(f"{region}: {entry['id']} is still not shared with "
+                                          f"{', '.join(value for _, value in still)}")
+            for snapshot_id in entry.get("snapshots", []) if accounts else []:
+                have = snapshot_volume_accounts(ec2, snapshot_id)
+                lacking = [account for account in accounts if account not in have]
+                if lacking:
+                    ec2.modify_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission",
+                                                  OperationType="add", UserIds=lacking)
             if current or region in self.record.shared:
-                self.record.shared[region] = sorted(current)
+                self.record.shared[region] = sorted(value for _, value in current)
                 self.record.save()
 
     def point_ssm_parameter(self) -> None:
         name = self.target.ssm_parameter
         if not name:
             return
-        image_id = self.record.image_id(self.home)
-        done = self.record.data.get("ssm_parameter")
-        if done and done.get("name") == name and done.get("value") == image_id:
-            return  # set by this publish already; never move it back if a newer publish moved it
-        ssm = self.clients("ssm", self.home)
-        step(f"{self.home}: SSM parameter {name} -> {image_id}")
-        response = ssm.put_parameter(
-            Name=name,
-            Value=image_id,
-            Type="String",
-            DataType="aws:ec2:image",
-            Overwrite=True,
-            Description=f"latest {self.target.family} AMI (imagebuild)",
-        )
-        self.record.set(
-            "ssm_parameter",
-            {"name": name, "region": self.home, "value": image_id, "version": response.get("Version")},
-            note=f"SSM parameter {name} = {image_id}",
-        )
+        regions = list(self.record.images) if self.target.ssm_all_regions else [self.home]
+        done = self.record.data.setdefault("ssm_regions", {})
+        earlier = self.record.data.get("ssm_parameter") or {}
+        if earlier.get("name") == name and self.home not in done:  # a record written before ssm_regions
+            done[self.home] = earlier.get("value")
+        for region in regions:
+            image_id = self.record.image_id(region)
+            if done.get(region) == image_id:
+                continue  # set by this publish already; never move it back if a newer publish moved it
+            ssm = self.clients("ssm", region)
+            step(f"{region}: SSM parameter {name} -> {image_id}")
+            response = ssm.put_parameter(
+                Name=name,
+                Value=image_id,
+                Type="String",
+                DataType="aws:ec2:image",
+                Overwrite=True,
+                Description=f"latest {self.target.family} AMI (imagebuild)",
+            )
+            done[region] = image_id
+            if region == self.home:
+                self.record.data["ssm_parameter"] = {"name": name, "region": region, "value": image_id,
+                                                     "version": response.get("Version")}
+            self.record.note(f"{region}: SSM parameter {name} = {image_id}")
+            self.record.save()
+
+    def deprecate(self) -> None:
+        """EnableImageDeprecation on every region's AMI at build time + deprecate_after_days."""
+        days = self.target.deprecate_after_days
+        if not days:
+            return
+        at = self.manifest.build_datetime + timedelta(days=days)
+        at = max(at, datetime.now(timezone.utc) + timedelta(minutes=10))  # AWS refuses a time in the past
+        stamp = at.strftime("%Y-%m-%dT%H:%M:00Z")
+        done = self.record.data.setdefault("deprecation", {})
+        for region, entry in self.record.images.items():
+            if done.get(region, {}).get("image") == entry["id"]:
+                continue
+            try:
+                self.ec2(region).enable_image_deprecation(ImageId=entry["id"], DeprecateAt=at.replace(second=0, microsecond=0))
+            except Exception as exc:
+                if error_code(exc) not in ("InvalidAction", "UnsupportedOperation"):
+                    raise
+                self.record.note(f"{region}: deprecation of {entry['id']} not set: {describe_error(exc)}")
+                self.record.save()
+                step(f"{region}: cannot deprecate {entry['id']} here ({error_code(exc)})")
+                continue
+            done[region] = {"image": entry["id"], "at": stamp}
+            self.record.note(f"{region}: {entry['id']} deprecates at {stamp}")
+            self.record.save()
 
     # ------------------------------------------------------------------ waiting
 
@@ -720,9 +783,24 @@ def block_device_snapshots(image: dict[str, Any]) -> list[str]:
     ]
 
 
-def launch_permission_accounts(ec2: Any, image_id: str) -> list[str]:
+LAUNCH_PERMISSION_KEYS = ("UserId", "OrganizationArn", "OrganizationalUnitArn")
+
+
+def launch_permission_set(target: PublishTarget) -> set[tuple[str, str]]:
+    """What the target shares with, as (LaunchPermission key, value) pairs."""
+    return ({("UserId", a) for a in target.share_with} | {("OrganizationArn", o) for o in target.share_with_organizations}
+            | {("OrganizationalUnitArn", u) for u in target.share_with_ous})
+
+
+def launch_permissions(ec2: Any, image_id: str) -> set[tuple[str, str]]:
     response = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
-    return sorted({perm["UserId"] for perm in response.get("LaunchPermissions", []) if "UserId" in perm})
+    return {(key, perm[key]) for perm in response.get("LaunchPermissions", []) for key in LAUNCH_PERMISSION_KEYS
+            if key in perm}
+
+
+def snapshot_volume_accounts(ec2: Any, snapshot_id: str) -> set[str]:
+    response = ec2.describe_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission")
+    return {perm["UserId"] for perm in response.get("CreateVolumePermissions", []) if "UserId" in perm}
 
 
 def ssm_parameter_value(ssm: Any, name: str) -> str | None:

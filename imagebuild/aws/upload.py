@@ -216,20 +216,29 @@ def upload_raw(
     on_started: Callable[[str], None] | None = None,
     progress: ProgressCallback | None = None,
     workers: int = DEFAULT_WORKERS,
+    encrypted: bool = False,
+    kms_key_arn: str | None = None,
 ) -> UploadResult:
     """Upload *raw* into a new snapshot and complete it. Returns when AWS accepted completion.
+
+    *encrypted* makes an encrypted snapshot, with *kms_key_arn* (None: the account's default
+    EBS key).
 
     `on_started(snapshot_id)` runs right after start_snapshot so the caller can record the
     snapshot before any block is sent. Any failure (or KeyboardInterrupt) after the start raises
     UploadFailed carrying the snapshot id; deleting it is the caller's job.
     """
     size = raw.stat().st_size
+    encryption: dict[str, Any] = {"Encrypted": True} if encrypted else {}
+    if encrypted and kms_key_arn:
+        encryption["KmsKeyArn"] = kms_key_arn
     started = ebs.start_snapshot(
         VolumeSize=volume_size_gib(size),
         Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
         Description=description,
         ClientToken=client_token,
         Timeout=SNAPSHOT_TIMEOUT_MINUTES,
+        **encryption,
     )
     snapshot_id = started["SnapshotId"]
     digests: dict[int, bytes] = {}

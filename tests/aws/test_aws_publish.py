@@ -512,3 +512,113 @@ def test_a_kill_right_after_start_snapshot_reuses_the_saved_client_token(aws, bo
     assert {s["SnapshotId"] for s in snapshots} == {record["snapshot"]["id"], *record["images"][HOME]["snapshots"]}
     assert orphan["SnapshotId"] not in {s["SnapshotId"] for s in snapshots}
     assert read_snapshot(boto("ebs"), record["snapshot"]["id"])[1] == expected_blocks(content)
+
+
+# --------------------------------------------------------------------------- encryption, volume, sharing, SSM, deprecation
+
+KMS = {HOME: f"arn:aws:kms:{HOME}:123456789012:key/1111aaaa-22bb-33cc-44dd-555555eeeeee",
+       "us-west-2": "arn:aws:kms:us-west-2:123456789012:key/mrk-1234abcd",
+       "eu-central-1": "arn:aws:kms:eu-central-1:123456789012:key/abcd-ef01"}
+ORG = "arn:aws:organizations::123456789012:organization/o-abcdefghij"
+OU = "arn:aws:organizations::123456789012:ou/o-abcdefghij/ou-ab12-cdefgh34"
+
+
+def test_encryption_and_kms_keys_reach_start_snapshot_and_copy_image(aws, make_image, recording_clients):
+    """moto 5.2.5 ignores Encrypted/KmsKeyArn on StartSnapshot; the requests are asserted and model-checked."""
+    image_dir, _ = make_image()
+    clients = recording_clients()
+    publish(image_dir, target(encrypt_boot=True, kms_keys=KMS), progress=lambda p: None, clients=clients,
+            poll_interval=0.01)
+    (start,) = clients.kwargs("start_snapshot")
+    assert start["Encrypted"] is True and start["KmsKeyArn"] == KMS[HOME]
+    copies = {kw["Name"] + str(i): kw for i, kw in enumerate(clients.kwargs("copy_image"))}
+    assert sorted(kw["KmsKeyId"] for kw in copies.values()) == sorted([KMS["us-west-2"], KMS["eu-central-1"]])
+    assert all(kw["Encrypted"] is True for kw in copies.values())
+
+
+def test_unencrypted_by_default_and_default_key_when_no_keys(aws, make_image, recording_clients):
+    image_dir, _ = make_image()
+    clients = recording_clients()
+    publish(image_dir, target(share_with=[]), progress=lambda p: None, clients=clients, poll_interval=0.01)
+    (start,) = clients.kwargs("start_snapshot")
+    assert "Encrypted" not in start and "KmsKeyArn" not in start
+    assert all("Encrypted" not in kw for kw in clients.kwargs("copy_image"))
+    image_dir, _ = make_image(build_time="2026-11-27T00:00:00Z")
+    clients = recording_clients()
+    publish(image_dir, target(share_with=[], encrypt_boot=True), progress=lambda p: None, clients=clients,
+            poll_interval=0.01)
+    (start,) = clients.kwargs("start_snapshot")
+    assert start["Encrypted"] is True and "KmsKeyArn" not in start
+
+
+def test_root_volume_size_and_imds_v2(aws, make_image, recording_clients):
+    image_dir, _ = make_image()
+    clients = recording_clients()
+    publish(image_dir, target(copy_regions=[], share_with=[], volume_size_gb=30), progress=lambda p: None,
+            clients=clients, poll_interval=0.01)
+    (register,) = clients.kwargs("register_image")
+    assert register["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 30
+    assert register["ImdsSupport"] == "v2.0"
+
+
+def test_a_root_volume_smaller_than_the_image_is_refused(aws, make_image, recording_clients):
+    image_dir, _ = make_image(size=3 * 1024 * MIB // 2)  # 1.5 GiB virtual: needs 2 GiB
+    clients = recording_clients()
+    with pytest.raises(ImagebuildError, match="volume_size_gb is 1 GiB, but the image is 2 GiB"):
+        publish(image_dir, target(volume_size_gb=1), progress=lambda p: None, clients=clients)
+    assert clients.calls == []
+
+
+def test_sharing_with_accounts_organizations_and_ous(aws, boto, make_image, recording_clients):
+    image_dir, _ = make_image()
+    clients = recording_clients()
+    record = publish(image_dir, target(share_with_organizations=[ORG], share_with_ous=[OU]), progress=lambda p: None,
+                     clients=clients, poll_interval=0.01)
+    for region, entry in record["images"].items():
+        ec2 = boto("ec2", region)
+        perms = ec2.describe_image_attribute(ImageId=entry["id"], Attribute="launchPermission")["LaunchPermissions"]
+        assert {"UserId": ACCOUNT} in perms and {"OrganizationArn": ORG} in perms
+        assert {"OrganizationalUnitArn": OU} in perms
+        assert entry["snapshots"]
+        for snapshot_id in entry["snapshots"]:
+            volume = ec2.describe_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission")
+            assert volume["CreateVolumePermissions"] == [{"UserId": ACCOUNT}], (region, snapshot_id)
+    # a rerun adds nothing twice
+    again = recording_clients()
+    publish(image_dir, target(share_with_organizations=[ORG], share_with_ous=[OU]), progress=lambda p: None,
+            clients=again, poll_interval=0.01)
+    assert again.count("modify_image_attribute") == 0 and again.count("modify_snapshot_attribute") == 0
+
+
+def test_ssm_parameter_in_every_region(aws, boto, make_image, recording_clients):
+    image_dir, _ = make_image()
+    record = publish(image_dir, target(ssm_all_regions=True), progress=lambda p: None, clients=recording_clients(),
+                     poll_interval=0.01)
+    for region, entry in record["images"].items():
+        assert boto("ssm", region).get_parameter(Name=PARAM)["Parameter"]["Value"] == entry["id"]
+    assert record["ssm_regions"] == {r: e["id"] for r, e in record["images"].items()}
+
+
+def test_deprecation_at_the_spec_age(aws, boto_session, make_image, recording_clients, api_calls):
+    """moto 5.2.5 lacks EnableImageDeprecation (HTTP 500); AWS's answer is given, the request model-checked."""
+    from conftest import ec2_answer
+
+    boto_session.events.register_first(
+        "before-send.ec2.EnableImageDeprecation",
+        lambda request, **_: ec2_answer(200, "<EnableImageDeprecationResponse><return>true</return>"
+                                             "</EnableImageDeprecationResponse>"))
+    image_dir, _ = make_image(build_time="2099-01-01T10:20:30Z")
+    record = publish(image_dir, target(deprecate_after_days=90), progress=lambda p: None,
+                     clients=recording_clients(), poll_interval=0.01)
+    sent = api_calls.params("ec2:EnableImageDeprecation")
+    assert sorted(p["ImageId"] for p in sent) == sorted(e["id"] for e in record["images"].values())
+    assert {p["DeprecateAt"].isoformat() for p in sent} == {"2099-04-01T10:20:00+00:00"}
+    assert {v["at"] for v in record["deprecation"].values()} == {"2099-04-01T10:20:00Z"}
+
+
+def test_deprecation_where_the_api_is_missing_is_noted_not_fatal(aws, make_image, recording_clients):
+    image_dir, _ = make_image()
+    record = publish(image_dir, target(copy_regions=[], deprecate_after_days=90), progress=lambda p: None,
+                     clients=recording_clients(), poll_interval=0.01)
+    assert record["complete"] and record["deprecation"] == {}
+    assert any("deprecation of" in note and "InvalidAction" in note for note in record["notes"])
