@@ -164,10 +164,26 @@ def _session(loader, log=None, check=True):
     return session
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(scope="session")
+def iam_policies():
+    """The README's IAM policy per command: {"publish": {actions}, "prune": {actions}}."""
+    policies = model_check.documented_policies(README.read_text(encoding="utf-8"))
+    assert set(policies) == {"publish", "prune"}, f"README's IAM blocks: {sorted(policies)}"
+    return policies
+
+
 @pytest.fixture
-def api_calls():
-    """The calls the code under test made (clients of `boto_session`): a model_check.CallLog."""
-    return model_check.CallLog()
+def api_calls(iam_policies):
+    """The calls the code under test made (clients of `boto_session`): a model_check.CallLog.
+
+    After every test, each recorded call must be allowed by the README's IAM policies."""
+    log = model_check.CallLog()
+    yield log
+    missing = model_check.uncovered(log.actions(), set().union(*iam_policies.values()))
+    assert not missing, f"API calls the README's IAM policies do not allow: {sorted(missing)}"
 
 
 @pytest.fixture

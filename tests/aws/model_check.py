@@ -135,3 +135,28 @@ def install(session: Any, log: CallLog | None = None) -> None:
             raise ModelViolation(f"{iam_action(model)} would be rejected by AWS: " + "; ".join(problems))
 
     events.register("before-parameter-build", check, unique_id="imagebuild-model-check")
+
+
+# --------------------------------------------------------------------------- the documented IAM policies
+
+def documented_policies(readme_text: str) -> dict[str, set[str]]:
+    """The README's IAM policy blocks: "`publish`:" / "`prune` ...:" followed by a ```json block."""
+    import json
+
+    policies: dict[str, set[str]] = {}
+    for match in re.finditer(r"^`(\w+)`[^\n]*:\n\n```json\n(.*?)\n```", readme_text, re.M | re.S):
+        document = json.loads(match.group(2))
+        actions = set()
+        for statement in document["Statement"]:
+            if statement["Effect"] == "Allow":
+                actions.update([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
+        policies[match.group(1)] = actions
+    return policies
+
+
+def uncovered(actions: set[str], allowed: set[str]) -> set[str]:
+    """Actions that no entry of *allowed* (exact, or a trailing-* wildcard) grants."""
+    def granted(action: str) -> bool:
+        return any(action == a or (a.endswith("*") and action.startswith(a[:-1])) for a in allowed)
+
+    return {action for action in actions if not granted(action)}
