@@ -51,7 +51,9 @@ def test_each_command_stays_within_its_documented_policy(aws, boto, boto_session
     assert not model_check.uncovered(pruned, iam_policies["prune"]), pruned
 
     api_calls.clear()
-    decide(spec_of({"image": {"aws": {"region": HOME, "copy_regions": [COPY]}}}), "sha256:" + "ab" * 32,
+    pinned = {"tarball": {"sha256": "aa" * 32}, "runc": {"sha256": "bb" * 32}}
+    decide(spec_of({"containerd": {"install": pinned}, "image": {"aws": {"region": HOME, "copy_regions": [COPY]}}}),
+           "sha256:" + "ab" * 32,
            clients=clients)
     assert api_calls.actions() and not model_check.uncovered(api_calls.actions(), iam_policies["prune"])
 

@@ -16,7 +16,26 @@ from imagebuild.bake import inputs_hash
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.pipeline import FAILED, STEPS, UNCHANGED, BuildDecision, decide, run_pipeline
-from tests.support import run_main, spec_of, write_spec
+from tests import support
+from tests.support import run_main
+
+# Artifacts pinned by sha256: deciding then needs no network (a checksum_url is read when hashing).
+PINNED = {"containerd": {"install": {"tarball": {"sha256": "aa" * 32}, "runc": {"sha256": "bb" * 32}}}}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def spec_of(doc: dict):
+    return support.spec_of(_merge(PINNED, doc))
+
+
+def write_spec(directory, doc: dict):
+    return support.write_spec(directory, _merge(PINNED, doc))
 
 HOME, OTHER = "us-east-1", "us-west-2"
 ACCOUNT = "111122223333"
@@ -311,3 +330,29 @@ def test_a_publish_that_keeps_failing_is_resumed_and_pruned(aws, boto, boto_sess
     assert record["complete"] and set(record["images"]) == {HOME, OTHER}
     # and the next night skips: everything is in place
     assert run_pipeline(spec, work=work, base=str(junk_base), clients=recording_clients()) == UNCHANGED
+
+
+# --------------------------------------------------------------------------- checksum_url by content
+
+
+def test_a_checksum_url_counts_by_the_checksum_it_names(tmp_path):
+    sums = tmp_path / "SHA256SUMS"
+    doc = {"containerd": {"install": {"tarball": {"sha256": None, "checksum_url": sums.as_uri()}}}}
+    spec = spec_of(doc)
+    name = spec.containerd.install.tarball.resolved_url.rsplit("/", 1)[-1]
+    sums.write_text(f"{'11' * 32}  other.tar.gz\n{'22' * 32}  {name}\n")
+    first = inputs_hash(spec, BASE_CHECKSUM)
+    sums.write_text(f"{'22' * 32} *{name}\n{'33' * 32}  other.tar.gz\n")  # same sha for our file
+    assert inputs_hash(spec, BASE_CHECKSUM) == first
+    sums.write_text(f"{'44' * 32}  {name}\n")  # a new release behind the same URL
+    assert inputs_hash(spec, BASE_CHECKSUM) != first
+
+
+def test_an_unreadable_checksum_url_fails_the_decision(tmp_path):
+    sums = tmp_path / "SHA256SUMS"
+    spec = spec_of({"containerd": {"install": {"tarball": {"sha256": None, "checksum_url": sums.as_uri()}}}})
+    with pytest.raises(ImagebuildError, match="cannot read checksum_url"):
+        inputs_hash(spec, BASE_CHECKSUM)
+    sums.write_text(f"{'11' * 32}  other.tar.gz\n")
+    with pytest.raises(ImagebuildError, match="names no sha256 for containerd-1.6.20-linux-amd64.tar.gz"):
+        inputs_hash(spec, BASE_CHECKSUM)
