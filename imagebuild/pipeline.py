@@ -170,6 +170,43 @@ def decide(spec: Spec, base_checksum: str, *, force: bool = False, clients=None)
     return BuildDecision(False, f"inputs unchanged: {label} has inputs hash {wanted[:12]}", newest)
 
 
+# --------------------------------------------------------------------------- the base image's age
+
+# The built-in base image (imagebuild base-image) is cached by its recipe, so on its own it never
+# picks up Debian's security updates. The pipeline therefore builds it afresh every
+# BASE_REFRESH_DAYS: the new base has a new checksum, which changes the inputs hash, so the next
+# nightly run bakes and publishes an image with the updates. (Hashing the base's package set
+# instead would not help: a cached base's packages never change.)
+BASE_REFRESH_DAYS = 7
+
+
+def scheduled_base_dir(now: float | None = None) -> Path:
+    """Where the pipeline's base image for the current BASE_REFRESH_DAYS period lives; older
+    periods' images are removed (the previous one stays for a run that is still using it)."""
+    import shutil
+
+    from . import baseimage
+    from .paths import cache_dir
+
+    epoch = int((time.time() if now is None else now) // (BASE_REFRESH_DAYS * 86400))
+    root = cache_dir("base-scheduled", baseimage.recipe_hash())
+    for old in root.glob("period-*"):
+        try:
+            stale = int(old.name.split("-", 1)[1]) < epoch - 1
+        except ValueError:
+            continue
+        if stale:
+            shutil.rmtree(old, ignore_errors=True)
+    return root / f"period-{epoch}"
+
+
+def scheduled_base() -> str:
+    """The built-in base image of the current period (built now if this period has none yet)."""
+    from . import baseimage
+
+    return str(baseimage.build(scheduled_base_dir()))
+
+
 # --------------------------------------------------------------------------- the run manifest
 
 
@@ -313,7 +350,8 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
     made: dict[str, Any] = {}
 
     def decide_step() -> dict:
-        source, checksum = resolve_base(spec, base)
+        # The built-in base is rebuilt every BASE_REFRESH_DAYS (see scheduled_base).
+        source, checksum = resolve_base(spec, base or (None if spec.image.base else scheduled_base()))
         made["base"] = source
         made["inputs_hash"] = inputs_hash(spec, checksum)
         run.data |= {"base_image": {"source": source, "checksum": checksum}, "inputs_hash": made["inputs_hash"]}

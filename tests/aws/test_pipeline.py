@@ -356,3 +356,22 @@ def test_an_unreadable_checksum_url_fails_the_decision(tmp_path):
     sums.write_text(f"{'11' * 32}  other.tar.gz\n")
     with pytest.raises(ImagebuildError, match="names no sha256 for containerd-1.6.20-linux-amd64.tar.gz"):
         inputs_hash(spec, BASE_CHECKSUM)
+
+
+def test_the_builtin_base_is_rebuilt_every_refresh_period(tmp_path, monkeypatch):
+    """Debian security updates reach the base (and so the inputs hash) within BASE_REFRESH_DAYS."""
+    from imagebuild import pipeline
+
+    monkeypatch.setenv("IMAGEBUILD_CACHE", str(tmp_path / "cache"))
+    day = 86400.0
+    start = 3000 * pipeline.BASE_REFRESH_DAYS * day - 1  # the last second of a period
+    first = pipeline.scheduled_base_dir(start)
+    assert pipeline.scheduled_base_dir(start - (pipeline.BASE_REFRESH_DAYS - 1) * day) == first
+    second = pipeline.scheduled_base_dir(start + 1)
+    assert second != first and second.parent == first.parent
+    first.mkdir(parents=True)
+    (first / "marker").write_text("previous period: kept while a run may still use it")
+    pipeline.scheduled_base_dir(start + 1)
+    assert first.exists()
+    pipeline.scheduled_base_dir(start + 1 + pipeline.BASE_REFRESH_DAYS * day)
+    assert not first.exists()  # two periods old: removed
