@@ -50,13 +50,39 @@ def packer_directory(spec: Spec, output: str | Path) -> Path:
 
 
 def inputs_hash(spec: Spec, base_checksum: str) -> str:
-    """Everything that decides the image's content: equal hashes mean a rebuild would change nothing."""
+    """Everything that decides the image's content: equal hashes mean a rebuild would change nothing.
+
+    An artifact given by `checksum_url` counts by the sha256 that file names for it today (read
+    the way the install script reads it), not by the URL: a new release behind the same URL
+    changes the hash."""
     install = spec.containerd.install
-    artifacts = [(a.resolved_url, a.sha256 or a.resolved_checksum_url)
+    artifacts = [(a.resolved_url, a.sha256 or named_checksum(a.resolved_url, a.resolved_checksum_url))
                  for a in (install.tarball, install.runc, install.cni_plugins) if a is not None]
     blob = json.dumps({"spec": spec.spec_hash, "artifacts": artifacts, "base": base_checksum,
                        "imagebuild": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def named_checksum(url: str, checksum_url: str | None, timeout: float = 60) -> str:
+    """The sha256 the checksum file at *checksum_url* gives for *url*'s file (a lone hash, or the
+    `<hash>  <name>` line of that name, like sha256sum's output)."""
+    import urllib.request
+
+    if not checksum_url:
+        raise ImagebuildError(f"no sha256 and no checksum_url for {url}")
+    try:
+        with urllib.request.urlopen(checksum_url, timeout=timeout) as response:
+            text = response.read(1 << 20).decode("utf-8", "replace")
+    except (OSError, ValueError) as exc:
+        raise ImagebuildError(f"cannot read checksum_url {checksum_url}: {exc}") from None
+    name = url.rsplit("/", 1)[-1]
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 1 or (len(fields) >= 2 and fields[1] in (name, "*" + name)):
+            if re.fullmatch(r"[0-9a-f]{64}", fields[0]):
+                return fields[0]
+            break
+    raise ImagebuildError(f"checksum_url {checksum_url} names no sha256 for {name}")
 
 
 def resolve_base(spec: Spec, base: str | None) -> tuple[str, str]:

@@ -4,8 +4,12 @@
 image checksum, imagebuild version: `imagebuild.bake.inputs_hash`) is compared with the
 `imagebuild:inputs-hash` tag of the family's newest AMI in the home region. The run is skipped
 only when they are equal and that AMI's publish finished (available, copied to every copy
-region, shared with every account, SSM parameter present); a publish that stopped half-way is
-built and published again rather than skipped for ever.
+region, shared with every account, the SSM parameter naming it in the home region, or in every
+region with ssm_all_regions); a publish that stopped half-way is not skipped for ever. When the
+work directory still holds that unfinished publish (image/publish.json, its verified image
+unchanged, the same inputs hash), the run resumes it: render, bake and verify are skipped and
+publish finishes what is missing. Without it, the image is built and published again. Prune runs
+after publish even when publish failed, so a publish failing night after night piles up no AMIs.
 
 Every step's status and duration go to <work>/run-<time>.json (and a copy, last-run.json),
 rewritten after each step, so a failed run says exactly how far it got. The publish step lists
@@ -76,7 +80,8 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
     Publish makes the home AMI, copies it (same name) to each copy region, shares every copy and
     sets the SSM parameter last; a run that stopped half-way leaves some of that missing.
     """
-    from .aws.publish import find_image_by_name, launch_permission_accounts
+    from .aws.publish import find_image_by_name, launch_permission_set, launch_permissions
+    from .aws.target import target_of
 
     aws = spec.image.aws
     missing: list[str] = []
@@ -90,21 +95,44 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
             missing.append(f"no available copy in {region}")
         else:
             regional[region] = copy["ImageId"]
+    want = launch_permission_set(target_of(spec))
     for region, image_id in regional.items():
-        accounts = set(launch_permission_accounts(clients("ec2", region), image_id))
-        lacking = [a for a in aws.share_with if a not in accounts]
+        lacking = sorted(want - launch_permissions(clients("ec2", region), image_id)) if want else []
         if lacking:
-            missing.append(f"{image_id} in {region} is not shared with {', '.join(lacking)}")
+            missing.append(f"{image_id} in {region} is not shared with {', '.join(v for _, v in lacking)}")
     if aws.ssm_parameter:
-        from .aws.clients import error_code
+        from .aws.publish import ssm_parameter_value
 
-        try:
-            clients("ssm", aws.region).get_parameter(Name=aws.ssm_parameter)
-        except Exception as exc:
-            if error_code(exc) != "ParameterNotFound":
-                raise
-            missing.append(f"SSM parameter {aws.ssm_parameter} does not exist")
+        ssm_regions = regional if aws.ssm_all_regions else {ami["region"]: ami["id"]}
+        for region, image_id in ssm_regions.items():
+            value = ssm_parameter_value(clients("ssm", region), aws.ssm_parameter)
+            if value is None:
+                missing.append(f"SSM parameter {aws.ssm_parameter} does not exist in {region}")
+            elif value != image_id:
+                missing.append(f"SSM parameter {aws.ssm_parameter} in {region} names {value}, not {image_id}")
     return missing
+
+
+def unfinished_local_publish(image_dir: Path, wanted_inputs_hash: str) -> dict[str, Any] | None:
+    """The publish record in *image_dir* when it is unfinished and its image is publishable
+    with these inputs (verified, unchanged since); a rerun then resumes it instead of baking a new
+    image. None otherwise."""
+    from .aws.publish import check_publishable
+    from .aws.record import RECORD_NAME
+
+    path = Path(image_dir) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        manifest, _ = check_publishable(Path(image_dir))
+    except (OSError, ValueError, ImagebuildError):
+        return None
+    if not isinstance(record, dict) or record.get("complete") or manifest.inputs_hash != wanted_inputs_hash:
+        return None
+    if record.get("image_sha256") != manifest.sha256:
+        return None
+    return {"name": record.get("name", ""), "image": manifest.image, "last_error": record.get("last_error")}
 
 
 def decide(spec: Spec, base_checksum: str, *, force: bool = False, clients=None) -> BuildDecision:
@@ -140,6 +168,43 @@ def decide(spec: Spec, base_checksum: str, *, force: bool = False, clients=None)
         return BuildDecision(True, f"{label} has these inputs but its publish did not finish "
                                    f"({'; '.join(missing)}); building again", newest)
     return BuildDecision(False, f"inputs unchanged: {label} has inputs hash {wanted[:12]}", newest)
+
+
+# --------------------------------------------------------------------------- the base image's age
+
+# The built-in base image (imagebuild base-image) is cached by its recipe, so on its own it never
+# picks up Debian's security updates. The pipeline therefore builds it afresh every
+# BASE_REFRESH_DAYS: the new base has a new checksum, which changes the inputs hash, so the next
+# nightly run bakes and publishes an image with the updates. (Hashing the base's package set
+# instead would not help: a cached base's packages never change.)
+BASE_REFRESH_DAYS = 7
+
+
+def scheduled_base_dir(now: float | None = None) -> Path:
+    """Where the pipeline's base image for the current BASE_REFRESH_DAYS period lives; older
+    periods' images are removed (the previous one stays for a run that is still using it)."""
+    import shutil
+
+    from . import baseimage
+    from .paths import cache_dir
+
+    epoch = int((time.time() if now is None else now) // (BASE_REFRESH_DAYS * 86400))
+    root = cache_dir("base-scheduled", baseimage.recipe_hash())
+    for old in root.glob("period-*"):
+        try:
+            stale = int(old.name.split("-", 1)[1]) < epoch - 1
+        except ValueError:
+            continue
+        if stale:
+            shutil.rmtree(old, ignore_errors=True)
+    return root / f"period-{epoch}"
+
+
+def scheduled_base() -> str:
+    """The built-in base image of the current period (built now if this period has none yet)."""
+    from . import baseimage
+
+    return str(baseimage.build(scheduled_base_dir()))
 
 
 # --------------------------------------------------------------------------- the run manifest
@@ -285,7 +350,8 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
     made: dict[str, Any] = {}
 
     def decide_step() -> dict:
-        source, checksum = resolve_base(spec, base)
+        # The built-in base is rebuilt every BASE_REFRESH_DAYS (see scheduled_base).
+        source, checksum = resolve_base(spec, base or (None if spec.image.base else scheduled_base()))
         made["base"] = source
         made["inputs_hash"] = inputs_hash(spec, checksum)
         run.data |= {"base_image": {"source": source, "checksum": checksum}, "inputs_hash": made["inputs_hash"]}
@@ -293,6 +359,14 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
             made["decision"] = BuildDecision(True, "publish is off: build and verify only", None)
         else:
             made["decision"] = decide(spec, checksum, force=force, clients=clients)
+            pending = None if force or not made["decision"].build else unfinished_local_publish(
+                image_dir, made["inputs_hash"])
+            if pending:
+                made["resume"] = pending
+                made["image"] = image_dir / pending["image"]
+                made["decision"] = BuildDecision(True, f"resuming the unfinished publish of {pending['name']} in "
+                                                       f"{image_dir} ({made['decision'].reason})",
+                                                 made["decision"].newest_ami)
         decision = made["decision"]
         step(f"pipeline: {'build' if decision.build else 'skip'}: {decision.reason}")
         newest = decision.newest_ami
@@ -355,15 +429,29 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
         run.finish("unchanged", UNCHANGED)
         step(f"pipeline: unchanged, nothing built; run manifest {run.path}")
         return UNCHANGED
-    run.run_step("render", render_step)
-    run.run_step("bake", bake_step)
-    run.run_step("verify", verify_step)
+    if made.get("resume"):
+        for name in ("render", "bake", "verify"):
+            run.entry(name).update(status="skipped", reason=f"resuming the publish of {made['resume']['name']}, "
+                                                            "baked and verified by an earlier run")
+        run.save()
+    else:
+        run.run_step("render", render_step)
+        run.run_step("bake", bake_step)
+        run.run_step("verify", verify_step)
     if not publish:
         run.skip_rest("publish is off (--no-publish)")
         run.finish("verified", PUBLISHED)
         step(f"pipeline: verified {made['image']}; not published; run manifest {run.path}")
         return PUBLISHED
-    run.run_step("publish", publish_step)
+    try:
+        run.run_step("publish", publish_step)
+    except Exception:
+        # retention runs all the same: a publish failing night after night must not pile up AMIs
+        try:
+            run.run_step("prune", prune_step)
+        except Exception:
+            pass  # recorded in the prune step; the publish failure is what the run reports
+        raise
     run.run_step("prune", prune_step)
     run.finish("published", PUBLISHED)
     amis = ", ".join(f"{r} {e['id']}" for r, e in made["record"]["images"].items())

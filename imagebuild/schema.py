@@ -127,6 +127,9 @@ AWS_REGION = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"
 AWS_ACCOUNT = r"^[0-9]{12}$"
 SSM_NAME = r"^/[A-Za-z0-9_./-]+$"
 TAG_TEXT = r"^[A-Za-z0-9 _.:/=+@-]*$"
+KMS_KEY_ARN = r"^arn:aws[a-z-]*:kms:[a-z]{2}(-[a-z]+)+-[0-9]:[0-9]{12}:key/[A-Za-z0-9-]{1,128}$"
+ORG_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$"
+OU_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[0-9a-z]{4,32}-[0-9a-z]{8,32}$"
 CHECK_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 SYSTEMD_UNIT = r"^[A-Za-z0-9@._-]+\.(target|service|socket|mount|path)$"
 PACKAGE_VERSION = r"^[A-Za-z0-9.+~:-]+$"
@@ -321,9 +324,12 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
             "ssm_parameter": string("SSM parameter that holds the newest AMI id; default /imagebuild/<name>/latest",
                                     None, pattern=SSM_NAME, allowed="an SSM parameter path", nullable=True),
             "keep": integer("AMIs of this family kept per region by prune", 3, minimum=1, maximum=1000),
-            "tags": mapping("extra tags on AMIs and snapshots", string("tag value", None, pattern=TAG_TEXT,
-                                                                       allowed="tag text"),
-                            key_pattern=r"^[A-Za-z0-9 _.:/=+@-]{1,128}$", key_allowed="tag keys"),
+            "tags": mapping("extra tags on AMIs and snapshots (EBS StartSnapshot's limits: keys up to 127, "
+                            "values up to 255 characters)",
+                            string("tag value", None, pattern=r"^[A-Za-z0-9 _.:/=+@-]{0,255}$",
+                                   allowed="tag text of at most 255 letters, digits and  _.:/=+@-"),
+                            key_pattern=r"^[A-Za-z0-9 _.:/=+@-]{1,127}$",
+                            key_allowed="tag keys of 1-127 letters, digits and  _.:/=+@-"),
             "source_ami_name": string("source_ami_filter name for the amazon-ebs build", "debian-12-amd64-*",
                                       pattern=r"^[A-Za-z0-9 _.*?/()-]+$", allowed="an AMI name filter"),
             "source_ami_owners": array("owners of the source AMI", string("owner", None,
@@ -334,6 +340,23 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
                                     allowed="an instance type like t3.small"),
             "volume_size_gb": integer("gp3 root volume size in GiB", 8, minimum=2, maximum=16384),
             "encrypt_boot": boolean("encrypt the AMI's root snapshot", False),
+            "kms_keys": mapping("KMS key ARN per region for encrypt_boot (home and every copy region); "
+                                "empty uses the account's default EBS key",
+                                string("KMS key ARN", None, pattern=KMS_KEY_ARN, allowed="a KMS key ARN "
+                                       "(arn:aws:kms:<region>:<account>:key/<id>)"),
+                                key_pattern=AWS_REGION, key_allowed="region names"),
+            "share_with_organizations": array("organization ARNs given launch permission",
+                                              string("organization ARN", None, pattern=ORG_ARN,
+                                                     allowed="arn:aws:organizations::<account>:organization/o-..."),
+                                              unique=True),
+            "share_with_ous": array("organizational unit ARNs given launch permission",
+                                    string("OU ARN", None, pattern=OU_ARN,
+                                           allowed="arn:aws:organizations::<account>:ou/o-.../ou-..."),
+                                    unique=True),
+            "ssm_all_regions": boolean("also set ssm_parameter in every copy region (to that region's AMI)", False),
+            "deprecate_after_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 36500, "default": None,
+                                     "description": "publish marks the AMI deprecated this many days after its "
+                                                    "build (EnableImageDeprecation); null: never"},
         }),
     }),
     "verify": obj("the in-guest check that proves an image", {

@@ -234,6 +234,11 @@ class Aws:
     instance_type: str
     volume_size_gb: int
     encrypt_boot: bool
+    kms_keys: dict[str, str]
+    share_with_organizations: tuple[str, ...]
+    share_with_ous: tuple[str, ...]
+    ssm_all_regions: bool
+    deprecate_after_days: int | None
 
 
 @_frozen
@@ -409,13 +414,28 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     if aws["region"] in aws["copy_regions"]:
         problems.append(Problem("image.aws.copy_regions", f"got {aws['region']!r}, the home region; list only "
                                 "the regions the AMI is copied to"))
+    if len(aws["tags"]) > 41:
+        problems.append(Problem("image.aws.tags", f"got {len(aws['tags'])} tags, expected at most 41 (AWS takes 50 "
+                                "a resource; imagebuild adds 9 of its own)"))
     for key in aws["tags"]:
         if key.lower().startswith(("aws:", "imagebuild:")):
             problems.append(Problem(f"image.aws.tags.{key}", "keys starting with aws: or imagebuild: are reserved"))
-    if aws["encrypt_boot"] and aws["share_with"]:
+    if aws["encrypt_boot"] and aws["share_with"] and not aws["kms_keys"]:
         problems.append(Problem("image.aws.share_with", f"got {schema._show(aws['share_with'])} with encrypt_boot: true, "
                                 "but an AMI encrypted with the default KMS key cannot be shared (Packer refuses it); "
-                                "share it unencrypted or not at all"))
+                                "set image.aws.kms_keys to customer managed keys, or share it unencrypted"))
+    if aws["kms_keys"]:
+        if not aws["encrypt_boot"]:
+            problems.append(Problem("image.aws.kms_keys", "set with encrypt_boot: false; the keys would be ignored, "
+                                    "expected encrypt_boot: true"))
+        for region in [aws["region"], *aws["copy_regions"]]:
+            if region not in aws["kms_keys"]:
+                problems.append(Problem(f"image.aws.kms_keys.{region}", "missing: a KMS key is region-bound, "
+                                        "expected a key ARN for the home region and every copy region"))
+        for region, arn in aws["kms_keys"].items():
+            if f":kms:{region}:" not in arn:
+                problems.append(Problem(f"image.aws.kms_keys.{region}", f"got {schema._show(arn)}, expected a key "
+                                        f"of region {region}"))
     if doc["image"]["aws"]["ssm_parameter"] is None:
         doc["image"]["aws"]["ssm_parameter"] = f"/imagebuild/{doc['name']}/latest"
     for index, check in enumerate(doc["verify"]["checks"]):

@@ -108,9 +108,14 @@ def verify_image(image: Path, spec: Spec, *, log_dir: str | None = None) -> dict
 
     report = _boot(image, spec, user_data, instance_id, _test_image(cache_dir("test-image")), out_dir,
                    image.stem + ".verify")
-    report |= {"image": str(image), "image_sha256": image_sha, "spec_hash": spec.spec_hash, "mode": "image"}
     if sha256_file(image) != image_sha:
         raise ImagebuildError(f"{image} changed during verify; it must never be written")
+    return write_image_report(out_dir, report, image, image_sha, spec.spec_hash)
+
+
+def write_image_report(out_dir: Path, report: dict, image: Path, image_sha: str, spec_hash: str) -> dict:
+    """Complete a boot's report (`_report`) for *image* and write it as out_dir/verify.json."""
+    report = report | {"image": str(image), "image_sha256": image_sha, "spec_hash": spec_hash, "mode": "image"}
     render.write_file_atomic(out_dir / "verify.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
 

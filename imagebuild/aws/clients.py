@@ -22,6 +22,20 @@ ClientFactory = Callable[[str, str], Any]
 # Parallel put_snapshot_block requests; each holds one 512 KiB block in memory.
 DEFAULT_POOL_CONNECTIONS = 16
 
+# Retries per service. EBS direct APIs answer RequestThrottledException well below their
+# per-snapshot request limit when many blocks go in parallel; botocore's default (3 attempts)
+# fails a whole upload on three throttles of one block. "adaptive" adds botocore's client-side
+# rate limiter, so the parallel workers slow down together instead of each retrying at full speed;
+# 10 attempts give one block up to ~80 s of backoff (exponential, capped at 20 s a wait).
+# EC2 and SSM throttle per account (RequestLimitExceeded, ThrottlingException): standard mode
+# with more attempts than the default.
+RETRIES = {
+    "ebs": {"mode": "adaptive", "total_max_attempts": 10},
+    "ec2": {"mode": "standard", "total_max_attempts": 8},
+    "ssm": {"mode": "standard", "total_max_attempts": 8},
+    "autoscaling": {"mode": "standard", "total_max_attempts": 8},
+}
+
 
 def boto3_clients(*, max_pool_connections: int = DEFAULT_POOL_CONNECTIONS, session: Any = None) -> ClientFactory:
     """A factory of boto3 clients from one session, one client per (service, region).
@@ -48,10 +62,9 @@ def boto3_clients(*, max_pool_connections: int = DEFAULT_POOL_CONNECTIONS, sessi
 
     if session is None:
         session = boto3.session.Session()
-    config = botocore.config.Config(
-        max_pool_connections=max_pool_connections,
-        user_agent_appid="imagebuild",
-    )
+    base = dict(max_pool_connections=max_pool_connections, user_agent_appid="imagebuild")
+    configs = {service: botocore.config.Config(**base, retries=dict(retries)) for service, retries in RETRIES.items()}
+    default_config = botocore.config.Config(**base)
     lock = threading.Lock()
     cache: dict[tuple[str, str], Any] = {}
 
@@ -60,7 +73,7 @@ def boto3_clients(*, max_pool_connections: int = DEFAULT_POOL_CONNECTIONS, sessi
         with lock:
             client = cache.get(key)
             if client is None:
-                client = session.client(service, region_name=region, config=config)
+                client = session.client(service, region_name=region, config=configs.get(service, default_config))
                 cache[key] = client
             return client
 

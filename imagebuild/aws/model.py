@@ -149,33 +149,54 @@ class Manifest:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """`verify.json` of a baked image directory: did the boot verification pass, for which file."""
+    """A verify report of a baked image directory (imagebuild.verify writes `verify.json`).
+
+    Its shape is the one `imagebuild.verify.verify_image` writes: `passed`, `image_sha256`,
+    `checks` (each `{"check": name, "ok": bool, "expected": ..., "actual": ...}`), `failed` (the
+    names of the checks that failed) and `summary` (the guest's counts). This is the one place
+    that reads a verify report; *name* selects another report file of the same shape.
+    """
 
     passed: bool
     image_sha256: str
-    checks: list[Any] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    name: str = "verify.json"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "verify.json") -> VerifyResult:
+    def from_dict(cls, data: dict[str, Any], where: str = "verify.json", name: str = "verify.json") -> VerifyResult:
         passed = _need(data, "passed", bool, where)
         sha = _need(data, "image_sha256", str, where).lower()
         checks = data.get("checks", [])
-        if not isinstance(checks, list):
-            raise ImagebuildError(f"{where}: 'checks' must be a list")
-        return cls(passed=passed, image_sha256=sha, checks=checks)
+        if not isinstance(checks, list) or not all(isinstance(c, dict) and "check" in c for c in checks):
+            raise ImagebuildError(f"{where}: 'checks' must be a list of {{\"check\": name, \"ok\": bool, ...}}")
+        failed = data.get("failed", [])
+        if not isinstance(failed, list):
+            raise ImagebuildError(f"{where}: 'failed' must be a list of check names")
+        return cls(passed=passed, image_sha256=sha, checks=checks, failed=[str(f) for f in failed], name=name)
 
     @classmethod
-    def load(cls, image_dir: Path) -> VerifyResult:
-        path = Path(image_dir) / "verify.json"
-        return cls.from_dict(_read_json(path, "verification result"), str(path))
+    def load(cls, image_dir: Path, name: str = "verify.json") -> VerifyResult:
+        path = Path(image_dir) / name
+        return cls.from_dict(_read_json(path, "verification result"), str(path), name)
 
     def failed_checks(self) -> list[str]:
-        """Names of the checks that did not pass, as far as the check entries say."""
-        names = []
-        for check in self.checks:
-            if isinstance(check, dict) and check.get("ok", check.get("passed")) is False:
-                names.append(str(check.get("name") or check.get("id") or check))
-        return names
+        """One line per failed check: `name (expected X, got Y)`, in the report's order."""
+        names = list(dict.fromkeys([*self.failed, *(str(c["check"]) for c in self.checks if c.get("ok") is not True)]))
+        by_name = {str(c["check"]): c for c in self.checks}
+        lines = []
+        for name in names:
+            check = by_name.get(name, {})
+            if "expected" in check or "actual" in check:
+                lines.append(f"{name} (expected {_short(check.get('expected'))}, got {_short(check.get('actual'))})")
+            else:
+                lines.append(name)
+        return lines
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -189,6 +210,13 @@ class PublishTarget:
     keep: int = 3
     tags: dict[str, str] = field(default_factory=dict)
     family: str = "containerd-golden"
+    volume_size_gb: int | None = None  # AMI root volume; None: the image's virtual size
+    encrypt_boot: bool = False
+    kms_keys: dict[str, str] = field(default_factory=dict)  # region -> KMS key ARN; empty: default key
+    share_with_organizations: list[str] = field(default_factory=list)
+    share_with_ous: list[str] = field(default_factory=list)
+    ssm_all_regions: bool = False
+    deprecate_after_days: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -218,6 +246,15 @@ class PublishTarget:
             if key.startswith("imagebuild:"):
                 raise ImagebuildError(f"publish target: tag {key!r}: keys starting with 'imagebuild:' are set by imagebuild")
 
+        if self.kms_keys and not self.encrypt_boot:
+            raise ImagebuildError("publish target: kms_keys needs encrypt_boot")
+        for region in self.regions if self.kms_keys else []:
+            if region not in self.kms_keys:
+                raise ImagebuildError(f"publish target: kms_keys has no key for {region}")
+
+    def kms_key(self, region: str) -> str | None:
+        return self.kms_keys.get(region) if self.encrypt_boot else None
+
     @property
     def regions(self) -> list[str]:
         return [self.region, *self.copy_regions]
@@ -235,3 +272,4 @@ class Decision:
     build_time: str = ""
     snapshot_ids: tuple[str, ...] = ()
     result: str = ""  # after apply: "deleted", "failed: ...", or "" when nothing was done
+    kind: str = "image"  # "image", or "snapshot": a family snapshot whose AMI is gone (ami_id)

@@ -2,11 +2,21 @@
 
 Per region, the family's own AMIs (owner self, tag imagebuild:family) are sorted newest first
 by their imagebuild:build-time tag (CreationDate when the tag is missing); the newest `keep`
-stay. Of the rest, an AMI also stays when an instance that is pending, running, stopping or
-stopped uses it, when the default or latest version of a launch template names it (directly or
-through `resolve:ssm:`), or when the target's SSM parameter names it. Everything else is
-deleted, but only with apply=True: deregister, then delete the snapshots its block device
-mappings name plus those tagged imagebuild:image-id=<ami> (publish tags its upload that way).
+stay. Of the rest, an AMI also stays when:
+- an instance that is pending, running, stopping or stopped uses it;
+- any version of a launch template names it (directly or through `resolve:ssm:`), which covers
+  Auto Scaling groups pinned to any version; an Auto Scaling group's own launch template
+  version or launch configuration names it;
+- DescribeImageReferences lists a reference to it (where the endpoint offers that API);
+- the target's SSM parameter names it (home region; every region with ssm_all_regions);
+- its deregistration protection is on (someone chose to keep it; prune never turns it off);
+- it is shared with other accounts, organizations or OUs and was launched in the last
+  SHARED_LAUNCH_DAYS days, or its last launch time cannot be read (their instances are
+  invisible here; AWS's image usage reports would show them).
+Everything else is deleted, but only with apply=True: DeregisterImage with
+DeleteAssociatedSnapshots, then the snapshots its block device mappings name plus those tagged
+imagebuild:image-id=<ami> (publish tags its upload that way) that are still there. Family-tagged
+snapshots whose AMI is gone (a delete that failed after deregistration) are swept as well.
 """
 from __future__ import annotations
 
@@ -17,7 +27,7 @@ from typing import Any
 
 from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
 from imagebuild.aws.model import Decision, PublishTarget, parse_build_time
-from imagebuild.aws.publish import IMAGE_ID_TAG, block_device_snapshots
+from imagebuild.aws.publish import IMAGE_ID_TAG, block_device_snapshots, ssm_parameter_value
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import step
 
@@ -25,6 +35,10 @@ FAMILY_TAG = "imagebuild:family"
 BUILD_TIME_TAG = "imagebuild:build-time"
 INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 _CHUNK = 100  # image ids per describe_instances filter
+_REFERENCE_CHUNK = 10  # DescribeImageReferences takes at most 10 image ids (its model)
+SHARED_LAUNCH_DAYS = 30
+# What an endpoint without an API answers (a partition or emulator that lacks it).
+UNSUPPORTED = ("InvalidAction", "UnsupportedOperation", "NotImplemented", "InvalidParameterValue")
 
 
 class PruneError(ImagebuildError):
@@ -52,9 +66,9 @@ def prune(
     if clients is None:
         clients = boto3_clients()
     try:
-        ssm_image = _ssm_image(clients, target)
         decisions: list[Decision] = []
         for region in regions:
+            ssm_image = _ssm_image(clients, target, region)
             decisions.extend(_decide_region(clients, target, region, ssm_image))
         if apply:
             decisions = [_apply(clients, d) if d.action == "delete" else d for d in decisions]
@@ -71,16 +85,10 @@ def prune(
     return decisions
 
 
-def _ssm_image(clients: ClientFactory, target: PublishTarget) -> str | None:
-    if not target.ssm_parameter:
+def _ssm_image(clients: ClientFactory, target: PublishTarget, region: str) -> str | None:
+    if not target.ssm_parameter or (region != target.region and not target.ssm_all_regions):
         return None
-    try:
-        value = clients("ssm", target.region).get_parameter(Name=target.ssm_parameter)["Parameter"]["Value"]
-    except Exception as exc:
-        if error_code(exc) == "ParameterNotFound":
-            return None
-        raise
-    return value.strip() or None
+    return ssm_parameter_value(clients("ssm", region), target.ssm_parameter) or None
 
 
 def _decide_region(clients: ClientFactory, target: PublishTarget, region: str, ssm_image: str | None) -> list[Decision]:
@@ -91,15 +99,22 @@ def _decide_region(clients: ClientFactory, target: PublishTarget, region: str, s
     protected: dict[str, list[str]] = {}
     for image_id, reason in _instance_users(ec2, ids):
         protected.setdefault(image_id, []).append(reason)
-    for image_id, reason in _launch_template_users(clients, ec2, region):
-        protected.setdefault(image_id, []).append(reason)
-    if ssm_image and region == target.region:
+    for source in (_launch_template_users(clients, ec2, region), _auto_scaling_users(clients, ec2, region),
+                   _image_references(ec2, ids[target.keep:])):
+        for image_id, reason in source:
+            protected.setdefault(image_id, []).append(reason)
+    if ssm_image:
         protected.setdefault(ssm_image, []).append(f"named by SSM parameter {target.ssm_parameter}")
 
     decisions = []
     for position, image in enumerate(images):
         image_id = image["ImageId"]
         reasons = protected.get(image_id, [])
+        protection = image.get("DeregistrationProtection") or "disabled"
+        if protection != "disabled":
+            reasons = [*reasons, f"deregistration protection is {protection}"]
+        if position >= target.keep and not reasons:
+            reasons = _shared_use(ec2, image_id)
         if position < target.keep:
             action, reason = "keep", f"newest {target.keep} (#{position + 1})"
             if reasons:
@@ -119,6 +134,29 @@ def _decide_region(clients: ClientFactory, target: PublishTarget, region: str, s
                 snapshot_ids=tuple(block_device_snapshots(image)),
             )
         )
+    return decisions + _orphan_snapshots(ec2, target.family, region)
+
+
+def _orphan_snapshots(ec2: Any, family: str, region: str) -> list[Decision]:
+    """Family snapshots tagged with an AMI that no longer exists and that no AMI uses."""
+    tagged = [s for page in ec2.get_paginator("describe_snapshots").paginate(
+        OwnerIds=["self"], Filters=[{"Name": f"tag:{FAMILY_TAG}", "Values": [family]}]) for s in page["Snapshots"]]
+    tagged = [s for s in tagged if _tags(s).get(FAMILY_TAG) == family and _tags(s).get(IMAGE_ID_TAG)]
+    if not tagged:
+        return []
+    images = [i for page in ec2.get_paginator("describe_images").paginate(Owners=["self"]) for i in page["Images"]
+              if i.get("State") != "deregistered"]
+    existing = {i["ImageId"] for i in images}
+    in_use = {snapshot for image in images for snapshot in block_device_snapshots(image)}
+    decisions = []
+    for snapshot in tagged:
+        image_id = _tags(snapshot)[IMAGE_ID_TAG]
+        if image_id in existing or snapshot["SnapshotId"] in in_use:
+            continue
+        decisions.append(Decision(region=region, ami_id=image_id, name=snapshot["SnapshotId"], action="delete",
+                                  reason=f"snapshot of {image_id}, which no longer exists",
+                                  build_time=_tags(snapshot).get(BUILD_TIME_TAG, ""),
+                                  snapshot_ids=(snapshot["SnapshotId"],), kind="snapshot"))
     return decisions
 
 
@@ -172,40 +210,109 @@ def _instance_users(ec2: Any, image_ids: list[str]) -> Iterator[tuple[str, str]]
 
 
 def _launch_template_users(clients: ClientFactory, ec2: Any, region: str) -> Iterator[tuple[str, str]]:
-    """AMIs named by a launch template's default or latest version (filtered here, client-side)."""
+    """AMIs named by any version of any launch template: an Auto Scaling group, a fleet or a
+    person may launch from any version, not only $Default and $Latest."""
     for page in ec2.get_paginator("describe_launch_templates").paginate():
         for template in page["LaunchTemplates"]:
             template_id = template["LaunchTemplateId"]
             label = template.get("LaunchTemplateName") or template_id
-            versions = ec2.describe_launch_template_versions(
-                LaunchTemplateId=template_id, Versions=["$Default", "$Latest"]
-            )["LaunchTemplateVersions"]
-            for version in versions:
-                image_id = version.get("LaunchTemplateData", {}).get("ImageId")
-                if not image_id:
-                    continue
-                which = "default" if version.get("DefaultVersion") else "latest"
-                how = ""
-                if image_id.startswith("resolve:ssm:"):
-                    parameter = image_id[len("resolve:ssm:"):]
-                    image_id = _resolve_ssm(clients, region, parameter)
-                    how = f" via {parameter}"
-                    if not image_id:
-                        continue
-                yield image_id, f"{which} version {version.get('VersionNumber')} of launch template {label}{how}"
+            versions = ec2.get_paginator("describe_launch_template_versions").paginate(LaunchTemplateId=template_id)
+            for version_page in versions:
+                for version in version_page["LaunchTemplateVersions"]:
+                    named = _template_image(clients, region, version)
+                    if named:
+                        image_id, how = named
+                        which = "default " if version.get("DefaultVersion") else ""
+                        yield image_id, f"{which}version {version.get('VersionNumber')} of launch template {label}{how}"
 
 
-def _resolve_ssm(clients: ClientFactory, region: str, parameter: str) -> str | None:
+def _template_image(clients: ClientFactory, region: str, version: dict[str, Any]) -> tuple[str, str] | None:
+    image_id = version.get("LaunchTemplateData", {}).get("ImageId")
+    if not image_id:
+        return None
+    if image_id.startswith("resolve:ssm:"):
+        parameter = image_id[len("resolve:ssm:"):]
+        resolved = ssm_parameter_value(clients("ssm", region), parameter)
+        return (resolved, f" via {parameter}") if resolved else None
+    return image_id, ""
+
+
+def _auto_scaling_users(clients: ClientFactory, ec2: Any, region: str) -> Iterator[tuple[str, str]]:
+    """AMIs an Auto Scaling group launches: its launch template version (pinned, $Default or
+    $Latest, also inside a mixed instances policy) or its launch configuration."""
+    autoscaling = clients("autoscaling", region)
+    configurations = {}
+    for page in autoscaling.get_paginator("describe_launch_configurations").paginate():
+        for config in page["LaunchConfigurations"]:
+            configurations[config["LaunchConfigurationName"]] = config.get("ImageId")
+            if config.get("ImageId"):
+                yield config["ImageId"], f"launch configuration {config['LaunchConfigurationName']}"
+    for page in autoscaling.get_paginator("describe_auto_scaling_groups").paginate():
+        for group in page["AutoScalingGroups"]:
+            name = group["AutoScalingGroupName"]
+            specs = [group.get("LaunchTemplate"),
+                     (group.get("MixedInstancesPolicy") or {}).get("LaunchTemplate", {}).get("LaunchTemplateSpecification")]
+            for spec in filter(None, specs):
+                ref = ({"LaunchTemplateId": spec["LaunchTemplateId"]} if spec.get("LaunchTemplateId")
+                       else {"LaunchTemplateName": spec["LaunchTemplateName"]})
+                wanted = spec.get("Version") or "$Default"
+                versions = ec2.describe_launch_template_versions(**ref, Versions=[wanted])["LaunchTemplateVersions"]
+                for version in versions:
+                    named = _template_image(clients, region, version)
+                    if named:
+                        yield named[0], (f"Auto Scaling group {name} (launch template "
+                                         f"{version.get('LaunchTemplateName')} version {wanted}){named[1]}")
+            config = group.get("LaunchConfigurationName")
+            if config and configurations.get(config):
+                yield configurations[config], f"Auto Scaling group {name} (launch configuration {config})"
+
+
+def _image_references(ec2: Any, image_ids: list[str]) -> Iterator[tuple[str, str]]:
+    """DescribeImageReferences: what in this account refers to the AMIs (instances, launch
+    templates, SSM parameters, Image Builder recipes...). An endpoint without the API is skipped:
+    the scans above still ran."""
+    for start in range(0, len(image_ids), _REFERENCE_CHUNK):
+        chunk = image_ids[start: start + _REFERENCE_CHUNK]
+        try:
+            pages = ec2.get_paginator("describe_image_references").paginate(ImageIds=chunk, IncludeAllResourceTypes=True)
+            for page in pages:
+                for ref in page.get("ImageReferences", []):
+                    yield ref["ImageId"], f"referenced by {ref.get('ResourceType', 'a resource')} {ref.get('Arn', '')}".rstrip()
+        except Exception as exc:
+            if error_code(exc) not in UNSUPPORTED:
+                raise
+            step(f"DescribeImageReferences is not available here ({error_code(exc)}); using the scans alone")
+            return
+
+
+def _shared_use(ec2: Any, image_id: str) -> list[str]:
+    """Why a shared AMI must stay: launched recently, or its last launch cannot be read."""
+    permissions = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission").get("LaunchPermissions", [])
+    if not permissions:
+        return []
     try:
-        return clients("ssm", region).get_parameter(Name=parameter)["Parameter"]["Value"]
+        last = ec2.describe_image_attribute(ImageId=image_id, Attribute="lastLaunchedTime").get("LastLaunchedTime", {})
     except Exception as exc:
-        if error_code(exc) == "ParameterNotFound":
-            return None
-        raise
+        if error_code(exc) not in UNSUPPORTED:
+            raise
+        return [f"shared ({len(permissions)} launch permissions) and its last launch time cannot be read"]
+    text = (last or {}).get("Value")
+    if not text:
+        return []  # shared, never launched by anyone
+    try:
+        when = parse_build_time(text.replace("Z", "+00:00"))
+    except ImagebuildError:
+        return [f"shared and its last launch time {text!r} cannot be read"]
+    age = (datetime.now(timezone.utc) - when).days
+    if age < SHARED_LAUNCH_DAYS:
+        return [f"shared and launched {age} days ago (within {SHARED_LAUNCH_DAYS})"]
+    return []
 
 
 def _apply(clients: ClientFactory, decision: Decision) -> Decision:
     ec2 = clients("ec2", decision.region)
+    if decision.kind == "snapshot":
+        return replace(decision, result=_delete_snapshots(ec2, decision.region, list(decision.snapshot_ids)) or "deleted")
     try:
         tagged = ec2.describe_snapshots(
             OwnerIds=["self"], Filters=[{"Name": f"tag:{IMAGE_ID_TAG}", "Values": [decision.ami_id]}]
@@ -219,24 +326,30 @@ def _apply(clients: ClientFactory, decision: Decision) -> Decision:
             )
         )
         step(f"{decision.region}: deregistering {decision.ami_id} ({decision.name})")
-        ec2.deregister_image(ImageId=decision.ami_id)
+        ec2.deregister_image(ImageId=decision.ami_id, DeleteAssociatedSnapshots=True)
     except Exception as exc:
         if not is_aws_error(exc):
             raise
         return replace(decision, result=f"failed: {describe_error(exc)}")
+    problem = _delete_snapshots(ec2, decision.region, snapshots)
+    result = "deleted" if not problem else "failed: deregistered, but " + problem
+    return replace(decision, snapshot_ids=tuple(snapshots), result=result)
+
+
+def _delete_snapshots(ec2: Any, region: str, snapshots: list[str]) -> str:
+    """Delete what is left of *snapshots* (DeleteAssociatedSnapshots may have taken them); '' or the problems."""
     problems = []
     for snapshot_id in snapshots:
         try:
             ec2.delete_snapshot(SnapshotId=snapshot_id)
-            step(f"{decision.region}: deleted snapshot {snapshot_id}")
+            step(f"{region}: deleted snapshot {snapshot_id}")
         except Exception as exc:
             if not is_aws_error(exc):
                 raise
             if error_code(exc) == "InvalidSnapshot.NotFound":
                 continue
             problems.append(f"snapshot {snapshot_id}: {describe_error(exc)}")
-    result = "deleted" if not problems else "failed: deregistered, but " + "; ".join(problems)
-    return replace(decision, snapshot_ids=tuple(snapshots), result=result)
+    return "; ".join(problems)
 
 
 def format_table(decisions: list[Decision]) -> str:
@@ -258,6 +371,10 @@ def format_table(decisions: list[Decision]) -> str:
     for row in [headers, *rows]:
         cells = [str(cell).ljust(width) for cell, width in zip(row, widths)]
         lines.append("  ".join(cells).rstrip())
-    deletes = sum(1 for d in decisions if d.action == "delete")
-    lines.append(f"{len(decisions)} AMIs: {len(decisions) - deletes} kept, {deletes} to delete")
+    images = [d for d in decisions if d.kind == "image"]
+    deletes = sum(1 for d in images if d.action == "delete")
+    lines.append(f"{len(images)} AMIs: {len(images) - deletes} kept, {deletes} to delete")
+    orphans = len(decisions) - len(images)
+    if orphans:
+        lines.append(f"{orphans} snapshots of AMIs that no longer exist: to delete")
     return "\n".join(lines)

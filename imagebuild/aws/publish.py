@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:
     verify = VerifyResult.load(image_dir)
     if not verify.passed:
         failed = verify.failed_checks()
-        detail = f" (failed checks: {', '.join(failed)})" if failed else ""
+        detail = f" (failed checks: {'; '.join(failed)})" if failed else " (no check reported a result)"
         raise ImagebuildError(f"refusing to publish {image_dir}: its verification did not pass{detail}")
     if verify.image_sha256 != manifest.sha256:
         raise ImagebuildError(
@@ -82,8 +83,63 @@ def image_tags(manifest: Manifest, target: PublishTarget) -> dict[str, str]:
         "imagebuild:base-checksum": manifest.base_image.checksum,
         "imagebuild:image-sha256": manifest.sha256,
     }
-    tags = {**target.tags, **ours}
-    return {key: value[:256] for key, value in tags.items()}
+    # our own values are informational (a long base image URL): cut to the smallest limit of the
+    # APIs that receive them (StartSnapshot: 255); the spec's tags are checked, never cut
+    ours = {key: value[:255] for key, value in ours.items()}
+    return {**target.tags, **ours}
+
+
+# (operation, service) pairs that receive image_tags, and EC2's documented limits where its model
+# states none (keys 128, values 256 characters, 50 tags a resource).
+TAGGED_OPERATIONS = (("ebs", "StartSnapshot"), ("ec2", "RegisterImage"), ("ec2", "CopyImage"), ("ec2", "CreateTags"))
+EC2_TAG_LIMITS = {"key": 128, "value": 256, "count": 50}
+
+
+def tag_limits(client: Any, operation: str) -> dict[str, int]:
+    """Key/value length and count limits of the tags *operation* takes, from botocore's model."""
+    shape = client.meta.service_model.operation_model(operation).input_shape
+    found = _tag_list_shape(shape, set())
+    if found is None:
+        raise ImagebuildError(f"{operation} takes no tags in botocore's model")
+    tag = found.member
+    return {
+        "key": tag.members["Key"].metadata.get("max", EC2_TAG_LIMITS["key"]),
+        "value": tag.members["Value"].metadata.get("max", EC2_TAG_LIMITS["value"]),
+        "count": found.metadata.get("max", EC2_TAG_LIMITS["count"]),
+    }
+
+
+def _tag_list_shape(shape: Any, seen: set[str]) -> Any:
+    if shape.name in seen:
+        return None
+    seen.add(shape.name)
+    if shape.type_name == "list":
+        member = shape.member
+        if member.type_name == "structure" and {"Key", "Value"} <= set(member.members):
+            return shape
+        return _tag_list_shape(member, seen)
+    if shape.type_name == "structure":
+        for member in shape.members.values():
+            found = _tag_list_shape(member, seen)
+            if found is not None:
+                return found
+    return None
+
+
+def check_tags(tags: dict[str, str], clients: ClientFactory, region: str, extra: int = 0) -> None:
+    """ImagebuildError unless *tags* (plus *extra* more) fit every API that receives them."""
+    problems = []
+    for service, operation in TAGGED_OPERATIONS:
+        limits = tag_limits(clients(service, region), operation)
+        if len(tags) + extra > limits["count"]:
+            problems.append(f"{len(tags) + extra} tags, {operation} takes at most {limits['count']}")
+        for key, value in tags.items():
+            if not 1 <= len(key) <= limits["key"]:
+                problems.append(f"tag key {key[:40]!r}... is {len(key)} characters, {operation} takes 1-{limits['key']}")
+            if len(value) > limits["value"]:
+                problems.append(f"tag {key!r}: value is {len(value)} characters, {operation} takes at most {limits['value']}")
+    if problems:
+        raise ImagebuildError("refusing to publish: " + "; ".join(dict.fromkeys(problems)))
 
 
 def image_description(manifest: Manifest, target: PublishTarget) -> str:
@@ -98,6 +154,7 @@ def register_request(manifest: Manifest, target: PublishTarget, snapshot_id: str
     """The RegisterImage parameters for the home AMI backed by *snapshot_id*."""
     tags = image_tags(manifest, target)
     return {
+        "ImdsSupport": "v2.0",  # instances from this AMI get IMDSv2 only (tokens required)
         "Name": ami_name(manifest, target),
         "Description": image_description(manifest, target),
         "Architecture": manifest.ec2_architecture,
@@ -107,7 +164,7 @@ def register_request(manifest: Manifest, target: PublishTarget, snapshot_id: str
                 "DeviceName": ROOT_DEVICE,
                 "Ebs": {
                     "SnapshotId": snapshot_id,
-                    "VolumeSize": volume_size_gib(manifest.virtual_size),
+                    "VolumeSize": root_volume_gib(manifest, target),
                     "VolumeType": "gp3",
                     "DeleteOnTermination": True,
                 },
@@ -118,6 +175,18 @@ def register_request(manifest: Manifest, target: PublishTarget, snapshot_id: str
         "BootMode": manifest.boot_mode,
         "TagSpecifications": [{"ResourceType": "image", "Tags": _tag_list(tags)}],
     }
+
+
+def root_volume_gib(manifest: Manifest, target: PublishTarget) -> int:
+    """The AMI's root volume size: the spec's volume_size_gb, never less than the image."""
+    image = volume_size_gib(manifest.virtual_size)
+    if target.volume_size_gb is None:
+        return image
+    if target.volume_size_gb < image:
+        raise ImagebuildError(f"refusing to publish: volume_size_gb is {target.volume_size_gb} GiB, but the image "
+                              f"is {image} GiB (virtual size {manifest.virtual_size} bytes); an AMI's root volume "
+                              "cannot be smaller than its snapshot")
+    return target.volume_size_gb
 
 
 def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
@@ -157,6 +226,8 @@ def publish(
     )
     if clients is None:
         clients = boto3_clients(max_pool_connections=max(workers, 1) + 4)
+    check_tags(image_tags(manifest, target), clients, target.region, extra=1)  # +1: IMAGE_ID_TAG on snapshots
+    root_volume_gib(manifest, target)
     job = _Publish(
         image_dir, qcow2, manifest, target, record, clients,
         progress=progress if progress is not None else StderrProgressBar(),
@@ -224,6 +295,7 @@ class _Publish:
         self.finish_image(self.home)
         self.make_copies()
         self.share()
+        self.deprecate()
         self.point_ssm_parameter()
         self.record.set("complete", True, note="publish complete")
         step(f"published {self.name}: " + ", ".join(f"{r} {e['id']}" for r, e in self.record.images.items()))
@@ -237,9 +309,10 @@ class _Publish:
                 self.record.set_image(region, None, note=f"{region}: {entry['id']} no longer exists")
             elif state not in ("available", "pending"):
                 self.drop_image(region, f"it is {state}")
+        self.sweep_own_orphans()
         snap = self.record.snapshot
-        if snap is None:
-            return
+        if snap is None or not snap.get("id"):
+            return  # nothing, or a start whose answer never arrived: upload() reuses its client token
         actual = snapshot_state(self.ec2(self.home), snap["id"])
         if actual is None:
             self.record.set("snapshot", None, note=f"snapshot {snap['id']} no longer exists")
@@ -250,6 +323,35 @@ class _Publish:
         elif snap.get("state") != "completed" and self.record.image_id(self.home) is None:
             # an earlier upload died without cleaning up (e.g. the process was killed)
             self.delete_incomplete_snapshot(snap["id"], "left by an interrupted earlier upload")
+
+    def sweep_own_orphans(self) -> None:
+        """Delete snapshots of this image that nothing records or uses (a run killed between
+        StartSnapshot and saving its answer; AWS may not honour the client token after a while).
+        Only snapshots tagged with this image's sha256 are looked at; one an AMI uses is kept."""
+        if self.record.image_id(self.home) is not None:
+            return
+        ec2 = self.ec2(self.home)
+        recorded = (self.record.snapshot or {}).get("id")
+        found = ec2.describe_snapshots(
+            OwnerIds=["self"],
+            Filters=[{"Name": "tag:imagebuild:image-sha256", "Values": [self.manifest.sha256]},
+                     {"Name": "tag:imagebuild:family", "Values": [self.target.family]}],
+        )["Snapshots"]
+        for snapshot in found:
+            tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
+            if snapshot["SnapshotId"] == recorded or tags.get("imagebuild:image-sha256") != self.manifest.sha256:
+                continue
+            if IMAGE_ID_TAG in tags:
+                continue  # registered once: prune's business
+            try:
+                ec2.delete_snapshot(SnapshotId=snapshot["SnapshotId"])
+            except Exception as exc:
+                if error_code(exc) not in ("InvalidSnapshot.NotFound", "InvalidSnapshot.InUse"):
+                    raise
+                continue
+            self.record.note(f"deleted snapshot {snapshot['SnapshotId']} of this image that no record held")
+            self.record.save()
+            step(f"deleted snapshot {snapshot['SnapshotId']}: left by an interrupted earlier upload of this image")
 
     # ------------------------------------------------------------------ home region
 
@@ -311,10 +413,18 @@ class _Publish:
             if sha256_file(self.qcow2) != self.manifest.sha256:
                 raise ImagebuildError(f"refusing to publish {self.qcow2}: the file changed while it was being converted")
 
+            # The client token is saved before StartSnapshot: a run killed before the answer is
+            # saved asks again with the same token, and AWS hands back the same snapshot.
+            earlier = self.record.snapshot or {}
+            token = earlier.get("client_token") if earlier.get("state") == "starting" else None
+            token = token or str(uuid.uuid4())
+            self.record.set("snapshot", {"id": None, "region": self.home, "state": "starting", "client_token": token},
+                            note=f"starting a snapshot with client token {token}")
+
             def started(snapshot_id: str) -> None:
                 self.record.set(
                     "snapshot",
-                    {"id": snapshot_id, "region": self.home, "state": "uploading"},
+                    {"id": snapshot_id, "region": self.home, "state": "uploading", "client_token": token},
                     note=f"started snapshot {snapshot_id}",
                 )
 
@@ -325,10 +435,12 @@ class _Publish:
                     raw,
                     description=self.description,
                     tags=self.tags,
-                    client_token=str(uuid.uuid4()),
+                    client_token=token,
                     on_started=started,
                     progress=self.progress,
                     workers=self.workers,
+                    encrypted=self.target.encrypt_boot,
+                    kms_key_arn=self.target.kms_key(self.home),
                 )
             except UploadFailed as failed:
                 self.upload_failed(failed)
@@ -446,6 +558,9 @@ class _Publish:
                     started.append(region)
                     continue
                 step(f"{region}: copying {home_id} from {self.home}")
+                encryption: dict[str, Any] = {"Encrypted": True} if self.target.encrypt_boot else {}
+                if self.target.kms_key(region):
+                    encryption["KmsKeyId"] = self.target.kms_key(region)
                 image_id = self.ec2(region).copy_image(
                     Name=self.name,
                     Description=self.description,
@@ -453,6 +568,7 @@ class _Publish:
                     SourceRegion=self.home,
                     ClientToken=str(uuid.uuid4()),
                     TagSpecifications=[{"ResourceType": "image", "Tags": _tag_list(self.tags)}],
+                    **encryption,
                 )["ImageId"]
             except Exception as exc:
                 if not (is_aws_error(exc) or isinstance(exc, ImagebuildError)):
@@ -512,48 +628,89 @@ class _Publish:
     # ------------------------------------------------------------------ sharing, SSM
 
     def share(self) -> None:
-        want = sorted(set(self.target.share_with))
+        """Launch permission for every account, organization and OU; createVolumePermission on
+        each AMI's snapshots for the accounts (so they can copy the AMI or create volumes from it;
+        snapshots cannot be shared with organizations)."""
+        want = launch_permission_set(self.target)
+        accounts = sorted(set(self.target.share_with))
         for region, entry in self.record.images.items():
             ec2 = self.ec2(region)
-            current = launch_permission_accounts(ec2, entry["id"])
-            missing = [account for account in want if account not in current]
+            current = launch_permissions(ec2, entry["id"])
+            missing = sorted(want - current)
             if missing:
-                step(f"{region}: sharing {entry['id']} with {', '.join(missing)}")
+                step(f"{region}: sharing {entry['id']} with {', '.join(value for _, value in missing)}")
                 ec2.modify_image_attribute(
-                    ImageId=entry["id"],
-                    LaunchPermission={"Add": [{"UserId": account} for account in missing]},
+                    ImageId=entry["id"], LaunchPermission={"Add": [{key: value} for key, value in missing]}
                 )
-                current = launch_permission_accounts(ec2, entry["id"])
-                still = [account for account in missing if account not in current]
+                current = launch_permissions(ec2, entry["id"])
+                still = sorted(want - current)
                 if still:
-                    raise ImagebuildError(f"{region}: {entry['id']} is still not shared with {', '.join(still)}")
+                    raise ImagebuildError(f"{region}: {entry['id']} is still not shared with "
+                                          f"{', '.join(value for _, value in still)}")
+            for snapshot_id in entry.get("snapshots", []) if accounts else []:
+                have = snapshot_volume_accounts(ec2, snapshot_id)
+                lacking = [account for account in accounts if account not in have]
+                if lacking:
+                    ec2.modify_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission",
+                                                  OperationType="add", UserIds=lacking)
             if current or region in self.record.shared:
-                self.record.shared[region] = sorted(current)
+                self.record.shared[region] = sorted(value for _, value in current)
                 self.record.save()
 
     def point_ssm_parameter(self) -> None:
         name = self.target.ssm_parameter
         if not name:
             return
-        image_id = self.record.image_id(self.home)
-        done = self.record.data.get("ssm_parameter")
-        if done and done.get("name") == name and done.get("value") == image_id:
-            return  # set by this publish already; never move it back if a newer publish moved it
-        ssm = self.clients("ssm", self.home)
-        step(f"{self.home}: SSM parameter {name} -> {image_id}")
-        response = ssm.put_parameter(
-            Name=name,
-            Value=image_id,
-            Type="String",
-            DataType="aws:ec2:image",
-            Overwrite=True,
-            Description=f"latest {self.target.family} AMI (imagebuild)",
-        )
-        self.record.set(
-            "ssm_parameter",
-            {"name": name, "region": self.home, "value": image_id, "version": response.get("Version")},
-            note=f"SSM parameter {name} = {image_id}",
-        )
+        regions = list(self.record.images) if self.target.ssm_all_regions else [self.home]
+        done = self.record.data.setdefault("ssm_regions", {})
+        earlier = self.record.data.get("ssm_parameter") or {}
+        if earlier.get("name") == name and self.home not in done:  # a record written before ssm_regions
+            done[self.home] = earlier.get("value")
+        for region in regions:
+            image_id = self.record.image_id(region)
+            if done.get(region) == image_id:
+                continue  # set by this publish already; never move it back if a newer publish moved it
+            ssm = self.clients("ssm", region)
+            step(f"{region}: SSM parameter {name} -> {image_id}")
+            response = ssm.put_parameter(
+                Name=name,
+                Value=image_id,
+                Type="String",
+                DataType="aws:ec2:image",
+                Overwrite=True,
+                Description=f"latest {self.target.family} AMI (imagebuild)",
+            )
+            done[region] = image_id
+            if region == self.home:
+                self.record.data["ssm_parameter"] = {"name": name, "region": region, "value": image_id,
+                                                     "version": response.get("Version")}
+            self.record.note(f"{region}: SSM parameter {name} = {image_id}")
+            self.record.save()
+
+    def deprecate(self) -> None:
+        """EnableImageDeprecation on every region's AMI at build time + deprecate_after_days."""
+        days = self.target.deprecate_after_days
+        if not days:
+            return
+        at = self.manifest.build_datetime + timedelta(days=days)
+        at = max(at, datetime.now(timezone.utc) + timedelta(minutes=10))  # AWS refuses a time in the past
+        stamp = at.strftime("%Y-%m-%dT%H:%M:00Z")
+        done = self.record.data.setdefault("deprecation", {})
+        for region, entry in self.record.images.items():
+            if done.get(region, {}).get("image") == entry["id"]:
+                continue
+            try:
+                self.ec2(region).enable_image_deprecation(ImageId=entry["id"], DeprecateAt=at.replace(second=0, microsecond=0))
+            except Exception as exc:
+                if error_code(exc) not in ("InvalidAction", "UnsupportedOperation"):
+                    raise
+                self.record.note(f"{region}: deprecation of {entry['id']} not set: {describe_error(exc)}")
+                self.record.save()
+                step(f"{region}: cannot deprecate {entry['id']} here ({error_code(exc)})")
+                continue
+            done[region] = {"image": entry["id"], "at": stamp}
+            self.record.note(f"{region}: {entry['id']} deprecates at {stamp}")
+            self.record.save()
 
     # ------------------------------------------------------------------ waiting
 
@@ -626,6 +783,31 @@ def block_device_snapshots(image: dict[str, Any]) -> list[str]:
     ]
 
 
-def launch_permission_accounts(ec2: Any, image_id: str) -> list[str]:
+LAUNCH_PERMISSION_KEYS = ("UserId", "OrganizationArn", "OrganizationalUnitArn")
+
+
+def launch_permission_set(target: PublishTarget) -> set[tuple[str, str]]:
+    """What the target shares with, as (LaunchPermission key, value) pairs."""
+    return ({("UserId", a) for a in target.share_with} | {("OrganizationArn", o) for o in target.share_with_organizations}
+            | {("OrganizationalUnitArn", u) for u in target.share_with_ous})
+
+
+def launch_permissions(ec2: Any, image_id: str) -> set[tuple[str, str]]:
     response = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
-    return sorted({perm["UserId"] for perm in response.get("LaunchPermissions", []) if "UserId" in perm})
+    return {(key, perm[key]) for perm in response.get("LaunchPermissions", []) for key in LAUNCH_PERMISSION_KEYS
+            if key in perm}
+
+
+def snapshot_volume_accounts(ec2: Any, snapshot_id: str) -> set[str]:
+    response = ec2.describe_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission")
+    return {perm["UserId"] for perm in response.get("CreateVolumePermissions", []) if "UserId" in perm}
+
+
+def ssm_parameter_value(ssm: Any, name: str) -> str | None:
+    """The value of SSM parameter *name*, or None when it does not exist."""
+    try:
+        return ssm.get_parameter(Name=name)["Parameter"]["Value"].strip()
+    except Exception as exc:
+        if error_code(exc) == "ParameterNotFound":
+            return None
+        raise

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagebuild.aws.clients import error_code
 from imagebuild.errors import ImagebuildError
 
 BLOCK_SIZE = 512 * 1024  # EBS direct API block size; fixed by AWS
@@ -31,6 +32,9 @@ GIB = 1024**3
 DEFAULT_WORKERS = 8
 SNAPSHOT_TIMEOUT_MINUTES = 120  # AWS errors an unfinished snapshot after this long
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
+# Right after StartSnapshot, EBS may not know the new snapshot yet (eventual consistency):
+# PutSnapshotBlock then answers ResourceNotFoundException. Retried for this long after the start.
+NOT_FOUND_GRACE_S = 60.0
 
 
 # --------------------------------------------------------------------------- raw image
@@ -212,20 +216,29 @@ def upload_raw(
     on_started: Callable[[str], None] | None = None,
     progress: ProgressCallback | None = None,
     workers: int = DEFAULT_WORKERS,
+    encrypted: bool = False,
+    kms_key_arn: str | None = None,
 ) -> UploadResult:
     """Upload *raw* into a new snapshot and complete it. Returns when AWS accepted completion.
+
+    *encrypted* makes an encrypted snapshot, with *kms_key_arn* (None: the account's default
+    EBS key).
 
     `on_started(snapshot_id)` runs right after start_snapshot so the caller can record the
     snapshot before any block is sent. Any failure (or KeyboardInterrupt) after the start raises
     UploadFailed carrying the snapshot id; deleting it is the caller's job.
     """
     size = raw.stat().st_size
+    encryption: dict[str, Any] = {"Encrypted": True} if encrypted else {}
+    if encrypted and kms_key_arn:
+        encryption["KmsKeyArn"] = kms_key_arn
     started = ebs.start_snapshot(
         VolumeSize=volume_size_gib(size),
         Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
         Description=description,
         ClientToken=client_token,
         Timeout=SNAPSHOT_TIMEOUT_MINUTES,
+        **encryption,
     )
     snapshot_id = started["SnapshotId"]
     digests: dict[int, bytes] = {}
@@ -260,15 +273,24 @@ def upload_raw(
                 if data is None:
                     return index, None
                 digest = hashlib.sha256(data).digest()
-                ebs.put_snapshot_block(
-                    SnapshotId=snapshot_id,
-                    BlockIndex=index,
-                    BlockData=data,
-                    DataLength=BLOCK_SIZE,
-                    Checksum=block_checksum(digest),
-                    ChecksumAlgorithm="SHA256",
-                )
-                return index, digest
+                delay = 0.25
+                while True:
+                    try:
+                        ebs.put_snapshot_block(
+                            SnapshotId=snapshot_id,
+                            BlockIndex=index,
+                            BlockData=data,
+                            DataLength=BLOCK_SIZE,
+                            Checksum=block_checksum(digest),
+                            ChecksumAlgorithm="SHA256",
+                        )
+                        return index, digest
+                    except Exception as exc:
+                        young = time.monotonic() - start_time < NOT_FOUND_GRACE_S
+                        if error_code(exc) != "ResourceNotFoundException" or not young:
+                            raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 8.0)
 
             workers = max(1, workers)
             pending: set[Future] = set()

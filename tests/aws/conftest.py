@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import model_check  # tests/aws is on sys.path (rootdir-relative conftest)
+
 MIB = 1024 * 1024
 BLOCK = 512 * 1024
 
@@ -149,21 +151,90 @@ def _botocore_loader():
     return botocore.loaders.create_loader()
 
 
-@pytest.fixture
-def boto_session(aws, _botocore_loader):
-    """A fresh boto3 Session (normal credential chain, from this test's environment)."""
+def _session(loader, log=None, check=True):
+    """A fresh boto3 Session; with *check*, every request is checked against botocore's model."""
     import boto3
     import botocore.session
 
     core = botocore.session.get_session()
-    core.register_component("data_loader", _botocore_loader)
-    return boto3.session.Session(botocore_session=core)
+    core.register_component("data_loader", loader)
+    session = boto3.session.Session(botocore_session=core)
+    if check:
+        model_check.install(session, log)
+    return session
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(scope="session")
+def iam_policies():
+    """The README's IAM policy per command: {"publish": {actions}, "prune": {actions}}."""
+    policies = model_check.documented_policies(README.read_text(encoding="utf-8"))
+    assert set(policies) == {"publish", "prune"}, f"README's IAM blocks: {sorted(policies)}"
+    return policies
 
 
 @pytest.fixture
-def boto(boto_session):
-    """A plain boto3 client maker for assertions (separate from the code under test)."""
-    return lambda service, region="eu-west-1": boto_session.client(service, region_name=region)
+def api_calls(iam_policies):
+    """The calls the code under test made (clients of `boto_session`): a model_check.CallLog.
+
+    After every test, each recorded call must be allowed by the README's IAM policies."""
+    log = model_check.CallLog()
+    yield log
+    missing = model_check.uncovered(log.actions(), set().union(*iam_policies.values()))
+    assert not missing, f"API calls the README's IAM policies do not allow: {sorted(missing)}"
+
+
+@pytest.fixture
+def boto_session(aws, _botocore_loader, api_calls):
+    """The boto3 Session for the code under test (normal credential chain, this test's
+    environment); every request is checked against botocore's model and recorded in api_calls.
+    What moto 5.2.5 lacks is answered as an endpoint without the API answers (see MOTO_GAPS)."""
+    session = _session(_botocore_loader, api_calls)
+    for operation, when in MOTO_GAPS.items():
+        session.events.register(f"before-send.ec2.{operation}", _unsupported(operation, when))
+    return session
+
+
+# APIs moto 5.2.5's server answers with an HTTP 500 page (checked against the server): they are
+# answered here as an endpoint without them answers (InvalidAction), so the code's fallback runs.
+# A test that needs AWS's real answer registers its own (AWS-shaped) answer first.
+MOTO_GAPS = {
+    "DescribeImageReferences": None,
+    "EnableImageDeprecation": None,
+    "DescribeImageAttribute": lambda request: "lastLaunchedTime" in _text(request.body),
+}
+
+
+def _text(body) -> str:
+    return body.decode() if isinstance(body, bytes) else str(body or "")
+
+
+def ec2_answer(status: int, body: str):
+    from botocore.awsrequest import AWSResponse
+
+    return AWSResponse("https://ec2.invalid/", status, {"Content-Type": "text/xml"}, _Body(body.encode()))
+
+
+def _unsupported(operation, when):
+    def answer(request, **_):
+        if when is not None and not when(request):
+            return None
+        return ec2_answer(400, f"<Response><Errors><Error><Code>InvalidAction</Code><Message>The action {operation} "
+                               "is not valid for this web service.</Message></Error></Errors><RequestID>r</RequestID>"
+                               "</Response>")
+    return answer
+
+
+@pytest.fixture
+def boto(aws, _botocore_loader):
+    """A plain boto3 client maker for setting up and asserting (separate from the code under test).
+
+    Not model-checked: it replays what moto hands out (moto's BlockTokens are UUIDs, which the EBS
+    model's pattern rejects)."""
+    session = _session(_botocore_loader, check=False)
+    return lambda service, region="eu-west-1": session.client(service, region_name=region)
 
 
 # --------------------------------------------------------------------------- images
@@ -232,13 +303,30 @@ def make_image_dir(
         "architecture": "x86_64",
     }
     (image_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    verify = {
-        "passed": passed,
-        "image_sha256": sha,
-        "checks": [{"name": "containerd-active", "passed": passed}],
-    }
-    (image_dir / "verify.json").write_text(json.dumps(verify, indent=2))
+    write_verify_report(image_dir, qcow2, sha, passed=passed)
     return image_dir, content
+
+
+def write_verify_report(image_dir: Path, image: Path, sha: str, *, passed: bool = True) -> dict:
+    """verify.json exactly as verify writes it: the guest check's Reporter makes the result lines,
+    verify's own _report reads them as a boot would deliver them, verify's writer writes the file."""
+    from imagebuild import qemu, verify
+    from imagebuild.guest import check
+
+    results = image_dir / "results.log"
+    reporter = check.Reporter(str(results))
+    reporter.check("containerd.active", "active", "active" if passed else "failed")
+    reporter.check("config.oom_score", -999, -999)
+    reporter.emit(check.DONE, {"passed": reporter.passed, "failed": reporter.failed, "containerd_active_at_s": 30.0})
+    reporter.sinks[0].close()
+    lines = [qemu.Line(10.0 + i, "results", text) for i, text in enumerate(results.read_text().splitlines())]
+    results.unlink()
+    boot = qemu.BootResult(
+        name="golden", command=[], accel="tcg", serial_log=image_dir / "serial.log", results_log=results,
+        started_at=0.0, kernel_s=2.0, cloud_init_final_s=None, done_s=50.0, done_line=None,
+        markers={}, exited_s=None, returncode=None, powered_off=True, lines=lines)
+    report = verify._report(boot, image_dir / "serial.log")
+    return verify.write_image_report(image_dir, report, image, sha, "ab" * 32)
 
 
 @pytest.fixture
@@ -334,3 +422,64 @@ def client_error():
 def start_moto():
     """`with start_moto({"MOTO_...": ...}) as url:` a separate moto server with its own settings."""
     return moto_process
+
+
+# --------------------------------------------------------------------------- AWS error answers
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data
+
+    def read(self, *_):
+        return self.data
+
+
+def aws_error_answer(status: int, code: str, message: str = "error"):
+    """An HTTP answer shaped like a rest-json AWS error (EBS direct APIs), for a `before-send` hook."""
+    from botocore.awsrequest import AWSResponse
+
+    body = json.dumps({"message": message}).encode()
+    return AWSResponse("https://ebs.invalid/", status, {"x-amzn-ErrorType": f"{code}:", "Content-Type":
+                                                       "application/json"}, _Body(body))
+
+
+class Answers:
+    """Answer the first *n* sends of one operation with an AWS error, then let requests through.
+
+    Installed on a boto3 session with botocore's `before-send` event, so the clients' real retry
+    handling sees them exactly as if AWS had sent them. boto3 is not modified."""
+
+    def __init__(self, session, operation: str, n: int, status: int, code: str, when=None):
+        import threading
+
+        self.sent = 0
+        self.answered = 0
+        self.n, self.status, self.code, self.when = n, status, code, when
+        self._lock = threading.Lock()
+        session.events.register(f"before-send.{operation}", self)
+
+    def __call__(self, request, **_):
+        with self._lock:
+            self.sent += 1
+            if self.answered >= self.n or (self.when is not None and not self.when(request)):
+                return None
+            self.answered += 1
+        return aws_error_answer(self.status, self.code)
+
+
+@pytest.fixture
+def answers(boto_session):
+    """answers("ebs.PutSnapshotBlock", n, status, code, when=None) -> Answers on the code's session."""
+    return lambda operation, n, status, code, when=None: Answers(boto_session, operation, n, status, code, when)
+
+
+@pytest.fixture
+def clients(boto_session):
+    """imagebuild's own client factory on the model-checked, recorded session."""
+    from imagebuild.aws.clients import boto3_clients
+
+    return boto3_clients(session=boto_session)

@@ -164,9 +164,30 @@ def test_rerun_of_complete_publish_changes_nothing(aws, boto, make_image, record
 def test_refuses_failed_verification(aws, make_image, recording_clients):
     image_dir, _ = make_image(passed=False)
     clients = recording_clients()
-    with pytest.raises(ImagebuildError, match="verification did not pass.*containerd-active"):
+    with pytest.raises(ImagebuildError) as caught:
         publish(image_dir, target(), clients=clients)
+    # verify.json as verify writes it: checks are {"check", "ok", "expected", "actual"}
+    assert str(caught.value).endswith(
+        "its verification did not pass (failed checks: containerd.active (expected active, got failed))")
+    assert "{" not in str(caught.value)
     assert clients.calls == [] and not (image_dir / "publish.json").exists()
+
+
+def test_the_verify_report_is_read_in_the_shape_verify_writes(make_image):
+    from imagebuild.aws.model import VerifyResult
+
+    image_dir, _ = make_image(passed=False)
+    written = json.loads((image_dir / "verify.json").read_text())
+    assert written["failed"] == ["containerd.active"] and written["checks"][0]["check"] == "containerd.active"
+    result = VerifyResult.load(image_dir)
+    assert result.passed is False and result.failed_checks() == ["containerd.active (expected active, got failed)"]
+    passing = VerifyResult.load(make_image()[0])
+    assert passing.passed and passing.failed_checks() == []
+    # a report of another shape is refused by name, not misread
+    written["checks"] = [{"name": "x", "passed": False}]
+    (image_dir / "verify.json").write_text(json.dumps(written))
+    with pytest.raises(ImagebuildError, match="'checks' must be a list of"):
+        VerifyResult.load(image_dir)
 
 
 def test_refuses_image_changed_after_verification(aws, make_image, recording_clients):
@@ -363,3 +384,241 @@ def test_refuses_to_take_over_a_foreign_ami_of_the_same_name(aws, boto, make_ima
     boto("ec2").register_image(Name="containerd-golden-20261126T181500Z", Description="someone else's")
     with pytest.raises(ImagebuildError, match="already exists .* not made from this image"):
         publish(image_dir, target(), progress=lambda p: None, clients=recording_clients(), poll_interval=0.01)
+
+
+def test_throttled_blocks_are_retried_adaptively(aws, boto, make_image, recording_clients, answers):
+    """Three RequestThrottledException answers for one block: botocore's default (3 attempts)
+    would fail the upload; the EBS client's adaptive retries finish it."""
+    image_dir, content = make_image()
+    block3 = lambda request: "/blocks/3" in request.url
+    throttle = answers("ebs.PutSnapshotBlock", 3, 400, "RequestThrottledException", when=block3)
+    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+                     clients=recording_clients(), poll_interval=0.01)
+    assert throttle.answered == 3
+    listing, blocks = read_snapshot(boto("ebs"), record["snapshot"]["id"])
+    assert blocks == expected_blocks(content)
+
+
+def test_the_ebs_client_retry_budget(aws, boto_session):
+    from imagebuild.aws.clients import boto3_clients
+
+    ebs = boto3_clients(session=boto_session)("ebs", HOME)
+    assert ebs.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 10}
+    assert boto3_clients(session=boto_session)("ec2", HOME).meta.config.retries["mode"] == "standard"
+
+
+def test_a_snapshot_not_found_right_after_start_is_retried(aws, boto, make_image, recording_clients, answers):
+    image_dir, content = make_image()
+    missing = answers("ebs.PutSnapshotBlock", 2, 404, "ResourceNotFoundException")
+    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+                     clients=recording_clients(), poll_interval=0.01)
+    assert missing.answered == 2
+    assert read_snapshot(boto("ebs"), record["snapshot"]["id"])[1] == expected_blocks(content)
+
+
+def test_a_snapshot_not_found_later_fails_the_upload(aws, make_image, recording_clients, answers, monkeypatch):
+    from imagebuild.aws import upload
+
+    monkeypatch.setattr(upload, "NOT_FOUND_GRACE_S", 0.0)  # the snapshot is no longer young
+    image_dir, _ = make_image()
+    answers("ebs.PutSnapshotBlock", 100, 404, "ResourceNotFoundException")
+    with pytest.raises(ImagebuildError, match="ResourceNotFoundException"):
+        publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+                clients=recording_clients(), poll_interval=0.01)
+
+
+def test_three_throttles_fail_a_client_with_botocore_defaults(aws, boto_session, answers):
+    """The negative of the retry test: the same answers beat a client with the default 3 attempts."""
+    import botocore.config
+    from botocore.exceptions import ClientError
+
+    answers("ebs.PutSnapshotBlock", 3, 400, "RequestThrottledException")
+    ebs = boto_session.client("ebs", region_name=HOME,
+                              config=botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 3}))
+    snapshot_id = ebs.start_snapshot(VolumeSize=1, Timeout=60)["SnapshotId"]
+    data = bytes(BLOCK)
+    with pytest.raises(ClientError, match="RequestThrottledException"):
+        ebs.put_snapshot_block(SnapshotId=snapshot_id, BlockIndex=0, BlockData=data, DataLength=BLOCK,
+                               Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+                               ChecksumAlgorithm="SHA256")
+
+
+def test_tag_limits_come_from_each_api_model(aws, boto_session):
+    from imagebuild.aws.clients import boto3_clients
+    from imagebuild.aws.publish import tag_limits
+
+    clients = boto3_clients(session=boto_session)
+    assert tag_limits(clients("ebs", HOME), "StartSnapshot") == {"key": 127, "value": 255, "count": 50}
+    assert tag_limits(clients("ec2", HOME), "RegisterImage") == {"key": 128, "value": 256, "count": 50}
+
+
+@pytest.mark.parametrize("tags, message", [
+    ({"team": "x" * 256}, "value is 256 characters, StartSnapshot takes at most 255"),
+    ({"k" * 128: "v"}, "is 128 characters, StartSnapshot takes 1-127"),
+    ({f"t{i}": "v" for i in range(42)}, "51 tags, StartSnapshot takes at most 50"),
+])
+def test_tags_over_an_api_limit_are_refused_before_any_call(aws, make_image, recording_clients, tags, message):
+    image_dir, _ = make_image()
+    clients = recording_clients()
+    with pytest.raises(ImagebuildError, match=re.escape(message)):
+        publish(image_dir, target(tags=tags), progress=lambda p: None, clients=clients)
+    assert clients.calls == []
+
+
+def test_tags_at_the_limits_are_published_whole_and_long_own_values_cut(aws, boto, make_image, recording_clients):
+    image_dir, _ = make_image()
+    manifest = json.loads((image_dir / "manifest.json").read_text())
+    manifest["base_image"]["source"] = "https://example.invalid/" + "d" * 400 + ".qcow2"
+    (image_dir / "manifest.json").write_text(json.dumps(manifest))
+    tags = {"k" * 127: "v" * 255}
+    clients = recording_clients()
+    record = publish(image_dir, target(tags=tags, copy_regions=[], share_with=[]), progress=lambda p: None,
+                     clients=clients, poll_interval=0.01)
+    (start,) = clients.kwargs("start_snapshot")
+    sent = {t["Key"]: t["Value"] for t in start["Tags"]}
+    assert sent["k" * 127] == "v" * 255 and len(sent["imagebuild:source-image"]) == 255
+    (image,) = boto("ec2", HOME).describe_images(ImageIds=[record["images"][HOME]["id"]])["Images"]
+    assert tags_of(image)["k" * 127] == "v" * 255
+
+
+def test_a_kill_right_after_start_snapshot_reuses_the_saved_client_token(aws, boto, boto_session, make_image,
+                                                                         recording_clients):
+    image_dir, content = make_image()
+    saved_at_call = []
+
+    def token_already_saved(params, **_):
+        saved_at_call.append((params["ClientToken"], (record_of(image_dir).get("snapshot") or {}).get("client_token")))
+
+    def killed(**_):
+        raise KeyboardInterrupt
+
+    boto_session.events.register("before-parameter-build.ebs.StartSnapshot", token_already_saved)
+    boto_session.events.register("after-call.ebs.StartSnapshot", killed, unique_id="kill")
+    with pytest.raises(KeyboardInterrupt):
+        publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+                clients=recording_clients(), poll_interval=0.01)
+    first = record_of(image_dir)["snapshot"]
+    assert first["state"] == "starting" and first["id"] is None
+    assert saved_at_call == [(first["client_token"], first["client_token"])]
+    (orphan,) = family_snapshots(boto("ec2"))  # the snapshot AWS started, recorded nowhere
+
+    boto_session.events.unregister("after-call.ebs.StartSnapshot", unique_id="kill")
+    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+                     clients=recording_clients(), poll_interval=0.01)
+    assert [call[0] for call in saved_at_call] == [first["client_token"]] * 2  # the same token again
+    # AWS answers the same token with the same snapshot; moto 5.2.5 ignores ClientToken and makes
+    # a second one, so the first is found by this image's sha256 tag and deleted
+    snapshots = family_snapshots(boto("ec2"))
+    assert {s["SnapshotId"] for s in snapshots} == {record["snapshot"]["id"], *record["images"][HOME]["snapshots"]}
+    assert orphan["SnapshotId"] not in {s["SnapshotId"] for s in snapshots}
+    assert read_snapshot(boto("ebs"), record["snapshot"]["id"])[1] == expected_blocks(content)
+
+
+# --------------------------------------------------------------------------- encryption, volume, sharing, SSM, deprecation
+
+KMS = {HOME: f"arn:aws:kms:{HOME}:123456789012:key/1111aaaa-22bb-33cc-44dd-555555eeeeee",
+       "us-west-2": "arn:aws:kms:us-west-2:123456789012:key/mrk-1234abcd",
+       "eu-central-1": "arn:aws:kms:eu-central-1:123456789012:key/abcd-ef01"}
+ORG = "arn:aws:organizations::123456789012:organization/o-abcdefghij"
+OU = "arn:aws:organizations::123456789012:ou/o-abcdefghij/ou-ab12-cdefgh34"
+
+
+def test_encryption_and_kms_keys_reach_start_snapshot_and_copy_image(aws, make_image, recording_clients):
+    """moto 5.2.5 ignores Encrypted/KmsKeyArn on StartSnapshot; the requests are asserted and model-checked."""
+    image_dir, _ = make_image()
+    clients = recording_clients()
+    publish(image_dir, target(encrypt_boot=True, kms_keys=KMS), progress=lambda p: None, clients=clients,
+            poll_interval=0.01)
+    (start,) = clients.kwargs("start_snapshot")
+    assert start["Encrypted"] is True and start["KmsKeyArn"] == KMS[HOME]
+    copies = {kw["Name"] + str(i): kw for i, kw in enumerate(clients.kwargs("copy_image"))}
+    assert sorted(kw["KmsKeyId"] for kw in copies.values()) == sorted([KMS["us-west-2"], KMS["eu-central-1"]])
+    assert all(kw["Encrypted"] is True for kw in copies.values())
+
+
+def test_unencrypted_by_default_and_default_key_when_no_keys(aws, make_image, recording_clients):
+    image_dir, _ = make_image()
+    clients = recording_clients()
+    publish(image_dir, target(share_with=[]), progress=lambda p: None, clients=clients, poll_interval=0.01)
+    (start,) = clients.kwargs("start_snapshot")
+    assert "Encrypted" not in start and "KmsKeyArn" not in start
+    assert all("Encrypted" not in kw for kw in clients.kwargs("copy_image"))
+    image_dir, _ = make_image(build_time="2026-11-27T00:00:00Z")
+    clients = recording_clients()
+    publish(image_dir, target(share_with=[], encrypt_boot=True), progress=lambda p: None, clients=clients,
+            poll_interval=0.01)
+    (start,) = clients.kwargs("start_snapshot")
+    assert start["Encrypted"] is True and "KmsKeyArn" not in start
+
+
+def test_root_volume_size_and_imds_v2(aws, make_image, recording_clients):
+    image_dir, _ = make_image()
+    clients = recording_clients()
+    publish(image_dir, target(copy_regions=[], share_with=[], volume_size_gb=30), progress=lambda p: None,
+            clients=clients, poll_interval=0.01)
+    (register,) = clients.kwargs("register_image")
+    assert register["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 30
+    assert register["ImdsSupport"] == "v2.0"
+
+
+def test_a_root_volume_smaller_than_the_image_is_refused(aws, make_image, recording_clients):
+    image_dir, _ = make_image(size=3 * 1024 * MIB // 2)  # 1.5 GiB virtual: needs 2 GiB
+    clients = recording_clients()
+    with pytest.raises(ImagebuildError, match="volume_size_gb is 1 GiB, but the image is 2 GiB"):
+        publish(image_dir, target(volume_size_gb=1), progress=lambda p: None, clients=clients)
+    assert clients.calls == []
+
+
+def test_sharing_with_accounts_organizations_and_ous(aws, boto, make_image, recording_clients):
+    image_dir, _ = make_image()
+    clients = recording_clients()
+    record = publish(image_dir, target(share_with_organizations=[ORG], share_with_ous=[OU]), progress=lambda p: None,
+                     clients=clients, poll_interval=0.01)
+    for region, entry in record["images"].items():
+        ec2 = boto("ec2", region)
+        perms = ec2.describe_image_attribute(ImageId=entry["id"], Attribute="launchPermission")["LaunchPermissions"]
+        assert {"UserId": ACCOUNT} in perms and {"OrganizationArn": ORG} in perms
+        assert {"OrganizationalUnitArn": OU} in perms
+        assert entry["snapshots"]
+        for snapshot_id in entry["snapshots"]:
+            volume = ec2.describe_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission")
+            assert volume["CreateVolumePermissions"] == [{"UserId": ACCOUNT}], (region, snapshot_id)
+    # a rerun adds nothing twice
+    again = recording_clients()
+    publish(image_dir, target(share_with_organizations=[ORG], share_with_ous=[OU]), progress=lambda p: None,
+            clients=again, poll_interval=0.01)
+    assert again.count("modify_image_attribute") == 0 and again.count("modify_snapshot_attribute") == 0
+
+
+def test_ssm_parameter_in_every_region(aws, boto, make_image, recording_clients):
+    image_dir, _ = make_image()
+    record = publish(image_dir, target(ssm_all_regions=True), progress=lambda p: None, clients=recording_clients(),
+                     poll_interval=0.01)
+    for region, entry in record["images"].items():
+        assert boto("ssm", region).get_parameter(Name=PARAM)["Parameter"]["Value"] == entry["id"]
+    assert record["ssm_regions"] == {r: e["id"] for r, e in record["images"].items()}
+
+
+def test_deprecation_at_the_spec_age(aws, boto_session, make_image, recording_clients, api_calls):
+    """moto 5.2.5 lacks EnableImageDeprecation (HTTP 500); AWS's answer is given, the request model-checked."""
+    from conftest import ec2_answer
+
+    boto_session.events.register_first(
+        "before-send.ec2.EnableImageDeprecation",
+        lambda request, **_: ec2_answer(200, "<EnableImageDeprecationResponse><return>true</return>"
+                                             "</EnableImageDeprecationResponse>"))
+    image_dir, _ = make_image(build_time="2099-01-01T10:20:30Z")
+    record = publish(image_dir, target(deprecate_after_days=90), progress=lambda p: None,
+                     clients=recording_clients(), poll_interval=0.01)
+    sent = api_calls.params("ec2:EnableImageDeprecation")
+    assert sorted(p["ImageId"] for p in sent) == sorted(e["id"] for e in record["images"].values())
+    assert {p["DeprecateAt"].isoformat() for p in sent} == {"2099-04-01T10:20:00+00:00"}
+    assert {v["at"] for v in record["deprecation"].values()} == {"2099-04-01T10:20:00Z"}
+
+
+def test_deprecation_where_the_api_is_missing_is_noted_not_fatal(aws, make_image, recording_clients):
+    image_dir, _ = make_image()
+    record = publish(image_dir, target(copy_regions=[], deprecate_after_days=90), progress=lambda p: None,
+                     clients=recording_clients(), poll_interval=0.01)
+    assert record["complete"] and record["deprecation"] == {}
+    assert any("deprecation of" in note and "InvalidAction" in note for note in record["notes"])

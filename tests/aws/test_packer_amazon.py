@@ -146,3 +146,19 @@ def test_cloud_builds_end_with_the_in_guest_check(tmp_path):
     assert re.search(r"except\s*=\s*\[\s*\"amazon-ebs\.plumbing\"\s*\]", last)
     # and both real sources are in the build
     assert '"source.qemu.golden"' in template and '"source.amazon-ebs.golden"' in template
+
+
+def test_kms_keys_reach_the_amazon_ebs_source_and_packer_accepts_them(tmp_path):
+    from tests.support import packer_validate
+
+    keys = {HOME: f"arn:aws:kms:{HOME}:123456789012:key/aaaa-1111", COPY: f"arn:aws:kms:{COPY}:123456789012:key/bbbb-2222"}
+    doc = {**DOC, "image": {"aws": {**DOC["image"]["aws"], "encrypt_boot": True, "kms_keys": keys}}}
+    packer_dir = _render(tmp_path, doc)
+    template = (packer_dir / "imagebuild.pkr.hcl").read_text()
+    assert f'kms_key_id    = "{keys[HOME]}"' in template
+    assert f'region_kms_key_ids = {{ "{COPY}" = "{keys[COPY]}" }}' in template
+    proc = packer_validate(packer_dir)
+    assert proc.returncode == 0, proc.stdout
+    (tmp_path / "plain").mkdir()
+    plain = (_render(tmp_path / "plain")).joinpath("imagebuild.pkr.hcl").read_text()
+    assert "kms_key_id" not in plain and "region_kms_key_ids" not in plain

@@ -16,7 +16,26 @@ from imagebuild.bake import inputs_hash
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.pipeline import FAILED, STEPS, UNCHANGED, BuildDecision, decide, run_pipeline
-from tests.support import run_main, spec_of, write_spec
+from tests import support
+from tests.support import run_main
+
+# Artifacts pinned by sha256: deciding then needs no network (a checksum_url is read when hashing).
+PINNED = {"containerd": {"install": {"tarball": {"sha256": "aa" * 32}, "runc": {"sha256": "bb" * 32}}}}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def spec_of(doc: dict):
+    return support.spec_of(_merge(PINNED, doc))
+
+
+def write_spec(directory, doc: dict):
+    return support.write_spec(directory, _merge(PINNED, doc))
 
 HOME, OTHER = "us-east-1", "us-west-2"
 ACCOUNT = "111122223333"
@@ -113,6 +132,31 @@ def test_a_finished_publish_with_copies_and_shares_is_skipped(aws, boto, clients
     publish_fake(boto, spec, regions=(HOME, OTHER), share=(ACCOUNT,))
     build, reason, _ = decide(spec, BASE_CHECKSUM, clients=clients)
     assert not build, reason
+
+
+def test_ssm_naming_an_older_ami_is_not_finished(aws, boto, clients):
+    """The night the SSM update was denied: the AMI exists, the parameter still names the old one."""
+    spec = spec_of({})
+    old = publish_fake(boto, spec, build_time="2026-11-25T18:15:00Z", inputs="00" * 32)
+    new = publish_fake(boto, spec, ssm=False)
+    boto("ssm", HOME).put_parameter(Name=spec.image.aws.ssm_parameter, Value=old[HOME], Type="String",
+                                    DataType="aws:ec2:image", Overwrite=True)
+    build, reason, newest = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert newest["id"] == new[HOME]
+    assert build and f"names {old[HOME]}, not {new[HOME]}" in reason, reason
+    boto("ssm", HOME).put_parameter(Name=spec.image.aws.ssm_parameter, Value=new[HOME], Type="String",
+                                    DataType="aws:ec2:image", Overwrite=True)
+    assert not decide(spec, BASE_CHECKSUM, clients=clients).build
+
+
+def test_ssm_in_every_region_is_required_when_the_spec_asks(aws, boto, clients):
+    spec = spec_of({"image": {"aws": {"copy_regions": [OTHER], "ssm_all_regions": True}}})
+    ids = publish_fake(boto, spec, regions=(HOME, OTHER))
+    build, reason, _ = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert build and f"does not exist in {OTHER}" in reason, reason
+    boto("ssm", OTHER).put_parameter(Name=spec.image.aws.ssm_parameter, Value=ids[OTHER], Type="String",
+                                     DataType="aws:ec2:image", Overwrite=True)
+    assert not decide(spec, BASE_CHECKSUM, clients=clients).build
 
 
 def test_an_unshared_copy_is_not_finished(aws, boto, clients):
@@ -228,3 +272,106 @@ def test_no_publish_never_asks_aws(junk_base, monkeypatch, tmp_path):
     assert calls == [str(junk_base.resolve())]
     manifest = json.loads((tmp_path / "w" / "last-run.json").read_text())
     assert manifest["steps"][0]["reason"].startswith("publish is off")
+
+
+# --------------------------------------------------------------------------- a publish that keeps failing
+
+
+def _baked_image(spec, work: Path, base: Path, tmp_path: Path, make_image_dir) -> Path:
+    """work/image as bake + verify leave it for *spec* on *base* (the image data is small)."""
+    made, _ = make_image_dir(tmp_path / "bake", build_time="2026-11-26T18:15:00Z")
+    manifest = json.loads((made / "manifest.json").read_text())
+    manifest |= {"family": spec.name, "inputs_hash": inputs_hash(spec, _base_checksum(base)),
+                 "spec_hash": spec.spec_hash}
+    (made / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    work.mkdir(parents=True, exist_ok=True)
+    made.rename(work / "image")
+    return work / "image"
+
+
+def test_a_publish_that_keeps_failing_is_resumed_and_pruned(aws, boto, boto_session, junk_base, no_bake, tmp_path,
+                                                           recording_clients, client_error):
+    """Copying to one region is denied night after night (keep 2): the image baked on night 1 is
+    published once, each later night resumes it instead of baking a new one, prune runs every
+    night, and the night the copy works the publish finishes."""
+    from conftest import make_image_dir
+    from imagebuild.aws.publish import publish
+    from imagebuild.aws.target import target_of
+
+    spec = spec_of({"image": {"aws": {"region": HOME, "copy_regions": [OTHER], "keep": 2}}})
+    work = tmp_path / "work"
+    image_dir = _baked_image(spec, work, junk_base, tmp_path, make_image_dir)
+    denied = {("ec2", OTHER, "copy_image"): lambda n: client_error("UnauthorizedOperation", "denied", "CopyImage")}
+
+    night1 = recording_clients(denied)
+    with pytest.raises(ImagebuildError, match=f"copying the AMI failed for {OTHER}"):
+        publish(image_dir, target_of(spec), clients=night1, progress=lambda p: None, poll_interval=0.01)
+
+    for night in (2, 3, 4):
+        clients = recording_clients(denied)
+        with pytest.raises(ImagebuildError, match=f"copying the AMI failed for {OTHER}"):
+            run_pipeline(spec, work=work, base=str(junk_base), clients=clients)
+        manifest = json.loads((work / "last-run.json").read_text())
+        steps = {s["step"]: s for s in manifest["steps"]}
+        assert steps["decide"]["build"] and "resuming the unfinished publish" in steps["decide"]["reason"]
+        assert [steps[n]["status"] for n in ("render", "bake", "verify")] == ["skipped"] * 3
+        assert steps["publish"]["status"] == "failed" and steps["prune"]["status"] == "ok", night
+        assert clients.count("register_image") == 0 and clients.count("start_snapshot") == 0
+
+    ec2 = boto("ec2", HOME)
+    mine = ec2.describe_images(Owners=["self"])["Images"]
+    assert len(mine) == 1
+    assert len(ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": "tag:imagebuild:family", "Values": [spec.name]}])["Snapshots"]) <= 2  # upload + moto's AMI copy
+
+    code = run_pipeline(spec, work=work, base=str(junk_base), clients=recording_clients())
+    assert code == 0
+    record = json.loads((image_dir / "publish.json").read_text())
+    assert record["complete"] and set(record["images"]) == {HOME, OTHER}
+    # and the next night skips: everything is in place
+    assert run_pipeline(spec, work=work, base=str(junk_base), clients=recording_clients()) == UNCHANGED
+
+
+# --------------------------------------------------------------------------- checksum_url by content
+
+
+def test_a_checksum_url_counts_by_the_checksum_it_names(tmp_path):
+    sums = tmp_path / "SHA256SUMS"
+    doc = {"containerd": {"install": {"tarball": {"sha256": None, "checksum_url": sums.as_uri()}}}}
+    spec = spec_of(doc)
+    name = spec.containerd.install.tarball.resolved_url.rsplit("/", 1)[-1]
+    sums.write_text(f"{'11' * 32}  other.tar.gz\n{'22' * 32}  {name}\n")
+    first = inputs_hash(spec, BASE_CHECKSUM)
+    sums.write_text(f"{'22' * 32} *{name}\n{'33' * 32}  other.tar.gz\n")  # same sha for our file
+    assert inputs_hash(spec, BASE_CHECKSUM) == first
+    sums.write_text(f"{'44' * 32}  {name}\n")  # a new release behind the same URL
+    assert inputs_hash(spec, BASE_CHECKSUM) != first
+
+
+def test_an_unreadable_checksum_url_fails_the_decision(tmp_path):
+    sums = tmp_path / "SHA256SUMS"
+    spec = spec_of({"containerd": {"install": {"tarball": {"sha256": None, "checksum_url": sums.as_uri()}}}})
+    with pytest.raises(ImagebuildError, match="cannot read checksum_url"):
+        inputs_hash(spec, BASE_CHECKSUM)
+    sums.write_text(f"{'11' * 32}  other.tar.gz\n")
+    with pytest.raises(ImagebuildError, match="names no sha256 for containerd-1.6.20-linux-amd64.tar.gz"):
+        inputs_hash(spec, BASE_CHECKSUM)
+
+
+def test_the_builtin_base_is_rebuilt_every_refresh_period(tmp_path, monkeypatch):
+    """Debian security updates reach the base (and so the inputs hash) within BASE_REFRESH_DAYS."""
+    from imagebuild import pipeline
+
+    monkeypatch.setenv("IMAGEBUILD_CACHE", str(tmp_path / "cache"))
+    day = 86400.0
+    start = 3000 * pipeline.BASE_REFRESH_DAYS * day - 1  # the last second of a period
+    first = pipeline.scheduled_base_dir(start)
+    assert pipeline.scheduled_base_dir(start - (pipeline.BASE_REFRESH_DAYS - 1) * day) == first
+    second = pipeline.scheduled_base_dir(start + 1)
+    assert second != first and second.parent == first.parent
+    first.mkdir(parents=True)
+    (first / "marker").write_text("previous period: kept while a run may still use it")
+    pipeline.scheduled_base_dir(start + 1)
+    assert first.exists()
+    pipeline.scheduled_base_dir(start + 1 + pipeline.BASE_REFRESH_DAYS * day)
+    assert not first.exists()  # two periods old: removed

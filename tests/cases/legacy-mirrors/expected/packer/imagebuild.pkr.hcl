@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f3958c927f65579a3b5857d51fcd8226334ce1ffb8a2b0f539f460aafcc34a2e", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f3958c927f65579a3b5857d51fcd8226334ce1ffb8a2b0f539f460aafcc34a2e", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d8ad7b5c12ced4e1f3f8f590650893c6719465d322a974770907cefb1dad385f", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d8ad7b5c12ced4e1f3f8f590650893c6719465d322a974770907cefb1dad385f", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "f3958c927f65579a3b5857d51fcd8226334ce1ffb8a2b0f539f460aafcc34a2e"
+      spec_hash  = "d8ad7b5c12ced4e1f3f8f590650893c6719465d322a974770907cefb1dad385f"
       containerd = "1.7.24"
     }
   }
