@@ -98,7 +98,8 @@ def _split_key(key: str, reference: Any) -> list[str]:
     return path
 
 
-def normalise_overrides(overrides: dict, family: str, where: str = "config.overrides") -> tuple[dict, list[tuple[str, str]]]:
+def normalise_overrides(overrides: dict, family: str,
+                        where: str = "config.overrides") -> tuple[dict, list[tuple[str, str]]]:
     """config.overrides as nested tables (dotted keys split, see _split_key), each value checked against
     the type the same key path has in containerd's own default of *family*: (nested, [(path, problem)])."""
     out: dict = {}
@@ -115,6 +116,10 @@ def _normalise(value: dict, reference: Any, out: dict, where: str, family: str,
         for part in path[:-1]:
             name = f"{name}.{part}"
             ref = ref.get(part) if isinstance(ref, dict) else None
+            if ref is not None and not isinstance(ref, dict):
+                problems.append((name, f"got a table (from {where}.{key}), expected {_kind(ref)}, the type "
+                                 f"containerd {family} gives this key (its default: {_show(ref)})"))
+                break
             if not isinstance(node.setdefault(part, {}), dict):
                 problems.append((name, f"set twice: as {_show(node[part])} and as a table by {where}.{key}"))
                 break
