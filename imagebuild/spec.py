@@ -470,7 +470,8 @@ def from_document(document: Any, source: str = "spec") -> Spec:
     if not problems:
         from .render.config_toml import normalise_overrides
 
-        family = Containerd(doc["containerd"]["version"], None).family
+        major, minor, _ = (int(part) for part in doc["containerd"]["version"].split("."))
+        family = _family_of(major, minor)
         doc["config"]["overrides"], found = normalise_overrides(doc["config"]["overrides"], family)
         problems = [Problem(path, message) for path, message in found]
         _check_overrides(doc["config"]["overrides"], "config.overrides", problems,
@@ -681,7 +682,7 @@ def _yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> Problem:
         return Problem("", f"not valid YAML at {source}:{line}:{column}: got the character "
                        f"#x{exc.character:04x}, expected printable text (control characters must be escaped "
                        "in double quotes)")
-    if not isinstance(exc, yaml.MarkedYAMLError):
+    if not isinstance(exc, yaml.MarkedYAMLError) or not (exc.problem_mark or exc.context_mark):
         return Problem("", f"not valid YAML: {' '.join(str(exc).split())}")
 
     def where(mark) -> str:
