@@ -698,9 +698,15 @@ def _within_depth(document: Any) -> Any:
     return document
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> Problem:
+def _yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> Problem:
     """One line for a YAML error: what is wrong, at file:line:column (PyYAML's own text takes 4-8 lines)."""
-    if not isinstance(exc, yaml.MarkedYAMLError):
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.position, int):
+        before = text[:exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        return Problem("", f"not valid YAML at {source}:{line}:{column}: got the character "
+                       f"#x{exc.character:04x}, expected printable text (control characters must be escaped "
+                       "in double quotes)")
+    if not isinstance(exc, yaml.MarkedYAMLError) or not (exc.problem_mark or exc.context_mark):
         return Problem("", f"not valid YAML: {' '.join(str(exc).split())}")
 
     def where(mark) -> str:
@@ -723,7 +729,7 @@ def parse(text: str, source: str = "spec") -> Spec:
     except SpecError as exc:
         raise SpecError(exc.problems, source) from None
     except yaml.YAMLError as exc:
-        raise SpecError([_yaml_problem(exc)], source) from None
+        raise SpecError([_yaml_problem(exc, text, source)], source) from None
     if document is None:
         raise SpecError([Problem("", "the file holds no spec (it is empty or only comments), expected a mapping "
                                  "such as `name: my-image`; omit SPEC for the built-in default")], source)

@@ -353,6 +353,9 @@ CASES = [
         "got 1 (integer), expected a boolean, the type containerd 2.1 gives this key (its default: True)"),
     Bad("override-scalar-for-table", {"config": {"overrides": {"grpc": 5}}}, "config.overrides.grpc",
         "got 5 (integer), expected a table"),
+    Bad("override-dotted-into-a-value", {"config": {"overrides": {"grpc.max_recv_message_size.x": 1}}},
+        "config.overrides.grpc.max_recv_message_size", "got a table (from config.overrides.grpc.max_recv_message_size.x), "
+        "expected an integer"),
     Bad("override-string-for-list", {"config": {"overrides": {"disabled_plugins": "io.containerd.snapshotter.v1.zfs"}}},
         "config.overrides.disabled_plugins", "got 'io.containerd.snapshotter.v1.zfs' (string), expected a list"),
     Bad("override-list-item-type", {"containerd": {"version": "1.7.24"}, "config": {"overrides": {
@@ -375,6 +378,9 @@ CASES = [
     Bad("invalid-yaml", "config: {oom_score: -999\n", "<spec>", "not valid YAML at {spec}:2:1: expected ','"),
     Bad("invalid-yaml-tab", "config:\n\toom_score: 0\n", "<spec>", "not valid YAML at {spec}:2:1: found character"),
     Bad("invalid-yaml-unclosed-quote", 'name: "golden\n', "<spec>", "not valid YAML at {spec}:2:1:"),
+    Bad("raw-control-character", "name: golden\nunit:\n  description: a\x01b\n", "<spec>",
+        "not valid YAML at {spec}:3:17: got the character #x0001, expected printable text"),
+    Bad("raw-nul", "name: golden\n\x00", "<spec>", "not valid YAML at {spec}:2:1: got the character #x0000"),
     Bad("empty-file", "", "<spec>", "the file holds no spec (it is empty or only comments)"),
     Bad("only-comments", "# name: golden\n\n# nothing else\n", "<spec>", "the file holds no spec"),
     Bad("only-document-marker", "---\n", "<spec>", "the file holds no spec"),

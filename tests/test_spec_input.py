@@ -164,3 +164,25 @@ def test_an_unknown_version_is_reported_with_the_other_problems():
     with pytest.raises(spec_module.SpecError) as info:
         spec_of({"containerd": {"version": "1.8.0"}, "config": {"default_runtime": "nvidia"}})
     assert [p.path for p in info.value.problems] == ["containerd.version", "config.default_runtime"]
+
+
+# ---------------------------------------------------------------- hostile input: bounded memory too
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case_id", ["billion-laughs", "alias-bomb-small-file", "nesting-flow-5000",
+                                     "nesting-block-5000", "nesting-json-5000", "file-50mb", "too-many-aliases"])
+def test_hostile_input_is_refused_in_bounded_memory(tmp_path, case_id):
+    import tracemalloc
+
+    from tests.test_bad_specs import CASES
+
+    (case,) = [c for c in CASES if c.id == case_id]
+    path = write_spec(tmp_path, case.doc())
+    tracemalloc.start()
+    try:
+        with pytest.raises(spec_module.SpecError):
+            spec_module.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024, f"{case_id}: peak {peak // 1024} KiB"  # at most about 1 MiB measured

@@ -116,6 +116,10 @@ def _normalise(value: dict, reference: Any, out: dict, where: str, family: str,
         for part in path[:-1]:
             name = f"{name}.{part}"
             ref = ref.get(part) if isinstance(ref, dict) else None
+            if ref is not None and not isinstance(ref, dict):
+                problems.append((name, f"got a table (from {where}.{key}), expected {_kind(ref)}, the type "
+                                 f"containerd {family} gives this key (its default: {_show(ref)})"))
+                break
             if not isinstance(node.setdefault(part, {}), dict):
                 problems.append((name, f"set twice: as {_show(node[part])} and as a table by {where}.{key}"))
                 break

@@ -1,0 +1,45 @@
+"""A spec written the way people write YAML (numbers for limits, a list and dotted keys under
+config.overrides, a multi-line check, merge keys), proved in a guest by the user-data path."""
+from __future__ import annotations
+
+import pytest
+
+from imagebuild.spec import parse
+from imagebuild.verify import verify_user_data
+
+pytestmark = pytest.mark.e2e
+
+NATURAL = """\
+name: natural-yaml
+unit:
+  limit_nofile: 1048576
+  tasks_max: 4096
+  restart: always
+config:
+  overrides:
+    disabled_plugins: [io.containerd.internal.v1.tracing]
+    grpc.max_recv_message_size: 33554432
+    plugins.io.containerd.grpc.v1.cri.enable_unprivileged_ports: true
+verify:
+  checks:
+    - <<: {name: config-in-guest}
+      run: |
+        set -eu
+        dump="$(containerd config dump)"
+        grep -qx 'disabled_plugins = \\["io.containerd.internal.v1.tracing"\\]' <<<"$dump"
+        grep -q 'max_recv_message_size = 33554432' <<<"$dump"
+        test "$(systemctl show -p LimitNOFILE --value containerd)" = 1048576
+        test "$(systemctl show -p TasksMax --value containerd)" = 4096
+"""
+
+
+def test_a_natural_yaml_spec_verifies_in_a_guest(mirror, base_image, tmp_path):
+    spec = mirror(parse(NATURAL, "natural spec"), "1.6")
+    assert [c.name for c in spec.verify.checks] == ["config-in-guest"]  # from the merge key
+    report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path))
+    assert report["passed"], [c for c in report["checks"] if not c["ok"]]
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert by_name["extra.config-in-guest"]["ok"]
+    assert by_name["config.overrides.disabled_plugins"]["actual"] == ["io.containerd.internal.v1.tracing"]
+    assert by_name["config.overrides.grpc.max_recv_message_size"]["actual"] == 33554432
+    assert by_name["unit.LimitNOFILE"]["actual"] == "1048576"
