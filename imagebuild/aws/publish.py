@@ -48,7 +48,7 @@ def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:
     verify = VerifyResult.load(image_dir)
     if not verify.passed:
         failed = verify.failed_checks()
-        detail = f" (failed checks: {'; '.join(failed)})" if failed else " (no check reported a result)"
+        detail = f" (failed checks: {'; '.join(failed)})" if failed else " (the report names no failed check)"
         raise ImagebuildError(f"refusing to publish {image_dir}: its verification did not pass{detail}")
     if verify.image_sha256 != manifest.sha256:
         raise ImagebuildError(
