@@ -89,7 +89,7 @@ def image_tags(manifest: Manifest, target: PublishTarget) -> dict[str, str]:
     return {**target.tags, **ours}
 
 
-# (operation, service) pairs that receive image_tags, and EC2's documented limits where its model
+# (service, operation) pairs that receive image_tags, and EC2's documented limits where its model
 # states none (keys 128, values 256 characters, 50 tags a resource).
 TAGGED_OPERATIONS = (("ebs", "StartSnapshot"), ("ec2", "RegisterImage"), ("ec2", "CopyImage"), ("ec2", "CreateTags"))
 EC2_TAG_LIMITS = {"key": 128, "value": 256, "count": 50}
