@@ -26,7 +26,7 @@ DEFAULT_POOL_CONNECTIONS = 16
 # per-snapshot request limit when many blocks go in parallel; botocore's default (3 attempts)
 # fails a whole upload on three throttles of one block. "adaptive" adds botocore's client-side
 # rate limiter, so the parallel workers slow down together instead of each retrying at full speed;
-# 10 attempts give one block up to ~80 s of backoff (exponential, capped at 20 s a wait).
+# 10 attempts give one block up to ~110 s of backoff (exponential with jitter, at most 20 s a wait).
 # EC2 and SSM throttle per account (RequestLimitExceeded, ThrottlingException): standard mode
 # with more attempts than the default.
 RETRIES = {

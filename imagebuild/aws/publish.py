@@ -48,7 +48,7 @@ def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:
     verify = VerifyResult.load(image_dir)
     if not verify.passed:
         failed = verify.failed_checks()
-        detail = f" (failed checks: {'; '.join(failed)})" if failed else " (no check reported a result)"
+        detail = f" (failed checks: {'; '.join(failed)})" if failed else " (the report names no failed check)"
         raise ImagebuildError(f"refusing to publish {image_dir}: its verification did not pass{detail}")
     if verify.image_sha256 != manifest.sha256:
         raise ImagebuildError(
@@ -89,7 +89,7 @@ def image_tags(manifest: Manifest, target: PublishTarget) -> dict[str, str]:
     return {**target.tags, **ours}
 
 
-# (operation, service) pairs that receive image_tags, and EC2's documented limits where its model
+# (service, operation) pairs that receive image_tags, and EC2's documented limits where its model
 # states none (keys 128, values 256 characters, 50 tags a resource).
 TAGGED_OPERATIONS = (("ebs", "StartSnapshot"), ("ec2", "RegisterImage"), ("ec2", "CopyImage"), ("ec2", "CreateTags"))
 EC2_TAG_LIMITS = {"key": 128, "value": 256, "count": 50}

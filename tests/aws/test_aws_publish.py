@@ -562,7 +562,10 @@ def test_root_volume_size_and_imds_v2(aws, make_image, recording_clients):
 
 
 def test_a_root_volume_smaller_than_the_image_is_refused(aws, make_image, recording_clients):
-    image_dir, _ = make_image(size=3 * 1024 * MIB // 2)  # 1.5 GiB virtual: needs 2 GiB
+    image_dir, _ = make_image()
+    manifest = json.loads((image_dir / "manifest.json").read_text())
+    manifest["virtual_size"] = 3 * 1024 * MIB // 2  # as a 1.5 GiB disk would say: needs 2 GiB
+    (image_dir / "manifest.json").write_text(json.dumps(manifest))
     clients = recording_clients()
     with pytest.raises(ImagebuildError, match="volume_size_gb is 1 GiB, but the image is 2 GiB"):
         publish(image_dir, target(volume_size_gb=1), progress=lambda p: None, clients=clients)

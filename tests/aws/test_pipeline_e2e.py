@@ -57,7 +57,9 @@ def publish_spec(golden_spec):
 
 
 @pytest.mark.timeout(2400)
-def test_pipeline_publishes_a_verified_image_then_skips(aws, boto, publish_spec, base_image, monkeypatch, tmp_path):
+def test_pipeline_publishes_a_verified_image_then_skips(aws, boto, clients, publish_spec, base_image, monkeypatch,
+                                                        tmp_path):
+    """*clients*: imagebuild's factory on the model-checked session (conftest), IAM-recorded too."""
     if _CACHE:
         monkeypatch.setenv("IMAGEBUILD_CACHE", _CACHE)
     else:
@@ -66,7 +68,7 @@ def test_pipeline_publishes_a_verified_image_then_skips(aws, boto, publish_spec,
     work = tmp_path / "work"
 
     started = time.monotonic()
-    assert run_pipeline(spec, work=work, base=str(base_image)) == PUBLISHED
+    assert run_pipeline(spec, work=work, base=str(base_image), clients=clients) == PUBLISHED
     first_s = time.monotonic() - started
 
     # --- the run manifest: every step ok, with its duration; the AMI of each region
@@ -133,7 +135,7 @@ def test_pipeline_publishes_a_verified_image_then_skips(aws, boto, publish_spec,
     # --- the next night, same inputs: nothing to do, quickly
     before = sha256_file(image)
     started = time.monotonic()
-    assert run_pipeline(spec, work=work, base=str(base_image)) == UNCHANGED
+    assert run_pipeline(spec, work=work, base=str(base_image), clients=clients) == UNCHANGED
     second_s = time.monotonic() - started
     assert second_s < 60, f"an unchanged run took {second_s:.0f} s"
     again = json.loads((work / "last-run.json").read_text())
