@@ -40,7 +40,7 @@ def string(doc: str, default: Any = None, *, pattern: str | None = None, enum: l
     if pattern:
         node["pattern"] = pattern
     if enum:
-        node["enum"] = enum
+        node["enum"] = enum + ([None] if nullable else [])
     if allowed:
         node["x-allowed"] = allowed
     node["default"] = default
@@ -145,11 +145,15 @@ def artifact(doc: str, url: str, checksum_url: str | None, *, version: str | Non
 
 
 ENDPOINT = obj("one mirror endpoint, tried in list order", {
-    "url": string("endpoint URL; with override_path its path is the API root", None, pattern=HTTP_URL,
+    "url": string("endpoint URL; a path in it needs `path` to say what it is", None, pattern=HTTP_URL,
                   allowed="an http(s):// URL without query or fragment"),
+    "path": string("what the URL's path is. prefix: a repository prefix, pulls request "
+                   "/v2/<path>/<repo>/manifests/<ref>; api-root: the registry API root itself (it holds /v2), "
+                   "pulls request <path>/<repo>/manifests/<ref>. Required when the URL has a path",
+                   None, enum=["prefix", "api-root"], nullable=True),
     "capabilities": array("operations this host may serve", string("capability", None, enum=["pull", "resolve", "push"]),
                           ["pull", "resolve"], unique=True),
-    "override_path": boolean("the URL path is the registry API root (no /v2 appended)", False),
+    "override_path": boolean("deprecated, use path: api-root (containerd's hosts.toml override_path)", False),
     "ca": string("path of a CA certificate on the node", None, pattern=ABS_PATH, allowed=ABS_PATH_ALLOWED,
                  nullable=True),
     "skip_verify": boolean("skip TLS verification for this endpoint", False),
@@ -183,7 +187,7 @@ SEED_MIRRORS = [
                                         {"url": "http://hub-mirror.c.163.com"}]},
     {"host": "gcr.io", "endpoints": [{"url": "https://gcr.mirrors.ustc.edu.cn"}]},
     {"host": "k8s.gcr.io", "endpoints": [{"url": "https://gcr.mirrors.ustc.edu.cn/google-containers/",
-                                          "override_path": True}]},
+                                          "path": "prefix"}]},
     {"host": "quay.io", "endpoints": [{"url": "https://quay.mirrors.ustc.edu.cn"}]},
 ]
 
@@ -386,9 +390,10 @@ def validate(value: Any, node: dict = SPEC_SCHEMA, path: str = "") -> tuple[Any,
             problems.append(Problem(path, f"got {_show(value)}: a lone UTF-16 surrogate (\\ud800-\\udfff) is not a "
                                     "character and cannot be written to a file"))
         elif "enum" in node and value not in node["enum"]:
-            near = difflib.get_close_matches(value, node["enum"], n=1)
+            names = [e for e in node["enum"] if e is not None]
+            near = difflib.get_close_matches(value, names, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            problems.append(Problem(path, f"got {_show(value)}, expected one of {', '.join(node['enum'])}{hint}"))
+            problems.append(Problem(path, f"got {_show(value)}, expected one of {', '.join(names)}{hint}"))
         elif "pattern" in node and not re.search(node["pattern"], value):
             problems.append(Problem(path, f"got {_show(value)}, expected {node.get('x-allowed', 'text matching ' + node['pattern'])}"))
     if isinstance(value, int) and not isinstance(value, bool):

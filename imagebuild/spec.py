@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import posixpath
 import re
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,14 +101,62 @@ class Containerd:
         return 2 if major == 1 else 3 if minor <= 2 else 4
 
 
+def _url_parts(url: str) -> tuple[str, str]:
+    """(scheme://host[:port], the URL's path normalised as containerd's path.Clean would, or "")."""
+    parts = urllib.parse.urlsplit(url)
+    raw = parts.path.strip("/")
+    return f"{parts.scheme}://{parts.netloc}", (posixpath.normpath("/" + raw) if raw else "")
+
+
+def api_root(url: str, path: str | None, override_path: bool, mode: str) -> str:
+    """The path containerd puts before `/<repo>/manifests/<ref>` for this endpoint ("" for none).
+
+    Read from containerd's source and checked with CRI pulls on 1.6, 1.7 and 2.1: in hosts.toml a
+    URL path gets `/v2` appended unless it already ends in /v2 or `override_path` is set (then it is
+    used as is); the legacy `registry.mirrors` table always uses the path as is (an empty path
+    becomes /v2).
+    """
+    _, clean = _url_parts(url)
+    if path == "prefix":
+        return "/v2" + clean
+    if path == "api-root" or mode == "legacy":
+        return clean or ("" if path == "api-root" else "/v2")
+    if override_path:
+        return clean
+    return "/v2" if not clean else clean if clean.endswith("/v2") else clean + "/v2"
+
+
 @_frozen
 class Endpoint:
     url: str
+    path: str | None
     capabilities: tuple[str, ...]
     override_path: bool
     ca: str | None
     skip_verify: bool
     headers: dict[str, str]
+
+    def api_root(self, mode: str) -> str:
+        return api_root(self.url, self.path, self.override_path, mode)
+
+    @property
+    def hosts_entry(self) -> tuple[str, bool]:
+        """(the [host."<url>"] key, override_path) of hosts.toml: with `path` set, the URL carries
+        the API root and override_path says so; an endpoint without `path` is written as given."""
+        base, clean = _url_parts(self.url)
+        if self.path is None:
+            return self.url, self.override_path
+        if not clean and self.path == "prefix":
+            return self.url, False
+        return base + self.api_root("hosts"), True
+
+    @property
+    def legacy_url(self) -> str:
+        """The URL in the legacy registry.mirrors table, whose path containerd takes as the API root."""
+        base, clean = _url_parts(self.url)
+        if not clean and self.path != "api-root":
+            return base  # no path: containerd requests /v2 (a lone "/" would make it request /<repo>)
+        return base + self.api_root("legacy")
 
 
 @_frozen
@@ -114,6 +164,10 @@ class Mirror:
     host: str
     server: str | None
     endpoints: tuple[Endpoint, ...]
+
+    @property
+    def legacy_endpoints(self) -> list[str]:
+        return [ep.legacy_url for ep in self.endpoints]
 
     @property
     def upstream(self) -> str:
@@ -321,7 +375,15 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                 problems.append(Problem(f"config.registry.mirrors[{index}].endpoints[{e_index}].url",
                                         f"got {url!r} again (also at [{urls.index(url)}]), each endpoint once "
                                         "(hosts.toml keys hosts by URL)"))
+        for e_index, ep in enumerate(mirror["endpoints"]):
+            _check_endpoint_path(ep, registry["mode"], f"config.registry.mirrors[{index}].endpoints[{e_index}]",
+                                 problems, warnings)
         if registry["mode"] == "legacy":
+            default = "https://registry-1.docker.io" if mirror["host"] == "docker.io" else f"https://{mirror['host']}"
+            if mirror["server"] and mirror["server"].rstrip("/") != default:
+                problems.append(Problem(f"config.registry.mirrors[{index}].server",
+                                        f"got {mirror['server']!r}, but the legacy registry.mirrors table always "
+                                        f"falls back to {default} after the endpoints; use mode: hosts"))
             for e_index, ep in enumerate(mirror["endpoints"]):
                 extras = [k for k in ("ca", "headers") if ep[k]] + [k for k in ("skip_verify",) if ep[k]]
                 if ep["capabilities"] != ["pull", "resolve"] or ep["override_path"]:
@@ -381,6 +443,29 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
         if check["name"] in [c["name"] for c in doc["verify"]["checks"][:index]]:
             problems.append(Problem(f"verify.checks[{index}].name", f"got {check['name']!r} twice, names must be unique"))
     return problems, warnings
+
+
+def _check_endpoint_path(ep: dict, mode: str, key: str, problems: list[Problem], warnings: list[str]) -> None:
+    """An endpoint URL's path must say what it is, and must lead containerd to a registry API path."""
+    _, clean = _url_parts(ep["url"])
+    if ep["path"] and ep["override_path"]:
+        problems.append(Problem(f"{key}.override_path", f"got true with path: {ep['path']}; path replaces "
+                                "override_path, remove override_path"))
+        return
+    root = api_root(ep["url"], ep["path"], ep["override_path"], mode)
+    if "v2" not in root.split("/"):
+        hint = (f"path: prefix (requests /v2{clean}/<repo>/...)" if clean
+                else "no override_path (requests /v2/<repo>/...)")
+        problems.append(Problem(f"{key}.url", f"got {ep['url']!r}: containerd would request "
+                                f"{root}/<repo>/manifests/<ref>, which has no /v2 and is no registry API path; "
+                                f"use {hint}, or path: api-root with a URL path holding /v2"))
+        return
+    if ep["override_path"]:
+        warnings.append(f"{key}.override_path is deprecated; use path: api-root")
+    elif clean and ep["path"] is None:
+        warnings.append(f"{key}.url: {ep['url']!r} has a path but no `path`; containerd takes it as the API root "
+                        f"{root} (requests {root}/<repo>/manifests/<ref>). Say path: api-root with that URL, "
+                        f"or path: prefix to request /v2{clean}/<repo>/manifests/<ref>")
 
 
 def _check_overrides(value: Any, path: str, problems: list[Problem], *, quote_in_keys: bool = True) -> None:

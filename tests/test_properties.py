@@ -28,6 +28,8 @@ import string
 import subprocess
 import tempfile
 import tomllib
+import posixpath
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -150,14 +152,23 @@ def installs(draw, version: str) -> dict:
 
 @st.composite
 def endpoints(draw, legacy: bool) -> dict:
-    ep = {"url": draw(http_url)}
+    url = draw(http_url)
+    has_path = bool(urllib.parse.urlsplit(url).path.strip("/"))
+    kind = draw(st.sampled_from(["prefix", "api-root", None]))
+    # An API root (said, or the legacy reading of an unsaid path) must hold /v2 to be a registry API.
+    if kind == "api-root" or (kind is None and has_path and legacy):
+        url = url.rstrip("/") + "/v2"
+    ep = {"url": url}
+    if kind:
+        ep["path"] = kind
     if legacy:  # the legacy table holds URLs only: the defaults may be spelled out, nothing else
         optional(draw, ep, "capabilities", st.just(["pull", "resolve"]))
         optional(draw, ep, "override_path", st.just(False))
         optional(draw, ep, "skip_verify", st.just(False))
         return ep
     optional(draw, ep, "capabilities", st.lists(st.sampled_from(["pull", "resolve", "push"]), unique=True))
-    optional(draw, ep, "override_path", st.booleans())
+    if kind is None and has_path and "v2" in urllib.parse.urlsplit(url).path.split("/"):
+        optional(draw, ep, "override_path", st.booleans())
     optional(draw, ep, "ca", st.none() | abs_path)
     optional(draw, ep, "skip_verify", st.booleans())
     optional(draw, ep, "headers", st.dictionaries(regex(r"[A-Za-z][A-Za-z0-9-]{0,15}"),
@@ -169,7 +180,8 @@ def endpoints(draw, legacy: bool) -> dict:
 def mirrors(draw, legacy: bool) -> dict:
     mirror = {"host": draw(registry_host),
               "endpoints": draw(st.lists(endpoints(legacy), min_size=1, max_size=3, unique_by=lambda e: e["url"]))}
-    optional(draw, mirror, "server", st.none() | http_url)
+    # The legacy table always falls back to the registry itself: no other server there.
+    optional(draw, mirror, "server", st.none() if legacy else st.none() | http_url)
     return mirror
 
 
@@ -278,7 +290,7 @@ def spec_documents(draw) -> dict:
     if not legacy:
         optional(draw, registry, "mode", st.just("hosts"))
         optional(draw, registry, "config_path", abs_path)
-    if legacy or draw(st.integers(0, 4)):  # legacy mode cannot take the seed mirrors (override_path)
+    if draw(st.integers(0, 4)):  # else the seed mirrors
         registry["mirrors"] = draw(st.lists(mirrors(legacy), max_size=6, unique_by=lambda m: m["host"]))
     config["registry"] = registry
     rts = draw(runtimes())
@@ -408,6 +420,31 @@ def test_a_config_toml_loads_in_real_containerd_with_every_expected_value(spec):
         assert registry["config_path"] == ""
 
 
+def _clean(url: str) -> str:
+    raw = urllib.parse.urlsplit(url).path.strip("/")
+    return posixpath.normpath("/" + raw) if raw else ""
+
+
+def _hosts_api_root(key: str, override_path: bool) -> str:
+    """What containerd's hosts.go makes of a [host."<key>"] entry: path.Clean, /v2 appended unless
+    already there or override_path."""
+    clean = _clean(key)
+    if override_path:
+        return clean
+    return clean if clean.endswith("/v2") else clean + "/v2"
+
+
+def _wanted_api_root(ep: dict) -> str:
+    """The API root the spec asks for: prefix -> /v2/<path>; api-root -> the path; unsaid -> as
+    containerd has always read the URL."""
+    clean = _clean(ep["url"])
+    if ep.get("path") == "prefix":
+        return "/v2" + clean
+    if ep.get("path") == "api-root":
+        return clean
+    return _hosts_api_root(ep["url"], ep.get("override_path", False))
+
+
 @PROFILE
 @given(documents_and_specs)
 def test_b_hosts_toml_lists_the_hosts_in_order_with_exact_headers(doc_and_spec):
@@ -424,15 +461,16 @@ def test_b_hosts_toml_lists_the_hosts_in_order_with_exact_headers(doc_and_spec):
     for mirror, doc_mirror, path in zip(spec.config.registry.mirrors, mirrors_in_doc, hosts_files, strict=True):
         parsed = tomllib.loads(files[path].content.decode("utf-8"))
         assert parsed["server"] == mirror.upstream
-        assert list(parsed["host"]) == [ep["url"] for ep in doc_mirror["endpoints"]]
-        for doc_ep in doc_mirror["endpoints"]:
-            host = parsed["host"][doc_ep["url"]]
+        assert len(parsed["host"]) == len(doc_mirror["endpoints"])
+        for (key, host), doc_ep in zip(parsed["host"].items(), doc_mirror["endpoints"], strict=True):
+            # containerd's reading of the entry (hosts.go) requests what the spec's `path` asks for.
+            assert _hosts_api_root(key, host.get("override_path", False)) == _wanted_api_root(doc_ep)
+            assert urllib.parse.urlsplit(key).netloc == urllib.parse.urlsplit(doc_ep["url"]).netloc
             # Header values byte for byte as the user wrote them (quotes, $, backticks, \ included).
             headers = doc_ep.get("headers", {})
             assert {k: [v.encode() for v in vs] for k, vs in host.get("header", {}).items()} == \
                    {k: [v.encode()] for k, v in headers.items()}
             assert host["capabilities"] == doc_ep.get("capabilities", ["pull", "resolve"])
-            assert host.get("override_path", False) is doc_ep.get("override_path", False)
             assert host.get("skip_verify", False) is doc_ep.get("skip_verify", False)
             assert host.get("ca") == doc_ep.get("ca")
         assert files[path].mode == (0o600 if any(ep.get("headers") for ep in doc_mirror["endpoints"]) else 0o644)

@@ -48,7 +48,7 @@ def config_expectations(spec: Spec) -> list[dict]:
     if cfg.registry.mode == "legacy":
         for mirror in cfg.registry.mirrors:
             items.append((f"config.registry.mirrors.{mirror.host}", paths.registry + ("mirrors", mirror.host, "endpoint"),
-                          [ep.url for ep in mirror.endpoints]))
+                          mirror.legacy_endpoints))
     for path, value in _leaves(cfg.overrides, ()):
         items.append(("config.overrides." + ".".join(path), path, value))
     return [{"name": name, "path": list(path), "value": value} for name, path, value in items]

@@ -118,7 +118,7 @@ FILES=(
   '0644 bc83dfee34eea612ebbd2bbeac272919d59a524d99e19234fc2cc48ba105ba90 /etc/containerd/config.toml'
   '0644 72b4e5991b6d0576b77e1afb42ab9af6b858db000d2f4360c76063ec94b0f9a3 /etc/containerd/certs.d/docker.io/hosts.toml'
   '0644 63665ea7e262fba9be90d1990dde824fc41ec52309706310d77dd3f32055c5da /etc/containerd/certs.d/gcr.io/hosts.toml'
-  '0644 47a7b65fb582dbd17ec08b86b08c07941f892a261e3ed36902f4d69b3cdac7fb /etc/containerd/certs.d/k8s.gcr.io/hosts.toml'
+  '0644 d3b12eddb1bded9959a501d64654ddccdf11452142799ba67c4ecf83726ee658 /etc/containerd/certs.d/k8s.gcr.io/hosts.toml'
   '0644 4e3a009df7139703a158afabe2be873766f15661e0193e21cf87c9ed84cbe364 /etc/containerd/certs.d/quay.io/hosts.toml'
   '0644 7e9b185961636e9f62e19fd07b19f38b3121936c295f51bd6068e13e40b83301 /etc/systemd/system/containerd.service'
   '0644 99a60363382a7dcb5a5acea071f1db1c7f5c1c1780491622494b3cabef66cb3d /etc/modules-load.d/containerd.conf'

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "9fe21571c2409c54efe3652ca8085ac2219c4303dff0a7a76ffacd0703292c2e", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "9fe21571c2409c54efe3652ca8085ac2219c4303dff0a7a76ffacd0703292c2e", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "a8c2a6d607d982643e1eedd677bb2b5771fb28275fece9c123d9a7eaae6d0fd8", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "a8c2a6d607d982643e1eedd677bb2b5771fb28275fece9c123d9a7eaae6d0fd8", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "9fe21571c2409c54efe3652ca8085ac2219c4303dff0a7a76ffacd0703292c2e"
+      spec_hash  = "a8c2a6d607d982643e1eedd677bb2b5771fb28275fece9c123d9a7eaae6d0fd8"
       containerd = "1.6.20"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f3958c927f65579a3b5857d51fcd8226334ce1ffb8a2b0f539f460aafcc34a2e", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f3958c927f65579a3b5857d51fcd8226334ce1ffb8a2b0f539f460aafcc34a2e", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "bdb56bf628e9de8a8a2f48faa768dd9b58efe2e1aca799f5615104ac664ffe7b", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "bdb56bf628e9de8a8a2f48faa768dd9b58efe2e1aca799f5615104ac664ffe7b", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "f3958c927f65579a3b5857d51fcd8226334ce1ffb8a2b0f539f460aafcc34a2e"
+      spec_hash  = "bdb56bf628e9de8a8a2f48faa768dd9b58efe2e1aca799f5615104ac664ffe7b"
       containerd = "1.7.24"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "5a8bf40447b1323691755d1970447a877eabcd62822906c5e40f0a3e7ef0ae11", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "5a8bf40447b1323691755d1970447a877eabcd62822906c5e40f0a3e7ef0ae11", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "f88b2f214b070cb9b4c8c38041b5868156b6970ffd88710453aad1d05546bc42", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "f88b2f214b070cb9b4c8c38041b5868156b6970ffd88710453aad1d05546bc42", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "5a8bf40447b1323691755d1970447a877eabcd62822906c5e40f0a3e7ef0ae11"
+      spec_hash  = "f88b2f214b070cb9b4c8c38041b5868156b6970ffd88710453aad1d05546bc42"
       containerd = "1.6.20"
     }
   }
