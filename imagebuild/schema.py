@@ -115,6 +115,7 @@ TAG_TEXT = r"^[A-Za-z0-9 _.:/=+@-]*$"
 CHECK_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 SYSTEMD_UNIT = r"^[A-Za-z0-9@._-]+\.(target|service|socket|mount|path)$"
 PACKAGE_VERSION = r"^[A-Za-z0-9.+~:-]+$"
+NO_PROXY_ENTRY = r"^(\*|\.?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?|[0-9a-fA-F:.]+(/[0-9]{1,3})?)$"
 
 GITHUB = "https://github.com"
 DEFAULT_CONTAINERD_URL = (GITHUB + "/containerd/containerd/releases/download/v{version}/"
@@ -273,6 +274,16 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
         "tasks_max": string("TasksMax=", "infinity", pattern=UNIT_LIMIT, allowed="infinity or a number"),
         "oom_score_adjust": integer("OOMScoreAdjust=", -999, minimum=-1000, maximum=1000),
         "wanted_by": string("WantedBy=", "multi-user.target", pattern=SYSTEMD_UNIT, allowed="a systemd unit name"),
+    }),
+    "proxy": obj("HTTP(S) proxy for containerd's pulls (a containerd.service.d/http-proxy.conf drop-in)", {
+        "http": string("HTTP_PROXY: proxy for http:// registries", None, pattern=HTTP_URL,
+                       allowed="an http(s):// URL", nullable=True),
+        "https": string("HTTPS_PROXY: proxy for https:// registries", None, pattern=HTTP_URL,
+                        allowed="an http(s):// URL", nullable=True),
+        "no_proxy": array("NO_PROXY: hosts reached directly (host, .domain, IP, CIDR, host:port); "
+                          "loopback is never proxied",
+                          string("entry", None, pattern=NO_PROXY_ENTRY,
+                                 allowed="a host, .domain, IP address, CIDR, host:port or *"), unique=True),
     }),
     "system": obj("kernel set-up containerd and Kubernetes need", {
         "modules": array("kernel modules loaded at boot (modules-load.d)",

@@ -230,6 +230,22 @@ class Unit:
 
 
 @_frozen
+class Proxy:
+    http: str | None
+    https: str | None
+    no_proxy: tuple[str, ...]
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The variables containerd (Go's ProxyFromEnvironment) reads; empty when no proxy is set."""
+        if not (self.http or self.https):
+            return {}
+        env = {"HTTP_PROXY": self.http, "HTTPS_PROXY": self.https,
+               "NO_PROXY": ",".join(self.no_proxy) if self.no_proxy else None}
+        return {k: v for k, v in env.items() if v}
+
+
+@_frozen
 class System:
     modules: tuple[str, ...]
     sysctls: dict[str, str]
@@ -284,6 +300,7 @@ class Spec:
     containerd: Containerd
     config: Config
     unit: Unit
+    proxy: Proxy
     system: System
     image: Image
     verify: Verify
@@ -397,12 +414,12 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                         "use mode: hosts")
         if major >= 2 and minor >= 1:
             warnings.append("config.registry.mode: with legacy mirrors containerd 2.1+ falls back to local pull mode")
-    if major == 1:
-        for path in cfg["imports"]:
-            if "*" not in path:
-                warnings.append(f"config.imports: {path} names one file, and containerd 1.x refuses to start "
-                                "when it is missing; make sure something creates it, or use a glob "
-                                "(/etc/containerd/conf.d/*.toml may match nothing)")
+    for path in cfg["imports"]:
+        if "*" not in path:
+            warnings.append(f"config.imports: {path} names one file, and containerd {major}.x refuses to start "
+                            "when it is missing; make sure something creates it, or use a glob "
+                            "(/etc/containerd/conf.d/*.toml may match nothing)")
+    _check_cri_loads(doc, major, problems)
     if cfg["discard_unpacked_layers"] and major >= 2 and minor >= 1:
         warnings.append("config.discard_unpacked_layers: true makes containerd 2.1+ fall back to local pull mode")
     if "runc" in cfg["runtimes"]:
@@ -443,6 +460,46 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
         if check["name"] in [c["name"] for c in doc["verify"]["checks"][:index]]:
             problems.append(Problem(f"verify.checks[{index}].name", f"got {check['name']!r} twice, names must be unique"))
     return problems, warnings
+
+
+#: Snapshotters that load only when configured: (key path in overrides that configures them, why).
+_CONFIGURED_SNAPSHOTTERS = {
+    "stargz": (("proxy_plugins", "stargz"), "a proxy plugin (the stargz snapshotter daemon) at "
+               "config.overrides.proxy_plugins.stargz"),
+    "devmapper": (("plugins", "io.containerd.snapshotter.v1.devmapper", "pool_name"), "a thin pool at "
+                  "config.overrides.plugins.io.containerd.snapshotter.v1.devmapper.pool_name"),
+}
+
+
+def _dig(value: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _check_cri_loads(doc: dict, major: int, problems: list[Problem]) -> None:
+    """Combinations that pass `config dump` but leave containerd without a CRI plugin (seen with the
+    real 1.6, 1.7 and 2.1 daemons: CRI answers "unknown service runtime.v1.RuntimeService", or the
+    daemon exits)."""
+    cfg = doc["config"]
+    if posixpath.normpath(cfg["root"]) == posixpath.normpath(cfg["state"]):
+        problems.append(Problem("config.state", f"got {cfg['state']!r}, the same path as config.root; containerd "
+                                "refuses to start (\"root and state must be different paths\")"))
+    needed = _CONFIGURED_SNAPSHOTTERS.get(cfg["snapshotter"])
+    if needed and _dig(cfg["overrides"], needed[0]) is None:
+        problems.append(Problem("config.snapshotter", f"got {cfg['snapshotter']!r} with no plugin behind it: it "
+                                f"needs {needed[1]}, else the CRI plugin does not load (\"failed to find "
+                                "snapshotter\")"))
+    if major == 1 and cfg["registry"]["mode"] == "hosts":
+        configs = _dig(cfg["overrides"], ("plugins", "io.containerd.grpc.v1.cri", "registry", "configs"))
+        for host, conf in (configs or {}).items():
+            if isinstance(conf, dict) and "tls" in conf:
+                problems.append(Problem(f"config.overrides.plugins.io.containerd.grpc.v1.cri.registry.configs.{host}.tls",
+                                        f"got {schema._show(conf['tls'])} with registry.config_path set (mode: hosts): "
+                                        "containerd 1.x then does not load the CRI plugin; put ca/skip_verify on "
+                                        "the mirror's endpoints instead"))
 
 
 def _check_endpoint_path(ep: dict, mode: str, key: str, problems: list[Problem], warnings: list[str]) -> None:

@@ -12,7 +12,9 @@ v1 client over gRPC.
 """
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -87,6 +89,54 @@ class Registry:
         self._log.close()
 
 
+class Tinyproxy:
+    """Debian's tinyproxy, a real forward proxy, on 127.0.0.1. Requests for hosts under *domain*
+    go on to *upstream* (host:port) as to a next proxy, so names that do not resolve here (`.test`)
+    still reach a local registry; anything else is looked up and fails. Its log lists every request."""
+
+    def __init__(self, work: Path, domain: str, upstream: str):
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = self.work / "tinyproxy.log"
+        config = self.work / "tinyproxy.conf"
+        config.write_text(f"Port {self.port}\nListen 127.0.0.1\nAllow 127.0.0.1\nLogFile \"{self.log_path}\"\n"
+                          f"LogLevel Info\nMaxClients 20\nupstream http {upstream} \"{domain}\"\n")
+        self._out = open(self.work / "tinyproxy.out", "wb")
+        self.proc = subprocess.Popen(["tinyproxy", "-d", "-c", str(config)], stdout=self._out,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            assert self.proc.poll() is None and time.monotonic() < deadline, "tinyproxy did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> list[str]:
+        """The request lines it received ("GET http://host/path HTTP/1.1")."""
+        if not self.log_path.exists():
+            return []
+        return re.findall(r"Request \(file descriptor \d+\): (.+)$", self.log_path.read_text(errors="replace"),
+                          flags=re.M)
+
+    def close(self) -> None:
+        _stop(self.proc)
+        self._out.close()
+
+
+def unit_environment(dropin: str) -> dict[str, str]:
+    """The Environment= assignments of a systemd drop-in, unquoted as systemd does for these values."""
+    env = {}
+    for line in dropin.splitlines():
+        if line.startswith("Environment="):
+            for word in shlex.split(line[len("Environment="):]):
+                name, value = word.split("=", 1)
+                env[name] = value.replace("%%", "%")
+    return env
+
+
 def host_only(config_text: str, config_version: int, work: Path) -> str:
     """The rendered config with this host's rewrites (see the module docstring)."""
     doc = tomlkit.parse(config_text)
@@ -100,7 +150,7 @@ def host_only(config_text: str, config_version: int, work: Path) -> str:
 class Containerd:
     """The real containerd of *family* with *config_text* (already host-rewritten)."""
 
-    def __init__(self, family: str, config_text: str, work: Path):
+    def __init__(self, family: str, config_text: str, work: Path, env: dict[str, str] | None = None):
         self.work = Path(work)
         self.sock = self.work / "c.sock"
         self.config = self.work / "config.toml"
@@ -108,7 +158,9 @@ class Containerd:
         self.log_path = self.work / "containerd.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([str(debian_artifacts.binary(family)), "--config", str(self.config)],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+                                          **(env or {})})
         deadline = time.monotonic() + 30
         while not self.sock.exists():
             assert self.proc.poll() is None and time.monotonic() < deadline, self.log()

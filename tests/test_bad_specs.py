@@ -155,6 +155,22 @@ CASES = [
     Bad("legacy-server", {"config": {"registry": {"mode": "legacy", "mirrors": [
         {"host": "docker.io", "server": "https://other.example", "endpoints": [{"url": "https://m.example"}]}]}}},
         "config.registry.mirrors[0].server", "always falls back to https://registry-1.docker.io"),
+    # --- combinations whose containerd runs without a CRI plugin (tests/test_cri.py shows each on the daemon)
+    Bad("root-is-state", {"config": {"root": "/var/lib/containerd", "state": "/var/lib/containerd/"}},
+        "config.state", "the same path as config.root"),
+    Bad("stargz-without-plugin", {"config": {"snapshotter": "stargz"}}, "config.snapshotter",
+        "got 'stargz' with no plugin behind it"),
+    Bad("devmapper-without-pool", {"config": {"snapshotter": "devmapper"}}, "config.snapshotter",
+        "got 'devmapper' with no plugin behind it"),
+    Bad("tls-configs-with-config-path", {"config": {"overrides": {"plugins": {"io.containerd.grpc.v1.cri": {
+        "registry": {"configs": {"m.example": {"tls": {"insecure_skip_verify": True}}}}}}}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.registry.configs.m.example.tls",
+        "got {'insecure_skip_verify': True} with registry.config_path set"),
+    # --- proxy
+    Bad("proxy-ftp", {"proxy": {"http": "ftp://proxy.example:21"}}, "proxy.http", "got 'ftp://proxy.example:21'"),
+    Bad("proxy-quote", {"proxy": {"https": 'http://p.example" "X=1'}}, "proxy.https", "expected an http(s):// URL"),
+    Bad("no-proxy-space", {"proxy": {"http": "http://p.example:3128", "no_proxy": ["a b"]}}, "proxy.no_proxy[0]",
+        "got 'a b', expected a host, .domain"),
     # --- versions and install methods
     Bad("containerd-1.5", {"containerd": {"version": "1.5.9"}}, "containerd.version", "got '1.5.9', expected 1.6.x"),
     Bad("containerd-2.3", {"containerd": {"version": "2.3.0"}}, "containerd.version", "got '2.3.0'"),

@@ -20,6 +20,7 @@ The sandbox image keeps its configured name: when its registry has no mirror, th
 """
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from pathlib import Path
@@ -31,7 +32,7 @@ from imagebuild import spec as spec_module
 from imagebuild.render import config_toml
 from imagebuild.spec import SpecError
 from tests import cases, cri
-from tests.support import FAMILY_VERSIONS
+from tests.support import FAMILY_VERSIONS, ungzip
 
 pytestmark = pytest.mark.slow
 
@@ -238,3 +239,130 @@ def test_the_default_spec_and_the_cases_give_mirror_sets_to_test():
     assert "default" in MIRROR_SETS
     hosts = {m["host"] for m in MIRROR_SETS["default"]}
     assert hosts == {"docker.io", "gcr.io", "k8s.gcr.io", "quay.io"}
+
+
+# ------------------------------------------------ what the spec now refuses, shown on the real daemon
+
+BREAKERS = {
+    # name: (how the refused spec would have rendered, as a change to a valid config)
+    "root-is-state": lambda doc, v: doc.__setitem__("state", doc["root"]),
+    "stargz-without-plugin": lambda doc, v: _images(doc, v).__setitem__("snapshotter", "stargz"),
+    "devmapper-without-pool": lambda doc, v: _images(doc, v).__setitem__("snapshotter", "devmapper"),
+    "tls-configs-with-config-path": lambda doc, v: doc["plugins"]["io.containerd.grpc.v1.cri"]["registry"]
+    .__setitem__("configs", {"m.example": {"tls": {"insecure_skip_verify": True}}}),
+    "import-missing-file": lambda doc, v: doc.__setitem__("imports", [doc["root"] + "-missing.toml"]),
+}
+BREAK_CASES = [(family, name) for family in FAMILY_VERSIONS for name in BREAKERS
+               if not (name == "tls-configs-with-config-path" and family == "2.1")]  # 2.1 loads CRI with it
+
+
+def _images(doc, version):
+    cri_plugin = doc["plugins"]["io.containerd.grpc.v1.cri"] if version == 2 else None
+    return cri_plugin["containerd"] if cri_plugin is not None else doc["plugins"]["io.containerd.cri.v1.images"]
+
+
+@pytest.mark.parametrize(("family", "name"), BREAK_CASES, ids=["-".join(c) for c in BREAK_CASES])
+def test_each_refused_combination_leaves_containerd_without_cri(family, name):
+    import tomlkit
+    from cri_api.v1 import api_pb2
+
+    work = cri.scratch("ib-b-")
+    spec = spec_module.from_document({"containerd": {"version": FAMILY_VERSIONS[family]}, "config": {
+        "root": str(work / "root"), "state": str(work / "state"), "systemd_cgroup": False,
+        "registry": {"config_path": str(work / "certs.d")}}})
+    doc = tomlkit.parse(cri.host_only(config_toml.render(spec), spec.containerd.config_version, work))
+    BREAKERS[name](doc, spec.containerd.config_version)
+    try:
+        daemon = cri.Containerd(family, tomlkit.dumps(doc), work)
+    except AssertionError:
+        return  # the daemon exited at start: no CRI at all
+    runtime, _, channel = cri.cri(daemon.sock)
+    try:
+        deadline = time.monotonic() + 2
+        while True:  # the socket is up; give CRI time to come up if it would (it takes ~0.1 s)
+            try:
+                runtime.Status(api_pb2.StatusRequest(), timeout=2)
+            except Exception as exc:  # noqa: BLE001 - grpc.RpcError
+                if "unknown service runtime.v1.RuntimeService" in str(exc):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.5)
+                    continue
+                raise
+            pytest.fail(f"CRI loaded with {name}:\n{daemon.log()[-2000:]}")
+    finally:
+        channel.close()
+        daemon.close()
+
+
+# ------------------------------------------------------------------ the proxy drop-in, on the daemon
+
+@pytest.mark.parametrize("family", FAMILY_VERSIONS)
+def test_pulls_go_through_the_proxy_of_the_drop_in_and_no_proxy_is_respected(world, family):
+    """containerd gets exactly the environment of the rendered http-proxy.conf (parsed as systemd
+    would). registry.test resolves nowhere, so its pull can only succeed through the proxy, which
+    hands `.test` requests on to a local registry; blocked.test is in no_proxy, so containerd must
+    try it directly (and fail to resolve it) and the proxy never sees it."""
+    from cri_api.v1 import api_pb2
+    import grpc
+
+    registry = cri.Registry(world["work"] / f"proxied-{family}")
+    proxy = cri.Tinyproxy(world["work"] / f"proxy-{family}", ".test", registry.address)
+    work = cri.scratch("ib-x-")
+    try:
+        registry.push(world["busybox"], "imagebuild/proxied:t")
+        registry.push(world["busybox"], "imagebuild/blocked:t")
+        spec = spec_module.from_document({"containerd": {"version": FAMILY_VERSIONS[family]},
+            "proxy": {"http": proxy.url, "https": proxy.url, "no_proxy": ["blocked.test", "10.0.0.0/8"]},
+            "config": {"root": str(work / "root"), "state": str(work / "state"), "systemd_cgroup": False,
+                       "registry": {"config_path": str(work / "certs.d"), "mirrors": [
+                           {"host": "registry.test", "endpoints": [{"url": "http://registry.test:5000"}]},
+                           {"host": "blocked.test", "endpoints": [{"url": "http://blocked.test:5000"}]}]}}})
+        dropin = render.payload(spec)[render.PROXY_DROPIN].content.decode()
+        env = cri.unit_environment(dropin)
+        assert env == {"HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url, "NO_PROXY": "blocked.test,10.0.0.0/8"}
+        for path, f in render.payload(spec).items():
+            if path.endswith("/hosts.toml"):
+                target = work / "certs.d" / Path(path).parent.name / "hosts.toml"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(f.content)
+        text = cri.host_only(config_toml.render(spec), spec.containerd.config_version, work)
+        daemon = cri.Containerd(family, text, work, env=env)
+        runtime, images, channel = cri.cri(daemon.sock)
+        try:
+            _ready(runtime, api_pb2, daemon)
+            images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="registry.test/imagebuild/proxied:t")))
+            assert any("http://registry.test:5000/v2/imagebuild/proxied/manifests/t" in line
+                       for line in proxy.requests()), proxy.requests()
+            assert any(path.startswith("http://registry.test:5000/v2/imagebuild/proxied/manifests/t") and status == 200
+                       for _, path, status in registry.requests())
+            with pytest.raises(grpc.RpcError):
+                images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(
+                    image="blocked.test/imagebuild/blocked:t")), timeout=60)
+            assert not [line for line in proxy.requests() if "blocked.test" in line]
+            assert not [path for _, path, _ in registry.requests() if "blocked.test" in path]  # pushes aside
+        finally:
+            channel.close()
+            daemon.close()
+    finally:
+        proxy.close()
+        registry.close()
+
+
+@pytest.mark.parametrize("method", ["tarball", "package"])
+def test_the_proxy_drop_in_reaches_install_script_user_data_packer_and_expected_json(method):
+    doc = {"proxy": {"https": "http://proxy.example:3128", "no_proxy": [".svc", "10.96.0.0/12"]}}
+    if method == "package":
+        doc["containerd"] = {"install": {"method": "package", "package": {"version": "1.6.20~ds1-1+deb12u3"}}}
+    spec = spec_module.from_document(doc)
+    files = render.render_all(spec)
+    dropin = files[f"payload{render.PROXY_DROPIN}"]
+    assert cri.unit_environment(dropin.content.decode()) == {"HTTPS_PROXY": "http://proxy.example:3128",
+                                                             "NO_PROXY": ".svc,10.96.0.0/12"}
+    assert render.PROXY_DROPIN in files["install.sh"].content.decode()
+    expected_files = {f["path"]: f["sha256"] for f in json.loads(files["expected.json"].content)["files"]}
+    assert expected_files[render.PROXY_DROPIN] == dropin.sha256  # the in-guest file comparison covers it
+    assert f"{render.GUEST_DIR}/payload{render.PROXY_DROPIN}".encode() in ungzip(files["user-data"].content)
+    assert files[f"payload{render.PROXY_DROPIN}"] == render.guest_files(spec)[f"payload{render.PROXY_DROPIN}"]
+    # No proxy, no drop-in.
+    assert render.PROXY_DROPIN not in render.payload(spec_module.load())

@@ -139,6 +139,7 @@ FILES=(
   '0644 d3b12eddb1bded9959a501d64654ddccdf11452142799ba67c4ecf83726ee658 /etc/containerd/certs.d/k8s.gcr.io/hosts.toml'
   '0644 4e3a009df7139703a158afabe2be873766f15661e0193e21cf87c9ed84cbe364 /etc/containerd/certs.d/quay.io/hosts.toml'
   '0644 7e9b185961636e9f62e19fd07b19f38b3121936c295f51bd6068e13e40b83301 /etc/systemd/system/containerd.service'
+  '0644 ffa38ff6e8ff3412a292ef95846b1f6edcb7d53fa5ef2c9c0a10905660b24c25 /etc/systemd/system/containerd.service.d/http-proxy.conf'
   '0644 99a60363382a7dcb5a5acea071f1db1c7f5c1c1780491622494b3cabef66cb3d /etc/modules-load.d/containerd.conf'
   '0644 dea627b3169a25dec9f68235a79eeee2d5ed68147c04fbe00f63e46ca9d8429a /etc/sysctl.d/99-containerd.conf'
 )

@@ -115,6 +115,7 @@ FILES=(
   '0644 3584d6ffdf877af07f411de6334f87d67b54b0d575cf4654a9bc29c642c85d46 /etc/systemd/system/containerd.service.d/30-limits.conf'
   '0644 18702498ae04fd6efcf5b92c8d85ffc04aba066f7730f657200262b7d637df8e /etc/systemd/system/containerd.service.d/40-oom.conf'
   '0644 f7ab861c274925e48f5695c070da693e19f013d0fc2151f5c8126d24b4734a42 /etc/systemd/system/containerd.service.d/50-ordering.conf'
+  '0644 ddbf4d471b51dec78eb26806758178f8f66978aabfa9c06967d806200e3f35ff /etc/systemd/system/containerd.service.d/http-proxy.conf'
   '0644 99a60363382a7dcb5a5acea071f1db1c7f5c1c1780491622494b3cabef66cb3d /etc/modules-load.d/containerd.conf'
   '0644 dea627b3169a25dec9f68235a79eeee2d5ed68147c04fbe00f63e46ca9d8429a /etc/sysctl.d/99-containerd.conf'
 )

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "65342e35f1c6b760aba10c3d1b11779f1fabe91896c1eb5bf3d32bad9ed9299c", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "65342e35f1c6b760aba10c3d1b11779f1fabe91896c1eb5bf3d32bad9ed9299c", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "72b098638abfb00e6738ac5614989d6d982e2adc5b50052987469da38c31ae13", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "72b098638abfb00e6738ac5614989d6d982e2adc5b50052987469da38c31ae13", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "65342e35f1c6b760aba10c3d1b11779f1fabe91896c1eb5bf3d32bad9ed9299c"
+      spec_hash  = "72b098638abfb00e6738ac5614989d6d982e2adc5b50052987469da38c31ae13"
       containerd = "2.1.9"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "a8c2a6d607d982643e1eedd677bb2b5771fb28275fece9c123d9a7eaae6d0fd8", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "a8c2a6d607d982643e1eedd677bb2b5771fb28275fece9c123d9a7eaae6d0fd8", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "384ef832418ea43a122454243fc08df122ad9dff77548f364ce9f41f5b2b3b9b", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "384ef832418ea43a122454243fc08df122ad9dff77548f364ce9f41f5b2b3b9b", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "a8c2a6d607d982643e1eedd677bb2b5771fb28275fece9c123d9a7eaae6d0fd8"
+      spec_hash  = "384ef832418ea43a122454243fc08df122ad9dff77548f364ce9f41f5b2b3b9b"
       containerd = "1.6.20"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "bdb56bf628e9de8a8a2f48faa768dd9b58efe2e1aca799f5615104ac664ffe7b", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "bdb56bf628e9de8a8a2f48faa768dd9b58efe2e1aca799f5615104ac664ffe7b", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "41f71df69939ecf681145a99f6bd5526267b9366e9d8f545fba3e3ddff6353e2", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "41f71df69939ecf681145a99f6bd5526267b9366e9d8f545fba3e3ddff6353e2", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "bdb56bf628e9de8a8a2f48faa768dd9b58efe2e1aca799f5615104ac664ffe7b"
+      spec_hash  = "41f71df69939ecf681145a99f6bd5526267b9366e9d8f545fba3e3ddff6353e2"
       containerd = "1.7.24"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "f88b2f214b070cb9b4c8c38041b5868156b6970ffd88710453aad1d05546bc42", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "f88b2f214b070cb9b4c8c38041b5868156b6970ffd88710453aad1d05546bc42", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "8aa6cc3be4b8635e900082469becb9407d26a461f3ffbddb33372cd0f7def3ff", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "8aa6cc3be4b8635e900082469becb9407d26a461f3ffbddb33372cd0f7def3ff", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "f88b2f214b070cb9b4c8c38041b5868156b6970ffd88710453aad1d05546bc42"
+      spec_hash  = "8aa6cc3be4b8635e900082469becb9407d26a461f3ffbddb33372cd0f7def3ff"
       containerd = "1.6.20"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "12f8a295696607d0e2636bf9fa2fa123b067838546ac35bac13bc2b7bc878297", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "12f8a295696607d0e2636bf9fa2fa123b067838546ac35bac13bc2b7bc878297", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "81aef5bed2dd20831a48f9afc70566dd499cba9433b947c1103e86a1f3c6dbfa", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "81aef5bed2dd20831a48f9afc70566dd499cba9433b947c1103e86a1f3c6dbfa", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "12f8a295696607d0e2636bf9fa2fa123b067838546ac35bac13bc2b7bc878297"
+      spec_hash  = "81aef5bed2dd20831a48f9afc70566dd499cba9433b947c1103e86a1f3c6dbfa"
       containerd = "1.6.20"
     }
   }

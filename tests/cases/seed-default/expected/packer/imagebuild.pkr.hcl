@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "85dd13aebb7d6e7d2301126931391518cac25b6e70f0b4977e6915a5db2d0f5b", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "85dd13aebb7d6e7d2301126931391518cac25b6e70f0b4977e6915a5db2d0f5b", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "dde4be4b06773f8e103c59c788fd09e095d726b2c7c5c8f5bf4f49be89414d52", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "dde4be4b06773f8e103c59c788fd09e095d726b2c7c5c8f5bf4f49be89414d52", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "85dd13aebb7d6e7d2301126931391518cac25b6e70f0b4977e6915a5db2d0f5b"
+      spec_hash  = "dde4be4b06773f8e103c59c788fd09e095d726b2c7c5c8f5bf4f49be89414d52"
       containerd = "1.6.20"
     }
   }
