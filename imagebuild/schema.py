@@ -286,6 +286,9 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
                                  allowed="a host, .domain, IP address, CIDR, host:port or *"), unique=True),
     }),
     "system": obj("kernel set-up containerd and Kubernetes need", {
+        "profile": string("kubernetes-worker: what a kubelet node expects besides containerd (sysctls, "
+                          "tools; see `imagebuild schema` or the README); none: only what this section lists",
+                          "kubernetes-worker", enum=["kubernetes-worker", "none"]),
         "modules": array("kernel modules loaded at boot (modules-load.d)",
                          string("module", None, pattern=MODULE, allowed="a module name"),
                          ["overlay", "br_netfilter"], unique=True),

@@ -245,10 +245,39 @@ class Proxy:
         return {k: v for k, v in env.items() if v}
 
 
+#: What a Kubernetes worker needs besides containerd: sysctl -> (value, reason), packages -> reason.
+#: The spec's own system.sysctls are applied after (and win over) the profile's.
+PROFILES: dict[str, dict[str, dict[str, tuple[str, str] | str]]] = {
+    "kubernetes-worker": {
+        "sysctls": {
+            "net.ipv6.conf.all.forwarding": ("1", "pods' IPv6 traffic is routed through the node; "
+                                             "bridge filtering alone does not forward it"),
+            "kernel.panic": ("10", "kubelet's protectKernelDefaults requires it: reboot 10 s after a panic"),
+            "kernel.panic_on_oops": ("1", "kubelet's protectKernelDefaults requires it: an oops panics "
+                                          "(and reboots) instead of running on in an unknown state"),
+            "vm.overcommit_memory": ("1", "kubelet's protectKernelDefaults requires it: kubelet evicts "
+                                          "pods itself, the kernel must not refuse allocations"),
+        },
+        "packages": {
+            "conntrack": "kube-proxy deletes stale conntrack entries (UDP services) with it",
+            "socat": "kubelet's port forwarding (kubectl port-forward) and kubeadm's preflight need it",
+            "ebtables": "kubelet's network plugins and kubeadm's preflight need it",
+        },
+    },
+    "none": {"sysctls": {}, "packages": {}},
+}
+
+
 @_frozen
 class System:
+    profile: str
     modules: tuple[str, ...]
     sysctls: dict[str, str]
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """Debian packages the profile installs (tarball and package installs alike)."""
+        return tuple(PROFILES[self.profile]["packages"])
 
 
 @_frozen
@@ -582,6 +611,10 @@ def from_document(document: Any, source: str = "spec") -> Spec:
     tarball = dataclasses.replace(ctd.install.tarball, version=ctd.version)
     spec = dataclasses.replace(spec, containerd=dataclasses.replace(
         ctd, install=dataclasses.replace(ctd.install, tarball=tarball)))
+    # The profile's sysctls first, the spec's own after them (and over them).
+    profile = {key: value for key, (value, _) in PROFILES[spec.system.profile]["sysctls"].items()}
+    spec = dataclasses.replace(spec, system=dataclasses.replace(
+        spec.system, sysctls={**profile, **spec.system.sysctls}))
     problems = _override_conflicts(spec)
     if problems:
         raise SpecError(problems, source)

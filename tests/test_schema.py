@@ -55,8 +55,29 @@ def test_default_spec_is_the_seed():
     assert unit.wanted_by == "multi-user.target"
     assert spec.system.modules == ("overlay", "br_netfilter")
     # sysctl values are text in the model (YAML 1 and "1" are the same setting).
-    assert spec.system.sysctls == {"net.bridge.bridge-nf-call-iptables": "1",
+    # The kubernetes-worker profile's first, then the seed's own.
+    assert spec.system.profile == "kubernetes-worker"
+    assert spec.system.sysctls == {"net.ipv6.conf.all.forwarding": "1", "kernel.panic": "10",
+                                   "kernel.panic_on_oops": "1", "vm.overcommit_memory": "1",
+                                   "net.bridge.bridge-nf-call-iptables": "1",
                                    "net.bridge.bridge-nf-call-ip6tables": "1", "net.ipv4.ip_forward": "1"}
+    assert spec.system.packages == ("conntrack", "socat", "ebtables")
+
+
+def test_the_worker_profile_can_be_turned_off_and_its_sysctls_overridden():
+    off = spec_of({"system": {"profile": "none"}})
+    assert off.system.packages == () and "kernel.panic" not in off.system.sysctls
+    assert "apt-get install -y -q --no-install-recommends" not in off_install(off)
+    mine = spec_of({"system": {"sysctls": {"kernel.panic": 30}}})
+    assert mine.system.sysctls["kernel.panic"] == "30"  # the spec's own value wins
+    from imagebuild.spec import PROFILES
+    for name, profile in PROFILES.items():  # every setting says why
+        assert all(reason for _, reason in profile["sysctls"].values()) and all(profile["packages"].values()), name
+
+
+def off_install(spec) -> str:
+    from imagebuild import render
+    return render.guest_files(spec)["install.sh"].content.decode()
     assert spec.image.aws.ssm_parameter == "/imagebuild/containerd-golden/latest"
 
 

@@ -148,7 +148,7 @@ FILES=(
   '0600 a75bf509c8d34c6736b25000968d3152c890efd5d5f795852b0e1502ee404cd1 /etc/containerd/certs.d/registry29.example.com/hosts.toml'
   '0644 7e9b185961636e9f62e19fd07b19f38b3121936c295f51bd6068e13e40b83301 /etc/systemd/system/containerd.service'
   '0644 99a60363382a7dcb5a5acea071f1db1c7f5c1c1780491622494b3cabef66cb3d /etc/modules-load.d/containerd.conf'
-  '0644 0a1f5699442456369c48f99383a04a551192d950bb8c9a4df75388cf1ae14175 /etc/sysctl.d/99-containerd.conf'
+  '0644 6893014469d904743af5e53d3640cd4b0f7fccc663c4ba41c83bf3f9485475fd /etc/sysctl.d/99-containerd.conf'
 )
 
 check_payload() {
@@ -188,6 +188,27 @@ install_files() {
   fi
 }
 
+# The system profile's tools (kubernetes-worker: conntrack, socat, ebtables), from the distro.
+install_tools() {
+
+  local pkg missing=()
+  for pkg in conntrack socat ebtables; do
+    if ! dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Status}' "$pkg" 2>/dev/null | grep -q ' installed$'; then
+      missing+=("$pkg")
+    fi
+  done
+  [[ ${#missing[@]} -gt 0 ]] || return 0
+  if ! live; then
+    log "scratch root: packages not installed: ${missing[*]}"
+    return 0
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  changes+=("packages ${missing[*]}")
+
+}
+
 apply_system() {
   if ! live; then
     log "scratch root: systemctl, modprobe and sysctl skipped"
@@ -217,6 +238,7 @@ apply_system() {
 download_artifacts
 check_payload
 install_binaries
+install_tools
 install_files
 apply_system
 if [[ ${#changes[@]} -eq 0 ]]; then

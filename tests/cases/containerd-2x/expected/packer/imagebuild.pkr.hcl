@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "72b098638abfb00e6738ac5614989d6d982e2adc5b50052987469da38c31ae13", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "72b098638abfb00e6738ac5614989d6d982e2adc5b50052987469da38c31ae13", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "847883aa20bb2a7b851aae9813281d350460e3edb4da0f2bb24759add340d2fb", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "847883aa20bb2a7b851aae9813281d350460e3edb4da0f2bb24759add340d2fb", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "72b098638abfb00e6738ac5614989d6d982e2adc5b50052987469da38c31ae13"
+      spec_hash  = "847883aa20bb2a7b851aae9813281d350460e3edb4da0f2bb24759add340d2fb"
       containerd = "2.1.9"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "384ef832418ea43a122454243fc08df122ad9dff77548f364ce9f41f5b2b3b9b", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "384ef832418ea43a122454243fc08df122ad9dff77548f364ce9f41f5b2b3b9b", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "f769ea28a3c31b42ca0d85dc3adce70f2fae7e256969006e555f70744cf79816", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "f769ea28a3c31b42ca0d85dc3adce70f2fae7e256969006e555f70744cf79816", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "384ef832418ea43a122454243fc08df122ad9dff77548f364ce9f41f5b2b3b9b"
+      spec_hash  = "f769ea28a3c31b42ca0d85dc3adce70f2fae7e256969006e555f70744cf79816"
       containerd = "1.6.20"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "41f71df69939ecf681145a99f6bd5526267b9366e9d8f545fba3e3ddff6353e2", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "41f71df69939ecf681145a99f6bd5526267b9366e9d8f545fba3e3ddff6353e2", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f56c24d27a1d3915045ea073009bb4f3947c742c09a2f8ebd7665c60adcb5394", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f56c24d27a1d3915045ea073009bb4f3947c742c09a2f8ebd7665c60adcb5394", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "41f71df69939ecf681145a99f6bd5526267b9366e9d8f545fba3e3ddff6353e2"
+      spec_hash  = "f56c24d27a1d3915045ea073009bb4f3947c742c09a2f8ebd7665c60adcb5394"
       containerd = "1.7.24"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "8aa6cc3be4b8635e900082469becb9407d26a461f3ffbddb33372cd0f7def3ff", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "8aa6cc3be4b8635e900082469becb9407d26a461f3ffbddb33372cd0f7def3ff", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "49510a2800a05ddeb85e4a4d69a37497da124bb7785de1c34932dc3a5d85b7c3", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "49510a2800a05ddeb85e4a4d69a37497da124bb7785de1c34932dc3a5d85b7c3", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "8aa6cc3be4b8635e900082469becb9407d26a461f3ffbddb33372cd0f7def3ff"
+      spec_hash  = "49510a2800a05ddeb85e4a4d69a37497da124bb7785de1c34932dc3a5d85b7c3"
       containerd = "1.6.20"
     }
   }

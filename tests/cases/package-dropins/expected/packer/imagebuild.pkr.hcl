@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "81aef5bed2dd20831a48f9afc70566dd499cba9433b947c1103e86a1f3c6dbfa", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "81aef5bed2dd20831a48f9afc70566dd499cba9433b947c1103e86a1f3c6dbfa", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0a9262fbc31c1e16323b482f8033975d6479033d61211cfac24a8c9d857d34a6", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0a9262fbc31c1e16323b482f8033975d6479033d61211cfac24a8c9d857d34a6", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "81aef5bed2dd20831a48f9afc70566dd499cba9433b947c1103e86a1f3c6dbfa"
+      spec_hash  = "0a9262fbc31c1e16323b482f8033975d6479033d61211cfac24a8c9d857d34a6"
       containerd = "1.6.20"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "dde4be4b06773f8e103c59c788fd09e095d726b2c7c5c8f5bf4f49be89414d52", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "dde4be4b06773f8e103c59c788fd09e095d726b2c7c5c8f5bf4f49be89414d52", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f85bd9d177c6f495868c3295c01b7fee8d3ca6f9eaa70d11bbf157117afda56c", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f85bd9d177c6f495868c3295c01b7fee8d3ca6f9eaa70d11bbf157117afda56c", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "dde4be4b06773f8e103c59c788fd09e095d726b2c7c5c8f5bf4f49be89414d52"
+      spec_hash  = "f85bd9d177c6f495868c3295c01b7fee8d3ca6f9eaa70d11bbf157117afda56c"
       containerd = "1.6.20"
     }
   }
