@@ -366,3 +366,50 @@ def test_the_proxy_drop_in_reaches_install_script_user_data_packer_and_expected_
     assert files[f"payload{render.PROXY_DROPIN}"] == render.guest_files(spec)[f"payload{render.PROXY_DROPIN}"]
     # No proxy, no drop-in.
     assert render.PROXY_DROPIN not in render.payload(spec_module.load())
+
+
+@pytest.mark.parametrize("family", FAMILY_VERSIONS)
+def test_the_old_seed_rendering_of_a_prefix_mirror_bypasses_it(world, family):
+    """Why `path: prefix` exists: the seed's k8s.gcr.io mirror as imagebuild used to write it
+    (override_path with the prefix as the URL path) makes containerd request
+    /google-containers/<repo>/manifests/<ref>, without /v2: the mirror answers 404 and the pull
+    falls through to the upstream (unreachable here, so it fails). The same mirror rendered from
+    `path: prefix` is asked /v2/google-containers/<repo>/... and serves the pull."""
+    import grpc
+    from cri_api.v1 import api_pb2
+
+    registry = cri.Registry(world["work"] / f"old-seed-{family}")
+    work = cri.scratch("ib-o-")
+    try:
+        registry.push(world["busybox"], "google-containers/imagebuild/old:t")
+        url = f"http://{registry.address}/google-containers/"
+        spec = spec_module.from_document({"containerd": {"version": FAMILY_VERSIONS[family]}, "config": {
+            "root": str(work / "root"), "state": str(work / "state"), "systemd_cgroup": False,
+            "registry": {"config_path": str(work / "certs.d"), "mirrors": [
+                {"host": "k8s.gcr.io", "endpoints": [{"url": url, "path": "prefix"}]}]}}})
+        hosts = work / "certs.d" / "k8s.gcr.io" / "hosts.toml"
+        hosts.parent.mkdir(parents=True)
+        hosts.write_text(f'server = "https://k8s.gcr.io"\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
+                         "  override_path = true\n")  # the old rendering, byte for byte in meaning
+        daemon = _start_plain(spec, family, work)
+        runtime, images, channel = cri.cri(daemon.sock)
+        try:
+            _ready(runtime, api_pb2, daemon)
+            with pytest.raises(grpc.RpcError):
+                images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(
+                    image="k8s.gcr.io/imagebuild/old:t")), timeout=90)
+            assert ("HEAD", "/google-containers/imagebuild/old/manifests/t?ns=k8s.gcr.io", 404) in registry.requests()
+            hosts.write_bytes(render.payload(spec)[f"{spec.config.registry.config_path}/k8s.gcr.io/hosts.toml"].content)
+            images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="k8s.gcr.io/imagebuild/old:t")))
+            assert ("HEAD", "/v2/google-containers/imagebuild/old/manifests/t?ns=k8s.gcr.io", 200) in registry.requests()
+        finally:
+            channel.close()
+            daemon.close()
+    finally:
+        registry.close()
+
+
+def _start_plain(spec, family: str, work: Path) -> cri.Containerd:
+    """The daemon with the rendered config.toml only (hosts.toml files are the caller's)."""
+    text = cri.host_only(config_toml.render(spec), spec.containerd.config_version, work)
+    return cri.Containerd(family, text, work)
