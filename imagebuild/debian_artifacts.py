@@ -470,12 +470,13 @@ def _json_bytes(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def test_oci_image(out_path: Path | str) -> dict[str, str]:
+def test_oci_image(out_path: Path | str, cmd: tuple[str, ...] = ("/bin/sh",)) -> dict[str, str]:
     """Registry-free OCI image-layout tarball with a static busybox; for `ctr image import`.
 
     Why: lets a test run a real container with no registry. One uncompressed layer (/bin/busybox
     plus applet symlinks, /etc/passwd, /etc/group, /tmp), Cmd ["/bin/sh"], linux/amd64; all
-    members have fixed metadata, so every sha256 is reproducible.
+    members have fixed metadata, so every sha256 is reproducible. *cmd* replaces the Cmd (a pod
+    sandbox image needs one that stays up, e.g. ("/bin/sleep", "3600")).
     Returns {"path", "ref", "digest"} (digest = the manifest's).
     """
     out = Path(out_path)
@@ -506,7 +507,7 @@ def test_oci_image(out_path: Path | str) -> dict[str, str]:
     config = {
         "architecture": arch,
         "os": "linux",
-        "config": {"Cmd": ["/bin/sh"],
+        "config": {"Cmd": list(cmd),
                    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
     }

@@ -44,7 +44,7 @@ def string(doc: str, default: Any = None, *, pattern: str | None = None, enum: l
     if pattern:
         node["pattern"] = pattern
     if enum:
-        node["enum"] = enum
+        node["enum"] = enum + ([None] if nullable else [])
     if allowed:
         node["x-allowed"] = allowed
     node["default"] = default
@@ -133,6 +133,7 @@ OU_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[0-9
 CHECK_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 SYSTEMD_UNIT = r"^[A-Za-z0-9@._-]+\.(target|service|socket|mount|path)$"
 PACKAGE_VERSION = r"^[A-Za-z0-9.+~:-]+$"
+NO_PROXY_ENTRY = r"^(\*|\.?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?|[0-9a-fA-F:.]+(/[0-9]{1,3})?)$"
 
 GITHUB = "https://github.com"
 DEFAULT_CONTAINERD_URL = (GITHUB + "/containerd/containerd/releases/download/v{version}/"
@@ -163,11 +164,15 @@ def artifact(doc: str, url: str, checksum_url: str | None, *, version: str | Non
 
 
 ENDPOINT = obj("one mirror endpoint, tried in list order", {
-    "url": string("endpoint URL; with override_path its path is the API root", None, pattern=HTTP_URL,
+    "url": string("endpoint URL; a path in it needs `path` to say what it is", None, pattern=HTTP_URL,
                   allowed="an http(s):// URL without query or fragment"),
+    "path": string("what the URL's path is. prefix: a repository prefix, pulls request "
+                   "/v2/<path>/<repo>/manifests/<ref>; api-root: the registry API root itself (it holds /v2), "
+                   "pulls request <path>/<repo>/manifests/<ref>. Required when the URL has a path",
+                   None, enum=["prefix", "api-root"], nullable=True),
     "capabilities": array("operations this host may serve", string("capability", None, enum=["pull", "resolve", "push"]),
                           ["pull", "resolve"], unique=True),
-    "override_path": boolean("the URL path is the registry API root (no /v2 appended)", False),
+    "override_path": boolean("deprecated, use path: api-root (containerd's hosts.toml override_path)", False),
     "ca": string("path of a CA certificate on the node", None, pattern=ABS_PATH, allowed=ABS_PATH_ALLOWED,
                  nullable=True),
     "skip_verify": boolean("skip TLS verification for this endpoint", False),
@@ -201,7 +206,7 @@ SEED_MIRRORS = [
                                         {"url": "http://hub-mirror.c.163.com"}]},
     {"host": "gcr.io", "endpoints": [{"url": "https://gcr.mirrors.ustc.edu.cn"}]},
     {"host": "k8s.gcr.io", "endpoints": [{"url": "https://gcr.mirrors.ustc.edu.cn/google-containers/",
-                                          "override_path": True}]},
+                                          "path": "prefix"}]},
     {"host": "quay.io", "endpoints": [{"url": "https://quay.mirrors.ustc.edu.cn"}]},
 ]
 
@@ -289,7 +294,20 @@ SPEC_SCHEMA: dict = obj("imagebuild spec: one file -> containerd config, user-da
         "oom_score_adjust": integer("OOMScoreAdjust=", -999, minimum=-1000, maximum=1000),
         "wanted_by": string("WantedBy=", "multi-user.target", pattern=SYSTEMD_UNIT, allowed="a systemd unit name"),
     }),
+    "proxy": obj("HTTP(S) proxy for containerd's pulls (a containerd.service.d/http-proxy.conf drop-in)", {
+        "http": string("HTTP_PROXY: proxy for http:// registries", None, pattern=HTTP_URL,
+                       allowed="an http(s):// URL", nullable=True),
+        "https": string("HTTPS_PROXY: proxy for https:// registries", None, pattern=HTTP_URL,
+                        allowed="an http(s):// URL", nullable=True),
+        "no_proxy": array("NO_PROXY: hosts reached directly (host, .domain, IP, CIDR, host:port); "
+                          "loopback is never proxied",
+                          string("entry", None, pattern=NO_PROXY_ENTRY,
+                                 allowed="a host, .domain, IP address, CIDR, host:port or *"), unique=True),
+    }),
     "system": obj("kernel set-up containerd and Kubernetes need", {
+        "profile": string("kubernetes-worker: what a kubelet node expects besides containerd (sysctls, "
+                          "tools; see `imagebuild schema` or the README); none: only what this section lists",
+                          "kubernetes-worker", enum=["kubernetes-worker", "none"]),
         "modules": array("kernel modules loaded at boot (modules-load.d)",
                          string("module", None, pattern=MODULE, allowed="a module name"),
                          ["overlay", "br_netfilter"], unique=True),
@@ -431,9 +449,10 @@ def validate(value: Any, node: dict = SPEC_SCHEMA, path: str = "") -> tuple[Any,
             problems.append(Problem(path, f"got {_show(value)}: a lone UTF-16 surrogate (\\ud800-\\udfff) is not a "
                                     "character and cannot be written to a file"))
         elif "enum" in node and value not in node["enum"]:
-            near = difflib.get_close_matches(value, node["enum"], n=1)
+            names = [e for e in node["enum"] if e is not None]
+            near = difflib.get_close_matches(value, names, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            problems.append(Problem(path, f"got {_show(value)}, expected one of {', '.join(node['enum'])}{hint}"))
+            problems.append(Problem(path, f"got {_show(value)}, expected one of {', '.join(names)}{hint}"))
         elif "pattern" in node and not re.search(node["pattern"], value):
             problems.append(Problem(path, f"got {_show(value)}, expected {node.get('x-allowed', 'text matching ' + node['pattern'])}"))
     if isinstance(value, int) and not isinstance(value, bool):

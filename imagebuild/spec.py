@@ -10,9 +10,11 @@ import functools
 import hashlib
 import json
 import os
+import posixpath
 import re
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -133,14 +135,62 @@ def supported_versions() -> str:
     return ", ".join(groups)
 
 
+def _url_parts(url: str) -> tuple[str, str]:
+    """(scheme://host[:port], the URL's path normalised as containerd's path.Clean would, or "")."""
+    parts = urllib.parse.urlsplit(url)
+    raw = parts.path.strip("/")
+    return f"{parts.scheme}://{parts.netloc}", (posixpath.normpath("/" + raw) if raw else "")
+
+
+def api_root(url: str, path: str | None, override_path: bool, mode: str) -> str:
+    """The path containerd puts before `/<repo>/manifests/<ref>` for this endpoint ("" for none).
+
+    Read from containerd's source and checked with CRI pulls on 1.6, 1.7 and 2.1: in hosts.toml a
+    URL path gets `/v2` appended unless it already ends in /v2 or `override_path` is set (then it is
+    used as is); the legacy `registry.mirrors` table always uses the path as is (an empty path
+    becomes /v2).
+    """
+    _, clean = _url_parts(url)
+    if path == "prefix":
+        return "/v2" + clean
+    if path == "api-root" or mode == "legacy":
+        return clean or ("" if path == "api-root" else "/v2")
+    if override_path:
+        return clean
+    return "/v2" if not clean else clean if clean.endswith("/v2") else clean + "/v2"
+
+
 @_frozen
 class Endpoint:
     url: str
+    path: str | None
     capabilities: tuple[str, ...]
     override_path: bool
     ca: str | None
     skip_verify: bool
     headers: dict[str, str]
+
+    def api_root(self, mode: str) -> str:
+        return api_root(self.url, self.path, self.override_path, mode)
+
+    @property
+    def hosts_entry(self) -> tuple[str, bool]:
+        """(the [host."<url>"] key, override_path) of hosts.toml: with `path` set, the URL carries
+        the API root and override_path says so; an endpoint without `path` is written as given."""
+        base, clean = _url_parts(self.url)
+        if self.path is None:
+            return self.url, self.override_path
+        if not clean and self.path == "prefix":
+            return self.url, False
+        return base + self.api_root("hosts"), True
+
+    @property
+    def legacy_url(self) -> str:
+        """The URL in the legacy registry.mirrors table, whose path containerd takes as the API root."""
+        base, clean = _url_parts(self.url)
+        if not clean and self.path != "api-root":
+            return base  # no path: containerd requests /v2 (a lone "/" would make it request /<repo>)
+        return base + self.api_root("legacy")
 
 
 @_frozen
@@ -148,6 +198,10 @@ class Mirror:
     host: str
     server: str | None
     endpoints: tuple[Endpoint, ...]
+
+    @property
+    def legacy_endpoints(self) -> list[str]:
+        return [ep.legacy_url for ep in self.endpoints]
 
     @property
     def upstream(self) -> str:
@@ -210,9 +264,54 @@ class Unit:
 
 
 @_frozen
+class Proxy:
+    http: str | None
+    https: str | None
+    no_proxy: tuple[str, ...]
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The variables containerd (Go's ProxyFromEnvironment) reads; empty when no proxy is set."""
+        if not (self.http or self.https):
+            return {}
+        env = {"HTTP_PROXY": self.http, "HTTPS_PROXY": self.https,
+               "NO_PROXY": ",".join(self.no_proxy) if self.no_proxy else None}
+        return {k: v for k, v in env.items() if v}
+
+
+#: What a Kubernetes worker needs besides containerd: sysctl -> (value, reason), packages -> reason.
+#: The spec's own system.sysctls are applied after (and win over) the profile's.
+PROFILES: dict[str, dict[str, dict[str, tuple[str, str] | str]]] = {
+    "kubernetes-worker": {
+        "sysctls": {
+            "net.ipv6.conf.all.forwarding": ("1", "pods' IPv6 traffic is routed through the node; "
+                                             "bridge filtering alone does not forward it"),
+            "kernel.panic": ("10", "kubelet's protectKernelDefaults requires it: reboot 10 s after a panic"),
+            "kernel.panic_on_oops": ("1", "kubelet's protectKernelDefaults requires it: an oops panics "
+                                          "(and reboots) instead of running on in an unknown state"),
+            "vm.overcommit_memory": ("1", "kubelet's protectKernelDefaults requires it: kubelet evicts "
+                                          "pods itself, the kernel must not refuse allocations"),
+        },
+        "packages": {
+            "conntrack": "kube-proxy deletes stale conntrack entries (UDP services) with it",
+            "socat": "kubelet's port forwarding (kubectl port-forward) and kubeadm's preflight need it",
+            "ebtables": "kubelet's network plugins and kubeadm's preflight need it",
+        },
+    },
+    "none": {"sysctls": {}, "packages": {}},
+}
+
+
+@_frozen
 class System:
+    profile: str
     modules: tuple[str, ...]
     sysctls: dict[str, str]
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """Debian packages the profile installs (tarball and package installs alike)."""
+        return tuple(PROFILES[self.profile]["packages"])
 
 
 @_frozen
@@ -269,6 +368,7 @@ class Spec:
     containerd: Containerd
     config: Config
     unit: Unit
+    proxy: Proxy
     system: System
     image: Image
     verify: Verify
@@ -361,7 +461,15 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                 problems.append(Problem(f"config.registry.mirrors[{index}].endpoints[{e_index}].url",
                                         f"got {url!r} again (also at [{urls.index(url)}]), each endpoint once "
                                         "(hosts.toml keys hosts by URL)"))
+        for e_index, ep in enumerate(mirror["endpoints"]):
+            _check_endpoint_path(ep, registry["mode"], f"config.registry.mirrors[{index}].endpoints[{e_index}]",
+                                 problems, warnings)
         if registry["mode"] == "legacy":
+            default = "https://registry-1.docker.io" if mirror["host"] == "docker.io" else f"https://{mirror['host']}"
+            if mirror["server"] and mirror["server"].rstrip("/") != default:
+                problems.append(Problem(f"config.registry.mirrors[{index}].server",
+                                        f"got {mirror['server']!r}, but the legacy registry.mirrors table always "
+                                        f"falls back to {default} after the endpoints; use mode: hosts"))
             for e_index, ep in enumerate(mirror["endpoints"]):
                 extras = [k for k in ("ca", "headers") if ep[k]] + [k for k in ("skip_verify",) if ep[k]]
                 if ep["capabilities"] != ["pull", "resolve"] or ep["override_path"]:
@@ -375,12 +483,12 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                         "use mode: hosts")
         if major >= 2 and minor >= 1:
             warnings.append("config.registry.mode: with legacy mirrors containerd 2.1+ falls back to local pull mode")
-    if major == 1:
-        for path in cfg["imports"]:
-            if "*" not in path:
-                warnings.append(f"config.imports: {path} names one file, and containerd 1.x refuses to start "
-                                "when it is missing; make sure something creates it, or use a glob "
-                                "(/etc/containerd/conf.d/*.toml may match nothing)")
+    for path in cfg["imports"]:
+        if "*" not in path:
+            warnings.append(f"config.imports: {path} names one file, and containerd {major}.x refuses to start "
+                            "when it is missing; make sure something creates it, or use a glob "
+                            "(/etc/containerd/conf.d/*.toml may match nothing)")
+    _check_cri_loads(doc, major, problems)
     if cfg["discard_unpacked_layers"] and major >= 2 and minor >= 1:
         warnings.append("config.discard_unpacked_layers: true makes containerd 2.1+ fall back to local pull mode")
     if "runc" in cfg["runtimes"]:
@@ -442,6 +550,69 @@ def _semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
         if check["name"] in [c["name"] for c in doc["verify"]["checks"][:index]]:
             problems.append(Problem(f"verify.checks[{index}].name", f"got {check['name']!r} twice, names must be unique"))
     return problems, warnings
+
+
+#: Snapshotters that load only when configured: (key path in overrides that configures them, why).
+_CONFIGURED_SNAPSHOTTERS = {
+    "stargz": (("proxy_plugins", "stargz"), "a proxy plugin (the stargz snapshotter daemon) at "
+               "config.overrides.proxy_plugins.stargz"),
+    "devmapper": (("plugins", "io.containerd.snapshotter.v1.devmapper", "pool_name"), "a thin pool at "
+                  "config.overrides.plugins.io.containerd.snapshotter.v1.devmapper.pool_name"),
+}
+
+
+def _dig(value: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _check_cri_loads(doc: dict, major: int, problems: list[Problem]) -> None:
+    """Combinations that pass `config dump` but leave containerd without a CRI plugin (seen with the
+    real 1.6, 1.7 and 2.1 daemons: CRI answers "unknown service runtime.v1.RuntimeService", or the
+    daemon exits)."""
+    cfg = doc["config"]
+    if posixpath.normpath(cfg["root"]) == posixpath.normpath(cfg["state"]):
+        problems.append(Problem("config.state", f"got {cfg['state']!r}, the same path as config.root; containerd "
+                                "refuses to start (\"root and state must be different paths\")"))
+    needed = _CONFIGURED_SNAPSHOTTERS.get(cfg["snapshotter"])
+    if needed and _dig(cfg["overrides"], needed[0]) is None:
+        problems.append(Problem("config.snapshotter", f"got {cfg['snapshotter']!r} with no plugin behind it: it "
+                                f"needs {needed[1]}, else the CRI plugin does not load (\"failed to find "
+                                "snapshotter\")"))
+    if major == 1 and cfg["registry"]["mode"] == "hosts":
+        configs = _dig(cfg["overrides"], ("plugins", "io.containerd.grpc.v1.cri", "registry", "configs"))
+        for host, conf in (configs or {}).items():
+            if isinstance(conf, dict) and "tls" in conf:
+                problems.append(Problem(f"config.overrides.plugins.io.containerd.grpc.v1.cri.registry.configs.{host}.tls",
+                                        f"got {schema._show(conf['tls'])} with registry.config_path set (mode: hosts): "
+                                        "containerd 1.x then does not load the CRI plugin; put ca/skip_verify on "
+                                        "the mirror's endpoints instead"))
+
+
+def _check_endpoint_path(ep: dict, mode: str, key: str, problems: list[Problem], warnings: list[str]) -> None:
+    """An endpoint URL's path must say what it is, and must lead containerd to a registry API path."""
+    _, clean = _url_parts(ep["url"])
+    if ep["path"] and ep["override_path"]:
+        problems.append(Problem(f"{key}.override_path", f"got true with path: {ep['path']}; path replaces "
+                                "override_path, remove override_path"))
+        return
+    root = api_root(ep["url"], ep["path"], ep["override_path"], mode)
+    if "v2" not in root.split("/"):
+        hint = (f"path: prefix (requests /v2{clean}/<repo>/...)" if clean
+                else "no override_path (requests /v2/<repo>/...)")
+        problems.append(Problem(f"{key}.url", f"got {ep['url']!r}: containerd would request "
+                                f"{root}/<repo>/manifests/<ref>, which has no /v2 and is no registry API path; "
+                                f"use {hint}, or path: api-root with a URL path holding /v2"))
+        return
+    if ep["override_path"]:
+        warnings.append(f"{key}.override_path is deprecated; use path: api-root")
+    elif clean and ep["path"] is None:
+        warnings.append(f"{key}.url: {ep['url']!r} has a path but no `path`; containerd takes it as the API root "
+                        f"{root} (requests {root}/<repo>/manifests/<ref>). Say path: api-root with that URL, "
+                        f"or path: prefix to request /v2{clean}/<repo>/manifests/<ref>")
 
 
 def _check_overrides(value: Any, path: str, problems: list[Problem], *, quote_in_keys: bool = True) -> None:
@@ -509,6 +680,10 @@ def from_document(document: Any, source: str = "spec") -> Spec:
     tarball = dataclasses.replace(ctd.install.tarball, version=ctd.version)
     spec = dataclasses.replace(spec, containerd=dataclasses.replace(
         ctd, install=dataclasses.replace(ctd.install, tarball=tarball)))
+    # The profile's sysctls first, the spec's own after them (and over them).
+    profile = {key: value for key, (value, _) in PROFILES[spec.system.profile]["sysctls"].items()}
+    spec = dataclasses.replace(spec, system=dataclasses.replace(
+        spec.system, sysctls={**profile, **spec.system.sysctls}))
     problems = _override_conflicts(spec)
     if problems:
         raise SpecError(problems, source)

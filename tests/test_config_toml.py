@@ -21,7 +21,7 @@ RUNTIMES = {
 }
 LEGACY = {"mode": "legacy", "mirrors": [
     {"host": "docker.io", "endpoints": [{"url": "https://docker.mirror.example"}, {"url": "http://10.0.0.5:5000"}]},
-    {"host": "registry.example:5000", "endpoints": [{"url": "https://mirror.example/registry"}]},
+    {"host": "registry.example:5000", "endpoints": [{"url": "https://mirror.example/registry", "path": "prefix"}]},
 ]}
 
 
@@ -79,7 +79,7 @@ def test_real_containerd_loads_the_config_and_reports_every_expectation(tmp_path
             assert not registry.get("mirrors")
         else:
             assert registry["config_path"] == ""
-            assert registry["mirrors"] == {m.host: {"endpoint": [e.url for e in m.endpoints]}
+            assert registry["mirrors"] == {m.host: {"endpoint": m.legacy_endpoints}
                                            for m in spec.config.registry.mirrors}
 
 

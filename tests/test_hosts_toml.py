@@ -47,11 +47,11 @@ def test_every_hosts_toml_parses_in_spec_order_with_every_setting():
         parsed = tomllib.loads(text)
         assert parsed["server"] == mirror.upstream
         hosts = parsed.get("host", {})
-        assert list(hosts) == [ep.url for ep in mirror.endpoints]  # the order containerd tries them in
+        assert list(hosts) == [ep.hosts_entry[0] for ep in mirror.endpoints]  # the order containerd tries them in
         for ep in mirror.endpoints:
-            host = hosts[ep.url]
+            host = hosts[ep.hosts_entry[0]]
             assert host["capabilities"] == list(ep.capabilities)
-            assert host.get("override_path", False) is ep.override_path
+            assert host.get("override_path", False) is ep.hosts_entry[1]
             assert host.get("skip_verify", False) is ep.skip_verify
             assert host.get("ca") == ep.ca
             assert host.get("header", {}) == {k: [v] for k, v in ep.headers.items()}
@@ -75,7 +75,8 @@ def test_hosts_toml_follows_config_path_and_legacy_mode_writes_none():
 def test_seed_mirrors_render_as_expected():
     files = render.payload(spec_of({}))
     k8s = tomllib.loads(files["/etc/containerd/certs.d/k8s.gcr.io/hosts.toml"].content.decode())
-    assert k8s == {"server": "https://k8s.gcr.io", "host": {"https://gcr.mirrors.ustc.edu.cn/google-containers/": {
+    # The seed's path-prefixed mirror: pulls must request /v2/google-containers/<repo>/manifests/<ref>.
+    assert k8s == {"server": "https://k8s.gcr.io", "host": {"https://gcr.mirrors.ustc.edu.cn/v2/google-containers": {
         "capabilities": ["pull", "resolve"], "override_path": True}}}
     docker = tomllib.loads(files["/etc/containerd/certs.d/docker.io/hosts.toml"].content.decode())
     assert list(docker["host"]) == ["https://docker.mirrors.ustc.edu.cn", "http://hub-mirror.c.163.com"]
@@ -198,3 +199,48 @@ def test_render_function_matches_payload():
     files = render.payload(spec)
     for mirror in spec.config.registry.mirrors:
         assert files[f"/etc/containerd/certs.d/{mirror.host}/hosts.toml"].content == hosts_toml.render(mirror).encode()
+
+
+# ------------------------------------------------------------------ what an endpoint's path means
+
+PATHS = [
+    # (url, path, override_path) -> (hosts.toml key, override_path, legacy endpoint, what containerd requests)
+    (("https://m.example/google-containers/", "prefix", False),
+     ("https://m.example/v2/google-containers", True, "https://m.example/v2/google-containers",
+      "/v2/google-containers")),
+    (("https://m.example", "prefix", False), ("https://m.example", False, "https://m.example", "/v2")),
+    (("https://m.example/", None, False), ("https://m.example/", False, "https://m.example", "/v2")),
+    (("https://m.example/artifactory/api/docker/hub/v2", "api-root", False),
+     ("https://m.example/artifactory/api/docker/hub/v2", True, "https://m.example/artifactory/api/docker/hub/v2",
+      "/artifactory/api/docker/hub/v2")),
+    (("https://m.example/proxy/v2", None, True),
+     ("https://m.example/proxy/v2", True, None, "/proxy/v2")),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "want"), PATHS)
+def test_an_endpoint_path_renders_to_the_api_root_it_names(endpoint, want):
+    url, path, override_path = endpoint
+    key, override, legacy_url, root = want
+    ep = {"url": url, **({"path": path} if path else {}), **({"override_path": True} if override_path else {})}
+    spec = spec_of({"config": {"registry": {"mirrors": [{"host": "docker.io", "endpoints": [ep]}]}}})
+    (rendered,) = spec.config.registry.mirrors[0].endpoints
+    assert rendered.hosts_entry == (key, override)
+    assert rendered.api_root("hosts") == root
+    hosts = tomllib.loads(hosts_toml.render(spec.config.registry.mirrors[0]))["host"]
+    assert list(hosts) == [key] and hosts[key].get("override_path", False) is override
+    if legacy_url:
+        legacy = spec_of({"config": {"registry": {"mode": "legacy", "mirrors": [
+            {"host": "docker.io", "endpoints": [ep]}]}}})
+        assert legacy.config.registry.mirrors[0].legacy_endpoints == [legacy_url]
+        assert legacy.config.registry.mirrors[0].endpoints[0].api_root("legacy") == root
+
+
+def test_an_unsaid_path_and_override_path_are_warned_about():
+    unsaid = spec_of({"config": {"registry": {"mirrors": [{"host": "docker.io", "endpoints": [
+        {"url": "https://m.example/base"}]}]}}})
+    assert any("has a path but no `path`" in w and "/base/v2" in w for w in unsaid.warnings)
+    old = spec_of({"config": {"registry": {"mirrors": [{"host": "docker.io", "endpoints": [
+        {"url": "https://m.example/proxy/v2", "override_path": True}]}]}}})
+    assert any("override_path is deprecated" in w for w in old.warnings)
+    assert spec_of({}).warnings == ()  # the seed says what its paths are

@@ -27,7 +27,10 @@ import os
 import string
 import subprocess
 import tempfile
+import time
 import tomllib
+import posixpath
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -151,14 +154,23 @@ def installs(draw, version: str) -> dict:
 
 @st.composite
 def endpoints(draw, legacy: bool) -> dict:
-    ep = {"url": draw(http_url)}
+    url = draw(http_url)
+    has_path = bool(urllib.parse.urlsplit(url).path.strip("/"))
+    kind = draw(st.sampled_from(["prefix", "api-root", None]))
+    # An API root (said, or the legacy reading of an unsaid path) must hold /v2 to be a registry API.
+    if kind == "api-root" or (kind is None and has_path and legacy):
+        url = url.rstrip("/") + "/v2"
+    ep = {"url": url}
+    if kind:
+        ep["path"] = kind
     if legacy:  # the legacy table holds URLs only: the defaults may be spelled out, nothing else
         optional(draw, ep, "capabilities", st.just(["pull", "resolve"]))
         optional(draw, ep, "override_path", st.just(False))
         optional(draw, ep, "skip_verify", st.just(False))
         return ep
     optional(draw, ep, "capabilities", st.lists(st.sampled_from(["pull", "resolve", "push"]), unique=True))
-    optional(draw, ep, "override_path", st.booleans())
+    if kind is None and has_path and "v2" in urllib.parse.urlsplit(url).path.split("/"):
+        optional(draw, ep, "override_path", st.booleans())
     optional(draw, ep, "ca", st.none() | abs_path)
     optional(draw, ep, "skip_verify", st.booleans())
     optional(draw, ep, "headers", st.dictionaries(regex(r"[A-Za-z][A-Za-z0-9-]{0,15}"),
@@ -170,7 +182,8 @@ def endpoints(draw, legacy: bool) -> dict:
 def mirrors(draw, legacy: bool) -> dict:
     mirror = {"host": draw(registry_host),
               "endpoints": draw(st.lists(endpoints(legacy), min_size=1, max_size=3, unique_by=lambda e: e["url"]))}
-    optional(draw, mirror, "server", st.none() | http_url)
+    # The legacy table always falls back to the registry itself: no other server there.
+    optional(draw, mirror, "server", st.none() if legacy else st.none() | http_url)
     return mirror
 
 
@@ -282,8 +295,10 @@ def spec_documents(draw) -> dict:
     doc["containerd"] = {"version": version, "install": draw(installs(version))}
 
     config: dict = {}
-    optional(draw, config, "root", abs_path)
-    optional(draw, config, "state", abs_path)
+    optional(draw, config, "root", abs_path.filter(lambda p: posixpath.normpath(p) != "/run/containerd"))
+    # root and state must differ (containerd refuses to start otherwise: a spec error).
+    root = posixpath.normpath(config.get("root", "/var/lib/containerd"))
+    optional(draw, config, "state", abs_path.filter(lambda p: posixpath.normpath(p) != root))
     optional(draw, config, "oom_score", st.integers(-1000, 1000))
     optional(draw, config, "sandbox_image", sandbox_images)
     optional(draw, config, "systemd_cgroup", st.booleans())
@@ -292,7 +307,7 @@ def spec_documents(draw) -> dict:
     if not legacy:
         optional(draw, registry, "mode", st.just("hosts"))
         optional(draw, registry, "config_path", abs_path)
-    if legacy or draw(st.integers(0, 4)):  # legacy mode cannot take the seed mirrors (override_path)
+    if draw(st.integers(0, 4)):  # else the seed mirrors
         registry["mirrors"] = draw(st.lists(mirrors(legacy), max_size=6, unique_by=lambda m: m["host"]))
     config["registry"] = registry
     rts = draw(runtimes())
@@ -300,8 +315,8 @@ def spec_documents(draw) -> dict:
         config["runtimes"] = rts
     optional(draw, config, "default_runtime", st.sampled_from(["runc", *rts]))
     optional(draw, config, "max_container_log_line_size", st.integers(-1, 1 << 30))
-    optional(draw, config, "snapshotter", st.sampled_from(["overlayfs", "native", "btrfs", "zfs", "devmapper",
-                                                           "stargz"]))
+    # devmapper and stargz need a plugin configured behind them (a spec error otherwise).
+    optional(draw, config, "snapshotter", st.sampled_from(["overlayfs", "native", "btrfs", "zfs"]))
     optional(draw, config, "discard_unpacked_layers", st.booleans())
     # Globs in directories the host does not have (a glob matching nothing is fine for every
     # family); a plain file path only where containerd tolerates it missing (2.x).
@@ -311,6 +326,10 @@ def spec_documents(draw) -> dict:
     optional(draw, config, "imports", st.lists(imports, unique=True, max_size=3))
     optional(draw, config, "overrides", overrides(family))
     doc["config"] = config
+    optional(draw, doc, "proxy", st.fixed_dictionaries({}, optional={
+        "http": http_url, "https": http_url,
+        "no_proxy": st.lists(st.sampled_from(["*", "localhost", ".svc", "10.0.0.0/8", "fd00::/8", "registry.example:5000",
+                                              "169.254.169.254"]), unique=True, max_size=4)}))
 
     unit: dict = {}
     optional(draw, unit, "description", st.text(st.characters(min_codepoint=0x20, exclude_characters="%$\\",
@@ -389,6 +408,10 @@ def spec_documents(draw) -> dict:
 def as_spec(doc: dict, allow_unicode: bool = False) -> Spec:
     """The document through YAML and the validator, as a user's file would go."""
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=allow_unicode)
+    if allow_unicode and yaml.safe_load(text) != doc:
+        # PyYAML's emitter writes some line breaks raw (U+0085 opening a quoted value) where its own
+        # parser folds them to a space: that file would not say what the document says. Escape them.
+        text = yaml.safe_dump(doc, sort_keys=False)
     note(text)
     try:
         return parse(text, "generated spec")
@@ -423,6 +446,31 @@ def test_a_config_toml_loads_in_real_containerd_with_every_expected_value(spec):
         assert registry["config_path"] == ""
 
 
+def _clean(url: str) -> str:
+    raw = urllib.parse.urlsplit(url).path.strip("/")
+    return posixpath.normpath("/" + raw) if raw else ""
+
+
+def _hosts_api_root(key: str, override_path: bool) -> str:
+    """What containerd's hosts.go makes of a [host."<key>"] entry: path.Clean, /v2 appended unless
+    already there or override_path."""
+    clean = _clean(key)
+    if override_path:
+        return clean
+    return clean if clean.endswith("/v2") else clean + "/v2"
+
+
+def _wanted_api_root(ep: dict) -> str:
+    """The API root the spec asks for: prefix -> /v2/<path>; api-root -> the path; unsaid -> as
+    containerd has always read the URL."""
+    clean = _clean(ep["url"])
+    if ep.get("path") == "prefix":
+        return "/v2" + clean
+    if ep.get("path") == "api-root":
+        return clean
+    return _hosts_api_root(ep["url"], ep.get("override_path", False))
+
+
 @PROFILE
 @given(documents_and_specs)
 def test_b_hosts_toml_lists_the_hosts_in_order_with_exact_headers(doc_and_spec):
@@ -439,15 +487,16 @@ def test_b_hosts_toml_lists_the_hosts_in_order_with_exact_headers(doc_and_spec):
     for mirror, doc_mirror, path in zip(spec.config.registry.mirrors, mirrors_in_doc, hosts_files, strict=True):
         parsed = tomllib.loads(files[path].content.decode("utf-8"))
         assert parsed["server"] == mirror.upstream
-        assert list(parsed["host"]) == [ep["url"] for ep in doc_mirror["endpoints"]]
-        for doc_ep in doc_mirror["endpoints"]:
-            host = parsed["host"][doc_ep["url"]]
+        assert len(parsed["host"]) == len(doc_mirror["endpoints"])
+        for (key, host), doc_ep in zip(parsed["host"].items(), doc_mirror["endpoints"], strict=True):
+            # containerd's reading of the entry (hosts.go) requests what the spec's `path` asks for.
+            assert _hosts_api_root(key, host.get("override_path", False)) == _wanted_api_root(doc_ep)
+            assert urllib.parse.urlsplit(key).netloc == urllib.parse.urlsplit(doc_ep["url"]).netloc
             # Header values byte for byte as the user wrote them (quotes, $, backticks, \ included).
             headers = doc_ep.get("headers", {})
             assert {k: [v.encode() for v in vs] for k, vs in host.get("header", {}).items()} == \
                    {k: [v.encode()] for k, v in headers.items()}
             assert host["capabilities"] == doc_ep.get("capabilities", ["pull", "resolve"])
-            assert host.get("override_path", False) is doc_ep.get("override_path", False)
             assert host.get("skip_verify", False) is doc_ep.get("skip_verify", False)
             assert host.get("ca") == doc_ep.get("ca")
         assert files[path].mode == (0o600 if any(ep.get("headers") for ep in doc_mirror["endpoints"]) else 0o644)
@@ -516,3 +565,43 @@ def test_f_spec_json_loads_back_to_the_same_spec_and_outputs(spec):
     assert again == spec
     assert render.render_all(again, with_user_data=False) == files
     assert json.loads(files["spec.json"].content) == spec.document
+
+
+@PROFILE
+@given(specs)
+def test_g_the_cri_plugin_loads_on_the_running_daemon(spec):
+    """Not only `config dump`: the real daemon starts with the rendered config and CRI answers Status.
+
+    Host-only rewrites (tests/cri.py): root, state and sockets move to a scratch directory (root and
+    state stay distinct), restrict_oom_score_adj; btrfs and zfs need their filesystem under root, so
+    they become overlayfs here; single-file imports are dropped (the spec warns about them; missing,
+    they stop the daemon: tests/test_cri.py).
+    """
+    import tomlkit
+    from cri_api.v1 import api_pb2
+
+    from tests import cri
+
+    work = cri.scratch("ib-p-")
+    doc = tomlkit.parse(cri.host_only(config_toml.render(spec), spec.containerd.config_version, work))
+    doc["root"], doc["state"] = str(work / "root"), str(work / "state")
+    doc["imports"] = [path for path in doc["imports"] if "*" in path]
+    if spec.config.snapshotter in ("btrfs", "zfs"):
+        table, _ = KeyPaths(spec.containerd.config_version).images, None
+        dig(doc, list(table))["snapshotter"] = "overlayfs"
+    daemon = cri.Containerd(spec.containerd.family, tomlkit.dumps(doc), work)
+    runtime, _, channel = cri.cri(daemon.sock)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                status = runtime.Status(api_pb2.StatusRequest(), timeout=2)
+                break
+            except Exception as exc:  # noqa: BLE001 - grpc.RpcError until CRI serves
+                assert time.monotonic() < deadline, f"CRI did not load: {exc}\n{daemon.log()[-3000:]}"
+                time.sleep(0.2)
+        conditions = {c.type: c.status for c in status.status.conditions}
+        assert conditions["RuntimeReady"] is True, daemon.log()[-3000:]
+    finally:
+        channel.close()
+        daemon.close()

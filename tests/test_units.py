@@ -144,7 +144,7 @@ def test_verify_reads_the_dropins(tmp_path):
 
 
 def test_modules_load_and_sysctl_files():
-    spec = spec_of({"system": {"modules": ["overlay", "br_netfilter", "ip_vs"],
+    spec = spec_of({"system": {"profile": "none", "modules": ["overlay", "br_netfilter", "ip_vs"],
                                "sysctls": {"net.ipv4.ip_forward": 1, "vm.max_map_count": 262144,
                                            "net.ipv4.ip_local_port_range": "32768 60999",
                                            "kernel.core_pattern": "/var/crash/core"}}})

@@ -38,7 +38,7 @@ def _big_spec(mirrors: int = 40) -> dict:
     """Many mirrors with headers and a large override: far past 16 KB raw, well under it gzipped."""
     return {"config": {
         "registry": {"mirrors": [{"host": f"registry{i:02d}.example.com", "endpoints": [
-            {"url": f"https://mirror-a.example.com/registry{i:02d}", "override_path": True,
+            {"url": f"https://mirror-a.example.com/registry{i:02d}", "path": "prefix",
              "headers": {"Authorization": "Bearer token-for-a-mirror"}},
             {"url": f"https://mirror-b.example.com/{i:02d}", "skip_verify": True}]} for i in range(mirrors)]},
         "overrides": {"plugins": {"io.containerd.grpc.v1.cri": {

@@ -29,6 +29,7 @@ BUILD_USER = "imagebuild-build"
 MARKER = ".imagebuild-render"
 DROPINS = ("10-exec", "20-lifecycle", "30-limits", "40-oom", "50-ordering")
 SYSCTL_PATH = "/etc/sysctl.d/99-containerd.conf"
+PROXY_DROPIN = "/etc/systemd/system/containerd.service.d/http-proxy.conf"
 INSTALL_COMMAND = ["bash", f"{GUEST_DIR}/install.sh", f"{GUEST_DIR}/payload"]
 
 
@@ -58,6 +59,8 @@ def payload(spec: Spec) -> dict[str, File]:
         for name in DROPINS:
             files[f"/etc/systemd/system/containerd.service.d/{name}.conf"] = File(
                 render_template(f"dropin-{name}.conf.j2", **context).encode())
+    if spec.proxy.environment:  # a drop-in for the full unit (tarball) and the package's unit alike
+        files[PROXY_DROPIN] = File(render_template("dropin-http-proxy.conf.j2", proxy=spec.proxy).encode())
     files["/etc/modules-load.d/containerd.conf"] = File(render_template("modules-load.conf.j2", **context).encode())
     files[SYSCTL_PATH] = File(render_template("sysctl.conf.j2", **context).encode())
     return files

@@ -226,7 +226,7 @@ def render(spec: Spec) -> str:
         registry["config_path"] = ""
         mirrors = _table(registry, "mirrors")
         for mirror in cfg.registry.mirrors:
-            _table(mirrors, mirror.host)["endpoint"] = [ep.url for ep in mirror.endpoints]
+            _table(mirrors, mirror.host)["endpoint"] = mirror.legacy_endpoints
 
     _deep_merge(doc, cfg.overrides)
     return f"# {HEADER}\n" + tomlkit.dumps(doc)

@@ -57,7 +57,7 @@ def config_expectations(spec: Spec) -> list[dict]:
         for mirror in cfg.registry.mirrors:
             items.append((f"config.registry.mirrors.{mirror.host}",
                           paths.registry + ("mirrors", mirror.host, "endpoint"),
-                          [ep.url for ep in mirror.endpoints]))
+                          mirror.legacy_endpoints))
     for path, value in _leaves(cfg.overrides, ()):
         items.append(("config.overrides" + _name(path), path, value))
     return [{"name": name, "path": list(path), "value": value} for name, path, value in items]
@@ -97,6 +97,7 @@ def render(spec: Spec, files: list[dict], build_user: str) -> dict:
         "oom_score_adj": spec.config.oom_score or spec.unit.oom_score_adjust,
         "modules": list(spec.system.modules),
         "sysctls": dict(spec.system.sysctls),
+        "packages": list(spec.system.packages),
         "build_user": build_user if spec.image.hygiene else None,
         "extra_checks": [{"name": c.name, "run": c.run} for c in spec.verify.checks],
     }

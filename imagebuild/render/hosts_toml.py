@@ -1,4 +1,8 @@
-"""certs.d/<host>/hosts.toml: one file per registry, mirrors tried in the order the spec lists them."""
+"""certs.d/<host>/hosts.toml: one file per registry, mirrors tried in the order the spec lists them.
+
+An endpoint with `path` set is written with its API root in the URL and `override_path = true`, so
+containerd requests exactly <API root>/<repo>/manifests/<ref> (a prefix mirror: /v2/<prefix>/...).
+"""
 from __future__ import annotations
 
 import tomlkit
@@ -14,9 +18,10 @@ def render(mirror: Mirror) -> str:
     doc["server"] = mirror.upstream
     hosts = tomlkit.table(is_super_table=True)
     for ep in mirror.endpoints:
+        url, override_path = ep.hosts_entry
         host = tomlkit.table()
         host["capabilities"] = list(ep.capabilities)
-        if ep.override_path:
+        if override_path:
             host["override_path"] = True
         if ep.skip_verify:
             host["skip_verify"] = True
@@ -27,6 +32,6 @@ def render(mirror: Mirror) -> str:
             for name, value in ep.headers.items():
                 headers[name] = [value]
             host["header"] = headers
-        hosts[ep.url] = host
+        hosts[url] = host
     doc["host"] = hosts
     return tomlkit.dumps(doc)

@@ -116,39 +116,39 @@ install_binaries() {
 # mode sha256 path, for every file the payload carries (rendered from the spec).
 FILES=(
   '0644 1fdceb47ed6c4656fdc1469798733d77641320a0f29abba44ba19058310b5c8b /etc/containerd/config.toml'
-  '0600 a8d789bc03f25d19c415555dba8a5ff44b32e91fb6ab6a6e8f8d8fcef4fb1bcb /etc/containerd/certs.d/registry00.example.com/hosts.toml'
-  '0600 643f18c148e337ecf67ac6d492fa77a17666ecec2dee4343cdf81c0bd03ce479 /etc/containerd/certs.d/registry01.example.com/hosts.toml'
-  '0600 ae16187b73cbccf0cb14aa9a3809ec70db8790cc33851dec4c00ae387f29e947 /etc/containerd/certs.d/registry02.example.com/hosts.toml'
-  '0600 12e64e18e1a2dd49a6f77855c9a1f0ab219bc116e2ead9ca92d34000a28bb7be /etc/containerd/certs.d/registry03.example.com/hosts.toml'
-  '0600 1332860890ba9fddc155d9fba6a09447283635e558165a6e58b088d14c60ed24 /etc/containerd/certs.d/registry04.example.com/hosts.toml'
-  '0600 5da7289acb134cb5acc10c4d749df525373c37a41be977c1f76da1f69bfc3fa3 /etc/containerd/certs.d/registry05.example.com/hosts.toml'
-  '0600 8414d196637008b8d0d3f3c821b56a6436abdc790d79b90f75834f52a6c0e2e9 /etc/containerd/certs.d/registry06.example.com/hosts.toml'
-  '0600 2231ac8eed084e27ec9bce580dbb178dcdf0235751391c142e101b66ece534ac /etc/containerd/certs.d/registry07.example.com/hosts.toml'
-  '0600 3c0bce5d9235e1f84e0cc39ee36b76fd6f897503a27bac8b3961fd0f84565ad7 /etc/containerd/certs.d/registry08.example.com/hosts.toml'
-  '0600 9ddaa86133d9df241df67743a93826d89142527ab5bfb16ed8ccf2228a0d7bd8 /etc/containerd/certs.d/registry09.example.com/hosts.toml'
-  '0600 69c8123e0a509e9fc418cb8b5629f4ea02c3ad53ee4bfa8017ca448e037a56e8 /etc/containerd/certs.d/registry10.example.com/hosts.toml'
-  '0600 b6623ed62299a9b3906462c99933f12cb92006a2948ded5b13bb001ba159f9f7 /etc/containerd/certs.d/registry11.example.com/hosts.toml'
-  '0600 cece2c252d1f7504d5a737131371f549182497a6a6839a773466b9b2a46770c4 /etc/containerd/certs.d/registry12.example.com/hosts.toml'
-  '0600 d617e6163e29ee5d86cd8098f77b7c3674d1172605e4912a6824fc872b5d8e33 /etc/containerd/certs.d/registry13.example.com/hosts.toml'
-  '0600 6bf21d23769f14c3411a976f50b7a174b0729af15da458307cc57731df281750 /etc/containerd/certs.d/registry14.example.com/hosts.toml'
-  '0600 b1da42874ad5b13c7c1244f6b48ea0fb60f91479d6a753a6db7e84a71557b29a /etc/containerd/certs.d/registry15.example.com/hosts.toml'
-  '0600 a51bf816b455b13205b7a8a2a8d8e3b0f90786ee491c7f99b3fcc4fb1d98e717 /etc/containerd/certs.d/registry16.example.com/hosts.toml'
-  '0600 23466fd7dab1a823670f62f64da1e5b9fd35c4adc3d1704f3f416bbbe7bee05f /etc/containerd/certs.d/registry17.example.com/hosts.toml'
-  '0600 e171170875a4e6bb265c22c5592c1d0d6e40fb654d0f4edb5f22803036221d09 /etc/containerd/certs.d/registry18.example.com/hosts.toml'
-  '0600 9e0d2d42fe8b46ef9ff404c2e3fd9f2501381f3175a344cc0e810fb99523b0b4 /etc/containerd/certs.d/registry19.example.com/hosts.toml'
-  '0600 0fda64df669b7f07b0e653a33dc2975e294103ba7bcc90982f23b9553492637c /etc/containerd/certs.d/registry20.example.com/hosts.toml'
-  '0600 21def22546725aeef24802adbb72f09d5af3bdb43476f83fc4de118dafae9b44 /etc/containerd/certs.d/registry21.example.com/hosts.toml'
-  '0600 03edf1b389767655cde14984a1c518b2fc976ffdfdaadeff537421b8fe5b1ac2 /etc/containerd/certs.d/registry22.example.com/hosts.toml'
-  '0600 3dc886d2d80354d32d470a9c338f1fb0455c093d0f3ede7ef839cea509939ee2 /etc/containerd/certs.d/registry23.example.com/hosts.toml'
-  '0600 2bd521fe47d440ff393780e3e702cda94629ab7b9239345b8e986116d0b2d318 /etc/containerd/certs.d/registry24.example.com/hosts.toml'
-  '0600 4e965b692e167c64c20f27232f0c6030eb4045f19194043985ab527767863810 /etc/containerd/certs.d/registry25.example.com/hosts.toml'
-  '0600 276522b854ed372183c485942c2cbeb026e9793b816b610f9549fcc71535c7b6 /etc/containerd/certs.d/registry26.example.com/hosts.toml'
-  '0600 bc31004fcb8264b07a690ccc92ffd029b4427a131b34698911e9b1d4fd9d2af6 /etc/containerd/certs.d/registry27.example.com/hosts.toml'
-  '0600 544cd8b72769ce60dfc67764a750b72f6cb81a88a0f95b8567059a049f787c28 /etc/containerd/certs.d/registry28.example.com/hosts.toml'
-  '0600 b80e0622e7891cd0a62de51101ce6ddbb77da53773215153e85f188941c19375 /etc/containerd/certs.d/registry29.example.com/hosts.toml'
+  '0600 4288de646b3d9546b9ad293d8577826b8aed8b20e3d2111da07f4fcd49150f88 /etc/containerd/certs.d/registry00.example.com/hosts.toml'
+  '0600 4289392cbdbaf4f1387adeb8b5ca951d93c0edf846aa6cc08b6f5b65b32ff7c6 /etc/containerd/certs.d/registry01.example.com/hosts.toml'
+  '0600 4399c138cc2a222773a71f54e4fd904d68bc6cc3dd5e454af3e82769555abafc /etc/containerd/certs.d/registry02.example.com/hosts.toml'
+  '0600 6469e9289b55d5a951003c736e934ec75835522b142b6c9ce5add6a810d71db8 /etc/containerd/certs.d/registry03.example.com/hosts.toml'
+  '0600 952ed1e4ba8e46ca708c9265e0094480f5583811046077edb6f06ce6e5bf2b81 /etc/containerd/certs.d/registry04.example.com/hosts.toml'
+  '0600 0a579d26067d156309d277b21580fcf679318e7ccfde5182c44c4865fc57b621 /etc/containerd/certs.d/registry05.example.com/hosts.toml'
+  '0600 28661142b93136eca8efb0a0aa20349940f3caf371eff36856cb0f83792bbaeb /etc/containerd/certs.d/registry06.example.com/hosts.toml'
+  '0600 1ee2856409fe83bf06c334209c406bc025edd47f3258b771a547db84a6200524 /etc/containerd/certs.d/registry07.example.com/hosts.toml'
+  '0600 9e8b2fb1a30138fefc29951cf82e214d6cee69d0590dbb2ec5395adfe1335fa2 /etc/containerd/certs.d/registry08.example.com/hosts.toml'
+  '0600 555d2b0ea881e16094e04c111622e4c46ea229c7aa52a39cc1a704751a22a485 /etc/containerd/certs.d/registry09.example.com/hosts.toml'
+  '0600 5e39dfc0808536704f61a411c5c4f805eccfc937e2153e05b9b46d4434baafe6 /etc/containerd/certs.d/registry10.example.com/hosts.toml'
+  '0600 6a4f1cd01324707ba19cef4bc8958677bd2bbf5f8c9f0129025920a82c23c1f4 /etc/containerd/certs.d/registry11.example.com/hosts.toml'
+  '0600 e7fa8fe76dd8764e9f6db6f59bc3eb6da498b4162f096b4bd5adf9747af05e21 /etc/containerd/certs.d/registry12.example.com/hosts.toml'
+  '0600 5bb8673b66de29ad81e4876be6a203814700d393f2dc50d5e0f322a5dd36df96 /etc/containerd/certs.d/registry13.example.com/hosts.toml'
+  '0600 197dd6fcf75a282a31719438d522e1a71c7f7b06fbc8296f186a811db8d5e0a9 /etc/containerd/certs.d/registry14.example.com/hosts.toml'
+  '0600 9d4e48c6fba837b5ef2224f6fffc1e0a7aee17f05fdbae96c4583bb58149a0b5 /etc/containerd/certs.d/registry15.example.com/hosts.toml'
+  '0600 70cf38bfeed4a8a8c37dc619b11bc536b0b550eab75436438cffb9e29bf03443 /etc/containerd/certs.d/registry16.example.com/hosts.toml'
+  '0600 721a5768cef07986c1e0d7b1ed0527b447f058da8c7c1b6e97c4fd3a9ba2fdc7 /etc/containerd/certs.d/registry17.example.com/hosts.toml'
+  '0600 a463ffb76826c062f6223788f32730284b6595f19ce332cdbbe88717968064a3 /etc/containerd/certs.d/registry18.example.com/hosts.toml'
+  '0600 8d15bb550add1e2fa988963f869f0b24a8e758ae4cdf5bdb631525d811b276f8 /etc/containerd/certs.d/registry19.example.com/hosts.toml'
+  '0600 219a8ab7be151edc5d74a72c038b70b7a3a709cf3581bb2e2de37ff180a44939 /etc/containerd/certs.d/registry20.example.com/hosts.toml'
+  '0600 1934d8dd921d7840d0e6d5061b0ce2ee7882e5a6a39ac5fa3d0ffec25fa9704d /etc/containerd/certs.d/registry21.example.com/hosts.toml'
+  '0600 ec3945e14dabf6f2a2c4461f1b5718dcf481b9152ca5f53ebad003ed958112e7 /etc/containerd/certs.d/registry22.example.com/hosts.toml'
+  '0600 ae907364d2d364003cc82ddf9a98c6fba1b4714e0d6ffcef0427d02ae2e4cbdf /etc/containerd/certs.d/registry23.example.com/hosts.toml'
+  '0600 deb70dbbfce684b1aec9adb4e4d68887f228a5d9db28d9186eda4a5fed743d9b /etc/containerd/certs.d/registry24.example.com/hosts.toml'
+  '0600 e83cd8f36cb403b37125dbba82b32fc162a053d0ecbf480a3e1ade6010da8b1c /etc/containerd/certs.d/registry25.example.com/hosts.toml'
+  '0600 fc3e5dd6a1112357fba8fd9a2002fb90a825235a5429f1d11a8692130a3eb639 /etc/containerd/certs.d/registry26.example.com/hosts.toml'
+  '0600 3ea9cecae77638ae1fae5b1bdb44d934eea7823b20593031afad3ef5efd5b05f /etc/containerd/certs.d/registry27.example.com/hosts.toml'
+  '0600 adb24989d361f551c82f2cd5a42438d04e66749d832c15cd18f4c80cd92d19dd /etc/containerd/certs.d/registry28.example.com/hosts.toml'
+  '0600 a75bf509c8d34c6736b25000968d3152c890efd5d5f795852b0e1502ee404cd1 /etc/containerd/certs.d/registry29.example.com/hosts.toml'
   '0644 7e9b185961636e9f62e19fd07b19f38b3121936c295f51bd6068e13e40b83301 /etc/systemd/system/containerd.service'
   '0644 99a60363382a7dcb5a5acea071f1db1c7f5c1c1780491622494b3cabef66cb3d /etc/modules-load.d/containerd.conf'
-  '0644 0a1f5699442456369c48f99383a04a551192d950bb8c9a4df75388cf1ae14175 /etc/sysctl.d/99-containerd.conf'
+  '0644 6893014469d904743af5e53d3640cd4b0f7fccc663c4ba41c83bf3f9485475fd /etc/sysctl.d/99-containerd.conf'
 )
 
 check_payload() {
@@ -188,6 +188,27 @@ install_files() {
   fi
 }
 
+# The system profile's tools (kubernetes-worker: conntrack, socat, ebtables), from the distro.
+install_tools() {
+
+  local pkg missing=()
+  for pkg in conntrack socat ebtables; do
+    if ! dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Status}' "$pkg" 2>/dev/null | grep -q ' installed$'; then
+      missing+=("$pkg")
+    fi
+  done
+  [[ ${#missing[@]} -gt 0 ]] || return 0
+  if ! live; then
+    log "scratch root: packages not installed: ${missing[*]}"
+    return 0
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  changes+=("packages ${missing[*]}")
+
+}
+
 apply_system() {
   if ! live; then
     log "scratch root: systemctl, modprobe and sysctl skipped"
@@ -217,6 +238,7 @@ apply_system() {
 download_artifacts
 check_payload
 install_binaries
+install_tools
 install_files
 apply_system
 if [[ ${#changes[@]} -eq 0 ]]; then

@@ -118,7 +118,7 @@ FILES=(
   '0644 5be0650564aa0d044b09410d11d74ec4fcc6c853c72cae495841fc1cb1514a33 /etc/containerd/config.toml'
   '0644 7e9b185961636e9f62e19fd07b19f38b3121936c295f51bd6068e13e40b83301 /etc/systemd/system/containerd.service'
   '0644 99a60363382a7dcb5a5acea071f1db1c7f5c1c1780491622494b3cabef66cb3d /etc/modules-load.d/containerd.conf'
-  '0644 dea627b3169a25dec9f68235a79eeee2d5ed68147c04fbe00f63e46ca9d8429a /etc/sysctl.d/99-containerd.conf'
+  '0644 4b1d2987a3403d495bf3291679f947e6712d73adc299fdfe3822f3c8a282da73 /etc/sysctl.d/99-containerd.conf'
 )
 
 check_payload() {
@@ -158,6 +158,27 @@ install_files() {
   fi
 }
 
+# The system profile's tools (kubernetes-worker: conntrack, socat, ebtables), from the distro.
+install_tools() {
+
+  local pkg missing=()
+  for pkg in conntrack socat ebtables; do
+    if ! dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Status}' "$pkg" 2>/dev/null | grep -q ' installed$'; then
+      missing+=("$pkg")
+    fi
+  done
+  [[ ${#missing[@]} -gt 0 ]] || return 0
+  if ! live; then
+    log "scratch root: packages not installed: ${missing[*]}"
+    return 0
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  changes+=("packages ${missing[*]}")
+
+}
+
 apply_system() {
   if ! live; then
     log "scratch root: systemctl, modprobe and sysctl skipped"
@@ -187,6 +208,7 @@ apply_system() {
 download_artifacts
 check_payload
 install_binaries
+install_tools
 install_files
 apply_system
 if [[ ${#changes[@]} -eq 0 ]]; then

@@ -108,15 +108,16 @@ FILES=(
   '0644 bc83dfee34eea612ebbd2bbeac272919d59a524d99e19234fc2cc48ba105ba90 /etc/containerd/config.toml'
   '0644 72b4e5991b6d0576b77e1afb42ab9af6b858db000d2f4360c76063ec94b0f9a3 /etc/containerd/certs.d/docker.io/hosts.toml'
   '0644 63665ea7e262fba9be90d1990dde824fc41ec52309706310d77dd3f32055c5da /etc/containerd/certs.d/gcr.io/hosts.toml'
-  '0644 47a7b65fb582dbd17ec08b86b08c07941f892a261e3ed36902f4d69b3cdac7fb /etc/containerd/certs.d/k8s.gcr.io/hosts.toml'
+  '0644 d3b12eddb1bded9959a501d64654ddccdf11452142799ba67c4ecf83726ee658 /etc/containerd/certs.d/k8s.gcr.io/hosts.toml'
   '0644 4e3a009df7139703a158afabe2be873766f15661e0193e21cf87c9ed84cbe364 /etc/containerd/certs.d/quay.io/hosts.toml'
   '0644 1d02ed16dab66e884dde3e0979a9737cc610e1964b9947ea6ee3c0b446545b56 /etc/systemd/system/containerd.service.d/10-exec.conf'
   '0644 0d3209ab33ea955437c5b7580b1c7c8bc1b65370edcf0abb089bd8fb5b77943c /etc/systemd/system/containerd.service.d/20-lifecycle.conf'
   '0644 3584d6ffdf877af07f411de6334f87d67b54b0d575cf4654a9bc29c642c85d46 /etc/systemd/system/containerd.service.d/30-limits.conf'
   '0644 18702498ae04fd6efcf5b92c8d85ffc04aba066f7730f657200262b7d637df8e /etc/systemd/system/containerd.service.d/40-oom.conf'
   '0644 f7ab861c274925e48f5695c070da693e19f013d0fc2151f5c8126d24b4734a42 /etc/systemd/system/containerd.service.d/50-ordering.conf'
+  '0644 ddbf4d471b51dec78eb26806758178f8f66978aabfa9c06967d806200e3f35ff /etc/systemd/system/containerd.service.d/http-proxy.conf'
   '0644 99a60363382a7dcb5a5acea071f1db1c7f5c1c1780491622494b3cabef66cb3d /etc/modules-load.d/containerd.conf'
-  '0644 dea627b3169a25dec9f68235a79eeee2d5ed68147c04fbe00f63e46ca9d8429a /etc/sysctl.d/99-containerd.conf'
+  '0644 4b1d2987a3403d495bf3291679f947e6712d73adc299fdfe3822f3c8a282da73 /etc/sysctl.d/99-containerd.conf'
 )
 
 check_payload() {
@@ -156,6 +157,27 @@ install_files() {
   fi
 }
 
+# The system profile's tools (kubernetes-worker: conntrack, socat, ebtables), from the distro.
+install_tools() {
+
+  local pkg missing=()
+  for pkg in conntrack socat ebtables; do
+    if ! dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Status}' "$pkg" 2>/dev/null | grep -q ' installed$'; then
+      missing+=("$pkg")
+    fi
+  done
+  [[ ${#missing[@]} -gt 0 ]] || return 0
+  if ! live; then
+    log "scratch root: packages not installed: ${missing[*]}"
+    return 0
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  changes+=("packages ${missing[*]}")
+
+}
+
 apply_system() {
   if ! live; then
     log "scratch root: systemctl, modprobe and sysctl skipped"
@@ -185,6 +207,7 @@ apply_system() {
 download_artifacts
 check_payload
 install_binaries
+install_tools
 install_files
 apply_system
 if [[ ${#changes[@]} -eq 0 ]]; then

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "6350c09b97afb30c300e5288d52f295e48105d2ae0efa967efbe5c9f9a96f2b5", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "6350c09b97afb30c300e5288d52f295e48105d2ae0efa967efbe5c9f9a96f2b5", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "7ebc3d5a4a9846a618624c70b9230846b7048c82492f3bb0de6ade88dc1948dc", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "7ebc3d5a4a9846a618624c70b9230846b7048c82492f3bb0de6ade88dc1948dc", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "6350c09b97afb30c300e5288d52f295e48105d2ae0efa967efbe5c9f9a96f2b5"
+      spec_hash  = "7ebc3d5a4a9846a618624c70b9230846b7048c82492f3bb0de6ade88dc1948dc"
       containerd = "2.1.9"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "ac7be917ce6486b45eb180a8bea2a9050cbb23c821d41452a8e8803d94bcd753", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "ac7be917ce6486b45eb180a8bea2a9050cbb23c821d41452a8e8803d94bcd753", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "15e9a60a2d088a1dc7be6c891fc33edc162fd7e25fcd20484e2f5505cb181185", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "15e9a60a2d088a1dc7be6c891fc33edc162fd7e25fcd20484e2f5505cb181185", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "ac7be917ce6486b45eb180a8bea2a9050cbb23c821d41452a8e8803d94bcd753"
+      spec_hash  = "15e9a60a2d088a1dc7be6c891fc33edc162fd7e25fcd20484e2f5505cb181185"
       containerd = "1.6.20"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d8ad7b5c12ced4e1f3f8f590650893c6719465d322a974770907cefb1dad385f", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d8ad7b5c12ced4e1f3f8f590650893c6719465d322a974770907cefb1dad385f", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "fffdfd71e17b9ca6f692fd247fac4d838fff9214ebd5ea74793ff7954fad2c41", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "fffdfd71e17b9ca6f692fd247fac4d838fff9214ebd5ea74793ff7954fad2c41", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "d8ad7b5c12ced4e1f3f8f590650893c6719465d322a974770907cefb1dad385f"
+      spec_hash  = "fffdfd71e17b9ca6f692fd247fac4d838fff9214ebd5ea74793ff7954fad2c41"
       containerd = "1.7.24"
     }
   }

@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "29da96efc36422a528ef95c5d359bb821425b58afcf5ee0a6cb2fe94d3a7f860", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "29da96efc36422a528ef95c5d359bb821425b58afcf5ee0a6cb2fe94d3a7f860", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "e305dc41149e08e21cec2b813f0f2d5865da9d0804a0848432bf83732699bf8f", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "e305dc41149e08e21cec2b813f0f2d5865da9d0804a0848432bf83732699bf8f", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "29da96efc36422a528ef95c5d359bb821425b58afcf5ee0a6cb2fe94d3a7f860"
+      spec_hash  = "e305dc41149e08e21cec2b813f0f2d5865da9d0804a0848432bf83732699bf8f"
       containerd = "1.6.20"
     }
   }

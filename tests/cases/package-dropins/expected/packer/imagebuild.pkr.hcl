@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "5e47c13c1f8848d4da45039cf5ee4b9169171e864afdfff1a45a3aefc212572f", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "5e47c13c1f8848d4da45039cf5ee4b9169171e864afdfff1a45a3aefc212572f", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "9b0dc893609f503ccb6af3f49411822b3b1232946bd433826a9f795586300c82", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "9b0dc893609f503ccb6af3f49411822b3b1232946bd433826a9f795586300c82", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "5e47c13c1f8848d4da45039cf5ee4b9169171e864afdfff1a45a3aefc212572f"
+      spec_hash  = "9b0dc893609f503ccb6af3f49411822b3b1232946bd433826a9f795586300c82"
       containerd = "1.6.20"
     }
   }

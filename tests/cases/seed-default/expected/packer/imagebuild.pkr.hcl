@@ -117,8 +117,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "e12fda326a8082e84dbe65f5b8300ae832388fc9f517d479bda58f1e51842613", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "e12fda326a8082e84dbe65f5b8300ae832388fc9f517d479bda58f1e51842613", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d3f9c1ef3526dc192be3b334cd0bcb5ac6186ecd8f8e0ceadee8a9b1c4a3d5b1", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d3f9c1ef3526dc192be3b334cd0bcb5ac6186ecd8f8e0ceadee8a9b1c4a3d5b1", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -170,7 +170,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "e12fda326a8082e84dbe65f5b8300ae832388fc9f517d479bda58f1e51842613"
+      spec_hash  = "d3f9c1ef3526dc192be3b334cd0bcb5ac6186ecd8f8e0ceadee8a9b1c4a3d5b1"
       containerd = "1.6.20"
     }
   }

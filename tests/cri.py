@@ -1,0 +1,195 @@
+"""A small CRI test harness: a real registry, a real containerd on scratch directories, a real CRI
+v1 client over gRPC.
+
+- `Registry`: Debian's `docker-registry` (the CNCF distribution registry) as a plain process on
+  127.0.0.1 with its own config and storage; `skopeo` pushes OCI archives into it; its access log
+  says which paths were requested, with which status.
+- `Containerd`: the real daemon of a family started with a rendered config.toml on its own root,
+  state and socket. Host-only rewrites, stated here once: the gRPC/ttrpc sockets move to the scratch
+  directory, and on this host (PID 1 is not systemd, CAP_SYS_RESOURCE may be missing) the CRI
+  runtime gets `restrict_oom_score_adj = true`; tests also pass `systemd_cgroup: false` in the spec.
+- `cri(sock)`: (runtime stub, image stub) of `cri_api.v1` (PyPI container-runtime-interface-api).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import tomlkit
+
+from imagebuild import debian_artifacts
+
+ACCESS = re.compile(r'"(GET|HEAD|POST|PUT|PATCH) (\S+) HTTP/[0-9.]+" (\d{3}) ')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Registry:
+    """docker-registry on 127.0.0.1:<port>, storage and log in *work*."""
+
+    def __init__(self, work: Path):
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        config = self.work / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n  formatter: text\n  accesslog:\n    disabled: false\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.work / 'storage'}\n"
+            f"http:\n  addr: {self.address}\n")
+        self.log_path = self.work / "registry.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2):
+                    break
+            except OSError:
+                assert self.proc.poll() is None and time.monotonic() < deadline, self.log_path.read_text()
+                time.sleep(0.1)
+
+    def push(self, archive: Path, name: str) -> None:
+        """Push the OCI archive as <name> (repo:tag)."""
+        proc = subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci-archive:{archive}",
+                               f"docker://{self.address}/{name}"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+    def requests(self) -> list[tuple[str, str, int]]:
+        """(method, path with query, status) of every request so far, in order."""
+        self._log.flush()
+        return [(m, p, int(s)) for m, p, s in ACCESS.findall(self.log_path.read_text(errors="replace"))]
+
+    def close(self) -> None:
+        _stop(self.proc)
+        self._log.close()
+
+
+class Tinyproxy:
+    """Debian's tinyproxy, a real forward proxy, on 127.0.0.1. Requests for hosts under *domain*
+    go on to *upstream* (host:port) as to a next proxy, so names that do not resolve here (`.test`)
+    still reach a local registry; anything else is looked up and fails. Its log lists every request."""
+
+    def __init__(self, work: Path, domain: str, upstream: str):
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = self.work / "tinyproxy.log"
+        config = self.work / "tinyproxy.conf"
+        config.write_text(f"Port {self.port}\nListen 127.0.0.1\nAllow 127.0.0.1\nLogFile \"{self.log_path}\"\n"
+                          f"LogLevel Info\nMaxClients 20\nupstream http {upstream} \"{domain}\"\n")
+        self._out = open(self.work / "tinyproxy.out", "wb")
+        self.proc = subprocess.Popen(["tinyproxy", "-d", "-c", str(config)], stdout=self._out,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            assert self.proc.poll() is None and time.monotonic() < deadline, "tinyproxy did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> list[str]:
+        """The request lines it received ("GET http://host/path HTTP/1.1")."""
+        if not self.log_path.exists():
+            return []
+        return re.findall(r"Request \(file descriptor \d+\): (.+)$", self.log_path.read_text(errors="replace"),
+                          flags=re.M)
+
+    def close(self) -> None:
+        _stop(self.proc)
+        self._out.close()
+
+
+def unit_environment(dropin: str) -> dict[str, str]:
+    """The Environment= assignments of a systemd drop-in, unquoted as systemd does for these values."""
+    env = {}
+    for line in dropin.splitlines():
+        if line.startswith("Environment="):
+            for word in shlex.split(line[len("Environment="):]):
+                name, value = word.split("=", 1)
+                env[name] = value.replace("%%", "%")
+    return env
+
+
+def host_only(config_text: str, config_version: int, work: Path) -> str:
+    """The rendered config with this host's rewrites (see the module docstring)."""
+    doc = tomlkit.parse(config_text)
+    doc.setdefault("grpc", tomlkit.table())["address"] = str(work / "c.sock")
+    doc.setdefault("ttrpc", tomlkit.table())["address"] = str(work / "c.sock.ttrpc")
+    runtime = ("io.containerd.grpc.v1.cri",) if config_version == 2 else ("io.containerd.cri.v1.runtime",)
+    doc["plugins"][runtime[0]]["restrict_oom_score_adj"] = True
+    return tomlkit.dumps(doc)
+
+
+class Containerd:
+    """The real containerd of *family* with *config_text* (already host-rewritten)."""
+
+    def __init__(self, family: str, config_text: str, work: Path, env: dict[str, str] | None = None):
+        self.work = Path(work)
+        self.sock = self.work / "c.sock"
+        self.config = self.work / "config.toml"
+        self.config.write_text(config_text)
+        self.log_path = self.work / "containerd.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([str(debian_artifacts.binary(family)), "--config", str(self.config)],
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+                                          **(env or {})})
+        deadline = time.monotonic() + 30
+        while not self.sock.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        _stop(self.proc)
+        self._log.close()
+        # Sandboxes leave mounts under the root: unmount before removing (best effort, own dirs only).
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(str(self.work))]
+        for mount in sorted(mounts, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def scratch(prefix: str) -> Path:
+    """A short directory (unix socket paths are limited to 108 bytes)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def cri(sock: Path):
+    """(RuntimeServiceStub, ImageServiceStub, channel) over the daemon's socket."""
+    import grpc
+    from cri_api.v1 import api_pb2_grpc
+
+    channel = grpc.insecure_channel(f"unix://{sock}")
+    return api_pb2_grpc.RuntimeServiceStub(channel), api_pb2_grpc.ImageServiceStub(channel), channel
