@@ -281,7 +281,8 @@ class Proxy:
 
 #: What a Kubernetes worker needs besides containerd: sysctl -> (value, reason), packages -> reason.
 #: The spec's own system.sysctls are applied after (and win over) the profile's.
-PROFILES: dict[str, dict[str, dict[str, tuple[str, str] | str]]] = {
+# A profile: sysctls {key: (value, why)} and packages {name: why}.
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "kubernetes-worker": {
         "sysctls": {
             "net.ipv6.conf.all.forwarding": ("1", "pods' IPv6 traffic is routed through the node; "

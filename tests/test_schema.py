@@ -63,6 +63,7 @@ def test_default_spec_is_the_seed():
                                    "net.bridge.bridge-nf-call-iptables": "1",
                                    "net.bridge.bridge-nf-call-ip6tables": "1", "net.ipv4.ip_forward": "1"}
     assert spec.system.packages == ("conntrack", "socat", "ebtables")
+    assert spec.image.aws.ssm_parameter == "/imagebuild/containerd-golden/latest"
 
 
 def test_the_worker_profile_can_be_turned_off_and_its_sysctls_overridden():
@@ -79,7 +80,6 @@ def test_the_worker_profile_can_be_turned_off_and_its_sysctls_overridden():
 def off_install(spec) -> str:
     from imagebuild import render
     return render.guest_files(spec)["install.sh"].content.decode()
-    assert spec.image.aws.ssm_parameter == "/imagebuild/containerd-golden/latest"
 
 
 @pytest.mark.parametrize("text", ["{}\n", "name: containerd-golden\n",
