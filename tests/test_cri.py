@@ -150,7 +150,7 @@ def _ready(runtime, api_pb2, daemon) -> dict:
         try:
             status = runtime.Status(api_pb2.StatusRequest())
             return {c.type: c.status for c in status.status.conditions}
-        except Exception:  # noqa: BLE001 - the socket exists before CRI serves
+        except Exception:
             assert time.monotonic() < deadline, daemon.log()[-3000:]
             time.sleep(0.1)
 
@@ -282,7 +282,7 @@ def test_each_refused_combination_leaves_containerd_without_cri(family, name):
         while True:  # the socket is up; give CRI time to come up if it would (it takes ~0.1 s)
             try:
                 runtime.Status(api_pb2.StatusRequest(), timeout=2)
-            except Exception as exc:  # noqa: BLE001 - grpc.RpcError
+            except Exception as exc:
                 if "unknown service runtime.v1.RuntimeService" in str(exc):
                     if time.monotonic() > deadline:
                         break
@@ -303,8 +303,8 @@ def test_pulls_go_through_the_proxy_of_the_drop_in_and_no_proxy_is_respected(wor
     would). registry.test resolves nowhere, so its pull can only succeed through the proxy, which
     hands `.test` requests on to a local registry; blocked.test is in no_proxy, so containerd must
     try it directly (and fail to resolve it) and the proxy never sees it."""
-    from cri_api.v1 import api_pb2
     import grpc
+    from cri_api.v1 import api_pb2
 
     registry = cri.Registry(world["work"] / f"proxied-{family}")
     proxy = cri.Tinyproxy(world["work"] / f"proxy-{family}", ".test", registry.address)
@@ -401,7 +401,8 @@ def test_the_old_seed_rendering_of_a_prefix_mirror_bypasses_it(world, family):
             assert ("HEAD", "/google-containers/imagebuild/old/manifests/t?ns=k8s.gcr.io", 404) in registry.requests()
             hosts.write_bytes(render.payload(spec)[f"{spec.config.registry.config_path}/k8s.gcr.io/hosts.toml"].content)
             images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="k8s.gcr.io/imagebuild/old:t")))
-            assert ("HEAD", "/v2/google-containers/imagebuild/old/manifests/t?ns=k8s.gcr.io", 200) in registry.requests()
+            wanted = ("HEAD", "/v2/google-containers/imagebuild/old/manifests/t?ns=k8s.gcr.io", 200)
+            assert wanted in registry.requests()
         finally:
             channel.close()
             daemon.close()

@@ -36,7 +36,8 @@ def test_default_spec_is_the_seed():
     assert (cfg.root, cfg.state, cfg.oom_score) == ("/var/lib/containerd", "/run/containerd", -999)
     assert cfg.systemd_cgroup is True
     assert (cfg.registry.mode, cfg.registry.config_path) == ("hosts", "/etc/containerd/certs.d")
-    got = [(m.host, m.upstream, [(e.url, e.path or e.override_path) for e in m.endpoints]) for m in cfg.registry.mirrors]
+    got = [(m.host, m.upstream, [(e.url, e.path or e.override_path) for e in m.endpoints])
+           for m in cfg.registry.mirrors]
     assert got == SEED_MIRRORS
     for mirror in cfg.registry.mirrors:
         for ep in mirror.endpoints:

@@ -250,8 +250,8 @@ def _auto_scaling_users(clients: ClientFactory, ec2: Any, region: str) -> Iterat
     for page in autoscaling.get_paginator("describe_auto_scaling_groups").paginate():
         for group in page["AutoScalingGroups"]:
             name = group["AutoScalingGroupName"]
-            specs = [group.get("LaunchTemplate"),
-                     (group.get("MixedInstancesPolicy") or {}).get("LaunchTemplate", {}).get("LaunchTemplateSpecification")]
+            mixed = (group.get("MixedInstancesPolicy") or {}).get("LaunchTemplate", {})
+            specs = [group.get("LaunchTemplate"), mixed.get("LaunchTemplateSpecification")]
             for spec in filter(None, specs):
                 ref = ({"LaunchTemplateId": spec["LaunchTemplateId"]} if spec.get("LaunchTemplateId")
                        else {"LaunchTemplateName": spec["LaunchTemplateName"]})
@@ -274,10 +274,12 @@ def _image_references(ec2: Any, image_ids: list[str]) -> Iterator[tuple[str, str
     for start in range(0, len(image_ids), _REFERENCE_CHUNK):
         chunk = image_ids[start: start + _REFERENCE_CHUNK]
         try:
-            pages = ec2.get_paginator("describe_image_references").paginate(ImageIds=chunk, IncludeAllResourceTypes=True)
+            pages = ec2.get_paginator("describe_image_references").paginate(ImageIds=chunk,
+                                                                            IncludeAllResourceTypes=True)
             for page in pages:
                 for ref in page.get("ImageReferences", []):
-                    yield ref["ImageId"], f"referenced by {ref.get('ResourceType', 'a resource')} {ref.get('Arn', '')}".rstrip()
+                    kind = ref.get("ResourceType", "a resource")
+                    yield ref["ImageId"], f"referenced by {kind} {ref.get('Arn', '')}".rstrip()
         except Exception as exc:
             if error_code(exc) not in UNSUPPORTED:
                 raise
@@ -287,7 +289,8 @@ def _image_references(ec2: Any, image_ids: list[str]) -> Iterator[tuple[str, str
 
 def _shared_use(ec2: Any, image_id: str) -> list[str]:
     """Why a shared AMI must stay: launched recently, or its last launch cannot be read."""
-    permissions = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission").get("LaunchPermissions", [])
+    permissions = ec2.describe_image_attribute(ImageId=image_id,
+                                               Attribute="launchPermission").get("LaunchPermissions", [])
     if not permissions:
         return []
     try:
@@ -312,7 +315,8 @@ def _shared_use(ec2: Any, image_id: str) -> list[str]:
 def _apply(clients: ClientFactory, decision: Decision) -> Decision:
     ec2 = clients("ec2", decision.region)
     if decision.kind == "snapshot":
-        return replace(decision, result=_delete_snapshots(ec2, decision.region, list(decision.snapshot_ids)) or "deleted")
+        failed = _delete_snapshots(ec2, decision.region, list(decision.snapshot_ids))
+        return replace(decision, result=failed or "deleted")
     try:
         tagged = ec2.describe_snapshots(
             OwnerIds=["self"], Filters=[{"Name": f"tag:{IMAGE_ID_TAG}", "Values": [decision.ami_id]}]

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -693,7 +693,7 @@ class _Publish:
         if not days:
             return
         at = self.manifest.build_datetime + timedelta(days=days)
-        at = max(at, datetime.now(timezone.utc) + timedelta(minutes=10))  # AWS refuses a time in the past
+        at = max(at, datetime.now(UTC) + timedelta(minutes=10))  # AWS refuses a time in the past
         stamp = at.strftime("%Y-%m-%dT%H:%M:00Z")
         done = self.record.data.setdefault("deprecation", {})
         for region, entry in self.record.images.items():

@@ -1,8 +1,11 @@
 """prune() against a real moto server: newest N kept, used AMIs protected, the rest deleted."""
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
 
+from conftest import ec2_answer
 from imagebuild.aws import PublishTarget
 from imagebuild.aws.prune import newest_first_key, format_table, prune
 from imagebuild.aws.publish import publish
@@ -174,7 +177,6 @@ def test_sort_falls_back_to_creation_date():
 
 # --------------------------------------------------------------------------- what else uses an AMI
 
-from conftest import ec2_answer  # noqa: E402
 
 
 def _fresh(home, count=5):
@@ -259,14 +261,14 @@ def _last_launched(image_id, when):
 def test_shared_amis_stay_while_other_accounts_may_use_them(aws, boto, boto_session, clients, last_launch, action):
     """Instances in accounts the AMI is shared with are invisible here; lastLaunchedTime (any
     account's launch) decides. moto 5.2.5 lacks that attribute: without an answer it cannot be read."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     home = boto("ec2", HOME)
     images = _fresh(home, 2)
     home.modify_image_attribute(ImageId=images[0], LaunchPermission={"Add": [{"UserId": "111122223333"}]})
     if last_launch:
         days = 3 if last_launch == "recent" else 90
-        when = (datetime.now(timezone.utc) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
         def answer(request, **_):
             body = request.body.decode() if isinstance(request.body, bytes) else str(request.body)

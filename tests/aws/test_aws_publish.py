@@ -514,7 +514,7 @@ def test_a_kill_right_after_start_snapshot_reuses_the_saved_client_token(aws, bo
     assert read_snapshot(boto("ebs"), record["snapshot"]["id"])[1] == expected_blocks(content)
 
 
-# --------------------------------------------------------------------------- encryption, volume, sharing, SSM, deprecation
+# ------------------------------------------------------------ encryption, volume, sharing, SSM, deprecation
 
 KMS = {HOME: f"arn:aws:kms:{HOME}:123456789012:key/1111aaaa-22bb-33cc-44dd-555555eeeeee",
        "us-west-2": "arn:aws:kms:us-west-2:123456789012:key/mrk-1234abcd",

@@ -10,7 +10,8 @@ def test_a_too_long_start_snapshot_tag_is_caught_though_moto_accepts_it(boto_ses
     too_long = [{"Key": "k", "Value": "v" * 256}]
     plain = boto("ebs").start_snapshot(VolumeSize=1, Tags=too_long, Timeout=60)  # moto says yes
     assert plain["SnapshotId"]
-    with pytest.raises(model_check.ModelViolation, match=r"Tags\[0\]\.Value: 256 characters, the model's maximum is 255"):
+    too_long_message = r"Tags\[0\]\.Value: 256 characters, the model's maximum is 255"
+    with pytest.raises(model_check.ModelViolation, match=too_long_message):
         boto_session.client("ebs", region_name="eu-west-1").start_snapshot(VolumeSize=1, Tags=too_long)
     assert api_calls.actions() == {"ebs:StartSnapshot"}
 
