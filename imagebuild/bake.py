@@ -166,8 +166,9 @@ class PackerRun:
         from .paths import cache_dir
 
         # Packer's environment: its cache (port reservations, downloads) out of the working
-        # directory, never phoning home, and TMPDIR in the bake's scratch: Packer 1.6.6 leaves
-        # the staging directory of cd_files (`packer_to_cdrom*`, the build seed) in TMPDIR.
+        # directory, never phoning home, and a TMPDIR of this build's own, removed with it:
+        # Packer 1.6.6 leaves the staging directory of cd_files (`packer_to_cdrom*`, the build
+        # seed) in TMPDIR.
         env = {"PACKER_CACHE_DIR": str(cache_dir("packer")), "CHECKPOINT_DISABLE": "1",
                **os.environ, "TMPDIR": str(self.tmpdir)}
 
@@ -296,14 +297,19 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
     base_source, base_checksum = resolve_base(spec, base)
     accelerator = qemu.accelerator(spec.image.accelerator)
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-bake-", dir=output.parent))
+    packer_tmp: Path | None = None
     log_path = work / f"{spec.name}.packer.log"
     started = time.monotonic()
     try:
+        # Packer's TMPDIR: in the system's temporary directory, not in *work*, whose path can be
+        # long: Packer's plugins listen on unix sockets there, and a socket path over 107 bytes
+        # crashes Packer ("bind: invalid argument").
+        packer_tmp = Path(tempfile.mkdtemp(prefix="imagebuild-packer-"))
         step(f"bake {spec.name}: containerd {spec.containerd.version} ({spec.containerd.install.method}), "
              f"base {base_source}, accelerator {accelerator}")
         render_dir = packer_directory(spec, work / "render")
         packer_out = work / "image"
-        run = PackerRun(log_path, tmpdir=work / "tmp")
+        run = PackerRun(log_path, tmpdir=packer_tmp)
         variables = {"base_image": base_source, "base_checksum": base_checksum,
                      "output_directory": str(packer_out), "accelerator": accelerator,
                      "ssh_private_key_file": str(render_dir / "packer" / "seed" / "id_ed25519"),
@@ -328,6 +334,8 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
         raise ImagebuildError(f"bake of {spec.name} failed: {exc}; {output} holds no new image") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if packer_tmp is not None:
+            shutil.rmtree(packer_tmp, ignore_errors=True)
 
 
 def _manifest(spec: Spec, image: Path, packer_manifest: Path, base_source: str, base_checksum: str,

@@ -94,6 +94,20 @@ def test_bakes_packer_leaves_the_temporary_directory_as_it_found_it(tmp_path):
     assert [p.name.startswith("packer_to_cdrom") for p in (scratch / "tmp").iterdir()] == [True]
 
 
+def test_packer_needs_a_short_tmpdir_for_its_plugin_sockets(tmp_path, monkeypatch):
+    """Why bake's Packer TMPDIR is a new directory in the system's temporary directory and not in
+    the bake's scratch beside the output (whose path can be long): Packer's plugins listen on unix
+    sockets in TMPDIR, and a socket path over 107 bytes makes Packer fail before it starts."""
+    monkeypatch.chdir(tmp_path)   # where Packer writes its crash.log
+    template = _cd_only_template(tmp_path)
+    long_tmp = tmp_path / ("x" * (110 - len(str(tmp_path))))
+    run = PackerRun(tmp_path / "packer.log", tmpdir=long_tmp)
+    assert run.run(template, {}, only="t.qemu.cd") != 0
+    log = (tmp_path / "packer.log").read_text()
+    assert "bind: invalid argument" in log and "Done copying paths from CD_dirs" not in log, log[-2000:]
+    assert (tmp_path / "crash.log").exists()
+
+
 def test_temp_dir_of_its_own_sees_what_python_and_child_processes_leave(tmp_path):
     with temp_dir_of_its_own(tmp_path / "tmp") as tmp:
         assert tempfile.gettempdir() == str(tmp)

@@ -87,11 +87,19 @@ def test_bake_interrupted_leaves_nothing(golden_spec, base_image, tmp_path):
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)
     reader.start()
-    wait_for(lambda: any("Waiting for SSH" in line or "Connected to SSH" in line for line in seen), 240,
-             "packer to start the build VM")
-    assert qemu_processes_using(tmp_path), "the build VM should be running"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(180) == 130
+    try:
+        try:
+            wait_for(lambda: any("Waiting for SSH" in line or "Connected to SSH" in line for line in seen), 240,
+                     "packer to start the build VM")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the bake printed:\n{''.join(seen[-15:])}") from None
+        assert qemu_processes_using(tmp_path), "the build VM should be running"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(180) == 130
+    finally:   # a failed test must not leave its bake running
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(180)
     reader.join(10)
     assert any("interrupted" in line for line in seen), seen[-5:]
     wait_for(lambda: not qemu_processes_using(tmp_path), 30, "the build VM to go away")
