@@ -165,8 +165,8 @@ class VerifyResult:
         return cls(passed=passed, image_sha256=sha, checks=checks)
 
     @classmethod
-    def load(cls, image_dir: Path) -> VerifyResult:
-        path = Path(image_dir) / "verify.json"
+    def load(cls, image_dir: Path, name: str = "verify.json") -> VerifyResult:
+        path = Path(image_dir) / name
         return cls.from_dict(_read_json(path, "verification result"), str(path))
 
     def failed_checks(self) -> list[str]:
@@ -174,7 +174,7 @@ class VerifyResult:
         names = []
         for check in self.checks:
             if isinstance(check, dict) and check.get("ok", check.get("passed")) is False:
-                names.append(str(check.get("name") or check.get("id") or check))
+                names.append(str(check.get("check") or check.get("name") or check.get("id") or check))
         return names
 
 

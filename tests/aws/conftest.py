@@ -238,6 +238,7 @@ def make_image_dir(
         "checks": [{"name": "containerd-active", "passed": passed}],
     }
     (image_dir / "verify.json").write_text(json.dumps(verify, indent=2))
+    (image_dir / "verify-ec2.json").write_text(json.dumps(verify | {"platform": "ec2"}, indent=2))
     return image_dir, content
 
 
