@@ -61,3 +61,48 @@ def test_cni_check_fails_on_a_missing_or_broken_plugin(monkeypatch, tmp_path):
 
 def test_no_cni_plugins_no_cni_check(monkeypatch):
     assert _results(monkeypatch, {"cni_plugins_dir": None}, check.cni_checks) == []
+
+
+def test_files_mentioning_finds_the_build_mac_in_any_case(tmp_path):
+    (tmp_path / "udev").mkdir()
+    rule = tmp_path / "udev" / "70-persistent-net.rules"
+    rule.write_text('SUBSYSTEM=="net", ATTR{address}=="52:54:00:12:34:56", NAME="ens3"\n')
+    (tmp_path / "eni").mkdir()
+    (tmp_path / "eni" / "50-cloud-init").write_text("auto ens5\niface ens5 inet dhcp\n")
+    dirs = (str(tmp_path / "udev"), str(tmp_path / "eni"), str(tmp_path / "absent"))
+    assert check.files_mentioning(["52:54:00:12:34:56"], dirs) == [str(rule)]
+    assert check.files_mentioning(["52:54:00:12:34:56".upper()], dirs) == [str(rule)]
+    assert check.files_mentioning(["0a:00:00:00:00:01"], dirs) == []
+
+
+def test_instance_data_reads_cloud_inits_v1_keys(tmp_path):
+    path = tmp_path / "instance-data.json"
+    path.write_text(json.dumps({"v1": {"cloud_name": "aws", "platform": "ec2", "instance_id": "i-0abc"}}))
+    assert check.instance_data(str(path))["platform"] == "ec2"
+    assert check.instance_data(str(tmp_path / "missing.json")) == {}
+    path.write_text("not json")
+    assert check.instance_data(str(path)) == {}
+
+
+def test_key_holders_match_type_and_key_not_comment(tmp_path):
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey verify@host"
+    ssh = tmp_path / "debian" / ".ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "authorized_keys").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey other-comment\n")
+    other = tmp_path / "admin" / ".ssh"
+    other.mkdir(parents=True)
+    (other / "authorized_keys").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther x\n")
+    assert check.key_holders(key, str(tmp_path)) == ["debian"]
+    assert check.key_holders("ssh-ed25519 AAAAnope c", str(tmp_path)) == []
+
+
+def test_ec2_checks_fail_on_another_platform(monkeypatch, tmp_path):
+    monkeypatch.setattr(check, "instance_data", lambda: {"cloud_name": "nocloud", "platform": "nocloud",
+                                                         "instance_id": "imagebuild-verify-1"})
+    monkeypatch.setattr(check, "key_holders", lambda key: [])
+    out = io.StringIO()
+    monkeypatch.setattr(check.sys, "stdout", out)
+    check.ec2_checks(check.Reporter(None), {"instance_id": "i-0abc", "public_key": "ssh-ed25519 AAAA x"})
+    results = {r["check"]: r for r in (json.loads(l.split(" ", 1)[1]) for l in out.getvalue().splitlines())}
+    assert not results["ec2.datasource"]["ok"] and results["ec2.datasource"]["actual"]["platform"] == "nocloud"
+    assert not results["ec2.instance_id"]["ok"] and not results["ec2.public_key"]["ok"]
