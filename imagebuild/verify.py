@@ -24,7 +24,7 @@ from .digest import sha256_file
 from .errors import ImagebuildError
 from .progress import step
 from .render import userdata
-from .render.templating import render_template
+from .render.templating import PACKAGE_DIR, render_template
 from .spec import Spec
 
 VERIFY_DIR = f"{render.GUEST_DIR}/verify"
@@ -60,6 +60,7 @@ def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
     files = render.guest_files(spec)
     staged = [(f"{render.GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()] if install else []
     staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode) for name in ("check.py", "expected.json")]
+    staged.append((f"{VERIFY_DIR}/boot_checks.py", (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(), 0o644))
     staged.append((f"{VERIFY_DIR}/boot.json", (json.dumps(boot, indent=2) + "\n").encode(), 0o644))
     run_check = render_template("run-check.sh.j2", verify_dir=VERIFY_DIR, seed_mount=SEED_MOUNT,
                                 results_port=qemu.RESULTS_PORT, test_image=TEST_IMAGE,
