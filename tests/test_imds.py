@@ -159,3 +159,58 @@ def test_the_relay_carries_one_connection(server):
 
 def test_the_relay_command_uses_this_python():
     assert imds.relay_command(8080).split() == [sys.executable, "-m", "imagebuild.imds", "--relay", "8080"]
+
+
+# cloud-init's own IMDS client (the host's cloud-init package, as in the image) crawls the emulator.
+_CRAWL = r"""
+import json, sys
+from cloudinit import url_helper
+from cloudinit.sources.helpers import ec2
+base, token_header, ttl_header, use_token = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "yes"
+headers = {}
+if use_token:
+    token = url_helper.readurl(base + "/latest/api/token", request_method="PUT",
+                               headers={ttl_header: "21600"}).contents.decode()
+    headers = {token_header: token}
+cb = lambda url: headers
+try:
+    meta = ec2.get_instance_metadata("latest", base, headers_cb=cb, retries=0)
+    ident = ec2.get_instance_identity("latest", base, headers_cb=cb, retries=0)
+    user = ec2.get_instance_userdata("latest", base, headers_cb=cb, retries=0)
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"})); sys.exit(0)
+print(json.dumps({"meta": meta, "identity": ident, "user_data": user.hex() if isinstance(user, bytes) else user}))
+"""
+
+
+def _crawl(srv, use_token: bool) -> dict:
+    done = subprocess.run(["/usr/bin/python3", "-c", _CRAWL, f"http://127.0.0.1:{srv.port}", imds.TOKEN_HEADER,
+                           imds.TTL_HEADER, "yes" if use_token else "no"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_cloud_inits_own_crawler_reads_the_tree_with_a_token():
+    raw = gzip.compress(b"#cloud-config\nruncmd: [[true]]\n", mtime=0)
+    with imds.ImdsServer(instance(user_data=raw)) as srv:
+        got = _crawl(srv, use_token=True)
+        log = list(srv.log)
+    assert "error" not in got, got
+    meta = got["meta"]
+    assert meta["instance-id"] == "i-0abc1234def567890"
+    assert meta["local-hostname"] == "ip-169-254-10-15.ec2.internal"
+    assert meta["placement"]["region"] == "us-east-1"
+    assert meta["public-keys"] == {"imagebuild-verify": [KEY]}
+    assert meta["network"]["interfaces"]["macs"]["52:54:00:ab:cd:ef"]["local-ipv4s"] == "169.254.10.15"
+    assert got["identity"]["document"]["instanceId"] == "i-0abc1234def567890"
+    assert bytes.fromhex(got["user_data"]) == raw
+    assert imds.token_violations(log) == []
+
+
+def test_cloud_inits_crawler_without_a_token_gets_nothing():
+    with imds.ImdsServer(instance()) as srv:
+        got = _crawl(srv, use_token=False)
+        log = list(srv.log)
+    assert "error" in got or not got.get("meta"), got
+    assert log and all(r.status == 401 for r in log)
+    assert imds.token_violations(log)[0].startswith("the first request was GET")
