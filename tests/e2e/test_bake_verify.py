@@ -147,6 +147,7 @@ def test_an_image_whose_datasources_exclude_ec2_fails_the_ec2_verify(base_image,
     assert "datasource_list include Ec2" in report["reason"] and "no request to the IMDS" in report["reason"]
     assert report["timings"]["check_done_s"] < golden_spec.verify.timeout / 2
     assert json.loads((tmp_path / "verify-ec2.json").read_text())["passed"] is False
+    image.unlink()   # a sparse 3 GiB raw: not kept in pytest's temp directories
 
 
 def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
