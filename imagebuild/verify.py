@@ -265,6 +265,8 @@ def print_report(report: dict, *, as_json: bool = False, stream=sys.stdout) -> N
         stream.write("  ".join(cell[:60].ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
     t = report["timings"]
     verdict = "PASSED" if report["passed"] else f"FAILED: {', '.join(report['failed']) or 'no checks ran'}"
+    if report.get("reason"):
+        verdict += f" ({report['reason']})"
     stream.write(f"\n{verdict} ({len(rows)} checks). QEMU start -> kernel {t['kernel_s']}s, "
                  f"containerd active {t['containerd_active_s']}s, check done {t['check_done_s']}s. "
                  f"Serial log: {report['serial_log']}\n")
