@@ -73,6 +73,9 @@ def test_files_mentioning_finds_the_build_mac_in_any_case(tmp_path):
     assert boot_checks.files_mentioning(["52:54:00:12:34:56"], dirs) == [str(rule)]
     assert boot_checks.files_mentioning(["52:54:00:12:34:56".upper()], dirs) == [str(rule)]
     assert boot_checks.files_mentioning(["0a:00:00:00:00:01"], dirs) == []
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.1.1 imagebuild-build\n")
+    assert boot_checks.files_mentioning(["imagebuild-build"], (str(hosts), str(tmp_path / "hostname"))) == [str(hosts)]
 
 
 def test_instance_data_reads_cloud_inits_v1_keys(tmp_path):

@@ -27,11 +27,13 @@ REQUIRED_DRIVERS = ("ena", "nvme")
 
 
 def files_mentioning(needles: list[str], dirs=NETWORK_CONFIG_DIRS) -> list[str]:
-    """Files under *dirs* whose text contains any of *needles* (case-insensitive)."""
+    """Files in or under *dirs* (directories or files) whose text contains any of *needles*
+    (case-insensitive)."""
     hits = []
     lowered = [n.lower() for n in needles if n]
     for top in dirs:
-        for path in sorted(Path(top).rglob("*")) if Path(top).is_dir() else []:
+        top = Path(top)
+        for path in sorted(top.rglob("*")) if top.is_dir() else [top] if top.is_file() else []:
             try:
                 text = path.read_text(errors="replace").lower() if path.is_file() else ""
             except OSError:
@@ -135,9 +137,13 @@ def identity_checks(rep, boot: dict, facts: dict) -> None:
         rep.check("hygiene.hostname", boot["hostname"], hostname,
                   hostname == boot["hostname"] and hostname != built)
     build_macs = list(facts.get("nics", {}).values())
+    build_host = [built] if built and built != "localhost" else []
     if build_macs:
-        hits = files_mentioning(build_macs + ([built] if built and built != "localhost" else []))
+        hits = files_mentioning(build_macs + build_host)
         rep.check("hygiene.network_config", "no config naming the build's NIC or host", hits or "none", not hits)
+    if build_host:
+        hits = files_mentioning(build_host, ("/etc/hostname", "/etc/hosts"))
+        rep.check("hygiene.build_hostname", f"{built} in neither /etc/hostname nor /etc/hosts", hits or "none", not hits)
 
 
 def run_all(rep, boot: dict, facts: dict) -> None:
