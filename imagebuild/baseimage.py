@@ -2,7 +2,9 @@
 
 Vendor cloud images cannot always be downloaded, so this module builds a stand-in that
 behaves like one: BIOS/GRUB boot on an MBR disk, one ext4 root partition, the Debian
-cloud kernel, cloud-init (NoCloud, ConfigDrive), openssh-server, sudo, growpart/resizefs,
+cloud kernel (ENA and NVMe drivers, checked at build time), cloud-init (ds-identify picks
+NoCloud, Ec2 or ConfigDrive; Ec2 talks IMDSv2), openssh-server, sudo, growpart/resizefs,
+chrony (Amazon Time Sync on EC2, Debian's NTP pool elsewhere), apt-daily timers masked,
 serial console on ttyS0, first-boot state left unset (empty machine-id, no SSH host keys).
 
 How it is built (no mounts, no loop devices):
@@ -45,7 +47,7 @@ from imagebuild.paths import cache_dir
 from imagebuild.progress import step
 
 # Bump when the build procedure changes in a way the other constants do not capture.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 SUITE = "bookworm"
 IMAGE_NAME = "debian-12-base.qcow2"
@@ -66,6 +68,7 @@ PACKAGES = (
     "dbus",
     "cloud-init",
     "cloud-guest-utils",       # growpart, used by cloud-init to grow the root partition
+    "chrony",                  # time sync: see etc/chrony/sources.d below
     "openssh-server",
     "sudo",
     "ca-certificates",
@@ -102,8 +105,15 @@ configfile $prefix/grub.cfg
 # so a kernel upgrade inside the guest keeps booting without update-grub.
 FILES: dict[str, str] = {
     "etc/cloud/cloud.cfg.d/90_imagebuild.cfg": """\
-# imagebuild base image: where cloud-init looks for its configuration
-datasource_list: [ NoCloud, ConfigDrive, None ]
+# imagebuild base image. No list that leaves a platform out: ds-identify picks NoCloud (a cidata
+# seed), Ec2 (EC2's DMI identity) or ConfigDrive; with none of them cloud-init stays off.
+datasource_list: [ NoCloud, Ec2, ConfigDrive, None ]
+datasource:
+  Ec2:
+    # Only what identifies itself as EC2 (DMI): never probe 169.254.169.254 elsewhere.
+    strict_id: true
+# The instance's own hostname (from the datasource) on 127.0.1.1, so sudo and friends resolve it.
+manage_etc_hosts: localhost
 # C.UTF-8 is built into glibc: nothing to generate (cloud-init's en_US default fails here)
 locale: C.UTF-8
 """,
@@ -150,9 +160,23 @@ menuentry 'Debian GNU/Linux 12 (imagebuild base)' {{
     initrd /initrd.img
 }}
 """,
+    "etc/chrony/sources.d/aws-time-sync.sources": """\
+# imagebuild: the Amazon Time Sync Service, preferred where it answers (EC2, link-local).
+# Elsewhere it never answers and chrony uses the pool of /etc/chrony/chrony.conf.
+server 169.254.169.123 prefer iburst minpoll 4 maxpoll 4
+""",
     "etc/resolv.conf": "",
     "etc/machine-id": "",
 }
+
+# Masked (linked to /dev/null): the apt-daily timers. A first boot must never take the apt lock
+# while the user's user-data installs packages; images are updated by rebuilding them (the
+# nightly pipeline). Unmask them in user-data to let instances update themselves.
+MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer")
+
+# Kernel drivers an EC2 (Nitro) instance needs: the ENA NIC and the NVMe disks (root on NVMe:
+# also in the initrd). Checked in the tree at build time, and in every verify boot.
+REQUIRED_MODULES = ("ena", "nvme")
 
 # Removed from the tree: per-instance state that must be created on first boot.
 REMOVE_GLOBS = (
@@ -172,6 +196,8 @@ def recipe() -> dict:
         "packages": sorted(PACKAGES),
         "files": {k: FILES[k] for k in sorted(FILES)},
         "remove": sorted(REMOVE_GLOBS),
+        "masked_units": sorted(MASKED_UNITS),
+        "required_modules": sorted(REQUIRED_MODULES),
         "grub_modules": sorted(GRUB_MODULES),
         "grub_early_cfg": GRUB_EARLY_CFG,
         "hostname": HOSTNAME,
@@ -419,6 +445,13 @@ def _configure_tree(tree: Path, fs_uuid: str) -> None:
             path.unlink()
         path.write_text(template.format(**values))
         path.chmod(0o644)
+    for unit in MASKED_UNITS:
+        for wants in (tree / "etc/systemd/system").glob(f"*.wants/{unit}"):
+            wants.unlink()
+        link = tree / "etc/systemd/system" / unit
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+    _check_drivers(tree)
     # GRUB modules where grub.cfg's insmod (and a later grub-install) expect them.
     mods = tree / "usr/lib/grub/i386-pc"
     dest = tree / "boot/grub/i386-pc"
@@ -427,6 +460,26 @@ def _configure_tree(tree: Path, fs_uuid: str) -> None:
     for link in ("vmlinuz", "initrd.img"):
         if not (tree / link).exists():
             raise ImagebuildError(f"the root tree has no /{link}; did the kernel install fail?")
+
+
+def _check_drivers(tree: Path) -> None:
+    """ENA and NVMe are in the kernel (module or built-in) and the initrd gets NVMe too."""
+    kernels = sorted((tree / "lib/modules").iterdir())
+    if len(kernels) != 1:
+        raise ImagebuildError(f"expected one kernel in the tree, found {[k.name for k in kernels]}")
+    kdir = kernels[0]
+    listed = ""
+    for name in ("modules.dep", "modules.builtin"):
+        listed += (kdir / name).read_text() if (kdir / name).exists() else ""
+    for module in REQUIRED_MODULES:
+        if not re.search(rf"(^|/){re.escape(module)}\.ko(\.[a-z]+)?:?\s", listed, re.M):
+            raise ImagebuildError(f"kernel {kdir.name} has no {module} driver (EC2 needs it)")
+    # initramfs-tools' MODULES=most puts every block driver (nvme included) into the initrd.
+    conf = tree / "etc/initramfs-tools/initramfs.conf"
+    modules = re.findall(r"^MODULES=(\S+)", conf.read_text(), re.M) if conf.exists() else []
+    if modules[-1:] != ["most"]:
+        raise ImagebuildError(f"{conf.relative_to(tree)}: MODULES={modules[-1:] or '(unset)'}, want most: "
+                              "the initrd might lack the nvme driver a root disk on NVMe needs")
 
 
 def _make_disk(raw: Path, tree: Path, fs_uuid: str, work: Path) -> None:

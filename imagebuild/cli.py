@@ -105,12 +105,12 @@ def cmd_verify(args) -> int:
 
     spec = _spec(args.spec)
     if args.user_data:
-        report = verify_user_data(spec, base=args.base, log_dir=args.log_dir)
+        report = verify_user_data(spec, base=args.base, log_dir=args.log_dir, platform=args.platform)
     else:
         if not args.image:
             print("imagebuild: error: verify needs IMAGE, or --user-data", file=sys.stderr)
             return 2
-        report = verify_image(Path(args.image), spec, log_dir=args.log_dir)
+        report = verify_image(Path(args.image), spec, log_dir=args.log_dir, platform=args.platform)
     print_report(report, as_json=args.json)
     return 0 if report["passed"] else 1
 
@@ -185,6 +185,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("image", nargs="?", metavar="IMAGE", help="qcow2 to verify (never modified)")
     p.add_argument("--user-data", action="store_true", help="verify the user-data path on a plain base image")
     p.add_argument("--base", help="base image for --user-data (default: `imagebuild base-image`)")
+    p.add_argument("--platform", choices=["nocloud", "ec2"], default="nocloud",
+                   help="boot as a NoCloud VM (default) or as EC2 presents an instance (SMBIOS identity, "
+                        "IMDSv2, new NIC, larger disk); writes verify.json or verify-ec2.json")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--log-dir", help="where the serial log and report go (default: beside IMAGE, or a temp dir)")
     p = command("publish", cmd_publish, "upload a verified image as an AMI, copy, share, record in SSM",

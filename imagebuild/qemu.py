@@ -184,23 +184,31 @@ def seed_iso(out: str | os.PathLike, user_data: bytes, meta_data: bytes,
     land on the ISO beside ``user-data`` and ``meta-data`` (the guest finds the ISO as the
     block device labelled ``cidata``, e.g. ``mount -r LABEL=cidata /mnt``).
     """
-    out = Path(out)
     files: dict[str, bytes] = {"user-data": user_data, "meta-data": meta_data}
     if network_config is not None:
         files["network-config"] = network_config
     for name, data in (extra_files or {}).items():
-        parts = Path(name).parts
-        if not parts or Path(name).is_absolute() or ".." in parts:
-            raise ImagebuildError(f"seed ISO file name must be a relative path: {name!r}")
         if name in files:
             raise ImagebuildError(f"seed ISO file {name!r} is given twice")
         files[name] = data
+    return data_iso(out, files, label="cidata")
+
+
+def data_iso(out: str | os.PathLike, files: Mapping[str, bytes], *, label: str) -> Path:
+    """Write an ISO 9660 image (Joliet, Rock Ridge) labelled *label* holding *files*
+    (relative path -> contents) to *out*, atomically, and return its path."""
+    out = Path(out)
+    for name in files:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise ImagebuildError(f"seed ISO file name must be a relative path: {name!r}")
     tool = shutil.which("xorriso") or shutil.which("genisoimage")
     if tool is None:
         raise ImagebuildError("writing a NoCloud seed ISO needs xorriso (or genisoimage)")
     scratch = Path(tempfile.mkdtemp(prefix="imagebuild-seed-"))
     try:
         root = scratch / "root"
+        root.mkdir()
         for name, data in files.items():
             path = root / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +216,7 @@ def seed_iso(out: str | os.PathLike, user_data: bytes, meta_data: bytes,
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
         cmd = ([tool, "-as", "mkisofs"] if tool.endswith("xorriso") else [tool])
-        cmd += ["-quiet", "-output", str(tmp_out), "-volid", "cidata", "-joliet", "-rock",
+        cmd += ["-quiet", "-output", str(tmp_out), "-volid", label, "-joliet", "-rock",
                 str(root)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -218,6 +226,42 @@ def seed_iso(out: str | os.PathLike, user_data: bytes, meta_data: bytes,
         return out
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def virtual_size(image: str | os.PathLike) -> int:
+    """The virtual disk size of *image* in bytes (``qemu-img info``)."""
+    return int(_qemu_img_info(Path(image))["virtual-size"])
+
+
+def random_mac() -> str:
+    """A fresh unicast, locally administered MAC (``0a:...`` as on EC2 Nitro), never QEMU's
+    default ``52:54:00:12:34:56`` that every build VM gets."""
+    return "0a:" + ":".join(f"{b:02x}" for b in os.urandom(5))
+
+
+#: EC2 as a guest sees it (QEMU options): the SMBIOS identity ds-identify reads (product UUID
+#: and serial starting with "ec2", Amazon EC2 as vendor and product, the instance id as the
+#: chassis asset tag, as on Nitro) and a link-local user network whose 169.254.169.254:80 is
+#: forwarded to an IMDS on the host (:mod:`imagebuild.imds`).
+EC2_NET = "169.254.0.0/16"
+EC2_HOST = "169.254.0.1"          # the host's loopback as the guest sees it on that network
+EC2_GUEST_IP = "169.254.10.15"    # the first (only) DHCP lease
+EC2_NIC_SLOT = 5                  # PCI slot of the NIC: ens5, as on Nitro instances
+
+
+def ec2_smbios(instance_id: str) -> list[str]:
+    """``-smbios`` options of an EC2 (Nitro) instance whose id is *instance_id*."""
+    ident = "ec2" + uuid.uuid4().hex[3:]
+    vm_uuid = str(uuid.UUID(ident))
+    return ["-smbios", f"type=1,manufacturer=Amazon EC2,product=m6i.large,serial={vm_uuid},uuid={vm_uuid}",
+            "-smbios", f"type=3,manufacturer=Amazon EC2,asset={_opt(instance_id)}"]
+
+
+def ec2_netdev(relay_cmd: str) -> str:
+    """``-netdev user`` options (after ``user,id=net0``) of the EC2 network, with the
+    guest's 169.254.169.254:80 forwarded to *relay_cmd* (run per connection)."""
+    return (f"net={EC2_NET},host={EC2_HOST},dhcpstart={EC2_GUEST_IP},"
+            f"guestfwd=tcp:169.254.169.254:80-cmd:{_opt(relay_cmd)}")
 
 
 def overlay(image: str | os.PathLike, dir: str | os.PathLike, *,
@@ -405,7 +449,8 @@ class Guest:
                  hostfwd: Iterable[tuple[int, int]] = (), network: bool = True,
                  kernel: str | os.PathLike | None = None, initrd: str | os.PathLike | None = None,
                  append: str | None = None, extra_args: Sequence[str] = (),
-                 name: str | None = None):
+                 name: str | None = None, mac: str | None = None, nic_slot: int | None = None,
+                 netdev_options: str = ""):
         self.disk = Path(disk) if disk else None
         self.seed_iso = Path(seed_iso) if seed_iso else None
         self.serial_log = Path(serial_log)
@@ -416,6 +461,7 @@ class Guest:
         self.accel_choice = accel
         self.hostfwd = list(hostfwd)
         self.network = network
+        self.mac, self.nic_slot, self.netdev_options = mac, nic_slot, netdev_options
         self.kernel, self.initrd, self.append = kernel, initrd, append
         self.extra_args = list(extra_args)
         self.name = name or f"imagebuild-{uuid.uuid4().hex[:12]}"
@@ -444,9 +490,16 @@ class Guest:
             cmd += ["-drive", f"file={_opt(self.seed_iso)},if=virtio,format=raw,readonly=on"]
         if self.network:
             netdev = "user,id=net0"
+            if self.netdev_options:
+                netdev += "," + self.netdev_options
             for host_port, guest_port in self.hostfwd:
                 netdev += f",hostfwd=tcp:127.0.0.1:{int(host_port)}-:{int(guest_port)}"
-            cmd += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
+            nic = "virtio-net-pci,netdev=net0"
+            if self.mac:
+                nic += f",mac={self.mac}"
+            if self.nic_slot is not None:
+                nic += f",addr={int(self.nic_slot):#x}"
+            cmd += ["-netdev", netdev, "-device", nic]
         cmd += ["-chardev", f"file,id=con0,path={_opt(self.serial_log)}",
                 "-serial", "chardev:con0",
                 "-device", "virtio-serial-pci,id=vser0",
@@ -672,9 +725,9 @@ def _describe(pattern) -> str:
     return f"{pattern!r}"
 
 
-def _opt(path: Path) -> str:
-    """A path as a QEMU option value (commas are doubled)."""
-    return str(path).replace(",", ",,")
+def _opt(value: str | Path) -> str:
+    """A path or string as a QEMU option value (commas are doubled)."""
+    return str(value).replace(",", ",,")
 
 
 class _Tail:

@@ -7,19 +7,24 @@ virtio-serial port, the serial console is saved for people.
 """
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import json
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
-from . import qemu, render
+from . import imds, qemu, render
 from .digest import sha256_file
 from .errors import ImagebuildError
 from .progress import step
 from .render import userdata
-from .render.templating import render_template
+from .render.templating import PACKAGE_DIR, render_template
 from .spec import Spec
 
 VERIFY_DIR = f"{render.GUEST_DIR}/verify"
@@ -27,37 +32,143 @@ SEED_MOUNT = "/run/imagebuild-seed"
 TEST_IMAGE = "test-image.tar"
 
 
-def _seed_files(spec: Spec, *, install: bool) -> tuple[bytes, str]:
-    """(user-data, instance-id) of a verify boot: the check and what it expects, a script that runs
-    it and reports over the results port, then power-off. *install* first installs the spec the
+PLATFORMS = ("nocloud", "ec2")
+NOCLOUD_HOSTNAME = "imagebuild-verify"
+DATA_LABEL = "imagebuild"      # the EC2 boot's data disk (the test image): not a NoCloud seed
+EC2_EXTRA_DISK = 2 * 2**30     # the EC2 boot's disk is this much larger than the image
+
+
+def _boot_facts(platform: str, public_key: str) -> dict:
+    """What this boot presents to the guest, which the in-guest check compares against."""
+    if platform not in PLATFORMS:
+        raise ImagebuildError(f"unknown platform {platform!r}: use {' or '.join(PLATFORMS)}")
+    mac = qemu.random_mac()
+    if platform == "ec2":
+        instance = imds.Instance(instance_id="i-" + uuid.uuid4().hex[:17], mac=mac,
+                                 local_ipv4=qemu.EC2_GUEST_IP, public_key=public_key)
+        hostname = instance.local_hostname.split(".")[0]
+        return {"platform": "ec2", "instance_id": instance.instance_id, "hostname": hostname, "mac": mac,
+                "public_key": public_key}
+    return {"platform": "nocloud", "instance_id": f"imagebuild-verify-{uuid.uuid4().hex[:12]}",
+            "hostname": NOCLOUD_HOSTNAME, "mac": mac}
+
+
+def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
+    """The user-data of a verify boot: the check, what it expects and this boot's facts, a script that
+    runs it and reports over the results port, then power-off. *install* first installs the spec the
     way its own user-data does (the user-data path)."""
-    instance_id = f"imagebuild-verify-{uuid.uuid4().hex[:12]}"
     files = render.guest_files(spec)
     staged = [(f"{render.GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()] if install else []
     staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode) for name in ("check.py", "expected.json")]
+    staged.append((f"{VERIFY_DIR}/boot_checks.py", (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(), 0o644))
+    staged.append((f"{VERIFY_DIR}/boot.json", (json.dumps(boot, indent=2) + "\n").encode(), 0o644))
     run_check = render_template("run-check.sh.j2", verify_dir=VERIFY_DIR, seed_mount=SEED_MOUNT,
-                                results_port=qemu.RESULTS_PORT, test_image=TEST_IMAGE, instance_id=instance_id)
+                                results_port=qemu.RESULTS_PORT, test_image=TEST_IMAGE,
+                                instance_id=boot["instance_id"],
+                                seed_label="cidata" if boot["platform"] == "nocloud" else DATA_LABEL)
     staged.append((f"{VERIFY_DIR}/run-check.sh", run_check.encode(), 0o755))
     commands = ([render.INSTALL_COMMAND] if install else []) + [["bash", f"{VERIFY_DIR}/run-check.sh"],
                                                                  ["systemctl", "poweroff"]]
-    return userdata.cloud_config(staged, commands).encode(), instance_id
+    return userdata.cloud_config(staged, commands).encode()
 
 
-def _boot(disk: Path, spec: Spec, user_data: bytes, instance_id: str, test_image: Path, log_dir: Path,
-          label: str) -> dict:
+def _public_key(work: Path) -> str:
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuild-verify", "-f", str(key)],
+                   check=True, capture_output=True)
+    return (work / "id_ed25519.pub").read_text().strip()
+
+
+def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: Path, label: str,
+          platform: str = "nocloud") -> dict:
     work = Path(tempfile.mkdtemp(prefix="imagebuild-verify-"))
     try:
-        overlay = qemu.overlay(disk, work)
-        seed = qemu.seed_iso(work / "seed.iso", user_data,
-                             f"instance-id: {instance_id}\nlocal-hostname: imagebuild-verify\n".encode(),
-                             {TEST_IMAGE: test_image.read_bytes()})
+        boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "")
+        user_data = _seed_files(spec, install=install, boot=boot)
         serial_log = log_dir / f"{label}.serial.log"
-        step(f"verify {label}: booting {disk.name} (timeout {spec.verify.timeout}s)")
-        result = qemu.boot(overlay, seed, serial_log=serial_log, timeout=spec.verify.timeout,
-                           accel=spec.image.accelerator, done_marker=qemu.DONE_PREFIX)
+        step(f"verify {label}: booting {disk.name} as {platform} (timeout {spec.verify.timeout}s)")
+        if platform == "nocloud":
+            overlay = qemu.overlay(disk, work)
+            seed = qemu.seed_iso(work / "seed.iso", user_data,
+                                 f"instance-id: {boot['instance_id']}\nlocal-hostname: {boot['hostname']}\n".encode(),
+                                 {TEST_IMAGE: test_image.read_bytes()})
+            result = qemu.boot(overlay, seed, serial_log=serial_log, timeout=spec.verify.timeout,
+                               accel=spec.image.accelerator, done_marker=qemu.DONE_PREFIX, mac=boot["mac"])
+            return _report(result, serial_log) | {"platform": platform}
+        return _boot_ec2(disk, spec, boot, user_data, test_image, work, serial_log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _report(result, serial_log)
+
+
+def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, test_image: Path, work: Path,
+              serial_log: Path) -> dict:
+    """The boot as EC2 presents it: SMBIOS identity, IMDSv2 (the user-data gzipped, as EC2 hands it
+    over), a new NIC in another slot, a disk larger than the image; no NoCloud seed."""
+    packed = gzip.compress(user_data, compresslevel=9, mtime=0)
+    if len(packed) > userdata.EC2_LIMIT:
+        raise ImagebuildError(f"the verify user-data is {len(packed)} bytes gzipped, over EC2's {userdata.EC2_LIMIT}")
+    instance = imds.Instance(instance_id=boot["instance_id"], mac=boot["mac"], local_ipv4=qemu.EC2_GUEST_IP,
+                             public_key=boot["public_key"], user_data=packed)
+    overlay = qemu.overlay(disk, work, size=qemu.virtual_size(disk) + EC2_EXTRA_DISK)
+    data = qemu.data_iso(work / "data.iso", {TEST_IMAGE: test_image.read_bytes()}, label=DATA_LABEL)
+    with imds.ImdsServer(instance) as server:
+        guest = qemu.Guest(overlay, data, serial_log=serial_log, accel=spec.image.accelerator,
+                           mac=boot["mac"], nic_slot=qemu.EC2_NIC_SLOT,
+                           netdev_options=qemu.ec2_netdev(imds.relay_command(server.port)),
+                           extra_args=qemu.ec2_smbios(boot["instance_id"]))
+        with qemu.sigterm_as_exit(), guest:
+            guest.start()
+            step(f"guest {guest.name}: booting as EC2 instance {boot['instance_id']} under {guest.accel} "
+                 f"(serial log {guest.serial_log})")
+            done = _wait_ec2(guest, spec.verify.timeout, server)
+            guest.stop()
+            result = guest.result(done)
+        log = list(server.log)
+    _write_imds_log(serial_log.with_name(serial_log.name.replace(".serial.log", ".imds.log")), log)
+    if done is None:
+        reason = ("cloud-init did not run: the boot reached its login prompt with no cloud-init stage and "
+                  f"{'no request to' if not log else f'{len(log)} requests to'} the IMDS; ds-identify found no "
+                  "datasource for this EC2 machine: does the image's cloud-init datasource_list include Ec2?")
+        check = {"check": "ec2.cloud_init_ran", "ok": False,
+                 "expected": "cloud-init runs with the Ec2 datasource", "actual": reason}
+        return {"passed": False, "failed": [check["check"]], "checks": [check], "summary": None,
+                "timings": {"kernel_s": result.kernel_s, "containerd_active_s": None,
+                            "check_done_s": result.markers.get("login prompt")},
+                "serial_log": str(serial_log), "platform": "ec2", "reason": reason}
+    report = _report(result, serial_log)
+    problems = imds.token_violations(log)
+    puts = sum(1 for r in log if r.method == "PUT" and r.status == 200)
+    gets = sum(1 for r in log if r.method == "GET" and r.token == "valid")
+    refused = sum(1 for r in log if r.status == 401)
+    check = {"check": "ec2.imds_v2_only", "ok": not problems,
+             "expected": "token PUT first, then token-bearing GETs; no tokenless request answered 200",
+             "actual": "; ".join(problems) if problems else
+             f"PUT first ({puts} token PUTs), {gets} GETs with a token, {refused} refused with 401"}
+    report["checks"].append(check)
+    if problems:
+        report["failed"].append(check["check"])
+        report["passed"] = False
+    return report | {"platform": "ec2", "imds_requests": len(log)}
+
+
+def _wait_ec2(guest, timeout: float, server) -> "qemu.Line | None":
+    """Wait for the check's DONE line; None as soon as the boot shows cloud-init stayed off (a login
+    prompt with no cloud-init stage before it), rather than waiting out the timeout."""
+    deadline = time.monotonic() + timeout
+    done_or_login = re.compile(re.escape(qemu.DONE_PREFIX) + r"|" + qemu.DEFAULT_MARKERS["login prompt"])
+    stage = re.compile(qemu.DEFAULT_MARKERS["cloud-init local"] + r"|Cloud-init v\. \S+ running")
+    while True:
+        line = guest.wait_for(done_or_login, max(1.0, deadline - time.monotonic()))
+        if qemu.DONE_PREFIX in line.text:
+            return line
+        if not any(stage.search(l.text) for l in guest.lines) and not server.log:
+            return None
+        done_or_login = re.compile(re.escape(qemu.DONE_PREFIX))
+
+
+def _write_imds_log(path: Path, log: list) -> None:
+    text = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in log)
+    render.write_file_atomic(path, text.encode())
 
 
 def _report(result, serial_log: Path) -> dict:
@@ -95,45 +206,56 @@ def _test_image(work_dir: Path) -> Path:
     return path
 
 
-def verify_image(image: Path, spec: Spec, *, log_dir: str | None = None) -> dict:
-    """Boot *image* on an overlay with the check of *spec*; writes verify.json beside the image."""
+def report_name(platform: str, *, user_data: bool = False) -> str:
+    """verify.json (NoCloud) or verify-ec2.json (EC2); verify-user-data[-ec2].json for the user-data path."""
+    stem = "verify-user-data" if user_data else "verify"
+    return f"{stem}.json" if platform == "nocloud" else f"{stem}-{platform}.json"
+
+
+def verify_image(image: Path, spec: Spec, *, log_dir: str | None = None, platform: str = "nocloud") -> dict:
+    """Boot *image* on an overlay with the check of *spec*, as *platform* presents it; writes
+    verify.json (NoCloud) or verify-ec2.json (EC2) beside the image."""
     image = image.resolve()
     if not image.is_file():
         raise ImagebuildError(f"image {image} does not exist")
     out_dir = Path(log_dir).resolve() if log_dir else image.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     image_sha = sha256_file(image)
-    user_data, instance_id = _seed_files(spec, install=False)
     from .paths import cache_dir
 
-    report = _boot(image, spec, user_data, instance_id, _test_image(cache_dir("test-image")), out_dir,
-                   image.stem + ".verify")
+    label = image.stem + (".verify" if platform == "nocloud" else f".verify-{platform}")
+    report = _boot(image, spec, install=False, test_image=_test_image(cache_dir("test-image")), log_dir=out_dir,
+                   label=label, platform=platform)
     if sha256_file(image) != image_sha:
         raise ImagebuildError(f"{image} changed during verify; it must never be written")
-    return write_image_report(out_dir, report, image, image_sha, spec.spec_hash)
+    return write_image_report(out_dir, report, image, image_sha, spec.spec_hash, platform)
 
 
-def write_image_report(out_dir: Path, report: dict, image: Path, image_sha: str, spec_hash: str) -> dict:
-    """Complete a boot's report (`_report`) for *image* and write it as out_dir/verify.json."""
+def write_image_report(out_dir: Path, report: dict, image: Path, image_sha: str, spec_hash: str,
+                       platform: str = "nocloud") -> dict:
+    """Complete a boot's report (`_report`) for *image* and write it as out_dir/verify.json
+    (verify-ec2.json for the EC2 boot)."""
     report = report | {"image": str(image), "image_sha256": image_sha, "spec_hash": spec_hash, "mode": "image"}
-    render.write_file_atomic(out_dir / "verify.json", (json.dumps(report, indent=2) + "\n").encode())
+    render.write_file_atomic(out_dir / report_name(platform), (json.dumps(report, indent=2) + "\n").encode())
     return report
 
 
-def verify_user_data(spec: Spec, *, base: str | None = None, log_dir: str | None = None) -> dict:
-    """Boot the plain base image with the spec's user-data, then run the same check."""
+def verify_user_data(spec: Spec, *, base: str | None = None, log_dir: str | None = None,
+                     platform: str = "nocloud") -> dict:
+    """Boot the plain base image with the spec's user-data (on EC2: through the IMDS, gzipped), then
+    run the same check."""
     from .bake import resolve_base
     from .paths import cache_dir
 
     source, _ = resolve_base(spec, base)
     out_dir = Path(log_dir or tempfile.mkdtemp(prefix="imagebuild-verify-ud-")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    user_data, instance_id = _seed_files(spec, install=True)
-    report = _boot(Path(source), spec, user_data, instance_id, _test_image(cache_dir("test-image")), out_dir,
-                   "user-data.verify")
+    label = "user-data.verify" if platform == "nocloud" else f"user-data.verify-{platform}"
+    report = _boot(Path(source), spec, install=True, test_image=_test_image(cache_dir("test-image")),
+                   log_dir=out_dir, label=label, platform=platform)
     report |= {"base_image": source, "spec_hash": spec.spec_hash, "mode": "user-data",
                "user_data_bytes": len(render.user_data(spec))}
-    render.write_file_atomic(out_dir / "verify-user-data.json", (json.dumps(report, indent=2) + "\n").encode())
+    render.write_file_atomic(out_dir / report_name(platform, user_data=True), (json.dumps(report, indent=2) + "\n").encode())
     return report
 
 
@@ -150,6 +272,8 @@ def print_report(report: dict, *, as_json: bool = False, stream=sys.stdout) -> N
         stream.write("  ".join(cell[:60].ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
     t = report["timings"]
     verdict = "PASSED" if report["passed"] else f"FAILED: {', '.join(report['failed']) or 'no checks ran'}"
+    if report.get("reason"):
+        verdict += f" ({report['reason']})"
     stream.write(f"\n{verdict} ({len(rows)} checks). QEMU start -> kernel {t['kernel_s']}s, "
                  f"containerd active {t['containerd_active_s']}s, check done {t['check_done_s']}s. "
                  f"Serial log: {report['serial_log']}\n")

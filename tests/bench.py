@@ -85,6 +85,12 @@ def qemu_figures() -> list[tuple[str, str, str]]:
         rows.append(("verify golden: QEMU -> kernel / containerd active / done",
                      "{kernel_s} / {containerd_active_s} / {check_done_s} s".format(**golden["timings"]),
                      "passed" if golden["passed"] else "FAILED"))
+        start = time.perf_counter()
+        ec2 = verify_image(image, spec, log_dir=str(work / "verify-golden-ec2"), platform="ec2")
+        ec2_s = time.perf_counter() - start
+        rows.append(("verify golden as EC2 (IMDSv2): QEMU -> kernel / containerd active / done",
+                     "{kernel_s} / {containerd_active_s} / {check_done_s} s".format(**ec2["timings"]),
+                     f"{'passed' if ec2['passed'] else 'FAILED'}; wall {ec2_s:.0f} s vs NoCloud {verify_s:.0f} s"))
         tarball = verify_user_data(spec, base=str(base), log_dir=str(work / "verify-ud-tarball"))
         rows.append(("verify user-data (tarball): QEMU -> containerd active",
                      f"{tarball['timings']['containerd_active_s']} s", "passed" if tarball["passed"] else "FAILED"))

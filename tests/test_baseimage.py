@@ -55,7 +55,13 @@ def test_recipe_covers_what_cloud_images_need():
     for pkg in ("linux-image-cloud-amd64", "cloud-init", "cloud-guest-utils", "openssh-server",
                 "sudo", "grub-pc-bin", "systemd-sysv", "tar", "gzip", "curl", "ca-certificates"):
         assert pkg in r["packages"]
-    assert "datasource_list: [ NoCloud, ConfigDrive, None ]" in r["files"]["etc/cloud/cloud.cfg.d/90_imagebuild.cfg"]
+    cfg = r["files"]["etc/cloud/cloud.cfg.d/90_imagebuild.cfg"]
+    assert "datasource_list: [ NoCloud, Ec2, ConfigDrive, None ]" in cfg   # ds-identify decides
+    assert "strict_id: true" in cfg and "manage_etc_hosts: localhost" in cfg
+    assert "chrony" in r["packages"]
+    assert "server 169.254.169.123 prefer" in r["files"]["etc/chrony/sources.d/aws-time-sync.sources"]
+    assert r["masked_units"] == ["apt-daily-upgrade.timer", "apt-daily.timer"]
+    assert r["required_modules"] == ["ena", "nvme"]
     assert "console=ttyS0,115200" in r["kernel_cmdline"]
     assert "set timeout=0" in r["files"]["boot/grub/grub.cfg"]
     assert "serial --unit=0 --speed=115200" in r["files"]["boot/grub/grub.cfg"]
@@ -258,3 +264,32 @@ def test_real_build_and_cache():
     kernel, initrd = baseimage.kernel_files()
     assert kernel.stat().st_size > 5 * 2**20 and initrd.stat().st_size > 5 * 2**20
     print(f"base image: {path} ({path.stat().st_size / 2**20:.0f} MiB), build call {first:.1f} s")
+
+
+def _kernel_tree(tmp_path, dep: str, builtin: str, initramfs_modules: str = "most"):
+    kdir = tmp_path / "lib/modules/6.1.0-99-cloud-amd64"
+    kdir.mkdir(parents=True)
+    (kdir / "modules.dep").write_text(dep)
+    (kdir / "modules.builtin").write_text(builtin)
+    conf = tmp_path / "etc/initramfs-tools/initramfs.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(f"# comment\nMODULES={initramfs_modules}\nBUSYBOX=auto\n")
+    return tmp_path
+
+
+def test_driver_check_accepts_ena_module_and_builtin_nvme(tmp_path):
+    tree = _kernel_tree(tmp_path, "kernel/drivers/net/ethernet/amazon/ena/ena.ko: \n",
+                        "kernel/drivers/nvme/host/nvme.ko\nkernel/drivers/nvme/host/nvme-core.ko\n")
+    baseimage._check_drivers(tree)
+
+
+@pytest.mark.parametrize("dep, builtin, modules, message", [
+    ("kernel/drivers/net/ethernet/intel/e1000/e1000.ko:\n", "kernel/drivers/nvme/host/nvme.ko\n", "most", "no ena driver"),
+    ("kernel/drivers/net/ethernet/amazon/ena/ena.ko:\n", "kernel/drivers/nvme/host/nvme-core.ko\n", "most", "no nvme driver"),
+    ("kernel/drivers/net/ethernet/amazon/ena/ena.ko:\nkernel/drivers/nvme/host/nvme.ko.xz:\n", "", "dep",
+     "want most"),
+])
+def test_driver_check_refuses_a_kernel_ec2_cannot_boot(tmp_path, dep, builtin, modules, message):
+    tree = _kernel_tree(tmp_path, dep, builtin, modules)
+    with pytest.raises(ImagebuildError, match=message):
+        baseimage._check_drivers(tree)

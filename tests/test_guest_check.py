@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from imagebuild import debian_artifacts
-from imagebuild.guest import check
+from imagebuild.guest import boot_checks, check
 
 
 @pytest.mark.parametrize("reported, ok", [
@@ -61,3 +61,75 @@ def test_cni_check_fails_on_a_missing_or_broken_plugin(monkeypatch, tmp_path):
 
 def test_no_cni_plugins_no_cni_check(monkeypatch):
     assert _results(monkeypatch, {"cni_plugins_dir": None}, check.cni_checks) == []
+
+
+def test_files_mentioning_finds_the_build_mac_in_any_case(tmp_path):
+    (tmp_path / "udev").mkdir()
+    rule = tmp_path / "udev" / "70-persistent-net.rules"
+    rule.write_text('SUBSYSTEM=="net", ATTR{address}=="52:54:00:12:34:56", NAME="ens3"\n')
+    (tmp_path / "eni").mkdir()
+    (tmp_path / "eni" / "50-cloud-init").write_text("auto ens5\niface ens5 inet dhcp\n")
+    dirs = (str(tmp_path / "udev"), str(tmp_path / "eni"), str(tmp_path / "absent"))
+    assert boot_checks.files_mentioning(["52:54:00:12:34:56"], dirs) == [str(rule)]
+    assert boot_checks.files_mentioning(["52:54:00:12:34:56".upper()], dirs) == [str(rule)]
+    assert boot_checks.files_mentioning(["0a:00:00:00:00:01"], dirs) == []
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.1.1 imagebuild-build\n")
+    assert boot_checks.files_mentioning(["imagebuild-build"], (str(hosts), str(tmp_path / "hostname"))) == [str(hosts)]
+
+
+def test_instance_data_reads_cloud_inits_v1_keys(tmp_path):
+    path = tmp_path / "instance-data.json"
+    path.write_text(json.dumps({"v1": {"cloud_name": "aws", "platform": "ec2", "instance_id": "i-0abc"}}))
+    assert boot_checks.instance_data(str(path))["platform"] == "ec2"
+    assert boot_checks.instance_data(str(tmp_path / "missing.json")) == {}
+    path.write_text("not json")
+    assert boot_checks.instance_data(str(path)) == {}
+
+
+def test_key_holders_match_type_and_key_not_comment(tmp_path):
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey verify@host"
+    ssh = tmp_path / "debian" / ".ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "authorized_keys").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey other-comment\n")
+    other = tmp_path / "admin" / ".ssh"
+    other.mkdir(parents=True)
+    (other / "authorized_keys").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther x\n")
+    assert boot_checks.key_holders(key, str(tmp_path)) == ["debian"]
+    assert boot_checks.key_holders("ssh-ed25519 AAAAnope c", str(tmp_path)) == []
+
+
+def test_ec2_checks_fail_on_another_platform(monkeypatch, tmp_path):
+    monkeypatch.setattr(boot_checks, "instance_data", lambda: {"cloud_name": "nocloud", "platform": "nocloud",
+                                                         "instance_id": "imagebuild-verify-1"})
+    monkeypatch.setattr(boot_checks, "key_holders", lambda key: [])
+    out = io.StringIO()
+    monkeypatch.setattr(check.sys, "stdout", out)
+    boot_checks.ec2_checks(check.Reporter(None), {"instance_id": "i-0abc", "public_key": "ssh-ed25519 AAAA x"})
+    results = {r["check"]: r for r in (json.loads(l.split(" ", 1)[1]) for l in out.getvalue().splitlines())}
+    assert not results["ec2.datasource"]["ok"] and results["ec2.datasource"]["actual"]["platform"] == "nocloud"
+    assert not results["ec2.instance_id"]["ok"] and not results["ec2.public_key"]["ok"]
+
+
+def test_boot_checks_missing_fail_loudly(monkeypatch):
+    monkeypatch.setitem(check.sys.modules, "boot_checks", None)     # import fails
+    out = io.StringIO()
+    monkeypatch.setattr(check.sys, "stdout", out)
+    check.boot_checks(check.Reporter(None), {"platform": "ec2"})
+    [record] = [json.loads(line.split(" ", 1)[1]) for line in out.getvalue().splitlines()]
+    assert record["check"] == "boot.checks" and not record["ok"]
+
+
+def test_boot_checks_import_beside_check_py_as_in_the_guest(tmp_path):
+    """In the guest both files sit in one directory and imagebuild is not installed."""
+    import shutil
+    from pathlib import Path
+
+    guest = Path(check.__file__).parent
+    for name in ("check.py", "boot_checks.py"):
+        shutil.copy(guest / name, tmp_path / name)
+    probe = "import sys, check; sys.modules['__main__'] = check; import boot_checks; print(boot_checks.run.__module__)"
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {probe}"],
+                          capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "check"

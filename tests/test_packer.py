@@ -127,3 +127,25 @@ def test_hcl_escaping_keeps_interpolation_syntax_literal(tmp_path):
     template = packer_dir / "imagebuild.pkr.hcl"
     template.write_text(template.read_text().replace("$${", "${").replace("%%{", "%{"))
     assert packer_validate(packer_dir).returncode != 0
+
+
+def test_amazon_ebs_is_imdsv2_only_where_the_packer_version_knows_how(tmp_path):
+    """Packer >= 1.7 (the amazon plugin): the build instance requires IMDS tokens (metadata_options) and
+    the AMI is registered with ImdsSupport v2.0. Packer 1.6.6 knows neither, so 1.6 templates leave
+    them out (and still validate)."""
+    packer_dir = _packer_dir(tmp_path, {})
+    template = (packer_dir / "imagebuild.pkr.hcl").read_text()
+    assert "metadata_options {" not in template and "imds_support  =" not in template
+    assert packer_validate(packer_dir).returncode == 0
+    newer = render.packer_template(spec_of({"image": {"packer_version": "1.9"}}))
+    assert 'imds_support  = "v2.0"' in newer and 'http_tokens                 = "required"' in newer
+    assert 'version = ">= 1.2.1"' in newer
+
+
+@pytest.mark.parametrize("setting", ['imds_support = "v2.0"', 'metadata_options {\n    http_tokens = "required"\n  }'])
+def test_packer_1_6_refuses_the_imds_settings_which_is_why_they_are_gated(tmp_path, setting):
+    packer_dir = _packer_dir(tmp_path, {})
+    path = packer_dir / "imagebuild.pkr.hcl"
+    path.write_text(path.read_text().replace("  ena_support   = true\n", f"  ena_support   = true\n  {setting}\n"))
+    proc = packer_validate(packer_dir)
+    assert proc.returncode != 0 and "Unsupported" in proc.stdout + proc.stderr

@@ -138,6 +138,39 @@ def test_command_line_options(tmp_path):
     assert "-netdev" not in no_net
 
 
+def test_command_line_of_an_ec2_boot(tmp_path):
+    """EC2's SMBIOS identity, the link-local network with the IMDS forwarded, a fresh MAC in slot 5."""
+    mac = qemu.random_mac()
+    g = qemu.Guest(tmp_path / "d.qcow2", tmp_path / "data.iso", serial_log=tmp_path / "s.log", accel="tcg",
+                   mac=mac, nic_slot=qemu.EC2_NIC_SLOT, netdev_options=qemu.ec2_netdev("relay --to 1,2"),
+                   extra_args=qemu.ec2_smbios("i-0123456789abcdef0"))
+    cmd = g.command()
+    netdev = cmd[cmd.index("-netdev") + 1]
+    assert netdev == ("user,id=net0,net=169.254.0.0/16,host=169.254.0.1,dhcpstart=169.254.10.15,"
+                      "guestfwd=tcp:169.254.169.254:80-cmd:relay --to 1,,2")
+    assert f"virtio-net-pci,netdev=net0,mac={mac},addr=0x5" in cmd
+    type1 = next(a for a in cmd if a.startswith("type=1,"))
+    fields = dict(f.split("=", 1) for f in type1.split(","))
+    assert fields["manufacturer"] == "Amazon EC2" and fields["uuid"] == fields["serial"]
+    assert fields["uuid"].startswith("ec2")          # what ds-identify's ec2 platform check reads
+    assert "type=3,manufacturer=Amazon EC2,asset=i-0123456789abcdef0" in cmd
+
+
+def test_random_macs_are_fresh_unicast_and_local():
+    macs = {qemu.random_mac() for _ in range(50)}
+    assert len(macs) == 50 and "52:54:00:12:34:56" not in macs
+    for mac in macs:
+        first = int(mac.split(":")[0], 16)
+        assert len(mac.split(":")) == 6 and first & 1 == 0 and first & 2 == 2
+
+
+def test_data_iso_has_its_own_label(tmp_path):
+    if not (qemu.shutil.which("xorriso")):
+        pytest.skip("xorriso not installed")
+    iso = qemu.data_iso(tmp_path / "d.iso", {"test-image.tar": b"x"}, label="imagebuild")
+    assert iso.read_bytes()[0x8000 + 40:0x8000 + 72].rstrip() == b"imagebuild"   # not cidata: no NoCloud seed
+
+
 def test_accelerator_choices(monkeypatch):
     monkeypatch.delenv("IMAGEBUILD_ACCEL", raising=False)
     assert qemu.accelerator("tcg") == "tcg"

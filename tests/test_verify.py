@@ -44,3 +44,49 @@ def test_no_summary_is_an_error_naming_the_serial_log(tmp_path):
     log.write_text("[ 1.0] Linux version 6.1\n")
     with pytest.raises(ImagebuildError, match="never reported its check summary.*serial.log"):
         verify._report(_result([("results", 'IMAGEBUILD-RESULT {"check": "a", "ok": true}')]), log)
+
+
+def test_boot_facts_per_platform():
+    ec2 = verify._boot_facts("ec2", "ssh-ed25519 AAAA k")
+    assert ec2["platform"] == "ec2" and ec2["instance_id"].startswith("i-") and len(ec2["instance_id"]) == 19
+    assert ec2["hostname"] == "ip-169-254-10-15" and ec2["public_key"] == "ssh-ed25519 AAAA k"
+    nocloud = verify._boot_facts("nocloud", "")
+    assert nocloud["hostname"] == verify.NOCLOUD_HOSTNAME and nocloud["mac"] != ec2["mac"]
+    with pytest.raises(ImagebuildError, match="unknown platform 'gce'"):
+        verify._boot_facts("gce", "")
+
+
+def test_report_names():
+    assert verify.report_name("nocloud") == "verify.json"
+    assert verify.report_name("ec2") == "verify-ec2.json"
+    assert verify.report_name("ec2", user_data=True) == "verify-user-data-ec2.json"
+
+
+@pytest.mark.parametrize("platform, label", [("nocloud", "cidata"), ("ec2", "imagebuild")])
+def test_verify_user_data_carries_the_boot_facts_and_mounts_its_disk(platform, label):
+    import gzip
+    import json
+
+    import yaml
+
+    from tests.support import spec_of
+
+    boot = verify._boot_facts(platform, "ssh-ed25519 AAAA k")
+    doc = yaml.safe_load(verify._seed_files(spec_of({}), install=False, boot=boot).decode())
+    files = {f["path"]: f["content"] for f in doc["write_files"]}
+    assert json.loads(files[f"{verify.VERIFY_DIR}/boot.json"]) == boot
+    assert f"{verify.VERIFY_DIR}/boot_checks.py" in files
+    run_check = files[f"{verify.VERIFY_DIR}/run-check.sh"]
+    assert f"/dev/disk/by-label/{label}" in run_check and f"--boot {verify.VERIFY_DIR}/boot.json" in run_check
+    assert len(gzip.compress(verify._seed_files(spec_of({}), install=True, boot=boot), 9)) <= 16384
+
+
+def test_print_report_says_why_a_boot_failed():
+    import io
+
+    out = io.StringIO()
+    verify.print_report({"passed": False, "failed": ["ec2.cloud_init_ran"], "reason": "cloud-init did not run",
+                         "checks": [{"check": "ec2.cloud_init_ran", "ok": False, "expected": "x", "actual": "y"}],
+                         "timings": {"kernel_s": 1.0, "containerd_active_s": None, "check_done_s": 9.0},
+                         "serial_log": "s.log"}, stream=out)
+    assert "FAILED: ec2.cloud_init_ran (cloud-init did not run)" in out.getvalue()

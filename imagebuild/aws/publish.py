@@ -45,16 +45,21 @@ POLL_INTERVAL = 10.0
 def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:
     """The manifest and qcow2 path, or ImagebuildError unless the image on disk passed verification."""
     manifest = Manifest.load(image_dir)
-    verify = VerifyResult.load(image_dir)
-    if not verify.passed:
-        failed = verify.failed_checks()
-        detail = f" (failed checks: {'; '.join(failed)})" if failed else " (the report names no failed check)"
-        raise ImagebuildError(f"refusing to publish {image_dir}: its verification did not pass{detail}")
-    if verify.image_sha256 != manifest.sha256:
-        raise ImagebuildError(
-            f"refusing to publish {image_dir}: verify.json is for image sha256 {verify.image_sha256}, "
-            f"but manifest.json describes {manifest.sha256}; verify this image again"
-        )
+    # Both boots must have passed: the NoCloud one and the one that boots the image as EC2 does.
+    for name, what in (("verify.json", "verification"), ("verify-ec2.json", "EC2 verification")):
+        if name == "verify-ec2.json" and not (Path(image_dir) / name).is_file():
+            raise ImagebuildError(f"refusing to publish {image_dir}: it has no {name}; run "
+                                  f"`imagebuild verify --platform ec2` on it first")
+        verify = VerifyResult.load(image_dir, name)
+        if not verify.passed:
+            failed = verify.failed_checks()
+            detail = f" (failed checks: {'; '.join(failed)})" if failed else " (the report names no failed check)"
+            raise ImagebuildError(f"refusing to publish {image_dir}: its {what} did not pass{detail}")
+        if verify.image_sha256 != manifest.sha256:
+            raise ImagebuildError(
+                f"refusing to publish {image_dir}: {name} is for image sha256 {verify.image_sha256}, "
+                f"but manifest.json describes {manifest.sha256}; verify this image again"
+            )
     qcow2 = Path(image_dir) / manifest.image
     if not qcow2.is_file():
         raise ImagebuildError(f"refusing to publish: the image file {qcow2} does not exist")

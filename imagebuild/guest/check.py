@@ -239,10 +239,14 @@ def _cgroup(pid: str) -> str:
     return unified[0] if unified else lines[0].split(":", 2)[2] if lines else ""
 
 
+def build_facts() -> dict:
+    facts_path = STATE_DIR / "build-facts.json"
+    return json.loads(facts_path.read_text()) if facts_path.exists() else {}
+
+
 def hygiene_checks(rep: Reporter, exp: dict, instance_id: str | None) -> None:
     """The image was cleaned before capture, so this boot made itself fresh identities."""
-    facts_path = STATE_DIR / "build-facts.json"
-    facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
+    facts = build_facts()
     if instance_id:
         current = Path("/var/lib/cloud/data/instance-id")
         rep.check("hygiene.cloud_init_fresh", instance_id, current.read_text().strip() if current.exists() else "<none>")
@@ -261,6 +265,17 @@ def hygiene_checks(rep: Reporter, exp: dict, instance_id: str | None) -> None:
               bool(keys) and not reused)
 
 
+def boot_checks(rep: Reporter, boot: dict) -> None:
+    """What this verify boot presented (platform, NIC, hostname, IMDS): boot_checks.py, which the verify
+    boot stages beside this file (it is not installed on machines)."""
+    try:
+        import boot_checks as more
+    except ImportError as exc:
+        rep.check("boot.checks", "boot_checks.py beside check.py", f"<{exc}>", False)
+        return
+    more.run_all(rep, boot, build_facts())
+
+
 def extra_checks(rep: Reporter, exp: dict) -> None:
     for item in exp["extra_checks"]:
         done = run("bash", "-c", item["run"], timeout=300)
@@ -276,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-image", help="OCI image tarball for the container checks (boot phase)")
     parser.add_argument("--instance-id", help="the instance-id this boot's seed carries")
     parser.add_argument("--results", help="also write result lines here (e.g. a virtio-serial port)")
+    parser.add_argument("--boot", help="JSON facts of this verify boot: platform, instance_id, hostname, mac, "
+                                       "public_key (boot phase)")
     args = parser.parse_args(argv)
+    boot = json.loads(Path(args.boot).read_text()) if args.boot else {}
 
     exp = json.loads(Path(args.expected).read_text())
     rep = Reporter(args.results)
@@ -289,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     system_checks(rep, exp)
     if args.phase == "boot":
         container_checks(rep, args.test_image)
-        hygiene_checks(rep, exp, args.instance_id)
+        hygiene_checks(rep, exp, args.instance_id or boot.get("instance_id"))
+        if boot:
+            boot_checks(rep, boot)
     extra_checks(rep, exp)
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     rep.emit(DONE, {"passed": rep.passed, "failed": rep.failed, "phase": args.phase,

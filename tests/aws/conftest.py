@@ -304,12 +304,15 @@ def make_image_dir(
     }
     (image_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     write_verify_report(image_dir, qcow2, sha, passed=passed)
+    write_verify_report(image_dir, qcow2, sha, passed=passed, platform="ec2")
     return image_dir, content
 
 
-def write_verify_report(image_dir: Path, image: Path, sha: str, *, passed: bool = True) -> dict:
-    """verify.json exactly as verify writes it: the guest check's Reporter makes the result lines,
-    verify's own _report reads them as a boot would deliver them, verify's writer writes the file."""
+def write_verify_report(image_dir: Path, image: Path, sha: str, *, passed: bool = True,
+                        platform: str = "nocloud") -> dict:
+    """verify.json (verify-ec2.json) exactly as verify writes it: the guest check's Reporter makes the
+    result lines, verify's own _report reads them as a boot would deliver them, verify's writer writes
+    the file."""
     from imagebuild import qemu, verify
     from imagebuild.guest import check
 
@@ -326,7 +329,7 @@ def write_verify_report(image_dir: Path, image: Path, sha: str, *, passed: bool 
         started_at=0.0, kernel_s=2.0, cloud_init_final_s=None, done_s=50.0, done_line=None,
         markers={}, exited_s=None, returncode=None, powered_off=True, lines=lines)
     report = verify._report(boot, image_dir / "serial.log")
-    return verify.write_image_report(image_dir, report, image, sha, "ab" * 32)
+    return verify.write_image_report(image_dir, report, image, sha, "ab" * 32, platform)
 
 
 @pytest.fixture

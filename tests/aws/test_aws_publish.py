@@ -204,6 +204,27 @@ def test_refuses_image_changed_after_verification(aws, make_image, recording_cli
     assert clients.calls == []
 
 
+def test_refuses_an_image_never_verified_as_ec2(aws, make_image, recording_clients):
+    image_dir, _ = make_image()
+    (image_dir / "verify-ec2.json").unlink()
+    clients = recording_clients()
+    with pytest.raises(ImagebuildError, match="no verify-ec2.json; run `imagebuild verify --platform ec2`"):
+        publish(image_dir, target(), clients=clients)
+    assert clients.calls == []
+
+
+def test_refuses_an_image_whose_ec2_verify_failed(aws, make_image, recording_clients):
+    image_dir, _ = make_image()
+    report = json.loads((image_dir / "verify-ec2.json").read_text())
+    report["passed"] = False
+    report["checks"] = [{"check": "ec2.cloud_init_ran", "ok": False, "expected": "cloud-init runs", "actual": "no"}]
+    (image_dir / "verify-ec2.json").write_text(json.dumps(report))
+    clients = recording_clients()
+    with pytest.raises(ImagebuildError, match=r"EC2 verification did not pass \(failed checks: ec2.cloud_init_ran\)"):
+        publish(image_dir, target(), clients=clients)
+    assert clients.calls == []
+
+
 def test_refuses_verify_of_another_image(aws, make_image, recording_clients):
     image_dir, _ = make_image()
     verify = json.loads((image_dir / "verify.json").read_text())

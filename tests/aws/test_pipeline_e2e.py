@@ -90,6 +90,9 @@ def test_pipeline_publishes_a_verified_image_then_skips(aws, boto, clients, publ
     verify = json.loads((image_dir / "verify.json").read_text())
     image = image_dir / manifest["image"]
     assert verify["passed"] is True
+    ec2 = json.loads((image_dir / "verify-ec2.json").read_text())   # publish requires the EC2 boot too
+    assert ec2["passed"] is True and ec2["platform"] == "ec2" and ec2["image_sha256"] == verify["image_sha256"]
+    assert steps["verify"]["ec2"]["report"] == str(image_dir / "verify-ec2.json")
     assert verify["image_sha256"] == manifest["sha256"] == sha256_file(image) == steps["verify"]["image_sha256"]
     wanted = inputs_hash(spec, baseimage.checksum(base_image))
     assert manifest["inputs_hash"] == wanted == run["inputs_hash"]

@@ -34,11 +34,13 @@ def mirror(tmp_path_factory):
     artifacts = {family: debian_artifacts.release_tarballs(family, root / family) for family in ("1.6", "2.1")}
     cni = debian_artifacts.cni_tarball(root / "cni")
     with debian_artifacts.serve(root) as url:
-        guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
+        port = url.rsplit(':', 1)[1]
 
-        def mirrored_spec(spec, family: str, *, with_cni: bool = False):
+        def mirrored_spec(spec, family: str, *, with_cni: bool = False, guest_host: str = GUEST_HOST):
             """*spec* downloading from the mirror; *with_cni* adds the CNI plugins, their sha256
-            fetched from the default `{url}.sha256` rather than pinned."""
+            fetched from the default `{url}.sha256` rather than pinned. *guest_host*: the host as the
+            guest sees it (qemu.EC2_HOST on the EC2 verify boot's network)."""
+            guest_url = f"http://{guest_host}:{port}"
             spec = local_mirror_spec(spec, mirrored(artifacts[family]["containerd"], guest_url, root),
                                      mirrored(artifacts["1.6"]["runc"], guest_url, root))
             if not with_cni:

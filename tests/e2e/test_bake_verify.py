@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from imagebuild import bake, render
+from imagebuild import bake, qemu, render
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import parse
@@ -98,8 +98,71 @@ def test_containerd_2x_with_cni_plugins_bakes_and_verifies(mirror, base_image, t
     assert by_name["cni.loopback"]["ok"], by_name["cni.loopback"]   # the plugins run in the guest
 
 
-def test_user_data_path_verifies(mirror, base_image, golden_spec, tmp_path):
-    report = verify_user_data(golden_spec, base=str(base_image), log_dir=str(tmp_path))
+# What the EC2 boot proves on top of the seed checks.
+EC2_CHECKS = {
+    "ec2.datasource", "ec2.instance_id", "ec2.public_key", "ec2.imds_v2_only", "network.dhcp",
+    "disk.rootfs_grown", "hygiene.hostname", "time.sync", "apt.daily_timers", "platform.console",
+    "platform.driver.ena", "platform.driver.nvme",
+}
+
+
+def test_golden_image_verifies_as_ec2(golden_image, golden_spec, tmp_path):
+    """The same image booted as EC2 presents an instance: SMBIOS identity, IMDSv2 only, a new NIC in
+    another slot, a larger disk, no NoCloud seed."""
+    before = sha256_file(golden_image)
+    report = verify_image(golden_image, golden_spec, log_dir=str(tmp_path), platform="ec2")
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
+    names = {c["check"] for c in report["checks"]}
+    assert SEED_CHECKS | EC2_CHECKS | {"hygiene.network_config"} <= names
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert by_name["network.dhcp"]["actual"].startswith("ens5:"), by_name["network.dhcp"]
+    assert report["platform"] == "ec2" and report["imds_requests"] > 10
+    imds_log = [json.loads(line) for line in (tmp_path / "containerd-golden.verify-ec2.imds.log").read_text().splitlines()]
+    assert imds_log[0]["method"] == "PUT" and imds_log[0]["status"] == 200
+    assert any(r["path"].endswith("/user-data") and r["status"] == 200 for r in imds_log)
+    written = json.loads((tmp_path / "verify-ec2.json").read_text())
+    assert written["passed"] and written["platform"] == "ec2" and written["image_sha256"] == before
+    assert sha256_file(golden_image) == before
+
+
+def _without_ec2(image, tmp_path):
+    """A copy of *image* (raw) whose cloud-init datasource_list leaves Ec2 out, written with debugfs
+    into the root filesystem (no mounts): the base image as it was before Ec2 was listed."""
+    raw = tmp_path / "no-ec2.raw"
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(image), str(raw)], check=True)
+    cfg = tmp_path / "99-no-ec2.cfg"
+    cfg.write_text("datasource_list: [ NoCloud, ConfigDrive, None ]\n")
+    fs = f"{raw}?offset={1024 * 1024}"
+    done = subprocess.run(["debugfs", "-w", "-R", f"write {cfg} /etc/cloud/cloud.cfg.d/99-no-ec2.cfg", fs],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    shown = subprocess.run(["debugfs", "-R", "cat /etc/cloud/cloud.cfg.d/99-no-ec2.cfg", fs],
+                           capture_output=True, text=True).stdout
+    assert "ConfigDrive" in shown, shown
+    return raw
+
+
+def test_an_image_whose_datasources_exclude_ec2_fails_the_ec2_verify(base_image, golden_spec, tmp_path):
+    """Can the EC2 verify fail? An image without Ec2 in its datasource_list boots with cloud-init off;
+    the verify says so as soon as the login prompt shows, instead of waiting out its timeout."""
+    image = _without_ec2(base_image, tmp_path)
+    report = verify_image(image, golden_spec, log_dir=str(tmp_path), platform="ec2")
+    assert not report["passed"]
+    assert report["failed"] == ["ec2.cloud_init_ran"]
+    assert "datasource_list include Ec2" in report["reason"] and "no request to the IMDS" in report["reason"]
+    assert report["timings"]["check_done_s"] < golden_spec.verify.timeout / 2
+    assert json.loads((tmp_path / "verify-ec2.json").read_text())["passed"] is False
+    image.unlink()   # a sparse 3 GiB raw: not kept in pytest's temp directories
+
+
+def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
+    """The rendered user-data, gzipped as EC2 hands it over, through the IMDS to the plain base image."""
+    from imagebuild.spec import load
+
+    spec = mirror(load(), "1.6", guest_host=qemu.EC2_HOST)
+    report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path), platform="ec2")
+    assert report["passed"], [c for c in report["checks"] if not c["ok"]]
+    assert EC2_CHECKS <= {c["check"] for c in report["checks"]}
     assert report["timings"]["containerd_active_s"] is not None
-    assert report["user_data_bytes"] == len(render.user_data(golden_spec)) <= 16384
+    assert report["user_data_bytes"] == len(render.user_data(spec)) <= 16384
+    assert json.loads((tmp_path / "verify-user-data-ec2.json").read_text())["platform"] == "ec2"

@@ -109,6 +109,8 @@ source "amazon-ebs" "golden" {
   ami_users     = []
   encrypt_boot  = false
   ena_support   = true
+  # Packer 1.6 knows neither metadata_options nor imds_support: set image.packer_version to 1.7 or
+  # later for an IMDSv2-only build instance and an AMI registered with ImdsSupport v2.0.
   launch_block_device_mappings {
     device_name           = "/dev/xvda"
     volume_size           = 8
