@@ -281,7 +281,7 @@ class Proxy:
 
 #: What a Kubernetes worker needs besides containerd: sysctl -> (value, reason), packages -> reason.
 #: The spec's own system.sysctls are applied after (and win over) the profile's.
-# A profile: sysctls {key: (value, why)} and packages {name: why}.
+# A profile: sysctls {key: (value, why)} and packages {name: (why, probe command)}.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "kubernetes-worker": {
         "sysctls": {
@@ -293,10 +293,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "vm.overcommit_memory": ("1", "kubelet's protectKernelDefaults requires it: kubelet evicts "
                                           "pods itself, the kernel must not refuse allocations"),
         },
+        # name: (why, a command that proves the tool runs: the in-guest check runs it)
         "packages": {
-            "conntrack": "kube-proxy deletes stale conntrack entries (UDP services) with it",
-            "socat": "kubelet's port forwarding (kubectl port-forward) and kubeadm's preflight need it",
-            "ebtables": "kubelet's network plugins and kubeadm's preflight need it",
+            "conntrack": ("kube-proxy deletes stale conntrack entries (UDP services) with it",
+                          ("conntrack", "--version")),
+            "socat": ("kubelet's port forwarding (kubectl port-forward) and kubeadm's preflight need it",
+                      ("socat", "-V")),
+            "ebtables": ("kubelet's network plugins and kubeadm's preflight need it", ("ebtables", "--version")),
         },
     },
     "none": {"sysctls": {}, "packages": {}},
@@ -313,6 +316,11 @@ class System:
     def packages(self) -> tuple[str, ...]:
         """Debian packages the profile installs (tarball and package installs alike)."""
         return tuple(PROFILES[self.profile]["packages"])
+
+    @property
+    def package_probes(self) -> dict[str, tuple[str, ...]]:
+        """Each profile package's command that proves its tool runs."""
+        return {name: probe for name, (_, probe) in PROFILES[self.profile]["packages"].items()}
 
 
 @_frozen

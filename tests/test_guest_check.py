@@ -133,3 +133,34 @@ def test_boot_checks_import_beside_check_py_as_in_the_guest(tmp_path):
                           capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "check"
+
+
+def test_tool_checks_read_the_real_dpkg_database_and_run_the_tool(monkeypatch, tmp_path):
+    """The profile's tools: installed per dpkg, and their probe command runs; a missing package and a
+    failing tool are both caught."""
+    good = _results(monkeypatch, {"packages": [{"name": "bash", "probe": ["bash", "--version"]}]}, check.tool_checks)
+    assert [(r["check"], r["ok"]) for r in good] == [("tool.bash.package", True), ("tool.bash.runs", True)]
+    broken = tmp_path / "broken-tool"
+    broken.write_text("#!/bin/sh\necho 'cannot run' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    bad = _results(monkeypatch, {"packages": [{"name": "imagebuild-no-such-package", "probe": [str(broken)]}]},
+                   check.tool_checks)
+    assert [(r["check"], r["ok"], r["actual"]) for r in bad] == [
+        ("tool.imagebuild-no-such-package.package", False, "<not installed>"),
+        ("tool.imagebuild-no-such-package.runs", False, "exit 3: cannot run")]
+    missing = _results(monkeypatch, {"packages": [{"name": "bash", "probe": ["imagebuild-no-such-tool"]}]},
+                       check.tool_checks)
+    assert missing[1]["actual"] == "exit 127: imagebuild-no-such-tool: not found"
+
+
+def test_the_worker_profile_expects_its_tools_and_none_expects_nothing():
+    from imagebuild import render
+    from tests.support import spec_of
+
+    def expected_packages(spec):
+        return json.loads(render.guest_files(spec)["expected.json"].content)["packages"]
+
+    worker = expected_packages(spec_of({}))
+    assert [p["name"] for p in worker] == ["conntrack", "socat", "ebtables"]
+    assert all(p["probe"] and p["probe"][0] == p["name"] for p in worker)
+    assert expected_packages(spec_of({"system": {"profile": "none"}})) == []

@@ -116,6 +116,18 @@ def package_checks(rep: Reporter, exp: dict) -> None:
     rep.check("package.hold", "held" if pkg["hold"] else "not held", "held" if held else "not held")
 
 
+def tool_checks(rep: Reporter, exp: dict) -> None:
+    """The system profile's packages (kubernetes-worker: conntrack, socat, ebtables): installed, and
+    their tool runs."""
+    for pkg in exp.get("packages", []):
+        status = run("dpkg-query", "-W", "-f=${Status}", pkg["name"])
+        rep.check(f"tool.{pkg['name']}.package", "install ok installed",
+                  status.stdout.strip() if status.returncode == 0 else "<not installed>")
+        probe = run(*pkg["probe"])
+        actual = "runs" if probe.returncode == 0 else f"exit {probe.returncode}: {probe.stderr.strip()[-200:]}"
+        rep.check(f"tool.{pkg['name']}.runs", "runs", actual)
+
+
 def cni_checks(rep: Reporter, exp: dict) -> None:
     """Installs with CNI plugins: the plugins run here and answer the CNI VERSION call
     (`loopback` is in every release of the plugins)."""
@@ -300,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = Reporter(args.results)
     service_checks(rep, exp)
     package_checks(rep, exp)
+    tool_checks(rep, exp)
     cni_checks(rep, exp)
     config_checks(rep, exp)
     file_checks(rep, exp)

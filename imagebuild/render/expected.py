@@ -97,7 +97,7 @@ def render(spec: Spec, files: list[dict], build_user: str) -> dict:
         "oom_score_adj": spec.config.oom_score or spec.unit.oom_score_adjust,
         "modules": list(spec.system.modules),
         "sysctls": dict(spec.system.sysctls),
-        "packages": list(spec.system.packages),
+        "packages": [{"name": name, "probe": list(probe)} for name, probe in spec.system.package_probes.items()],
         "build_user": build_user if spec.image.hygiene else None,
         "extra_checks": [{"name": c.name, "run": c.run} for c in spec.verify.checks],
     }
