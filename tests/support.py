@@ -167,13 +167,14 @@ def qemu_processes_using(path: Path) -> dict[int, str]:
 
 
 @contextlib.contextmanager
-def temp_dir_of_its_own(directory: Path):
-    """Run the body with *directory* as the temporary directory of this process (`tempfile`) and
-    of every process it starts ($TMPDIR); yield *directory*. What the body leaves there is what
-    it would have left in /tmp: "leaves /tmp as it found it" is "*directory* is empty after",
-    whatever else runs on the machine meanwhile."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def temp_dir_of_its_own():
+    """Run the body with a new, empty directory as the temporary directory of this process
+    (`tempfile`) and of every process it starts ($TMPDIR); yield it, remove it afterwards. What
+    the body leaves there is what it would have left in /tmp: "leaves /tmp as it found it" is
+    "the directory is still empty at the end of the body", whatever else runs on the machine.
+    The directory is made in the system's temporary directory, so its path stays short (Packer's
+    plugin sockets live in TMPDIR, and a unix socket path is limited to 107 bytes)."""
+    directory = Path(tempfile.mkdtemp(prefix="own-tmp-"))
     saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = str(directory), str(directory)
     try:
@@ -184,3 +185,4 @@ def temp_dir_of_its_own(directory: Path):
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(directory, ignore_errors=True)

@@ -74,11 +74,12 @@ def _cd_only_template(directory: Path) -> Path:
 def test_packer_alone_leaves_its_cd_staging_dir_in_tmpdir(tmp_path):
     """The cause, and the detector failing on it: Packer 1.6.6 never removes `packer_to_cdrom*`."""
     template = _cd_only_template(tmp_path)
-    with temp_dir_of_its_own(tmp_path / "tmp") as tmp:
+    with temp_dir_of_its_own() as tmp:
         proc = subprocess.run([PACKER, "build", "-only=t.qemu.cd", str(template)], capture_output=True, text=True,
                               env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+        left = list(tmp.iterdir())
     assert proc.returncode != 0 and "Done copying paths from CD_dirs" in proc.stdout, proc.stdout
-    assert [p.name.startswith("packer_to_cdrom") for p in tmp.iterdir()] == [True]
+    assert [p.name.startswith("packer_to_cdrom") for p in left] == [True]
 
 
 def test_bakes_packer_leaves_the_temporary_directory_as_it_found_it(tmp_path):
@@ -86,11 +87,12 @@ def test_bakes_packer_leaves_the_temporary_directory_as_it_found_it(tmp_path):
     template = _cd_only_template(tmp_path)
     scratch = tmp_path / "bake-scratch"
     scratch.mkdir()
-    with temp_dir_of_its_own(tmp_path / "tmp") as tmp:
+    with temp_dir_of_its_own() as tmp:
         run = PackerRun(scratch / "packer.log", tmpdir=scratch / "tmp")
         assert run.run(template, {}, only="t.qemu.cd") != 0
+        left = list(tmp.iterdir())
     assert "Done copying paths from CD_dirs" in (scratch / "packer.log").read_text()
-    assert list(tmp.iterdir()) == []
+    assert left == []
     assert [p.name.startswith("packer_to_cdrom") for p in (scratch / "tmp").iterdir()] == [True]
 
 
@@ -108,10 +110,10 @@ def test_packer_needs_a_short_tmpdir_for_its_plugin_sockets(tmp_path, monkeypatc
     assert (tmp_path / "crash.log").exists()
 
 
-def test_temp_dir_of_its_own_sees_what_python_and_child_processes_leave(tmp_path):
-    with temp_dir_of_its_own(tmp_path / "tmp") as tmp:
-        assert tempfile.gettempdir() == str(tmp)
+def test_temp_dir_of_its_own_sees_what_python_and_child_processes_leave():
+    with temp_dir_of_its_own() as tmp:
+        assert tempfile.gettempdir() == str(tmp) and list(tmp.iterdir()) == []
         left = Path(tempfile.mkdtemp(prefix="python-"))
         made = subprocess.run(["mktemp", "-d"], capture_output=True, text=True, check=True).stdout.strip()
-    assert tempfile.gettempdir() != str(tmp)
-    assert sorted(tmp.iterdir()) == sorted([left, Path(made)])
+        assert sorted(tmp.iterdir()) == sorted([left, Path(made)])
+    assert tempfile.gettempdir() != str(tmp) and not tmp.exists()

@@ -61,9 +61,10 @@ def golden_spec(mirror):
 def golden_bake(golden_spec, base_image, tmp_path_factory) -> tuple[Path, list[str]]:
     """The default spec's golden image, baked once for the session, and what the bake left in
     the temporary directory (it runs with one of its own: see temp_dir_of_its_own)."""
-    with temp_dir_of_its_own(tmp_path_factory.mktemp("golden-bake-tmp")) as tmp:
+    with temp_dir_of_its_own() as tmp:
         image = bake(golden_spec, tmp_path_factory.mktemp("golden") / "output", base=str(base_image))
-    return image, sorted(p.name for p in tmp.iterdir())
+        left = sorted(p.name for p in tmp.iterdir())
+    return image, left
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import yaml
@@ -79,8 +82,8 @@ def test_bake_interrupted_leaves_nothing(golden_spec, base_image, tmp_path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(golden_spec.document))
     out = tmp_path / "out"
-    tmp = tmp_path / "tmp"   # the bake's temporary directory: it must stay empty
-    tmp.mkdir()
+    # the bake's temporary directory: it must stay empty (short: Packer's plugin sockets go there)
+    tmp = Path(tempfile.mkdtemp(prefix="bake-tmp-"))
     proc = subprocess.Popen([sys.executable, "-m", "imagebuild", "bake", str(spec_file), "-o", str(out),
                              "--base", str(base_image)], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             env={**os.environ, "TMPDIR": str(tmp)})
@@ -100,12 +103,14 @@ def test_bake_interrupted_leaves_nothing(golden_spec, base_image, tmp_path):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(180)
+        left = sorted(p.name for p in tmp.iterdir())
+        shutil.rmtree(tmp)
     reader.join(10)
     assert any("interrupted" in line for line in seen), seen[-5:]
     wait_for(lambda: not qemu_processes_using(tmp_path), 30, "the build VM to go away")
     assert not out.exists() or not list(out.glob("*.qcow2"))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "scratch left behind"
-    assert list(tmp.iterdir()) == [], "temporary files left behind"
+    assert left == [], "temporary files left behind"
 
 
 def test_bake_on_a_full_disk_fails_cleanly(golden_spec, base_image, tmp_path):
