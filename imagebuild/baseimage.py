@@ -457,9 +457,9 @@ def _configure_tree(tree: Path, fs_uuid: str) -> None:
     dest = tree / "boot/grub/i386-pc"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(mods, dest)
-    for link in ("vmlinuz", "initrd.img"):
-        if not (tree / link).exists():
-            raise ImagebuildError(f"the root tree has no /{link}; did the kernel install fail?")
+    for name in ("vmlinuz", "initrd.img"):
+        if not (tree / name).exists():
+            raise ImagebuildError(f"the root tree has no /{name}; did the kernel install fail?")
 
 
 def _check_drivers(tree: Path) -> None:

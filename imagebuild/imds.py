@@ -123,7 +123,7 @@ class ImdsServer(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
-    def __enter__(self) -> "ImdsServer":
+    def __enter__(self) -> ImdsServer:
         self._thread = threading.Thread(target=self.serve_forever, name="imds", daemon=True)
         self._thread.start()
         return self

@@ -151,7 +151,7 @@ def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, test_image: 
     return report | {"platform": "ec2", "imds_requests": len(log)}
 
 
-def _wait_ec2(guest, timeout: float, server) -> "qemu.Line | None":
+def _wait_ec2(guest, timeout: float, server) -> qemu.Line | None:
     """Wait for the check's DONE line; None as soon as the boot shows cloud-init stayed off (a login
     prompt with no cloud-init stage before it), rather than waiting out the timeout."""
     deadline = time.monotonic() + timeout
@@ -161,7 +161,7 @@ def _wait_ec2(guest, timeout: float, server) -> "qemu.Line | None":
         line = guest.wait_for(done_or_login, max(1.0, deadline - time.monotonic()))
         if qemu.DONE_PREFIX in line.text:
             return line
-        if not any(stage.search(l.text) for l in guest.lines) and not server.log:
+        if not any(stage.search(seen.text) for seen in guest.lines) and not server.log:
             return None
         done_or_login = re.compile(re.escape(qemu.DONE_PREFIX))
 

@@ -284,8 +284,10 @@ def test_driver_check_accepts_ena_module_and_builtin_nvme(tmp_path):
 
 
 @pytest.mark.parametrize("dep, builtin, modules, message", [
-    ("kernel/drivers/net/ethernet/intel/e1000/e1000.ko:\n", "kernel/drivers/nvme/host/nvme.ko\n", "most", "no ena driver"),
-    ("kernel/drivers/net/ethernet/amazon/ena/ena.ko:\n", "kernel/drivers/nvme/host/nvme-core.ko\n", "most", "no nvme driver"),
+    ("kernel/drivers/net/ethernet/intel/e1000/e1000.ko:\n", "kernel/drivers/nvme/host/nvme.ko\n", "most",
+     "no ena driver"),
+    ("kernel/drivers/net/ethernet/amazon/ena/ena.ko:\n", "kernel/drivers/nvme/host/nvme-core.ko\n", "most",
+     "no nvme driver"),
     ("kernel/drivers/net/ethernet/amazon/ena/ena.ko:\nkernel/drivers/nvme/host/nvme.ko.xz:\n", "", "dep",
      "want most"),
 ])

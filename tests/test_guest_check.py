@@ -106,7 +106,7 @@ def test_ec2_checks_fail_on_another_platform(monkeypatch, tmp_path):
     out = io.StringIO()
     monkeypatch.setattr(check.sys, "stdout", out)
     boot_checks.ec2_checks(check.Reporter(None), {"instance_id": "i-0abc", "public_key": "ssh-ed25519 AAAA x"})
-    results = {r["check"]: r for r in (json.loads(l.split(" ", 1)[1]) for l in out.getvalue().splitlines())}
+    results = {r["check"]: r for r in (json.loads(line.split(" ", 1)[1]) for line in out.getvalue().splitlines())}
     assert not results["ec2.datasource"]["ok"] and results["ec2.datasource"]["actual"]["platform"] == "nocloud"
     assert not results["ec2.instance_id"]["ok"] and not results["ec2.public_key"]["ok"]
 
@@ -129,8 +129,8 @@ def test_boot_checks_import_beside_check_py_as_in_the_guest(tmp_path):
     for name in ("check.py", "boot_checks.py"):
         shutil.copy(guest / name, tmp_path / name)
     probe = "import sys, check; sys.modules['__main__'] = check; import boot_checks; print(boot_checks.run.__module__)"
-    done = subprocess.run(["/usr/bin/python3", "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {probe}"],
-                          capture_output=True, text=True, cwd="/")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {probe}"
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "check"
 

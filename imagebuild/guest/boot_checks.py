@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 try:
-    from check import run          # in the guest: beside check.py
+    from check import run  # in the guest: beside check.py
 except ImportError:                # on the host (tests)
     from imagebuild.guest.check import run
 
@@ -110,7 +110,7 @@ def platform_checks(rep, boot: dict) -> None:
         route = run("ip", "-4", "route", "show", "default").stdout.split()
         route_dev = route[route.index("dev") + 1] if "dev" in route else None
         eni = Path("/etc/network/interfaces.d/50-cloud-init")
-        dhcp = bool(dev) and eni.exists() and re.search(rf"^iface {re.escape(dev)} inet dhcp$", eni.read_text(), re.M)
+        dhcp = bool(dev and eni.exists() and re.search(rf"^iface {re.escape(dev)} inet dhcp$", eni.read_text(), re.M))
         lease = bool(dev) and any(Path("/var/lib/dhcp").glob(f"dhclient*{dev}*.leases"))
         rep.check("network.dhcp", f"the NIC with MAC {mac}: default route, configured by DHCP",
                   f"{dev or '<no such NIC>'}: default route via {route_dev or '<none>'}, "
@@ -143,7 +143,8 @@ def identity_checks(rep, boot: dict, facts: dict) -> None:
         rep.check("hygiene.network_config", "no config naming the build's NIC or host", hits or "none", not hits)
     if build_host:
         hits = files_mentioning(build_host, ("/etc/hostname", "/etc/hosts"))
-        rep.check("hygiene.build_hostname", f"{built} in neither /etc/hostname nor /etc/hosts", hits or "none", not hits)
+        rep.check("hygiene.build_hostname", f"{built} in neither /etc/hostname nor /etc/hosts", hits or "none",
+                  not hits)
 
 
 def run_all(rep, boot: dict, facts: dict) -> None:

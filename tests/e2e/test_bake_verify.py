@@ -119,7 +119,8 @@ def test_golden_image_verifies_as_ec2(golden_image, golden_spec, tmp_path):
     by_name = {c["check"]: c for c in report["checks"]}
     assert by_name["network.dhcp"]["actual"].startswith("ens5:"), by_name["network.dhcp"]
     assert report["platform"] == "ec2" and report["imds_requests"] > 10
-    imds_log = [json.loads(line) for line in (tmp_path / "containerd-golden.verify-ec2.imds.log").read_text().splitlines()]
+    imds_lines = (tmp_path / "containerd-golden.verify-ec2.imds.log").read_text().splitlines()
+    imds_log = [json.loads(line) for line in imds_lines]
     assert imds_log[0]["method"] == "PUT" and imds_log[0]["status"] == 200
     assert any(r["path"].endswith("/user-data") and r["status"] == 200 for r in imds_log)
     written = json.loads((tmp_path / "verify-ec2.json").read_text())
