@@ -404,7 +404,9 @@ class _Publish:
 
     def upload(self) -> str:
         ec2 = self.ec2(self.home)
-        workdir = Path(tempfile.mkdtemp(prefix="imagebuild-publish-"))
+        # Scratch beside the image: the raw disk is as large as the image's virtual size, and a
+        # killed run leaves it where the image is, not in a possibly small /tmp.
+        workdir = Path(tempfile.mkdtemp(prefix=".publish-scratch-", dir=self.qcow2.parent))
         try:
             raw = workdir / "disk.raw"
             step(f"converting {self.qcow2.name} to raw")

@@ -164,7 +164,8 @@ def _deep_merge(target: Any, overrides: dict) -> None:
 
 
 class KeyPaths:
-    """Where each tuned setting lives in one config version (see ENVIRONMENT.md's table)."""
+    """Where each tuned setting lives in one config version: key paths of containerd's own config
+    default (imagebuild/defaults/config-<family>.toml)."""
 
     def __init__(self, version: int):
         if version == 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from pathlib import Path
 import re
 import subprocess
 import sys
@@ -214,13 +215,15 @@ def test_refuses_an_image_never_verified_as_ec2(aws, make_image, recording_clien
 
 
 def test_refuses_an_image_whose_ec2_verify_failed(aws, make_image, recording_clients):
+    """The NoCloud boot passed, the EC2 boot did not: verify-ec2.json as verify writes it."""
+    from conftest import write_verify_report
+
     image_dir, _ = make_image()
-    report = json.loads((image_dir / "verify-ec2.json").read_text())
-    report["passed"] = False
-    report["checks"] = [{"check": "ec2.cloud_init_ran", "ok": False, "expected": "cloud-init runs", "actual": "no"}]
-    (image_dir / "verify-ec2.json").write_text(json.dumps(report))
+    nocloud = json.loads((image_dir / "verify.json").read_text())
+    write_verify_report(image_dir, Path(nocloud["image"]), nocloud["image_sha256"], passed=False, platform="ec2")
     clients = recording_clients()
-    with pytest.raises(ImagebuildError, match=r"EC2 verification did not pass \(failed checks: ec2.cloud_init_ran\)"):
+    with pytest.raises(ImagebuildError, match=r"its EC2 verification did not pass \(failed checks: "
+                                              r"containerd\.active \(expected active, got failed\)\)"):
         publish(image_dir, target(), clients=clients)
     assert clients.calls == []
 
@@ -646,3 +649,17 @@ def test_deprecation_where_the_api_is_missing_is_noted_not_fatal(aws, make_image
                      clients=recording_clients(), poll_interval=0.01)
     assert record["complete"] and record["deprecation"] == {}
     assert any("deprecation of" in note and "InvalidAction" in note for note in record["notes"])
+
+
+def test_a_publish_leaves_no_scratch_behind(aws, make_image, recording_clients):
+    """The raw disk is converted beside the image and removed: nothing in the image directory or the
+    temporary directory afterwards."""
+    from tests.support import temp_dir_of_its_own
+
+    image_dir, _ = make_image()
+    before = sorted(p.name for p in image_dir.iterdir())
+    with temp_dir_of_its_own() as tmp:
+        publish(image_dir, target(), clients=recording_clients())
+        assert sorted(p.name for p in tmp.iterdir()) == []
+    assert sorted(p.name for p in image_dir.iterdir() if p.name.startswith(".publish-scratch-")) == []
+    assert set(before) <= {p.name for p in image_dir.iterdir()}
