@@ -10,9 +10,11 @@ stay. Of the rest, an AMI also stays when:
 - DescribeImageReferences lists a reference to it (where the endpoint offers that API);
 - the target's SSM parameter names it (home region; every region with ssm_all_regions);
 - its deregistration protection is on (someone chose to keep it; prune never turns it off);
-- it is shared with other accounts, organizations or OUs and was launched in the last
-  SHARED_LAUNCH_DAYS days, or its last launch time cannot be read (their instances are
-  invisible here; AWS's image usage reports would show them).
+- it is shared with other accounts, organizations or OUs and an image usage report (one per
+  such AMI, resource types ec2:Instance and ec2:LaunchTemplate) shows one of them using it, or
+  the report failed or was not ready within `usage_report_wait` seconds (fail safe). Where the
+  endpoint lacks image usage reports, the AMI stays when it was launched in the last
+  SHARED_LAUNCH_DAYS days or its last launch time cannot be read; the plan says which rule ran.
 Everything else is deleted, but only with apply=True: DeregisterImage with
 DeleteAssociatedSnapshots, then the snapshots its block device mappings name plus those tagged
 imagebuild:image-id=<ami> (publish tags its upload that way) that are still there. Family-tagged
@@ -20,10 +22,11 @@ snapshots whose AMI is gone (a delete that failed after deregistration) are swep
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
 from imagebuild.aws.model import Decision, PublishTarget, parse_build_time
@@ -37,6 +40,10 @@ INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 _CHUNK = 100  # image ids per describe_instances filter
 _REFERENCE_CHUNK = 10  # DescribeImageReferences takes at most 10 image ids (its model)
 SHARED_LAUNCH_DAYS = 30
+USAGE_RESOURCE_TYPES = ("ec2:Instance", "ec2:LaunchTemplate")
+USAGE_REPORT_WAIT_S = 600.0  # how long prune waits for image usage reports (like botocore's waiter)
+USAGE_REPORT_POLL_S = 15.0
+_USAGE_CHUNK = 200  # report ids per DescribeImageUsageReports(Entries) request; account ids per report
 # What an endpoint without an API answers (a partition or emulator that lacks it).
 UNSUPPORTED = ("InvalidAction", "UnsupportedOperation", "NotImplemented", "InvalidParameterValue")
 
@@ -55,11 +62,15 @@ def prune(
     regions: Iterable[str] | None = None,
     apply: bool = False,
     clients: ClientFactory | None = None,
+    usage_report_wait: float = USAGE_REPORT_WAIT_S,
+    poll_interval: float = USAGE_REPORT_POLL_S,
 ) -> list[Decision]:
     """Decide (and with apply=True, carry out) what to delete of target.family in *regions*.
 
     *regions* defaults to the home region plus the copy regions. Returns one Decision per AMI,
     by region, newest first. Raises PruneError (with the decisions) if a deletion failed.
+    Image usage reports of shared AMIs are waited for at most *usage_report_wait* seconds, polled
+    every *poll_interval*.
     """
     target.validate()
     regions = list(dict.fromkeys(regions if regions is not None else target.regions))
@@ -69,7 +80,7 @@ def prune(
         decisions: list[Decision] = []
         for region in regions:
             ssm_image = _ssm_image(clients, target, region)
-            decisions.extend(_decide_region(clients, target, region, ssm_image))
+            decisions.extend(_decide_region(clients, target, region, ssm_image, (usage_report_wait, poll_interval)))
         if apply:
             decisions = [_apply(clients, d) if d.action == "delete" else d for d in decisions]
     except Exception as exc:
@@ -91,7 +102,8 @@ def _ssm_image(clients: ClientFactory, target: PublishTarget, region: str) -> st
     return ssm_parameter_value(clients("ssm", region), target.ssm_parameter) or None
 
 
-def _decide_region(clients: ClientFactory, target: PublishTarget, region: str, ssm_image: str | None) -> list[Decision]:
+def _decide_region(clients: ClientFactory, target: PublishTarget, region: str, ssm_image: str | None,
+                   usage_wait: tuple[float, float]) -> list[Decision]:
     ec2 = clients("ec2", region)
     images = list(family_images(ec2, target.family))
     images.sort(key=newest_first_key)
@@ -106,15 +118,19 @@ def _decide_region(clients: ClientFactory, target: PublishTarget, region: str, s
     if ssm_image:
         protected.setdefault(ssm_image, []).append(f"named by SSM parameter {target.ssm_parameter}")
 
+    for image in images:
+        protection = image.get("DeregistrationProtection") or "disabled"
+        if protection != "disabled":
+            protected.setdefault(image["ImageId"], []).append(f"deregistration protection is {protection}")
+    candidates = [image_id for image_id in ids[target.keep:] if not protected.get(image_id)]
+    shared = _shared_use(ec2, region, candidates, *usage_wait)
+
     decisions = []
     for position, image in enumerate(images):
         image_id = image["ImageId"]
         reasons = protected.get(image_id, [])
-        protection = image.get("DeregistrationProtection") or "disabled"
-        if protection != "disabled":
-            reasons = [*reasons, f"deregistration protection is {protection}"]
-        if position >= target.keep and not reasons:
-            reasons = _shared_use(ec2, image_id)
+        if image_id in shared and shared[image_id].keep:
+            reasons = shared[image_id].keep
         if position < target.keep:
             action, reason = "keep", f"newest {target.keep} (#{position + 1})"
             if reasons:
@@ -123,6 +139,8 @@ def _decide_region(clients: ClientFactory, target: PublishTarget, region: str, s
             action, reason = "keep", "; ".join(dict.fromkeys(reasons))
         else:
             action, reason = "delete", f"older than the newest {target.keep}, unused"
+            if image_id in shared:
+                reason += f" ({shared[image_id].note})"
         decisions.append(
             Decision(
                 region=region,
@@ -287,18 +305,108 @@ def _image_references(ec2: Any, image_ids: list[str]) -> Iterator[tuple[str, str
             return
 
 
-def _shared_use(ec2: Any, image_id: str) -> list[str]:
-    """Why a shared AMI must stay: launched recently, or its last launch cannot be read."""
-    permissions = ec2.describe_image_attribute(ImageId=image_id,
-                                               Attribute="launchPermission").get("LaunchPermissions", [])
-    if not permissions:
-        return []
+class _SharedUse(NamedTuple):
+    """What the shared-use check found for one shared AMI: reasons to keep it, or a note on why not."""
+
+    keep: list[str]
+    note: str = ""
+
+
+def _shared_use(ec2: Any, region: str, image_ids: list[str], wait: float, poll: float) -> dict[str, _SharedUse]:
+    """For each AMI of *image_ids* shared with other accounts, organizations or OUs: whether they use it.
+
+    Their instances and launch templates are invisible here: an image usage report shows them.
+    Where the endpoint lacks image usage reports, the lastLaunchedTime rule decides instead."""
+    shared = {}
+    for image_id in image_ids:
+        permissions = ec2.describe_image_attribute(ImageId=image_id,
+                                                   Attribute="launchPermission").get("LaunchPermissions", [])
+        if permissions:
+            shared[image_id] = permissions
+    if not shared:
+        return {}
+    try:
+        return _usage_reports(ec2, region, shared, wait, poll)
+    except Exception as exc:
+        if error_code(exc) not in UNSUPPORTED:
+            raise
+        code = error_code(exc)
+    step(f"{region}: image usage reports are not available here ({code}); shared AMIs are judged by their last launch")
+    fallback = f"image usage reports not available here ({code})"
+    result = {}
+    for image_id, permissions in shared.items():
+        keep = _last_launch(ec2, image_id, len(permissions))
+        result[image_id] = _SharedUse([f"{reason} ({fallback})" for reason in keep],
+                                      f"shared; {fallback}; not launched in the last {SHARED_LAUNCH_DAYS} days")
+    return result
+
+
+def _usage_reports(ec2: Any, region: str, shared: dict[str, list[dict[str, Any]]], wait: float,
+                   poll: float) -> dict[str, _SharedUse]:
+    """One image usage report per shared AMI, waited for at most *wait* seconds; a report that
+    failed or is not ready keeps its AMI."""
+    reports: dict[str, str] = {}  # report id -> image id
+    for image_id, permissions in shared.items():
+        accounts = [p["UserId"] for p in permissions if p.get("UserId")]
+        request: dict[str, Any] = {"ImageId": image_id,
+                                   "ResourceTypes": [{"ResourceType": kind} for kind in USAGE_RESOURCE_TYPES]}
+        if len(accounts) == len(permissions) and len(accounts) <= _USAGE_CHUNK:
+            request["AccountIds"] = accounts  # else (organizations, OUs, public): every account
+        reports[ec2.create_image_usage_report(**request)["ReportId"]] = image_id
+    states: dict[str, tuple[str, str]] = {report_id: ("pending", "") for report_id in reports}
+    started = time.monotonic()
+    while True:
+        pending = [r for r, (state, _) in states.items() if state not in ("available", "failed")]
+        for start in range(0, len(pending), _USAGE_CHUNK):
+            pages = ec2.get_paginator("describe_image_usage_reports").paginate(
+                ReportIds=pending[start: start + _USAGE_CHUNK])
+            for page in pages:
+                for report in page.get("ImageUsageReports", []):
+                    if report.get("ReportId") in states:
+                        states[report["ReportId"]] = (report.get("State", "pending"), report.get("StateReason", ""))
+        pending = [r for r, (state, _) in states.items() if state not in ("available", "failed")]
+        waited = time.monotonic() - started
+        if not pending or waited >= wait:
+            break
+        step(f"{region}: waiting for {len(pending)} of {len(states)} image usage reports "
+             f"({waited:.0f} s of {wait:.0f} s)")
+        time.sleep(min(poll, max(wait - waited, 0)))
+
+    used: dict[str, list[str]] = {}
+    available = [r for r, (state, _) in states.items() if state == "available"]
+    for start in range(0, len(available), _USAGE_CHUNK):
+        pages = ec2.get_paginator("describe_image_usage_report_entries").paginate(
+            ReportIds=available[start: start + _USAGE_CHUNK])
+        for page in pages:
+            for entry in page.get("ImageUsageReportEntries", []):
+                report_id = entry.get("ReportId")
+                if report_id in reports and entry.get("UsageCount", 0) > 0:
+                    used.setdefault(reports[report_id], []).append(
+                        f"used by account {entry.get('AccountId', '?')}: {entry['UsageCount']} "
+                        f"{entry.get('ResourceType', 'resources')} (image usage report {report_id})")
+    result = {}
+    for report_id, image_id in reports.items():
+        state, why = states[report_id]
+        if state == "available":
+            result[image_id] = _SharedUse(used.get(image_id, []),
+                                          f"shared; image usage report {report_id} shows no use")
+        elif state == "failed":
+            result[image_id] = _SharedUse([f"shared and its image usage report {report_id} failed"
+                                           f"{': ' + why if why else ''}; kept to be safe"])
+        else:
+            result[image_id] = _SharedUse([f"shared and its image usage report {report_id} was still {state} "
+                                           f"after {wait:.0f} s; kept to be safe"])
+    return result
+
+
+def _last_launch(ec2: Any, image_id: str, permissions: int) -> list[str]:
+    """Why a shared AMI must stay without usage reports: launched recently, or its last launch cannot be read."""
     try:
         last = ec2.describe_image_attribute(ImageId=image_id, Attribute="lastLaunchedTime").get("LastLaunchedTime", {})
     except Exception as exc:
         if error_code(exc) not in UNSUPPORTED:
             raise
-        return [f"shared ({len(permissions)} launch permissions) and its last launch time cannot be read"]
+        return [f"shared ({permissions} launch permissions) and its last launch time cannot be read"]
     text = (last or {}).get("Value")
     if not text:
         return []  # shared, never launched by anyone

@@ -204,6 +204,9 @@ MOTO_GAPS = {
     "DescribeImageReferences": None,
     "EnableImageDeprecation": None,
     "DescribeImageAttribute": lambda request: "lastLaunchedTime" in _text(request.body),
+    "CreateImageUsageReport": None,
+    "DescribeImageUsageReports": None,
+    "DescribeImageUsageReportEntries": None,
 }
 
 

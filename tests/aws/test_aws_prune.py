@@ -1,7 +1,9 @@
 """prune() against a real moto server: newest N kept, used AMIs protected, the rest deleted."""
 from __future__ import annotations
 
+import time
 from datetime import UTC
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -259,8 +261,8 @@ def _last_launched(image_id, when):
 
 @pytest.mark.parametrize("last_launch, action", [(None, "keep"), ("recent", "keep"), ("old", "delete")])
 def test_shared_amis_stay_while_other_accounts_may_use_them(aws, boto, boto_session, clients, last_launch, action):
-    """Instances in accounts the AMI is shared with are invisible here; lastLaunchedTime (any
-    account's launch) decides. moto 5.2.5 lacks that attribute: without an answer it cannot be read."""
+    """Where image usage reports are not available, lastLaunchedTime (any account's launch)
+    decides. moto 5.2.5 lacks that attribute: without an answer it cannot be read."""
     from datetime import datetime, timedelta
 
     home = boto("ec2", HOME)
@@ -277,6 +279,8 @@ def test_shared_amis_stay_while_other_accounts_may_use_them(aws, boto, boto_sess
         boto_session.events.register_first("before-send.ec2.DescribeImageAttribute", answer)
     (decision,) = [d for d in prune(target(copy_regions=[], keep=1), clients=clients) if d.ami_id == images[0]]
     assert decision.action == action, decision.reason
+    # moto lacks image usage reports (InvalidAction): the plan says the last-launch rule decided
+    assert "image usage reports not available here (InvalidAction)" in decision.reason
 
 
 def test_deregister_deletes_associated_snapshots_and_orphans_are_swept(aws, boto, clients, api_calls):
@@ -296,3 +300,119 @@ def test_deregister_deletes_associated_snapshots_and_orphans_are_swept(aws, boto
     assert "snapshots of AMIs that no longer exist" in format_table(decisions)
     # the snapshots of the AMIs that exist are not touched
     assert images[2][1] <= own_snapshots(home)
+
+
+# --------------------------------------------------------------------------- image usage reports
+
+SHARED_WITH = "111122223333"
+
+
+class UsageReports:
+    """AWS's image usage report APIs, which moto 5.2.5 lacks, answered in the shapes of botocore's
+    ec2 model through `before-send` (the requests are model-checked and recorded as usual).
+
+    *used*: image id -> [(account, resource type, count)]; *state*: what DescribeImageUsageReports
+    says of every report."""
+
+    def __init__(self, session, used=None, state="available", reason=""):
+        self.used, self.state, self.reason = used or {}, state, reason
+        self.reports: dict[str, str] = {}  # report id -> image id
+        self.polls = 0
+        for operation in ("CreateImageUsageReport", "DescribeImageUsageReports", "DescribeImageUsageReportEntries"):
+            session.events.register_first(f"before-send.ec2.{operation}", getattr(self, operation.lower()))
+
+    @staticmethod
+    def _form(request):
+        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body)
+        return {k: v[0] for k, v in parse_qs(body).items()}
+
+    def _asked(self, form):
+        """The report ids a Describe request names (ReportId.N), each one this account created."""
+        return [self.reports[v] and v for k, v in form.items() if k.startswith("ReportId.")]
+
+    def createimageusagereport(self, request, **_):
+        report_id = f"amiur-{len(self.reports):017x}"
+        self.reports[report_id] = self._form(request)["ImageId"]
+        return ec2_answer(200, f"<CreateImageUsageReportResponse><reportId>{report_id}</reportId>"
+                               "</CreateImageUsageReportResponse>")
+
+    def describeimageusagereports(self, request, **_):
+        self.polls += 1
+        items = "".join(
+            f"<item><reportId>{r}</reportId><imageId>{self.reports[r]}</imageId><state>{self.state}</state>"
+            + (f"<stateReason>{self.reason}</stateReason>" if self.reason else "") + "</item>"
+            for r in self._asked(self._form(request)))
+        return ec2_answer(200, f"<DescribeImageUsageReportsResponse><imageUsageReportSet>{items}"
+                               "</imageUsageReportSet></DescribeImageUsageReportsResponse>")
+
+    def describeimageusagereportentries(self, request, **_):
+        items = "".join(
+            f"<item><resourceType>{kind}</resourceType><reportId>{r}</reportId><usageCount>{count}</usageCount>"
+            f"<accountId>{account}</accountId><imageId>{self.reports[r]}</imageId></item>"
+            for r in self._asked(self._form(request)) for account, kind, count in self.used.get(self.reports[r], []))
+        return ec2_answer(200, f"<DescribeImageUsageReportEntriesResponse><imageUsageReportEntrySet>{items}"
+                               "</imageUsageReportEntrySet></DescribeImageUsageReportEntriesResponse>")
+
+
+def _shared_images(boto, count=3):
+    home = boto("ec2", HOME)
+    images = _fresh(home, count)
+    for image_id in images[:-1]:
+        home.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": SHARED_WITH}]})
+    return images
+
+
+def test_usage_report_keeps_a_shared_ami_an_account_uses_and_deletes_an_unused_one(
+        aws, boto, boto_session, clients, api_calls):
+    used, unused, newest = _shared_images(boto)
+    reports = UsageReports(boto_session, used={used: [(SHARED_WITH, "ec2:LaunchTemplate", 2)]})
+    decisions = {d.ami_id: d for d in prune(target(copy_regions=[], keep=1), clients=clients, apply=True,
+                                            poll_interval=0.01)}
+    assert decisions[newest].action == "keep"
+    assert decisions[used].action == "keep"
+    assert f"used by account {SHARED_WITH}: 2 ec2:LaunchTemplate" in decisions[used].reason
+    assert decisions[unused].action == "delete" and decisions[unused].result == "deleted"
+    assert "image usage report" in decisions[unused].reason and "shows no use" in decisions[unused].reason
+    assert own_images(boto("ec2", HOME)) == {used, newest}
+    sent = api_calls.params("ec2:CreateImageUsageReport")
+    assert sorted(p["ImageId"] for p in sent) == sorted([used, unused])  # only the shared candidates
+    assert all(p["AccountIds"] == [SHARED_WITH] for p in sent)
+    assert all([t["ResourceType"] for t in p["ResourceTypes"]] == ["ec2:Instance", "ec2:LaunchTemplate"]
+               for p in sent)
+    assert sorted(reports.reports.values()) == sorted([used, unused])
+    # no lastLaunchedTime fallback ran
+    assert not [p for p in api_calls.params("ec2:DescribeImageAttribute") if p["Attribute"] == "lastLaunchedTime"]
+
+
+@pytest.mark.parametrize("state, reason, expected", [
+    ("pending", "", "was still pending after 0 s; kept to be safe"),
+    ("failed", "internal error", "failed: internal error; kept to be safe"),
+])
+def test_a_usage_report_that_never_becomes_available_keeps_the_ami(
+        aws, boto, boto_session, clients, api_calls, capsys, state, reason, expected):
+    stale, _, _ = _shared_images(boto)
+    reports = UsageReports(boto_session, state=state, reason=reason)
+    started = time.monotonic()
+    decisions = {d.ami_id: d for d in prune(target(copy_regions=[], keep=1), clients=clients, apply=True,
+                                            usage_report_wait=0.3, poll_interval=0.05)}
+    assert time.monotonic() - started < 10  # the wait is bounded
+    assert decisions[stale].action == "keep" and expected in decisions[stale].reason, decisions[stale].reason
+    assert stale in own_images(boto("ec2", HOME))
+    assert not api_calls.params("ec2:DescribeImageUsageReportEntries")
+    if state == "pending":
+        assert reports.polls > 1
+        assert "waiting for 2 of 2 image usage reports" in capsys.readouterr().err
+    else:
+        assert reports.polls == 1
+
+
+def test_without_usage_reports_the_last_launch_rule_decides_and_the_plan_says_so(aws, boto, clients, api_calls):
+    """moto answers the usage-report APIs InvalidAction (conftest MOTO_GAPS): the fallback runs."""
+    stale, _, _ = _shared_images(boto)
+    decisions = {d.ami_id: d for d in prune(target(copy_regions=[], keep=1), clients=clients)}
+    assert "ec2:CreateImageUsageReport" in api_calls.actions()
+    assert "ec2:DescribeImageUsageReports" not in api_calls.actions()
+    # lastLaunchedTime cannot be read on moto: kept, and the reason names both facts
+    assert decisions[stale].action == "keep"
+    assert "last launch time cannot be read (image usage reports not available here (InvalidAction))" \
+        in decisions[stale].reason
