@@ -295,6 +295,8 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     base_source, base_checksum = resolve_base(spec, base)
+    # Before the build, not after it: a checksum_url this host cannot read fails in seconds.
+    inputs = inputs_hash(spec, base_checksum)
     accelerator = qemu.accelerator(spec.image.accelerator)
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-bake-", dir=output.parent))
     packer_tmp: Path | None = None
@@ -323,7 +325,7 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
         total = time.monotonic() - started
         step("packer build done; writing manifest")
         manifest = _manifest(spec, image, work / "image-packer-manifest.json", base_source, base_checksum,
-                             run.durations(total), accelerator)
+                             inputs, run.durations(total), accelerator)
         (packer_out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copyfile(log_path, packer_out / f"{spec.name}.packer.log")
         _publish_dir(packer_out, output)
@@ -339,7 +341,7 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
 
 
 def _manifest(spec: Spec, image: Path, packer_manifest: Path, base_source: str, base_checksum: str,
-              durations: dict, accelerator: str) -> dict:
+              inputs: str, durations: dict, accelerator: str) -> dict:
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(image)], check=True,
                                      capture_output=True, text=True).stdout)
     entry: dict = {}
@@ -355,7 +357,7 @@ def _manifest(spec: Spec, image: Path, packer_manifest: Path, base_source: str, 
         "disk_size": image.stat().st_size,
         "family": spec.name,
         "spec_hash": spec.spec_hash,
-        "inputs_hash": inputs_hash(spec, base_checksum),
+        "inputs_hash": inputs,
         "containerd_version": spec.containerd.version,
         "install_method": install.method,
         "runc_version": install.runc.version if install.method == "tarball" else "distro package",

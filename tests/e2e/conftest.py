@@ -37,8 +37,11 @@ def mirror(tmp_path_factory):
         port = url.rsplit(':', 1)[1]
 
         def mirrored_spec(spec, family: str, *, with_cni: bool = False, guest_host: str = GUEST_HOST):
-            """*spec* downloading from the mirror; *with_cni* adds the CNI plugins, their sha256
-            fetched from the default `{url}.sha256` rather than pinned. *guest_host*: the host as the
+            """*spec* downloading from the mirror; *with_cni* adds the CNI plugins with their sha256
+            pinned. Not through `{url}.sha256`: the bake reads a checksum_url on the host (for the
+            inputs hash) and the guest reads it too, and the lab has no address both reach
+            (127.0.0.1 here, 10.0.2.2 there); the install script's checksum_url path is proved by
+            tests/test_install_script.py against a real server. *guest_host*: the host as the
             guest sees it (qemu.EC2_HOST on the EC2 verify boot's network)."""
             guest_url = f"http://{guest_host}:{port}"
             spec = local_mirror_spec(spec, mirrored(artifacts[family]["containerd"], guest_url, root),
@@ -47,7 +50,7 @@ def mirror(tmp_path_factory):
                 return spec
             doc = yaml.safe_load(yaml.safe_dump(spec.document))
             doc["containerd"]["install"]["cni_plugins"] = {
-                "version": cni["version"], "url": mirrored(cni, guest_url, root)["url"]}
+                "version": cni["version"], "url": mirrored(cni, guest_url, root)["url"], "sha256": cni["sha256"]}
             return parse(yaml.safe_dump(doc), "e2e spec with CNI plugins")
         yield mirrored_spec
 
