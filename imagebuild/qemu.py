@@ -589,6 +589,12 @@ class Guest:
                     f"{self.elapsed():.0f} s before printing {_describe(pattern)}; "
                     f"serial log: {self.serial_log}{self._stderr_tail()}\n"
                     f"last lines of the serial console:\n{self.tail(30)}")
+            if rx is not None:                 # a prompt ("login: ") ends in no newline: it waits
+                for source, tail in self._readers.items():
+                    if tail.partial and rx.search(_clean(tail.partial)):
+                        line = Line(round(self.elapsed(), 2), source, tail.flush())
+                        self.lines.append(line)
+                        return line
             if time.monotonic() >= deadline:
                 what = _describe(pattern) if pattern is not None else "the guest to power off"
                 raise ImagebuildError(

@@ -4,6 +4,7 @@ The e2e boots use the locally built base image (imagebuild.baseimage; built once
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -387,3 +388,17 @@ def test_killing_the_caller_leaves_no_qemu(tmp_path, sig):
             caller.kill()
         for pid in _qemu_pids(name):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_wait_for_sees_a_prompt_that_ends_in_no_newline(tmp_path):
+    """`login: ` waits for input and never gets its newline: wait_for must still find it (the EC2
+    boot of an image whose cloud-init stayed off is judged at that prompt)."""
+    g = qemu.Guest(None, None, serial_log=tmp_path / "s.log", accel="tcg")
+    g.serial_log.write_bytes(b"Debian GNU/Linux 12 debian ttyS0\n\ndebian login: ")
+    g.results_log.write_bytes(b"")
+    g._t0 = time.monotonic()
+    g._readers = {"console": qemu._Tail(g.serial_log), "results": qemu._Tail(g.results_log)}
+    line = g.wait_for(re.compile(qemu.DEFAULT_MARKERS["login prompt"]), timeout=5)
+    assert line is not None and line.text == "debian login: " and line.source == "console"
+    with pytest.raises(ImagebuildError, match="timed out"):   # and a prompt that is not there is not found
+        g.wait_for(re.compile(r"\bpassword: "), timeout=0.5)
