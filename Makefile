@@ -23,7 +23,7 @@ golden: venv
 test: venv
 	$(PY) -m pytest -v --timeout=3600
 
-## test-fast: unit and real-tool tests, no QEMU boots (about a minute)
+## test-fast: unit and real-tool tests, no QEMU boots (about four minutes on 2 cores)
 test-fast: venv
 	$(PY) -m pytest -m "not e2e" -q
 
