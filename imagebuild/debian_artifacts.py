@@ -15,9 +15,7 @@ import contextlib
 import fcntl
 import functools
 import gzip
-import hashlib
 import http.server
-import io
 import json
 import os
 import re
@@ -36,6 +34,7 @@ from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
 from imagebuild.progress import step
+from imagebuild.testimage import tar_info
 
 #: containerd family -> Debian suite carrying it (runc is taken from the same suite).
 #: On the mirror: bookworm 1.6.20 (runc 1.1.5), trixie 1.7.24 (runc 1.1.15), sid 2.1.9 (runc 1.3.6).
@@ -50,20 +49,7 @@ TARBALL_BINARIES: tuple[str, ...] = ("containerd", "containerd-shim-runc-v2", "c
 #: Suite Debian's CNI plugins (`containernetworking-plugins`) are taken from.
 CNI_SUITE = "bookworm"
 
-#: Name under which the registry-free test image is imported.
-TEST_IMAGE_REF = "docker.io/library/imagebuild-busybox:latest"
-
-#: Suite the static busybox of the test image comes from.
-BUSYBOX_SUITE = "bookworm"
-
-#: Applets linked next to /bin/busybox in the test image (enough for shell one-liners).
-BUSYBOX_APPLETS: tuple[str, ...] = (
-    "cat", "echo", "env", "false", "grep", "head", "hostname", "id", "ls", "mkdir", "printf",
-    "ps", "rm", "sh", "sleep", "tail", "test", "touch", "true", "uname", "wc",
-)
-
 _STAMP = ".fetched.json"
-_FIXED_MTIME = 0  # every archive member gets this mtime, so sha256s are reproducible
 _DEBIAN_SUITE_NAMES = frozenset(
     {"stable", "testing", "unstable", "oldstable", "sid", "buster", "bullseye", "bookworm",
      "trixie", "forky", "duke"}
@@ -359,14 +345,6 @@ def version(family: str) -> str:
     return words[2]
 
 
-def _tar_info(name: str, size: int = 0, mode: int = 0o755, kind: bytes = tarfile.REGTYPE,
-              linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.type, info.linkname = size, mode, kind, linkname
-    info.mtime, info.uid, info.gid, info.uname, info.gname = _FIXED_MTIME, 0, 0, "root", "root"
-    return info
-
-
 def _write_tarball(path: Path, members: Mapping[str, Path], compresslevel: int) -> None:
     """A reproducible .tar.gz at *path* (atomically): *members* is {name in the archive: file},
     each 0755 with fixed mtime and owner, in the given order; gzip without name or time."""
@@ -377,7 +355,7 @@ def _write_tarball(path: Path, members: Mapping[str, Path], compresslevel: int) 
             tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, src in members.items():
             with open(src, "rb") as fh:
-                tar.addfile(_tar_info(name, src.stat().st_size), fh)
+                tar.addfile(tar_info(name, src.stat().st_size), fh)
     os.replace(tmp, path)
 
 
@@ -444,101 +422,6 @@ def cni_tarball(out_dir: Path | str, compresslevel: int = 6) -> dict[str, Any]:
     sha256 = sha256_file(tarball)
     tarball.with_name(tarball.name + ".sha256").write_text(f"{sha256}  {tarball.name}\n")
     return {"path": str(tarball), "sha256": sha256, "version": version, "plugins": names}
-
-
-def busybox_static() -> Path:
-    """Path of a static busybox unpacked from Debian's `busybox-static` (cached).
-
-    Fetched rather than taken from the host, so the test image is the same on every machine.
-    """
-    target = cache_dir("busybox-static", BUSYBOX_SUITE)
-    root = _fetch_unpacked(target, cache_dir("busybox-static") / f".{BUSYBOX_SUITE}.lock",
-                           BUSYBOX_SUITE, ("busybox-static",))
-    path = root / "bin" / "busybox"
-    if not path.is_file():
-        raise ImagebuildError("busybox-static did not contain bin/busybox")
-    return path
-
-
-def _blob(blobs: dict[str, bytes], data: bytes, media_type: str) -> dict:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    blobs[digest] = data
-    return {"mediaType": media_type, "digest": digest, "size": len(data)}
-
-
-def _json_bytes(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def test_oci_image(out_path: Path | str, cmd: tuple[str, ...] = ("/bin/sh",)) -> dict[str, str]:
-    """Registry-free OCI image-layout tarball with a static busybox; for `ctr image import`.
-
-    Why: lets a test run a real container with no registry. One uncompressed layer (/bin/busybox
-    plus applet symlinks, /etc/passwd, /etc/group, /tmp), Cmd ["/bin/sh"], linux/amd64; all
-    members have fixed metadata, so every sha256 is reproducible. *cmd* replaces the Cmd (a pod
-    sandbox image needs one that stays up, e.g. ("/bin/sleep", "3600")).
-    Returns {"path", "ref", "digest"} (digest = the manifest's).
-    """
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    busybox = busybox_static().read_bytes()
-    arch = _deb_arch()
-
-    layer_buf = io.BytesIO()
-    with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        files = {
-            "etc/group": b"root:x:0:\nnogroup:x:65534:\n",
-            "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
-        }
-        tar.addfile(_tar_info("bin/", mode=0o755, kind=tarfile.DIRTYPE))
-        tar.addfile(_tar_info("bin/busybox", len(busybox)), io.BytesIO(busybox))
-        for applet in BUSYBOX_APPLETS:
-            tar.addfile(_tar_info(f"bin/{applet}", mode=0o777, kind=tarfile.SYMTYPE,
-                                  linkname="busybox"))
-        tar.addfile(_tar_info("etc/", mode=0o755, kind=tarfile.DIRTYPE))
-        for name, data in files.items():
-            tar.addfile(_tar_info(name, len(data), mode=0o644), io.BytesIO(data))
-        tar.addfile(_tar_info("root/", mode=0o700, kind=tarfile.DIRTYPE))
-        tar.addfile(_tar_info("tmp/", mode=0o1777, kind=tarfile.DIRTYPE))
-    layer = layer_buf.getvalue()
-
-    blobs: dict[str, bytes] = {}
-    layer_desc = _blob(blobs, layer, "application/vnd.oci.image.layer.v1.tar")
-    config = {
-        "architecture": arch,
-        "os": "linux",
-        "config": {"Cmd": list(cmd),
-                   "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
-    }
-    config_desc = _blob(blobs, _json_bytes(config), "application/vnd.oci.image.config.v1+json")
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": config_desc, "layers": [layer_desc]}
-    manifest_desc = _blob(blobs, _json_bytes(manifest),
-                          "application/vnd.oci.image.manifest.v1+json")
-    manifest_desc["annotations"] = {"io.containerd.image.name": TEST_IMAGE_REF,
-                                    "org.opencontainers.image.ref.name": TEST_IMAGE_REF}
-    manifest_desc["platform"] = {"architecture": arch, "os": "linux"}
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-             "manifests": [manifest_desc]}
-
-    tmp = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        members = [("oci-layout", _json_bytes({"imageLayoutVersion": "1.0.0"})),
-                   ("index.json", _json_bytes(index))]
-        for name, data in members:
-            tar.addfile(_tar_info(name, len(data), mode=0o644), io.BytesIO(data))
-        tar.addfile(_tar_info("blobs/", kind=tarfile.DIRTYPE))
-        tar.addfile(_tar_info("blobs/sha256/", kind=tarfile.DIRTYPE))
-        for digest in sorted(blobs):
-            data = blobs[digest]
-            tar.addfile(_tar_info(f"blobs/sha256/{digest.split(':', 1)[1]}", len(data), mode=0o644),
-                        io.BytesIO(data))
-    os.replace(tmp, out)
-    return {"path": str(out), "ref": TEST_IMAGE_REF, "digest": manifest_desc["digest"]}
-
-
-test_oci_image.__dict__["__test__"] = False  # a builder, not a pytest test (its name starts with test_)
 
 
 def defaults_dir() -> Path:
@@ -618,7 +501,7 @@ def serve(directory: Path | str) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m imagebuild.debian_artifacts fetch|defaults|tarballs OUT|oci-image OUT`."""
+    """`python -m imagebuild.debian_artifacts fetch|defaults|tarballs OUT`."""
     parser = argparse.ArgumentParser(prog="python -m imagebuild.debian_artifacts",
                                      description="containerd binaries from Debian packages")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -628,8 +511,6 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("tarballs", help="release-shaped artifacts into OUT/<family>/")
     p.add_argument("out", type=Path)
     p.add_argument("--family", action="append", choices=list(FAMILIES))
-    p = sub.add_parser("oci-image", help="write the busybox OCI image-layout tarball to OUT")
-    p.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
@@ -641,8 +522,6 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tarballs":
             result = {f: release_tarballs(f, args.out / f) for f in args.family or FAMILIES}
             print(json.dumps(result, indent=2))
-        elif args.command == "oci-image":
-            print(json.dumps(test_oci_image(args.out), indent=2))
     except ImagebuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ from .progress import step
 from .render import userdata
 from .render.templating import PACKAGE_DIR, render_template
 from .spec import Spec
+from .testimage import test_oci_image
 
 VERIFY_DIR = f"{render.GUEST_DIR}/verify"
 SEED_MOUNT = "/run/imagebuild-seed"
@@ -198,11 +199,9 @@ def _report(result, serial_log: Path) -> dict:
 
 
 def _test_image(work_dir: Path) -> Path:
-    from .debian_artifacts import test_oci_image
-
+    """The test image, written afresh (a few KB from the package's bytes: never a stale cached one)."""
     path = work_dir / TEST_IMAGE
-    if not path.exists():
-        test_oci_image(path)
+    test_oci_image(path)
     return path
 
 

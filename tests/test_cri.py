@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import debian_artifacts, render
+from imagebuild import render, testimage
 from imagebuild import spec as spec_module
 from imagebuild.render import config_toml
 from imagebuild.spec import SpecError
@@ -79,8 +79,8 @@ def _sandbox_repo(image: str) -> str:
 def world():
     """Images, one registry per distinct mirror host, everything pushed where the plan says."""
     work = cri.scratch("ib-cri-")
-    busybox = Path(debian_artifacts.test_oci_image(work / "busybox.tar")["path"])
-    pause = Path(debian_artifacts.test_oci_image(work / "pause.tar", cmd=("/bin/sleep", "3600"))["path"])
+    busybox = Path(testimage.test_oci_image(work / "busybox.tar")["path"])
+    pause = Path(testimage.test_oci_image(work / "pause.tar", cmd=("/bin/sleep", "3600"))["path"])
     registries: dict[str, cri.Registry] = {}
 
     def registry(netloc: str) -> cri.Registry:
