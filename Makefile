@@ -13,7 +13,7 @@ APT_PACKAGES := packer qemu-system-x86 qemu-utils mmdebstrap shellcheck cloud-in
 	docker-registry skopeo runc tinyproxy binutils
 export CHECKPOINT_DISABLE := 1
 
-.PHONY: golden test test-fast test-e2e deps venv lint regen-defaults regen-cases bench fuzz clean
+.PHONY: golden test test-fast test-e2e deps venv lint regen-defaults regen-testimage regen-cases bench fuzz clean
 
 ## golden: the main job on the built-in default spec: base image, bake, verify, print the report
 golden: venv
@@ -54,7 +54,11 @@ $(VENV)/.installed: pyproject.toml
 
 ## regen-defaults: re-read `containerd config default` from the real 1.6, 1.7 and 2.1 binaries
 regen-defaults: venv
-	$(PY) -m imagebuild.debian_artifacts defaults
+	$(PY) -m imagebuild.devtools defaults
+
+## regen-testimage: re-assemble verify's test image program (imagebuild/testimage/amd64.s -> amd64.bin)
+regen-testimage: venv
+	$(PY) -m imagebuild.devtools testimage
 
 ## regen-cases: rewrite the expected files of tests/cases/* and print the diff to review
 ## (user-data is gzipped: its text, expected/user-data.txt, shows the change)

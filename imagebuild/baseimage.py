@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -42,6 +43,7 @@ import time
 import uuid
 from pathlib import Path
 
+from imagebuild import aptsources
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
 from imagebuild.progress import step
@@ -518,61 +520,7 @@ def _make_disk(raw: Path, tree: Path, fs_uuid: str, work: Path) -> None:
 
 # --- the Debian mirror the system uses ----------------------------------------------------
 
-def _os_release(root: Path = Path("/")) -> dict[str, str]:
-    out = {}
-    try:
-        for line in (root / "etc/os-release").read_text().splitlines():
-            if "=" in line:
-                k, v = line.split("=", 1)
-                out[k] = v.strip().strip('"')
-    except OSError:
-        pass
-    return out
-
-
-def _apt_entries(root: Path = Path("/")) -> list[tuple[str, list[str], list[str]]]:
-    """(uri, suites, components) of every enabled `deb` entry in the system's apt sources."""
-    entries = []
-    etc = root / "etc/apt"
-    for path in [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*.list"))]:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            line = line.split("#", 1)[0].strip()
-            line = re.sub(r"\[[^\]]*\]", " ", line)   # drop [options]
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == "deb":
-                entries.append((parts[1], [parts[2]], parts[3:]))
-    for path in sorted((etc / "sources.list.d").glob("*.sources")):
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for stanza in re.split(r"\n\s*\n", text):
-            fields: dict[str, str] = {}
-            key = None
-            for line in stanza.splitlines():
-                if line.startswith("#") or not line.strip():
-                    continue
-                if line[0] in " \t" and key:
-                    fields[key] += " " + line.strip()
-                elif ":" in line:
-                    key, val = line.split(":", 1)
-                    key = key.strip().lower()
-                    fields[key] = val.strip()
-            if fields.get("enabled", "yes").lower() == "no":
-                continue
-            if "deb" not in fields.get("types", "").split():
-                continue
-            for uri in fields.get("uris", "").split():
-                entries.append((uri, fields.get("suites", "").split(),
-                                fields.get("components", "").split()))
-    return entries
-
-
-def debian_sources(root: str | os.PathLike = "/") -> list[str]:
+def debian_sources(root: str | os.PathLike | None = None) -> list[str]:
     """One-line apt sources for bookworm (+updates, +security), from the system's mirror.
 
     The mirror is the one the system's apt sources already use (its suites renamed from the
@@ -587,21 +535,19 @@ def debian_sources(root: str | os.PathLike = "/") -> list[str]:
         if security != base:
             out.append(f"deb {security} {SUITE}-security main")
         return out
-    root = Path(root)
-    host = _os_release(root)
+    host = aptsources.os_release(root or "/")
     codenames = {SUITE}
     if host.get("ID") == "debian" and host.get("VERSION_CODENAME"):
         codenames.add(host["VERSION_CODENAME"])
     out: list[str] = []
-    for uri, suites, components in _apt_entries(root):
-        if "main" not in components:
+    for entry in aptsources.read(root):
+        if not entry.binary or "main" not in entry.components:
             continue
-        for suite in suites:
-            for name in codenames:
-                if suite == name or suite.startswith(name + "-"):
-                    line = f"deb {uri} {SUITE}{suite[len(name):]} main"
-                    if line not in out:
-                        out.append(line)
+        for uri, suite, name in itertools.product(entry.uris, entry.suites, sorted(codenames)):
+            if suite == name or suite.startswith(name + "-"):
+                line = f"deb {uri} {SUITE}{suite[len(name):]} main"
+                if line not in out:
+                    out.append(line)
     if not any(line.split()[2] == SUITE for line in out):
         raise ImagebuildError(
             "cannot find a Debian mirror in the system's apt sources (/etc/apt/sources.list"

@@ -48,14 +48,15 @@ def local_mirror(spec: Spec) -> Iterator[Spec]:
 
     The release-shaped tarballs are assembled from Debian's binaries of the spec's family.
     """
-    from . import debian_artifacts
+    from .devtools import debian_artifacts
+    from .devtools.serve import serve
     from .paths import cache_dir
 
     family = spec.containerd.family
     step(f"assembling release-shaped containerd {family} and runc tarballs from Debian's binaries")
     mirror_dir = cache_dir("mirror", family)
     artifacts = debian_artifacts.release_tarballs(family, mirror_dir)
-    with debian_artifacts.serve(mirror_dir) as url:
+    with serve(mirror_dir) as url:
         guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
         yield local_mirror_spec(spec, mirrored(artifacts["containerd"], guest_url, mirror_dir),
                                 mirrored(artifacts["runc"], guest_url, mirror_dir))

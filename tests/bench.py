@@ -55,8 +55,9 @@ def cli_figures(runs: int) -> list[tuple[str, str, str]]:
 
 
 def qemu_figures() -> list[tuple[str, str, str]]:
-    from imagebuild import baseimage, debian_artifacts
+    from imagebuild import baseimage
     from imagebuild.bake import bake
+    from imagebuild.devtools import debian_artifacts
     from imagebuild.golden import local_mirror
     from imagebuild.paths import cache_dir
     from imagebuild.spec import load, parse

@@ -22,9 +22,10 @@ def release_16(tmp_path_factory):
     Yields {"url": base URL, "dir": Path, "containerd": {...}, "runc": {...}} as
     debian_artifacts.release_tarballs returns them. gzip level 1 keeps the fixture ~1 s.
     """
-    from imagebuild import debian_artifacts
+    from imagebuild.devtools import debian_artifacts
+    from imagebuild.devtools.serve import serve
 
     directory = tmp_path_factory.mktemp("release-1.6")
     artifacts = debian_artifacts.release_tarballs("1.6", directory, compresslevel=1)
-    with debian_artifacts.serve(directory) as url:
+    with serve(directory) as url:
         yield {"url": url, "dir": directory, **artifacts}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import tomlkit
 
-from imagebuild import debian_artifacts
+from imagebuild.devtools import debian_artifacts
 
 ACCESS = re.compile(r'"(GET|HEAD|POST|PUT|PATCH) (\S+) HTTP/[0-9.]+" (\d{3}) ')
 

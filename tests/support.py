@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from imagebuild import cli, debian_artifacts
+from imagebuild import cli
 from imagebuild import spec as spec_module
+from imagebuild.devtools import debian_artifacts
 from imagebuild.spec import Spec
 
 ROOT = Path(__file__).resolve().parents[1]

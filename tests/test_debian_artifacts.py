@@ -1,4 +1,4 @@
-"""Real containerd binaries from Debian packages: fetch, tarballs, test image, local server.
+"""Real containerd binaries from Debian packages (imagebuild.devtools): fetch, tarballs, defaults, local server.
 
 The first run downloads (~10 s per family, into the imagebuild cache); later runs reuse it.
 """
@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import debian_artifacts as da
+from imagebuild import aptsources
+from imagebuild.devtools import debian_artifacts as da
+from imagebuild.devtools import defaults
+from imagebuild.devtools.serve import serve
 from imagebuild.errors import ImagebuildError
 
 EXPECTED = {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}
@@ -40,11 +43,11 @@ Components: main
 
 
 def test_parse_deb822_and_pick_archive():
-    entries = da.parse_sources(DEB822, deb822=True)
+    entries = aptsources.parse(DEB822, deb822=True)
     assert len(entries) == 2
     picked = da.pick_debian_source(entries, "bookworm")
-    assert picked["URIs"] == "http://mirror.invalid/debian"
-    assert picked["Signed-By"] == "/usr/share/keyrings/debian-archive-keyring.gpg"
+    assert picked.uris == ("http://mirror.invalid/debian",)
+    assert picked.signed_by == "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
 def test_parse_one_line_skips_security_and_third_party():
@@ -54,9 +57,9 @@ deb https://thirdparty.invalid/apt cloud-sdk-bookworm main
 deb http://mirror.invalid/debian-security bookworm-security main
 deb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/debian bookworm main contrib
 """
-    picked = da.pick_debian_source(da.parse_sources(text, deb822=False), "bookworm")
-    assert picked["URIs"] == "http://mirror.invalid/debian"
-    assert picked["Signed-By"] == "/k.gpg"
+    picked = da.pick_debian_source(aptsources.parse(text, deb822=False), "bookworm")
+    assert picked.uris == ("http://mirror.invalid/debian",)
+    assert picked.signed_by == "/k.gpg"
 
 
 def test_disabled_or_foreign_sources_are_an_error():
@@ -64,7 +67,7 @@ def test_disabled_or_foreign_sources_are_an_error():
            "Types: deb\nURIs: http://m.invalid/debian\nSuites: bookworm\nComponents: main\n" \
            "Enabled: no\n"
     with pytest.raises(ImagebuildError, match="no Debian archive"):
-        da.pick_debian_source(da.parse_sources(text, deb822=True), "bookworm")
+        da.pick_debian_source(aptsources.parse(text, deb822=True), "bookworm")
 
 
 def test_upstream_version():
@@ -134,7 +137,7 @@ def test_failed_fetch_leaves_no_stamp(tmp_path, fake_debs):
 
 def test_serve_small_files(tmp_path):
     (tmp_path / "a.bin").write_bytes(os.urandom(70_000))
-    with da.serve(tmp_path) as url:
+    with serve(tmp_path) as url:
         assert url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(f"{url}/a.bin", timeout=10) as resp:
             assert resp.read() == (tmp_path / "a.bin").read_bytes()
@@ -168,7 +171,7 @@ def test_second_fetch_is_instant():
 
 @pytest.mark.parametrize("family", list(da.FAMILIES))
 def test_default_config_parses_with_real_binary(family):
-    default = da.defaults_dir() / f"config-{family}.toml"
+    default = defaults.defaults_dir() / f"config-{family}.toml"
     proc = subprocess.run([da.binary(family), "--config", default, "config", "dump"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -179,7 +182,7 @@ def test_default_config_parses_with_real_binary(family):
 def test_packaged_defaults_match_binary(family):
     """imagebuild/defaults is the byte-for-byte `config default` (run `make regen-defaults`)."""
     proc = subprocess.run([da.binary(family), "config", "default"], capture_output=True, check=True)
-    assert (da.defaults_dir() / f"config-{family}.toml").read_bytes() == proc.stdout
+    assert (defaults.defaults_dir() / f"config-{family}.toml").read_bytes() == proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +239,7 @@ def test_served_tarball_downloads_byte_identical(tarballs_16):
 def test_two_processes_fetch_once(tmp_path):
     """Two processes fetching at once into an empty cache: one downloads, both succeed."""
     env = {**os.environ, "IMAGEBUILD_CACHE": str(tmp_path / "cache")}
-    code = "from imagebuild.debian_artifacts import cni_plugins; print(cni_plugins()[1])"
+    code = "from imagebuild.devtools.debian_artifacts import cni_plugins; print(cni_plugins()[1])"
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
@@ -248,14 +251,14 @@ def test_two_processes_fetch_once(tmp_path):
 
 def test_cli_fetch_prints_versions():
     da.fetch("1.6")
-    proc = subprocess.run([sys.executable, "-m", "imagebuild.debian_artifacts", "fetch", "1.6"],
+    proc = subprocess.run([sys.executable, "-m", "imagebuild.devtools", "fetch", "1.6"],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     family, path, version = proc.stdout.strip().split("\t")
     assert (family, Path(path), version) == ("1.6", da.fetch("1.6"), "1.6.20~ds1")
 
 
 def test_cli_error_is_one_line():
-    proc = subprocess.run([sys.executable, "-m", "imagebuild.debian_artifacts", "fetch", "0.9"],
+    proc = subprocess.run([sys.executable, "-m", "imagebuild.devtools", "fetch", "0.9"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: unknown containerd family")

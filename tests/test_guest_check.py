@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from imagebuild import debian_artifacts
+from imagebuild.devtools import debian_artifacts
 from imagebuild.guest import boot_checks, check
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import debian_artifacts, render
+from imagebuild import render
+from imagebuild.devtools import debian_artifacts
 from imagebuild.render.templating import shipped_dir
 from tests.support import PACKAGE_VERSIONS, run_main, snapshot, spec_of, write_spec
 

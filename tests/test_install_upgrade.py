@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import debian_artifacts
+from imagebuild.devtools import debian_artifacts
+from imagebuild.devtools.serve import serve
 from tests.support import run_main, snapshot, write_spec
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="install.sh runs as root"),
@@ -30,7 +31,7 @@ def release_17(tmp_path_factory):
     """Release-shaped containerd 1.7 + runc artifacts, served like conftest's release_16."""
     directory = tmp_path_factory.mktemp("release-1.7")
     artifacts = debian_artifacts.release_tarballs("1.7", directory, compresslevel=1)
-    with debian_artifacts.serve(directory) as url:
+    with serve(directory) as url:
         yield {"url": url, "dir": directory, **artifacts}
 
 
@@ -129,7 +130,7 @@ def test_tampered_artifact_fails_loudly_keeps_the_old_install_and_a_rerun_comple
     before = snapshot(root)
     scratch_tmp = tmp_path / "tmp"
     scratch_tmp.mkdir()
-    with debian_artifacts.serve(served) as url:
+    with serve(served) as url:
         r17 = _render(tmp_path, _doc(release_17, url), "r17")
         proc = _install(r17, root, scratch_tmp)
         assert proc.returncode != 0

@@ -15,8 +15,8 @@ from typing import IO
 
 import pytest
 
-from imagebuild import debian_artifacts as da
 from imagebuild import testimage
+from imagebuild.devtools import debian_artifacts as da
 from imagebuild.devtools import testimage as dev_testimage
 from imagebuild.errors import ImagebuildError
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagebuild import baseimage, debian_artifacts
+from imagebuild import baseimage
 from imagebuild.bake import bake
+from imagebuild.devtools import debian_artifacts
+from imagebuild.devtools.serve import serve
 from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
 from imagebuild.spec import load, parse
 from tests.support import temp_dir_of_its_own
@@ -33,7 +35,7 @@ def mirror(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror")
     artifacts = {family: debian_artifacts.release_tarballs(family, root / family) for family in ("1.6", "2.1")}
     cni = debian_artifacts.cni_tarball(root / "cni")
-    with debian_artifacts.serve(root) as url:
+    with serve(root) as url:
         port = url.rsplit(':', 1)[1]
 
         def mirrored_spec(spec, family: str, *, with_cni: bool = False, guest_host: str = GUEST_HOST):

@@ -10,26 +10,24 @@ lists and cache below `cache_dir()`), so the system's apt sources and state are 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import functools
 import gzip
-import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from imagebuild import aptsources
+from imagebuild.aptsources import Source
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
@@ -56,62 +54,10 @@ _DEBIAN_SUITE_NAMES = frozenset(
 )
 
 
-# --------------------------------------------------------------------------- apt sources
+# --------------------------------------------------------------------------- the Debian archive
 
 
-def parse_sources(text: str, deb822: bool) -> list[dict[str, str]]:
-    """Parse one apt sources file into deb822-style entries (keys: Types, URIs, Suites, ...).
-
-    Why: the private configuration copies the system's Debian archive URI and keyring instead
-    of naming a mirror itself. One-line entries are converted to the same shape.
-    """
-    entries: list[dict[str, str]] = []
-    if deb822:
-        current: dict[str, str] = {}
-        key = None
-        for raw in text.splitlines() + [""]:
-            if raw.startswith("#"):
-                continue
-            if not raw.strip():
-                if current:
-                    entries.append(current)
-                current, key = {}, None
-            elif raw[0] in " \t" and key:
-                current[key] += "\n" + raw
-            elif ":" in raw:
-                key, value = raw.split(":", 1)
-                key = key.strip()
-                current[key] = value.strip()
-        return entries
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        options: dict[str, str] = {}
-        m = re.match(r"^(deb|deb-src)\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)\s*(.*)$", line)
-        if not m:
-            continue
-        for opt in (m.group(2) or "").split():
-            if "=" in opt:
-                name, value = opt.split("=", 1)
-                options[name.lower()] = value
-        entry = {"Types": m.group(1), "URIs": m.group(3), "Suites": m.group(4),
-                 "Components": m.group(5).strip()}
-        if "signed-by" in options:
-            entry["Signed-By"] = options["signed-by"]
-        entries.append(entry)
-    return entries
-
-
-def _system_codename() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("VERSION_CODENAME="):
-                return line.split("=", 1)[1].strip().strip('"')
-    return ""
-
-
-def pick_debian_source(entries: list[dict[str, str]], codename: str = "") -> dict[str, str]:
+def pick_debian_source(entries: list[Source], codename: str = "") -> Source:
     """The first enabled `deb` entry serving a plain Debian suite's `main` (not -security etc.).
 
     Why: only the archive proper carries all three suites; security/updates mirrors and
@@ -119,13 +65,7 @@ def pick_debian_source(entries: list[dict[str, str]], codename: str = "") -> dic
     """
     known = _DEBIAN_SUITE_NAMES | set(FAMILIES.values()) | ({codename} if codename else set())
     for entry in entries:
-        if entry.get("Enabled", "yes").strip().lower() in ("no", "false", "0"):
-            continue
-        if "deb" not in entry.get("Types", "").split():
-            continue
-        if "main" not in entry.get("Components", "").split():
-            continue
-        if known & set(entry.get("Suites", "").split()) and entry.get("URIs", "").split():
+        if entry.binary and "main" in entry.components and known & set(entry.suites) and entry.uris:
             return entry
     raise ImagebuildError(
         "no Debian archive entry (a `deb` line for a Debian suite with component `main`) in the "
@@ -133,21 +73,9 @@ def pick_debian_source(entries: list[dict[str, str]], codename: str = "") -> dic
     )
 
 
-def system_debian_source() -> dict[str, str]:
-    """The system's Debian archive entry, read from apt's configured source files at runtime."""
-    out = _run(["apt-config", "shell", "SL", "Dir::Etc::SourceList/f",
-                "SP", "Dir::Etc::SourceParts/d"], what="apt-config").stdout
-    conf = dict(re.findall(r"^(\w+)='(.*)'$", out, flags=re.M))
-    files: list[Path] = []
-    if conf.get("SL"):
-        files.append(Path(conf["SL"]))
-    if conf.get("SP") and Path(conf["SP"]).is_dir():
-        files += sorted(p for p in Path(conf["SP"]).iterdir() if p.suffix in (".list", ".sources"))
-    entries: list[dict[str, str]] = []
-    for path in files:
-        with contextlib.suppress(OSError):
-            entries += parse_sources(path.read_text(), deb822=path.suffix == ".sources")
-    return pick_debian_source(entries, _system_codename())
+def system_debian_source() -> Source:
+    """The system's Debian archive entry, read from apt's configured source files at run time."""
+    return pick_debian_source(aptsources.read(), aptsources.os_release().get("VERSION_CODENAME", ""))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -196,10 +124,13 @@ def _apt_options(suite: str) -> list[str]:
     if not status.exists():
         status.touch()
     src = system_debian_source()
-    lines = ["Types: deb", f"URIs: {src['URIs']}", f"Suites: {suite}", "Components: main",
+    lines = ["Types: deb", f"URIs: {' '.join(src.uris)}", f"Suites: {suite}", "Components: main",
              f"Architectures: {_deb_arch()}"]
-    if src.get("Signed-By"):
-        lines.append(f"Signed-By: {src['Signed-By']}")
+    if "\n" in src.signed_by:   # an embedded key block: continuation lines, an empty one as " ."
+        lines.append("Signed-By:")
+        lines += [f" {line or '.'}" for line in src.signed_by.splitlines()]
+    elif src.signed_by:
+        lines.append(f"Signed-By: {src.signed_by}")
     (parts / "imagebuild.sources").write_text("\n".join(lines) + "\n")
     opts = {
         "Dir::Etc::SourceList": str(root / "sources.list"),  # absent on purpose
@@ -422,111 +353,3 @@ def cni_tarball(out_dir: Path | str, compresslevel: int = 6) -> dict[str, Any]:
     sha256 = sha256_file(tarball)
     tarball.with_name(tarball.name + ".sha256").write_text(f"{sha256}  {tarball.name}\n")
     return {"path": str(tarball), "sha256": sha256, "version": version, "plugins": names}
-
-
-def defaults_dir() -> Path:
-    """Package directory holding the `config default` outputs (imagebuild/defaults)."""
-    return Path(__file__).resolve().parent / "defaults"
-
-
-_DEFAULTS_README = """\
-# containerd default configurations
-
-`config-<family>.toml` is, byte for byte, what `containerd config default` prints for that
-containerd family, run with the real binary from Debian's `containerd` package:
-
-| file | Debian suite | containerd |
-|---|---|---|
-{rows}
-
-They are generated, not edited: `make regen-defaults`
-(`python -m imagebuild.debian_artifacts defaults`) fetches the packages with a private apt
-configuration (see `imagebuild/debian_artifacts.py`) and rewrites every file here.
-"""
-
-
-def regenerate_defaults() -> list[Path]:
-    """Write imagebuild/defaults/config-<family>.toml (real `config default` output) + README.
-
-    Why: rendering and tests compare against what each containerd family really defaults to.
-    """
-    target = defaults_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    written, rows = [], []
-    for family, suite in FAMILIES.items():
-        proc = subprocess.run([str(binary(family)), "config", "default"], capture_output=True,
-                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-        if proc.returncode != 0:
-            raise ImagebuildError(f"containerd {family} config default failed: "
-                                  f"{proc.stderr.decode(errors='replace').strip()}")
-        path = target / f"config-{family}.toml"
-        path.write_bytes(proc.stdout)
-        written.append(path)
-        rows.append(f"| `config-{family}.toml` | {suite} | "
-                    f"`{fetched_versions(family)['containerd']}` (`containerd --version`: "
-                    f"{version(family)}) |")
-    readme = target / "README.md"
-    readme.write_text(_DEFAULTS_README.format(rows="\n".join(rows)))
-    written.append(readme)
-    return written
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args) -> None:   # the stdlib's signature
-        pass
-
-
-@contextlib.contextmanager
-def serve(directory: Path | str) -> Iterator[str]:
-    """Serve *directory* over HTTP on 127.0.0.1 (ephemeral port); yields the base URL.
-
-    Why: release tarballs and images are "downloaded" from a local server in offline builds.
-    The server (threaded, no request logging) is shut down when the block exits.
-    """
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="imagebuild-serve", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m imagebuild.debian_artifacts fetch|defaults|tarballs OUT`."""
-    parser = argparse.ArgumentParser(prog="python -m imagebuild.debian_artifacts",
-                                     description="containerd binaries from Debian packages")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("fetch", help="download and unpack the families (default: all)")
-    p.add_argument("families", nargs="*", metavar="FAMILY")
-    sub.add_parser("defaults", help="rewrite imagebuild/defaults/ from `config default`")
-    p = sub.add_parser("tarballs", help="release-shaped artifacts into OUT/<family>/")
-    p.add_argument("out", type=Path)
-    p.add_argument("--family", action="append", choices=list(FAMILIES))
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "fetch":
-            for family in args.families or FAMILIES:
-                print(f"{family}\t{fetch(family)}\t{version(family)}")
-        elif args.command == "defaults":
-            for path in regenerate_defaults():
-                print(path)
-        elif args.command == "tarballs":
-            result = {f: release_tarballs(f, args.out / f) for f in args.family or FAMILIES}
-            print(json.dumps(result, indent=2))
-    except ImagebuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
