@@ -24,9 +24,10 @@ import dataclasses
 import fcntl
 import json
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from . import render
 from .errors import ImagebuildError
@@ -80,7 +81,7 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
     Publish makes the home AMI, copies it (same name) to each copy region, shares every copy and
     sets the SSM parameter last; a run that stopped half-way leaves some of that missing.
     """
-    from .aws.publish import find_image_by_name, launch_permission_set, launch_permissions
+    from .aws.lookup import find_image_by_name, launch_permission_set, launch_permissions
     from .aws.target import target_of
 
     aws = spec.image.aws
@@ -101,7 +102,7 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
         if lacking:
             missing.append(f"{image_id} in {region} is not shared with {', '.join(v for _, v in lacking)}")
     if aws.ssm_parameter:
-        from .aws.publish import ssm_parameter_value
+        from .aws.lookup import ssm_parameter_value
 
         ssm_regions = regional if aws.ssm_all_regions else {ami["region"]: ami["id"]}
         for region, image_id in ssm_regions.items():
@@ -117,7 +118,7 @@ def unfinished_local_publish(image_dir: Path, wanted_inputs_hash: str) -> dict[s
     """The publish record in *image_dir* when it is unfinished and its image is publishable
     with these inputs (verified, unchanged since); a rerun then resumes it instead of baking a new
     image. None otherwise."""
-    from .aws.publish import check_publishable
+    from .aws.lookup import check_publishable
     from .aws.record import RECORD_NAME
 
     path = Path(image_dir) / RECORD_NAME
@@ -211,7 +212,7 @@ def scheduled_base() -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Run:
@@ -219,7 +220,7 @@ class Run:
 
     def __init__(self, work: Path, spec: Spec, steps: tuple[str, ...] = STEPS):
         self.work = work
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.path = work / f"run-{stamp}.json"
         suffix = 1
         while self.path.exists():  # two runs in one second must not share a manifest

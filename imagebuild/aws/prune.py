@@ -25,12 +25,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
+from imagebuild.aws.lookup import IMAGE_ID_TAG, block_device_snapshots, ssm_parameter_value
 from imagebuild.aws.model import Decision, PublishTarget, parse_build_time
-from imagebuild.aws.publish import IMAGE_ID_TAG, block_device_snapshots, ssm_parameter_value
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import step
 
@@ -201,7 +201,7 @@ def _sort_time(image: dict[str, Any]) -> datetime:
                 return parse_build_time(text)
             except ImagebuildError:
                 continue
-    return datetime.min.replace(tzinfo=timezone.utc)
+    return datetime.min.replace(tzinfo=UTC)
 
 
 def newest_first_key(image: dict[str, Any]) -> tuple[float, str]:
@@ -414,7 +414,7 @@ def _last_launch(ec2: Any, image_id: str, permissions: int) -> list[str]:
         when = parse_build_time(text.replace("Z", "+00:00"))
     except ImagebuildError:
         return [f"shared and its last launch time {text!r} cannot be read"]
-    age = (datetime.now(timezone.utc) - when).days
+    age = (datetime.now(UTC) - when).days
     if age < SHARED_LAUNCH_DAYS:
         return [f"shared and launched {age} days ago (within {SHARED_LAUNCH_DAYS})"]
     return []
@@ -478,10 +478,10 @@ def format_table(decisions: list[Decision]) -> str:
         rows.append(row)
     if not rows:
         return "no AMIs of this family found"
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
     lines = []
     for row in [headers, *rows]:
-        cells = [str(cell).ljust(width) for cell, width in zip(row, widths)]
+        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
         lines.append("  ".join(cells).rstrip())
     images = [d for d in decisions if d.kind == "image"]
     deletes = sum(1 for d in images if d.action == "delete")

@@ -17,7 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
-from imagebuild.aws.model import Manifest, PublishTarget, VerifyResult
+from imagebuild.aws.lookup import (
+    IMAGE_ID_TAG,
+    block_device_snapshots,
+    check_publishable,
+    describe_image,
+    find_image_by_name,
+    image_state,
+    launch_permission_set,
+    launch_permissions,
+    snapshot_state,
+    snapshot_volume_accounts,
+)
+from imagebuild.aws.model import Manifest, PublishTarget
 from imagebuild.aws.record import PublishRecord
 from imagebuild.aws.upload import (
     DEFAULT_WORKERS,
@@ -34,42 +46,11 @@ from imagebuild.progress import step
 
 ROOT_DEVICE = "/dev/xvda"
 TAG_PREFIX = "imagebuild:"
-IMAGE_ID_TAG = "imagebuild:image-id"  # on snapshots: the AMI they back
 WAIT_TIMEOUT = 3600.0  # seconds to wait for a snapshot or an AMI copy
 POLL_INTERVAL = 10.0
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:
-    """The manifest and qcow2 path, or ImagebuildError unless the image on disk passed verification."""
-    manifest = Manifest.load(image_dir)
-    # Both boots must have passed: the NoCloud one and the one that boots the image as EC2 does.
-    for name, what in (("verify.json", "verification"), ("verify-ec2.json", "EC2 verification")):
-        if name == "verify-ec2.json" and not (Path(image_dir) / name).is_file():
-            raise ImagebuildError(f"refusing to publish {image_dir}: it has no {name}; run "
-                                  f"`imagebuild verify --platform ec2` on it first")
-        verify = VerifyResult.load(image_dir, name)
-        if not verify.passed:
-            failed = verify.failed_checks()
-            detail = f" (failed checks: {'; '.join(failed)})" if failed else " (the report names no failed check)"
-            raise ImagebuildError(f"refusing to publish {image_dir}: its {what} did not pass{detail}")
-        if verify.image_sha256 != manifest.sha256:
-            raise ImagebuildError(
-                f"refusing to publish {image_dir}: {name} is for image sha256 {verify.image_sha256}, "
-                f"but manifest.json describes {manifest.sha256}; verify this image again"
-            )
-    qcow2 = Path(image_dir) / manifest.image
-    if not qcow2.is_file():
-        raise ImagebuildError(f"refusing to publish: the image file {qcow2} does not exist")
-    actual = sha256_file(qcow2)
-    if actual != manifest.sha256:
-        raise ImagebuildError(
-            f"refusing to publish {qcow2}: its sha256 is {actual}, but it was verified as "
-            f"{manifest.sha256}; the file changed after verification"
-        )
-    return manifest, qcow2
 
 
 def ami_name(manifest: Manifest, target: PublishTarget) -> str:
@@ -140,9 +121,11 @@ def check_tags(tags: dict[str, str], clients: ClientFactory, region: str, extra:
             problems.append(f"{len(tags) + extra} tags, {operation} takes at most {limits['count']}")
         for key, value in tags.items():
             if not 1 <= len(key) <= limits["key"]:
-                problems.append(f"tag key {key[:40]!r}... is {len(key)} characters, {operation} takes 1-{limits['key']}")
+                problems.append(f"tag key {key[:40]!r}... is {len(key)} characters, "
+                                f"{operation} takes 1-{limits['key']}")
             if len(value) > limits["value"]:
-                problems.append(f"tag {key!r}: value is {len(value)} characters, {operation} takes at most {limits['value']}")
+                problems.append(f"tag {key!r}: value is {len(value)} characters, "
+                                f"{operation} takes at most {limits['value']}")
     if problems:
         raise ImagebuildError("refusing to publish: " + "; ".join(dict.fromkeys(problems)))
 
@@ -252,7 +235,8 @@ def publish(
             raise
         message = f"publish stopped: {describe_error(exc)}"
         record.set("last_error", message)
-        raise ImagebuildError(f"{message}. What exists is recorded in {record.path}; run publish again to finish.") from None
+        raise ImagebuildError(f"{message}. What exists is recorded in {record.path}; "
+                              "run publish again to finish.") from None
     return record.as_dict()
 
 
@@ -396,7 +380,8 @@ class _Publish:
         snapshots = block_device_snapshots(found)
         self.record.set_image(
             region,
-            {"id": found["ImageId"], "state": found.get("State", "pending"), "source": "adopted", "snapshots": snapshots},
+            {"id": found["ImageId"], "state": found.get("State", "pending"), "source": "adopted",
+             "snapshots": snapshots},
             note=f"{region}: adopted existing {found['ImageId']} named {self.name}",
         )
         step(f"{region}: found {found['ImageId']} ({self.name}) from an earlier run; using it")
@@ -418,7 +403,8 @@ class _Publish:
                     f"{self.manifest.virtual_size}; refusing to publish"
                 )
             if sha256_file(self.qcow2) != self.manifest.sha256:
-                raise ImagebuildError(f"refusing to publish {self.qcow2}: the file changed while it was being converted")
+                raise ImagebuildError(
+                    f"refusing to publish {self.qcow2}: the file changed while it was being converted")
 
             # The client token is saved before StartSnapshot: a run killed before the answer is
             # saved asks again with the same token, and AWS hands back the same snapshot.
@@ -451,7 +437,7 @@ class _Publish:
                 )
             except UploadFailed as failed:
                 self.upload_failed(failed)
-                raise AssertionError("unreachable")  # upload_failed always raises
+                raise AssertionError("unreachable") from failed  # upload_failed always raises
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         snapshot_id = result.snapshot_id
@@ -468,7 +454,8 @@ class _Publish:
         state = self.wait_snapshot(ec2, snapshot_id)
         if state != "completed":
             self.delete_incomplete_snapshot(snapshot_id, f"it ended in state {state}")
-            raise ImagebuildError(f"snapshot {snapshot_id} ended in state {state!r} instead of completed; it was deleted")
+            raise ImagebuildError(
+                f"snapshot {snapshot_id} ended in state {state!r} instead of completed; it was deleted")
         snap = dict(self.record.snapshot or {})
         snap["state"] = "completed"
         self.record.set("snapshot", snap, note=f"snapshot {snapshot_id} completed ({result.blocks_written} blocks)")
@@ -535,7 +522,9 @@ class _Publish:
         state = image.get("State")
         if state == "pending":
             raise _RegionFailed(
-                region, f"AMI {entry['id']} is still pending after {self.wait_timeout:.0f} s; run publish again to keep waiting"
+                region,
+                f"AMI {entry['id']} is still pending after {self.wait_timeout:.0f} s; "
+                "run publish again to keep waiting",
             )
         if state != "available":
             reason = image.get("StateReason", {}).get("Message") or state
@@ -707,7 +696,8 @@ class _Publish:
             if done.get(region, {}).get("image") == entry["id"]:
                 continue
             try:
-                self.ec2(region).enable_image_deprecation(ImageId=entry["id"], DeprecateAt=at.replace(second=0, microsecond=0))
+                self.ec2(region).enable_image_deprecation(ImageId=entry["id"],
+                                                          DeprecateAt=at.replace(second=0, microsecond=0))
             except Exception as exc:
                 if error_code(exc) not in ("InvalidAction", "UnsupportedOperation"):
                     raise
@@ -746,75 +736,3 @@ class _RegionFailed(ImagebuildError):
 
     def __str__(self) -> str:
         return f"{self.region}: {self.reason}"
-
-
-# --------------------------------------------------------------------------- AWS look-ups
-
-
-def describe_image(ec2: Any, image_id: str) -> dict[str, Any] | None:
-    try:
-        images = ec2.describe_images(ImageIds=[image_id])["Images"]
-    except Exception as exc:
-        if error_code(exc) in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
-            return None
-        raise
-    return images[0] if images else None
-
-
-def image_state(ec2: Any, image_id: str) -> str | None:
-    image = describe_image(ec2, image_id)
-    return image.get("State") if image else None
-
-
-def snapshot_state(ec2: Any, snapshot_id: str) -> str | None:
-    try:
-        snapshots = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
-    except Exception as exc:
-        if error_code(exc) == "InvalidSnapshot.NotFound":
-            return None
-        raise
-    return snapshots[0].get("State") if snapshots else None
-
-
-def find_image_by_name(ec2: Any, name: str) -> dict[str, Any] | None:
-    images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
-    images = [image for image in images if image.get("Name") == name and image.get("State") != "deregistered"]
-    return images[0] if images else None
-
-
-def block_device_snapshots(image: dict[str, Any]) -> list[str]:
-    return [
-        mapping["Ebs"]["SnapshotId"]
-        for mapping in image.get("BlockDeviceMappings", [])
-        if mapping.get("Ebs", {}).get("SnapshotId")
-    ]
-
-
-LAUNCH_PERMISSION_KEYS = ("UserId", "OrganizationArn", "OrganizationalUnitArn")
-
-
-def launch_permission_set(target: PublishTarget) -> set[tuple[str, str]]:
-    """What the target shares with, as (LaunchPermission key, value) pairs."""
-    return ({("UserId", a) for a in target.share_with} | {("OrganizationArn", o) for o in target.share_with_organizations}
-            | {("OrganizationalUnitArn", u) for u in target.share_with_ous})
-
-
-def launch_permissions(ec2: Any, image_id: str) -> set[tuple[str, str]]:
-    response = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
-    return {(key, perm[key]) for perm in response.get("LaunchPermissions", []) for key in LAUNCH_PERMISSION_KEYS
-            if key in perm}
-
-
-def snapshot_volume_accounts(ec2: Any, snapshot_id: str) -> set[str]:
-    response = ec2.describe_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission")
-    return {perm["UserId"] for perm in response.get("CreateVolumePermissions", []) if "UserId" in perm}
-
-
-def ssm_parameter_value(ssm: Any, name: str) -> str | None:
-    """The value of SSM parameter *name*, or None when it does not exist."""
-    try:
-        return ssm.get_parameter(Name=name)["Parameter"]["Value"].strip()
-    except Exception as exc:
-        if error_code(exc) == "ParameterNotFound":
-            return None
-        raise

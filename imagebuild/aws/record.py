@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,8 @@ class PublishRecord:
         self.data = data
 
     @classmethod
-    def open(cls, image_dir: Path, *, image: str, image_sha256: str, family: str, name: str, home_region: str) -> PublishRecord:
+    def open(cls, image_dir: Path, *, image: str, image_sha256: str, family: str, name: str,
+             home_region: str) -> PublishRecord:
         path = Path(image_dir) / RECORD_NAME
         if not path.exists():
             return cls(
@@ -104,7 +105,8 @@ class PublishRecord:
         except (OSError, json.JSONDecodeError) as exc:
             raise ImagebuildError(f"cannot read the publish record {path}: {exc}") from None
         if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
-            raise ImagebuildError(f"{path} is not a publish record this imagebuild understands (version {RECORD_VERSION})")
+            raise ImagebuildError(
+                f"{path} is not a publish record this imagebuild understands (version {RECORD_VERSION})")
         if data.get("image_sha256") != image_sha256:
             raise ImagebuildError(
                 f"{path} records a publish of a different image (sha256 {data.get('image_sha256')}, "
@@ -171,7 +173,7 @@ class PublishRecord:
         self.save()
 
     def save(self) -> None:
-        self.data["updated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.data["updated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         write_json_atomic(self.path, self.data)
 
     def as_dict(self) -> dict[str, Any]:

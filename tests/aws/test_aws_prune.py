@@ -9,9 +9,8 @@ import pytest
 
 from conftest import ec2_answer
 from imagebuild.aws import PublishTarget
-from imagebuild.aws.prune import newest_first_key, format_table, prune
+from imagebuild.aws.prune import format_table, newest_first_key, prune
 from imagebuild.aws.publish import publish
-
 
 HOME = "eu-west-1"
 COPY = "us-west-2"
@@ -60,14 +59,17 @@ def seeded(aws, boto):
     home, copy = boto("ec2", HOME), boto("ec2", COPY)
     ami, snaps = {}, {}
     for n in range(8):
-        ami[f"a{n}"], snaps[f"a{n}"] = seed(home, HOME, f"{FAMILY}-2026010{n + 1}T000000Z", f"2026-01-0{n + 1}T00:00:00Z")
+        ami[f"a{n}"], snaps[f"a{n}"] = seed(home, HOME, f"{FAMILY}-2026010{n + 1}T000000Z",
+                                            f"2026-01-0{n + 1}T00:00:00Z")
     for n in range(4):
-        ami[f"b{n}"], snaps[f"b{n}"] = seed(copy, COPY, f"{FAMILY}-2026020{n + 1}T000000Z", f"2026-02-0{n + 1}T00:00:00Z")
+        ami[f"b{n}"], snaps[f"b{n}"] = seed(copy, COPY, f"{FAMILY}-2026020{n + 1}T000000Z",
+                                            f"2026-02-0{n + 1}T00:00:00Z")
     ami["other"], snaps["other"] = seed(home, HOME, "another-family-1", "2025-01-01T00:00:00Z", family="other")
 
     # instances: a4 running, a0 stopped, a5 only by a terminated one
     def run(ec2, image_id):
-        return ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="t3.micro")["Instances"][0]["InstanceId"]
+        started = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+        return started["Instances"][0]["InstanceId"]
     run(home, ami["a4"])
     home.stop_instances(InstanceIds=[run(home, ami["a0"])])
     home.terminate_instances(InstanceIds=[run(home, ami["a5"])])
@@ -105,7 +107,8 @@ def test_dry_run_decides_and_changes_nothing(seeded, boto, clients):
     assert {names[d.ami_id]: d.action for d in decisions} == EXPECTED
     assert ami["other"] not in by_id
     # newest first per region, home first
-    assert [names[d.ami_id] for d in decisions] == ["a7", "a6", "a5", "a4", "a3", "a2", "a1", "a0", "b3", "b2", "b1", "b0"]
+    assert [names[d.ami_id] for d in decisions] == ["a7", "a6", "a5", "a4", "a3", "a2", "a1", "a0",
+                                                    "b3", "b2", "b1", "b0"]
     assert "newest 2" in by_id[ami["a7"]].reason
     assert "running instance" in by_id[ami["a4"]].reason
     assert "stopped instance" in by_id[ami["a0"]].reason
@@ -182,7 +185,8 @@ def test_sort_falls_back_to_creation_date():
 
 
 def _fresh(home, count=5):
-    return [seed(home, HOME, f"{FAMILY}-2026030{n + 1}T000000Z", f"2026-03-0{n + 1}T00:00:00Z")[0] for n in range(count)]
+    return [seed(home, HOME, f"{FAMILY}-2026030{n + 1}T000000Z", f"2026-03-0{n + 1}T00:00:00Z")[0]
+            for n in range(count)]
 
 
 def test_auto_scaling_groups_pinned_versions_and_launch_configurations_protect(aws, boto, clients):

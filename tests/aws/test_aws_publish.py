@@ -4,17 +4,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from pathlib import Path
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from imagebuild.aws import PublishTarget
-from imagebuild.aws.publish import publish
-from imagebuild.aws.publish import register_request
 from imagebuild.aws.model import Manifest
+from imagebuild.aws.publish import publish, register_request
 from imagebuild.errors import ImagebuildError
 
 MIB = 1024 * 1024
@@ -239,7 +238,9 @@ def test_refuses_verify_of_another_image(aws, make_image, recording_clients):
 
 def test_copy_failure_is_recorded_and_rerun_finishes(aws, boto, make_image, recording_clients, client_error):
     image_dir, _ = make_image()
-    outage = lambda n: client_error("RequestLimitExceeded", "Request limit exceeded.", "CopyImage")
+    def outage(n):
+        return client_error("RequestLimitExceeded", "Request limit exceeded.", "CopyImage")
+
     failing = recording_clients(fail_on={("ec2", "eu-central-1", "copy_image"): outage})
     with pytest.raises(ImagebuildError, match="copying the AMI failed for eu-central-1") as caught:
         publish(image_dir, target(), progress=lambda p: None, clients=failing, poll_interval=0.01)
@@ -318,7 +319,9 @@ def test_failed_upload_leaves_no_snapshot_and_rerun_publishes(aws, boto, make_im
 
 def test_interrupted_upload_deletes_snapshot_and_reraises(aws, boto, make_image, recording_clients):
     image_dir, _ = make_image()
-    interrupt = lambda n: KeyboardInterrupt() if n == 2 else None
+    def interrupt(n):
+        return KeyboardInterrupt() if n == 2 else None
+
     failing = recording_clients(fail_on={("ebs", HOME, "put_snapshot_block"): interrupt})
     with pytest.raises(KeyboardInterrupt):
         publish(image_dir, target(), progress=lambda p: None, clients=failing, workers=2, poll_interval=0.01)
@@ -414,7 +417,9 @@ def test_throttled_blocks_are_retried_adaptively(aws, boto, make_image, recordin
     """Three RequestThrottledException answers for one block: botocore's default (3 attempts)
     would fail the upload; the EBS client's adaptive retries finish it."""
     image_dir, content = make_image()
-    block3 = lambda request: "/blocks/3" in request.url
+    def block3(request):
+        return "/blocks/3" in request.url
+
     throttle = answers("ebs.PutSnapshotBlock", 3, 400, "RequestThrottledException", when=block3)
     record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
                      clients=recording_clients(), poll_interval=0.01)

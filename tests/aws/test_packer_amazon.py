@@ -47,7 +47,8 @@ def moto_canonical(start_moto, tmp_path_factory):
     from moto.utilities.utils import load_resource
 
     amis = [a for a in load_resource("ec2/resources/amis.json")
-            if a.get("owner_id") == CANONICAL and fnmatch.fnmatch(a.get("name") or "", "ubuntu/images/hvm-ssd/ubuntu-*")]
+            if a.get("owner_id") == CANONICAL
+            and fnmatch.fnmatch(a.get("name") or "", "ubuntu/images/hvm-ssd/ubuntu-*")]
     assert amis, "moto's built-in AMIs changed: no Canonical ubuntu/images/hvm-ssd image left"
     path = tmp_path_factory.mktemp("moto-amis") / "amis.json"
     path.write_text(json.dumps(amis))
@@ -127,7 +128,7 @@ def _build_block_provisioners(template: str) -> list[str]:
     """The provisioner blocks of the build block, in order (their text up to the next block)."""
     build = template[template.index("\nbuild {"):]
     starts = [m.start() for m in re.finditer(r"\n  (provisioner|post-processor) \"", build)]
-    blocks = [build[a:b] for a, b in zip(starts, starts[1:] + [len(build)])]
+    blocks = [build[a:b] for a, b in zip(starts, starts[1:] + [len(build)], strict=True)]
     return [b for b in blocks if b.startswith("\n  provisioner")]
 
 
@@ -151,7 +152,8 @@ def test_cloud_builds_end_with_the_in_guest_check(tmp_path):
 def test_kms_keys_reach_the_amazon_ebs_source_and_packer_accepts_them(tmp_path):
     from tests.support import packer_validate
 
-    keys = {HOME: f"arn:aws:kms:{HOME}:123456789012:key/aaaa-1111", COPY: f"arn:aws:kms:{COPY}:123456789012:key/bbbb-2222"}
+    keys = {HOME: f"arn:aws:kms:{HOME}:123456789012:key/aaaa-1111",
+            COPY: f"arn:aws:kms:{COPY}:123456789012:key/bbbb-2222"}
     doc = {**DOC, "image": {"aws": {**DOC["image"]["aws"], "encrypt_boot": True, "kms_keys": keys}}}
     packer_dir = _render(tmp_path, doc)
     template = (packer_dir / "imagebuild.pkr.hcl").read_text()

@@ -21,8 +21,10 @@ from imagebuild.bake import inputs_hash
 from imagebuild.digest import sha256_file
 from imagebuild.pipeline import PUBLISHED, UNCHANGED, run_pipeline
 from imagebuild.spec import parse
-# The e2e suite's session fixtures, reused as they are (fixtures imported into a module are its own).
-from tests.e2e.conftest import base_image, golden_spec, mirror  # noqa: F401
+from tests.e2e import conftest as e2e
+
+# The e2e suite's session fixtures, reused as they are (fixtures in a module's namespace are its own).
+base_image, golden_spec, mirror = e2e.base_image, e2e.golden_spec, e2e.mirror
 
 pytestmark = pytest.mark.e2e
 
