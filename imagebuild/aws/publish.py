@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,8 @@ def publish(
 ) -> dict[str, Any]:
     """Publish the verified image in *image_dir* to *target*; returns the publish record.
 
-    *progress* receives UploadProgress updates during the upload (default: a bar on stderr).
+    *progress* receives UploadProgress updates during the upload (default: a bar on stderr, and one
+    for the conversion to raw before it).
     *clients* is a `(service, region) -> boto3 client` factory (default: boto3's default
     session). Raises ImagebuildError when the image is not publishable or a step fails; the
     record in `publish.json` then says what exists.
@@ -219,6 +221,7 @@ def publish(
     job = _Publish(
         image_dir, qcow2, manifest, target, record, clients,
         progress=progress if progress is not None else StderrProgressBar(),
+        convert_progress=StderrProgressBar(label="convert").percent if progress is None else None,
         workers=workers, wait_timeout=wait_timeout, poll_interval=poll_interval,
     )
     try:
@@ -251,6 +254,7 @@ class _Publish:
         clients: ClientFactory,
         *,
         progress: ProgressCallback,
+        convert_progress: Callable[[float], None] | None = None,
         workers: int,
         wait_timeout: float,
         poll_interval: float,
@@ -262,6 +266,7 @@ class _Publish:
         self.record = record
         self.clients = clients
         self.progress = progress
+        self.convert_progress = convert_progress
         self.workers = workers
         self.wait_timeout = wait_timeout
         self.poll_interval = poll_interval
@@ -395,7 +400,7 @@ class _Publish:
         try:
             raw = workdir / "disk.raw"
             step(f"converting {self.qcow2.name} to raw")
-            qcow2_to_raw(self.qcow2, raw)
+            qcow2_to_raw(self.qcow2, raw, self.convert_progress)
             size = raw.stat().st_size
             if size != self.manifest.virtual_size:
                 raise ImagebuildError(

@@ -13,6 +13,7 @@ import base64
 import errno
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,19 +41,34 @@ NOT_FOUND_GRACE_S = 60.0
 # --------------------------------------------------------------------------- raw image
 
 
-def qcow2_to_raw(qcow2: Path, raw: Path) -> None:
-    """`qemu-img convert -f qcow2 -O raw`; the output is sparse where the image is unallocated."""
+def qcow2_to_raw(qcow2: Path, raw: Path, progress: Callable[[float], None] | None = None) -> None:
+    """`qemu-img convert -f qcow2 -O raw`; the output is sparse where the image is unallocated.
+
+    *progress* gets the percentage done as qemu-img reports it (`-p`), ending with 100.
+    """
     qemu_img = shutil.which("qemu-img")
     if qemu_img is None:
         raise ImagebuildError("qemu-img not found; install qemu-utils to publish images")
-    proc = subprocess.run(
-        [qemu_img, "convert", "-q", "-f", "qcow2", "-O", "raw", str(qcow2), str(raw)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
+    cmd = [qemu_img, "convert", "-p" if progress else "-q", "-f", "qcow2", "-O", "raw", str(qcow2), str(raw)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    other, pending = [], b""
+    while chunk := os.read(proc.stdout.fileno(), 4096):
+        *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+        for line in lines:
+            m = _CONVERT_PERCENT.search(line)
+            if m and progress is not None:
+                progress(float(m.group(1)))
+            elif line.strip():
+                other.append(line.decode(errors="replace").strip())
+    if pending.strip():
+        other.append(pending.decode(errors="replace").strip())
+    if proc.wait() != 0:
+        detail = "\n".join(other) or f"exit status {proc.returncode}"
         raise ImagebuildError(f"qemu-img could not convert {qcow2.name} to raw: {detail}")
+
+
+_CONVERT_PERCENT = re.compile(rb"^\s*\((\d+(?:\.\d+)?)/100%\)\s*$")
 
 
 def volume_size_gib(size: int) -> int:
@@ -152,37 +168,51 @@ ProgressCallback = Callable[[UploadProgress], None]
 
 
 class StderrProgressBar:
-    """A one-line bar on a terminal (redrawn at most 5 times a second), else a line per 10%."""
+    """A one-line bar on a terminal (redrawn at most 5 times a second), else a line per 10%.
 
-    def __init__(self, stream: Any = None, width: int = 30) -> None:
+    Called with UploadProgress (the upload); `percent` takes qemu-img's percentages (the convert).
+    """
+
+    def __init__(self, stream: Any = None, width: int = 30, label: str = "upload") -> None:
         self.stream = stream or sys.stderr
         self.width = width
+        self.label = label
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last_draw = 0.0
         self._last_decile = -1
 
     def __call__(self, p: UploadProgress) -> None:
-        done = p.blocks_done >= p.blocks_total
-        fraction = p.blocks_done / p.blocks_total if p.blocks_total else 1.0
-        text = (
-            f"upload {p.blocks_done}/{p.blocks_total} blocks, "
-            f"{p.bytes_written / 1048576:.1f} MiB sent, {p.mib_per_s:.1f} MiB/s"
-        )
-        if self.tty:
-            now = time.monotonic()
-            if not done and now - self._last_draw < 0.2:
-                return
-            self._last_draw = now
-            filled = int(fraction * self.width)
-            bar = "#" * filled + "-" * (self.width - filled)
-            self.stream.write(f"\r[{bar}] {text}" + ("\n" if done else ""))
-        else:
-            decile = int(fraction * 10)
-            if decile == self._last_decile and not (done and decile != 10):
-                return
-            self._last_decile = decile
-            self.stream.write(f"  {text}\n")
-        self.stream.flush()
+        _report_progress(self, p.blocks_done, p.blocks_total,
+                         f"{p.blocks_done}/{p.blocks_total} blocks, {p.bytes_written / 1048576:.1f} MiB sent, "
+                         f"{p.mib_per_s:.1f} MiB/s")
+
+    def percent(self, value: float) -> None:
+        _report_progress(self, round(value * 100), 10000, f"{value:.0f}%")
+
+
+def _report_progress(bar: StderrProgressBar, done: int, total: int, detail: str) -> None:
+    """Draw *bar* at *done* of *total*: the one place upload and convert progress is shown.
+
+    A local bar until imagebuild's logging module has its own (this function is then rewired to it).
+    """
+    finished = done >= total
+    fraction = done / total if total else 1.0
+    text = f"{bar.label} {detail}"
+    if bar.tty:
+        now = time.monotonic()
+        if not finished and now - bar._last_draw < 0.2:
+            return
+        bar._last_draw = now
+        filled = int(fraction * bar.width)
+        drawn = "#" * filled + "-" * (bar.width - filled)
+        bar.stream.write(f"\r[{drawn}] {text}" + ("\n" if finished else ""))
+    else:
+        decile = int(fraction * 10)
+        if decile == bar._last_decile and not (finished and decile != 10):
+            return
+        bar._last_decile = decile
+        bar.stream.write(f"  {text}\n")
+    bar.stream.flush()
 
 
 # --------------------------------------------------------------------------- upload
