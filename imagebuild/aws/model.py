@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def parse_build_time(text: str, where: str = "build_time") -> datetime:
         raise ImagebuildError(f"{where}: not an ISO-8601 time: {text!r}") from None
     if moment.tzinfo is None:
         raise ImagebuildError(f"{where}: time {text!r} has no time zone (expected UTC, e.g. ...Z)")
-    return moment.astimezone(UTC)
+    return moment.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -244,8 +244,7 @@ class PublishTarget:
             if key.lower().startswith("aws:"):
                 raise ImagebuildError(f"publish target: tag {key!r}: keys starting with 'aws:' are reserved")
             if key.startswith("imagebuild:"):
-                raise ImagebuildError(
-                    f"publish target: tag {key!r}: keys starting with 'imagebuild:' are set by imagebuild")
+                raise ImagebuildError(f"publish target: tag {key!r}: keys starting with 'imagebuild:' are set by imagebuild")
 
         if self.kms_keys and not self.encrypt_boot:
             raise ImagebuildError("publish target: kms_keys needs encrypt_boot")
