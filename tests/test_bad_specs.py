@@ -93,7 +93,7 @@ CASES = [
     Bad("unknown-skipverify", mirror(skipverify=True), "config.registry.mirrors[0].endpoints[0].skipverify",
         "(did you mean 'skip_verify'?)"),
     Bad("unknown-Delegate", {"unit": {"Delegate": True}}, "unit.Delegate", "(did you mean 'delegate'?)"),
-    Bad("unknown-top-level", {"mirrors": []}, "mirrors", "unknown key; allowed keys: name, containerd"),
+    Bad("unknown-top-level", {"mirrors": []}, "mirrors", "unknown key; allowed keys: apiVersion, name, containerd"),
     # --- URLs and digests
     Bad("endpoint-ftp", mirror("ftp://mirror.example"), "config.registry.mirrors[0].endpoints[0].url",
         "'ftp://mirror.example'"),

@@ -3,7 +3,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import subprocess
 
@@ -106,9 +105,11 @@ def _escaped_spec():
     """The spec refuses these values (AWS tags allow no $, { or quotes, base paths no quotes), so
     they are put into the model directly: this tests the HCL escaping itself, a last guard."""
     spec = spec_of({})
-    image = dataclasses.replace(spec.image, base=BaseImage(source=WEIRD, checksum=ZERO_CHECKSUM),
-                                aws=dataclasses.replace(spec.image.aws, tags={"Weird": WEIRD, 'k"${x}': WEIRD}))
-    return dataclasses.replace(spec, image=image)
+    # model_construct/model_copy skip validation on purpose: the template must stay inert anyway.
+    image = spec.image.model_copy(update={"base": BaseImage.model_construct(source=WEIRD, checksum=ZERO_CHECKSUM),
+                                          "aws": spec.image.aws.model_copy(update={"tags": {"Weird": WEIRD,
+                                                                                            'k"${x}': WEIRD}})})
+    return spec.model_copy(update={"image": image})
 
 
 def test_hcl_escaping_keeps_interpolation_syntax_literal(tmp_path):

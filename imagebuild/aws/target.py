@@ -1,7 +1,7 @@
 """The spec's AWS settings as the publish target the aws package works with."""
 from __future__ import annotations
 
-from ..spec import Spec
+from ..model import Spec
 from .model import PublishTarget
 
 

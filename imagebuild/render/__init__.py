@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ImagebuildError
-from ..spec import Spec
+from ..model import Spec
 from . import config_toml, expected, hosts_toml, userdata
 from .templating import PACKAGE_DIR, render_template, shipped_dir
 
