@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "7ebc3d5a4a9846a618624c70b9230846b7048c82492f3bb0de6ade88dc1948dc", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "7ebc3d5a4a9846a618624c70b9230846b7048c82492f3bb0de6ade88dc1948dc", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f56e6385db3ca87423459b9fd54865e81b1ab19bfe4e8874a1b5e54d51e2b19c", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f56e6385db3ca87423459b9fd54865e81b1ab19bfe4e8874a1b5e54d51e2b19c", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "7ebc3d5a4a9846a618624c70b9230846b7048c82492f3bb0de6ade88dc1948dc"
+      spec_hash  = "f56e6385db3ca87423459b9fd54865e81b1ab19bfe4e8874a1b5e54d51e2b19c"
       containerd = "2.1.9"
     }
   }

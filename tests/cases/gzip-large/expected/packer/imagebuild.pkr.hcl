@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "15e9a60a2d088a1dc7be6c891fc33edc162fd7e25fcd20484e2f5505cb181185", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "15e9a60a2d088a1dc7be6c891fc33edc162fd7e25fcd20484e2f5505cb181185", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "fb7f47d15d7d939210410e996ac4f79000d3e180c526bbc1f2c743771591ed9c", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "fb7f47d15d7d939210410e996ac4f79000d3e180c526bbc1f2c743771591ed9c", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "15e9a60a2d088a1dc7be6c891fc33edc162fd7e25fcd20484e2f5505cb181185"
+      spec_hash  = "fb7f47d15d7d939210410e996ac4f79000d3e180c526bbc1f2c743771591ed9c"
       containerd = "1.6.20"
     }
   }
