@@ -14,7 +14,6 @@ from typing import Any
 from .containerd_keys import KeyPaths
 from .model import (
     CONTROL_CHARS,
-    RESERVED_TAG_PREFIXES,
     SURROGATES,
     Problem,
     Spec,
@@ -131,37 +130,12 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
         if not str(value).strip():
             problems.append(Problem(f"system.sysctls.{key}", f"got {value!r}, expected a number or plain text "
                                     "(an empty value sets nothing and systemd-sysctl rejects it; remove the key)"))
-    aws = doc["image"]["aws"]
-    if aws["region"] in aws["copy_regions"]:
-        problems.append(Problem("image.aws.copy_regions", f"got {aws['region']!r}, the home region; list only "
-                                "the regions the AMI is copied to"))
-    if len(aws["tags"]) > 41:
-        problems.append(Problem("image.aws.tags", f"got {len(aws['tags'])} tags, expected at most 41 (AWS takes 50 "
-                                "a resource; imagebuild adds 9 of its own)"))
-    for key in aws["tags"]:
-        if key.lower().startswith(RESERVED_TAG_PREFIXES):
-            problems.append(Problem(f"image.aws.tags.{key}", "keys starting with aws: or imagebuild: are reserved"))
-    if aws["encrypt_boot"] and aws["share_with"] and not aws["kms_keys"]:
-        problems.append(Problem("image.aws.share_with", f"got {show(aws['share_with'])} with encrypt_boot: true, "
-                                "but an AMI encrypted with the default KMS key cannot be shared (Packer refuses it); "
-                                "set image.aws.kms_keys to customer managed keys, or share it unencrypted"))
-    if aws["kms_keys"]:
-        if not aws["encrypt_boot"]:
-            problems.append(Problem("image.aws.kms_keys", "set with encrypt_boot: false; the keys would be ignored, "
-                                    "expected encrypt_boot: true"))
-        for region in [aws["region"], *aws["copy_regions"]]:
-            if region not in aws["kms_keys"]:
-                problems.append(Problem(f"image.aws.kms_keys.{region}", "missing: a KMS key is region-bound, "
-                                        "expected a key ARN for the home region and every copy region"))
-        for region, arn in aws["kms_keys"].items():
-            if f":kms:{region}:" not in arn:
-                problems.append(Problem(f"image.aws.kms_keys.{region}", f"got {show(arn)}, expected a key "
-                                        f"of region {region}"))
     if doc["image"]["aws"]["ssm_parameter"] is None:
         doc["image"]["aws"]["ssm_parameter"] = f"/imagebuild/{doc['name']}/latest"
     for index, check in enumerate(doc["verify"]["checks"]):
         if check["name"] in [c["name"] for c in doc["verify"]["checks"][:index]]:
-            problems.append(Problem(f"verify.checks[{index}].name", f"got {check['name']!r} twice, names must be unique"))
+            problems.append(Problem(f"verify.checks[{index}].name",
+                                    f"got {check['name']!r} twice, names must be unique"))
     return problems, warnings
 
 

@@ -65,8 +65,8 @@ def cmd_schema(args) -> int:
 
 
 def cmd_init(args) -> int:
-    from .render import write_file_atomic
     from .model import commented_default
+    from .render import write_file_atomic
 
     text = commented_default()
     if args.output == "-":

@@ -145,6 +145,11 @@ class KeyPaths:
     default (imagebuild/defaults/config-<family>.toml)."""
 
     def __init__(self, version: int):
+        self.sandbox: tuple[tuple[str, ...], str]
+        self.runtime_root: tuple[str, ...]
+        self.images: tuple[str, ...]
+        self.registry: tuple[str, ...]
+        self.log_line: tuple[str, ...]
         if version == 2:
             cri = ("plugins", "io.containerd.grpc.v1.cri")
             self.sandbox = (cri, "sandbox_image")

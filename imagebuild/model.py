@@ -9,17 +9,22 @@ This module is the bottom of the package: it imports nothing of imagebuild.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
 import posixpath
 import re
+import types
+import typing
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
+from annotated_types import GroupedMetadata
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -30,6 +35,7 @@ from pydantic import (
     PrivateAttr,
     Strict,
     StringConstraints,
+    ValidationError,
     WithJsonSchema,
     model_validator,
 )
@@ -38,13 +44,17 @@ from pydantic_core import PydanticCustomError
 # --- versions of the spec -----------------------------------------------------------------------
 
 #: The spec versions imagebuild reads, oldest first; a spec without apiVersion is the first.
-API_VERSIONS = ("imagebuild/v1",)
-API_VERSION = API_VERSIONS[-1]
+ApiVersion = Literal["imagebuild/v1"]
+API_VERSIONS: tuple[str, ...] = typing.get_args(ApiVersion)
+API_VERSION: ApiVersion = API_VERSIONS[-1]  # type: ignore[assignment]
 
-#: Keys renamed in a spec version: (old key path, new key path). A spec using an old name still
-#: loads, with a warning that names the new one. `override_path` said nothing about what the path
-#: is (a prefix or the API root); `path: api-root` says what containerd's hosts.toml key meant.
-RENAMES: tuple[tuple[str, str], ...] = ()
+#: Keys renamed: (old key path, new key path), both in the same section. A spec using an old name
+#: still loads, with a warning that names the new one (imagebuild.spec.upgrade).
+RENAMES: tuple[tuple[str, str], ...] = (
+    # It lists account ids, beside share_with_organizations and share_with_ous: the bare name read as
+    # "share with everything listed here" and gave no hint that an organization ARN does not belong.
+    ("image.aws.share_with", "image.aws.share_with_accounts"),
+)
 
 
 @dataclass(frozen=True)
@@ -109,36 +119,59 @@ ALLOWED: dict[str, str] = {}
 KEY_ALLOWED: dict[str, str] = {}
 
 
-def Text(pattern: str | None = None, allowed: str | None = None, *, multiline: bool = False) -> Any:  # noqa: N802
-    """Single-line printable text (or *multiline*), matching *pattern* when given."""
-    meta: list[Any] = [Strict()]
-    if pattern:
-        ALLOWED.setdefault(pattern, allowed or f"text matching {pattern}")
-        meta.append(StringConstraints(pattern=pattern))
-    meta.append(BeforeValidator(_printable_lines if multiline else _printable))
-    return Annotated[(str, *meta)]
+@dataclass(frozen=True)
+class Text(GroupedMetadata):
+    """`Annotated[str, Text(pattern, allowed)]`: printable single-line text (or *multiline*), matching
+    *pattern* when given; *allowed* says in words what the pattern allows (for error messages)."""
+
+    pattern: str | None = None
+    allowed: str | None = None
+    multiline: bool = False
+
+    def __iter__(self) -> Iterator[Any]:
+        yield Strict()
+        if self.pattern:
+            ALLOWED.setdefault(self.pattern, self.allowed or f"text matching {self.pattern}")
+            yield StringConstraints(pattern=self.pattern)
+        yield BeforeValidator(_printable_lines if self.multiline else _printable)
 
 
-def Key(pattern: str, allowed: str) -> Any:  # noqa: N802
-    """A mapping key matching *pattern*."""
-    KEY_ALLOWED.setdefault(pattern, allowed)
-    return Annotated[str, StringConstraints(pattern=pattern), BeforeValidator(_printable)]
+@dataclass(frozen=True)
+class Key(GroupedMetadata):
+    """`Annotated[str, Key(pattern, allowed)]`: a mapping key matching *pattern*."""
+
+    pattern: str
+    allowed: str
+
+    def __iter__(self) -> Iterator[Any]:
+        KEY_ALLOWED.setdefault(self.pattern, self.allowed)
+        yield StringConstraints(pattern=self.pattern)
+        yield BeforeValidator(_printable)
 
 
-def Mapping(pattern: str, allowed: str, value: Any) -> Any:  # noqa: N802
-    """A mapping whose keys match *pattern* (described as *allowed*) and whose values are *value*."""
-    return Annotated[dict[Key(pattern, allowed), value],  # type: ignore[misc]
-                     Field(json_schema_extra={"propertyNames": {"pattern": pattern}})]
+def keys_schema(pattern: str) -> Any:
+    """JSON Schema for a mapping whose keys match *pattern* (pydantic's patternProperties would let
+    other keys through)."""
+    return Field(json_schema_extra={"propertyNames": {"pattern": pattern}})
 
 
-def Int(low: int, high: int) -> Any:  # noqa: N802
-    """An integer from *low* to *high* (a boolean is not one)."""
-    def check(value: int) -> int:
-        if not low <= value <= high:
-            raise _error(f"got {value}, expected an integer from {low} to {high}")
-        return value
-    return Annotated[int, Strict(), AfterValidator(check),
-                     WithJsonSchema({"type": "integer", "minimum": low, "maximum": high})]
+@dataclass(frozen=True)
+class Int(GroupedMetadata):
+    """`Annotated[int, Int(low, high)]`: an integer from *low* to *high* (a boolean is not one)."""
+
+    low: int
+    high: int
+
+    def __iter__(self) -> Iterator[Any]:
+        low, high = self.low, self.high
+
+        def check(value: int) -> int:
+            if not low <= value <= high:
+                raise _error(f"got {value}, expected an integer from {low} to {high}")
+            return value
+        yield Strict()
+        yield AfterValidator(check)
+        yield WithJsonSchema({"type": "integer", "minimum": low, "maximum": high})
 
 
 def _unique(values: tuple) -> tuple:
@@ -151,10 +184,10 @@ def _unique(values: tuple) -> tuple:
     return values
 
 
-def Unique(item: Any) -> Any:  # noqa: N802
-    """A list (a tuple in the model) whose entries are unique."""
-    return Annotated[tuple[item, ...], AfterValidator(_unique), Field(json_schema_extra={"uniqueItems": True})]
-
+#: `Annotated[tuple[X, ...], UNIQUE, UNIQUE_SCHEMA]`: a list whose entries are unique.
+UNIQUE = AfterValidator(_unique)
+UNIQUE_SCHEMA = Field(json_schema_extra={"uniqueItems": True})
+Bool = Annotated[bool, Strict()]
 
 UNIT_LIMIT = r"^(infinity|[0-9]+)$"
 _LIMIT_MAX = (1 << 63) - 1
@@ -218,16 +251,17 @@ MODULE = r"^[a-z0-9_-]+$"
 SYSCTL = r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$"
 RUNTIME_NAME = r"^[A-Za-z0-9_-]+$"
 HEADER_NAME = r"^[A-Za-z0-9-]+$"
-# As botocore's partitions spell regions (`^(us|eu|...)\-\w+\-\d+$`): parts of letters and digits,
-# a number at the end (us-gov-west-1, us-isob-east-1, ap-southeast-12 alike).
-AWS_REGION = r"^[a-z]{2}(-[a-z0-9]+)+-[0-9]+$"
+# As botocore's partitions spell regions (`^(us|eu|...)\-\w+\-\d+$`, `^eusc\-(de)\-\w+\-\d+$`): a
+# prefix of 2-4 letters, parts of letters and digits, a number at the end (us-gov-west-1, us-isob-east-1,
+# eusc-de-east-1 alike). tests/aws/test_aws_model_target.py holds it to every region botocore knows.
+AWS_REGION = r"^[a-z]{2,4}(-[a-z0-9]+)+-[0-9]+$"
 AWS_ACCOUNT = r"^[0-9]{12}$"
 SSM_NAME = r"^/[A-Za-z0-9_./-]+$"
 TAG_KEY = r"^[A-Za-z0-9 _.:/=+@-]{1,127}$"
 TAG_VALUE = r"^[A-Za-z0-9 _.:/=+@-]{0,255}$"
 #: Tag key prefixes a spec may not use, in any case: AWS reserves aws:, imagebuild sets imagebuild:.
 RESERVED_TAG_PREFIXES = ("aws:", "imagebuild:")
-KMS_KEY_ARN = r"^arn:aws[a-z-]*:kms:[a-z]{2}(-[a-z0-9]+)+-[0-9]+:[0-9]{12}:key/[A-Za-z0-9-]{1,128}$"
+KMS_KEY_ARN = r"^arn:aws[a-z-]*:kms:[a-z]{2,4}(-[a-z0-9]+)+-[0-9]+:[0-9]{12}:key/[A-Za-z0-9-]{1,128}$"
 ORG_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$"
 OU_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[0-9a-z]{4,32}-[0-9a-z]{8,32}$"
 CHECK_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -242,9 +276,10 @@ DEFAULT_RUNC_URL = GITHUB + "/opencontainers/runc/releases/download/v{version}/r
 DEFAULT_CNI_URL = (GITHUB + "/containernetworking/plugins/releases/download/v{version}/"
                    "cni-plugins-linux-amd64-v{version}.tgz")
 
-AbsPath = Text(ABS_PATH, ABS_PATH_ALLOWED)
-HttpUrl = Text(HTTP_URL, "an http(s):// URL")
-Region = Text(AWS_REGION, "an AWS region name")
+AbsPath = Annotated[str, Text(ABS_PATH, ABS_PATH_ALLOWED)]
+HttpUrl = Annotated[str, Text(HTTP_URL, "an http(s):// URL")]
+Region = Annotated[str, Text(AWS_REGION, "an AWS region name")]
+Name = Annotated[str, Text(NAME, "lowercase letters, digits and -, at most 63")]
 
 
 class Section(BaseModel):
@@ -316,10 +351,10 @@ _VERSION_DOC = "upstream version, substituted for {version} in the URLs"
 _URL_DOC = "download URL; {version} is replaced"
 _SHA_DOC = "expected sha256 of the download (64 hex digits); pins the artifact"
 _CHECKSUM_DOC = "URL of a published checksum file, used when sha256 is not pinned"
-UrlTemplate = Text(URL_TEMPLATE, "an http(s):// or file:// URL")
-Sha256 = Text(SHA256, "64 lowercase hex digits")
-ChecksumUrl = Text(CHECKSUM_URL, "an http(s):// or file:// URL, or {url} plus a suffix")
-Version = Text(VERSION, "a version like 1.2.3")
+UrlTemplate = Annotated[str, Text(URL_TEMPLATE, "an http(s):// or file:// URL")]
+Sha256 = Annotated[str, Text(SHA256, "64 lowercase hex digits")]
+ChecksumUrl = Annotated[str, Text(CHECKSUM_URL, "an http(s):// or file:// URL, or {url} plus a suffix")]
+Version = Annotated[str, Text(VERSION, "a version like 1.2.3")]
 
 
 class Tarball(Section, _Download):
@@ -355,18 +390,18 @@ class CniPlugins(Section, _Download):
     checksum_url: ChecksumUrl | None = Field("{url}.sha256", description=_CHECKSUM_DOC)
 
 
-#: The names consumers use for any of the three.
+#: The name consumers use for any of the three.
 Artifact = _Download
 
 
 class Package(Section):
     """the distro package (package method)"""
 
-    name: Text(r"^[a-z0-9][a-z0-9.+-]*$", "a Debian package name") = Field(  # type: ignore[valid-type]
+    name: Annotated[str, Text(r"^[a-z0-9][a-z0-9.+-]*$", "a Debian package name")] = Field(
         "containerd", description="package name")
-    version: Text(PACKAGE_VERSION, "a Debian version string") | None = Field(  # type: ignore[valid-type]
+    version: Annotated[str, Text(PACKAGE_VERSION, "a Debian version string")] | None = Field(
         None, description="exact package version to pin; must start with containerd.version")
-    hold: Annotated[bool, Strict()] = Field(True, description="apt-mark hold the package so upgrades do not "
+    hold: Bool = Field(True, description="apt-mark hold the package so upgrades do not "
                                             "replace it")
 
 
@@ -437,22 +472,25 @@ def api_root(url: str, path: str | None, override_path: bool, mode: str) -> str:
     return "/v2" if not clean else clean if clean.endswith("/v2") else clean + "/v2"
 
 
+HeaderName = Annotated[str, Key(HEADER_NAME, "header names of letters, digits and -")]
+
+
 class Endpoint(Section):
     """one mirror endpoint, tried in list order"""
 
-    url: Text(HTTP_URL, "an http(s):// URL without query or fragment") = Field(  # type: ignore[valid-type]
+    url: Annotated[str, Text(HTTP_URL, "an http(s):// URL without query or fragment")] = Field(
         description="endpoint URL; a path in it needs `path` to say what it is")
     path: Literal["prefix", "api-root"] | None = Field(
         None, description="what the URL's path is. prefix: a repository prefix, pulls request "
         "/v2/<path>/<repo>/manifests/<ref>; api-root: the registry API root itself (it holds /v2), "
         "pulls request <path>/<repo>/manifests/<ref>. Required when the URL has a path")
-    capabilities: Unique(Literal["pull", "resolve", "push"]) = Field(  # type: ignore[valid-type]
+    capabilities: Annotated[tuple[Literal["pull", "resolve", "push"], ...], UNIQUE, UNIQUE_SCHEMA] = Field(
         ("pull", "resolve"), description="operations this host may serve")
-    override_path: Annotated[bool, Strict()] = Field(
+    override_path: Bool = Field(
         False, description="deprecated, use path: api-root (containerd's hosts.toml override_path)")
     ca: AbsPath | None = Field(None, description="path of a CA certificate on the node")
-    skip_verify: Annotated[bool, Strict()] = Field(False, description="skip TLS verification for this endpoint")
-    headers: Mapping(HEADER_NAME, "header names of letters, digits and -", Text()) = Field(  # type: ignore[valid-type]
+    skip_verify: Bool = Field(False, description="skip TLS verification for this endpoint")
+    headers: Annotated[dict[HeaderName, Annotated[str, Text()]], keys_schema(HEADER_NAME)] = Field(
         default_factory=dict, description="HTTP headers sent to this endpoint")
 
     def api_root(self, mode: str) -> str:
@@ -481,7 +519,7 @@ class Endpoint(Section):
 class Mirror(Section):
     """a registry and its mirrors; written as certs.d/<host>/hosts.toml"""
 
-    host: Text(HOSTNAME, "a host name, optionally with :port") = Field(  # type: ignore[valid-type]
+    host: Annotated[str, Text(HOSTNAME, "a host name, optionally with :port")] = Field(
         description="registry host name, as in image references")
     server: HttpUrl | None = Field(None, description="upstream server; default https://<host> "
                                    "(registry-1.docker.io for docker.io)")
@@ -517,20 +555,25 @@ class Registry(Section):
     config_path: AbsPath = Field("/etc/containerd/certs.d", description="directory of per-host hosts.toml files")
     mirrors: tuple[Mirror, ...] = Field(
         default_factory=lambda: tuple(Mirror.model_validate(m) for m in SEED_MIRRORS),
-        json_schema_extra={"default": SEED_MIRRORS}, description="registries and their mirrors")
+        json_schema_extra={"default": typing.cast(Any, SEED_MIRRORS)}, description="registries and their mirrors")
 
 
 class Runtime(Section):
     """an extra OCI runtime handler for the CRI plugin"""
 
-    runtime_type: Text(r"^io\.containerd\.[a-z0-9.]+$", "a shim name like io.containerd.runc.v2") = Field(  # type: ignore[valid-type]
+    runtime_type: Annotated[str, Text(r"^io\.containerd\.[a-z0-9.]+$",
+                                      "a shim name like io.containerd.runc.v2")] = Field(
         "io.containerd.runc.v2", description="shim name")
     binary_name: AbsPath | None = Field(None, description="runtime binary the shim runs (runc-compatible shims only)")
     config_path: AbsPath | None = Field(None, description="config file passed to the shim (kata, gVisor)")
-    pod_annotations: tuple[Text(r"^[A-Za-z0-9._/*-]+$", "an annotation name or glob"), ...] = Field(  # type: ignore[valid-type]
+    pod_annotations: tuple[Annotated[str, Text(r"^[A-Za-z0-9._/*-]+$", "an annotation name or glob")], ...] = Field(
         (), description="pod annotations passed through to the runtime")
-    privileged_without_host_devices: Annotated[bool, Strict()] = Field(
+    privileged_without_host_devices: Bool = Field(
         False, description="do not pass host devices to privileged pods")
+
+
+RuntimeName = Annotated[str, Key(RUNTIME_NAME, "runtime names of letters, digits, _ and -")]
+Glob = Annotated[str, Text(ABS_GLOB, "an absolute path or glob")]
 
 
 class Config(Section):
@@ -539,25 +582,25 @@ class Config(Section):
     root: AbsPath = Field("/var/lib/containerd", description="persistent data: snapshots, content, metadata, "
                           "plugin data")
     state: AbsPath = Field("/run/containerd", description="runtime state: sockets, pids, mounts")
-    oom_score: Int(-1000, 1000) = Field(  # type: ignore[valid-type]
+    oom_score: Annotated[int, Int(-1000, 1000)] = Field(
         -999, description="containerd's OOM score: -999 on a Kubernetes worker so containers die first")
-    sandbox_image: Text(IMAGE_REF, "an image reference like registry/name:tag "  # type: ignore[valid-type]
-                        "(the repository path in lowercase)") = Field(
+    sandbox_image: Annotated[str, Text(IMAGE_REF, "an image reference like registry/name:tag "
+                        "(the repository path in lowercase)")] = Field(
         "registry.cn-hangzhou.aliyuncs.com/google_containers/pause:3.6", description="pause image for pod sandboxes")
-    systemd_cgroup: Annotated[bool, Strict()] = Field(
+    systemd_cgroup: Bool = Field(
         True, description="runc uses the systemd cgroup driver (SystemdCgroup)")
     registry: Registry = Field(default_factory=Registry, description=Registry.__doc__)
-    default_runtime: Text(RUNTIME_NAME, "a runtime name") = Field(  # type: ignore[valid-type]
+    default_runtime: Annotated[str, Text(RUNTIME_NAME, "a runtime name")] = Field(
         "runc", description="runtime handler used when a pod names none")
-    runtimes: Mapping(RUNTIME_NAME, "runtime names of letters, digits, _ and -", Runtime) = Field(  # type: ignore[valid-type]
+    runtimes: Annotated[dict[RuntimeName, Runtime], keys_schema(RUNTIME_NAME)] = Field(
         default_factory=dict, description="extra runtime handlers (nvidia, runsc for gVisor, kata) beside runc")
-    max_container_log_line_size: Int(-1, 1 << 30) = Field(  # type: ignore[valid-type]
+    max_container_log_line_size: Annotated[int, Int(-1, 1 << 30)] = Field(
         16384, description="longest container log line in bytes; -1 is unlimited")
     snapshotter: Literal["overlayfs", "native", "btrfs", "zfs", "devmapper", "stargz"] = Field(
         "overlayfs", description="snapshotter for container filesystems")
-    discard_unpacked_layers: Annotated[bool, Strict()] = Field(
+    discard_unpacked_layers: Bool = Field(
         False, description="drop compressed layers once unpacked (saves disk)")
-    imports: Unique(Text(ABS_GLOB, "an absolute path or glob")) = Field(  # type: ignore[valid-type]
+    imports: Annotated[tuple[Glob, ...], UNIQUE, UNIQUE_SCHEMA] = Field(
         (), description="extra config files merged by containerd (conf.d)")
     overrides: dict[Any, Any] = Field(default_factory=dict, description="free-form TOML deep-merged over the "
                                       "result, last (containerd's key paths; dotted keys are key paths)")
@@ -565,34 +608,39 @@ class Config(Section):
 
 # --- the unit, proxy, system ------------------------------------------------------------------------
 
-Command = Text(r"^-?/[A-Za-z0-9._/ -]*$", "an absolute command with plain arguments")
-UnitName = Text(SYSTEMD_UNIT, "a systemd unit name")
+Command = Annotated[str, Text(r"^-?/[A-Za-z0-9._/ -]*$", "an absolute command with plain arguments")]
+UnitName = Annotated[str, Text(SYSTEMD_UNIT, "a systemd unit name")]
 
 
 class Unit(Section):
     """the systemd unit (full unit for tarball installs, drop-ins for package installs)"""
 
-    description: Text(r"^[^%$\\]*$", "text without %, $ or \\") = Field(  # type: ignore[valid-type]
+    description: Annotated[str, Text(r"^[^%$\\]*$", "text without %, $ or \\")] = Field(
         "containerd container runtime", description="Description=")
     documentation: HttpUrl = Field("https://containerd.io", description="Documentation=")
-    after: Unique(UnitName) = Field(("network.target", "local-fs.target"), description="After=")  # type: ignore[valid-type]
-    exec_start_pre: tuple[Command, ...] = Field(  # type: ignore[valid-type]
+    after: Annotated[tuple[UnitName, ...], UNIQUE, UNIQUE_SCHEMA] = Field(
+        ("network.target", "local-fs.target"), description="After=")
+    exec_start_pre: tuple[Command, ...] = Field(
         ("-/sbin/modprobe overlay",), description="ExecStartPre= commands; a leading - ignores failure")
-    exec_start: Text(r"^/[A-Za-z0-9._/ =-]*$", "an absolute command with plain arguments") | None = Field(  # type: ignore[valid-type]
+    exec_start: Annotated[str, Text(r"^/[A-Za-z0-9._/ =-]*$",
+                                    "an absolute command with plain arguments")] | None = Field(
         None, description="ExecStart=; default /usr/local/bin/containerd (tarball) or /usr/bin/containerd")
     type: Literal["notify", "simple", "exec"] = Field("notify", description="Type=")
-    delegate: Annotated[bool, Strict()] = Field(
+    delegate: Bool = Field(
         True, description="Delegate=: containerd manages the cgroups of its containers")
     kill_mode: Literal["process", "control-group", "mixed", "none"] = Field(
         "process", description="KillMode=: process keeps containers alive across restarts")
     restart: Literal["always", "on-failure", "on-abnormal", "no"] = Field("always", description="Restart=")
-    restart_sec: Int(0, 3600) = Field(5, description="RestartSec= seconds")  # type: ignore[valid-type]
+    restart_sec: Annotated[int, Int(0, 3600)] = Field(5, description="RestartSec= seconds")
     limit_nproc: UnitLimit = Field("infinity", description="LimitNPROC= infinity or a number")
     limit_core: UnitLimit = Field("infinity", description="LimitCORE= infinity or a number")
     limit_nofile: UnitLimit = Field("infinity", description="LimitNOFILE= infinity or a number")
     tasks_max: UnitLimit = Field("infinity", description="TasksMax= infinity or a number")
-    oom_score_adjust: Int(-1000, 1000) = Field(-999, description="OOMScoreAdjust=")  # type: ignore[valid-type]
-    wanted_by: UnitName = Field("multi-user.target", description="WantedBy=")  # type: ignore[valid-type]
+    oom_score_adjust: Annotated[int, Int(-1000, 1000)] = Field(-999, description="OOMScoreAdjust=")
+    wanted_by: UnitName = Field("multi-user.target", description="WantedBy=")
+
+
+NoProxyEntry = Annotated[str, Text(NO_PROXY_ENTRY, "a host, .domain, IP address, CIDR, host:port or *")]
 
 
 class Proxy(Section):
@@ -600,7 +648,7 @@ class Proxy(Section):
 
     http: HttpUrl | None = Field(None, description="HTTP_PROXY: proxy for http:// registries")
     https: HttpUrl | None = Field(None, description="HTTPS_PROXY: proxy for https:// registries")
-    no_proxy: Unique(Text(NO_PROXY_ENTRY, "a host, .domain, IP address, CIDR, host:port or *")) = Field(  # type: ignore[valid-type]
+    no_proxy: Annotated[tuple[NoProxyEntry, ...], UNIQUE, UNIQUE_SCHEMA] = Field(
         (), description="NO_PROXY: hosts reached directly (host, .domain, IP, CIDR, host:port); "
         "loopback is never proxied")
 
@@ -641,19 +689,21 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+SEED_SYSCTLS: dict[str, str | int] = {"net.bridge.bridge-nf-call-iptables": 1,
+                                      "net.bridge.bridge-nf-call-ip6tables": 1, "net.ipv4.ip_forward": 1}
+
+
 class System(Section):
     """kernel set-up containerd and Kubernetes need"""
 
     profile: Literal["kubernetes-worker", "none"] = Field(
         "kubernetes-worker", description="kubernetes-worker: what a kubelet node expects besides containerd "
         "(sysctls, tools; see `imagebuild schema` or the README); none: only what this section lists")
-    modules: Unique(Text(MODULE, "a module name")) = Field(  # type: ignore[valid-type]
+    modules: Annotated[tuple[Annotated[str, Text(MODULE, "a module name")], ...], UNIQUE, UNIQUE_SCHEMA] = Field(
         ("overlay", "br_netfilter"), description="kernel modules loaded at boot (modules-load.d)")
-    sysctls: Mapping(SYSCTL, "dotted sysctl names", SysctlValue) = Field(  # type: ignore[valid-type]
-        default_factory=lambda: {"net.bridge.bridge-nf-call-iptables": 1, "net.bridge.bridge-nf-call-ip6tables": 1,
-                                 "net.ipv4.ip_forward": 1},
-        json_schema_extra={"default": {"net.bridge.bridge-nf-call-iptables": 1,
-                                       "net.bridge.bridge-nf-call-ip6tables": 1, "net.ipv4.ip_forward": 1}},
+    sysctls: Annotated[dict[Annotated[str, Key(SYSCTL, "dotted sysctl names")], SysctlValue],
+                       keys_schema(SYSCTL)] = Field(
+        default_factory=lambda: dict(SEED_SYSCTLS), json_schema_extra={"default": dict(SEED_SYSCTLS)},
         description="sysctls applied at boot (sysctl.d); in the built model the profile's come first, as text")
 
     @property
@@ -672,66 +722,110 @@ class System(Section):
 class BaseImage(Section):
     """base image for the qemu build; null uses `imagebuild base-image`"""
 
-    source: Text(r"^[A-Za-z0-9._~%/:+@=-]+$", "a URL or path without spaces or quotes") = Field(  # type: ignore[valid-type]
+    source: Annotated[str, Text(r"^[A-Za-z0-9._~%/:+@=-]+$", "a URL or path without spaces or quotes")] = Field(
         description="URL or path of a qcow2 cloud image")
-    checksum: Text(r"^sha256:[0-9a-f]{64}$", "sha256: followed by 64 hex digits") = Field(  # type: ignore[valid-type]
+    checksum: Annotated[str, Text(r"^sha256:[0-9a-f]{64}$", "sha256: followed by 64 hex digits")] = Field(
         description="sha256:<hex> of the base image")
+
+
+Account = Annotated[str, Text(AWS_ACCOUNT, "a 12-digit account id")]
+TagKey = Annotated[str, Key(TAG_KEY, "tag keys of 1-127 letters, digits and  _.:/=+@-")]
+TagValue = Annotated[str, Text(TAG_VALUE, "tag text of at most 255 letters, digits and  _.:/=+@-")]
+KmsKeyArn = Annotated[str, Text(KMS_KEY_ARN, "a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)")]
+OuArn = Annotated[str, Text(OU_ARN, "arn:aws:organizations::<account>:ou/o-.../ou-...")]
 
 
 class Aws(Section):
     """amazon-ebs build, publishing and retention"""
 
-    region: Region = Field("us-east-1", description="home region")  # type: ignore[valid-type]
-    copy_regions: Unique(Region) = Field((), description="regions the AMI is copied to")  # type: ignore[valid-type]
-    share_with: Unique(Text(AWS_ACCOUNT, "a 12-digit account id")) = Field(  # type: ignore[valid-type]
+    region: Region = Field("us-east-1", description="home region")
+    copy_regions: Annotated[tuple[Region, ...], UNIQUE, UNIQUE_SCHEMA] = Field(
+        (), description="regions the AMI is copied to")
+    share_with_accounts: Annotated[tuple[Account, ...], UNIQUE, UNIQUE_SCHEMA] = Field(
         (), description="account ids given launch permission")
-    ssm_parameter: Text(SSM_NAME, "an SSM parameter path") | None = Field(  # type: ignore[valid-type]
+    ssm_parameter: Annotated[str, Text(SSM_NAME, "an SSM parameter path")] | None = Field(
         None, description="SSM parameter that holds the newest AMI id; default /imagebuild/<name>/latest")
-    keep: Int(1, 1000) = Field(3, description="AMIs of this family kept per region by prune")  # type: ignore[valid-type]
-    tags: Mapping(TAG_KEY, "tag keys of 1-127 letters, digits and  _.:/=+@-",  # type: ignore[valid-type]
-                  Text(TAG_VALUE, "tag text of at most 255 letters, digits and  _.:/=+@-")) = Field(
+    keep: Annotated[int, Int(1, 1000)] = Field(3, description="AMIs of this family kept per region by prune")
+    tags: Annotated[dict[TagKey, TagValue], keys_schema(TAG_KEY)] = Field(
         default_factory=dict, description="extra tags on AMIs and snapshots (EBS StartSnapshot's limits: keys up "
         "to 127, values up to 255 characters; keys starting with aws: or imagebuild: are reserved)")
-    source_ami_name: Text(r"^[A-Za-z0-9 _.*?/()-]+$", "an AMI name filter") = Field(  # type: ignore[valid-type]
+    source_ami_name: Annotated[str, Text(r"^[A-Za-z0-9 _.*?/()-]+$", "an AMI name filter")] = Field(
         "debian-12-amd64-*", description="source_ami_filter name for the amazon-ebs build")
-    source_ami_owners: tuple[Text(r"^([0-9]{12}|self|amazon|aws-marketplace)$",  # type: ignore[valid-type]
-                                  "an account id, self, amazon"), ...] = Field(
+    source_ami_owners: tuple[Annotated[str, Text(r"^([0-9]{12}|self|amazon|aws-marketplace)$",
+                                  "an account id, self, amazon")], ...] = Field(
         ("136693071363",), description="owners of the source AMI")
-    instance_type: Text(r"^[a-z0-9]+\.[a-z0-9]+$", "an instance type like t3.small") = Field(  # type: ignore[valid-type]
+    instance_type: Annotated[str, Text(r"^[a-z0-9]+\.[a-z0-9]+$", "an instance type like t3.small")] = Field(
         "t3.small", description="build instance type")
-    volume_size_gb: Int(2, 16384) = Field(8, description="gp3 root volume size in GiB")  # type: ignore[valid-type]
-    encrypt_boot: Annotated[bool, Strict()] = Field(False, description="encrypt the AMI's root snapshot")
-    kms_keys: Mapping(AWS_REGION, "region names",  # type: ignore[valid-type]
-                      Text(KMS_KEY_ARN, "a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)")) = Field(
+    volume_size_gb: Annotated[int, Int(2, 16384)] = Field(8, description="gp3 root volume size in GiB")
+    encrypt_boot: Bool = Field(False, description="encrypt the AMI's root snapshot")
+    kms_keys: Annotated[dict[Annotated[str, Key(AWS_REGION, "region names")], KmsKeyArn],
+                        keys_schema(AWS_REGION)] = Field(
         default_factory=dict, description="KMS key ARN per region for encrypt_boot (home and every copy region); "
         "empty uses the account's default EBS key")
-    share_with_organizations: Unique(Text(  # type: ignore[valid-type]
-        ORG_ARN, "arn:aws:organizations::<account>:organization/o-...")) = Field(
+    share_with_organizations: Annotated[tuple[Annotated[str, Text(
+        ORG_ARN, "arn:aws:organizations::<account>:organization/o-...")], ...], UNIQUE, UNIQUE_SCHEMA] = Field(
         (), description="organization ARNs given launch permission")
-    share_with_ous: Unique(Text(OU_ARN, "arn:aws:organizations::<account>:ou/o-.../ou-...")) = Field(  # type: ignore[valid-type]
+    share_with_ous: Annotated[tuple[OuArn, ...], UNIQUE, UNIQUE_SCHEMA] = Field(
         (), description="organizational unit ARNs given launch permission")
-    ssm_all_regions: Annotated[bool, Strict()] = Field(
+    ssm_all_regions: Bool = Field(
         False, description="also set ssm_parameter in every copy region (to that region's AMI)")
-    deprecate_after_days: Int(1, 36500) | None = Field(  # type: ignore[valid-type]
+    deprecate_after_days: Annotated[int, Int(1, 36500)] | None = Field(
         None, description="publish marks the AMI deprecated this many days after its build "
         "(EnableImageDeprecation); null: never")
+
+    @model_validator(mode="after")
+    def _rules(self) -> Aws:
+        """Rules between the keys of this section (the spec's image.aws and a publish target alike)."""
+        found: list[tuple[str, str]] = []
+        if self.region in self.copy_regions:
+            found.append(("copy_regions", f"got {self.region!r}, the home region; list only the regions the AMI "
+                          "is copied to"))
+        if len(self.tags) > 41:
+            found.append(("tags", f"got {len(self.tags)} tags, expected at most 41 (AWS takes 50 a resource; "
+                          "imagebuild adds 9 of its own)"))
+        for key in self.tags:
+            if key.lower().startswith(RESERVED_TAG_PREFIXES):
+                found.append((f"tags.{key}", "keys starting with aws: or imagebuild: are reserved, in any case "
+                              "(AWS reserves aws:, and imagebuild: keys are set by imagebuild)"))
+        if self.encrypt_boot and self.share_with_accounts and not self.kms_keys:
+            found.append(("share_with_accounts", f"got {show(list(self.share_with_accounts))} with encrypt_boot: "
+                          "true, but an AMI encrypted with the default KMS key cannot be shared (Packer refuses "
+                          "it); set kms_keys to customer managed keys, or share it unencrypted"))
+        if self.kms_keys:
+            if not self.encrypt_boot:
+                found.append(("kms_keys", "set with encrypt_boot: false; the keys would be ignored, expected "
+                              "encrypt_boot: true"))
+            for region in self.regions:
+                if region not in self.kms_keys:
+                    found.append((f"kms_keys.{region}", "missing: a KMS key is region-bound, expected a key ARN "
+                                  "for the home region and every copy region"))
+            for region, arn in self.kms_keys.items():
+                if f":kms:{region}:" not in arn:
+                    found.append((f"kms_keys.{region}", f"got {show(arn)}, expected a key of region {region}"))
+        if found:
+            raise _error("; ".join(message for _, message in found), problems=found)
+        return self
 
     @property
     def regions(self) -> list[str]:
         return [self.region, *self.copy_regions]
+
+    def kms_key(self, region: str) -> str | None:
+        """The KMS key for *region* (None: the account's default EBS key, or no encryption)."""
+        return self.kms_keys.get(region) if self.encrypt_boot else None
 
 
 class Image(Section):
     """the image Packer bakes"""
 
     base: BaseImage | None = Field(None, description=BaseImage.__doc__)
-    disk_size_gb: Int(2, 2048) = Field(4, description="disk size of the baked image in GiB")  # type: ignore[valid-type]
+    disk_size_gb: Annotated[int, Int(2, 2048)] = Field(4, description="disk size of the baked image in GiB")
     accelerator: Literal["auto", "kvm", "tcg"] = Field(
         "auto", description="QEMU accelerator; auto uses KVM only when a probe shows it works")
-    hygiene: Annotated[bool, Strict()] = Field(
+    hygiene: Bool = Field(
         True, description="clean the image before capture: cloud-init state, machine-id, SSH host keys, "
         "apt lists, logs, fstrim")
-    packer_version: Text(r"^[0-9]+\.[0-9]+$", "a version like 1.6") = Field(  # type: ignore[valid-type]
+    packer_version: Annotated[str, Text(r"^[0-9]+\.[0-9]+$", "a version like 1.6")] = Field(
         "1.6", description="Packer version the template targets; required_plugins from 1.7")
     aws: Aws = Field(default_factory=Aws, description=Aws.__doc__)
 
@@ -739,15 +833,15 @@ class Image(Section):
 class Check(Section):
     """a check"""
 
-    name: Text(CHECK_NAME, "lowercase letters, digits, ._-") = Field(description="check name")  # type: ignore[valid-type]
-    run: Text(multiline=True) = Field(  # type: ignore[valid-type]
+    name: Annotated[str, Text(CHECK_NAME, "lowercase letters, digits, ._-")] = Field(description="check name")
+    run: Annotated[str, Text(multiline=True)] = Field(
         description="shell command (bash script, several lines allowed) run as root in the guest")
 
 
 class Verify(Section):
     """the in-guest check that proves an image"""
 
-    timeout: Int(30, 7200) = Field(  # type: ignore[valid-type]
+    timeout: Annotated[int, Int(30, 7200)] = Field(
         900, description="seconds from QEMU start until the check must have reported")
     checks: tuple[Check, ...] = Field((), description="extra checks: a shell command run in the guest; "
                                       "exit 0 passes")
@@ -756,10 +850,10 @@ class Verify(Section):
 class Spec(Section):
     """imagebuild spec: one file -> containerd config, user-data, Packer template, verified image"""
 
-    apiVersion: Literal[API_VERSIONS] = Field(  # type: ignore[valid-type]  # noqa: N815
+    apiVersion: ApiVersion = Field(
         API_VERSION, description=f"spec version ({', '.join(API_VERSIONS)}); a spec without it is read as "
         f"{API_VERSIONS[0]}")
-    name: Text(NAME, "lowercase letters, digits and -, at most 63") = Field(  # type: ignore[valid-type]
+    name: Name = Field(
         "containerd-golden", description="image family name: output file names, AMI names and tags")
     containerd: Containerd = Field(default_factory=Containerd, description=Containerd.__doc__)
     config: Config = Field(default_factory=Config, description=Config.__doc__)
@@ -846,3 +940,96 @@ def commented_default() -> str:
             lines.extend(pad + line for line in text.rstrip("\n").split("\n"))
     emit(Spec(), 0)
     return "\n".join(lines) + "\n"
+
+
+# --- pydantic's errors, one line each: key path, the bad value, what is allowed ----------------------
+
+_EXPECTED = {"string_type": "a string", "int_type": "an integer", "bool_type": "a boolean", "list_type": "a list",
+             "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+             "model_attributes_type": "a mapping", "float_type": "a number"}
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def _bare(hint: Any) -> Any:
+    """*hint* without Annotated metadata and without `| None`."""
+    while True:
+        if typing.get_origin(hint) is typing.Annotated:
+            hint = typing.get_args(hint)[0]
+        elif typing.get_origin(hint) in (types.UnionType, typing.Union):
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        else:
+            return hint
+
+
+def _section_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The section (model class) at key path *loc*, or None when it is no section."""
+    hint: Any = root
+    for part in loc:
+        hint = _bare(hint)
+        if isinstance(hint, type) and issubclass(hint, BaseModel):
+            if part not in hint.model_fields:
+                return None
+            hint = hint.model_fields[part].annotation
+        elif typing.get_origin(hint) in (tuple, dict):
+            hint = typing.get_args(hint)[-1 if typing.get_origin(hint) is dict else 0]
+        else:
+            return None
+    hint = _bare(hint)
+    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+
+def _problems(error: Any, root: type[BaseModel]) -> list[Problem]:
+    """One pydantic error as Problems (a section's rules report several in one error)."""
+    ctx = error.get("ctx") or {}
+    if error["type"] == "imagebuild" and "problems" in ctx:
+        base = _path(tuple(error["loc"]))
+        return [Problem(f"{base}.{sub}" if base else sub, message) for sub, message in ctx["problems"]]
+    return [_problem(error, root)]
+
+
+def _problem(error: Any, root: type[BaseModel]) -> Problem:
+    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    ctx = error.get("ctx") or {}
+    is_key = bool(loc) and loc[-1] == "[key]"
+    path = _path(loc[:-1] if is_key else loc)
+    if kind == "imagebuild":
+        return Problem(path + (f"[{ctx['index']}]" if "index" in ctx else ""), ctx["message"])
+    if is_key:
+        return Problem(path, f"bad key {show(value)}, expected {KEY_ALLOWED.get(str(ctx.get('pattern')), 'text')}")
+    if kind == "missing":
+        return Problem(path, "is required")
+    if kind == "extra_forbidden":
+        section = _section_at(loc[:-1], root)
+        names = list(section.model_fields) if section else []
+        near = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        return Problem(path, f"unknown key{hint}; allowed keys: {', '.join(names)}")
+    if kind == "literal_error" and isinstance(value, str):
+        names = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+        near = difflib.get_close_matches(value, names, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        return Problem(path, f"got {show(value)}, expected one of {', '.join(names)}{hint}")
+    if kind == "string_pattern_mismatch":
+        allowed = ALLOWED.get(ctx["pattern"], "text matching " + ctx["pattern"])
+        return Problem(path, f"got {show(value)}, expected {allowed}")
+    if kind == "string_unicode":
+        return Problem(path, f"got {show(value)}: a lone UTF-16 surrogate (\\ud800-\\udfff) is not a character "
+                       "and cannot be written to a file")
+    expected = _EXPECTED.get(kind) or ("a string" if kind == "literal_error" else None)
+    if expected:
+        if kind == "bool_type" and isinstance(value, str) and value.lower() in YAML11_BOOLEANS:
+            expected += " (the spec is read with YAML 1.2 booleans: write true or false)"
+        return Problem(path, f"got {show(value)}, expected {expected}")
+    return Problem(path, f"got {show(value)}: {error['msg']}")
+
+
+def problems_of(exc: ValidationError, root: type[BaseModel] | None = None) -> list[Problem]:
+    """pydantic's errors as Problems: key path, the bad value, what is allowed. *root*: the model
+    validated (the whole spec when None)."""
+    return [p for error in exc.errors(include_url=False) for p in _problems(error, root or Spec)]

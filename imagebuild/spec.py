@@ -8,28 +8,22 @@ value, what is allowed), as a `SpecError`; renderers take the `Spec` and nothing
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from . import checks
 from .containerd_keys import normalise_overrides
 from .model import (  # noqa: F401  (re-exported: consumers import the model's names from here)
-    ALLOWED,
     API_VERSION,
     API_VERSIONS,
-    KEY_ALLOWED,
     PROFILES,
     RENAMES,
-    YAML11_BOOLEANS,
     Artifact,
     Aws,
     BaseImage,
@@ -52,6 +46,7 @@ from .model import (  # noqa: F401  (re-exported: consumers import the model's n
     api_root,
     family_of,
     plain,
+    problems_of,
     show,
     supported_versions,
 )
@@ -71,101 +66,20 @@ class SpecError(Exception):
         return "\n".join(lines)
 
 
-# --- pydantic's errors, one line each -----------------------------------------------------------
-
-_EXPECTED = {"string_type": "a string", "int_type": "an integer", "bool_type": "a boolean", "list_type": "a list",
-             "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
-             "model_attributes_type": "a mapping", "float_type": "a number"}
-
-
-def _path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
-    return out
-
-
-def _bare(hint: Any) -> Any:
-    """*hint* without Annotated metadata and without `| None`."""
-    while True:
-        if typing.get_origin(hint) is typing.Annotated:
-            hint = typing.get_args(hint)[0]
-        elif typing.get_origin(hint) in (types.UnionType, typing.Union):
-            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-        else:
-            return hint
-
-
-def _section_at(loc: tuple) -> type[BaseModel] | None:
-    """The section (model class) at key path *loc*, or None when it is no section."""
-    hint: Any = Spec
-    for part in loc:
-        hint = _bare(hint)
-        if isinstance(hint, type) and issubclass(hint, BaseModel):
-            if part not in hint.model_fields:
-                return None
-            hint = hint.model_fields[part].annotation
-        elif typing.get_origin(hint) in (tuple, dict):
-            hint = typing.get_args(hint)[-1 if typing.get_origin(hint) is dict else 0]
-        else:
-            return None
-    hint = _bare(hint)
-    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
-
-
-def _problem(error: Any) -> Problem:
-    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
-    ctx = error.get("ctx") or {}
-    is_key = bool(loc) and loc[-1] == "[key]"
-    path = _path(loc[:-1] if is_key else loc)
-    if kind == "imagebuild":
-        return Problem(path + (f"[{ctx['index']}]" if "index" in ctx else ""), ctx["message"])
-    if is_key:
-        return Problem(path, f"bad key {show(value)}, expected {KEY_ALLOWED.get(ctx.get('pattern'), 'text')}")
-    if kind == "missing":
-        return Problem(path, "is required")
-    if kind == "extra_forbidden":
-        section = _section_at(loc[:-1])
-        names = list(section.model_fields) if section else []
-        near = difflib.get_close_matches(str(loc[-1]), names, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        return Problem(path, f"unknown key{hint}; allowed keys: {', '.join(names)}")
-    if kind == "literal_error" and isinstance(value, str):
-        names = re.findall(r"'([^']*)'", ctx.get("expected", ""))
-        near = difflib.get_close_matches(value, names, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        return Problem(path, f"got {show(value)}, expected one of {', '.join(names)}{hint}")
-    if kind == "string_pattern_mismatch":
-        return Problem(path, f"got {show(value)}, expected {ALLOWED.get(ctx['pattern'], 'text matching ' + ctx['pattern'])}")
-    if kind == "string_unicode":
-        return Problem(path, f"got {show(value)}: a lone UTF-16 surrogate (\\ud800-\\udfff) is not a character "
-                       "and cannot be written to a file")
-    expected = _EXPECTED.get(kind) or ("a string" if kind == "literal_error" else None)
-    if expected:
-        if kind == "bool_type" and isinstance(value, str) and value.lower() in YAML11_BOOLEANS:
-            expected += " (the spec is read with YAML 1.2 booleans: write true or false)"
-        return Problem(path, f"got {show(value)}, expected {expected}")
-    return Problem(path, f"got {show(value)}: {error['msg']}")
-
-
-def problems_of(exc: ValidationError) -> list[Problem]:
-    """pydantic's errors as Problems: key path, the bad value, what is allowed."""
-    return [_problem(error) for error in exc.errors(include_url=False)]
-
-
 # --- spec versions and renamed keys ------------------------------------------------------------------
 
-def upgrade(document: dict) -> tuple[dict, list[Problem], list[str], list[str]]:
+def upgrade(document: dict, renamed: list[tuple[str, str]]) -> tuple[dict, list[Problem], list[str], list[str]]:
     """*document* in the current spec version: (document, problems, warnings, notices).
 
     A spec without apiVersion is read as the first version (a notice says so); an unknown one is a
     problem naming the supported versions. A key under an old name (RENAMES) moves to its new name,
-    with a warning naming it.
+    with a warning naming it; *renamed* gets each (old, new) applied.
     """
     document = dict(document)
     problems: list[Problem] = []
     warnings: list[str] = []
     notices: list[str] = []
+    renamed.clear()
     version = document.get("apiVersion")
     if "apiVersion" not in document:
         notices.append(f"the spec has no apiVersion; read as {API_VERSIONS[0]} (add `apiVersion: {API_VERSION}`)")
@@ -189,7 +103,16 @@ def upgrade(document: dict) -> tuple[dict, list[Problem], list[str], list[str]]:
             continue
         _set_in(document, parents, {(new_key if k == old_key else k): v for k, v in node.items()})
         warnings.append(f"{old} is renamed {new}; the old name still works, use the new one")
+        renamed.append((old, new))
     return document, problems, warnings, notices
+
+
+def _as_written(problem: Problem, renamed: list[tuple[str, str]]) -> Problem:
+    """*problem* under the key the spec wrote: a value under a renamed key is named by its old name."""
+    for old, new in renamed:
+        if problem.path == new or problem.path.startswith((new + ".", new + "[")):
+            return Problem(old + problem.path[len(new):], problem.message + f" ({old} is now {new})")
+    return problem
 
 
 def _set_in(document: dict, parents: list[str], value: dict) -> None:
@@ -217,13 +140,14 @@ def from_document(document: Any, source: str = "spec", *, current: bool = False)
         document = {}
     if current and "apiVersion" not in document:
         document = {"apiVersion": API_VERSION, **document}
-    document, problems, warnings, notices = upgrade(document)
+    renamed: list[tuple[str, str]] = []
+    document, problems, warnings, notices = upgrade(document, renamed)
     if problems:
         raise SpecError(problems, source)
     try:
         first = Spec.model_validate(document)
     except ValidationError as exc:
-        raise SpecError(problems_of(exc), source) from None
+        raise SpecError([_as_written(p, renamed) for p in problems_of(exc)], source) from None
     doc = plain(first)  # the document with defaults filled in: spec.json, spec_hash
     problems, found = checks.semantic_checks(doc)
     warnings += found

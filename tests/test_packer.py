@@ -28,7 +28,8 @@ SPECS = {
     "aws-encrypted": {"image": {"aws": {"encrypt_boot": True, "region": "ap-southeast-2"}}},
     "aws-tuned": {"name": "gpu-workers", "image": {
         "disk_size_gb": 20, "accelerator": "kvm", "hygiene": False, "aws": {
-            "region": "eu-west-1", "copy_regions": ["eu-central-1", "us-east-2"], "share_with": ["123456789012"],
+            "region": "eu-west-1", "copy_regions": ["eu-central-1", "us-east-2"],
+            "share_with_accounts": ["123456789012"],
             "tags": {"Team": "platform", "cost-center": "cc:42/infra", "Environment": "prod"},
             "source_ami_name": "debian-12-amd64-2024*", "source_ami_owners": ["136693071363", "self"],
             "instance_type": "m6i.large", "volume_size_gb": 30, "encrypt_boot": False, "keep": 5,

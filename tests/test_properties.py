@@ -379,7 +379,7 @@ def spec_documents(draw) -> dict:
                                                  max_size=3))
     optional(draw, aws, "encrypt_boot", st.booleans())
     if not aws.get("encrypt_boot"):
-        optional(draw, aws, "share_with", st.lists(regex(r"[0-9]{12}"), unique=True, max_size=2))
+        optional(draw, aws, "share_with_accounts", st.lists(regex(r"[0-9]{12}"), unique=True, max_size=2))
     optional(draw, aws, "ssm_parameter", regex(r"/[A-Za-z0-9_./-]{1,30}"))
     optional(draw, aws, "keep", st.integers(1, 1000))
     optional(draw, aws, "tags", st.dictionaries(

@@ -30,7 +30,7 @@ def target(**changes) -> PublishTarget:
     values = dict(
         region=HOME,
         copy_regions=list(COPIES),
-        share_with=[ACCOUNT],
+        share_with_accounts=[ACCOUNT],
         ssm_parameter=PARAM,
         keep=2,
         tags={"team": "platform"},
@@ -349,7 +349,7 @@ def test_killed_upload_is_cleaned_up_by_the_rerun(aws, boto, make_image, recordi
 def test_partial_last_block_is_padded(aws, boto, make_image, recording_clients):
     size = 2 * MIB + 64 * 1024  # 4 full blocks and a 64 KiB tail
     image_dir, content = make_image(size=size, blocks={4: b"tail data" * 10, 1: b"x" * BLOCK})
-    record = publish(image_dir, target(copy_regions=[], share_with=[], ssm_parameter=""),
+    record = publish(image_dir, target(copy_regions=[], share_with_accounts=[], ssm_parameter=""),
                      progress=lambda p: None, poll_interval=0.01)
     _, blocks = read_snapshot(boto("ebs"), record["snapshot"]["id"])
     assert sorted(blocks) == [1, 4]
@@ -371,7 +371,7 @@ def test_register_request_follows_manifest(make_image):
 
 def test_target_validation():
     with pytest.raises(ImagebuildError, match="12-digit"):
-        target(share_with=["12345"])
+        target(share_with_accounts=["12345"])
     with pytest.raises(ImagebuildError, match="home region"):
         target(copy_regions=[HOME])
     with pytest.raises(ImagebuildError, match="keep"):
@@ -416,7 +416,7 @@ def test_throttled_blocks_are_retried_adaptively(aws, boto, make_image, recordin
     image_dir, content = make_image()
     block3 = lambda request: "/blocks/3" in request.url
     throttle = answers("ebs.PutSnapshotBlock", 3, 400, "RequestThrottledException", when=block3)
-    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+    record = publish(image_dir, target(copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                      clients=recording_clients(), poll_interval=0.01)
     assert throttle.answered == 3
     listing, blocks = read_snapshot(boto("ebs"), record["snapshot"]["id"])
@@ -434,7 +434,7 @@ def test_the_ebs_client_retry_budget(aws, boto_session):
 def test_a_snapshot_not_found_right_after_start_is_retried(aws, boto, make_image, recording_clients, answers):
     image_dir, content = make_image()
     missing = answers("ebs.PutSnapshotBlock", 2, 404, "ResourceNotFoundException")
-    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+    record = publish(image_dir, target(copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                      clients=recording_clients(), poll_interval=0.01)
     assert missing.answered == 2
     assert read_snapshot(boto("ebs"), record["snapshot"]["id"])[1] == expected_blocks(content)
@@ -447,7 +447,7 @@ def test_a_snapshot_not_found_later_fails_the_upload(aws, make_image, recording_
     image_dir, _ = make_image()
     answers("ebs.PutSnapshotBlock", 100, 404, "ResourceNotFoundException")
     with pytest.raises(ImagebuildError, match="ResourceNotFoundException"):
-        publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+        publish(image_dir, target(copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                 clients=recording_clients(), poll_interval=0.01)
 
 
@@ -496,7 +496,7 @@ def test_tags_at_the_limits_are_published_whole_and_long_own_values_cut(aws, bot
     (image_dir / "manifest.json").write_text(json.dumps(manifest))
     tags = {"k" * 127: "v" * 255}
     clients = recording_clients()
-    record = publish(image_dir, target(tags=tags, copy_regions=[], share_with=[]), progress=lambda p: None,
+    record = publish(image_dir, target(tags=tags, copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                      clients=clients, poll_interval=0.01)
     (start,) = clients.kwargs("start_snapshot")
     sent = {t["Key"]: t["Value"] for t in start["Tags"]}
@@ -519,7 +519,7 @@ def test_a_kill_right_after_start_snapshot_reuses_the_saved_client_token(aws, bo
     boto_session.events.register("before-parameter-build.ebs.StartSnapshot", token_already_saved)
     boto_session.events.register("after-call.ebs.StartSnapshot", killed, unique_id="kill")
     with pytest.raises(KeyboardInterrupt):
-        publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+        publish(image_dir, target(copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                 clients=recording_clients(), poll_interval=0.01)
     first = record_of(image_dir)["snapshot"]
     assert first["state"] == "starting" and first["id"] is None
@@ -527,7 +527,7 @@ def test_a_kill_right_after_start_snapshot_reuses_the_saved_client_token(aws, bo
     (orphan,) = family_snapshots(boto("ec2"))  # the snapshot AWS started, recorded nowhere
 
     boto_session.events.unregister("after-call.ebs.StartSnapshot", unique_id="kill")
-    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+    record = publish(image_dir, target(copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                      clients=recording_clients(), poll_interval=0.01)
     assert [call[0] for call in saved_at_call] == [first["client_token"]] * 2  # the same token again
     # AWS answers the same token with the same snapshot; moto 5.2.5 ignores ClientToken and makes
@@ -563,13 +563,13 @@ def test_encryption_and_kms_keys_reach_start_snapshot_and_copy_image(aws, make_i
 def test_unencrypted_by_default_and_default_key_when_no_keys(aws, make_image, recording_clients):
     image_dir, _ = make_image()
     clients = recording_clients()
-    publish(image_dir, target(share_with=[]), progress=lambda p: None, clients=clients, poll_interval=0.01)
+    publish(image_dir, target(share_with_accounts=[]), progress=lambda p: None, clients=clients, poll_interval=0.01)
     (start,) = clients.kwargs("start_snapshot")
     assert "Encrypted" not in start and "KmsKeyArn" not in start
     assert all("Encrypted" not in kw for kw in clients.kwargs("copy_image"))
     image_dir, _ = make_image(build_time="2026-11-27T00:00:00Z")
     clients = recording_clients()
-    publish(image_dir, target(share_with=[], encrypt_boot=True), progress=lambda p: None, clients=clients,
+    publish(image_dir, target(share_with_accounts=[], encrypt_boot=True), progress=lambda p: None, clients=clients,
             poll_interval=0.01)
     (start,) = clients.kwargs("start_snapshot")
     assert start["Encrypted"] is True and "KmsKeyArn" not in start
@@ -578,7 +578,7 @@ def test_unencrypted_by_default_and_default_key_when_no_keys(aws, make_image, re
 def test_root_volume_size_and_imds_v2(aws, make_image, recording_clients):
     image_dir, _ = make_image()
     clients = recording_clients()
-    publish(image_dir, target(copy_regions=[], share_with=[], volume_size_gb=30), progress=lambda p: None,
+    publish(image_dir, target(copy_regions=[], share_with_accounts=[], volume_size_gb=30), progress=lambda p: None,
             clients=clients, poll_interval=0.01)
     (register,) = clients.kwargs("register_image")
     assert register["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 30

@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f56e6385db3ca87423459b9fd54865e81b1ab19bfe4e8874a1b5e54d51e2b19c", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "f56e6385db3ca87423459b9fd54865e81b1ab19bfe4e8874a1b5e54d51e2b19c", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "8b2ad32ce96a23c7429e3c528fc4c33504905df52913f4e25b89180988627881", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "8b2ad32ce96a23c7429e3c528fc4c33504905df52913f4e25b89180988627881", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "f56e6385db3ca87423459b9fd54865e81b1ab19bfe4e8874a1b5e54d51e2b19c"
+      spec_hash  = "8b2ad32ce96a23c7429e3c528fc4c33504905df52913f4e25b89180988627881"
       containerd = "2.1.9"
     }
   }

@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "9ac3952a38efa426cc38c88ccc77e631dcd1be52158abc7aaba07201fccf8d43", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "9ac3952a38efa426cc38c88ccc77e631dcd1be52158abc7aaba07201fccf8d43", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "c4933ee55581b47de644c18b492404a74e520903ae8c852f5886ed49c40ce59f", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "c4933ee55581b47de644c18b492404a74e520903ae8c852f5886ed49c40ce59f", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "9ac3952a38efa426cc38c88ccc77e631dcd1be52158abc7aaba07201fccf8d43"
+      spec_hash  = "c4933ee55581b47de644c18b492404a74e520903ae8c852f5886ed49c40ce59f"
       containerd = "1.6.20"
     }
   }
