@@ -211,3 +211,29 @@ def test_legacy_mirrors_on_1x_do_not_warn_about_pull_mode():
     assert not any("local pull mode" in w for w in spec.warnings)
     assert not any("local pull mode" in w for w in spec_of(
         {"containerd": {"version": "2.0.5"}, "config": {"registry": LEGACY}}).warnings)
+
+
+def test_the_schema_validates_every_case_spec_and_refuses_what_the_model_refuses():
+    from tests.cases import CASES_DIR
+
+    validator = jsonschema.Draft202012Validator(_cli_schema())
+    specs = sorted(CASES_DIR.glob("*/spec.yaml"))
+    assert len(specs) >= 6
+    for path in specs:
+        document = load(path).document  # as imagebuild reads it (YAML 1.2 booleans), defaults filled in
+        raw = yaml.safe_load(path.read_text())
+        for doc in (document, raw):
+            assert [e.message for e in validator.iter_errors(doc)] == [], path
+    for bad in ({"apiVersion": "imagebuild/v2"}, {"image": {"aws": {"tags": {"k": "v" * 256}}}},
+                {"unit": {"after": ["network.target", "network.target"]}}, {"config": {"runtimes": {"a b": {}}}}):
+        assert list(validator.iter_errors(bad)), bad
+        with pytest.raises(SpecError):
+            spec_of(bad)
+
+
+def test_init_carries_apiversion_and_reads_back_without_a_notice():
+    text = run_cli("init").stdout.decode()
+    assert "\napiVersion: imagebuild/v1\n" in text
+    spec = spec_of(text)
+    assert spec.notices == () and spec.warnings == ()
+    assert spec == load() and spec.document == load().document
