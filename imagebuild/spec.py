@@ -79,7 +79,6 @@ def upgrade(document: dict, renamed: list[tuple[str, str]]) -> tuple[dict, list[
     problems: list[Problem] = []
     warnings: list[str] = []
     notices: list[str] = []
-    renamed.clear()
     version = document.get("apiVersion")
     if "apiVersion" not in document:
         notices.append(f"the spec has no apiVersion; read as {API_VERSIONS[0]} (add `apiVersion: {API_VERSION}`)")
