@@ -902,8 +902,8 @@ class Spec(Section):
 
 def json_schema() -> dict:
     """The spec's JSON Schema (draft 2020-12) for editors: `imagebuild schema`."""
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "imagebuild spec",
-            **Spec.model_json_schema()}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **Spec.model_json_schema(), "title": "imagebuild spec"}
 
 
 def plain(value: Any) -> Any:
