@@ -21,6 +21,8 @@ def _spec(path: str | None):
     from .spec import load
 
     spec = load(path)
+    for notice in spec.notices:
+        print(f"imagebuild: note: {notice}", file=sys.stderr)
     for warning in spec.warnings:
         print(f"imagebuild: warning: {warning}", file=sys.stderr)
     return spec
@@ -56,15 +58,15 @@ def cmd_packer(args) -> int:
 def cmd_schema(args) -> int:
     import json
 
-    from .schema import json_schema
+    from .model import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def cmd_init(args) -> int:
+    from .model import commented_default
     from .render import write_file_atomic
-    from .schema import commented_default
 
     text = commented_default()
     if args.output == "-":

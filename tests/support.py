@@ -22,7 +22,7 @@ import yaml
 from imagebuild import cli
 from imagebuild import spec as spec_module
 from imagebuild.devtools import debian_artifacts
-from imagebuild.spec import Spec
+from imagebuild.spec import API_VERSION, Spec
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO_CHECKSUM = "sha256:" + "0" * 64
@@ -43,7 +43,9 @@ def spec_of(doc: dict | str | None = None) -> Spec:
 
 def write_spec(directory: Path, doc: dict | str | None, name: str = "spec.yaml") -> Path:
     path = Path(directory) / name
-    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc or {}, sort_keys=False))
+    if not isinstance(doc, str):  # a spec as a user writes it today: in the current spec version
+        doc = yaml.safe_dump({"apiVersion": API_VERSION, **(doc or {})}, sort_keys=False)
+    path.write_text(doc)
     return path
 
 

@@ -136,13 +136,15 @@ def _typed_overrides(family: str) -> dict:
     }
     if family == "1.7":
         out["plugins.io.containerd.transfer.v1.local.unpack_config"] = [
-            {"platform": "linux/amd64", "snapshotter": "native"}, {"platform": "linux/arm64", "snapshotter": "overlayfs"}]
+            {"platform": "linux/amd64", "snapshotter": "native"},
+            {"platform": "linux/arm64", "snapshotter": "overlayfs"}]
     return out
 
 
 @pytest.mark.parametrize("family", FAMILY_VERSIONS)
 def test_typed_overrides_are_what_real_containerd_reads(tmp_path, family):
-    spec = spec_of({"containerd": {"version": FAMILY_VERSIONS[family]}, "config": {"overrides": _typed_overrides(family)}})
+    spec = spec_of({"containerd": {"version": FAMILY_VERSIONS[family]},
+                    "config": {"overrides": _typed_overrides(family)}})
     text = config_toml.render(spec)
     assert "grpc.max_recv_message_size" not in text  # a quoted dotted key, which containerd ignores
     proc, dumped = containerd_dump(text, family, tmp_path)
@@ -154,7 +156,8 @@ def test_typed_overrides_are_what_real_containerd_reads(tmp_path, family):
             f"config.overrides.plugins.{cri}.enable_unprivileged_ports",
             f"config.overrides.plugins.{cri}.containerd.runtimes.runc.options.Root"} <= names
     assert len(items) == 7 + (4 if family == "1.7" else 0)
-    assert [(e["name"], e["value"], dig(dumped, e["path"])) for e in items if dig(dumped, e["path"]) != e["value"]] == []
+    wrong = [(e["name"], e["value"], dig(dumped, e["path"])) for e in items if dig(dumped, e["path"]) != e["value"]]
+    assert wrong == []
     assert dumped["grpc"]["max_recv_message_size"] == 33554432
     assert dumped["disabled_plugins"] == ["io.containerd.internal.v1.tracing", "io.containerd.snapshotter.v1.zfs"]
     # The check can fail: the same value under a quoted dotted key (how overrides used to render) is

@@ -3,7 +3,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import subprocess
 
@@ -29,7 +28,8 @@ SPECS = {
     "aws-encrypted": {"image": {"aws": {"encrypt_boot": True, "region": "ap-southeast-2"}}},
     "aws-tuned": {"name": "gpu-workers", "image": {
         "disk_size_gb": 20, "accelerator": "kvm", "hygiene": False, "aws": {
-            "region": "eu-west-1", "copy_regions": ["eu-central-1", "us-east-2"], "share_with": ["123456789012"],
+            "region": "eu-west-1", "copy_regions": ["eu-central-1", "us-east-2"],
+            "share_with_accounts": ["123456789012"],
             "tags": {"Team": "platform", "cost-center": "cc:42/infra", "Environment": "prod"},
             "source_ami_name": "debian-12-amd64-2024*", "source_ami_owners": ["136693071363", "self"],
             "instance_type": "m6i.large", "volume_size_gb": 30, "encrypt_boot": False, "keep": 5,
@@ -106,9 +106,11 @@ def _escaped_spec():
     """The spec refuses these values (AWS tags allow no $, { or quotes, base paths no quotes), so
     they are put into the model directly: this tests the HCL escaping itself, a last guard."""
     spec = spec_of({})
-    image = dataclasses.replace(spec.image, base=BaseImage(source=WEIRD, checksum=ZERO_CHECKSUM),
-                                aws=dataclasses.replace(spec.image.aws, tags={"Weird": WEIRD, 'k"${x}': WEIRD}))
-    return dataclasses.replace(spec, image=image)
+    # model_construct/model_copy skip validation on purpose: the template must stay inert anyway.
+    image = spec.image.model_copy(update={"base": BaseImage.model_construct(source=WEIRD, checksum=ZERO_CHECKSUM),
+                                          "aws": spec.image.aws.model_copy(update={"tags": {"Weird": WEIRD,
+                                                                                            'k"${x}': WEIRD}})})
+    return spec.model_copy(update={"image": image})
 
 
 def test_hcl_escaping_keeps_interpolation_syntax_literal(tmp_path):

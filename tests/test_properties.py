@@ -99,7 +99,7 @@ systemd_unit = st.builds(lambda name, kind: f"{name}.{kind}", regex(r"[A-Za-z0-9
 
 
 def optional(draw, out: dict, key: str, strategy: st.SearchStrategy) -> None:
-    """Set *key* about half the time: absent keys exercise the schema's defaults."""
+    """Set *key* about half the time: absent keys exercise the model's defaults."""
     if draw(st.booleans()):
         out[key] = draw(strategy)
 
@@ -277,7 +277,7 @@ def overrides(draw, family: str) -> dict:
     # timeouts is a free map: its keys are any printable text (containerd parses every value as a
     # duration at start-up, so the values are durations).
     keys = st.text(PRINTABLE, min_size=1, max_size=16)
-    if family.startswith("1."):  # see spec._check_overrides: 1.x cannot read a key with a double quote
+    if family.startswith("1."):  # see checks.check_overrides: 1.x cannot read a key with a double quote
         keys = keys.filter(lambda k: '"' not in k)
     timeouts = draw(st.dictionaries(keys.filter(lambda k: not k.startswith("io.containerd.")), durations,
                                     max_size=3))
@@ -379,7 +379,7 @@ def spec_documents(draw) -> dict:
                                                  max_size=3))
     optional(draw, aws, "encrypt_boot", st.booleans())
     if not aws.get("encrypt_boot"):
-        optional(draw, aws, "share_with", st.lists(regex(r"[0-9]{12}"), unique=True, max_size=2))
+        optional(draw, aws, "share_with_accounts", st.lists(regex(r"[0-9]{12}"), unique=True, max_size=2))
     optional(draw, aws, "ssm_parameter", regex(r"/[A-Za-z0-9_./-]{1,30}"))
     optional(draw, aws, "keep", st.integers(1, 1000))
     optional(draw, aws, "tags", st.dictionaries(
@@ -482,7 +482,7 @@ def test_b_hosts_toml_lists_the_hosts_in_order_with_exact_headers(doc_and_spec):
         assert hosts_files == []
         return
     mirrors_in_doc = doc["config"]["registry"].get("mirrors")
-    if mirrors_in_doc is None:  # the seed mirrors (schema default)
+    if mirrors_in_doc is None:  # the seed mirrors (the model's default)
         mirrors_in_doc = spec.document["config"]["registry"]["mirrors"]
     assert hosts_files == [f"{spec.config.registry.config_path}/{m['host']}/hosts.toml" for m in mirrors_in_doc]
     for mirror, doc_mirror, path in zip(spec.config.registry.mirrors, mirrors_in_doc, hosts_files, strict=True):

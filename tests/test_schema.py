@@ -1,14 +1,15 @@
-"""The schema table: the default spec is the seed's setup, `init` and `schema` agree with it, and
-the warnings fire where the spec is legal but questionable."""
+"""The model: the default spec is the seed's setup, `init` and `schema` are derived from it and agree
+with it, and the warnings fire where the spec is legal but questionable."""
 from __future__ import annotations
 
 import json
+import typing
 
 import jsonschema
 import pytest
 import yaml
 
-from imagebuild import schema
+from imagebuild import model
 from imagebuild.spec import SpecError, load
 from tests.support import run_cli, run_main, spec_of, write_spec
 
@@ -109,7 +110,7 @@ def test_init_output_parses_back_to_the_default(tmp_path):
     assert run_main(["init", "-o", str(target), "--force"])[0] == 0
 
 
-_SCHEMA = schema.json_schema()
+_SCHEMA = model.json_schema()
 
 
 def _cli_schema() -> dict:
@@ -148,22 +149,25 @@ def test_json_schema_refuses_what_validation_refuses(document):
         spec_of(document)
 
 
-def _walk(node: dict, path: str = ""):
-    yield path, node
-    for key, child in node.get("properties", {}).items():
-        yield from _walk(child, f"{path}.{key}" if path else key)
-    if isinstance(node.get("items"), dict):
-        yield from _walk(node["items"], path + "[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from _walk(node["additionalProperties"], path + ".*")
+def _walk(section: type[model.BaseModel], path: str = ""):
+    for key, info in section.model_fields.items():
+        yield f"{path}.{key}" if path else key, info
+        for hint in _hints(info.annotation):
+            yield from _walk(hint, f"{path}.{key}" if path else key)
 
 
-def test_every_key_is_documented_and_defaults_validate():
-    for path, node in _walk(schema.SPEC_SCHEMA):
-        assert node.get("description"), f"{path or '<spec>'} has no description"
-        if "properties" not in node and node.get("default") is not None:
-            _, problems = schema.validate(node["default"], node, path)
-            assert problems == [], f"default of {path} fails its own schema: {problems}"
+def _hints(hint) -> list:
+    """The section classes inside a field's type (itself, list items, mapping values)."""
+    if isinstance(hint, type) and issubclass(hint, model.BaseModel):
+        return [hint]
+    return [found for arg in typing.get_args(hint) for found in _hints(arg)]
+
+
+def test_every_key_is_documented_and_every_section_defaults():
+    keys = list(_walk(model.Spec))
+    assert len(keys) > 100
+    for path, info in keys:
+        assert info.description, f"{path} has no description"
 
 
 # ----------------------------------------------------------------------------------- warnings
@@ -207,3 +211,29 @@ def test_legacy_mirrors_on_1x_do_not_warn_about_pull_mode():
     assert not any("local pull mode" in w for w in spec.warnings)
     assert not any("local pull mode" in w for w in spec_of(
         {"containerd": {"version": "2.0.5"}, "config": {"registry": LEGACY}}).warnings)
+
+
+def test_the_schema_validates_every_case_spec_and_refuses_what_the_model_refuses():
+    from tests.cases import CASES_DIR
+
+    validator = jsonschema.Draft202012Validator(_cli_schema())
+    specs = sorted(CASES_DIR.glob("*/spec.yaml"))
+    assert len(specs) >= 6
+    for path in specs:
+        document = load(path).document  # as imagebuild reads it (YAML 1.2 booleans), defaults filled in
+        raw = yaml.safe_load(path.read_text())
+        for doc in (document, raw):
+            assert [e.message for e in validator.iter_errors(doc)] == [], path
+    for bad in ({"apiVersion": "imagebuild/v2"}, {"image": {"aws": {"tags": {"k": "v" * 256}}}},
+                {"unit": {"after": ["network.target", "network.target"]}}, {"config": {"runtimes": {"a b": {}}}}):
+        assert list(validator.iter_errors(bad)), bad
+        with pytest.raises(SpecError):
+            spec_of(bad)
+
+
+def test_init_carries_apiversion_and_reads_back_without_a_notice():
+    text = run_cli("init").stdout.decode()
+    assert "\napiVersion: imagebuild/v1\n" in text
+    spec = spec_of(text)
+    assert spec.notices == () and spec.warnings == ()
+    assert spec == load() and spec.document == load().document

@@ -90,7 +90,7 @@ LAUNCH_PERMISSION_KEYS = ("UserId", "OrganizationArn", "OrganizationalUnitArn")
 
 def launch_permission_set(target: PublishTarget) -> set[tuple[str, str]]:
     """What the target shares with, as (LaunchPermission key, value) pairs."""
-    return ({("UserId", a) for a in target.share_with}
+    return ({("UserId", a) for a in target.share_with_accounts}
             | {("OrganizationArn", o) for o in target.share_with_organizations}
             | {("OrganizationalUnitArn", u) for u in target.share_with_ous})
 

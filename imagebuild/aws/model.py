@@ -1,25 +1,25 @@
 """The inputs publish and prune work from, and the decisions prune makes.
 
 `Manifest` and `VerifyResult` are read from a baked image directory (`manifest.json`,
-`verify.json`); `PublishTarget` says where and how to publish; `Decision` is one line of a prune.
+`verify.json`); `PublishTarget` says where and how to publish (it is the spec's image.aws section);
+`Decision` is one line of a prune.
 """
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError
 
 from imagebuild.errors import ImagebuildError
+from imagebuild.model import Aws, Int, Name, Text, problems_of
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX = re.compile(r"^[0-9a-f]+$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
-_ACCOUNT = re.compile(r"^\d{12}$")
-# AMI names: 3-128 characters of letters, digits and ( ) [ ] space . / - ' @ _
-_AMI_NAME_CHARS = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]+$")
 
 BOOT_MODES = ("legacy-bios", "uefi", "uefi-preferred")
 # manifest architecture -> EC2 architecture
@@ -59,7 +59,7 @@ def parse_build_time(text: str, where: str = "build_time") -> datetime:
         raise ImagebuildError(f"{where}: not an ISO-8601 time: {text!r}") from None
     if moment.tzinfo is None:
         raise ImagebuildError(f"{where}: time {text!r} has no time zone (expected UTC, e.g. ...Z)")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -199,65 +199,25 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-@dataclass(frozen=True)
-class PublishTarget:
-    """Where an image is published: home region, copies, sharing, SSM pointer, retention."""
+class PublishTarget(Aws):
+    """Where an image is published: the spec's image.aws section (`target_of`) and the family it names.
 
-    region: str
-    copy_regions: list[str] = field(default_factory=list)
-    share_with: list[str] = field(default_factory=list)
-    ssm_parameter: str = ""
-    keep: int = 3
-    tags: dict[str, str] = field(default_factory=dict)
-    family: str = "containerd-golden"
-    volume_size_gb: int | None = None  # AMI root volume; None: the image's virtual size
-    encrypt_boot: bool = False
-    kms_keys: dict[str, str] = field(default_factory=dict)  # region -> KMS key ARN; empty: default key
-    share_with_organizations: list[str] = field(default_factory=list)
-    share_with_ous: list[str] = field(default_factory=list)
-    ssm_all_regions: bool = False
-    deprecate_after_days: int | None = None
+    The same declaration and the same rules as the spec's (imagebuild.model.Aws); a bad value is an
+    ImagebuildError naming the key, the value and what is allowed.
+    """
 
-    def __post_init__(self) -> None:
-        self.validate()
+    family: Name = Field("containerd-golden", description="image family: AMI names and tags")
+    ssm_parameter: Annotated[str, Text(r"^(/[A-Za-z0-9_./-]+)?$", "an SSM parameter path, or empty for none")] = Field(
+        "", description="SSM parameter that holds the newest AMI id; empty: none")
+    volume_size_gb: Annotated[int, Int(2, 16384)] | None = Field(  # type: ignore[assignment]
+        None, description="AMI root volume in GiB; None: the image's virtual size")
 
-    def validate(self) -> None:
-        for region in [self.region, *self.copy_regions]:
-            if not isinstance(region, str) or not _REGION.match(region):
-                raise ImagebuildError(f"publish target: {region!r} is not a region name (like eu-west-1)")
-        if self.region in self.copy_regions:
-            raise ImagebuildError(f"publish target: copy_regions must not contain the home region {self.region}")
-        if len(set(self.copy_regions)) != len(self.copy_regions):
-            raise ImagebuildError("publish target: copy_regions lists a region twice")
-        for account in self.share_with:
-            if not isinstance(account, str) or not _ACCOUNT.match(account):
-                raise ImagebuildError(f"publish target: share_with entry {account!r} is not a 12-digit account id")
-        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
-            raise ImagebuildError(f"publish target: keep must be a whole number >= 1, got {self.keep!r}")
-        if not self.family or not _AMI_NAME_CHARS.match(self.family) or len(self.family) > 100:
-            raise ImagebuildError(f"publish target: family {self.family!r} is not usable in an AMI name")
-        if self.ssm_parameter and not isinstance(self.ssm_parameter, str):
-            raise ImagebuildError("publish target: ssm_parameter must be a string")
-        for key, value in self.tags.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ImagebuildError(f"publish target: tag {key!r} must map a string to a string")
-            if key.lower().startswith("aws:"):
-                raise ImagebuildError(f"publish target: tag {key!r}: keys starting with 'aws:' are reserved")
-            if key.startswith("imagebuild:"):
-                raise ImagebuildError(f"publish target: tag {key!r}: keys starting with 'imagebuild:' are set by imagebuild")
-
-        if self.kms_keys and not self.encrypt_boot:
-            raise ImagebuildError("publish target: kms_keys needs encrypt_boot")
-        for region in self.regions if self.kms_keys else []:
-            if region not in self.kms_keys:
-                raise ImagebuildError(f"publish target: kms_keys has no key for {region}")
-
-    def kms_key(self, region: str) -> str | None:
-        return self.kms_keys.get(region) if self.encrypt_boot else None
-
-    @property
-    def regions(self) -> list[str]:
-        return [self.region, *self.copy_regions]
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            problems = "; ".join(str(p) for p in problems_of(exc, PublishTarget))
+            raise ImagebuildError(f"publish target: {problems}") from None
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,6 @@ def prune(
     Image usage reports of shared AMIs are waited for at most *usage_report_wait* seconds, polled
     every *poll_interval*.
     """
-    target.validate()
     regions = list(dict.fromkeys(regions if regions is not None else target.regions))
     if clients is None:
         clients = boto3_clients()

@@ -204,7 +204,6 @@ def publish(
     record in `publish.json` then says what exists.
     """
     image_dir = Path(image_dir)
-    target.validate()
     manifest, qcow2 = check_publishable(image_dir)
     record = PublishRecord.open(
         image_dir,
@@ -633,7 +632,7 @@ class _Publish:
         each AMI's snapshots for the accounts (so they can copy the AMI or create volumes from it;
         snapshots cannot be shared with organizations)."""
         want = launch_permission_set(self.target)
-        accounts = sorted(set(self.target.share_with))
+        accounts = sorted(set(self.target.share_with_accounts))
         for region, entry in self.record.images.items():
             ec2 = self.ec2(region)
             current = launch_permissions(ec2, entry["id"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ImagebuildError
-from ..spec import Spec
+from ..model import Spec
 from . import config_toml, expected, hosts_toml, userdata
 from .templating import PACKAGE_DIR, render_template, shipped_dir
 
@@ -120,7 +120,7 @@ def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:
         files["user-data"] = File(user_data(spec, files=dict(files)))
     files["packer/imagebuild.pkr.hcl"] = File(packer_template(spec).encode())
     files["packer/hygiene.sh"] = File((shipped_dir("packer") / "hygiene.sh").read_bytes(), 0o755)
-    # Document order (schema order, mappings as written): sorted keys reordered sysctls, headers
+    # Document order (the model's key order, mappings as written): sorted keys reordered sysctls, headers
     # and runtimes, so spec.json rendered different files than the spec it came from.
     files["spec.json"] = File((json.dumps(spec.document, indent=2) + "\n").encode())
     return files

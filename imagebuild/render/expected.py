@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import Spec
-from .config_toml import KeyPaths
+from ..containerd_keys import KeyPaths
+from ..model import Spec
 
 #: Where the install script unpacks the CNI plugins: containerd's default CNI bin_dir.
 CNI_BIN_DIR = "/opt/cni/bin"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomlkit
 
-from ..spec import Mirror
+from ..model import Mirror
 
 HEADER = "Managed by imagebuild. Hosts are tried in file order, then the server."
 

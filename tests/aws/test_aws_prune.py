@@ -19,7 +19,7 @@ PARAM = "/imagebuild/containerd-golden/latest"
 
 
 def target(**changes) -> PublishTarget:
-    values = dict(region=HOME, copy_regions=[COPY], share_with=[], ssm_parameter=PARAM, keep=2,
+    values = dict(region=HOME, copy_regions=[COPY], share_with_accounts=[], ssm_parameter=PARAM, keep=2,
                   tags={}, family=FAMILY)
     values.update(changes)
     return PublishTarget(**values)

@@ -25,18 +25,19 @@ ACCOUNT = "111122223333"
 PARAM = "/imagebuild/containerd-golden/latest"
 
 
-def target(**changes) -> PublishTarget:
+def target(checked: bool = True, **changes) -> PublishTarget:
+    """A publish target; *checked* False builds it without the model's checks (to reach publish's own)."""
     values = dict(
         region=HOME,
         copy_regions=list(COPIES),
-        share_with=[ACCOUNT],
+        share_with_accounts=[ACCOUNT],
         ssm_parameter=PARAM,
         keep=2,
         tags={"team": "platform"},
         family="containerd-golden",
     )
     values.update(changes)
-    return PublishTarget(**values)
+    return PublishTarget(**values) if checked else PublishTarget.model_construct(**values)
 
 
 def record_of(image_dir):
@@ -352,7 +353,7 @@ def test_killed_upload_is_cleaned_up_by_the_rerun(aws, boto, make_image, recordi
 def test_partial_last_block_is_padded(aws, boto, make_image, recording_clients):
     size = 2 * MIB + 64 * 1024  # 4 full blocks and a 64 KiB tail
     image_dir, content = make_image(size=size, blocks={4: b"tail data" * 10, 1: b"x" * BLOCK})
-    record = publish(image_dir, target(copy_regions=[], share_with=[], ssm_parameter=""),
+    record = publish(image_dir, target(copy_regions=[], share_with_accounts=[], ssm_parameter=""),
                      progress=lambda p: None, poll_interval=0.01)
     _, blocks = read_snapshot(boto("ebs"), record["snapshot"]["id"])
     assert sorted(blocks) == [1, 4]
@@ -374,7 +375,7 @@ def test_register_request_follows_manifest(make_image):
 
 def test_target_validation():
     with pytest.raises(ImagebuildError, match="12-digit"):
-        target(share_with=["12345"])
+        target(share_with_accounts=["12345"])
     with pytest.raises(ImagebuildError, match="home region"):
         target(copy_regions=[HOME])
     with pytest.raises(ImagebuildError, match="keep"):
@@ -421,7 +422,7 @@ def test_throttled_blocks_are_retried_adaptively(aws, boto, make_image, recordin
         return "/blocks/3" in request.url
 
     throttle = answers("ebs.PutSnapshotBlock", 3, 400, "RequestThrottledException", when=block3)
-    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+    record = publish(image_dir, target(copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                      clients=recording_clients(), poll_interval=0.01)
     assert throttle.answered == 3
     listing, blocks = read_snapshot(boto("ebs"), record["snapshot"]["id"])
@@ -439,7 +440,7 @@ def test_the_ebs_client_retry_budget(aws, boto_session):
 def test_a_snapshot_not_found_right_after_start_is_retried(aws, boto, make_image, recording_clients, answers):
     image_dir, content = make_image()
     missing = answers("ebs.PutSnapshotBlock", 2, 404, "ResourceNotFoundException")
-    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+    record = publish(image_dir, target(copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                      clients=recording_clients(), poll_interval=0.01)
     assert missing.answered == 2
     assert read_snapshot(boto("ebs"), record["snapshot"]["id"])[1] == expected_blocks(content)
@@ -452,7 +453,7 @@ def test_a_snapshot_not_found_later_fails_the_upload(aws, make_image, recording_
     image_dir, _ = make_image()
     answers("ebs.PutSnapshotBlock", 100, 404, "ResourceNotFoundException")
     with pytest.raises(ImagebuildError, match="ResourceNotFoundException"):
-        publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+        publish(image_dir, target(copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                 clients=recording_clients(), poll_interval=0.01)
 
 
@@ -489,8 +490,10 @@ def test_tag_limits_come_from_each_api_model(aws, boto_session):
 def test_tags_over_an_api_limit_are_refused_before_any_call(aws, make_image, recording_clients, tags, message):
     image_dir, _ = make_image()
     clients = recording_clients()
-    with pytest.raises(ImagebuildError, match=re.escape(message)):
-        publish(image_dir, target(tags=tags), progress=lambda p: None, clients=clients)
+    with pytest.raises(ImagebuildError, match="publish target: tags"):
+        target(tags=tags)  # the model (the spec's image.aws section) refuses them first
+    with pytest.raises(ImagebuildError, match=re.escape(message)):  # publish's own check, from botocore's model
+        publish(image_dir, target(checked=False, tags=tags), progress=lambda p: None, clients=clients)
     assert clients.calls == []
 
 
@@ -501,7 +504,7 @@ def test_tags_at_the_limits_are_published_whole_and_long_own_values_cut(aws, bot
     (image_dir / "manifest.json").write_text(json.dumps(manifest))
     tags = {"k" * 127: "v" * 255}
     clients = recording_clients()
-    record = publish(image_dir, target(tags=tags, copy_regions=[], share_with=[]), progress=lambda p: None,
+    record = publish(image_dir, target(tags=tags, copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                      clients=clients, poll_interval=0.01)
     (start,) = clients.kwargs("start_snapshot")
     sent = {t["Key"]: t["Value"] for t in start["Tags"]}
@@ -524,7 +527,7 @@ def test_a_kill_right_after_start_snapshot_reuses_the_saved_client_token(aws, bo
     boto_session.events.register("before-parameter-build.ebs.StartSnapshot", token_already_saved)
     boto_session.events.register("after-call.ebs.StartSnapshot", killed, unique_id="kill")
     with pytest.raises(KeyboardInterrupt):
-        publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+        publish(image_dir, target(copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                 clients=recording_clients(), poll_interval=0.01)
     first = record_of(image_dir)["snapshot"]
     assert first["state"] == "starting" and first["id"] is None
@@ -532,7 +535,7 @@ def test_a_kill_right_after_start_snapshot_reuses_the_saved_client_token(aws, bo
     (orphan,) = family_snapshots(boto("ec2"))  # the snapshot AWS started, recorded nowhere
 
     boto_session.events.unregister("after-call.ebs.StartSnapshot", unique_id="kill")
-    record = publish(image_dir, target(copy_regions=[], share_with=[]), progress=lambda p: None,
+    record = publish(image_dir, target(copy_regions=[], share_with_accounts=[]), progress=lambda p: None,
                      clients=recording_clients(), poll_interval=0.01)
     assert [call[0] for call in saved_at_call] == [first["client_token"]] * 2  # the same token again
     # AWS answers the same token with the same snapshot; moto 5.2.5 ignores ClientToken and makes
@@ -568,13 +571,13 @@ def test_encryption_and_kms_keys_reach_start_snapshot_and_copy_image(aws, make_i
 def test_unencrypted_by_default_and_default_key_when_no_keys(aws, make_image, recording_clients):
     image_dir, _ = make_image()
     clients = recording_clients()
-    publish(image_dir, target(share_with=[]), progress=lambda p: None, clients=clients, poll_interval=0.01)
+    publish(image_dir, target(share_with_accounts=[]), progress=lambda p: None, clients=clients, poll_interval=0.01)
     (start,) = clients.kwargs("start_snapshot")
     assert "Encrypted" not in start and "KmsKeyArn" not in start
     assert all("Encrypted" not in kw for kw in clients.kwargs("copy_image"))
     image_dir, _ = make_image(build_time="2026-11-27T00:00:00Z")
     clients = recording_clients()
-    publish(image_dir, target(share_with=[], encrypt_boot=True), progress=lambda p: None, clients=clients,
+    publish(image_dir, target(share_with_accounts=[], encrypt_boot=True), progress=lambda p: None, clients=clients,
             poll_interval=0.01)
     (start,) = clients.kwargs("start_snapshot")
     assert start["Encrypted"] is True and "KmsKeyArn" not in start
@@ -583,7 +586,7 @@ def test_unencrypted_by_default_and_default_key_when_no_keys(aws, make_image, re
 def test_root_volume_size_and_imds_v2(aws, make_image, recording_clients):
     image_dir, _ = make_image()
     clients = recording_clients()
-    publish(image_dir, target(copy_regions=[], share_with=[], volume_size_gb=30), progress=lambda p: None,
+    publish(image_dir, target(copy_regions=[], share_with_accounts=[], volume_size_gb=30), progress=lambda p: None,
             clients=clients, poll_interval=0.01)
     (register,) = clients.kwargs("register_image")
     assert register["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 30
@@ -593,11 +596,11 @@ def test_root_volume_size_and_imds_v2(aws, make_image, recording_clients):
 def test_a_root_volume_smaller_than_the_image_is_refused(aws, make_image, recording_clients):
     image_dir, _ = make_image()
     manifest = json.loads((image_dir / "manifest.json").read_text())
-    manifest["virtual_size"] = 3 * 1024 * MIB // 2  # as a 1.5 GiB disk would say: needs 2 GiB
+    manifest["virtual_size"] = 5 * 1024 * MIB // 2  # as a 2.5 GiB disk would say: needs 3 GiB
     (image_dir / "manifest.json").write_text(json.dumps(manifest))
     clients = recording_clients()
-    with pytest.raises(ImagebuildError, match="volume_size_gb is 1 GiB, but the image is 2 GiB"):
-        publish(image_dir, target(volume_size_gb=1), progress=lambda p: None, clients=clients)
+    with pytest.raises(ImagebuildError, match="volume_size_gb is 2 GiB, but the image is 3 GiB"):
+        publish(image_dir, target(volume_size_gb=2), progress=lambda p: None, clients=clients)
     assert clients.calls == []
 
 

@@ -15,7 +15,8 @@ ORG = "arn:aws:organizations::123456789012:organization/o-abcdefghij"
 
 
 def _target(**changes):
-    values = dict(region=HOME, copy_regions=[COPY], share_with=["111122223333"], share_with_organizations=[ORG],
+    values = dict(region=HOME, copy_regions=[COPY], share_with_accounts=["111122223333"],
+                  share_with_organizations=[ORG],
                   ssm_parameter="/imagebuild/containerd-golden/latest", keep=1, ssm_all_regions=True,
                   deprecate_after_days=30, family="containerd-golden")
     return PublishTarget(**(values | changes))

@@ -26,7 +26,7 @@ CANONICAL = "099720109477"
 DOC = {
     "name": "plumbing-check",
     "image": {"aws": {
-        "region": HOME, "copy_regions": [COPY], "share_with": [ACCOUNT], "encrypt_boot": False,
+        "region": HOME, "copy_regions": [COPY], "share_with_accounts": [ACCOUNT], "encrypt_boot": False,
         "source_ami_name": "ubuntu/images/hvm-ssd/ubuntu-*", "source_ami_owners": [CANONICAL],
         "tags": {"team": "platform"},
     }},

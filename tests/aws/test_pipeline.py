@@ -40,7 +40,7 @@ def write_spec(directory, doc: dict):
 HOME, OTHER = "us-east-1", "us-west-2"
 ACCOUNT = "111122223333"
 BASE_CHECKSUM = "sha256:" + "ab" * 32
-SHARED = {"image": {"aws": {"copy_regions": [OTHER], "share_with": [ACCOUNT]}}}
+SHARED = {"image": {"aws": {"copy_regions": [OTHER], "share_with_accounts": [ACCOUNT]}}}
 
 
 @pytest.fixture

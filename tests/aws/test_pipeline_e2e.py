@@ -54,7 +54,8 @@ def snapshot_blocks(ebs, snapshot_id) -> dict[int, str]:
 @pytest.fixture
 def publish_spec(golden_spec):
     doc = yaml.safe_load(yaml.safe_dump(golden_spec.document))
-    doc["image"]["aws"] |= {"region": HOME, "copy_regions": [COPY], "share_with": [ACCOUNT], "encrypt_boot": False}
+    doc["image"]["aws"] |= {"region": HOME, "copy_regions": [COPY], "share_with_accounts": [ACCOUNT],
+                            "encrypt_boot": False}
     # The worker profile's apt install in the guest (60-100 s under TCG) is proved by the golden
     # bake and the EC2 user-data boot; this test is about publishing.
     doc["system"]["profile"] = "none"

@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "7ebc3d5a4a9846a618624c70b9230846b7048c82492f3bb0de6ade88dc1948dc", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "7ebc3d5a4a9846a618624c70b9230846b7048c82492f3bb0de6ade88dc1948dc", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "8b2ad32ce96a23c7429e3c528fc4c33504905df52913f4e25b89180988627881", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "8b2ad32ce96a23c7429e3c528fc4c33504905df52913f4e25b89180988627881", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "7ebc3d5a4a9846a618624c70b9230846b7048c82492f3bb0de6ade88dc1948dc"
+      spec_hash  = "8b2ad32ce96a23c7429e3c528fc4c33504905df52913f4e25b89180988627881"
       containerd = "2.1.9"
     }
   }

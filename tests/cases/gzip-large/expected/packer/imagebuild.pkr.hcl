@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "15e9a60a2d088a1dc7be6c891fc33edc162fd7e25fcd20484e2f5505cb181185", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "15e9a60a2d088a1dc7be6c891fc33edc162fd7e25fcd20484e2f5505cb181185", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "f577284e2efe10bab714f12d70807aac51badf554ceda9ee69dc2a0153c4dc38", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "f577284e2efe10bab714f12d70807aac51badf554ceda9ee69dc2a0153c4dc38", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "15e9a60a2d088a1dc7be6c891fc33edc162fd7e25fcd20484e2f5505cb181185"
+      spec_hash  = "f577284e2efe10bab714f12d70807aac51badf554ceda9ee69dc2a0153c4dc38"
       containerd = "1.6.20"
     }
   }

@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "e305dc41149e08e21cec2b813f0f2d5865da9d0804a0848432bf83732699bf8f", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "e305dc41149e08e21cec2b813f0f2d5865da9d0804a0848432bf83732699bf8f", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "bd86770660af034700ca6c3972be761deb22d175a5b8eaf578bbf2a39c86f751", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "bd86770660af034700ca6c3972be761deb22d175a5b8eaf578bbf2a39c86f751", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "e305dc41149e08e21cec2b813f0f2d5865da9d0804a0848432bf83732699bf8f"
+      spec_hash  = "bd86770660af034700ca6c3972be761deb22d175a5b8eaf578bbf2a39c86f751"
       containerd = "1.6.20"
     }
   }

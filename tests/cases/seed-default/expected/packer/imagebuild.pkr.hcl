@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d3f9c1ef3526dc192be3b334cd0bcb5ac6186ecd8f8e0ceadee8a9b1c4a3d5b1", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d3f9c1ef3526dc192be3b334cd0bcb5ac6186ecd8f8e0ceadee8a9b1c4a3d5b1", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "c4933ee55581b47de644c18b492404a74e520903ae8c852f5886ed49c40ce59f", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "c4933ee55581b47de644c18b492404a74e520903ae8c852f5886ed49c40ce59f", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "d3f9c1ef3526dc192be3b334cd0bcb5ac6186ecd8f8e0ceadee8a9b1c4a3d5b1"
+      spec_hash  = "c4933ee55581b47de644c18b492404a74e520903ae8c852f5886ed49c40ce59f"
       containerd = "1.6.20"
     }
   }
