@@ -342,9 +342,16 @@ def _remove_tree(path: Path) -> None:
 def _run_mmdebstrap(cmd: list[str]) -> None:
     """Run mmdebstrap in its own process group; if we are interrupted, let it clean up its mounts
     (SIGTERM to the group, which it handles) before giving up on it and what it started (apt,
-    dpkg, maintainer scripts in the chroot) with SIGKILL."""
-    run(cmd, what="mmdebstrap", stdout=PIPE, stderr=STDOUT, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
-        stop_signal=signal.SIGTERM, grace=60, heartbeat_after=20)
+    dpkg, maintainer scripts in the chroot) with SIGKILL. Its TMPDIR is a directory of its own,
+    removed afterwards: stopped early, mmdebstrap leaves its `mmdebstrap.gpghome.*` there (in the
+    system's temporary directory, so the gpg-agent socket path inside stays short)."""
+    tmp = tempfile.mkdtemp(prefix="imagebuild-mmdebstrap-")
+    try:
+        run(cmd, what="mmdebstrap", stdout=PIPE, stderr=STDOUT,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive", TMPDIR=tmp),
+            stop_signal=signal.SIGTERM, grace=60, long_step=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fs_uuid() -> str:
@@ -444,7 +451,7 @@ def _make_disk(raw: Path, tree: Path, fs_uuid: str, work: Path) -> None:
     fs_blocks = (DISK_SIZE - PART_OFFSET) // 4096
     run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", FS_LABEL, "-U", fs_uuid,
          "-O", MKFS_FEATURES, "-E", f"offset={PART_OFFSET},hash_seed={fs_uuid}",
-         "-d", str(tree), str(raw), str(fs_blocks)], what="mkfs.ext4", heartbeat_after=20)
+         "-d", str(tree), str(raw), str(fs_blocks)], what="mkfs.ext4", long_step=True)
 
     step("base image: installing GRUB (BIOS) into the MBR")
     grub_dir = tree / "usr/lib/grub/i386-pc"

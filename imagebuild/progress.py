@@ -4,8 +4,8 @@
   (command lines; `imagebuild --verbose`), :func:`warning` at WARNING (`--quiet` keeps only
   warnings and errors). :func:`configure` sets the level; only the CLI calls it.
 - :func:`heartbeat` wraps a long silent wait (a QEMU boot, mmdebstrap, a Packer build, a
-  conversion): every *interval* seconds without any other line it logs that the work is still
-  running and for how long.
+  conversion): every *interval* seconds (``$IMAGEBUILD_HEARTBEAT``, default 20) without any
+  other line it logs that the work is still running and for how long.
 - :func:`bar` shows a progress bar where the total is known: redrawn in place on a terminal,
   a line per 10% elsewhere (a CI log).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -77,10 +78,23 @@ def warning(message: str) -> None:
     LOG.warning(f"warning: {message}")
 
 
+HEARTBEAT_S = 20.0
+
+
+def heartbeat_interval() -> float:
+    """Seconds of silence before a heartbeat line: ``$IMAGEBUILD_HEARTBEAT`` or 20."""
+    try:
+        value = float(os.environ.get("IMAGEBUILD_HEARTBEAT", HEARTBEAT_S))
+    except ValueError:
+        return HEARTBEAT_S
+    return value if value > 0 else HEARTBEAT_S
+
+
 @contextlib.contextmanager
-def heartbeat(what: str, interval: float = 20.0) -> Iterator[None]:
-    """While the body runs, log `<what>: still running (N s)` whenever *interval* seconds pass
-    without any line of imagebuild's log."""
+def heartbeat(what: str, interval: float | None = None) -> Iterator[None]:
+    """While the body runs, log `<what>: still running (N s)` whenever *interval* seconds
+    (default: :func:`heartbeat_interval`) pass without any line of imagebuild's log."""
+    interval = interval or heartbeat_interval()
     started = time.monotonic()
     stop = threading.Event()
 

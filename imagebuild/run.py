@@ -112,7 +112,7 @@ def run(cmd: Command, *, what: str | None = None, check: bool = True, input: str
         stdout: Any = PIPE, stderr: Any = PIPE, env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike | None = None, timeout: float | None = None, text: bool = True,
         stop_signal: int = signal.SIGTERM, grace: float = 3.0,
-        heartbeat_after: float | None = None) -> subprocess.CompletedProcess:
+        long_step: bool = False) -> subprocess.CompletedProcess:
     """Run *cmd* to its end in its own process group and return the CompletedProcess.
 
     Output is captured (text) unless *stdout*/*stderr* say otherwise (``STDOUT`` merges them).
@@ -120,11 +120,11 @@ def run(cmd: Command, *, what: str | None = None, check: bool = True, input: str
     exit status and the last lines of its output. *timeout*: the group is stopped and
     ImagebuildError raised. Any exception while it runs (KeyboardInterrupt included) stops the
     group (*stop_signal*, *grace* seconds, SIGKILL) before it propagates.
-    *heartbeat_after*: log a heartbeat line after that many silent seconds (long steps).
+    *long_step*: log a heartbeat line whenever the log has been silent for a while.
     """
     what = what or os.path.basename(os.fspath(cmd[0]))
     stdin = PIPE if input is not None else DEVNULL
-    beat = heartbeat(what, heartbeat_after) if heartbeat_after else contextlib.nullcontext()
+    beat = heartbeat(what) if long_step else contextlib.nullcontext()
     with beat, spawned(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, text=text,
                        stop_signal=stop_signal, grace=grace) as proc:
         try:
