@@ -6,7 +6,7 @@ Exit codes: 0 success, 1 a failure explained on stderr, 2 a bad spec or bad argu
 `imagebuild pipeline --help`.
 
 The signal policy lives here and only here: :func:`main` turns the first SIGINT or SIGTERM into
-:class:`Interrupted` (a KeyboardInterrupt), which unwinds every `finally` and context manager on
+:class:`~imagebuild.errors.Interrupted` (a KeyboardInterrupt), which unwinds every `finally` and context manager on
 its way out, so each child process group is stopped (:mod:`imagebuild.run`) and each scratch
 directory removed; later signals are ignored while that cleanup runs (SIGKILL still ends it).
 """
@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
+from .errors import ImagebuildError, Interrupted, interrupted_exit_code
 
 SPEC_HELP = "spec file (YAML); omitted: the built-in default, containerd's seed setup"
 
@@ -215,20 +216,12 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived: the command unwinds, and :func:`main` exits with 128 + the signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _interrupt_on_signals():
     """Route SIGINT (Ctrl-C) and SIGTERM (`kill`, systemd stop, a cancelled CI job) into
-    :class:`Interrupted`; returns a function that puts the previous handlers back. Only in the main
+    :class:`~imagebuild.errors.Interrupted`; returns a function that puts the previous handlers back. Only in the main
     thread (signals go there).
 
     The first signal raises; later ones are dropped while the cleanup runs (it stops its own
@@ -264,7 +257,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     from . import progress
-    from .errors import ImagebuildError
     from .spec import SpecError
 
     level = None
@@ -279,9 +271,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"imagebuild: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        print(f"imagebuild: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
-        return 128 + signum
+        code = interrupted_exit_code(exc)
+        print(f"imagebuild: interrupted ({signal.Signals(code - 128).name})", file=sys.stderr)
+        return code
     except OSError as exc:
         # The machine said no (disk full, permission denied, ...): one line naming the file, not a
         # traceback. Writers clean up their own temporary files before the error gets here.

@@ -134,10 +134,15 @@ class Bar:
         if self.describe is not None:
             return f"{self.what} {self.describe(done, self.total)}"
         fraction = done / self.total if self.total else 1.0
+        if self.unit == "%":
+            return f"{self.what} {fraction * 100:3.0f}%"
         unit = f" {self.unit}" if self.unit else ""
         return f"{self.what} {fraction * 100:3.0f}% ({done:g}/{self.total:g}{unit})"
 
-    def update(self, done: float) -> None:
+    def update(self, done: float, total: float | None = None) -> None:
+        """*done* so far (and the *total*, when it is learnt late); nothing with --quiet."""
+        if total is not None:
+            self.total = total
         if not LOG.isEnabledFor(logging.INFO):
             return
         self.done = done

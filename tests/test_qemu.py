@@ -403,3 +403,16 @@ def test_wait_for_sees_a_prompt_that_ends_in_no_newline(tmp_path):
     assert line is not None and line.text == "debian login: " and line.source == "console"
     with pytest.raises(ImagebuildError, match="timed out"):   # and a prompt that is not there is not found
         g.wait_for(re.compile(r"\bpassword: "), timeout=0.5)
+
+
+def test_convert_shows_a_bar_to_100_percent_and_reports_failures(tmp_path, capsys):
+    src = tmp_path / "src.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src), "64M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 8M", str(src)], check=True, capture_output=True)
+    disks.convert(src, tmp_path / "out.raw", source_format="qcow2", dest_format="raw", what="to raw")
+    assert (tmp_path / "out.raw").stat().st_size == 64 * 2**20
+    assert (tmp_path / "out.raw").read_bytes()[:8 * 2**20] == b"\x5a" * 8 * 2**20
+    bar_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  to raw")]
+    assert bar_lines[-1] == "  to raw 100%", bar_lines
+    with pytest.raises(ImagebuildError, match=r"qemu-img convert of .*missing.qcow2 failed \(exit 1\): .*"):
+        disks.convert(tmp_path / "missing.qcow2", tmp_path / "x.raw", source_format="qcow2", dest_format="raw")

@@ -217,11 +217,21 @@ def test_a_bar_draws_in_place_on_a_terminal_and_by_tenths_elsewhere():
     out = lines.getvalue().splitlines()
     assert len(out) == 11 and out[0] == "  convert   0% (0/200 MiB)" and out[-1] == "  convert 100% (200/200 MiB)"
     tty = Tty()
-    bar = progress.bar(10, "upload", stream=tty)
-    bar.update(5)
+    bar = progress.bar(0, "upload", stream=tty)
+    bar.update(5, total=10)
     bar.update(10)
     assert tty.getvalue() == ("\r[###############---------------] upload  50% (5/10)"
                               "\r[##############################] upload 100% (10/10)\n")
+
+
+def test_quiet_hides_the_bar():
+    lines = io.StringIO()
+    level = progress.configure(quiet=True)
+    try:
+        progress.bar(10, "convert", stream=lines).update(10)
+    finally:
+        progress.restore(level)
+    assert lines.getvalue() == ""
 
 
 def test_the_heartbeat_thread_is_gone_after_the_block():

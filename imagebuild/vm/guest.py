@@ -303,8 +303,9 @@ class Guest:
         return tail(self.serial_log, n)
 
     def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
         try:
-            assert self._stderr is not None
             self._stderr.seek(0)
             err = self._stderr.read().decode("utf-8", "replace").strip()
         except (OSError, ValueError, AttributeError):
