@@ -1,5 +1,5 @@
-"""Bake: render the spec, run `packer build` (qemu source) through packer-py, and leave a checked
-qcow2 with manifest.json in the output directory, or nothing at all.
+"""Bake: render the spec, run `packer build` (qemu source), and leave a checked qcow2 with
+manifest.json in the output directory, or nothing at all.
 """
 from __future__ import annotations
 
@@ -8,22 +8,27 @@ import json
 import os
 import re
 import shutil
-import subprocess
+import signal
 import tempfile
-import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import yaml
 
-from . import __version__, render
+from . import __version__, baseimage, render
 from .digest import sha256_file
 from .errors import ImagebuildError
-from .progress import step
+from .paths import cache_dir
+from .progress import heartbeat, step
 from .render.templating import shipped_dir
+from .run import PIPE, STDOUT, run, spawned
 from .spec import Spec
+from .vm.accel import accelerator as resolve_accelerator
+from .vm.disks import image_info
 
 PACKER = shutil.which("packer") or "/usr/bin/packer"
 
@@ -32,8 +37,8 @@ def build_seed(seed_dir: Path) -> None:
     """NoCloud seed for the build VM: a build user with a fresh SSH key, made for this build only."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     key = seed_dir / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", render.BUILD_USER, "-f", str(key)],
-                   check=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", render.BUILD_USER, "-f", str(key)],
+        what="ssh-keygen")
     doc = yaml.safe_load((shipped_dir("cloud-init") / "build-user.yaml").read_text())
     doc["users"][0]["name"] = render.BUILD_USER
     doc["users"][0]["ssh_authorized_keys"] = [(seed_dir / "id_ed25519.pub").read_text().strip()]
@@ -66,8 +71,6 @@ def inputs_hash(spec: Spec, base_checksum: str) -> str:
 def named_checksum(url: str, checksum_url: str | None, timeout: float = 60) -> str:
     """The sha256 the checksum file at *checksum_url* gives for *url*'s file (a lone hash, or the
     `<hash>  <name>` line of that name, like sha256sum's output)."""
-    import urllib.request
-
     if not checksum_url:
         raise ImagebuildError(f"no sha256 and no checksum_url for {url}")
     try:
@@ -104,8 +107,6 @@ def resolve_base(spec: Spec, base: str | None) -> tuple[str, str]:
                                       f"{spec.image.base.checksum}; nothing was built")
             source = str(path)
         return source, spec.image.base.checksum
-    from . import baseimage
-
     path = baseimage.build()
     return str(path), baseimage.checksum(path)
 
@@ -126,7 +127,13 @@ PHASES = [
 
 
 class PackerRun:
-    """Runs `packer build` through packer-py, echoing each UI line with elapsed time as it comes."""
+    """Runs `packer build -machine-readable` in its own process group, logging each UI line with
+    the elapsed time as it comes and writing the readable log to *log_path*.
+
+    packer-py is not used: it keeps its process handle to itself (no process group to stop on
+    an interrupt, no environment), so Packer is run directly and its machine-readable lines
+    (`timestamp,target,type,data...`) are parsed here.
+    """
 
     def __init__(self, log_path: Path, tmpdir: Path):
         self.log_path = log_path
@@ -136,69 +143,51 @@ class PackerRun:
         self.artifacts: list[str] = []
         self.started = time.monotonic()
 
-    def _read(self, stream) -> None:
-        with open(self.log_path, "w", encoding="utf-8") as log:
-            for raw in iter(stream.readline, ""):
-                fields = raw.rstrip("\n").split(",", 4)
-                if len(fields) < 4:
-                    log.write(raw)
-                    continue
-                kind, data = fields[2], [f.replace("%!(PACKER_COMMA)", ",") for f in fields[3:]]
-                text = data[-1].replace("\\n", "\n").replace("\\r", "") if data else ""
-                if kind == "ui":
-                    log.write(text + "\n")
-                    log.flush()
-                    elapsed = time.monotonic() - self.started
-                    for name, pattern, after in PHASES:
-                        ready = after is None or after in self.phase_starts
-                        if name not in self.phase_starts and ready and pattern.search(text):
-                            self.phase_starts[name] = elapsed
-                    if data[0] == "error":
-                        self.errors.append(text)
-                    if data[0] in ("say", "message", "error"):
-                        step(f"packer {elapsed:6.1f}s {text.strip()}")
-                elif kind == "artifact":
-                    self.artifacts.append(",".join(data))
+    def line(self, raw: str, log: IO[str]) -> None:
+        """One machine-readable line: UI text to the log (say/message/error also to the
+        progress log), artifacts and errors remembered, phase starts timed."""
+        fields = raw.rstrip("\n").split(",", 4)
+        if len(fields) < 4:
+            log.write(raw)
+            return
+        kind, data = fields[2], [f.replace("%!(PACKER_COMMA)", ",") for f in fields[3:]]
+        text = data[-1].replace("\\n", "\n").replace("\\r", "") if data else ""
+        if kind == "ui":
+            log.write(text + "\n")
+            log.flush()
+            elapsed = time.monotonic() - self.started
+            for name, pattern, after in PHASES:
+                ready = after is None or after in self.phase_starts
+                if name not in self.phase_starts and ready and pattern.search(text):
+                    self.phase_starts[name] = elapsed
+            if data[0] == "error":
+                self.errors.append(text)
+            if data[0] in ("say", "message", "error"):
+                step(f"packer {elapsed:6.1f}s {text.strip()}")
+        elif kind == "artifact":
+            self.artifacts.append(",".join(data))
 
     def run(self, template: Path, variables: dict[str, str], only: str) -> int:
-        from packerpy import PackerExecutable
-
-        from .paths import cache_dir
-
+        """`packer build` of *template*; returns Packer's exit status. Interrupted (Ctrl-C,
+        SIGTERM through the CLI, any exception), Packer gets SIGINT as from a terminal's Ctrl-C
+        (it stops its VM and cleans up), then its whole group SIGKILL after a minute."""
         # Packer's environment: its cache (port reservations, downloads) out of the working
         # directory, never phoning home, and a TMPDIR of this build's own, removed with it:
         # Packer 1.6.6 leaves the staging directory of cd_files (`packer_to_cdrom*`, the build
         # seed) in TMPDIR.
         env = {"PACKER_CACHE_DIR": str(cache_dir("packer")), "CHECKPOINT_DISABLE": "1",
                **os.environ, "TMPDIR": str(self.tmpdir)}
-
-        class Packer(PackerExecutable):
-            """packer-py's executable, started with *env* (packer-py itself passes none)."""
-
-            def execute_cmd(self, packer_cmd, template=None, **kwargs):
-                cmd = [self.configuration[self.PATH], packer_cmd, "-machine-readable",
-                       *self._explode_args(**kwargs), template]
-                proc = subprocess.Popen(cmd, stdout=self.configuration["stdout"],
-                                        stderr=self.configuration["stderr"], env=env)
-                return proc.wait(), None, None
-
+        cmd = [PACKER, "build", "-machine-readable", "-color=false", f"-only={only}"]
+        for name, value in variables.items():
+            cmd.append(f"-var={name}={value}")
+        cmd.append(str(template))
         self.tmpdir.mkdir(exist_ok=True)
-        read_end, write_end = os.pipe()
-        reader = os.fdopen(read_end, "r", encoding="utf-8", errors="replace")
-        writer = os.fdopen(write_end, "w")
-        packer = Packer(executable_path=PACKER, config={"stdout": writer, "stderr": subprocess.STDOUT})
-        thread = threading.Thread(target=self._read, args=(reader,), daemon=True)
-        thread.start()
-        try:
-            code, _, _ = packer.build(str(template), var=variables, only=only, color="false")
-        except BaseException:
-            stop_packer()
-            raise
-        finally:
-            writer.close()
-            thread.join(timeout=30)
-            reader.close()
-        return code
+        with open(self.log_path, "w", encoding="utf-8") as log, heartbeat("packer build"), \
+                spawned(cmd, stdout=PIPE, stderr=STDOUT, env=env, stop_signal=signal.SIGINT, grace=60) as proc:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                self.line(raw.decode("utf-8", "replace"), log)
+            return proc.wait()
 
     def durations(self, total: float) -> dict[str, float]:
         marks = sorted(self.phase_starts.items(), key=lambda item: item[1])
@@ -208,62 +197,6 @@ class PackerRun:
             out[name] = round(end - start, 1)
         out["total"] = round(total, 1)
         return out
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below *pid* (children first found, then theirs), from /proc."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, queue = [], [pid]
-    while queue:
-        for child in parents.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
-
-
-def stop_packer(grace: float = 60.0) -> None:
-    """Interrupted mid-build: SIGINT packer so it tears its VM down, then kill whatever is left.
-
-    packer-py keeps its Popen to itself, so the children are found through /proc.
-    """
-    import signal
-
-    packers = [pid for pid in _descendants(os.getpid()) if _comm(pid) == "packer"]
-    tree = packers + [child for pid in packers for child in _descendants(pid)]
-    for pid in packers:
-        _signal(pid, signal.SIGINT)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in tree):
-        time.sleep(0.5)
-    for pid in tree + [child for parent in tree for child in _descendants(parent)]:
-        _signal(pid, signal.SIGKILL)
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _keep_failed_log(log_path: Path, output: Path, name: str) -> str:
@@ -290,14 +223,12 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
 
     *packer_vars* override template variables (the benchmark compares disk_discard=ignore).
     """
-    from . import qemu
-
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     base_source, base_checksum = resolve_base(spec, base)
     # Before the build, not after it: a checksum_url this host cannot read fails in seconds.
     inputs = inputs_hash(spec, base_checksum)
-    accelerator = qemu.accelerator(spec.image.accelerator)
+    accelerator = resolve_accelerator(spec.image.accelerator)
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-bake-", dir=output.parent))
     packer_tmp: Path | None = None
     log_path = work / f"{spec.name}.packer.log"
@@ -342,8 +273,7 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
 
 def _manifest(spec: Spec, image: Path, packer_manifest: Path, base_source: str, base_checksum: str,
               inputs: str, durations: dict, accelerator: str) -> dict:
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(image)], check=True,
-                                     capture_output=True, text=True).stdout)
+    info = image_info(image)
     entry: dict = {}
     if packer_manifest.exists():
         data = json.loads(packer_manifest.read_text())

@@ -27,8 +27,6 @@ place only when complete; a file lock serialises concurrent callers.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import glob
 import hashlib
 import itertools
@@ -37,16 +35,18 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from imagebuild import aptsources
+from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
-from imagebuild.progress import step
+from imagebuild.progress import step, warning
+from imagebuild.run import PIPE, STDOUT, locked, run
+from imagebuild.vm.disks import convert
 
 # Bump when the build procedure changes in a way the other constants do not capture.
 RECIPE_VERSION = 2
@@ -220,8 +220,6 @@ def recipe_hash(spec: dict | None = None) -> str:
 
 def checksum(path: str | os.PathLike) -> str:
     """``"sha256:<hex>"`` of the file at *path*."""
-    from .digest import sha256_file
-
     return "sha256:" + sha256_file(path)
 
 
@@ -261,9 +259,7 @@ def build(out_dir: str | os.PathLike | None = None) -> Path:
         return target
     _preflight()
 
-    from imagebuild.qemu import sigterm_as_exit
-
-    with sigterm_as_exit(), _locked(target_dir / ".lock"):
+    with locked(target_dir / ".lock", waiting="base image: another process is building it; waiting for its lock"):
         if _complete(target):          # another process finished it while we waited
             return target
         for stale in target_dir.glob(".build-*"):
@@ -317,20 +313,6 @@ def _complete(image: Path) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            step("base image: another process is building it; waiting for its lock")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _mounts_inside(path: Path) -> list[str]:
     real = os.path.realpath(path)
     with open("/proc/self/mounts") as f:
@@ -346,60 +328,38 @@ def _remove_tree(path: Path) -> None:
     if not path.exists():
         return
     for point in sorted(_mounts_inside(path), key=len, reverse=True):
-        subprocess.run(["umount", "-R", "-l", point], capture_output=True)
+        run(["umount", "-R", "-l", point], check=False)
     left = _mounts_inside(path)
     if left:
-        step(f"warning: not removing {path}: still mounted inside it: {', '.join(left)}")
+        warning(f"not removing {path}: still mounted inside it: {', '.join(left)}")
         return
     for _ in range(5):
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():
             return
         time.sleep(0.5)
-    step(f"warning: could not remove all of {path}")
+    warning(f"could not remove all of {path}")
 
 
 def _run_mmdebstrap(cmd: list[str]) -> None:
-    """Run mmdebstrap; if we are interrupted, let it clean up its mounts (SIGTERM, which
-    it handles) before giving up on it (SIGKILL)."""
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    out = tempfile.TemporaryFile()
-    # Its own process group, so that on interruption everything it started (apt, dpkg,
-    # maintainer scripts in the chroot) can be stopped before its tree is removed.
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    """Run mmdebstrap in its own process group; if we are interrupted, let it clean up its mounts
+    (SIGTERM to the group, which it handles) before giving up on it and what it started (apt,
+    dpkg, maintainer scripts in the chroot) with SIGKILL. Its TMPDIR is a directory of its own,
+    removed afterwards: stopped early, mmdebstrap leaves its `mmdebstrap.gpghome.*` there (in the
+    system's temporary directory, so the gpg-agent socket path inside stays short)."""
+    tmp = tempfile.mkdtemp(prefix="imagebuild-mmdebstrap-")
     try:
-        code = proc.wait()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)      # mmdebstrap unmounts on SIGTERM
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)      # stragglers
-        proc.wait()
-        raise
-    if code != 0:
-        out.seek(0)
-        tail = "\n".join(out.read().decode("utf-8", "replace").splitlines()[-30:])
-        raise ImagebuildError(f"mmdebstrap failed (exit {code}):\n{tail}")
+        run(cmd, what="mmdebstrap", stdout=PIPE, stderr=STDOUT,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive", TMPDIR=tmp),
+            stop_signal=signal.SIGTERM, grace=60, long_step=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fs_uuid() -> str:
     """Deterministic per recipe, so identical recipes give identical fstab/grub.cfg."""
     return str(uuid.UUID(hashlib.sha256(("fs-uuid:" + recipe_hash()).encode()).hexdigest()[:32],
                          version=4))
-
-
-def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, **kw)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-30:])
-        raise ImagebuildError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd[:3])} ...\n{tail}")
-    return proc
 
 
 def _build_into(work: Path) -> Path:
@@ -423,10 +383,9 @@ def _build_into(work: Path) -> Path:
     _make_disk(raw, tree, fs_uuid, work)
     _remove_tree(tree)
 
-    step("base image: converting to compressed qcow2")
     image = work / IMAGE_NAME
-    _run(["qemu-img", "convert", "-c", "-m", "4", "-W", "-f", "raw", "-O", "qcow2",
-          str(raw), str(image)], "qemu-img convert")
+    convert(raw, image, source_format="raw", dest_format="qcow2", options=("-c", "-m", "4", "-W"),
+            what="base image: qemu-img convert")
     raw.unlink()
     return image
 
@@ -489,21 +448,20 @@ def _make_disk(raw: Path, tree: Path, fs_uuid: str, work: Path) -> None:
     with open(raw, "wb") as f:
         f.truncate(DISK_SIZE)
     start = PART_OFFSET // 512
-    _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)], "sfdisk",
-         input=f"label: dos\nlabel-id: 0x{fs_uuid[:8]}\nstart={start}, type=83, bootable\n")
+    run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)], what="sfdisk",
+        input=f"label: dos\nlabel-id: 0x{fs_uuid[:8]}\nstart={start}, type=83, bootable\n")
     fs_blocks = (DISK_SIZE - PART_OFFSET) // 4096
-    _run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", FS_LABEL, "-U", fs_uuid,
-          "-O", MKFS_FEATURES, "-E", f"offset={PART_OFFSET},hash_seed={fs_uuid}",
-          "-d", str(tree), str(raw), str(fs_blocks)],
-         "mkfs.ext4")
+    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", FS_LABEL, "-U", fs_uuid,
+         "-O", MKFS_FEATURES, "-E", f"offset={PART_OFFSET},hash_seed={fs_uuid}",
+         "-d", str(tree), str(raw), str(fs_blocks)], what="mkfs.ext4", long_step=True)
 
     step("base image: installing GRUB (BIOS) into the MBR")
     grub_dir = tree / "usr/lib/grub/i386-pc"
     early = work / "early.cfg"
     early.write_text(GRUB_EARLY_CFG.format(uuid=fs_uuid))
     core = work / "core.img"
-    _run(["grub-mkimage", "-O", "i386-pc", "-d", str(grub_dir), "-o", str(core),
-          "-c", str(early), "-p", "(hd0,msdos1)/boot/grub", *GRUB_MODULES], "grub-mkimage")
+    run(["grub-mkimage", "-O", "i386-pc", "-d", str(grub_dir), "-o", str(core),
+         "-c", str(early), "-p", "(hd0,msdos1)/boot/grub", *GRUB_MODULES], what="grub-mkimage")
     core_bytes = core.read_bytes()
     boot_bytes = (grub_dir / "boot.img").read_bytes()
     if len(boot_bytes) != 512:
@@ -531,7 +489,7 @@ def debian_sources(root: str | os.PathLike | None = None) -> list[str]:
     if override:
         base = override.rstrip("/")
         security = re.sub(r"/debian$", "/debian-security", base)
-        out = [f"deb {base} {SUITE} main", f"deb {base} {SUITE}-updates main"]
+        out: list[str] = [f"deb {base} {SUITE} main", f"deb {base} {SUITE}-updates main"]
         if security != base:
             out.append(f"deb {security} {SUITE}-security main")
         return out
@@ -539,7 +497,7 @@ def debian_sources(root: str | os.PathLike | None = None) -> list[str]:
     codenames = {SUITE}
     if host.get("ID") == "debian" and host.get("VERSION_CODENAME"):
         codenames.add(host["VERSION_CODENAME"])
-    out: list[str] = []
+    out = []
     for entry in aptsources.read(root):
         if not entry.binary or "main" not in entry.components:
             continue
@@ -558,9 +516,8 @@ def debian_sources(root: str | os.PathLike | None = None) -> list[str]:
 def _host_proxy_options() -> list[str]:
     """The host's apt proxy settings, passed through (mmdebstrap does not read them)."""
     try:
-        out = subprocess.run(["apt-config", "dump"], capture_output=True, text=True,
-                             timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
+        out = run(["apt-config", "dump"], check=False, timeout=20).stdout
+    except ImagebuildError:   # no apt-config, or it hangs
         return []
     opts = []
     for line in out.splitlines():

@@ -2,7 +2,13 @@
 `render` stay fast (boto3, packer and QEMU code load only for the commands that use them).
 
 Exit codes: 0 success, 1 a failure explained on stderr, 2 a bad spec or bad arguments,
-130 interrupted (Ctrl-C or SIGTERM). Pipeline-specific codes are listed in `imagebuild pipeline --help`.
+130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM. Pipeline-specific codes are listed in
+`imagebuild pipeline --help`.
+
+The signal policy lives here and only here: :func:`main` turns the first SIGINT or SIGTERM into
+:class:`~imagebuild.errors.Interrupted` (a KeyboardInterrupt), which unwinds every `finally` and context manager on
+its way out, so each child process group is stopped (:mod:`imagebuild.run`) and each scratch
+directory removed; later signals are ignored while that cleanup runs (SIGKILL still ends it).
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
+from .errors import ImagebuildError, Interrupted, interrupted_exit_code
 
 SPEC_HELP = "spec file (YAML); omitted: the built-in default, containerd's seed setup"
 
@@ -151,6 +158,10 @@ def parser() -> argparse.ArgumentParser:
                                   "hosts.toml, systemd unit, install script, cloud-init user-data and a Packer "
                                   "template; baked images are booted in QEMU and checked before anyone trusts them.")
     top.add_argument("--version", action="version", version=f"imagebuild {__version__}")
+    loudness = top.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors on stderr")
+    loudness.add_argument("-v", "--verbose", action="store_true",
+                          help="log more: every command imagebuild runs, with its arguments")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func, help_text: str, spec: str | None = "arg") -> argparse.ArgumentParser:
@@ -207,13 +218,17 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _sigterm_as_interrupt():
-    """Route SIGTERM (`kill`, systemd stop, a cancelled CI job) into the Ctrl-C path; returns a
-    function that puts the previous handler back. Only in the main thread (signals go there).
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    The first SIGTERM raises KeyboardInterrupt; later ones are dropped while the cleanup runs (it
-    stops its own children and removes its scratch; SIGKILL still ends everything). Dropped by a
-    Python handler, not SIG_IGN, which processes started during the cleanup would inherit.
+
+def _interrupt_on_signals():
+    """Route SIGINT (Ctrl-C) and SIGTERM (`kill`, systemd stop, a cancelled CI job) into
+    :class:`~imagebuild.errors.Interrupted`; returns a function that puts the previous handlers back. Only in the main
+    thread (signals go there).
+
+    The first signal raises; later ones are dropped while the cleanup runs (it stops its own
+    children and removes its scratch; SIGKILL still ends everything). Dropped by a Python handler,
+    not SIG_IGN, which processes started during the cleanup would inherit.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -223,14 +238,19 @@ def _sigterm_as_interrupt():
         nonlocal interrupted
         if not interrupted:
             interrupted = True
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
+
+    def restore() -> None:
+        for sig, before in previous.items():
+            signal.signal(sig, signal.SIG_DFL if before is None else before)
+
+    return restore
 
 
 def main(argv: list[str] | None = None) -> int:
-    restore = _sigterm_as_interrupt()
+    restore = _interrupt_on_signals()
     try:
         return _main(argv)
     finally:
@@ -238,11 +258,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from .errors import ImagebuildError
+    from . import progress
     from .spec import SpecError
 
+    level = None
     try:
         args = parser().parse_args(argv)
+        level = progress.configure(quiet=args.quiet, verbose=args.verbose)
         return args.func(args)
     except SpecError as exc:
         print(f"imagebuild: {exc.report()}", file=sys.stderr)
@@ -250,15 +272,19 @@ def _main(argv: list[str] | None) -> int:
     except ImagebuildError as exc:
         print(f"imagebuild: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("imagebuild: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        code = interrupted_exit_code(exc)
+        print(f"imagebuild: interrupted ({signal.Signals(code - 128).name})", file=sys.stderr)
+        return code
     except OSError as exc:
         # The machine said no (disk full, permission denied, ...): one line naming the file, not a
         # traceback. Writers clean up their own temporary files before the error gets here.
         where = f": {exc.filename}" if exc.filename else ""
         print(f"imagebuild: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+    finally:
+        if level is not None:
+            progress.restore(level)
 
 
 if __name__ == "__main__":

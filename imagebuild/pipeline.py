@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import render
-from .errors import ImagebuildError
+from .errors import ImagebuildError, interrupted_exit_code
 from .progress import step
 from .spec import Spec
 
@@ -326,8 +326,8 @@ def run_pipeline(spec: Spec, *, work: Path, force: bool = False, publish: bool =
         run = Run(work, spec)
         try:
             return _run(run, spec, work, force=force, publish=publish, base=base, clients=clients)
-        except KeyboardInterrupt:
-            run.finish("interrupted", 130, "interrupted")
+        except KeyboardInterrupt as exc:
+            run.finish("interrupted", interrupted_exit_code(exc), "interrupted")
             raise
         except BaseException as exc:
             message = _describe(exc)

@@ -117,7 +117,7 @@ def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, test_image: 
                            mac=boot["mac"], nic_slot=qemu.EC2_NIC_SLOT,
                            netdev_options=qemu.ec2_netdev(imds.relay_command(server.port)),
                            extra_args=qemu.ec2_smbios(boot["instance_id"]))
-        with qemu.sigterm_as_exit(), guest:
+        with guest:
             guest.start()
             step(f"guest {guest.name}: booting as EC2 instance {boot['instance_id']} under {guest.accel} "
                  f"(serial log {guest.serial_log})")

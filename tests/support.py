@@ -23,6 +23,8 @@ from imagebuild import cli
 from imagebuild import spec as spec_module
 from imagebuild.devtools import debian_artifacts
 from imagebuild.spec import API_VERSION, Spec
+from imagebuild.vm.channel import RESULT_PREFIX, RESULTS_DEVICE, SERIAL_DEVICE, parse_marked_lines
+from imagebuild.vm.guest import BootResult
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO_CHECKSUM = "sha256:" + "0" * 64
@@ -189,3 +191,37 @@ def temp_dir_of_its_own():
         else:
             os.environ["TMPDIR"] = saved_env
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# --------------------------------------------------------------------- QEMU test boots
+
+
+def guest_emit_function(prefix: str = RESULT_PREFIX, name: str = "imagebuild_emit") -> str:
+    """A POSIX shell function for test guests' user-data: ``imagebuild_emit '{"k": 1}'`` writes the
+    line ``PREFIX {"k": 1}`` in one write to the results port (when present) and to the serial
+    console (for humans; the host prefers the port's copy)."""
+    return (
+        f"{name}() {{\n"
+        f"  _ib_line=\"{prefix} $*\"\n"
+        f"  if [ -w {RESULTS_DEVICE} ]; then printf '%s\\n' \"$_ib_line\" >> {RESULTS_DEVICE}; fi\n"
+        f"  printf '%s\\n' \"$_ib_line\" >> {SERIAL_DEVICE} 2>/dev/null || true\n"
+        f"}}\n"
+    )
+
+
+def parse_marked_json(text: str, prefix: str = RESULT_PREFIX) -> list:
+    """The marked payloads of *text* parsed as JSON; unparsable ones (e.g. broken by interleaved
+    console output) are skipped."""
+    out = []
+    for payload in parse_marked_lines(text, prefix):
+        try:
+            out.append(json.loads(payload))
+        except ValueError:
+            continue
+    return out
+
+
+def records(result: BootResult, prefix: str = RESULT_PREFIX) -> list:
+    """The JSON records a boot marked with *prefix*: from the results port, or from the console if
+    the port has none (a guest without virtio_console, or a script that wrote only to ttyS0)."""
+    return parse_marked_json(result.results_text(), prefix) or parse_marked_json(result.console_text(), prefix)

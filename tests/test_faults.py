@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from imagebuild import cli
-from tests.support import run_cli, run_main, snapshot, write_spec
+from tests.support import run_cli, run_main, snapshot, temp_dir_of_its_own, write_spec
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs / builds as root")
 
@@ -122,8 +123,10 @@ def _start(*args: str, env: dict | None = None, cwd: Path | None = None) -> subp
                             stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
-def test_sigterm_takes_the_ctrl_c_path(tmp_path):
-    """A command blocked on I/O (its spec is a FIFO nobody writes) gets SIGTERM: exit 130, "interrupted"."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_takes_the_interrupt_path(tmp_path, sig):
+    """A command blocked on I/O (its spec is a FIFO nobody writes) gets SIGTERM or SIGINT: exit 128 + the
+    signal (143, 130), "interrupted (SIG...)"."""
     fifo = tmp_path / "spec.yaml"
     os.mkfifo(fifo)
     out = tmp_path / "out"
@@ -139,15 +142,15 @@ def test_sigterm_takes_the_ctrl_c_path(tmp_path):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "imagebuild never opened its spec"
                 time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
         if writer is not None:
             os.close(writer)
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr.decode()
-    assert stderr.decode().strip().splitlines()[-1] == "imagebuild: interrupted"
+    assert proc.returncode == 128 + sig, stderr.decode()
+    assert stderr.decode().strip().splitlines()[-1] == f"imagebuild: interrupted ({sig.name})"
     assert stdout == b"" and b"Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
@@ -168,14 +171,22 @@ def test_a_second_sigterm_does_not_cut_the_cleanup_short(monkeypatch):
     monkeypatch.setattr(cli, "cmd_schema", long_command)
     started = time.monotonic()
     code, _, err = run_main(["schema"])
-    assert code == 130 and err == "imagebuild: interrupted\n"
+    assert code == 143 and err == "imagebuild: interrupted (SIGTERM)\n"
     assert cleaned == [True] and time.monotonic() - started < 5
 
 
-def test_main_restores_the_sigterm_handler():
-    before = signal.getsignal(signal.SIGTERM)
+def test_main_restores_the_signal_handlers():
+    before = [signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)]
     assert run_main(["schema"])[0] == 0
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert [signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)] == before
+
+
+def test_only_the_cli_installs_signal_handlers():
+    """One signal policy: no module of the package but cli.py calls signal.signal."""
+    package = Path(cli.__file__).parent
+    callers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if "signal.signal(" in p.read_text())
+    assert callers == ["cli.py"]
 
 
 def _processes_mentioning(needle: str) -> list[str]:
@@ -195,33 +206,77 @@ def _mounts_under(path: Path) -> list[str]:
     return [p for p in points if p == real or p.startswith(real + "/")]
 
 
+def _wait_for_text(path: Path, text: str, proc: subprocess.Popen, seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    while text not in (said := path.read_text(errors="replace")):
+        assert proc.poll() is None, said
+        assert time.monotonic() < deadline, f"no {text!r} in {seconds:.0f} s:\n{said}"
+        time.sleep(0.1)
+    return said
+
+
 @needs_root
-@pytest.mark.slow  # a few seconds: mmdebstrap starts and is stopped
-def test_sigterm_during_a_base_image_build_leaves_an_empty_cache(tmp_path):
+@pytest.mark.slow  # a few seconds each: mmdebstrap starts and is stopped
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_during_a_base_image_build_stops_everything_and_leaves_nothing(tmp_path, sig):
+    """`imagebuild --verbose base-image` (a long step: mmdebstrap, with apt and dpkg under it) gets a
+    signal after its heartbeat said it is still running: exit 128 + the signal, no process left, the
+    cache empty and its temporary directory as it found it. --verbose shows the command line."""
     missing = [tool for tool in ("mmdebstrap", "sfdisk", "mkfs.ext4", "grub-mkimage", "qemu-img")
                if shutil.which(tool) is None]
     assert not missing, f"base-image needs {', '.join(missing)} (make deps installs them)"
     cache = tmp_path / "cache"
     cache.mkdir()
-    proc = _start("base-image", env={"IMAGEBUILD_CACHE": str(cache)}, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 60
-        while not _processes_mentioning(str(cache)):  # mmdebstrap is building under the cache
-            assert proc.poll() is None, proc.communicate()[1].decode()
-            assert time.monotonic() < deadline, "the base image build never started"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    err = stderr.decode()
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "imagebuild: interrupted", err
+    err_path = tmp_path / "stderr"
+    with temp_dir_of_its_own() as tmp, open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "imagebuild", "--verbose", "base-image"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=err_file,
+                                env={**os.environ, "IMAGEBUILD_CACHE": str(cache), "IMAGEBUILD_HEARTBEAT": "1"})
+        try:
+            said = _wait_for_text(err_path, "mmdebstrap: still running (", proc, 60)
+            assert _processes_mentioning(str(cache)), "mmdebstrap is building under the cache"
+            proc.send_signal(sig)
+            stdout, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        left_in_tmp = list(tmp.iterdir())
+    err = err_path.read_text()
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1] == f"imagebuild: interrupted ({sig.name})", err
     assert "Traceback" not in err and stdout == b""
+    assert "] + mmdebstrap --mode=root" in said, said            # --verbose: the command line
+    assert re.search(r"\] mmdebstrap: still running \(\d+ s\)", said), said   # the heartbeat
     # Nothing of the build is left: no image, no work tree, no mounts, no mmdebstrap/apt processes.
     # Only base/<recipe hash>/ and its (empty, unlocked) .lock file stay.
     left = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*"))
     assert [p for p in left if p.count("/") > 2 or (p.count("/") == 2 and not p.endswith("/.lock"))] == [], left
     assert _mounts_under(cache) == []
     assert _processes_mentioning(str(cache)) == []
+    assert left_in_tmp == []
+
+
+@needs_root
+@pytest.mark.slow
+def test_quiet_keeps_only_warnings_and_errors(tmp_path):
+    """The same long step with --quiet: no step line, no heartbeat, no command line; the final line stays."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    err_path = tmp_path / "stderr"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "imagebuild", "--quiet", "base-image"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=err_file,
+                                env={**os.environ, "IMAGEBUILD_CACHE": str(cache), "IMAGEBUILD_HEARTBEAT": "1"})
+        try:
+            deadline = time.monotonic() + 60
+            while not _processes_mentioning(str(cache)):
+                assert proc.poll() is None and time.monotonic() < deadline, err_path.read_text()
+                time.sleep(0.1)
+            time.sleep(3)   # three heartbeats' worth of silence
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 143
+    assert err_path.read_text() == "imagebuild: interrupted (SIGTERM)\n"

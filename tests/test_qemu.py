@@ -5,6 +5,7 @@ The e2e boots use the locally built base image (imagebuild.baseimage; built once
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import yaml
 
 from imagebuild import qemu
 from imagebuild.errors import ImagebuildError
+from imagebuild.vm import accel, channel, disks
+from tests.support import guest_emit_function, parse_marked_json, records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +51,7 @@ def test_parse_marked_lines_interleaved_console():
             'junk IMAGEBUILD-RESULT old IMAGEBUILD-RESULT {"last": true}\n')
     assert qemu.parse_marked_lines(text) == ['{"ok": tr[   40.1] random: crng init done',
                                              '{"last": true}']
-    assert qemu.parse_marked_json(text) == [{"last": True}]
+    assert parse_marked_json(text) == [{"last": True}]
 
 
 def test_boot_result_prefers_the_results_port():
@@ -63,13 +66,11 @@ def test_boot_result_prefers_the_results_port():
                    L(2.0, "console", 'IMAGEBUILD-RESULT {"from": "console"}'),
                    L(2.1, "results", 'IMAGEBUILD-RESULT {"from": "port"}'),
                    L(2.2, "results", 'IMAGEBUILD-DONE {"passed": 1, "failed": 0}')])
-    assert both.records() == [{"from": "port"}]
+    assert records(both) == [{"from": "port"}]
     assert both.results == ['{"from": "port"}', '{"passed": 1, "failed": 0}']
-    assert both.time_of(r"Linux version") == 1.0
-    assert both.time_of("DONE", source="console") is None
     assert both.kernel_at == 1.0 and both.done_at == 9.0          # no marker: QEMU's exit
     console_only = result([L(2.0, "console", 'IMAGEBUILD-RESULT {"from": "console"}')])
-    assert console_only.records() == [{"from": "console"}]
+    assert records(console_only) == [{"from": "console"}]
     # QEMU was stopped at the console's DONE before the port's copy landed: the console's
     # complete report wins over the port's truncated one.
     port_behind = result([L(2.0, "results", 'IMAGEBUILD-RESULT {"from": "port"}'),
@@ -84,7 +85,7 @@ def test_boot_result_prefers_the_results_port():
 def test_guest_emit_function_writes_whole_lines(tmp_path):
     port, console = tmp_path / "port", tmp_path / "console"
     port.write_text("")
-    fn = qemu.guest_emit_function().replace(qemu.RESULTS_DEVICE, str(port)) \
+    fn = guest_emit_function().replace(qemu.RESULTS_DEVICE, str(port)) \
                                    .replace(qemu.SERIAL_DEVICE, str(console))
     subprocess.run(["sh", "-c", fn + """imagebuild_emit '{"hello": 1}'; imagebuild_emit x y"""],
                    check=True)
@@ -95,7 +96,7 @@ def test_guest_emit_function_writes_whole_lines(tmp_path):
 def test_tail_reader_handles_partial_lines(tmp_path):
     f = tmp_path / "log"
     f.write_bytes(b"")
-    t = qemu._Tail(f)
+    t = channel.Tail(f)
     with open(f, "ab") as w:
         w.write(b"one\r\ntw")
         w.flush()
@@ -166,7 +167,7 @@ def test_random_macs_are_fresh_unicast_and_local():
 
 
 def test_data_iso_has_its_own_label(tmp_path):
-    if not (qemu.shutil.which("xorriso")):
+    if not shutil.which("xorriso"):
         pytest.skip("xorriso not installed")
     iso = qemu.data_iso(tmp_path / "d.iso", {"test-image.tar": b"x"}, label="imagebuild")
     assert iso.read_bytes()[0x8000 + 40:0x8000 + 72].rstrip() == b"imagebuild"   # not cidata: no NoCloud seed
@@ -184,21 +185,21 @@ def test_accelerator_choices(monkeypatch):
 
 
 def test_probe_kvm_without_a_usable_device_is_false_and_cached(monkeypatch):
-    monkeypatch.setattr(qemu, "_kvm_answer", None)
-    monkeypatch.setattr(qemu, "_kvm_device_usable", lambda: False)
-    monkeypatch.setattr(qemu, "probe_boot", lambda *a, **k: pytest.fail("must not boot"))
+    monkeypatch.setattr(accel, "_kvm_answer", None)
+    monkeypatch.setattr(accel, "_kvm_device_usable", lambda: False)
+    monkeypatch.setattr(accel, "probe_boot", lambda *a, **k: pytest.fail("must not boot"))
     assert qemu.probe_kvm() is False
-    monkeypatch.setattr(qemu, "_kvm_device_usable", lambda: pytest.fail("must be cached"))
+    monkeypatch.setattr(accel, "_kvm_device_usable", lambda: pytest.fail("must be cached"))
     assert qemu.probe_kvm() is False
     monkeypatch.delenv("IMAGEBUILD_ACCEL", raising=False)
     assert qemu.accelerator("auto") == "tcg"
 
 
 def test_probe_kvm_uses_the_boot_probe(monkeypatch, tmp_path):
-    monkeypatch.setattr(qemu, "_kvm_answer", None)
-    monkeypatch.setattr(qemu, "_kvm_device_usable", lambda: True)
+    monkeypatch.setattr(accel, "_kvm_answer", None)
+    monkeypatch.setattr(accel, "_kvm_device_usable", lambda: True)
     seen = []
-    monkeypatch.setattr(qemu, "probe_boot", lambda accel, kernel, timeout: seen.append(accel) or True)
+    monkeypatch.setattr(accel, "probe_boot", lambda accel, kernel, timeout: seen.append(accel) or True)
     assert qemu.probe_kvm(kernel=tmp_path / "vmlinuz") is True
     assert qemu.probe_kvm() is True and seen == ["kvm"]
 
@@ -206,7 +207,7 @@ def test_probe_kvm_uses_the_boot_probe(monkeypatch, tmp_path):
 # -------------------------------------------------------------------- seeds, overlays (fast)
 
 def test_seed_iso(tmp_path):
-    if not (qemu.shutil.which("xorriso")):
+    if not shutil.which("xorriso"):
         pytest.skip("xorriso not installed")
     iso = qemu.seed_iso(tmp_path / "seed.iso", b"#cloud-config\n{}\n", b"instance-id: x\n",
                         {"files/payload.tar.gz": b"\x1f\x8b payload", "top.txt": b"top"})
@@ -269,7 +270,7 @@ def base_image():
 @pytest.mark.e2e
 def test_kvm_probe_answers_quickly_and_the_probe_sees_tcg(base_image, monkeypatch):
     from imagebuild import baseimage
-    monkeypatch.setattr(qemu, "_kvm_answer", None)
+    monkeypatch.setattr(accel, "_kvm_answer", None)
     t0 = time.monotonic()
     answer = qemu.probe_kvm(timeout=10)
     took = time.monotonic() - t0
@@ -285,7 +286,7 @@ def test_kvm_probe_answers_quickly_and_the_probe_sees_tcg(base_image, monkeypatc
 
 @pytest.mark.e2e
 def test_boot_reports_results_and_timings(base_image, tmp_path):
-    script = qemu.guest_emit_function() + """imagebuild_emit '{"hello": 1}'"""
+    script = guest_emit_function() + """imagebuild_emit '{"hello": 1}'"""
     user_data = "#cloud-config\n" + yaml.safe_dump({
         "runcmd": [["sh", "-c", script]],
         "power_state": {"mode": "poweroff", "delay": "now"},   # after cloud-init final
@@ -293,15 +294,15 @@ def test_boot_reports_results_and_timings(base_image, tmp_path):
     seed = qemu.seed_iso(tmp_path / "seed.iso", user_data.encode(),
                          b"instance-id: hello-1\nlocal-hostname: hello\n")
     disk = qemu.overlay(base_image, tmp_path)
-    before = qemu._qemu_img_info(base_image)
+    before = disks.image_info(base_image)
     name = f"imagebuild-hello-{os.getpid()}"
     result = qemu.boot(disk, seed, serial_log=tmp_path / "serial.log", timeout=420,
                        done_marker="IMAGEBUILD-RESULT", accel="auto", exit_grace=90, name=name,
                        markers={"network up": r"Reached target .*[Nn]etwork is Online"})
     print(json.dumps({k: v for k, v in result.markers.items()}, indent=1))
     print(f"done {result.done_s} s, QEMU exited {result.exited_s} s, accel {result.accel}")
-    assert result.records() == [{"hello": 1}]
-    assert qemu.parse_marked_json(result.results_text()) == [{"hello": 1}], \
+    assert records(result) == [{"hello": 1}]
+    assert parse_marked_json(result.results_text()) == [{"hello": 1}], \
         "the marker must arrive on the results port"
     assert result.done_line.endswith('IMAGEBUILD-RESULT {"hello": 1}')
     assert 0 < result.kernel_s < result.done_s
@@ -310,7 +311,7 @@ def test_boot_reports_results_and_timings(base_image, tmp_path):
     assert result.powered_off and result.exited_s >= result.cloud_init_final_s
     assert result.started_at > 0 and result.accel in ("kvm", "tcg")
     assert (tmp_path / "serial.log").read_text(errors="replace").count("Linux version") == 1
-    assert qemu._qemu_img_info(base_image) == before
+    assert disks.image_info(base_image) == before
     assert not _qemu_pids(name)
 
 
@@ -397,8 +398,21 @@ def test_wait_for_sees_a_prompt_that_ends_in_no_newline(tmp_path):
     g.serial_log.write_bytes(b"Debian GNU/Linux 12 debian ttyS0\n\ndebian login: ")
     g.results_log.write_bytes(b"")
     g._t0 = time.monotonic()
-    g._readers = {"console": qemu._Tail(g.serial_log), "results": qemu._Tail(g.results_log)}
+    g._readers = {"console": channel.Tail(g.serial_log), "results": channel.Tail(g.results_log)}
     line = g.wait_for(re.compile(qemu.DEFAULT_MARKERS["login prompt"]), timeout=5)
     assert line is not None and line.text == "debian login: " and line.source == "console"
     with pytest.raises(ImagebuildError, match="timed out"):   # and a prompt that is not there is not found
         g.wait_for(re.compile(r"\bpassword: "), timeout=0.5)
+
+
+def test_convert_shows_a_bar_to_100_percent_and_reports_failures(tmp_path, capsys):
+    src = tmp_path / "src.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(src), "64M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 8M", str(src)], check=True, capture_output=True)
+    disks.convert(src, tmp_path / "out.raw", source_format="qcow2", dest_format="raw", what="to raw")
+    assert (tmp_path / "out.raw").stat().st_size == 64 * 2**20
+    assert (tmp_path / "out.raw").read_bytes()[:8 * 2**20] == b"\x5a" * 8 * 2**20
+    bar_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  to raw")]
+    assert bar_lines[-1] == "  to raw 100%", bar_lines
+    with pytest.raises(ImagebuildError, match=r"qemu-img convert of .*missing.qcow2 failed \(exit 1\): .*"):
+        disks.convert(tmp_path / "missing.qcow2", tmp_path / "x.raw", source_format="qcow2", dest_format="raw")

@@ -10,18 +10,15 @@ lists and cache below `cache_dir()`), so the system's apt sources and state are 
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import gzip
 import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -32,6 +29,8 @@ from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
 from imagebuild.progress import step
+from imagebuild.run import locked as _locked
+from imagebuild.run import run as _run
 from imagebuild.testimage import tar_info
 
 #: containerd family -> Debian suite carrying it (runc is taken from the same suite).
@@ -81,32 +80,9 @@ def system_debian_source() -> Source:
 # --------------------------------------------------------------------------- helpers
 
 
-def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    except FileNotFoundError as exc:
-        raise ImagebuildError(f"{what}: {cmd[0]} not found ({exc})") from None
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
-        raise ImagebuildError(f"{what} failed (exit {proc.returncode}):\n{tail}")
-    return proc
-
-
 @functools.cache
 def _deb_arch() -> str:
     return _run(["dpkg", "--print-architecture"], what="dpkg --print-architecture").stdout.strip()
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive flock on *path*: concurrent fetches of the same thing wait instead of racing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _apt_options(suite: str) -> list[str]:

@@ -1,0 +1,123 @@
+"""Disks and seeds: qemu-img (info, copy-on-write overlays, conversion with a progress bar) and
+ISO 9660 images (NoCloud seeds, data disks)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from imagebuild.errors import ImagebuildError
+from imagebuild.progress import bar, heartbeat
+from imagebuild.run import PIPE, describe_status, run, spawned
+
+
+def seed_iso(out: str | os.PathLike, user_data: bytes, meta_data: bytes,
+             extra_files: Mapping[str, bytes] | None = None, *,
+             network_config: bytes | None = None) -> Path:
+    """Write a NoCloud seed ISO (volume label ``cidata``) to *out* and return its path.
+
+    *extra_files* maps relative paths (``"files/containerd.tar.gz"``) to contents; they
+    land on the ISO beside ``user-data`` and ``meta-data`` (the guest finds the ISO as the
+    block device labelled ``cidata``, e.g. ``mount -r LABEL=cidata /mnt``).
+    """
+    files: dict[str, bytes] = {"user-data": user_data, "meta-data": meta_data}
+    if network_config is not None:
+        files["network-config"] = network_config
+    for name, data in (extra_files or {}).items():
+        if name in files:
+            raise ImagebuildError(f"seed ISO file {name!r} is given twice")
+        files[name] = data
+    return data_iso(out, files, label="cidata")
+
+
+def data_iso(out: str | os.PathLike, files: Mapping[str, bytes], *, label: str) -> Path:
+    """Write an ISO 9660 image (Joliet, Rock Ridge) labelled *label* holding *files*
+    (relative path -> contents) to *out*, atomically, and return its path."""
+    out = Path(out)
+    for name in files:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise ImagebuildError(f"seed ISO file name must be a relative path: {name!r}")
+    tool = shutil.which("xorriso") or shutil.which("genisoimage")
+    if tool is None:
+        raise ImagebuildError("writing a NoCloud seed ISO needs xorriso (or genisoimage)")
+    scratch = Path(tempfile.mkdtemp(prefix="imagebuild-seed-"))
+    tmp_out = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        root = scratch / "root"
+        root.mkdir()
+        for name, data in files.items():
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = ([tool, "-as", "mkisofs"] if tool.endswith("xorriso") else [tool])
+        cmd += ["-quiet", "-output", str(tmp_out), "-volid", label, "-joliet", "-rock", str(root)]
+        run(cmd, what="writing the seed ISO")
+        os.replace(tmp_out, out)
+        return out
+    finally:
+        tmp_out.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def image_info(image: str | os.PathLike) -> dict[str, Any]:
+    """``qemu-img info --output=json`` of *image*."""
+    proc = run(["qemu-img", "info", "--output=json", os.fspath(image)], what=f"qemu-img info {image}")
+    return json.loads(proc.stdout)
+
+
+def virtual_size(image: str | os.PathLike) -> int:
+    """The virtual disk size of *image* in bytes."""
+    return int(image_info(image)["virtual-size"])
+
+
+def overlay(image: str | os.PathLike, dir: str | os.PathLike, *,
+            size: str | int | None = None) -> Path:
+    """A throwaway copy-on-write qcow2 in *dir* on top of *image* (never modified).
+
+    *size* (bytes, or qemu-img syntax like ``"8G"``) makes the overlay's virtual disk
+    larger than the image's, for cloud-init's growpart to use.
+    """
+    image = Path(image).resolve()
+    if not image.is_file():
+        raise ImagebuildError(f"disk image not found: {image}")
+    info = image_info(image)
+    dest = Path(dir) / f"{image.stem}-overlay-{uuid.uuid4().hex[:8]}.qcow2"
+    cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", info["format"], "-b", str(image), str(dest)]
+    if size is not None:
+        cmd.append(str(size))
+    run(cmd, what=f"qemu-img create (overlay of {image})")
+    return dest
+
+
+_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def convert(source: str | os.PathLike, dest: str | os.PathLike, *, source_format: str, dest_format: str,
+            options: tuple[str, ...] = (), what: str | None = None) -> None:
+    """``qemu-img convert`` *source* to *dest* with a progress bar (``-p``) and a heartbeat.
+    *options*: more qemu-img options (``-c`` compresses, ``-W`` writes out of order...)."""
+    what = what or f"converting {Path(source).name} to {dest_format}"
+    cmd = ["qemu-img", "convert", "-p", *options, "-f", source_format, "-O", dest_format,
+           os.fspath(source), os.fspath(dest)]
+    with tempfile.TemporaryFile() as err, heartbeat(what), bar(100, what, unit="%") as progress, \
+            spawned(cmd, stdout=PIPE, stderr=err) as proc:
+        pending = b""
+        for chunk in iter(lambda: os.read(proc.stdout.fileno(), 4096), b""):   # type: ignore[union-attr]
+            *complete, pending = (pending + chunk).split(b"\r")
+            for percent in _PERCENT.findall(b"".join(complete)):
+                progress.update(float(percent))
+        for percent in _PERCENT.findall(pending):
+            progress.update(float(percent))
+        code = proc.wait()
+        err.seek(0)
+        said = err.read().decode("utf-8", "replace").strip()
+    if code != 0:
+        raise ImagebuildError(f"qemu-img convert of {source} failed ({describe_status(code)}): {said}")
