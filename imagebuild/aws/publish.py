@@ -12,7 +12,6 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,15 +34,15 @@ from imagebuild.aws.record import PublishRecord
 from imagebuild.aws.upload import (
     DEFAULT_WORKERS,
     ProgressCallback,
-    StderrProgressBar,
     UploadFailed,
-    qcow2_to_raw,
+    upload_bar,
     upload_raw,
     volume_size_gib,
 )
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import step
+from imagebuild.vm.disks import convert
 
 ROOT_DEVICE = "/dev/xvda"
 TAG_PREFIX = "imagebuild:"
@@ -197,8 +196,8 @@ def publish(
 ) -> dict[str, Any]:
     """Publish the verified image in *image_dir* to *target*; returns the publish record.
 
-    *progress* receives UploadProgress updates during the upload (default: a bar on stderr, and one
-    for the conversion to raw before it).
+    *progress* receives UploadProgress updates during the upload (default: a bar on stderr; the
+    conversion to raw before it always shows its own).
     *clients* is a `(service, region) -> boto3 client` factory (default: boto3's default
     session). Raises ImagebuildError when the image is not publishable or a step fails; the
     record in `publish.json` then says what exists.
@@ -219,8 +218,7 @@ def publish(
     root_volume_gib(manifest, target)
     job = _Publish(
         image_dir, qcow2, manifest, target, record, clients,
-        progress=progress if progress is not None else StderrProgressBar(),
-        convert_progress=StderrProgressBar(label="convert").percent if progress is None else None,
+        progress=progress if progress is not None else upload_bar(),
         workers=workers, wait_timeout=wait_timeout, poll_interval=poll_interval,
     )
     try:
@@ -253,7 +251,6 @@ class _Publish:
         clients: ClientFactory,
         *,
         progress: ProgressCallback,
-        convert_progress: Callable[[float], None] | None = None,
         workers: int,
         wait_timeout: float,
         poll_interval: float,
@@ -265,7 +262,6 @@ class _Publish:
         self.record = record
         self.clients = clients
         self.progress = progress
-        self.convert_progress = convert_progress
         self.workers = workers
         self.wait_timeout = wait_timeout
         self.poll_interval = poll_interval
@@ -399,7 +395,7 @@ class _Publish:
         try:
             raw = workdir / "disk.raw"
             step(f"converting {self.qcow2.name} to raw")
-            qcow2_to_raw(self.qcow2, raw, self.convert_progress)
+            convert(self.qcow2, raw, source_format="qcow2", dest_format="raw")
             size = raw.stat().st_size
             if size != self.manifest.virtual_size:
                 raise ImagebuildError(

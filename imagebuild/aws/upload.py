@@ -13,10 +13,6 @@ import base64
 import errno
 import hashlib
 import os
-import re
-import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +23,7 @@ from typing import Any
 
 from imagebuild.aws.clients import error_code
 from imagebuild.errors import ImagebuildError
+from imagebuild.progress import bar
 
 BLOCK_SIZE = 512 * 1024  # EBS direct API block size; fixed by AWS
 GIB = 1024**3
@@ -39,36 +36,6 @@ NOT_FOUND_GRACE_S = 60.0
 
 
 # --------------------------------------------------------------------------- raw image
-
-
-def qcow2_to_raw(qcow2: Path, raw: Path, progress: Callable[[float], None] | None = None) -> None:
-    """`qemu-img convert -f qcow2 -O raw`; the output is sparse where the image is unallocated.
-
-    *progress* gets the percentage done as qemu-img reports it (`-p`), ending with 100.
-    """
-    qemu_img = shutil.which("qemu-img")
-    if qemu_img is None:
-        raise ImagebuildError("qemu-img not found; install qemu-utils to publish images")
-    cmd = [qemu_img, "convert", "-p" if progress else "-q", "-f", "qcow2", "-O", "raw", str(qcow2), str(raw)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    other, pending = [], b""
-    while chunk := os.read(proc.stdout.fileno(), 4096):
-        *lines, pending = re.split(rb"[\r\n]", pending + chunk)
-        for line in lines:
-            m = _CONVERT_PERCENT.search(line)
-            if m and progress is not None:
-                progress(float(m.group(1)))
-            elif line.strip():
-                other.append(line.decode(errors="replace").strip())
-    if pending.strip():
-        other.append(pending.decode(errors="replace").strip())
-    if proc.wait() != 0:
-        detail = "\n".join(other) or f"exit status {proc.returncode}"
-        raise ImagebuildError(f"qemu-img could not convert {qcow2.name} to raw: {detail}")
-
-
-_CONVERT_PERCENT = re.compile(rb"^\s*\((\d+(?:\.\d+)?)/100%\)\s*$")
 
 
 def volume_size_gib(size: int) -> int:
@@ -167,52 +134,23 @@ class UploadProgress:
 ProgressCallback = Callable[[UploadProgress], None]
 
 
-class StderrProgressBar:
-    """A one-line bar on a terminal (redrawn at most 5 times a second), else a line per 10%.
+def upload_bar(stream: Any = None, width: int = 30) -> ProgressCallback:
+    """The upload's progress on imagebuild's one bar (:func:`imagebuild.progress.bar`): blocks done
+    of the total, MiB sent and the rate; redrawn on a terminal, a line per 10% in a CI log."""
+    latest: list[UploadProgress] = []
 
-    Called with UploadProgress (the upload); `percent` takes qemu-img's percentages (the convert).
-    """
+    def describe(done: float, total: float) -> str:
+        p = latest[-1]
+        return (f"{p.blocks_done}/{p.blocks_total} blocks, {p.bytes_written / 1048576:.1f} MiB sent, "
+                f"{p.mib_per_s:.1f} MiB/s")
 
-    def __init__(self, stream: Any = None, width: int = 30, label: str = "upload") -> None:
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.label = label
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._last_draw = 0.0
-        self._last_decile = -1
+    shown = bar(0, "upload", stream=stream, width=width, describe=describe)
 
-    def __call__(self, p: UploadProgress) -> None:
-        _report_progress(self, p.blocks_done, p.blocks_total,
-                         f"{p.blocks_done}/{p.blocks_total} blocks, {p.bytes_written / 1048576:.1f} MiB sent, "
-                         f"{p.mib_per_s:.1f} MiB/s")
+    def update(p: UploadProgress) -> None:
+        latest[:] = [p]
+        shown.update(p.blocks_done, total=p.blocks_total)
 
-    def percent(self, value: float) -> None:
-        _report_progress(self, round(value * 100), 10000, f"{value:.0f}%")
-
-
-def _report_progress(bar: StderrProgressBar, done: int, total: int, detail: str) -> None:
-    """Draw *bar* at *done* of *total*: the one place upload and convert progress is shown.
-
-    A local bar until imagebuild's logging module has its own (this function is then rewired to it).
-    """
-    finished = done >= total
-    fraction = done / total if total else 1.0
-    text = f"{bar.label} {detail}"
-    if bar.tty:
-        now = time.monotonic()
-        if not finished and now - bar._last_draw < 0.2:
-            return
-        bar._last_draw = now
-        filled = int(fraction * bar.width)
-        drawn = "#" * filled + "-" * (bar.width - filled)
-        bar.stream.write(f"\r[{drawn}] {text}" + ("\n" if finished else ""))
-    else:
-        decile = int(fraction * 10)
-        if decile == bar._last_decile and not (finished and decile != 10):
-            return
-        bar._last_decile = decile
-        bar.stream.write(f"  {text}\n")
-    bar.stream.flush()
+    return update
 
 
 # --------------------------------------------------------------------------- upload

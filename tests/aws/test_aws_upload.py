@@ -5,22 +5,17 @@ import base64
 import hashlib
 import io
 import os
-import subprocess
-
-import pytest
 
 from imagebuild.aws import upload
 from imagebuild.aws.upload import (
     BLOCK_SIZE,
-    StderrProgressBar,
     UploadProgress,
     candidate_blocks,
     linear_checksum,
-    qcow2_to_raw,
     read_block,
+    upload_bar,
     volume_size_gib,
 )
-from imagebuild.errors import ImagebuildError
 
 
 def sparse_file(path, size, writes):
@@ -87,56 +82,31 @@ def test_volume_size_rounds_up_to_gib():
     assert volume_size_gib(2 * 1024**3 + 1) == 3
 
 
-def test_progress_bar_lines_when_not_a_terminal():
+def _sent(done, total=40):
+    return UploadProgress(blocks_done=done, blocks_total=total, blocks_written=done, bytes_written=done * BLOCK_SIZE,
+                          elapsed=1 + done / 10)
+
+
+def test_upload_bar_lines_when_not_a_terminal():
     out = io.StringIO()
-    bar = StderrProgressBar(out)
+    update = upload_bar(out)
     for done in range(0, 41):
-        bar(UploadProgress(blocks_done=done, blocks_total=40, blocks_written=done, bytes_written=done * BLOCK_SIZE,
-                           elapsed=1 + done / 10))
+        update(_sent(done))
     lines = out.getvalue().splitlines()
     assert 5 <= len(lines) <= 12
     assert lines[-1].startswith("  upload 40/40 blocks, 20.0 MiB sent") and lines[-1].endswith("MiB/s")
 
 
-def test_progress_bar_draws_a_terminal_line():
+def test_upload_bar_draws_a_terminal_line():
     class Tty(io.StringIO):
         def isatty(self):
             return True
 
     out = Tty()
-    bar = StderrProgressBar(out, width=10)
-    bar(UploadProgress(blocks_done=0, blocks_total=4, blocks_written=0, bytes_written=0, elapsed=0.0))
-    bar(UploadProgress(blocks_done=4, blocks_total=4, blocks_written=4, bytes_written=4 * BLOCK_SIZE, elapsed=1.0))
+    update = upload_bar(out, width=10)
+    update(UploadProgress(blocks_done=0, blocks_total=4, blocks_written=0, bytes_written=0, elapsed=0.0))
+    update(UploadProgress(blocks_done=4, blocks_total=4, blocks_written=4, bytes_written=4 * BLOCK_SIZE, elapsed=1.0))
     assert out.getvalue() == ("\r[----------] upload 0/4 blocks, 0.0 MiB sent, 0.0 MiB/s"
                               "\r[##########] upload 4/4 blocks, 2.0 MiB sent, 2.0 MiB/s\n")
 
 
-def _qcow2(tmp_path, data=b""):
-    path = tmp_path / "disk.qcow2"
-    raw = tmp_path / "seed.raw"
-    raw.write_bytes(data)
-    os.truncate(raw, 96 * 1024 * 1024)
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(path)], check=True)
-    return path
-
-
-def test_convert_reports_qemu_img_percentages(tmp_path):
-    """The conversion's bar: qemu-img's own `-p` percentages, ending at 100, and a bit-identical raw disk."""
-    qcow2 = _qcow2(tmp_path, data=os.urandom(3 * 1024 * 1024))
-    seen = []
-    qcow2_to_raw(qcow2, tmp_path / "out.raw", seen.append)
-    assert seen and seen[-1] == 100.0 and seen == sorted(seen)
-    assert (tmp_path / "out.raw").read_bytes() == (tmp_path / "seed.raw").read_bytes()
-    out = io.StringIO()
-    qcow2_to_raw(qcow2, tmp_path / "again.raw", StderrProgressBar(out, label="convert").percent)
-    assert out.getvalue().splitlines()[-1] == "  convert 100%"
-    qcow2_to_raw(qcow2, tmp_path / "quiet.raw")   # no callback: no -p, same bytes
-    assert (tmp_path / "quiet.raw").read_bytes() == (tmp_path / "seed.raw").read_bytes()
-
-
-def test_convert_failure_names_qemu_imgs_reason(tmp_path):
-    seen = []
-    (tmp_path / "broken.qcow2").write_bytes(b"QFI\xfb" + bytes(100))
-    with pytest.raises(ImagebuildError, match="qemu-img could not convert broken.qcow2 to raw: .*broken.qcow2"):
-        qcow2_to_raw(tmp_path / "broken.qcow2", tmp_path / "out.raw", seen.append)
-    assert seen == [] or seen[-1] < 100
