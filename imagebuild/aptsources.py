@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from imagebuild.errors import ImagebuildError
+from imagebuild.run import run
 
 #: The `Enabled:` values apt reads as false (apt-pkg's StringToBool), compared in lower case.
 _FALSE = frozenset({"no", "false", "without", "off", "disable", "0"})
@@ -95,10 +97,9 @@ def source_files(root: str | os.PathLike | None = None) -> list[Path]:
     listed: Path | None = None
     parts: Path | None = None
     if root is None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(["apt-config", "shell", "SL", "Dir::Etc::SourceList/f",
-                                  "SP", "Dir::Etc::SourceParts/d"],
-                                 capture_output=True, text=True, timeout=30).stdout
+        with contextlib.suppress(OSError, ImagebuildError):
+            out = run(["apt-config", "shell", "SL", "Dir::Etc::SourceList/f", "SP", "Dir::Etc::SourceParts/d"],
+                      check=False, timeout=30).stdout
             conf = dict(re.findall(r"^(\w+)='(.*)'$", out, flags=re.M))
             listed = Path(conf["SL"]) if conf.get("SL") else None
             parts = Path(conf["SP"]) if conf.get("SP") else None

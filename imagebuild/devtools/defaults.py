@@ -6,11 +6,10 @@ files are generated from the real binaries (Debian's), never edited.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 from imagebuild.devtools.debian_artifacts import FAMILIES, binary, fetched_versions, version
-from imagebuild.errors import ImagebuildError
+from imagebuild.run import run
 
 
 def defaults_dir() -> Path:
@@ -43,11 +42,8 @@ def regenerate_defaults() -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     written, rows = [], []
     for family, suite in FAMILIES.items():
-        proc = subprocess.run([str(binary(family)), "config", "default"], capture_output=True,
-                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-        if proc.returncode != 0:
-            raise ImagebuildError(f"containerd {family} config default failed: "
-                                  f"{proc.stderr.decode(errors='replace').strip()}")
+        proc = run([str(binary(family)), "config", "default"], what=f"containerd {family} config default",
+                   text=False, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         path = target / f"config-{family}.toml"
         path.write_bytes(proc.stdout)
         written.append(path)

@@ -6,25 +6,23 @@ redoes, after an edit of the source) that those bytes are what the source assemb
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from imagebuild import testimage
 from imagebuild.errors import ImagebuildError
+from imagebuild.run import run
 
 #: Debian architecture -> the binutils commands (assembler, objcopy) that target it.
 TOOLS = {"amd64": (["as", "--64"], ["objcopy"])}
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError as exc:
-        raise ImagebuildError(f"{cmd[0]} not found ({exc}): install binutils") from None
-    if proc.returncode != 0:
-        raise ImagebuildError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
-    return proc
+    if shutil.which(cmd[0]) is None:
+        raise ImagebuildError(f"{cmd[0]} not found: install binutils")
+    return run(cmd, what=" ".join(cmd))
 
 
 def assemble(arch: str = "amd64", source: Path | None = None) -> bytes:
