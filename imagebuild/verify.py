@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import imds, qemu, render
+from . import cri_lab, imds, qemu, render
 from .digest import sha256_file
 from .errors import ImagebuildError
 from .progress import step
@@ -86,22 +86,47 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
         boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "")
         user_data = _seed_files(spec, install=install, boot=boot)
         serial_log = log_dir / f"{label}.serial.log"
-        step(f"verify {label}: booting {disk.name} as {platform} (timeout {spec.verify.timeout}s)")
-        if platform == "nocloud":
-            overlay = qemu.overlay(disk, work)
-            seed = qemu.seed_iso(work / "seed.iso", user_data,
-                                 f"instance-id: {boot['instance_id']}\nlocal-hostname: {boot['hostname']}\n".encode(),
-                                 {TEST_IMAGE: test_image.read_bytes()})
-            result = qemu.boot(overlay, seed, serial_log=serial_log, timeout=spec.verify.timeout,
-                               accel=spec.image.accelerator, done_marker=qemu.DONE_PREFIX, mac=boot["mac"])
-            return _report(result, serial_log) | {"platform": platform}
-        return _boot_ec2(disk, spec, boot, user_data, test_image, work, serial_log)
+        with _cri_lab(spec, work, platform, test_image) as lab:
+            disk_files = {TEST_IMAGE: test_image.read_bytes(),
+                          **lab.seed_files(PACKAGE_DIR / "guest")}
+            step(f"verify {label}: booting {disk.name} as {platform} (timeout {spec.verify.timeout}s)")
+            if platform == "nocloud":
+                overlay = qemu.overlay(disk, work)
+                seed = qemu.seed_iso(work / "seed.iso", user_data,
+                                     f"instance-id: {boot['instance_id']}\nlocal-hostname: {boot['hostname']}\n".encode(),
+                                     disk_files)
+                result = qemu.boot(overlay, seed, serial_log=serial_log, timeout=spec.verify.timeout,
+                                   accel=spec.image.accelerator, done_marker=qemu.DONE_PREFIX, mac=boot["mac"],
+                                   netdev_options=lab.netdev_options())
+                report = _report(result, serial_log) | {"platform": platform}
+            else:
+                report = _boot_ec2(disk, spec, boot, user_data, disk_files, work, serial_log, lab.netdev_options())
+            return _add_checks(report, lab.host_checks()) if report.get("summary") else report
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, test_image: Path, work: Path,
-              serial_log: Path) -> dict:
+def _cri_lab(spec: Spec, work: Path, platform: str, test_image: Path) -> cri_lab.Lab:
+    """The registry lab of this boot (imagebuild/cri_lab.py): the test image under each mirrored
+    name, and a sandbox image (the test image's busybox, sleeping) under the spec's sandbox image name."""
+    from .debian_artifacts import test_oci_image
+
+    sandbox = work / "sandbox-image.tar"
+    test_oci_image(sandbox, cmd=("/bin/sleep", "3600"))
+    return cri_lab.Lab(spec, work / "lab", platform, {"test": test_image, "sandbox": sandbox})
+
+
+def _add_checks(report: dict, checks: list[dict]) -> dict:
+    """*report* with host-side *checks* appended (a failed one fails the report)."""
+    report["checks"] = report["checks"] + checks
+    failed = [c["check"] for c in checks if not c["ok"]]
+    report["failed"] = report["failed"] + failed
+    report["passed"] = report["passed"] and not failed
+    return report
+
+
+def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, disk_files: dict[str, bytes], work: Path,
+              serial_log: Path, netdev_options: str) -> dict:
     """The boot as EC2 presents it: SMBIOS identity, IMDSv2 (the user-data gzipped, as EC2 hands it
     over), a new NIC in another slot, a disk larger than the image; no NoCloud seed."""
     packed = gzip.compress(user_data, compresslevel=9, mtime=0)
@@ -110,11 +135,11 @@ def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, test_image: 
     instance = imds.Instance(instance_id=boot["instance_id"], mac=boot["mac"], local_ipv4=qemu.EC2_GUEST_IP,
                              public_key=boot["public_key"], user_data=packed)
     overlay = qemu.overlay(disk, work, size=qemu.virtual_size(disk) + EC2_EXTRA_DISK)
-    data = qemu.data_iso(work / "data.iso", {TEST_IMAGE: test_image.read_bytes()}, label=DATA_LABEL)
+    data = qemu.data_iso(work / "data.iso", disk_files, label=DATA_LABEL)
     with imds.ImdsServer(instance) as server:
         guest = qemu.Guest(overlay, data, serial_log=serial_log, accel=spec.image.accelerator,
                            mac=boot["mac"], nic_slot=qemu.EC2_NIC_SLOT,
-                           netdev_options=qemu.ec2_netdev(imds.relay_command(server.port)),
+                           netdev_options=qemu.ec2_netdev(imds.relay_command(server.port)) + "," + netdev_options,
                            extra_args=qemu.ec2_smbios(boot["instance_id"]))
         with qemu.sigterm_as_exit(), guest:
             guest.start()

@@ -251,6 +251,20 @@ def _cgroup(pid: str) -> str:
     return unified[0] if unified else lines[0].split(":", 2)[2] if lines else ""
 
 
+def cri_checks(rep: Reporter, lab: dict | None) -> None:
+    """What kubelet sees, asked through CRI: cri_checks.py (with cri.py, a stdlib CRI v1 client), which
+    the verify boot stages beside this file from its seed disk (they are not installed on machines)."""
+    try:
+        from imagebuild.guest import cri_checks as more  # on the host (tests)
+    except ImportError:
+        try:
+            import cri_checks as more  # type: ignore[no-redef]  # in the guest
+        except ImportError as exc:
+            rep.check("cri.checks", "cri_checks.py and cri.py beside check.py", f"<{exc}>", False)
+            return
+    more.run_all(rep, lab)
+
+
 def build_facts() -> dict:
     facts_path = STATE_DIR / "build-facts.json"
     return json.loads(facts_path.read_text()) if facts_path.exists() else {}
@@ -303,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-image", help="OCI image tarball for the container checks (boot phase)")
     parser.add_argument("--instance-id", help="the instance-id this boot's seed carries")
     parser.add_argument("--results", help="also write result lines here (e.g. a virtio-serial port)")
+    parser.add_argument("--cri-lab", help="the verify boot's registry lab (cri-lab.json) for the CRI checks")
     parser.add_argument("--boot", help="JSON facts of this verify boot: platform, instance_id, hostname, mac, "
                                        "public_key (boot phase)")
     args = parser.parse_args(argv)
@@ -320,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     system_checks(rep, exp)
     if args.phase == "boot":
         container_checks(rep, args.test_image)
+        cri_checks(rep, json.loads(Path(args.cri_lab).read_text()) if args.cri_lab else None)
         hygiene_checks(rep, exp, args.instance_id or boot.get("instance_id"))
         if boot:
             boot_checks(rep, boot)
