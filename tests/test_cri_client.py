@@ -349,3 +349,27 @@ def test_a_server_that_is_not_grpc_is_named(tmp_path):
         assert error.value.code == 14
     finally:
         server.close()
+
+
+@pytest.mark.slow
+def test_unimplemented_is_final_after_its_grace_not_after_the_whole_timeout(lab):
+    """A daemon without CRI answers UNIMPLEMENTED at once and for good: wait_ready gives up after the
+    grace, long before its timeout (a healthy daemon answers Status at its first try, see above)."""
+    import tomlkit
+
+    from tests.test_cri import BREAKERS
+
+    work = cri.scratch("ib-cu-")
+    spec = spec_module.from_document({"containerd": {"version": FAMILY_VERSIONS["1.7"]}, "config": {
+        "root": str(work / "root"), "state": str(work / "state"), "systemd_cgroup": False,
+        "registry": {"config_path": str(work / "certs.d")}}})
+    doc = tomlkit.parse(cri.host_only(config_toml.render(spec), spec.containerd.config_version, work))
+    BREAKERS["stargz-without-plugin"](doc, spec.containerd.config_version)
+    daemon = cri.Containerd("1.7", tomlkit.dumps(doc), work)
+    try:
+        start = time.monotonic()
+        with pytest.raises(client.CRIError, match="UNIMPLEMENTED"):
+            client.wait_ready(str(daemon.sock), timeout=60, unimplemented_final_after=2)
+        assert 2 <= time.monotonic() - start < 6
+    finally:
+        daemon.close()

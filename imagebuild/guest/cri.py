@@ -643,20 +643,31 @@ def conditions(status: dict) -> dict[str, bool]:
     return {c["type"]: c["status"] for c in (status["status"] or {"conditions": []})["conditions"]}
 
 
-def wait_ready(socket_path: str = DEFAULT_SOCKET, timeout: float = 60) -> dict:
-    """The first Status whose RuntimeReady is true; CRIError with the last failure at *timeout*."""
-    deadline = time.monotonic() + timeout
+def wait_ready(socket_path: str = DEFAULT_SOCKET, timeout: float = 60, unimplemented_final_after: float = 5) -> dict:
+    """The first verbose Status whose RuntimeReady is true; CRIError with the last failure at *timeout*.
+    An UNIMPLEMENTED answer (no CRI service: containerd registers every plugin's service before it
+    serves its socket) is final once it has lasted *unimplemented_final_after* seconds."""
+    start = time.monotonic()
+    deadline = start + timeout
+    unimplemented_since = None
     while True:
         left = deadline - time.monotonic()
         try:
             status = call("Status", {"verbose": True}, socket_path=socket_path, timeout=max(1.0, min(10.0, left)))
             if conditions(status).get("RuntimeReady"):
                 return status
-            last: CRIError = CRIError("/runtime.v1.RuntimeService/Status", None,
-                                      f"RuntimeReady is not true: {conditions(status)}")
+            last = CRIError("/runtime.v1.RuntimeService/Status", None,
+                            f"RuntimeReady is not true: {conditions(status)}")
         except CRIError as exc:
             last = exc
-        if time.monotonic() + 0.5 > deadline:
+        now = time.monotonic()
+        if last.code == 12:
+            unimplemented_since = unimplemented_since or now
+            if now - unimplemented_since >= unimplemented_final_after:
+                raise last
+        else:
+            unimplemented_since = None
+        if now + 0.5 > deadline:
             raise last
         time.sleep(0.5)
 
