@@ -212,10 +212,12 @@ def _report(result, serial_log: Path) -> dict:
                               + qemu.tail(serial_log))
     kernel_at = result.kernel_at
     active = done.get("containerd_active_at_s") or None
+    cri_ready = done.get("cri_ready_at_s")
     timings = {
         "kernel_s": round(kernel_at, 1) if kernel_at is not None else None,
         "containerd_active_s": round(kernel_at + active, 1) if kernel_at is not None and active else None,
         "check_done_s": round(result.done_at, 1),
+        "cri_ready_s": round(kernel_at + cri_ready, 1) if kernel_at is not None and cri_ready else None,
     }
     failed = [c["check"] for c in checks if not c["ok"]]
     return {"passed": not failed and done["failed"] == 0 and bool(checks), "failed": failed,
@@ -300,5 +302,6 @@ def print_report(report: dict, *, as_json: bool = False, stream=sys.stdout) -> N
     if report.get("reason"):
         verdict += f" ({report['reason']})"
     stream.write(f"\n{verdict} ({len(rows)} checks). QEMU start -> kernel {t['kernel_s']}s, "
-                 f"containerd active {t['containerd_active_s']}s, check done {t['check_done_s']}s. "
+                 f"containerd active {t['containerd_active_s']}s, CRI ready {t.get('cri_ready_s')}s, "
+                 f"check done {t['check_done_s']}s. "
                  f"Serial log: {report['serial_log']}\n")

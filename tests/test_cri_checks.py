@@ -173,3 +173,13 @@ def test_no_client_beside_check_py_fails_loudly(monkeypatch):
     monkeypatch.setattr(cri_checks, "_cri_client", lambda: None)
     results = _run_checks(monkeypatch, None, "/nonexistent.sock")
     assert list(results) == ["cri.client"] and not results["cri.client"]["ok"]
+
+
+def test_cri_ready_is_read_from_the_first_containerd_boot_of_the_journal():
+    journal = (
+        '[   60.912345] vm containerd[612]: time="2026-12-02T02:00:00Z" level=info msg="serving..." address=/run/x\n'
+        '[   61.234567] vm containerd[612]: time="2026-12-02T02:00:00Z" level=info msg="containerd successfully '
+        'booted in 0.052131s"\n'
+        '[   95.100000] vm containerd[901]: level=info msg="containerd successfully booted in 0.04s"\n')
+    assert cri_checks.first_boot(journal) == 61.234567
+    assert cri_checks.first_boot("[   60.9] vm containerd[612]: msg=\"serving...\"\n") is None

@@ -251,7 +251,7 @@ def _cgroup(pid: str) -> str:
     return unified[0] if unified else lines[0].split(":", 2)[2] if lines else ""
 
 
-def cri_checks(rep: Reporter, lab: dict | None) -> None:
+def cri_checks(rep: Reporter, lab: dict | None) -> float | None:
     """What kubelet sees, asked through CRI: cri_checks.py (with cri.py, a stdlib CRI v1 client), which
     the verify boot stages beside this file from its seed disk (they are not installed on machines)."""
     try:
@@ -261,8 +261,8 @@ def cri_checks(rep: Reporter, lab: dict | None) -> None:
             import cri_checks as more  # type: ignore[no-redef]  # in the guest
         except ImportError as exc:
             rep.check("cri.checks", "cri_checks.py and cri.py beside check.py", f"<{exc}>", False)
-            return
-    more.run_all(rep, lab)
+            return None
+    return more.run_all(rep, lab)
 
 
 def build_facts() -> dict:
@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "public_key (boot phase)")
     args = parser.parse_args(argv)
     boot = json.loads(Path(args.boot).read_text()) if args.boot else {}
+    cri_ready_at = None
 
     exp = json.loads(Path(args.expected).read_text())
     rep = Reporter(args.results)
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     system_checks(rep, exp)
     if args.phase == "boot":
         container_checks(rep, args.test_image)
-        cri_checks(rep, json.loads(Path(args.cri_lab).read_text()) if args.cri_lab else None)
+        cri_ready_at = cri_checks(rep, json.loads(Path(args.cri_lab).read_text()) if args.cri_lab else None)
         hygiene_checks(rep, exp, args.instance_id or boot.get("instance_id"))
         if boot:
             boot_checks(rep, boot)
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     rep.emit(DONE, {"passed": rep.passed, "failed": rep.failed, "phase": args.phase,
                     "containerd_active_at_s": round(active_at / 1e6, 2), "uptime_s": uptime,
+                    "cri_ready_at_s": cri_ready_at,
                     "spec_hash": exp["spec_hash"]})
     return 0 if rep.failed == 0 else 1
 

@@ -8,6 +8,8 @@ cri-lab.json (imagebuild/cri_lab.py); not installed on machines.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 CRI_READY_TIMEOUT = 60
@@ -26,24 +28,47 @@ def _cri_client():
     return client
 
 
+def booted_at() -> float | None:
+    """Seconds since boot at which this boot's first containerd start finished booting (journal line
+    'containerd successfully booted': every plugin's service, CRI's included, is registered and the
+    socket serves), or None."""
+    try:
+        out = subprocess.run(["journalctl", "-b", "-u", "containerd", "-o", "short-monotonic", "--no-pager", "-q"],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return first_boot(out)
+
+
+def first_boot(journal: str) -> float | None:
+    """The monotonic time of the first 'successfully booted' line of `journalctl -o short-monotonic`."""
+    for line in journal.splitlines():
+        match = re.match(r"\[\s*([0-9.]+)\]", line)
+        if match and "successfully booted" in line:
+            return float(match.group(1))
+    return None
+
+
 def run_all(rep, lab: dict | None, socket_path: str | None = None,
-            ready_timeout: float = CRI_READY_TIMEOUT) -> None:
+            ready_timeout: float = CRI_READY_TIMEOUT) -> float | None:
     """What kubelet sees, asked through CRI (cri.py, a stdlib CRI v1 client), not ctr: the runtime is
     ready; NetworkReady matches the CNI network configs present; with the verify boot's registry lab
     (*lab*, cri-lab.json): CRI's view of its config holds the spec's sandbox image and config_path
     (1.x: containerd 2.x's Status shows no image config, the pulls and the sandbox prove it), a pull
     from each mirrored registry succeeds (the upstreams are unreachable; the host reads the mirror's
-    log), and a pod sandbox (host network: no CNI needed) and a container in it run."""
+    log), and a pod sandbox (host network: no CNI needed) and a container in it run.
+    Returns when CRI became ready (seconds since boot, see booted_at), None if it did not."""
     client = _cri_client()
     if client is None:
         rep.check("cri.client", "cri.py beside cri_checks.py", "<missing>", False)
-        return
+        return None
     sock = socket_path or client.DEFAULT_SOCKET
     try:
         status = client.wait_ready(sock, timeout=ready_timeout)
     except client.CRIError as exc:
         rep.check("cri.runtime_ready", True, str(exc)[-300:], False)
-        return
+        return None
+    ready_at = booted_at()
     rep.check("cri.runtime_ready", True, True)
     conditions = client.conditions(status)
     try:
@@ -55,7 +80,7 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
               note=f"CNI network configs in {conf_dir}: {', '.join(confs) or 'none'} (a node without kubelet "
                    "has none until a CNI plugin installs one)")
     if lab is None:
-        return
+        return ready_at
     try:
         config = json.loads(status["info"].get("config", "{}"))
     except ValueError:
@@ -82,7 +107,7 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
         state = call("PodSandboxStatus", {"pod_sandbox_id": pod})["status"]["state"]
     except client.CRIError as exc:
         rep.check("cri.pod_sandbox", "ready", str(exc)[-300:], False)
-        return
+        return ready_at
     try:
         rep.check("cri.pod_sandbox", "ready", "ready" if state == client.SANDBOX_READY else f"state {state}")
         image = call("ImageStatus", {"image": {"image": lab["sandbox_image"]}})["image"]
@@ -109,3 +134,4 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
                 call(method, {"pod_sandbox_id": pod})
             except client.CRIError as exc:
                 rep.check(f"cri.{method}", "ok", str(exc)[-300:], False)
+    return ready_at
