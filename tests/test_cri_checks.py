@@ -183,3 +183,44 @@ def test_cri_ready_is_read_from_the_first_containerd_boot_of_the_journal():
         '[   95.100000] vm containerd[901]: level=info msg="containerd successfully booted in 0.04s"\n')
     assert cri_checks.first_boot(journal) == 61.234567
     assert cri_checks.first_boot("[   60.9] vm containerd[612]: msg=\"serving...\"\n") is None
+
+
+@pytest.mark.slow
+def test_the_lab_serves_each_pull_under_the_mirror_host_names_over_tls_with_its_ca(images, tmp_path):
+    """The production Lab for the default spec: a TLS registry for the https endpoints (its certificate
+    names every endpoint host and the sandbox image's registry, signed by the lab CA the guest gets), a
+    plain one for http://hub-mirror.c.163.com, both serving what was pushed; QEMU relays per port."""
+    import http.client
+    import socket
+    import ssl
+
+    spec = spec_module.load()
+    with cri_lab.Lab(spec, tmp_path / "lab", "nocloud", images) as lab:
+        context = ssl.create_default_context(cafile=str(lab.tls["ca"]))
+        accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+
+        def head(port: int, name: str, path: str, tls: bool = True) -> int:
+            if tls:
+                conn = http.client.HTTPSConnection("127.0.0.1", lab.registries[port].port, timeout=10,
+                                                   context=context)
+                conn.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", lab.registries[port].port)),
+                                                server_hostname=name)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", lab.registries[port].port, timeout=10)
+            conn.request("HEAD", path, headers={"Accept": accept, "Host": name})
+            return conn.getresponse().status
+
+        assert not any(c["ok"] for c in lab.host_checks())  # nothing asked yet
+        for pull in lab.plan.pulls:
+            assert head(443, "gcr.mirrors.ustc.edu.cn" if "gcr" in pull.host else "docker.mirrors.ustc.edu.cn",
+                        pull.manifest) == 200, pull
+        assert head(443, "registry.cn-hangzhou.aliyuncs.com", lab.plan.sandbox.manifest) == 200
+        assert head(80, "hub-mirror.c.163.com", lab.plan.pulls[0].manifest, tls=False) == 200
+        with pytest.raises(ssl.SSLCertVerificationError):  # a name the lab does not stand in for
+            head(443, "registry-1.docker.io", lab.plan.pulls[0].manifest)
+        files = lab.seed_files(Path(check.__file__).parent)
+        assert set(files) == set(cri_lab.SEED_FILES)
+        assert files["cri-lab-hosts"].decode().splitlines() == [f"10.0.2.100 {n}" for n in lab.plan.names]
+        assert lab.netdev_options().count("guestfwd=tcp:10.0.2.100:") == 2
+        # The host-side checks read the access log: these HEADs asked exactly the planned paths.
+        assert all(c["ok"] for c in lab.host_checks()), lab.host_checks()
