@@ -100,7 +100,9 @@ def plan(spec: Spec) -> Plan:
             names.append(host)
         ports.setdefault(443, True)
     pushes.append(("sandbox", f"{root[len('/v2'):].strip('/')}/{repo}:{tag}".lstrip("/")))
-    sandbox = Pull(host, image, port, f"{root}/{repo}/manifests/{tag}?ns={host}")
+    # containerd names the upstream in `?ns=` only when it asks a mirror, not the registry itself.
+    query = f"?ns={host}" if host in by_host else ""
+    sandbox = Pull(host, image, port, f"{root}/{repo}/manifests/{tag}{query}")
     return Plan(names=names, ports=ports, pulls=pulls, sandbox=sandbox, pushes=pushes)
 
 
@@ -109,7 +111,7 @@ def guest_lab(spec: Spec, lab_plan: Plan) -> dict:
     registry = spec.config.registry
     return {"sandbox_image": spec.config.sandbox_image, "registry_mode": registry.mode,
             "config_path": registry.config_path if registry.mode == "hosts" else None,
-            "family": spec.containerd.family,
+            "family": spec.containerd.family, "systemd_cgroup": spec.config.systemd_cgroup,
             "pulls": [p.as_json() for p in lab_plan.pulls], "sandbox": lab_plan.sandbox.as_json()}
 
 

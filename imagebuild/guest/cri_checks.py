@@ -15,6 +15,7 @@ from pathlib import Path
 CRI_READY_TIMEOUT = 60
 PULL_TIMEOUT = 300
 CNI_CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
+SANDBOX_SLICE = "imagebuild-verify.slice"
 
 
 def _cri_client():
@@ -100,8 +101,11 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
             rep.check(f"cri.pull.{pull['host']}", "pulled", "pulled", note=f"{pull['image']} -> {ref}")
         except client.CRIError as exc:
             rep.check(f"cri.pull.{pull['host']}", "pulled", str(exc)[-300:], False)
+    linux: dict = {"security_context": {"namespace_options": {"network": client.NAMESPACE_NODE}}}
+    if lab.get("systemd_cgroup"):  # the systemd cgroup driver takes a slice, as kubelet passes one
+        linux["cgroup_parent"] = SANDBOX_SLICE
     sandbox = {"metadata": {"name": "imagebuild-verify", "uid": "imagebuild-verify", "namespace": "default"},
-               "linux": {"security_context": {"namespace_options": {"network": client.NAMESPACE_NODE}}}}
+               "linux": linux}
     try:
         pod = call("RunPodSandbox", {"config": sandbox}, PULL_TIMEOUT)["pod_sandbox_id"]
         state = call("PodSandboxStatus", {"pod_sandbox_id": pod})["status"]["state"]
