@@ -184,33 +184,3 @@ def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
     assert report["user_data_bytes"] == len(render.user_data(spec)) <= 16384
     assert json.loads((tmp_path / "verify-user-data-ec2.json").read_text())["platform"] == "ec2"
 
-
-def test_a_containerd_without_its_cri_plugin_fails_verify(mirror, base_image, tmp_path, monkeypatch):
-    """The user-data path (no bake) with the golden render, its config.toml then broken at the file
-    level only: a snapshotter with no plugin behind it, which the spec refuses, `containerd config dump`
-    accepts and CRI does not survive (tests/test_cri.py). containerd itself runs; CRI says no."""
-    import tomlkit
-
-    from imagebuild import verify
-    from imagebuild.spec import load
-    from tests.test_cri import BREAKERS
-
-    spec = mirror(with_changes(load(), system__profile="none"), "1.6")
-    real = render.guest_files
-
-    def broken(spec_):
-        files = dict(real(spec_))
-        doc = tomlkit.parse(files["payload/etc/containerd/config.toml"].content.decode())
-        BREAKERS["stargz-without-plugin"](doc, spec_.containerd.config_version)
-        files["payload/etc/containerd/config.toml"] = render.File(
-            tomlkit.dumps(doc).encode(), files["payload/etc/containerd/config.toml"].mode)
-        return files
-
-    monkeypatch.setattr(verify.render, "guest_files", broken)
-    report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path))
-    by_name = {c["check"]: c for c in report["checks"]}
-    assert not report["passed"]
-    assert by_name["service.active"]["ok"], by_name["service.active"]
-    assert not by_name["cri.runtime_ready"]["ok"]
-    assert "UNIMPLEMENTED: unknown service runtime.v1.RuntimeService" in by_name["cri.runtime_ready"]["actual"]
-    assert not any(name.startswith(("cri.pull.", "cri.pod_sandbox")) for name in by_name)
