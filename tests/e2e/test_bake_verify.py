@@ -183,4 +183,3 @@ def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
     assert report["timings"]["containerd_active_s"] is not None
     assert report["user_data_bytes"] == len(render.user_data(spec)) <= 16384
     assert json.loads((tmp_path / "verify-user-data-ec2.json").read_text())["platform"] == "ec2"
-
