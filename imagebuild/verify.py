@@ -12,19 +12,19 @@ import gzip
 import json
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from . import imds, qemu, render
+from . import cri_lab, imds, qemu, render
 from .digest import sha256_file
 from .errors import ImagebuildError
 from .progress import step
 from .render import userdata
 from .render.templating import PACKAGE_DIR, render_template
+from .run import run
 from .spec import Spec
 from .testimage import test_oci_image
 
@@ -60,7 +60,8 @@ def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
     way its own user-data does (the user-data path)."""
     files = render.guest_files(spec)
     staged = [(f"{render.GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()] if install else []
-    staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode) for name in ("check.py", "expected.json")]
+    staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode)
+               for name in ("check.py", "expected.json")]
     staged.append((f"{VERIFY_DIR}/boot_checks.py", (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(), 0o644))
     staged.append((f"{VERIFY_DIR}/boot.json", (json.dumps(boot, indent=2) + "\n").encode(), 0o644))
     run_check = render_template("run-check.sh.j2", verify_dir=VERIFY_DIR, seed_mount=SEED_MOUNT,
@@ -75,8 +76,7 @@ def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
 
 def _public_key(work: Path) -> str:
     key = work / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuild-verify", "-f", str(key)],
-                   check=True, capture_output=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuild-verify", "-f", str(key)])
     return (work / "id_ed25519.pub").read_text().strip()
 
 
@@ -87,22 +87,45 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
         boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "")
         user_data = _seed_files(spec, install=install, boot=boot)
         serial_log = log_dir / f"{label}.serial.log"
-        step(f"verify {label}: booting {disk.name} as {platform} (timeout {spec.verify.timeout}s)")
-        if platform == "nocloud":
-            overlay = qemu.overlay(disk, work)
-            seed = qemu.seed_iso(work / "seed.iso", user_data,
-                                 f"instance-id: {boot['instance_id']}\nlocal-hostname: {boot['hostname']}\n".encode(),
-                                 {TEST_IMAGE: test_image.read_bytes()})
-            result = qemu.boot(overlay, seed, serial_log=serial_log, timeout=spec.verify.timeout,
-                               accel=spec.image.accelerator, done_marker=qemu.DONE_PREFIX, mac=boot["mac"])
-            return _report(result, serial_log) | {"platform": platform}
-        return _boot_ec2(disk, spec, boot, user_data, test_image, work, serial_log)
+        with _cri_lab(spec, work, platform, test_image) as lab:
+            disk_files = {TEST_IMAGE: test_image.read_bytes(),
+                          **lab.seed_files(PACKAGE_DIR / "guest")}
+            step(f"verify {label}: booting {disk.name} as {platform} (timeout {spec.verify.timeout}s)")
+            if platform == "nocloud":
+                overlay = qemu.overlay(disk, work)
+                meta_data = f"instance-id: {boot['instance_id']}\nlocal-hostname: {boot['hostname']}\n"
+                seed = qemu.seed_iso(work / "seed.iso", user_data, meta_data.encode(), disk_files)
+                result = qemu.boot(overlay, seed, serial_log=serial_log, timeout=spec.verify.timeout,
+                                   accel=spec.image.accelerator, done_marker=qemu.DONE_PREFIX, mac=boot["mac"],
+                                   netdev_options=lab.netdev_options())
+                report = _report(result, serial_log) | {"platform": platform}
+            else:
+                report = _boot_ec2(disk, spec, boot, user_data, disk_files, work, serial_log, lab.netdev_options())
+            return _add_checks(report, lab.host_checks()) if report.get("summary") else report
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, test_image: Path, work: Path,
-              serial_log: Path) -> dict:
+def _cri_lab(spec: Spec, work: Path, platform: str, test_image: Path) -> cri_lab.Lab:
+    """The registry lab of this boot (imagebuild/cri_lab.py): the test image under each mirrored
+    name, and a sandbox image (the test image's busybox, sleeping) under the spec's sandbox image name."""
+
+    sandbox = work / "sandbox-image.tar"
+    test_oci_image(sandbox, cmd=("/bin/sleep", "3600"))
+    return cri_lab.Lab(spec, work / "lab", platform, {"test": test_image, "sandbox": sandbox})
+
+
+def _add_checks(report: dict, checks: list[dict]) -> dict:
+    """*report* with host-side *checks* appended (a failed one fails the report)."""
+    report["checks"] = report["checks"] + checks
+    failed = [c["check"] for c in checks if not c["ok"]]
+    report["failed"] = report["failed"] + failed
+    report["passed"] = report["passed"] and not failed
+    return report
+
+
+def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, disk_files: dict[str, bytes], work: Path,
+              serial_log: Path, netdev_options: str) -> dict:
     """The boot as EC2 presents it: SMBIOS identity, IMDSv2 (the user-data gzipped, as EC2 hands it
     over), a new NIC in another slot, a disk larger than the image; no NoCloud seed."""
     packed = gzip.compress(user_data, compresslevel=9, mtime=0)
@@ -111,11 +134,11 @@ def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, test_image: 
     instance = imds.Instance(instance_id=boot["instance_id"], mac=boot["mac"], local_ipv4=qemu.EC2_GUEST_IP,
                              public_key=boot["public_key"], user_data=packed)
     overlay = qemu.overlay(disk, work, size=qemu.virtual_size(disk) + EC2_EXTRA_DISK)
-    data = qemu.data_iso(work / "data.iso", {TEST_IMAGE: test_image.read_bytes()}, label=DATA_LABEL)
+    data = qemu.data_iso(work / "data.iso", disk_files, label=DATA_LABEL)
     with imds.ImdsServer(instance) as server:
         guest = qemu.Guest(overlay, data, serial_log=serial_log, accel=spec.image.accelerator,
                            mac=boot["mac"], nic_slot=qemu.EC2_NIC_SLOT,
-                           netdev_options=qemu.ec2_netdev(imds.relay_command(server.port)),
+                           netdev_options=qemu.ec2_netdev(imds.relay_command(server.port)) + "," + netdev_options,
                            extra_args=qemu.ec2_smbios(boot["instance_id"]))
         with guest:
             guest.start()
@@ -188,10 +211,12 @@ def _report(result, serial_log: Path) -> dict:
                               + qemu.tail(serial_log))
     kernel_at = result.kernel_at
     active = done.get("containerd_active_at_s") or None
+    cri_ready = done.get("cri_ready_at_s")
     timings = {
         "kernel_s": round(kernel_at, 1) if kernel_at is not None else None,
         "containerd_active_s": round(kernel_at + active, 1) if kernel_at is not None and active else None,
         "check_done_s": round(result.done_at, 1),
+        "cri_ready_s": round(kernel_at + cri_ready, 1) if kernel_at is not None and cri_ready else None,
     }
     failed = [c["check"] for c in checks if not c["ok"]]
     return {"passed": not failed and done["failed"] == 0 and bool(checks), "failed": failed,
@@ -254,7 +279,8 @@ def verify_user_data(spec: Spec, *, base: str | None = None, log_dir: str | None
                    log_dir=out_dir, label=label, platform=platform)
     report |= {"base_image": source, "spec_hash": spec.spec_hash, "mode": "user-data",
                "user_data_bytes": len(render.user_data(spec))}
-    render.write_file_atomic(out_dir / report_name(platform, user_data=True), (json.dumps(report, indent=2) + "\n").encode())
+    render.write_file_atomic(out_dir / report_name(platform, user_data=True),
+                             (json.dumps(report, indent=2) + "\n").encode())
     return report
 
 
@@ -268,11 +294,12 @@ def print_report(report: dict, *, as_json: bool = False, stream=sys.stdout) -> N
     widths = [min(w, 60) for w in widths]
     header = ("check", "", "expected", "actual")
     for row in [header] + rows:
-        stream.write("  ".join(cell[:60].ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
+        stream.write("  ".join(cell[:60].ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
     t = report["timings"]
     verdict = "PASSED" if report["passed"] else f"FAILED: {', '.join(report['failed']) or 'no checks ran'}"
     if report.get("reason"):
         verdict += f" ({report['reason']})"
     stream.write(f"\n{verdict} ({len(rows)} checks). QEMU start -> kernel {t['kernel_s']}s, "
-                 f"containerd active {t['containerd_active_s']}s, check done {t['check_done_s']}s. "
+                 f"containerd active {t['containerd_active_s']}s, CRI ready {t.get('cri_ready_s')}s, "
+                 f"check done {t['check_done_s']}s. "
                  f"Serial log: {report['serial_log']}\n")

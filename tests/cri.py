@@ -1,9 +1,8 @@
 """A small CRI test harness: a real registry, a real containerd on scratch directories, a real CRI
 v1 client over gRPC.
 
-- `Registry`: Debian's `docker-registry` (the CNCF distribution registry) as a plain process on
-  127.0.0.1 with its own config and storage; `skopeo` pushes OCI archives into it; its access log
-  says which paths were requested, with which status.
+- `Registry`: imagebuild.registry's (Debian's `docker-registry` on 127.0.0.1, `skopeo` pushes, its
+  access log says which paths were requested, with which status).
 - `Containerd`: the real daemon of a family started with a rendered config.toml on its own root,
   state and socket. Host-only rewrites, stated here once: the gRPC/ttrpc sockets move to the scratch
   directory, and on this host (PID 1 is not systemd, CAP_SYS_RESOURCE may be missing) the CRI
@@ -20,73 +19,16 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import tomlkit
 
+from imagebuild import registry
 from imagebuild.devtools import debian_artifacts
 
-ACCESS = re.compile(r'"(GET|HEAD|POST|PUT|PATCH) (\S+) HTTP/[0-9.]+" (\d{3}) ')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class Registry:
-    """docker-registry on 127.0.0.1:<port>, storage and log in *work*."""
-
-    def __init__(self, work: Path):
-        self.work = Path(work)
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        config = self.work / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: warn\n  formatter: text\n  accesslog:\n    disabled: false\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.work / 'storage'}\n"
-            f"http:\n  addr: {self.address}\n")
-        self.log_path = self.work / "registry.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2):
-                    break
-            except OSError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, self.log_path.read_text()
-                time.sleep(0.1)
-
-    def push(self, archive: Path, name: str) -> None:
-        """Push the OCI archive as <name> (repo:tag)."""
-        proc = subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci-archive:{archive}",
-                               f"docker://{self.address}/{name}"], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-
-    def requests(self) -> list[tuple[str, str, int]]:
-        """(method, path with query, status) of every request so far, in order."""
-        self._log.flush()
-        return [(m, p, int(s)) for m, p, s in ACCESS.findall(self.log_path.read_text(errors="replace"))]
-
-    def close(self) -> None:
-        _stop(self.proc)
-        self._log.close()
+free_port = registry.free_port
+_stop = registry.stop
+Registry = registry.Registry  # the product's (imagebuild/registry.py): verify's lab serves from it too
 
 
 class Tinyproxy:

@@ -24,7 +24,8 @@ def test_report_from_the_console_when_the_port_lost_the_race(tmp_path):
     ]), tmp_path / "serial.log")
     assert report["passed"] is True
     assert [c["check"] for c in report["checks"]] == ["a", "b"]
-    assert report["timings"] == {"kernel_s": 2.0, "containerd_active_s": 32.5, "check_done_s": 50.0}
+    assert report["timings"] == {"kernel_s": 2.0, "containerd_active_s": 32.5, "check_done_s": 50.0,
+                                 "cri_ready_s": None}
 
 
 def test_a_garbled_console_record_cannot_hide_a_failure(tmp_path):

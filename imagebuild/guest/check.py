@@ -20,6 +20,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import TextIO
 
 RESULT = "IMAGEBUILD-RESULT"
 DONE = "IMAGEBUILD-DONE"
@@ -31,7 +32,7 @@ class Reporter:
     def __init__(self, results_path: str | None):
         # The port first: the host stops QEMU at the first DONE line it sees, and the console
         # (a slow emulated UART behind cloud-init's pipe) should not win that race.
-        self.sinks = [open(results_path, "w", encoding="utf-8", buffering=1)] if results_path else []
+        self.sinks: list[TextIO] = [open(results_path, "w", encoding="utf-8", buffering=1)] if results_path else []
         self.sinks.append(sys.stdout)
         self.passed = self.failed = 0
 
@@ -111,7 +112,8 @@ def package_checks(rep: Reporter, exp: dict) -> None:
     if not pkg:
         return
     installed = run("dpkg-query", "-W", "-f=${Version}", pkg["name"])
-    rep.check("package.version", pkg["version"], installed.stdout.strip() if installed.returncode == 0 else "<not installed>")
+    rep.check("package.version", pkg["version"],
+              installed.stdout.strip() if installed.returncode == 0 else "<not installed>")
     held = pkg["name"] in run("apt-mark", "showhold").stdout.split()
     rep.check("package.hold", "held" if pkg["hold"] else "not held", "held" if held else "not held")
 
@@ -200,7 +202,8 @@ def container_checks(rep: Reporter, image: str | None) -> None:
     names = re.findall(r"(\S+:\S+)", imported.stdout) or [""]
     listing = run(*ctr, "images", "ls", "-q").stdout.split()
     ref = next((n for n in listing if "imagebuild" in n), names[0])
-    if not rep.check("container.import", "exit 0", f"exit {imported.returncode}", imported.returncode == 0 and bool(ref),
+    if not rep.check("container.import", "exit 0", f"exit {imported.returncode}",
+                     imported.returncode == 0 and bool(ref),
                      note=imported.stderr.strip()[-300:]):
         return
     once = run(*ctr, "run", "--rm", ref, "imagebuild-once", "/bin/echo", "imagebuild-ok", timeout=CONTAINER_TIMEOUT)
@@ -208,7 +211,8 @@ def container_checks(rep: Reporter, image: str | None) -> None:
 
     started = run(*ctr, "run", "-d", ref, "imagebuild-long", "/bin/sleep", "3600", timeout=CONTAINER_TIMEOUT)
     pid = _task_pid(ctr, "imagebuild-long")
-    if not rep.check("container.start", "running", "running" if pid else f"not running: {started.stderr.strip()[-300:]}"):
+    if not rep.check("container.start", "running",
+                     "running" if pid else f"not running: {started.stderr.strip()[-300:]}"):
         return
     ctd_pid = run("systemctl", "show", "containerd", "-p", "MainPID", "--value").stdout.strip()
     ctd_cgroup = _cgroup(ctd_pid)
@@ -219,7 +223,8 @@ def container_checks(rep: Reporter, image: str | None) -> None:
     active = run("systemctl", "is-active", "containerd").stdout.strip()
     new_pid = run("systemctl", "show", "containerd", "-p", "MainPID", "--value").stdout.strip()
     rep.check("container.restart_containerd", "active with a new pid",
-              f"{active}, pid {ctd_pid} -> {new_pid}", restart.returncode == 0 and active == "active" and new_pid != ctd_pid)
+              f"{active}, pid {ctd_pid} -> {new_pid}",
+              restart.returncode == 0 and active == "active" and new_pid != ctd_pid)
     alive = Path(f"/proc/{pid}").exists()
     after = _task_pid(ctr, "imagebuild-long")
     rep.check("container.survives_restart", f"pid {pid} still running", f"pid {after or 'gone'}"
@@ -251,6 +256,20 @@ def _cgroup(pid: str) -> str:
     return unified[0] if unified else lines[0].split(":", 2)[2] if lines else ""
 
 
+def cri_checks(rep: Reporter, lab: dict | None) -> float | None:
+    """What kubelet sees, asked through CRI: cri_checks.py (with cri.py, a stdlib CRI v1 client), which
+    the verify boot stages beside this file from its seed disk (they are not installed on machines)."""
+    try:
+        from imagebuild.guest import cri_checks as more  # on the host (tests)
+    except ImportError:
+        try:
+            import cri_checks as more  # type: ignore[no-redef]  # in the guest
+        except ImportError as exc:
+            rep.check("cri.checks", "cri_checks.py and cri.py beside check.py", f"<{exc}>", False)
+            return None
+    return more.run_all(rep, lab)
+
+
 def build_facts() -> dict:
     facts_path = STATE_DIR / "build-facts.json"
     return json.loads(facts_path.read_text()) if facts_path.exists() else {}
@@ -261,7 +280,8 @@ def hygiene_checks(rep: Reporter, exp: dict, instance_id: str | None) -> None:
     facts = build_facts()
     if instance_id:
         current = Path("/var/lib/cloud/data/instance-id")
-        rep.check("hygiene.cloud_init_fresh", instance_id, current.read_text().strip() if current.exists() else "<none>")
+        rep.check("hygiene.cloud_init_fresh", instance_id,
+                  current.read_text().strip() if current.exists() else "<none>")
     machine_id = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
     built = facts.get("machine_id")
     rep.check("hygiene.machine_id", f"32 hex digits, not the build's {built or '(none recorded)'}", machine_id,
@@ -272,8 +292,10 @@ def hygiene_checks(rep: Reporter, exp: dict, instance_id: str | None) -> None:
     user = exp.get("build_user")
     if user:
         present = run("getent", "passwd", user).returncode == 0
-        rep.check("hygiene.build_user_removed", f"no user {user}", f"user {user} present" if present else f"no user {user}")
-    rep.check("hygiene.ssh_host_keys", "regenerated on first boot", f"{len(keys)} keys, {len(reused)} reused from the build",
+        rep.check("hygiene.build_user_removed", f"no user {user}",
+                  f"user {user} present" if present else f"no user {user}")
+    rep.check("hygiene.ssh_host_keys", "regenerated on first boot",
+              f"{len(keys)} keys, {len(reused)} reused from the build",
               bool(keys) and not reused)
 
 
@@ -303,10 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-image", help="OCI image tarball for the container checks (boot phase)")
     parser.add_argument("--instance-id", help="the instance-id this boot's seed carries")
     parser.add_argument("--results", help="also write result lines here (e.g. a virtio-serial port)")
+    parser.add_argument("--cri-lab", help="the verify boot's registry lab (cri-lab.json) for the CRI checks")
     parser.add_argument("--boot", help="JSON facts of this verify boot: platform, instance_id, hostname, mac, "
                                        "public_key (boot phase)")
     args = parser.parse_args(argv)
     boot = json.loads(Path(args.boot).read_text()) if args.boot else {}
+    cri_ready_at = None
 
     exp = json.loads(Path(args.expected).read_text())
     rep = Reporter(args.results)
@@ -320,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     system_checks(rep, exp)
     if args.phase == "boot":
         container_checks(rep, args.test_image)
+        cri_ready_at = cri_checks(rep, json.loads(Path(args.cri_lab).read_text()) if args.cri_lab else None)
         hygiene_checks(rep, exp, args.instance_id or boot.get("instance_id"))
         if boot:
             boot_checks(rep, boot)
@@ -327,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     rep.emit(DONE, {"passed": rep.passed, "failed": rep.failed, "phase": args.phase,
                     "containerd_active_at_s": round(active_at / 1e6, 2), "uptime_s": uptime,
+                    "cri_ready_at_s": cri_ready_at,
                     "spec_hash": exp["spec_hash"]})
     return 0 if rep.failed == 0 else 1
 

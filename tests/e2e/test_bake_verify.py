@@ -28,6 +28,15 @@ SEED_CHECKS = {
     "file./etc/containerd/certs.d/k8s.gcr.io/hosts.toml", "file./etc/containerd/config.toml",
 }
 
+# What the verify boot proves through CRI (imagebuild/guest/cri_checks.py, in the guest) and from the
+# lab registry's access log (imagebuild/cri_lab.py, on the host), for the default spec's four mirrors.
+CRI_CHECKS = {
+    "cri.runtime_ready", "cri.network_ready", "cri.pod_sandbox", "cri.sandbox_image", "cri.container",
+    *(f"cri.{kind}.{host}" for kind in ("pull", "mirror") for host in ("docker.io", "gcr.io", "k8s.gcr.io", "quay.io")),
+    "cri.mirror.sandbox_image",
+}
+CRI_CONFIG_CHECKS = {"cri.config.sandbox_image", "cri.config.registry_config_path"}  # 1.x: Status shows its config
+
 
 def with_changes(spec, **changes):
     doc = yaml.safe_load(yaml.safe_dump(spec.document))
@@ -64,7 +73,11 @@ def test_golden_image_verifies(golden_image, golden_spec, tmp_path):
     report = verify_image(golden_image, golden_spec, log_dir=str(tmp_path))
     failed = [c for c in report["checks"] if not c["ok"]]
     assert report["passed"], failed
-    assert SEED_CHECKS <= {c["check"] for c in report["checks"]}
+    assert SEED_CHECKS | CRI_CHECKS | CRI_CONFIG_CHECKS <= {c["check"] for c in report["checks"]}
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert by_name["cri.mirror.k8s.gcr.io"]["expected"].endswith(
+        "/v2/google-containers/imagebuild/verify-2/manifests/1?ns=k8s.gcr.io (200)")
+    assert by_name["cri.network_ready"]["actual"] is False  # the image ships no CNI network config
     assert report["timings"]["containerd_active_s"] is not None
     assert report["timings"]["containerd_active_s"] < report["timings"]["check_done_s"]
     assert sha256_file(golden_image) == before, "verify must never write the image"
@@ -98,6 +111,7 @@ def test_containerd_2x_with_cni_plugins_bakes_and_verifies(mirror, base_image, t
     by_name = {c["check"]: c for c in report["checks"]}
     assert by_name["config.sandbox_image"]["actual"] == spec.config.sandbox_image
     assert by_name["cni.loopback"]["ok"], by_name["cni.loopback"]   # the plugins run in the guest
+    assert CRI_CHECKS <= set(by_name)  # 2.x's Status shows no image config: the pulls and the sandbox prove it
 
 
 # What the EC2 boot proves on top of the seed checks.
@@ -115,7 +129,7 @@ def test_golden_image_verifies_as_ec2(golden_image, golden_spec, tmp_path):
     report = verify_image(golden_image, golden_spec, log_dir=str(tmp_path), platform="ec2")
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
     names = {c["check"] for c in report["checks"]}
-    assert SEED_CHECKS | EC2_CHECKS | {"hygiene.network_config"} <= names
+    assert SEED_CHECKS | EC2_CHECKS | CRI_CHECKS | {"hygiene.network_config"} <= names
     by_name = {c["check"]: c for c in report["checks"]}
     assert by_name["network.dhcp"]["actual"].startswith("ens5:"), by_name["network.dhcp"]
     assert report["platform"] == "ec2" and report["imds_requests"] > 10
@@ -165,7 +179,7 @@ def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
     spec = mirror(load(), "1.6", guest_host=qemu.EC2_HOST)
     report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path), platform="ec2")
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
-    assert EC2_CHECKS <= {c["check"] for c in report["checks"]}
+    assert EC2_CHECKS | CRI_CHECKS <= {c["check"] for c in report["checks"]}
     assert report["timings"]["containerd_active_s"] is not None
     assert report["user_data_bytes"] == len(render.user_data(spec)) <= 16384
     assert json.loads((tmp_path / "verify-user-data-ec2.json").read_text())["platform"] == "ec2"

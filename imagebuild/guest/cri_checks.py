@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""The verify boot's CRI checks: what kubelet sees, asked through CRI (cri.py, a stdlib CRI v1 client),
+not ctr. Python 3.11 standard library only.
+
+Staged by the verify boot beside check.py from its seed disk, with cri.py and the registry lab's
+cri-lab.json (imagebuild/cri_lab.py); not installed on machines.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+CRI_READY_TIMEOUT = 60
+PULL_TIMEOUT = 300
+CNI_CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
+SANDBOX_SLICE = "imagebuild-verify.slice"
+
+
+def _cri_client():
+    try:
+        from imagebuild.guest import cri as client  # on the host (tests)
+    except ImportError:
+        try:
+            import cri as client  # in the guest: staged beside check.py
+        except ImportError:
+            return None
+    return client
+
+
+def booted_at() -> float | None:
+    """Seconds since boot at which this boot's first containerd start finished booting (journal line
+    'containerd successfully booted': every plugin's service, CRI's included, is registered and the
+    socket serves), or None."""
+    try:
+        out = subprocess.run(["journalctl", "-b", "-u", "containerd", "-o", "short-monotonic", "--no-pager", "-q"],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return first_boot(out)
+
+
+def first_boot(journal: str) -> float | None:
+    """The monotonic time of the first 'successfully booted' line of `journalctl -o short-monotonic`."""
+    for line in journal.splitlines():
+        match = re.match(r"\[\s*([0-9.]+)\]", line)
+        if match and "successfully booted" in line:
+            return float(match.group(1))
+    return None
+
+
+def run_all(rep, lab: dict | None, socket_path: str | None = None,
+            ready_timeout: float = CRI_READY_TIMEOUT) -> float | None:
+    """What kubelet sees, asked through CRI (cri.py, a stdlib CRI v1 client), not ctr: the runtime is
+    ready; NetworkReady matches the CNI network configs present; with the verify boot's registry lab
+    (*lab*, cri-lab.json): CRI's view of its config holds the spec's sandbox image and config_path
+    (1.x: containerd 2.x's Status shows no image config, the pulls and the sandbox prove it), a pull
+    from each mirrored registry succeeds (the upstreams are unreachable; the host reads the mirror's
+    log), and a pod sandbox (host network: no CNI needed) and a container in it run.
+    Returns when CRI became ready (seconds since boot, see booted_at), None if it did not."""
+    client = _cri_client()
+    if client is None:
+        rep.check("cri.client", "cri.py beside cri_checks.py", "<missing>", False)
+        return None
+    sock = socket_path or client.DEFAULT_SOCKET
+    try:
+        status = client.wait_ready(sock, timeout=ready_timeout)
+    except client.CRIError as exc:
+        rep.check("cri.runtime_ready", True, str(exc)[-300:], False)
+        return None
+    ready_at = booted_at()
+    rep.check("cri.runtime_ready", True, True)
+    conditions = client.conditions(status)
+    try:
+        conf_dir = json.loads(status["info"].get("cniconfig", "{}")).get("PluginConfDir") or "/etc/cni/net.d"
+    except ValueError:
+        conf_dir = "/etc/cni/net.d"
+    confs = sorted(p.name for p in Path(conf_dir).glob("*") if p.suffix in CNI_CONFIG_SUFFIXES)
+    rep.check("cri.network_ready", bool(confs), conditions.get("NetworkReady", "<absent>"),
+              note=f"CNI network configs in {conf_dir}: {', '.join(confs) or 'none'} (a node without kubelet "
+                   "has none until a CNI plugin installs one)")
+    if lab is None:
+        return ready_at
+    try:
+        config = json.loads(status["info"].get("config", "{}"))
+    except ValueError:
+        config = {}
+    if lab["family"].startswith("1."):
+        rep.check("cri.config.sandbox_image", lab["sandbox_image"], config.get("sandboxImage", "<absent>"))
+        if lab["config_path"]:
+            rep.check("cri.config.registry_config_path", lab["config_path"],
+                      (config.get("registry") or {}).get("configPath", "<absent>"))
+
+    def call(method: str, request: dict, timeout: float = 120) -> dict:
+        return client.call(method, request, socket_path=sock, timeout=timeout)
+
+    for pull in lab["pulls"]:
+        try:
+            ref = call("PullImage", {"image": {"image": pull["image"]}}, PULL_TIMEOUT)["image_ref"]
+            rep.check(f"cri.pull.{pull['host']}", "pulled", "pulled", note=f"{pull['image']} -> {ref}")
+        except client.CRIError as exc:
+            rep.check(f"cri.pull.{pull['host']}", "pulled", str(exc)[-300:], False)
+    linux: dict = {"security_context": {"namespace_options": {"network": client.NAMESPACE_NODE}}}
+    if lab.get("systemd_cgroup"):  # the systemd cgroup driver takes a slice, as kubelet passes one
+        linux["cgroup_parent"] = SANDBOX_SLICE
+    sandbox = {"metadata": {"name": "imagebuild-verify", "uid": "imagebuild-verify", "namespace": "default"},
+               "linux": linux}
+    try:
+        pod = call("RunPodSandbox", {"config": sandbox}, PULL_TIMEOUT)["pod_sandbox_id"]
+        state = call("PodSandboxStatus", {"pod_sandbox_id": pod})["status"]["state"]
+    except client.CRIError as exc:
+        rep.check("cri.pod_sandbox", "ready", str(exc)[-300:], False)
+        return ready_at
+    try:
+        rep.check("cri.pod_sandbox", "ready", "ready" if state == client.SANDBOX_READY else f"state {state}")
+        image = call("ImageStatus", {"image": {"image": lab["sandbox_image"]}})["image"]
+        rep.check("cri.sandbox_image", lab["sandbox_image"],
+                  lab["sandbox_image"] if image and lab["sandbox_image"] in image["repo_tags"] else
+                  f"not among CRI's images ({image and image['repo_tags']})",
+                  note=f"pinned: {bool(image and image['pinned'])}")
+        run_image = lab["pulls"][0]["image"] if lab["pulls"] else lab["sandbox_image"]
+        try:
+            container = call("CreateContainer", {"pod_sandbox_id": pod, "sandbox_config": sandbox, "config": {
+                "metadata": {"name": "imagebuild-verify"}, "image": {"image": run_image},
+                "command": ["/bin/sleep", "3600"]}})["container_id"]
+            call("StartContainer", {"container_id": container})
+            state = call("ContainerStatus", {"container_id": container})["status"]["state"]
+            rep.check("cri.container", "running", "running" if state == client.CONTAINER_RUNNING else f"state {state}",
+                      note=run_image)
+            call("StopContainer", {"container_id": container, "timeout": 1})
+            call("RemoveContainer", {"container_id": container})
+        except client.CRIError as exc:
+            rep.check("cri.container", "running", str(exc)[-300:], False)
+    finally:
+        for method in ("StopPodSandbox", "RemovePodSandbox"):
+            try:
+                call(method, {"pod_sandbox_id": pod})
+            except client.CRIError as exc:
+                rep.check(f"cri.{method}", "ok", str(exc)[-300:], False)
+    return ready_at

@@ -1,0 +1,225 @@
+"""The verify boot's CRI checks (check.py's cri_checks with the stdlib client, and the host-side mirror
+checks of imagebuild/cri_lab.py) run here against the real containerd 1.6, 1.7 and 2.1 and a real
+registry, as they run in the guest; and what they must fail on.
+
+Here the mirrors of the default spec point at one local registry (same paths, `path: prefix` kept),
+instead of the guest's /etc/hosts + CA plumbing; the lab plan (what is pushed where, which manifest
+path each pull must ask for) is the production one (cri_lab.plan / guest_lab / mirror_checks).
+"""
+from __future__ import annotations
+
+import io
+import json
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from imagebuild import cri_lab, render, testimage
+from imagebuild import spec as spec_module
+from imagebuild.guest import check, cri_checks
+from imagebuild.render import config_toml
+from tests import cri
+from tests.support import FAMILY_VERSIONS
+
+
+def test_the_plan_of_the_default_spec():
+    spec = spec_module.load()
+    plan = cri_lab.plan(spec)
+    assert plan.ports == {443: True, 80: False}
+    assert set(plan.names) == {"docker.mirrors.ustc.edu.cn", "hub-mirror.c.163.com", "gcr.mirrors.ustc.edu.cn",
+                               "quay.mirrors.ustc.edu.cn", "registry.cn-hangzhou.aliyuncs.com"}
+    assert not {"docker.io", "registry-1.docker.io", "gcr.io", "k8s.gcr.io", "quay.io"} & set(plan.names)
+    manifests = {p.host: (p.image, p.port, p.manifest) for p in plan.pulls}
+    assert manifests["k8s.gcr.io"] == ("k8s.gcr.io/imagebuild/verify-2:1", 443,
+                                       "/v2/google-containers/imagebuild/verify-2/manifests/1?ns=k8s.gcr.io")
+    assert manifests["docker.io"] == ("docker.io/imagebuild/verify-0:1", 443,
+                                      "/v2/imagebuild/verify-0/manifests/1?ns=docker.io")
+    assert ("test", "google-containers/imagebuild/verify-2:1") in plan.pushes
+    # No mirror for the sandbox image's registry: the lab stands in for that registry itself.
+    assert plan.sandbox.manifest == "/v2/google_containers/pause/manifests/3.6"  # no ?ns=: not a mirror
+    assert ("sandbox", "google_containers/pause:3.6") in plan.pushes
+
+
+@pytest.fixture(scope="module")
+def images():
+    work = cri.scratch("ib-ck-")
+    yield {"test": Path(testimage.test_oci_image(work / "busybox.tar")["path"]),
+           "sandbox": Path(testimage.test_oci_image(work / "pause.tar", cmd=("/bin/sleep", "3600"))["path"])}
+
+
+def _local_spec(family: str, registry: cri.Registry, work: Path):
+    """The default spec's mirrors, each endpoint moved to *registry* (its path kept; a mirror's second
+    endpoint as localhost, so no URL repeats); the sandbox
+    image on the prefix-mirrored k8s.gcr.io; this host's scratch root, state and config_path."""
+    base = spec_module.load().document["config"]
+    mirrors = []
+    for mirror in base["registry"]["mirrors"]:
+        endpoints = []
+        for index, ep in enumerate(mirror["endpoints"]):
+            path = urllib.parse.urlsplit(ep["url"]).path
+            host = ("127.0.0.1", "localhost")[index]  # each endpoint URL once per mirror
+            endpoints.append({"url": f"http://{host}:{registry.port}{path}",
+                              **({"path": ep["path"]} if ep.get("path") else {})})
+        mirrors.append({"host": mirror["host"], "endpoints": endpoints})
+    return spec_module.from_document({"containerd": {"version": FAMILY_VERSIONS[family]}, "config": {
+        "root": str(work / "root"), "state": str(work / "state"), "systemd_cgroup": False,
+        "sandbox_image": "k8s.gcr.io/pause:3.6",
+        "registry": {"config_path": str(work / "certs.d"), "mirrors": mirrors}}})
+
+
+def _start(spec, family: str, work: Path, breaker=None) -> cri.Containerd:
+    work.mkdir(parents=True, exist_ok=True)
+    for path, f in render.payload(spec).items():
+        if path.endswith("/hosts.toml"):
+            target = Path(spec.config.registry.config_path) / Path(path).parent.name / "hosts.toml"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(f.content)
+    text = cri.host_only(config_toml.render(spec), spec.containerd.config_version, work)
+    if breaker:
+        import tomlkit
+
+        doc = tomlkit.parse(text)
+        breaker(doc, spec.containerd.config_version)
+        text = tomlkit.dumps(doc)
+    return cri.Containerd(family, text, work)
+
+
+def _run_checks(monkeypatch, lab, sock, **kwargs) -> dict[str, dict]:
+    out = io.StringIO()
+    monkeypatch.setattr(check.sys, "stdout", out)
+    cri_checks.run_all(check.Reporter(None), lab, str(sock), **kwargs)
+    return {r["check"]: r for r in (json.loads(line.split(" ", 1)[1]) for line in out.getvalue().splitlines())}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILY_VERSIONS)
+def test_the_cri_checks_pass_on_a_good_containerd_and_the_mirrors_logs_agree(monkeypatch, images, family):
+    work = cri.scratch("ib-cg-")
+    registry = cri.Registry(work / "registry")
+    try:
+        spec = _local_spec(family, registry, work)
+        plan = cri_lab.plan(spec)
+        for kind, name in plan.pushes:
+            registry.push(images[kind], name)
+        daemon = _start(spec, family, work / "d")
+        try:
+            results = _run_checks(monkeypatch, cri_lab.guest_lab(spec, plan), daemon.sock)
+        finally:
+            daemon.close()
+        assert all(r["ok"] for r in results.values()), [r for r in results.values() if not r["ok"]]
+        expected = {"cri.runtime_ready", "cri.network_ready", "cri.pull.docker.io", "cri.pull.gcr.io",
+                    "cri.pull.k8s.gcr.io", "cri.pull.quay.io", "cri.pod_sandbox", "cri.sandbox_image", "cri.container"}
+        if family != "2.1":
+            expected |= {"cri.config.sandbox_image", "cri.config.registry_config_path"}
+        assert set(results) == expected
+        assert results["cri.network_ready"]["actual"] is False  # no CNI network config on this host
+        host = cri_lab.mirror_checks(plan, {p.port: registry for p in [*plan.pulls, plan.sandbox]})
+        assert [c["check"] for c in host] == ["cri.mirror.docker.io", "cri.mirror.gcr.io", "cri.mirror.k8s.gcr.io",
+                                              "cri.mirror.quay.io", "cri.mirror.sandbox_image"]
+        assert all(c["ok"] for c in host), host
+    finally:
+        registry.close()
+
+
+@pytest.mark.slow
+def test_a_mirror_without_the_image_fails_the_pull_and_the_host_check(monkeypatch, images):
+    family = "1.7"
+    work = cri.scratch("ib-cn-")
+    registry = cri.Registry(work / "registry")
+    try:
+        spec = _local_spec(family, registry, work)
+        plan = cri_lab.plan(spec)
+        for kind, name in plan.pushes:
+            if "verify-3" not in name:  # quay.io's mirror lacks its image
+                registry.push(images[kind], name)
+        daemon = _start(spec, family, work / "d")
+        try:
+            results = _run_checks(monkeypatch, cri_lab.guest_lab(spec, plan), daemon.sock)
+        finally:
+            daemon.close()
+        assert [name for name, r in results.items() if not r["ok"]] == ["cri.pull.quay.io"]
+        # The mirror answered 404, containerd fell through to the upstream, which is unreachable.
+        assert "https://quay.io/v2/imagebuild/verify-3/manifests/1" in results["cri.pull.quay.io"]["actual"]
+        host = {c["check"]: c for c in cri_lab.mirror_checks(plan, {p.port: registry for p in plan.pulls})}
+        assert not host["cri.mirror.quay.io"]["ok"] and "404" in host["cri.mirror.quay.io"]["actual"]
+        assert host["cri.mirror.k8s.gcr.io"]["ok"]
+    finally:
+        registry.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILY_VERSIONS)
+def test_a_dead_cri_plugin_fails_the_cri_checks(monkeypatch, images, family):
+    from tests.test_cri import BREAKERS
+
+    work = cri.scratch("ib-cb-")
+    spec = spec_module.from_document({"containerd": {"version": FAMILY_VERSIONS[family]}, "config": {
+        "root": str(work / "root"), "state": str(work / "state"), "systemd_cgroup": False,
+        "registry": {"config_path": str(work / "certs.d")}}})
+    daemon = _start(spec, family, work, BREAKERS["stargz-without-plugin"])
+    try:
+        results = _run_checks(monkeypatch, cri_lab.guest_lab(spec, cri_lab.plan(spec)), daemon.sock,
+                              ready_timeout=3)
+    finally:
+        daemon.close()
+    assert list(results) == ["cri.runtime_ready"]
+    assert not results["cri.runtime_ready"]["ok"]
+    assert "UNIMPLEMENTED: unknown service runtime.v1.RuntimeService" in results["cri.runtime_ready"]["actual"]
+
+
+def test_no_client_beside_check_py_fails_loudly(monkeypatch):
+    monkeypatch.setattr(cri_checks, "_cri_client", lambda: None)
+    results = _run_checks(monkeypatch, None, "/nonexistent.sock")
+    assert list(results) == ["cri.client"] and not results["cri.client"]["ok"]
+
+
+def test_cri_ready_is_read_from_the_first_containerd_boot_of_the_journal():
+    journal = (
+        '[   60.912345] vm containerd[612]: time="2026-12-02T02:00:00Z" level=info msg="serving..." address=/run/x\n'
+        '[   61.234567] vm containerd[612]: time="2026-12-02T02:00:00Z" level=info msg="containerd successfully '
+        'booted in 0.052131s"\n'
+        '[   95.100000] vm containerd[901]: level=info msg="containerd successfully booted in 0.04s"\n')
+    assert cri_checks.first_boot(journal) == 61.234567
+    assert cri_checks.first_boot("[   60.9] vm containerd[612]: msg=\"serving...\"\n") is None
+
+
+@pytest.mark.slow
+def test_the_lab_serves_each_pull_under_the_mirror_host_names_over_tls_with_its_ca(images, tmp_path):
+    """The production Lab for the default spec: a TLS registry for the https endpoints (its certificate
+    names every endpoint host and the sandbox image's registry, signed by the lab CA the guest gets), a
+    plain one for http://hub-mirror.c.163.com, both serving what was pushed; QEMU relays per port."""
+    import http.client
+    import socket
+    import ssl
+
+    spec = spec_module.load()
+    with cri_lab.Lab(spec, tmp_path / "lab", "nocloud", images) as lab:
+        context = ssl.create_default_context(cafile=str(lab.tls["ca"]))
+        accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+
+        def head(port: int, name: str, path: str, tls: bool = True) -> int:
+            if tls:
+                conn = http.client.HTTPSConnection("127.0.0.1", lab.registries[port].port, timeout=10,
+                                                   context=context)
+                conn.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", lab.registries[port].port)),
+                                                server_hostname=name)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", lab.registries[port].port, timeout=10)
+            conn.request("HEAD", path, headers={"Accept": accept, "Host": name})
+            return conn.getresponse().status
+
+        assert not any(c["ok"] for c in lab.host_checks())  # nothing asked yet
+        for pull in lab.plan.pulls:
+            assert head(443, "gcr.mirrors.ustc.edu.cn" if "gcr" in pull.host else "docker.mirrors.ustc.edu.cn",
+                        pull.manifest) == 200, pull
+        assert head(443, "registry.cn-hangzhou.aliyuncs.com", lab.plan.sandbox.manifest) == 200
+        assert head(80, "hub-mirror.c.163.com", lab.plan.pulls[0].manifest, tls=False) == 200
+        with pytest.raises(ssl.SSLCertVerificationError):  # a name the lab does not stand in for
+            head(443, "registry-1.docker.io", lab.plan.pulls[0].manifest)
+        files = lab.seed_files(Path(check.__file__).parent)
+        assert set(files) == set(cri_lab.SEED_FILES)
+        assert files["cri-lab-hosts"].decode().splitlines() == [f"10.0.2.100 {n}" for n in lab.plan.names]
+        assert lab.netdev_options().count("guestfwd=tcp:10.0.2.100:") == 2
+        # The host-side checks read the access log: these HEADs asked exactly the planned paths.
+        assert all(c["ok"] for c in lab.host_checks()), lab.host_checks()
