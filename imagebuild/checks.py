@@ -148,6 +148,10 @@ _CONFIGURED_SNAPSHOTTERS = {
 }
 
 
+#: The smallest gRPC message limit that still lets kubelet's CRI calls through (found by test_g).
+MIN_GRPC_MESSAGE = 4 * 1024 * 1024
+
+
 def _dig(value: Any, keys: tuple[str, ...]) -> Any:
     for key in keys:
         if not isinstance(value, dict) or key not in value:
@@ -177,6 +181,14 @@ def _check_cri_loads(doc: dict, major: int, problems: list[Problem]) -> None:
                                         f"got {show(conf['tls'])} with registry.config_path set (mode: hosts): "
                                         "containerd 1.x then does not load the CRI plugin; put ca/skip_verify on "
                                         "the mirror's endpoints instead"))
+    grpc = _dig(cfg["overrides"], ("grpc",))
+    for name in ("max_recv_message_size", "max_send_message_size"):
+        size = grpc.get(name) if isinstance(grpc, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool) and size < MIN_GRPC_MESSAGE:
+            problems.append(Problem(f"config.overrides.grpc.{name}",
+                                    f"got {size}, expected at least {MIN_GRPC_MESSAGE} (4 MiB, gRPC's own default): "
+                                    "below it containerd cannot answer kubelet's CRI calls (\"trying to send "
+                                    "message larger than max\")"))
 
 
 def _check_endpoint_path(ep: dict, mode: str, key: str, problems: list[Problem], warnings: list[str]) -> None:

@@ -28,7 +28,14 @@ def free_port() -> int:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    kill_group(proc, grace=10)
+    """Stop one process that is not a group of its own (TERM, 10 s, KILL); `Registry.close` stops its group."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Registry:
@@ -82,7 +89,7 @@ class Registry:
         return [(m, p, int(s)) for m, p, s in ACCESS.findall(self.log_path.read_text(errors="replace"))]
 
     def close(self) -> None:
-        stop(self.proc)
+        kill_group(self.proc, grace=10)
         self._log.close()
 
     def __enter__(self) -> Registry:

@@ -6,7 +6,8 @@ v1 client over gRPC.
 - `Containerd`: the real daemon of a family started with a rendered config.toml on its own root,
   state and socket. Host-only rewrites, stated here once: the gRPC/ttrpc sockets move to the scratch
   directory, and on this host (PID 1 is not systemd, CAP_SYS_RESOURCE may be missing) the CRI
-  runtime gets `restrict_oom_score_adj = true`; tests also pass `systemd_cgroup: false` in the spec.
+  runtime gets `restrict_oom_score_adj = true`; a metrics address gets a free port (daemons share
+  the host); tests also pass `systemd_cgroup: false` in the spec.
 - `cri(sock)`: (runtime stub, image stub) of `cri_api.v1` (PyPI container-runtime-interface-api).
 """
 from __future__ import annotations
@@ -84,6 +85,8 @@ def host_only(config_text: str, config_version: int, work: Path) -> str:
     doc = tomlkit.parse(config_text)
     doc.setdefault("grpc", tomlkit.table())["address"] = str(work / "c.sock")
     doc.setdefault("ttrpc", tomlkit.table())["address"] = str(work / "c.sock.ttrpc")
+    if doc.get("metrics", {}).get("address"):   # a fixed port would collide between daemons on one host
+        doc["metrics"]["address"] = f"127.0.0.1:{free_port()}"
     runtime = ("io.containerd.grpc.v1.cri",) if config_version == 2 else ("io.containerd.cri.v1.runtime",)
     doc["plugins"][runtime[0]]["restrict_oom_score_adj"] = True
     return tomlkit.dumps(doc)

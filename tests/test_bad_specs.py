@@ -60,6 +60,8 @@ class Bad:
 CASES = [
     # --- types and ranges
     Bad("name-not-string", {"name": 123}, "name", "got 123, expected a string"),
+    Bad("grpc-message-limit-too-small", {"config": {"overrides": {"grpc": {"max_send_message_size": 1}}}},
+        "config.overrides.grpc.max_send_message_size", "got 1, expected at least 4194304"),
     Bad("name-pattern", {"name": "Golden_Image"}, "name", "'Golden_Image'"),
     Bad("name-too-long", {"name": "a" * 64}, "name", "'aaaaaaaa"),
     Bad("oom-below-range", {"config": {"oom_score": -1001}}, "config.oom_score", "got -1001"),
@@ -405,8 +407,8 @@ CASES = [
         "plugins.io.containerd.transfer.v1.local.unpack_config": [{"platform": "linux/amd64", "snapshotter": 1}]}}},
         "config.overrides.plugins.io.containerd.transfer.v1.local.unpack_config[0].snapshotter",
         "got 1 (integer), expected a string"),
-    Bad("override-set-twice", {"config": {"overrides": {"grpc.max_recv_message_size": 1,
-                                                        "grpc": {"max_recv_message_size": 2}}}},
+    Bad("override-set-twice", {"config": {"overrides": {"grpc.max_recv_message_size": 1 << 23,
+                                                        "grpc": {"max_recv_message_size": 1 << 24}}}},
         "config.overrides.grpc.max_recv_message_size", "set twice"),
     Bad("override-surrogate", '{"config": {"overrides": {"debug": {"level": "a\\ud800"}}}}',
         "config.overrides.debug.level", "lone UTF-16 surrogate"),

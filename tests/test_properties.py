@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 
 from imagebuild import render
 from imagebuild.bake import build_seed
+from imagebuild.checks import MIN_GRPC_MESSAGE
 from imagebuild.errors import ImagebuildError
 from imagebuild.guest.check import dig
 from imagebuild.render import config_toml, expected
@@ -226,8 +227,8 @@ def _override_catalogue(family: str) -> list[tuple[tuple[str, ...], st.SearchStr
     leaves = [
         (("debug", "level"), st.sampled_from(["trace", "debug", "info", "warn", "error"])),
         (("debug", "format"), st.sampled_from(["text", "json"])),
-        (("grpc", "max_recv_message_size"), st.integers(1, 2**31 - 1)),
-        (("grpc", "max_send_message_size"), st.integers(1, 2**31 - 1)),
+        (("grpc", "max_recv_message_size"), st.integers(MIN_GRPC_MESSAGE, 2**31 - 1)),
+        (("grpc", "max_send_message_size"), st.integers(MIN_GRPC_MESSAGE, 2**31 - 1)),
         (("metrics", "address"), port.map(lambda p: f"127.0.0.1:{p}")),
         (("metrics", "grpc_histogram"), st.booleans()),
         (gc + ("pause_threshold",), st.floats(0.0, 1.0)),
