@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+from . import run as run_module
 from .errors import ImagebuildError
 from .run import STDOUT, kill_group, run, spawn
 
@@ -27,15 +27,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Stop one process that is not a group of its own (TERM, 10 s, KILL); `Registry.close` stops its group."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+stop = run_module.stop   # one process, not a group (tests' daemons); `Registry.close` stops its group
 
 
 class Registry:

@@ -77,6 +77,18 @@ def spawn(cmd: Command, *, stdin: Any = DEVNULL, stdout: Any = None, stderr: Any
         raise ImagebuildError(f"cannot start {os.fspath(cmd[0])}: {exc.strerror or exc}") from None
 
 
+def stop(proc: subprocess.Popen, *, grace: float = 10.0) -> None:
+    """Stop one process that is not a group of its own (started by a plain Popen): TERM, up to
+    *grace* seconds, then KILL. Programs started here are stopped group-wide by :func:`kill_group`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def kill_group(proc: subprocess.Popen, *, sig: int = signal.SIGTERM, grace: float = 3.0) -> None:
     """Stop *proc* and its process group: *sig* to the group if *proc* still runs, up to *grace*
     seconds for it to exit, then SIGKILL to the group (stragglers too) and reap. Idempotent."""

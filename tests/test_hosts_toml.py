@@ -22,6 +22,7 @@ import pytest
 from imagebuild import render
 from imagebuild.devtools import debian_artifacts
 from imagebuild.render import hosts_toml
+from imagebuild.run import stop
 from tests.support import FAMILY_VERSIONS, spec_of
 
 SPEC = {"config": {"registry": {"mirrors": [
@@ -141,12 +142,7 @@ def containerd_daemon(request):
             time.sleep(0.05)
         yield family, debian_artifacts.binary(family, "ctr"), sock
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -19,6 +19,7 @@ from imagebuild import testimage
 from imagebuild.devtools import debian_artifacts as da
 from imagebuild.devtools import testimage as dev_testimage
 from imagebuild.errors import ImagebuildError
+from imagebuild.run import stop
 
 #: The manifest digest of the default test image. It changes only when the image's content does
 #: (the program, its links, the config): a different digest on another machine is a reproducibility bug.
@@ -205,12 +206,7 @@ def ctr(request):
     try:
         yield [str(da.binary(family, "ctr")), "-a", sock, "-n", "k8s.io"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, grace=20)
         subprocess.run(["rm", "-rf", "--one-file-system", str(workdir)], check=False)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import model_check  # tests/aws is on sys.path (rootdir-relative conftest)
+from imagebuild.run import stop
 
 MIB = 1024 * 1024
 BLOCK = 512 * 1024
@@ -81,12 +82,7 @@ def moto_process(env_overrides: dict[str, str] | None = None):
             time.sleep(0.05)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         shutil.rmtree(logdir, ignore_errors=True)
 
 
