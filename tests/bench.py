@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -135,9 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7, help="runs per cheap figure (median)")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     rows = cli_figures(args.runs)
     if not args.quick:
         rows += qemu_figures()
+    # Wall times are only comparable on a quiet machine: say how busy this one was.
+    rows.append(("load average (1 min) at start / end", f"{load_before[0]:.1f} / {os.getloadavg()[0]:.1f}",
+                 f"{os.cpu_count()} CPUs: a load above that inflates every wall time"))
     text = table(rows)
     print(text)
     if args.out:
