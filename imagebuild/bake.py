@@ -107,8 +107,20 @@ def resolve_base(spec: Spec, base: str | None) -> tuple[str, str]:
                                       f"{spec.image.base.checksum}; nothing was built")
             source = str(path)
         return source, spec.image.base.checksum
-    path = baseimage.build()
+    path = baseimage.build(flavor=baseimage.Flavor.of(spec.image.os, spec.image.architecture))
     return str(path), baseimage.checksum(path)
+
+
+def boot_mode(spec: Spec, base_source: str) -> str:
+    """The firmware the image boots under, as EC2's BootMode: the built-in base image's layout
+    (Debian 12 amd64 legacy-bios, Debian 13 amd64 hybrid uefi-preferred, arm64 uefi), or for a base
+    of your own its image.base.boot_mode (default legacy-bios on amd64, uefi on arm64)."""
+    flavor = baseimage.Flavor.of(spec.image.os, spec.image.architecture)
+    if baseimage.built_from_recipe(base_source, flavor):
+        return flavor.boot_mode
+    if spec.image.base and spec.image.base.boot_mode:
+        return spec.image.base.boot_mode
+    return "uefi" if spec.image.architecture == "arm64" else "legacy-bios"
 
 
 # Packer UI messages that open each phase of a qemu build, for the duration breakdown, and the
@@ -293,8 +305,8 @@ def _manifest(spec: Spec, image: Path, packer_manifest: Path, base_source: str, 
         "runc_version": install.runc.version if install.method == "tarball" else "distro package",
         "base_image": {"source": base_source, "checksum": base_checksum},
         "build_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "boot_mode": "legacy-bios",
-        "architecture": "x86_64",
+        "boot_mode": boot_mode(spec, base_source),
+        "architecture": baseimage.EC2_ARCHITECTURES[spec.image.architecture],
         "accelerator": accelerator,
         "imagebuild_version": __version__,
         "durations_s": durations,

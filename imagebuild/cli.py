@@ -89,9 +89,9 @@ def cmd_init(args) -> int:
 
 
 def cmd_base_image(args) -> int:
-    from .baseimage import build
+    from .baseimage import Flavor, build
 
-    print(build())
+    print(build(flavor=Flavor.of(args.os, args.architecture)))
     return 0
 
 
@@ -186,7 +186,11 @@ def parser() -> argparse.ArgumentParser:
     p = command("init", cmd_init, "write the default spec, commented, as a starting point", spec=None)
     p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
-    command("base-image", cmd_base_image, "build (or reuse) the Debian 12 cloud-style base qcow2", spec=None)
+    p = command("base-image", cmd_base_image, "build (or reuse) a Debian cloud-style base qcow2", spec=None)
+    p.add_argument("--os", choices=["debian-12", "debian-13"], default="debian-12",
+                   help="Debian release, as the spec's image.os (default: debian-12)")
+    p.add_argument("--architecture", choices=["amd64", "arm64"], default="amd64",
+                   help="as the spec's image.architecture (default: amd64)")
     p = command("bake", cmd_bake, "render, run packer build (qemu), and write the image with manifest.json")
     p.add_argument("-o", "--output", default="output", help="output directory for the image (default: output)")
     p.add_argument("--base", help="base qcow2 overriding the spec's image.base (default: `imagebuild base-image`)")
