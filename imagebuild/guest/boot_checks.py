@@ -24,6 +24,13 @@ NETWORK_CONFIG_DIRS = ("/etc/network/interfaces.d", "/etc/udev/rules.d", "/etc/n
 AWS_TIME_SYNC = "169.254.169.123"
 APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
 REQUIRED_DRIVERS = ("ena", "nvme")
+#: Present exactly when UEFI firmware booted the kernel ("64": 64-bit UEFI).
+EFI_PLATFORM_SIZE = "/sys/firmware/efi/fw_platform_size"
+#: Where systemd-networkd keeps a NIC's DHCPv4 lease (by interface index), and dhclient its leases.
+NETWORKD_LEASES = "/run/systemd/netif/leases"
+DHCLIENT_LEASES = "/var/lib/dhcp"
+ENI_CONFIG = "/etc/network/interfaces.d/50-cloud-init"
+GPT_BACKUP_BYTES = 33 * 512      # the backup GPT (header + 32 sectors of entries) at the disk's end
 
 
 def files_mentioning(needles: list[str], dirs=NETWORK_CONFIG_DIRS) -> list[str]:
@@ -72,6 +79,41 @@ def nic_by_mac(mac: str) -> str | None:
     return None
 
 
+def firmware_check(rep, boot: dict, platform_size: str = EFI_PLATFORM_SIZE) -> None:
+    """Which firmware booted the kernel: UEFI leaves /sys/firmware/efi (fw_platform_size), BIOS does not."""
+    path = Path(platform_size)
+    try:
+        actual = f"uefi ({path.read_text().strip()}-bit, {path})"
+    except OSError:
+        actual = f"bios (no {path})"
+    rep.check("boot.firmware", boot["firmware"], actual, actual.split()[0] == boot["firmware"])
+
+
+def rootfs_grown(disk_b: int, start_b: int, part_b: int, fs_b: int) -> tuple[str, bool]:
+    """Did growpart and resize2fs grow the root to the disk? The partition must END where the disk's
+    usable space ends (a GPT keeps its backup in the last 33 sectors; an MBR disk gets the same slack),
+    whatever sector it starts at (1 MiB on MBR, after the ESP on GPT); the filesystem fills the partition."""
+    end_b = start_b + part_b
+    actual = (f"disk {disk_b}, partition {start_b}..{end_b} ({part_b}), filesystem {fs_b} bytes")
+    return actual, end_b >= disk_b - GPT_BACKUP_BYTES - 4 * 2**20 and fs_b >= part_b - 2**20
+
+
+def dhcp_configured(dev: str, ifindex: str, leases: str = NETWORKD_LEASES, dhclient: str = DHCLIENT_LEASES,
+                    eni: str = ENI_CONFIG) -> tuple[str, bool]:
+    """Was *dev* configured by DHCP, and by what: systemd-networkd (its lease file, by interface index:
+    Debian 13) or ifupdown's dhclient (cloud-init's `iface DEV inet dhcp` stanza and a lease: Debian 12)."""
+    networkd = Path(leases) / ifindex
+    if ifindex and networkd.is_file():
+        text = networkd.read_text(errors="replace")
+        address = re.search(r"^ADDRESS=(\S+)", text, re.M)
+        return f"a networkd DHCP lease ({networkd}: {address.group(1) if address else 'no ADDRESS'})", bool(address)
+    eni_path = Path(eni)
+    stanza = eni_path.exists() and re.search(rf"^iface {re.escape(dev)} inet dhcp$", eni_path.read_text(), re.M)
+    lease = any(Path(dhclient).glob(f"dhclient*{dev}*.leases"))
+    return (f"{'dhcp' if stanza else 'not dhcp'} in {eni_path}, {'a' if lease else 'no'} dhclient lease, "
+            f"no networkd lease ({networkd})"), bool(stanza) and lease
+
+
 def platform_checks(rep, boot: dict) -> None:
     """What a cloud image owes any platform: console, drivers, time, apt policy, root grown, network."""
     cmdline = Path("/proc/cmdline").read_text().split()
@@ -95,12 +137,12 @@ def platform_checks(rep, boot: dict) -> None:
     part = Path("/sys/class/block") / Path(root).name
     try:
         disk = part.resolve().parent
+        start_b = int((part / "start").read_text()) * 512
         part_b = int((part / "size").read_text()) * 512
         disk_b = int((disk / "size").read_text()) * 512
         tune = dict(line.split(":", 1) for line in run("tune2fs", "-l", root).stdout.splitlines() if ":" in line)
         fs_b = int(tune["Block count"]) * int(tune["Block size"])
-        actual = f"disk {disk_b}, partition {part_b}, filesystem {fs_b} bytes"
-        ok = part_b >= disk_b - 4 * 2**20 and fs_b >= part_b - 2**20
+        actual, ok = rootfs_grown(disk_b, start_b, part_b, fs_b)
     except (OSError, ValueError, KeyError) as exc:
         actual, ok = f"<{type(exc).__name__}: {exc}>", False
     rep.check("disk.rootfs_grown", "partition and filesystem fill the disk", actual, ok)
@@ -109,13 +151,13 @@ def platform_checks(rep, boot: dict) -> None:
         dev = nic_by_mac(mac)
         route = run("ip", "-4", "route", "show", "default").stdout.split()
         route_dev = route[route.index("dev") + 1] if "dev" in route else None
-        eni = Path("/etc/network/interfaces.d/50-cloud-init")
-        dhcp = bool(dev and eni.exists() and re.search(rf"^iface {re.escape(dev)} inet dhcp$", eni.read_text(), re.M))
-        lease = bool(dev) and any(Path("/var/lib/dhcp").glob(f"dhclient*{dev}*.leases"))
+        how, dhcp = "", False
+        if dev:
+            ifindex = Path(f"/sys/class/net/{dev}/ifindex").read_text().strip()
+            how, dhcp = dhcp_configured(dev, ifindex)
         rep.check("network.dhcp", f"the NIC with MAC {mac}: default route, configured by DHCP",
-                  f"{dev or '<no such NIC>'}: default route via {route_dev or '<none>'}, "
-                  f"{'dhcp' if dhcp else 'not dhcp'} in {eni}, {'a' if lease else 'no'} DHCP lease",
-                  bool(dev) and route_dev == dev and bool(dhcp) and lease)
+                  f"{dev or '<no such NIC>'}: default route via {route_dev or '<none>'}, {how}",
+                  bool(dev) and route_dev == dev and dhcp)
 
 
 def ec2_checks(rep, boot: dict) -> None:
@@ -148,6 +190,8 @@ def identity_checks(rep, boot: dict, facts: dict) -> None:
 
 
 def run_all(rep, boot: dict, facts: dict) -> None:
+    if boot.get("firmware"):
+        firmware_check(rep, boot)
     platform_checks(rep, boot)
     identity_checks(rep, boot, facts)
     if boot.get("platform") == "ec2":
