@@ -37,6 +37,26 @@ ARCHES: dict[str, dict] = {
 BOOT_MODE_FIRMWARE = {"legacy-bios": "bios", "uefi": "uefi", "uefi-preferred": "uefi"}
 
 
+#: ... and the firmware its Packer build uses: a hybrid image is built under SeaBIOS, so the build boot
+#: proves its BIOS path and the verify boot (UEFI) the other: both on every image, at no extra boot.
+BAKE_FIRMWARE = {"legacy-bios": "bios", "uefi": "uefi", "uefi-preferred": "bios"}
+
+
+def for_bake(boot_mode: str) -> str:
+    """The firmware the Packer build of an image registered with *boot_mode* uses."""
+    for_boot_mode(boot_mode)
+    return BAKE_FIRMWARE[boot_mode]
+
+
+def packer_variables(arch: str, firmware: str, work: str | os.PathLike) -> dict[str, str]:
+    """The Packer template's firmware_code/firmware_vars (empty: SeaBIOS); a UEFI build's variable
+    store is copied into *work*."""
+    check(arch, firmware)
+    if firmware == "bios":
+        return {"firmware_code": "", "firmware_vars": ""}
+    return {"firmware_code": str(_arch(arch)["uefi_code"]), "firmware_vars": str(vars_copy(arch, work))}
+
+
 def for_boot_mode(boot_mode: str) -> str:
     """The firmware a verify boot of an image registered with *boot_mode* uses."""
     try:

@@ -47,6 +47,18 @@ variable "ssh_private_key_file" {
   default     = "seed/id_ed25519"
 }
 
+variable "firmware_code" {
+  type        = string
+  description = "UEFI firmware code (read-only pflash: OVMF_CODE_4M.fd, AAVMF_CODE.fd); empty: SeaBIOS. Packer 1.6.6 has no firmware option, so it goes in through qemuargs."
+  default     = ""
+}
+
+variable "firmware_vars" {
+  type        = string
+  description = "This build's own copy of the UEFI variable store (writable pflash); with firmware_code."
+  default     = ""
+}
+
 variable "aws_endpoint" {
   type        = string
   description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
@@ -75,7 +87,10 @@ source "qemu" "golden" {
   accelerator      = var.accelerator
   cpus             = 2
   memory           = 2048
-  qemuargs         = [["-cpu", "max"]]
+  qemuargs         = concat([["-cpu", "max"]], var.firmware_code == "" ? [] : [
+    ["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=${replace(var.firmware_code, ",", ",,")}"],
+    ["-drive", "if=pflash,format=raw,unit=1,file=${replace(var.firmware_vars, ",", ",,")}"],
+  ])
   headless         = true
   cd_files         = ["${path.root}/seed/user-data", "${path.root}/seed/meta-data"]
   cd_label         = "cidata"
