@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 APT_PACKAGES := packer qemu-system-x86 qemu-utils mmdebstrap shellcheck cloud-init xorriso \
 	cloud-image-utils busybox-static grub-pc-bin grub2-common e2fsprogs fdisk curl systemd \
-	docker-registry skopeo runc tinyproxy binutils openssl
+	docker-registry skopeo runc tinyproxy binutils openssl ovmf qemu-efi-aarch64 dosfstools mtools
 export CHECKPOINT_DISABLE := 1
 
 .PHONY: golden test test-fast test-e2e deps venv lint regen-defaults regen-testimage regen-cases bench fuzz clean
