@@ -82,7 +82,6 @@ def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
     staged = [(f"{render.GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()] if install else []
     staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode)
                for name in ("check.py", "expected.json")]
-    staged.append((f"{VERIFY_DIR}/boot_checks.py", (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(), 0o644))
     staged.append((f"{VERIFY_DIR}/boot.json", (json.dumps(boot, indent=2) + "\n").encode(), 0o644))
     run_check = render_template("run-check.sh.j2", verify_dir=VERIFY_DIR, seed_mount=SEED_MOUNT,
                                 results_port=qemu.RESULTS_PORT, test_image=TEST_IMAGE,
@@ -108,7 +107,9 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
         user_data = _seed_files(spec, install=install, boot=boot)
         serial_log = log_dir / f"{label}.serial.log"
         with _cri_lab(spec, work, platform, test_image) as lab:
+            # boot_checks.py rides on the seed disk like the CRI checks: the user-data must fit EC2's 16 KB.
             disk_files = {TEST_IMAGE: test_image.read_bytes(),
+                          "boot_checks.py": (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(),
                           **lab.seed_files(PACKAGE_DIR / "guest")}
             step(f"verify {label}: booting {disk.name} as {platform} under {firmware} "
                  f"(timeout {spec.verify.timeout}s)")

@@ -1,10 +1,7 @@
 #!/usr/bin/env python3
-"""The verify boot's checks of what the boot presented: console, drivers, time sync, apt policy, the root
-filesystem grown, DHCP on the boot's NIC, the platform's hostname, nothing of the build's identity left,
-and on EC2 the datasource, instance-id and IMDS public key. Python 3.11 standard library only.
-
-Staged by the verify boot beside check.py (which imports it for --boot); not installed on machines, so
-the user-data stays small.
+"""The verify boot's checks of what the boot presented: firmware, console, drivers, time, apt policy,
+root grown, DHCP, hostname, no build identity left; on EC2 datasource, instance-id, IMDS key. Standard
+library only; staged beside check.py (which imports it for --boot), never installed.
 """
 from __future__ import annotations
 
@@ -24,13 +21,8 @@ NETWORK_CONFIG_DIRS = ("/etc/network/interfaces.d", "/etc/udev/rules.d", "/etc/n
 AWS_TIME_SYNC = "169.254.169.123"
 APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
 REQUIRED_DRIVERS = ("ena", "nvme")
-#: Present exactly when UEFI firmware booted the kernel ("64": 64-bit UEFI).
-EFI_PLATFORM_SIZE = "/sys/firmware/efi/fw_platform_size"
-#: Where systemd-networkd keeps a NIC's DHCPv4 lease (by interface index), and dhclient its leases.
-NETWORKD_LEASES = "/run/systemd/netif/leases"
-DHCLIENT_LEASES = "/var/lib/dhcp"
-ENI_CONFIG = "/etc/network/interfaces.d/50-cloud-init"
-GPT_BACKUP_BYTES = 33 * 512      # the backup GPT (header + 32 sectors of entries) at the disk's end
+EFI_SIZE = "/sys/firmware/efi/fw_platform_size"  # only under UEFI
+LEASES = "/run/systemd/netif/leases"                # networkd's, by ifindex
 
 
 def files_mentioning(needles: list[str], dirs=NETWORK_CONFIG_DIRS) -> list[str]:
@@ -79,39 +71,31 @@ def nic_by_mac(mac: str) -> str | None:
     return None
 
 
-def firmware_check(rep, boot: dict, platform_size: str = EFI_PLATFORM_SIZE) -> None:
-    """Which firmware booted the kernel: UEFI leaves /sys/firmware/efi (fw_platform_size), BIOS does not."""
-    path = Path(platform_size)
+def firmware_check(rep, boot: dict, size: str = EFI_SIZE) -> None:
     try:
-        actual = f"uefi ({path.read_text().strip()}-bit, {path})"
+        actual = f"uefi ({Path(size).read_text().strip()}-bit, {size})"
     except OSError:
-        actual = f"bios (no {path})"
+        actual = f"bios (no {size})"
     rep.check("boot.firmware", boot["firmware"], actual, actual.split()[0] == boot["firmware"])
 
 
-def rootfs_grown(disk_b: int, start_b: int, part_b: int, fs_b: int) -> tuple[str, bool]:
-    """Did growpart and resize2fs grow the root to the disk? The partition must END where the disk's
-    usable space ends (a GPT keeps its backup in the last 33 sectors; an MBR disk gets the same slack),
-    whatever sector it starts at (1 MiB on MBR, after the ESP on GPT); the filesystem fills the partition."""
-    end_b = start_b + part_b
-    actual = (f"disk {disk_b}, partition {start_b}..{end_b} ({part_b}), filesystem {fs_b} bytes")
-    return actual, end_b >= disk_b - GPT_BACKUP_BYTES - 4 * 2**20 and fs_b >= part_b - 2**20
+def rootfs_grown(disk: int, start: int, size: int, fs: int) -> tuple[str, bool]:
+    """The partition ENDS at the disk's end less the backup GPT (33 sectors), wherever it starts."""
+    return (f"disk {disk}, partition {start}..{start + size} ({size}), filesystem {fs} bytes",
+            start + size >= disk - 33 * 512 - 4 * 2**20 and fs >= size - 2**20)
 
 
-def dhcp_configured(dev: str, ifindex: str, leases: str = NETWORKD_LEASES, dhclient: str = DHCLIENT_LEASES,
-                    eni: str = ENI_CONFIG) -> tuple[str, bool]:
-    """Was *dev* configured by DHCP, and by what: systemd-networkd (its lease file, by interface index:
-    Debian 13) or ifupdown's dhclient (cloud-init's `iface DEV inet dhcp` stanza and a lease: Debian 12)."""
-    networkd = Path(leases) / ifindex
-    if ifindex and networkd.is_file():
-        text = networkd.read_text(errors="replace")
-        address = re.search(r"^ADDRESS=(\S+)", text, re.M)
-        return f"a networkd DHCP lease ({networkd}: {address.group(1) if address else 'no ADDRESS'})", bool(address)
-    eni_path = Path(eni)
-    stanza = eni_path.exists() and re.search(rf"^iface {re.escape(dev)} inet dhcp$", eni_path.read_text(), re.M)
-    lease = any(Path(dhclient).glob(f"dhclient*{dev}*.leases"))
-    return (f"{'dhcp' if stanza else 'not dhcp'} in {eni_path}, {'a' if lease else 'no'} dhclient lease, "
-            f"no networkd lease ({networkd})"), bool(stanza) and lease
+def dhcp_configured(dev: str, ifindex: str, leases: str = LEASES, dhclient: str = "/var/lib/dhcp",
+                    eni: str = "/etc/network/interfaces.d/50-cloud-init") -> tuple[str, bool]:
+    """networkd's lease (Debian 13), or ifupdown's `iface DEV inet dhcp` and a dhclient lease (12)."""
+    lease = Path(leases) / ifindex
+    if ifindex and lease.is_file():
+        m = re.search(r"^ADDRESS=(\S+)", lease.read_text(errors="replace"), re.M)
+        return f"a networkd DHCP lease ({lease}: {m.group(1) if m else 'no ADDRESS'})", bool(m)
+    stanza = Path(eni).exists() and re.search(rf"^iface {re.escape(dev)} inet dhcp$", Path(eni).read_text(), re.M)
+    got = any(Path(dhclient).glob(f"dhclient*{dev}*.leases"))
+    return (f"{'dhcp' if stanza else 'not dhcp'} in {eni}, {'a' if got else 'no'} dhclient lease, "
+            f"no {lease}"), bool(stanza) and got
 
 
 def platform_checks(rep, boot: dict) -> None:
