@@ -76,3 +76,16 @@ def test_debian13_golden_verifies_under_uefi(debian13, tmp_path):
     # No 5-minute DHCPv6 wait (ifupdown's dhclient -6 held Debian 13 boots for networking.service's timeout).
     assert report["timings"]["check_done_s"] < 240, report["timings"]
     print(f"\nDebian 13 verify under UEFI: {report['timings']}")
+
+
+def test_debian13_golden_verifies_as_ec2_presents_it(debian13, tmp_path):
+    """Hygiene and the EC2 boot (SMBIOS identity, IMDSv2, a new NIC, a larger disk) unchanged on Debian 13
+    (cloud-init 25.1), under UEFI as a uefi-preferred AMI boots on a UEFI instance type."""
+    spec, image, _ = debian13
+    report = verify_image(image, spec, log_dir=str(tmp_path), platform="ec2")
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert report["passed"], [c for c in report["checks"] if not c["ok"]]
+    assert report["firmware"] == "uefi" and by_name["boot.firmware"]["ok"]
+    assert {"ec2.datasource", "ec2.instance_id", "ec2.public_key", "ec2.imds_v2_only", "hygiene.hostname",
+            "network.dhcp", "disk.rootfs_grown"} <= set(by_name)
+    print(f"\nDebian 13 EC2 verify under UEFI: {report['timings']}")
