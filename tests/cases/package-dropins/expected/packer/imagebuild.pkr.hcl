@@ -87,9 +87,13 @@ source "qemu" "golden" {
   accelerator      = var.accelerator
   cpus             = 2
   memory           = 2048
+  # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
+  # own disk and cdrom drives as soon as qemuargs holds a "-drive", so the flash cannot be one.
+  # The -machine given here replaces Packer's own (-machine type=...,accel=...).
   qemuargs         = concat([["-cpu", "max"]], var.firmware_code == "" ? [] : [
-    ["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=${replace(var.firmware_code, ",", ",,")}"],
-    ["-drive", "if=pflash,format=raw,unit=1,file=${replace(var.firmware_vars, ",", ",,")}"],
+    ["-blockdev", "driver=file,node-name=fwcode,read-only=on,filename=${replace(var.firmware_code, ",", ",,")}"],
+    ["-blockdev", "driver=file,node-name=fwvars,filename=${replace(var.firmware_vars, ",", ",,")}"],
+    ["-machine", "type=pc,accel=${var.accelerator},pflash0=fwcode,pflash1=fwvars"],
   ])
   headless         = true
   cd_files         = ["${path.root}/seed/user-data", "${path.root}/seed/meta-data"]
