@@ -47,6 +47,18 @@ variable "ssh_private_key_file" {
   default     = "seed/id_ed25519"
 }
 
+variable "firmware_code" {
+  type        = string
+  description = "UEFI firmware code (read-only pflash: OVMF_CODE_4M.fd, AAVMF_CODE.fd); empty: SeaBIOS. Packer 1.6.6 has no firmware option, so it goes in through qemuargs."
+  default     = ""
+}
+
+variable "firmware_vars" {
+  type        = string
+  description = "This build's own copy of the UEFI variable store (writable pflash); with firmware_code."
+  default     = ""
+}
+
 variable "aws_endpoint" {
   type        = string
   description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
@@ -75,7 +87,14 @@ source "qemu" "golden" {
   accelerator      = var.accelerator
   cpus             = 2
   memory           = 2048
-  qemuargs         = [["-cpu", "max"]]
+  # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
+  # own disk and cdrom drives as soon as qemuargs holds a "-drive", so the flash cannot be one.
+  # The -machine given here replaces Packer's own (-machine type=...,accel=...).
+  qemuargs         = concat([["-cpu", "max"]], var.firmware_code == "" ? [] : [
+    ["-blockdev", "driver=file,node-name=fwcode,read-only=on,filename=${replace(var.firmware_code, ",", ",,")}"],
+    ["-blockdev", "driver=file,node-name=fwvars,filename=${replace(var.firmware_vars, ",", ",,")}"],
+    ["-machine", "type=pc,accel=${var.accelerator},pflash0=fwcode,pflash1=fwvars"],
+  ])
   headless         = true
   cd_files         = ["${path.root}/seed/user-data", "${path.root}/seed/meta-data"]
   cd_label         = "cidata"
@@ -119,8 +138,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "6db2d76ad009c65cb90ae8b4229b33c629db3ec5e94c688a4b9fdfe5d2008c12", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "6db2d76ad009c65cb90ae8b4229b33c629db3ec5e94c688a4b9fdfe5d2008c12", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "5baf73e0be4e24b4e60dda62f4a1649cc31ee8ff0dae6b492bac9e7ab1890f78", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "5baf73e0be4e24b4e60dda62f4a1649cc31ee8ff0dae6b492bac9e7ab1890f78", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -172,7 +191,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "6db2d76ad009c65cb90ae8b4229b33c629db3ec5e94c688a4b9fdfe5d2008c12"
+      spec_hash  = "5baf73e0be4e24b4e60dda62f4a1649cc31ee8ff0dae6b492bac9e7ab1890f78"
       containerd = "1.7.24"
     }
   }

@@ -47,6 +47,18 @@ variable "ssh_private_key_file" {
   default     = "seed/id_ed25519"
 }
 
+variable "firmware_code" {
+  type        = string
+  description = "UEFI firmware code (read-only pflash: OVMF_CODE_4M.fd, AAVMF_CODE.fd); empty: SeaBIOS. Packer 1.6.6 has no firmware option, so it goes in through qemuargs."
+  default     = ""
+}
+
+variable "firmware_vars" {
+  type        = string
+  description = "This build's own copy of the UEFI variable store (writable pflash); with firmware_code."
+  default     = ""
+}
+
 variable "aws_endpoint" {
   type        = string
   description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
@@ -75,7 +87,14 @@ source "qemu" "golden" {
   accelerator      = var.accelerator
   cpus             = 2
   memory           = 2048
-  qemuargs         = [["-cpu", "max"]]
+  # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
+  # own disk and cdrom drives as soon as qemuargs holds a "-drive", so the flash cannot be one.
+  # The -machine given here replaces Packer's own (-machine type=...,accel=...).
+  qemuargs         = concat([["-cpu", "max"]], var.firmware_code == "" ? [] : [
+    ["-blockdev", "driver=file,node-name=fwcode,read-only=on,filename=${replace(var.firmware_code, ",", ",,")}"],
+    ["-blockdev", "driver=file,node-name=fwvars,filename=${replace(var.firmware_vars, ",", ",,")}"],
+    ["-machine", "type=pc,accel=${var.accelerator},pflash0=fwcode,pflash1=fwvars"],
+  ])
   headless         = true
   cd_files         = ["${path.root}/seed/user-data", "${path.root}/seed/meta-data"]
   cd_label         = "cidata"
@@ -119,8 +138,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "014a0c1182b049de12309f33d451081f997b7c64773153ac36bafc8427e16157", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "014a0c1182b049de12309f33d451081f997b7c64773153ac36bafc8427e16157", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +191,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "014a0c1182b049de12309f33d451081f997b7c64773153ac36bafc8427e16157"
+      spec_hash  = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e"
       containerd = "1.6.20"
     }
   }
