@@ -10,7 +10,8 @@ PY := $(VENV)/bin/python
 BUILD := build
 APT_PACKAGES := packer qemu-system-x86 qemu-utils mmdebstrap shellcheck cloud-init xorriso \
 	cloud-image-utils busybox-static grub-pc-bin grub2-common e2fsprogs fdisk curl systemd \
-	docker-registry skopeo runc tinyproxy binutils openssl
+	docker-registry skopeo runc tinyproxy binutils openssl \
+	binutils-aarch64-linux-gnu qemu-user-static
 export CHECKPOINT_DISABLE := 1
 
 .PHONY: golden test test-fast test-e2e deps venv lint regen-defaults regen-testimage regen-cases bench fuzz clean
@@ -56,7 +57,8 @@ $(VENV)/.installed: pyproject.toml
 regen-defaults: venv
 	$(PY) -m imagebuild.devtools defaults
 
-## regen-testimage: re-assemble verify's test image program (imagebuild/testimage/amd64.s -> amd64.bin)
+## regen-testimage: re-assemble verify's test image programs (imagebuild/testimage/<arch>.s -> <arch>.bin,
+## amd64 and arm64)
 regen-testimage: venv
 	$(PY) -m imagebuild.devtools testimage
 
