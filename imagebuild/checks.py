@@ -14,6 +14,7 @@ from typing import Any
 from .containerd_keys import KeyPaths
 from .model import (
     CONTROL_CHARS,
+    OS_RELEASES,
     SURROGATES,
     Problem,
     Spec,
@@ -54,6 +55,7 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             problems.append(Problem("containerd.install.package.version",
                                     f"got {pkg['version']!r}, expected a version of containerd {ctd['version']} "
                                     f"(starting with {ctd['version']})"))
+    _check_os(doc, problems)
     registry = cfg["registry"]
     seen: dict[str, int] = {}
     for index, mirror in enumerate(registry["mirrors"]):
@@ -150,6 +152,24 @@ _CONFIGURED_SNAPSHOTTERS = {
 
 #: The smallest gRPC message limit that still lets kubelet's CRI calls through (found by test_g).
 MIN_GRPC_MESSAGE = 4 * 1024 * 1024
+
+
+def _check_os(doc: dict, problems: list[Problem]) -> None:
+    """containerd must be installable on image.os: its family is one that release runs, and a package
+    install gets the version that release's own package is."""
+    ctd, os_name = doc["containerd"], doc["image"]["os"]
+    release = OS_RELEASES[os_name]
+    major, minor, _ = (int(p) for p in ctd["version"].split("."))
+    family = family_for(major, minor)
+    if family is not None and family not in release["families"]:
+        problems.append(Problem("containerd.version", f"got {ctd['version']!r} with image.os {os_name}, expected "
+                                f"containerd {supported_versions(release['families'])} there "
+                                f"(Debian {os_name.split('-')[1]} ships no containerd {family} and its runc)"))
+    wanted = release["package_version"]
+    if ctd["install"]["method"] == "package" and wanted and ctd["version"] != wanted:
+        problems.append(Problem("containerd.version", f"got {ctd['version']!r} with install.method package on "
+                                f"image.os {os_name}, expected {wanted} (the containerd package "
+                                f"{release['suite']} ships; the tarball method installs other versions)"))
 
 
 def _dig(value: Any, keys: tuple[str, ...]) -> Any:

@@ -313,10 +313,11 @@ def family_of(version: str) -> str:
     return family_for(major, minor) or f"{major}.{minor}"
 
 
-def supported_versions() -> str:
-    """The supported containerd versions, from the reference defaults imagebuild carries."""
+def supported_versions(families: tuple[str, ...] | None = None) -> str:
+    """The supported containerd versions, from the reference defaults imagebuild carries (of
+    *families* only, when given)."""
     groups = []
-    for family in reference_families():
+    for family in families or reference_families():
         major = int(family.split(".")[0])
         minors = [m for m in range(100) if family_for(major, m) == family]
         span = f"{major}.{minors[0]}.x" if len(minors) == 1 else f"{major}.{minors[0]}.x-{major}.{minors[-1]}.x"
@@ -719,6 +720,15 @@ class System(Section):
 
 # --- the image ---------------------------------------------------------------------------------------
 
+#: What each image.os is: its Debian suite, the containerd families imagebuild installs there (a
+#: Debian 13 guest has no containerd 1.6: Debian dropped it, and its runc needs glibc 2.38, trixie's),
+#: and the containerd version its own package is (None: no rule, as before image.os existed).
+OS_RELEASES: dict[str, dict[str, Any]] = {
+    "debian-12": {"suite": "bookworm", "families": ("1.6", "1.7", "2.1"), "package_version": None},
+    "debian-13": {"suite": "trixie", "families": ("1.7", "2.1"), "package_version": "1.7.24"},
+}
+
+
 class BaseImage(Section):
     """base image for the qemu build; null uses `imagebuild base-image`"""
 
@@ -818,6 +828,14 @@ class Aws(Section):
 class Image(Section):
     """the image Packer bakes"""
 
+    os: Literal["debian-12", "debian-13"] = Field(
+        "debian-12", description="distribution release of the image: the base image recipe (Debian 12 bookworm "
+        "or Debian 13 trixie) and the suite of package installs; on debian-13, containerd 1.7 or 2.x (package "
+        "installs: 1.7.24, what trixie ships). The default stays debian-12 until the Debian 13 goldens pass in "
+        "CI and the default containerd (1.6, which Debian 13 does not ship) moves to 1.7 or later")
+    architecture: Literal["amd64", "arm64"] = Field(
+        "amd64", description="CPU architecture of the image: amd64 images boot under BIOS and UEFI "
+        "(uefi-preferred AMIs), arm64 (Graviton) under UEFI only")
     base: BaseImage | None = Field(None, description=BaseImage.__doc__)
     disk_size_gb: Annotated[int, Int(2, 2048)] = Field(4, description="disk size of the baked image in GiB")
     accelerator: Literal["auto", "kvm", "tcg"] = Field(

@@ -205,6 +205,23 @@ CASES = [
     Bad("package-version-injection", pkg("1.6.20;reboot"), "containerd.install.package.version", "'1.6.20;reboot'"),
     Bad("package-name-space", pkg("1.6.20-1", name="containerd io"), "containerd.install.package.name",
         "'containerd io'"),
+    # --- image.os and image.architecture
+    Bad("os-unknown", {"image": {"os": "debian-11"}}, "image.os",
+        "got 'debian-11', expected one of debian-12, debian-13"),
+    Bad("os-injection", {"image": {"os": "debian-13;reboot"}}, "image.os", "'debian-13;reboot'"),
+    Bad("architecture-unknown", {"image": {"architecture": "x86_64"}}, "image.architecture",
+        "got 'x86_64', expected one of amd64, arm64"),
+    Bad("debian-13-containerd-1.6", {"image": {"os": "debian-13"}}, "containerd.version",
+        "got '1.6.20' with image.os debian-13, expected containerd 1.7.x, 2.0.x-2.2.x there"),
+    Bad("debian-13-containerd-1.6-arm64", {"image": {"os": "debian-13", "architecture": "arm64"},
+                                           "containerd": {"version": "1.6.38"}}, "containerd.version",
+        "got '1.6.38' with image.os debian-13"),
+    Bad("debian-13-package-not-trixie", {"image": {"os": "debian-13"}, "containerd": {
+        "version": "1.7.22", "install": {"method": "package", "package": {"version": "1.7.22~ds1-1"}}}},
+        "containerd.version", "got '1.7.22' with install.method package on image.os debian-13, expected 1.7.24"),
+    Bad("debian-13-package-2.1", {"image": {"os": "debian-13"}, "containerd": {
+        "version": "2.1.9", "install": {"method": "package", "package": {"version": "2.1.9~ds1-1"}}}},
+        "containerd.version", "got '2.1.9' with install.method package on image.os debian-13, expected 1.7.24"),
     Bad("tarball-unpinned", tarball(sha256=None, checksum_url=None), "containerd.install.tarball.sha256",
         "got null with checksum_url null"),
     # --- sandbox_image

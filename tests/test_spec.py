@@ -123,3 +123,22 @@ def test_load_errors_are_spec_errors(tmp_path):
         load(binary)
     with pytest.raises(SpecError, match="expected a mapping at the top level"):
         parse("- a\n- b\n")
+
+
+@pytest.mark.parametrize("doc", [
+    {},
+    {"image": {"os": "debian-13"}, "containerd": {"version": "1.7.24"}},
+    {"image": {"os": "debian-13"}, "containerd": {"version": "2.1.9"}},
+    {"image": {"os": "debian-13"}, "containerd": {"version": "1.7.24", "install": {
+        "method": "package", "package": {"version": "1.7.24~ds1-6+deb13u1"}}}},
+    {"image": {"os": "debian-13", "architecture": "arm64"}, "containerd": {"version": "2.1.9"}},
+    {"image": {"architecture": "arm64"}},
+    {"image": {"os": "debian-12"}, "containerd": {"version": "1.7.24", "install": {
+        "method": "package", "package": {"version": "1.7.24~ds1-1"}}}},
+    {"image": {"os": "debian-13", "base": {"source": "https://images.example/debian-13.qcow2",
+                                           "checksum": "sha256:" + "ab" * 32}}, "containerd": {"version": "1.7.24"}},
+])
+def test_os_and_architecture_combinations_that_install(doc):
+    spec = spec_of(doc)
+    assert spec.image.os == doc.get("image", {}).get("os", "debian-12")  # debian-12 stays the default
+    assert spec.image.architecture == doc.get("image", {}).get("architecture", "amd64")

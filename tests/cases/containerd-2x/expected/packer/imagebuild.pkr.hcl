@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "8b2ad32ce96a23c7429e3c528fc4c33504905df52913f4e25b89180988627881", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "8b2ad32ce96a23c7429e3c528fc4c33504905df52913f4e25b89180988627881", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "b623f61c0a749d60c11f7793080f4527ba4fa4f7e49a865452575166bcb369ba", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "b623f61c0a749d60c11f7793080f4527ba4fa4f7e49a865452575166bcb369ba", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "8b2ad32ce96a23c7429e3c528fc4c33504905df52913f4e25b89180988627881"
+      spec_hash  = "b623f61c0a749d60c11f7793080f4527ba4fa4f7e49a865452575166bcb369ba"
       containerd = "2.1.9"
     }
   }

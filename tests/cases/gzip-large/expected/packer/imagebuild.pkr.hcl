@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "f577284e2efe10bab714f12d70807aac51badf554ceda9ee69dc2a0153c4dc38", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "f577284e2efe10bab714f12d70807aac51badf554ceda9ee69dc2a0153c4dc38", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "58323259277a1ea3aade0ab852d7ed76f760a6a8fc5f234236017b0edc2ef82f", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "58323259277a1ea3aade0ab852d7ed76f760a6a8fc5f234236017b0edc2ef82f", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "f577284e2efe10bab714f12d70807aac51badf554ceda9ee69dc2a0153c4dc38"
+      spec_hash  = "58323259277a1ea3aade0ab852d7ed76f760a6a8fc5f234236017b0edc2ef82f"
       containerd = "1.6.20"
     }
   }

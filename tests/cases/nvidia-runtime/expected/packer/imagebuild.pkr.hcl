@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "bd86770660af034700ca6c3972be761deb22d175a5b8eaf578bbf2a39c86f751", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "bd86770660af034700ca6c3972be761deb22d175a5b8eaf578bbf2a39c86f751", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "9a0eca372dc5adcc22cb39b98157b3d9fe2b44a325b99f1dfb9e7a0553fe3cfe", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "9a0eca372dc5adcc22cb39b98157b3d9fe2b44a325b99f1dfb9e7a0553fe3cfe", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "bd86770660af034700ca6c3972be761deb22d175a5b8eaf578bbf2a39c86f751"
+      spec_hash  = "9a0eca372dc5adcc22cb39b98157b3d9fe2b44a325b99f1dfb9e7a0553fe3cfe"
       containerd = "1.6.20"
     }
   }

@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "014a0c1182b049de12309f33d451081f997b7c64773153ac36bafc8427e16157", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "014a0c1182b049de12309f33d451081f997b7c64773153ac36bafc8427e16157", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "014a0c1182b049de12309f33d451081f997b7c64773153ac36bafc8427e16157"
+      spec_hash  = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e"
       containerd = "1.6.20"
     }
   }

@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "c4933ee55581b47de644c18b492404a74e520903ae8c852f5886ed49c40ce59f", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "c4933ee55581b47de644c18b492404a74e520903ae8c852f5886ed49c40ce59f", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0f289941f5352fda6515d9fb4acba40cfb210b3f28b48602a1a684594ec407ef", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0f289941f5352fda6515d9fb4acba40cfb210b3f28b48602a1a684594ec407ef", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "c4933ee55581b47de644c18b492404a74e520903ae8c852f5886ed49c40ce59f"
+      spec_hash  = "0f289941f5352fda6515d9fb4acba40cfb210b3f28b48602a1a684594ec407ef"
       containerd = "1.6.20"
     }
   }
