@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "b623f61c0a749d60c11f7793080f4527ba4fa4f7e49a865452575166bcb369ba", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "b623f61c0a749d60c11f7793080f4527ba4fa4f7e49a865452575166bcb369ba", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0abefe29a73d186348706ccc0b931998d4de4b29d83094191f45bf2537734aea", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0abefe29a73d186348706ccc0b931998d4de4b29d83094191f45bf2537734aea", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "b623f61c0a749d60c11f7793080f4527ba4fa4f7e49a865452575166bcb369ba"
+      spec_hash  = "0abefe29a73d186348706ccc0b931998d4de4b29d83094191f45bf2537734aea"
       containerd = "2.1.9"
     }
   }

@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "58323259277a1ea3aade0ab852d7ed76f760a6a8fc5f234236017b0edc2ef82f", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "58323259277a1ea3aade0ab852d7ed76f760a6a8fc5f234236017b0edc2ef82f", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "9afbcfa20d58e40c4cbe21c85a219a1daa553bc3219fd6d2b4f949db95ffb1c9", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "9afbcfa20d58e40c4cbe21c85a219a1daa553bc3219fd6d2b4f949db95ffb1c9", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "58323259277a1ea3aade0ab852d7ed76f760a6a8fc5f234236017b0edc2ef82f"
+      spec_hash  = "9afbcfa20d58e40c4cbe21c85a219a1daa553bc3219fd6d2b4f949db95ffb1c9"
       containerd = "1.6.20"
     }
   }

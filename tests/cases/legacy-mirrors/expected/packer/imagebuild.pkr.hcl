@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "5baf73e0be4e24b4e60dda62f4a1649cc31ee8ff0dae6b492bac9e7ab1890f78", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "5baf73e0be4e24b4e60dda62f4a1649cc31ee8ff0dae6b492bac9e7ab1890f78", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "c00443939e3ec074fc16158e235a219a2b446eb23a510a67c8a7345ef0a56d1e", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "c00443939e3ec074fc16158e235a219a2b446eb23a510a67c8a7345ef0a56d1e", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "5baf73e0be4e24b4e60dda62f4a1649cc31ee8ff0dae6b492bac9e7ab1890f78"
+      spec_hash  = "c00443939e3ec074fc16158e235a219a2b446eb23a510a67c8a7345ef0a56d1e"
       containerd = "1.7.24"
     }
   }

@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "9a0eca372dc5adcc22cb39b98157b3d9fe2b44a325b99f1dfb9e7a0553fe3cfe", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "9a0eca372dc5adcc22cb39b98157b3d9fe2b44a325b99f1dfb9e7a0553fe3cfe", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "6167a5eb307719756fe7753412fcb9d451de8cd883ffc2a9ed8be36739251b0f", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "6167a5eb307719756fe7753412fcb9d451de8cd883ffc2a9ed8be36739251b0f", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "9a0eca372dc5adcc22cb39b98157b3d9fe2b44a325b99f1dfb9e7a0553fe3cfe"
+      spec_hash  = "6167a5eb307719756fe7753412fcb9d451de8cd883ffc2a9ed8be36739251b0f"
       containerd = "1.6.20"
     }
   }

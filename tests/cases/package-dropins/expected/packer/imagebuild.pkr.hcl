@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "a7a33057fdf520208a93ab0ebb71f4b961d71c96805d078e42a7b4b41f666042", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "a7a33057fdf520208a93ab0ebb71f4b961d71c96805d078e42a7b4b41f666042", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e"
+      spec_hash  = "a7a33057fdf520208a93ab0ebb71f4b961d71c96805d078e42a7b4b41f666042"
       containerd = "1.6.20"
     }
   }

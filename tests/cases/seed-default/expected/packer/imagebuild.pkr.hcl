@@ -119,8 +119,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0f289941f5352fda6515d9fb4acba40cfb210b3f28b48602a1a684594ec407ef", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0f289941f5352fda6515d9fb4acba40cfb210b3f28b48602a1a684594ec407ef", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "4c65b687e1d9885163de51e34bf4d418430a05214285b91222459daeb597cdd1", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "4c65b687e1d9885163de51e34bf4d418430a05214285b91222459daeb597cdd1", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -172,7 +172,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "0f289941f5352fda6515d9fb4acba40cfb210b3f28b48602a1a684594ec407ef"
+      spec_hash  = "4c65b687e1d9885163de51e34bf4d418430a05214285b91222459daeb597cdd1"
       containerd = "1.6.20"
     }
   }
