@@ -27,6 +27,7 @@ from .progress import heartbeat, step
 from .render.templating import shipped_dir
 from .run import PIPE, STDOUT, run, spawned
 from .spec import Spec
+from .vm import firmware as fw
 from .vm.accel import accelerator as resolve_accelerator
 from .vm.disks import image_info
 
@@ -107,8 +108,20 @@ def resolve_base(spec: Spec, base: str | None) -> tuple[str, str]:
                                       f"{spec.image.base.checksum}; nothing was built")
             source = str(path)
         return source, spec.image.base.checksum
-    path = baseimage.build()
+    path = baseimage.build(flavor=baseimage.Flavor.of(spec.image.os, spec.image.architecture))
     return str(path), baseimage.checksum(path)
+
+
+def boot_mode(spec: Spec, base_source: str) -> str:
+    """The firmware the image boots under, as EC2's BootMode: the built-in base image's layout
+    (Debian 12 amd64 legacy-bios, Debian 13 amd64 hybrid uefi-preferred, arm64 uefi), or for a base
+    of your own its image.base.boot_mode (default legacy-bios on amd64, uefi on arm64)."""
+    flavor = baseimage.Flavor.of(spec.image.os, spec.image.architecture)
+    if baseimage.built_from_recipe(base_source, flavor):
+        return flavor.boot_mode
+    if spec.image.base and spec.image.base.boot_mode:
+        return spec.image.base.boot_mode
+    return "uefi" if spec.image.architecture == "arm64" else "legacy-bios"
 
 
 # Packer UI messages that open each phase of a qemu build, for the duration breakdown, and the
@@ -218,17 +231,21 @@ def _log_tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict[str, str] | None = None) -> Path:
+def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict[str, str] | None = None,
+         firmware: str | None = None) -> Path:
     """Build the golden qcow2 into *output*; returns the image path. Nothing half-made stays behind.
 
-    *packer_vars* override template variables (the benchmark compares disk_discard=ignore).
+    *packer_vars* override template variables (the benchmark compares disk_discard=ignore). *firmware*
+    (bios, uefi) is the build VM's; default: the image's (a hybrid image builds under SeaBIOS, see
+    imagebuild.vm.firmware.BAKE_FIRMWARE).
     """
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     base_source, base_checksum = resolve_base(spec, base)
     # Before the build, not after it: a checksum_url this host cannot read fails in seconds.
     inputs = inputs_hash(spec, base_checksum)
-    accelerator = resolve_accelerator(spec.image.accelerator)
+    # KVM runs only the host's architecture: an arm64 image is built under TCG here.
+    accelerator = resolve_accelerator(spec.image.accelerator) if spec.image.architecture == "amd64" else "tcg"
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-bake-", dir=output.parent))
     packer_tmp: Path | None = None
     log_path = work / f"{spec.name}.packer.log"
@@ -243,10 +260,15 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
         render_dir = packer_directory(spec, work / "render")
         packer_out = work / "image"
         run = PackerRun(log_path, tmpdir=packer_tmp)
+        mode = boot_mode(spec, base_source)
+        build_firmware = firmware or fw.for_bake(mode)
         variables = {"base_image": base_source, "base_checksum": base_checksum,
                      "output_directory": str(packer_out), "accelerator": accelerator,
                      "ssh_private_key_file": str(render_dir / "packer" / "seed" / "id_ed25519"),
+                     **fw.packer_variables(spec.image.architecture, build_firmware, work),
                      **(packer_vars or {})}
+        step(f"bake {spec.name}: {spec.image.os} {spec.image.architecture} image ({mode}), built under "
+             f"{build_firmware}")
         code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
         image = packer_out / f"{spec.name}.qcow2"
         if code != 0 or not image.is_file():
@@ -256,7 +278,7 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
         total = time.monotonic() - started
         step("packer build done; writing manifest")
         manifest = _manifest(spec, image, work / "image-packer-manifest.json", base_source, base_checksum,
-                             inputs, run.durations(total), accelerator)
+                             inputs, run.durations(total), accelerator) | {"build_firmware": build_firmware}
         (packer_out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copyfile(log_path, packer_out / f"{spec.name}.packer.log")
         _publish_dir(packer_out, output)
@@ -293,8 +315,8 @@ def _manifest(spec: Spec, image: Path, packer_manifest: Path, base_source: str, 
         "runc_version": install.runc.version if install.method == "tarball" else "distro package",
         "base_image": {"source": base_source, "checksum": base_checksum},
         "build_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "boot_mode": "legacy-bios",
-        "architecture": "x86_64",
+        "boot_mode": boot_mode(spec, base_source),
+        "architecture": baseimage.EC2_ARCHITECTURES[spec.image.architecture],
         "accelerator": accelerator,
         "imagebuild_version": __version__,
         "durations_s": durations,

@@ -27,6 +27,7 @@ place only when complete; a file lock serialises concurrent callers.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import itertools
@@ -61,6 +62,88 @@ DISK_SIZE = 3 * 1024**3          # virtual size of the disk; the partition fills
 PART_OFFSET = 1024 * 1024        # the root partition starts at 1 MiB (sector 2048)
 KERNEL_CMDLINE = "ro console=tty0 console=ttyS0,115200"
 MKFS_FEATURES = "^orphan_file,^metadata_csum_seed"  # keep GRUB 2.06 able to read the fs
+
+# Per Debian release: its version, the ext4 features its GRUB cannot read, and how the guest's network
+# is configured. Debian 12: ifupdown (cloud-init's eni renderer, dhclient). Debian 13: netplan.io on
+# systemd-networkd with systemd-resolved, as Debian's own cloud images do: cloud-init 25.1's fallback
+# network config asks for DHCPv6 too, and ifupdown's `dhclient -6` holds networking.service (and every
+# unit after network.target) for its 5-minute timeout where nothing answers DHCPv6 (QEMU's user
+# network); networkd does not block the boot on it.
+RELEASES: dict[str, dict] = {
+    "bookworm": {"version": 12, "mkfs_features": MKFS_FEATURES,
+                 "network": ("ifupdown", "isc-dhcp-client"), "enable": ()},
+    # GRUB 2.12 reads metadata_csum_seed and ignores orphan_file (a compat feature): mke2fs's defaults.
+    "trixie": {"version": 13, "mkfs_features": "",
+               "network": ("netplan.io", "systemd-resolved"),
+               "enable": ("systemd-networkd.service", "systemd-resolved.service")},
+}
+# Per architecture: kernel, EFI GRUB (target, package, removable-path binary), serial console.
+ARCHES: dict[str, dict] = {
+    "amd64": {"kernel": "linux-image-cloud-amd64", "efi_target": "x86_64-efi", "efi_grub": "grub-efi-amd64-bin",
+              "efi_binary": "BOOTX64.EFI", "console": "ttyS0"},
+    "arm64": {"kernel": "linux-image-cloud-arm64", "efi_target": "arm64-efi", "efi_grub": "grub-efi-arm64-bin",
+              "efi_binary": "BOOTAA64.EFI", "console": "ttyAMA0"},
+}
+#: What each firmware layout is registered as (EC2 RegisterImage BootMode).
+BOOT_MODES = {"bios": "legacy-bios", "hybrid": "uefi-preferred", "uefi": "uefi"}
+#: EC2's (and the manifest's) name of each architecture.
+EC2_ARCHITECTURES = {"amd64": "x86_64", "arm64": "arm64"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Flavor:
+    """Which base image: the Debian release (suite) and the architecture; the disk layout follows.
+
+    ``bios`` (Debian 12 amd64, today's image, its recipe unchanged): MBR, one ext4 root partition,
+    i386-pc GRUB in the MBR gap. ``hybrid`` (Debian 13 amd64): GPT with a BIOS boot partition
+    (i386-pc core.img), an EFI system partition (x86_64-efi GRUB at the removable path
+    EFI/BOOT/BOOTX64.EFI: no NVRAM entry needed) and the root partition; it boots under SeaBIOS and
+    OVMF alike, so its AMI is registered ``uefi-preferred``. ``uefi`` (arm64): GPT with the ESP
+    (EFI/BOOT/BOOTAA64.EFI) and the root partition. Both GRUBs embed the same early config, so one
+    /boot/grub/grub.cfg serves every firmware.
+    """
+    release: str = SUITE
+    arch: str = "amd64"
+
+    @classmethod
+    def of(cls, os_name: str, architecture: str) -> Flavor:
+        """The flavor of a spec's image.os and image.architecture."""
+        from imagebuild.model import OS_RELEASES
+
+        return cls(OS_RELEASES[os_name]["suite"], architecture)
+
+    @property
+    def firmware(self) -> str:
+        if self.arch != "amd64":
+            return "uefi"
+        # Debian 12 stays BIOS-only (MBR) until its hybrid image is built and proved by every Debian 12
+        # boot: its recipe, hash and cached image are today's.
+        return "bios" if self.release == "bookworm" else "hybrid"
+
+    @property
+    def boot_mode(self) -> str:
+        return BOOT_MODES[self.firmware]
+
+    @property
+    def ec2_architecture(self) -> str:
+        return EC2_ARCHITECTURES[self.arch]
+
+    @property
+    def version(self) -> int:
+        return int(RELEASES[self.release]["version"])
+
+
+DEFAULT = Flavor()
+
+# GPT partition type GUIDs, and where the ESP ends (the root partition starts) in GPT layouts.
+GPT_BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
+GPT_ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+GPT_LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+ESP_END = 128 * 1024 * 1024
+GRUB_EFI_MODULES = (
+    "part_gpt", "part_msdos", "fat", "ext2", "search", "search_fs_uuid", "configfile",
+    "normal", "linux", "gzio", "serial", "terminal", "echo", "test", "efi_gop",
+)
 
 PACKAGES = (
     "linux-image-cloud-amd64",
@@ -190,9 +273,29 @@ REMOVE_GLOBS = (
 )
 
 
-def recipe() -> dict:
-    """Everything that determines the image, as plain JSON-able data."""
-    return {
+def check_flavor(flavor: Flavor) -> Flavor:
+    if flavor.release not in RELEASES:
+        raise ImagebuildError(f"base image: release {flavor.release!r} is not one of {sorted(RELEASES)}")
+    if flavor.arch not in ARCHES:
+        raise ImagebuildError(f"base image: architecture {flavor.arch!r} is not one of {sorted(ARCHES)}")
+    return flavor
+
+
+def names(flavor: Flavor = DEFAULT) -> tuple[str, str, str]:
+    """(image, kernel, initrd) file names of *flavor*'s base image."""
+    if flavor == DEFAULT:
+        return IMAGE_NAME, KERNEL_NAME, INITRD_NAME
+    stem = f"debian-{flavor.version}-base" + ("" if flavor.arch == "amd64" else f"-{flavor.arch}")
+    return f"{stem}.qcow2", f"{stem}.vmlinuz", f"{stem}.initrd.img"
+
+
+def recipe(flavor: Flavor = DEFAULT) -> dict:
+    """Everything that determines the image, as plain JSON-able data.
+
+    The default flavor's (Debian 12 amd64 BIOS) is the recipe of before flavors existed, key for key:
+    its hash, and so its cached image, did not change. Other flavors add what differs."""
+    check_flavor(flavor)
+    base = {
         "recipe_version": RECIPE_VERSION,
         "suite": SUITE,
         "packages": sorted(PACKAGES),
@@ -209,11 +312,65 @@ def recipe() -> dict:
         "kernel_cmdline": KERNEL_CMDLINE,
         "mkfs_features": MKFS_FEATURES,
     }
+    if flavor == DEFAULT:
+        return base
+    arch, release = ARCHES[flavor.arch], RELEASES[flavor.release]
+    packages = [p for p in PACKAGES if p not in ("linux-image-cloud-amd64", "grub-pc-bin")
+                and p not in RELEASES["bookworm"]["network"]]
+    packages += [arch["kernel"], *release["network"]]
+    if flavor.firmware in ("bios", "hybrid"):
+        packages.append("grub-pc-bin")
+    if flavor.firmware in ("hybrid", "uefi"):
+        packages.append(arch["efi_grub"])
+    base.update({
+        "flavor": {"release": flavor.release, "arch": flavor.arch, "firmware": flavor.firmware},
+        "suite": flavor.release,
+        "packages": sorted(packages),
+        "files": _flavor_files(flavor),
+        "enabled_units": sorted(release["enable"]),
+        "grub_modules": sorted(set(GRUB_MODULES) | {"part_gpt"}),
+        "grub_efi_modules": sorted(GRUB_EFI_MODULES),
+        "esp_end": ESP_END,
+        "kernel_cmdline": _cmdline(flavor),
+        "mkfs_features": release["mkfs_features"],
+    })
+    return base
 
 
-def recipe_hash(spec: dict | None = None) -> str:
-    """sha256 (hex) of the canonical JSON of *spec* (default: this module's recipe)."""
-    data = json.dumps(recipe() if spec is None else spec, sort_keys=True,
+def _cmdline(flavor: Flavor) -> str:
+    if flavor == DEFAULT:
+        return KERNEL_CMDLINE
+    return f"ro console=tty0 console={ARCHES[flavor.arch]['console']},115200"
+
+
+def _flavor_files(flavor: Flavor) -> dict[str, str]:
+    """FILES as *flavor* needs them: its Debian version and partition table in grub.cfg, its console,
+    and (Debian 13) no ifupdown configuration and no resolv.conf (systemd-resolved owns it)."""
+    if flavor == DEFAULT:
+        return dict(FILES)
+    files = dict(FILES)
+    console = ARCHES[flavor.arch]["console"]
+    grub = files["boot/grub/grub.cfg"].replace("Debian GNU/Linux 12", f"Debian GNU/Linux {flavor.version}")
+    if flavor.firmware != "bios":
+        grub = grub.replace("insmod part_msdos", "insmod part_gpt")
+    if flavor.arch != "amd64":   # no 8250 UART: GRUB talks through the firmware's console
+        grub = grub.replace("serial --unit=0 --speed=115200\n", "")
+        grub = grub.replace("terminal_input serial console\nterminal_output serial console\n",
+                            "terminal_input console\nterminal_output console\n")
+    files["boot/grub/grub.cfg"] = grub
+    default = files["etc/default/grub"].replace("console=ttyS0,115200", f"console={console},115200")
+    if flavor.arch != "amd64":
+        default = default.replace('GRUB_TERMINAL="serial console"', 'GRUB_TERMINAL="console"')
+        default = default.replace('GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n', "")
+    files["etc/default/grub"] = default
+    if "ifupdown" not in RELEASES[flavor.release]["network"]:
+        del files["etc/network/interfaces"], files["etc/resolv.conf"]
+    return {k: files[k] for k in sorted(files)}
+
+
+def recipe_hash(spec: dict | None = None, flavor: Flavor = DEFAULT) -> str:
+    """sha256 (hex) of the canonical JSON of *spec* (default: this module's recipe of *flavor*)."""
+    data = json.dumps(recipe(flavor) if spec is None else spec, sort_keys=True,
                       separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(data.encode()).hexdigest()
 
@@ -223,57 +380,66 @@ def checksum(path: str | os.PathLike) -> str:
     return "sha256:" + sha256_file(path)
 
 
-def cached_image(out_dir: str | os.PathLike | None = None) -> Path | None:
+def cached_image(out_dir: str | os.PathLike | None = None, flavor: Flavor = DEFAULT) -> Path | None:
     """The finished image for the current recipe if it is already built, else None."""
-    target = _target_dir(out_dir) / IMAGE_NAME
-    return target if _complete(target) else None
+    target = _target_dir(out_dir, flavor) / names(flavor)[0]
+    return target if _complete(target, flavor) else None
 
 
-def kernel_files(out_dir: str | os.PathLike | None = None) -> tuple[Path, Path] | None:
+def built_from_recipe(image: str | os.PathLike, flavor: Flavor = DEFAULT) -> bool:
+    """Is *image* a base image `build` made from *flavor*'s current recipe (its .recipe stamp says so)?"""
+    return _complete(Path(image), flavor)
+
+
+def kernel_files(out_dir: str | os.PathLike | None = None,
+                 flavor: Flavor = DEFAULT) -> tuple[Path, Path] | None:
     """(vmlinuz, initrd.img) of the built base image, if it is built (else None).
 
     Boot them with ``-kernel/-initrd`` and :func:`kernel_cmdline` to skip GRUB (~7 s
     under TCG); valid for the base image and images whose kernel was not upgraded.
     """
-    image = cached_image(out_dir)
+    image = cached_image(out_dir, flavor)
     if image is None:
         return None
-    return image.with_name(KERNEL_NAME), image.with_name(INITRD_NAME)
+    _, kernel, initrd = names(flavor)
+    return image.with_name(kernel), image.with_name(initrd)
 
 
-def kernel_cmdline() -> str:
+def kernel_cmdline(flavor: Flavor = DEFAULT) -> str:
     """The kernel command line the image's grub.cfg uses."""
-    return f"root=UUID={_fs_uuid()} {KERNEL_CMDLINE}"
+    return f"root=UUID={_fs_uuid(flavor)} {_cmdline(flavor)}"
 
 
-def build(out_dir: str | os.PathLike | None = None) -> Path:
+def build(out_dir: str | os.PathLike | None = None, flavor: Flavor = DEFAULT) -> Path:
     """Build (or reuse) the base image and return the path of its qcow2.
 
     *out_dir* defaults to ``cache_dir("base", recipe_hash())``. A finished image there,
     built from the same recipe, is returned at once. Beside it: ``IMAGE.sha256``
     (``sha256sum`` format) and ``IMAGE.recipe`` (the recipe hash it was built from).
     """
-    target_dir = _target_dir(out_dir)
-    target = target_dir / IMAGE_NAME
-    if _complete(target):
+    check_flavor(flavor)
+    image_name, kernel_name, initrd_name = names(flavor)
+    target_dir = _target_dir(out_dir, flavor)
+    target = target_dir / image_name
+    if _complete(target, flavor):
         return target
-    _preflight()
+    _preflight(flavor)
 
     with locked(target_dir / ".lock", waiting="base image: another process is building it; waiting for its lock"):
-        if _complete(target):          # another process finished it while we waited
+        if _complete(target, flavor):  # another process finished it while we waited
             return target
         for stale in target_dir.glob(".build-*"):
             _remove_tree(stale)         # left by a build that was killed outright
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=target_dir))
         try:
-            image = _build_into(work)
+            image = _build_into(work, flavor)
             digest = checksum(image)
-            (work / (IMAGE_NAME + ".sha256")).write_text(
-                f"{digest.split(':', 1)[1]}  {IMAGE_NAME}\n")
-            (work / (IMAGE_NAME + ".recipe")).write_text(recipe_hash() + "\n")
+            (work / (image_name + ".sha256")).write_text(
+                f"{digest.split(':', 1)[1]}  {image_name}\n")
+            (work / (image_name + ".recipe")).write_text(recipe_hash(flavor=flavor) + "\n")
             # The qcow2 is renamed last: its presence means "complete".
-            for name in (KERNEL_NAME, INITRD_NAME, IMAGE_NAME + ".sha256",
-                         IMAGE_NAME + ".recipe", IMAGE_NAME):
+            for name in (kernel_name, initrd_name, image_name + ".sha256",
+                         image_name + ".recipe", image_name):
                 os.replace(work / name, target_dir / name)
         finally:
             _remove_tree(work)
@@ -283,32 +449,36 @@ def build(out_dir: str | os.PathLike | None = None) -> Path:
 
 # --- internals ---------------------------------------------------------------------------
 
-def _preflight() -> None:
-    for tool in ("mmdebstrap", "sfdisk", "mkfs.ext4", "grub-mkimage", "qemu-img"):
+def _preflight(flavor: Flavor = DEFAULT) -> None:
+    tools = ["mmdebstrap", "sfdisk", "mkfs.ext4", "grub-mkimage", "qemu-img"]
+    if flavor.firmware != "bios":
+        tools += ["mkfs.vfat", "mmd", "mcopy"]
+    for tool in tools:
         if shutil.which(tool) is None:
             raise ImagebuildError(
                 f"building the base image needs `{tool}`; install the Debian packages "
-                "mmdebstrap, fdisk, e2fsprogs, grub-pc-bin and qemu-utils")
+                "mmdebstrap, fdisk, e2fsprogs, grub-pc-bin, qemu-utils, dosfstools and mtools")
     if os.geteuid() != 0:
         raise ImagebuildError("building the base image needs root (mmdebstrap --mode=root)")
 
 
-def _target_dir(out_dir: str | os.PathLike | None) -> Path:
+def _target_dir(out_dir: str | os.PathLike | None, flavor: Flavor = DEFAULT) -> Path:
     if out_dir is None:
-        return cache_dir("base", recipe_hash())
+        return cache_dir("base", recipe_hash(flavor=flavor))
     path = Path(out_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _complete(image: Path) -> bool:
+def _complete(image: Path, flavor: Flavor = DEFAULT) -> bool:
     stamp = image.with_name(image.name + ".recipe")
     sums = image.with_name(image.name + ".sha256")
+    _, kernel_name, initrd_name = names(flavor)
     try:
         return (image.is_file() and sums.is_file()
-                and image.with_name(KERNEL_NAME).is_file()
-                and image.with_name(INITRD_NAME).is_file()
-                and stamp.read_text().strip() == recipe_hash())
+                and image.with_name(kernel_name).is_file()
+                and image.with_name(initrd_name).is_file()
+                and stamp.read_text().strip() == recipe_hash(flavor=flavor))
     except OSError:
         return False
 
@@ -356,42 +526,49 @@ def _run_mmdebstrap(cmd: list[str]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fs_uuid() -> str:
+def _fs_uuid(flavor: Flavor = DEFAULT) -> str:
     """Deterministic per recipe, so identical recipes give identical fstab/grub.cfg."""
-    return str(uuid.UUID(hashlib.sha256(("fs-uuid:" + recipe_hash()).encode()).hexdigest()[:32],
+    return str(uuid.UUID(hashlib.sha256(("fs-uuid:" + recipe_hash(flavor=flavor)).encode()).hexdigest()[:32],
                          version=4))
 
 
-def _build_into(work: Path) -> Path:
+def _build_into(work: Path, flavor: Flavor = DEFAULT) -> Path:
     tree = work / "tree"
     t0 = time.monotonic()
-    sources = debian_sources()
-    step(f"base image: mmdebstrap {SUITE} with {len(PACKAGES)} packages (takes ~75 s)")
+    sources = debian_sources(suite=flavor.release)
+    packages = recipe(flavor)["packages"] if flavor != DEFAULT else list(PACKAGES)
+    step(f"base image: mmdebstrap {flavor.release} {flavor.arch} with {len(packages)} packages (takes ~75 s)")
     cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
-           "--include=" + ",".join(PACKAGES)]
+           "--include=" + ",".join(packages)]
+    if flavor.arch != DEFAULT.arch:
+        cmd.append(f"--architectures={flavor.arch}")
     cmd += [f"--aptopt={opt}" for opt in _host_proxy_options()]
-    cmd += [SUITE, str(tree), *sources]
+    cmd += [flavor.release, str(tree), *sources]
     _run_mmdebstrap(cmd)
     step(f"base image: root tree ready in {time.monotonic() - t0:.0f} s; configuring it")
 
-    fs_uuid = _fs_uuid()
-    _configure_tree(tree, fs_uuid)
-    shutil.copyfile(tree / "vmlinuz", work / KERNEL_NAME)      # follows the symlinks
-    shutil.copyfile(tree / "initrd.img", work / INITRD_NAME)
+    fs_uuid = _fs_uuid(flavor)
+    _configure_tree(tree, fs_uuid, flavor)
+    _, kernel_name, initrd_name = names(flavor)
+    shutil.copyfile(tree / "vmlinuz", work / kernel_name)      # follows the symlinks
+    shutil.copyfile(tree / "initrd.img", work / initrd_name)
 
     raw = work / "disk.raw"
-    _make_disk(raw, tree, fs_uuid, work)
+    if flavor.firmware == "bios":
+        _make_disk(raw, tree, fs_uuid, work)
+    else:
+        _make_gpt_disk(raw, tree, fs_uuid, work, flavor)
     _remove_tree(tree)
 
-    image = work / IMAGE_NAME
+    image = work / names(flavor)[0]
     convert(raw, image, source_format="raw", dest_format="qcow2", options=("-c", "-m", "4", "-W"),
             what="base image: qemu-img convert")
     raw.unlink()
     return image
 
 
-def _configure_tree(tree: Path, fs_uuid: str) -> None:
-    values = {"uuid": fs_uuid, "cmdline": KERNEL_CMDLINE, "hostname": HOSTNAME}
+def _configure_tree(tree: Path, fs_uuid: str, flavor: Flavor = DEFAULT) -> None:
+    values = {"uuid": fs_uuid, "cmdline": _cmdline(flavor), "hostname": HOSTNAME}
     for pattern in REMOVE_GLOBS:
         for hit in glob.glob(str(tree / pattern)):
             p = Path(hit)
@@ -399,7 +576,7 @@ def _configure_tree(tree: Path, fs_uuid: str) -> None:
                 shutil.rmtree(p)
             else:
                 p.unlink()
-    for rel, template in FILES.items():
+    for rel, template in _flavor_files(flavor).items():
         path = tree / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_symlink():
@@ -412,12 +589,18 @@ def _configure_tree(tree: Path, fs_uuid: str) -> None:
         link = tree / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
+    for unit in RELEASES[flavor.release]["enable"]:
+        run(["chroot", str(tree), "systemctl", "enable", unit], what=f"systemctl enable {unit}")
     _check_drivers(tree)
     # GRUB modules where grub.cfg's insmod (and a later grub-install) expect them.
-    mods = tree / "usr/lib/grub/i386-pc"
-    dest = tree / "boot/grub/i386-pc"
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(mods, dest)
+    targets = ["i386-pc"] if flavor.firmware in ("bios", "hybrid") else []
+    if flavor.firmware in ("hybrid", "uefi"):
+        targets.append(ARCHES[flavor.arch]["efi_target"])
+    for target in targets:
+        mods = tree / "usr/lib/grub" / target
+        dest = tree / "boot/grub" / target
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(mods, dest)
     for name in ("vmlinuz", "initrd.img"):
         if not (tree / name).exists():
             raise ImagebuildError(f"the root tree has no /{name}; did the kernel install fail?")
@@ -476,37 +659,127 @@ def _make_disk(raw: Path, tree: Path, fs_uuid: str, work: Path) -> None:
         f.write(core_bytes)
 
 
+def _tree_grub_mkimage(tree: Path, target: str, early_cfg: str, prefix: str, modules: tuple[str, ...]) -> bytes:
+    """A GRUB image made by the tree's own grub-mkimage (chroot; an arm64 tree runs it under
+    qemu-user): the host's GRUB may be older than the release's modules (2.06 vs 2.12)."""
+    scratch = tree / "tmp/imagebuild-grub"
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "early.cfg").write_text(early_cfg)
+    try:
+        run(["chroot", str(tree), "grub-mkimage", "-O", target, "-d", f"/usr/lib/grub/{target}",
+             "-o", "/tmp/imagebuild-grub/out.img", "-c", "/tmp/imagebuild-grub/early.cfg",
+             "-p", prefix, *modules], what=f"grub-mkimage -O {target}")
+        return (scratch / "out.img").read_bytes()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def gpt_table(flavor: Flavor, label_id: str) -> str:
+    """sfdisk's input for *flavor*'s GPT: [BIOS boot 1-2 MiB (hybrid)] + ESP up to ESP_END + root to the end."""
+    mib = 1024 * 1024 // 512
+    esp_start = 2 * mib if flavor.firmware == "hybrid" else mib
+    table = [f"label: gpt\nlabel-id: {label_id}\n"]
+    if flavor.firmware == "hybrid":
+        table.append(f"start={mib}, size={mib}, type={GPT_BIOS_BOOT}, name=bios\n")
+    table.append(f"start={esp_start}, size={ESP_END // 512 - esp_start}, type={GPT_ESP}, name=esp\n")
+    table.append(f"start={ESP_END // 512}, type={GPT_LINUX}, name=root\n")
+    return "".join(table)
+
+
+def patch_boot_img(boot: bytes, core: bytes, core_lba: int) -> tuple[bytes, bytes]:
+    """(boot code for the protective MBR, core.img) with core.img placed at *core_lba*: what
+    grub-bios-setup would write. boot.img reads core.img's first sector from the LBA at 0x5c
+    (GRUB_BOOT_MACHINE_KERNEL_SECTOR); that sector (diskboot.img) reads the rest from the blocklist
+    at its end (start LBA, 8 bytes at 0x200-12). grub-mkimage leaves them at 1 and 2."""
+    if len(boot) != 512:
+        raise ImagebuildError(f"unexpected GRUB boot.img size {len(boot)}")
+    patched_boot = bytearray(boot)
+    patched_boot[0x5c:0x64] = core_lba.to_bytes(8, "little")
+    patched = bytearray(core)
+    if int.from_bytes(patched[0x200 - 12:0x200 - 4], "little") != 2:
+        raise ImagebuildError("GRUB core.img: unexpected blocklist (not at sector 2)")
+    patched[0x200 - 12:0x200 - 4] = (core_lba + 1).to_bytes(8, "little")
+    return bytes(patched_boot[:440]), bytes(patched)
+
+
+def _make_gpt_disk(raw: Path, tree: Path, fs_uuid: str, work: Path, flavor: Flavor) -> None:
+    """GPT (see gpt_table). hybrid: i386-pc core.img in the BIOS boot partition, boot.img in the
+    protective MBR pointing at it; both: EFI GRUB at the removable path of a FAT32 ESP (made
+    without a mount: mkfs.vfat on a file, mtools, copied in at its offset)."""
+    step(f"base image: GPT disk, {flavor.firmware} ({DISK_SIZE / 2**30:.0f} GiB), ext4 root from the tree")
+    with open(raw, "wb") as f:
+        f.truncate(DISK_SIZE)
+    mib = 1024 * 1024 // 512
+    esp_start = 2 * mib if flavor.firmware == "hybrid" else mib
+    run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)], what="sfdisk",
+        input=gpt_table(flavor, fs_uuid))
+    fs_blocks = (DISK_SIZE - ESP_END - 1024 * 1024) // 4096    # leave room for the backup GPT
+    features = RELEASES[flavor.release]["mkfs_features"]
+    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", FS_LABEL, "-U", fs_uuid,
+         *(["-O", features] if features else []), "-E", f"offset={ESP_END},hash_seed={fs_uuid}",
+         "-d", str(tree), str(raw), str(fs_blocks)], what="mkfs.ext4", long_step=True)
+    early = GRUB_EARLY_CFG.format(uuid=fs_uuid)
+    prefix = f"(hd0,gpt{3 if flavor.firmware == 'hybrid' else 2})/boot/grub"
+
+    arch = ARCHES[flavor.arch]
+    efi = work / arch["efi_binary"]
+    efi.write_bytes(_tree_grub_mkimage(tree, arch["efi_target"], early, prefix, GRUB_EFI_MODULES))
+    esp = work / "esp.img"
+    with open(esp, "wb") as f:
+        f.truncate(ESP_END - esp_start * 512)
+    run(["mkfs.vfat", "-F", "32", "-n", "EFI", "-i", fs_uuid[:8], str(esp)], what="mkfs.vfat")
+    run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], what="mmd")
+    run(["mcopy", "-i", str(esp), str(efi), f"::/EFI/BOOT/{arch['efi_binary']}"], what="mcopy")
+    with open(raw, "r+b") as f, open(esp, "rb") as src:
+        f.seek(esp_start * 512)
+        shutil.copyfileobj(src, f, 1024 * 1024)
+    esp.unlink()
+    step(f"base image: ESP with EFI/BOOT/{arch['efi_binary']} ({efi.stat().st_size} bytes)")
+
+    if flavor.firmware == "hybrid":
+        core = _tree_grub_mkimage(tree, "i386-pc", early, prefix, tuple(sorted(set(GRUB_MODULES) | {"part_gpt"})))
+        if len(core) > mib * 512:
+            raise ImagebuildError(f"GRUB core.img ({len(core)} bytes) does not fit the BIOS boot partition")
+        boot_code, core = patch_boot_img((tree / "usr/lib/grub/i386-pc/boot.img").read_bytes(), core, mib)
+        with open(raw, "r+b") as f:
+            f.seek(0)
+            f.write(boot_code)         # boot code only: keep the protective MBR's table
+            f.seek(mib * 512)
+            f.write(core)
+        step(f"base image: BIOS boot partition with GRUB core.img ({len(core)} bytes)")
+
+
 # --- the Debian mirror the system uses ----------------------------------------------------
 
-def debian_sources(root: str | os.PathLike | None = None) -> list[str]:
-    """One-line apt sources for bookworm (+updates, +security), from the system's mirror.
+def debian_sources(root: str | os.PathLike | None = None, suite: str = SUITE) -> list[str]:
+    """One-line apt sources for *suite* (+updates, +security), from the system's mirror.
 
     The mirror is the one the system's apt sources already use (its suites renamed from the
-    host's release to bookworm), or ``$IMAGEBUILD_DEBIAN_MIRROR`` (the Debian archive URI;
+    host's release to *suite*), or ``$IMAGEBUILD_DEBIAN_MIRROR`` (the Debian archive URI;
     security updates are then taken from the same host's ``debian-security``).
     """
     override = os.environ.get("IMAGEBUILD_DEBIAN_MIRROR")
     if override:
         base = override.rstrip("/")
         security = re.sub(r"/debian$", "/debian-security", base)
-        out: list[str] = [f"deb {base} {SUITE} main", f"deb {base} {SUITE}-updates main"]
+        out: list[str] = [f"deb {base} {suite} main", f"deb {base} {suite}-updates main"]
         if security != base:
-            out.append(f"deb {security} {SUITE}-security main")
+            out.append(f"deb {security} {suite}-security main")
         return out
     host = aptsources.os_release(root or "/")
-    codenames = {SUITE}
+    codenames = {suite}
     if host.get("ID") == "debian" and host.get("VERSION_CODENAME"):
         codenames.add(host["VERSION_CODENAME"])
     out = []
     for entry in aptsources.read(root):
         if not entry.binary or "main" not in entry.components:
             continue
-        for uri, suite, name in itertools.product(entry.uris, entry.suites, sorted(codenames)):
-            if suite == name or suite.startswith(name + "-"):
-                line = f"deb {uri} {SUITE}{suite[len(name):]} main"
+        for uri, entry_suite, name in itertools.product(entry.uris, entry.suites, sorted(codenames)):
+            if entry_suite == name or entry_suite.startswith(name + "-"):
+                line = f"deb {uri} {suite}{entry_suite[len(name):]} main"
                 if line not in out:
                     out.append(line)
-    if not any(line.split()[2] == SUITE for line in out):
+    if not any(line.split()[2] == suite for line in out):
         raise ImagebuildError(
             "cannot find a Debian mirror in the system's apt sources (/etc/apt/sources.list"
             "[.d]); set IMAGEBUILD_DEBIAN_MIRROR to the Debian archive URI")

@@ -89,16 +89,16 @@ def cmd_init(args) -> int:
 
 
 def cmd_base_image(args) -> int:
-    from .baseimage import build
+    from .baseimage import Flavor, build
 
-    print(build())
+    print(build(flavor=Flavor.of(args.os, args.architecture)))
     return 0
 
 
 def cmd_bake(args) -> int:
     from .bake import bake
 
-    result = bake(_spec(args.spec), Path(args.output), base=args.base)
+    result = bake(_spec(args.spec), Path(args.output), base=args.base, firmware=args.firmware)
     print(result)
     return 0
 
@@ -114,12 +114,14 @@ def cmd_verify(args) -> int:
 
     spec = _spec(args.spec)
     if args.user_data:
-        report = verify_user_data(spec, base=args.base, log_dir=args.log_dir, platform=args.platform)
+        report = verify_user_data(spec, base=args.base, log_dir=args.log_dir, platform=args.platform,
+                                  firmware=args.firmware)
     else:
         if not args.image:
             print("imagebuild: error: verify needs IMAGE, or --user-data", file=sys.stderr)
             return 2
-        report = verify_image(Path(args.image), spec, log_dir=args.log_dir, platform=args.platform)
+        report = verify_image(Path(args.image), spec, log_dir=args.log_dir, platform=args.platform,
+                              firmware=args.firmware)
     print_report(report, as_json=args.json)
     return 0 if report["passed"] else 1
 
@@ -186,10 +188,17 @@ def parser() -> argparse.ArgumentParser:
     p = command("init", cmd_init, "write the default spec, commented, as a starting point", spec=None)
     p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
-    command("base-image", cmd_base_image, "build (or reuse) the Debian 12 cloud-style base qcow2", spec=None)
+    p = command("base-image", cmd_base_image, "build (or reuse) a Debian cloud-style base qcow2", spec=None)
+    p.add_argument("--os", choices=["debian-12", "debian-13"], default="debian-12",
+                   help="Debian release, as the spec's image.os (default: debian-12)")
+    p.add_argument("--architecture", choices=["amd64", "arm64"], default="amd64",
+                   help="as the spec's image.architecture (default: amd64)")
     p = command("bake", cmd_bake, "render, run packer build (qemu), and write the image with manifest.json")
     p.add_argument("-o", "--output", default="output", help="output directory for the image (default: output)")
     p.add_argument("--base", help="base qcow2 overriding the spec's image.base (default: `imagebuild base-image`)")
+    p.add_argument("--firmware", choices=["bios", "uefi"],
+                   help="the build VM's firmware; default: the image's (a hybrid image builds under SeaBIOS and "
+                        "is verified under UEFI)")
     p = command("golden", cmd_golden, "the main job where GitHub is unreachable: base image, bake with "
                 "containerd/runc served from a local mirror of Debian's binaries, verify")
     p.add_argument("--work", default="build/golden", help="work directory (default: build/golden)")
@@ -201,6 +210,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", choices=["nocloud", "ec2"], default="nocloud",
                    help="boot as a NoCloud VM (default) or as EC2 presents an instance (SMBIOS identity, "
                         "IMDSv2, new NIC, larger disk); writes verify.json or verify-ec2.json")
+    p.add_argument("--firmware", choices=["bios", "uefi"],
+                   help="boot under SeaBIOS or UEFI (OVMF/AAVMF); default: what the image boots under (manifest.json's "
+                        "boot_mode: a hybrid uefi-preferred image boots under UEFI)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--log-dir", help="where the serial log and report go (default: beside IMAGE, or a temp dir)")
     p = command("publish", cmd_publish, "upload a verified image as an AMI, copy, share, record in SSM",

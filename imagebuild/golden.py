@@ -1,6 +1,7 @@
 """`make golden`: the main job end to end on the built-in default spec, on a machine without GitHub.
 
-1. the Debian 12 base image (`imagebuild base-image`, cached);
+0. the matrix of what it can build here (image.os x architecture x containerd family);
+1. the spec's base image (`imagebuild base-image`, cached: Debian 12 amd64 for the default spec);
 2. release-shaped containerd and runc downloads assembled from Debian's binaries of the spec's
    containerd family, served from 127.0.0.1 (10.0.2.2 from inside QEMU), so the install script
    downloads and checks sha256 exactly as it would from GitHub;
@@ -65,14 +66,53 @@ def local_mirror(spec: Spec) -> Iterator[Spec]:
                                 mirrored(artifacts["runc"], guest_url, mirror_dir))
 
 
+def matrix() -> list[tuple[str, str, str, str, str]]:
+    """(image.os, architecture, boot mode, containerd families, can it be built here and how)."""
+    import os
+
+    from . import baseimage
+    from .model import OS_RELEASES
+
+    host = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    rows = []
+    for os_name, release in OS_RELEASES.items():
+        families = list(release["families"])
+        if os_name == "debian-12":   # the mirror's runc of 2.1 is sid's: glibc 2.38, Debian 12 has 2.36
+            families = [f for f in families if f != "2.1"]
+        for arch in ("amd64", "arm64"):
+            flavor = baseimage.Flavor.of(os_name, arch)
+            if arch != host:
+                note = f"no: {arch} is not this host's architecture (make golden builds {host} only)"
+            else:
+                cached = baseimage.cached_image(flavor=flavor) is not None
+                note = "yes, base image cached" if cached else "yes, base image builds first (~2-3 min)"
+            rows.append((os_name, arch, flavor.boot_mode, ", ".join(families), note))
+    return rows
+
+
+def print_matrix(stream=None) -> None:
+    import sys
+
+    stream = stream or sys.stdout
+    header = ("image.os", "architecture", "boot mode", "containerd", "make golden here")
+    rows = [header, *matrix()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        stream.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    stream.write("\n")
+    stream.flush()
+
+
 def run(work: Path, spec_path: str | None = None) -> int:
-    """Base image, bake through the local mirror, verify; prints the verify table. Exit code."""
+    """Base image, bake through the local mirror, verify; prints the matrix and the verify table. Exit code."""
     from . import baseimage
     from .bake import bake
     from .verify import print_report, verify_image
 
-    base = baseimage.build()
-    with local_mirror(load(spec_path)) as local:
+    print_matrix()
+    spec = load(spec_path)
+    base = baseimage.build(flavor=baseimage.Flavor.of(spec.image.os, spec.image.architecture))
+    with local_mirror(spec) as local:
         image = bake(local, work.resolve() / "output", base=str(base))
     report = verify_image(image, local)
     print_report(report)

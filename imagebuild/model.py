@@ -746,6 +746,9 @@ class BaseImage(Section):
         description="URL or path of a qcow2 cloud image")
     checksum: Annotated[str, Text(r"^sha256:[0-9a-f]{64}$", "sha256: followed by 64 hex digits")] = Field(
         description="sha256:<hex> of the base image")
+    boot_mode: Literal["legacy-bios", "uefi", "uefi-preferred"] | None = Field(
+        None, description="firmware the base image boots under (uefi-preferred: BIOS and UEFI); it decides the "
+        "verify boot's firmware and the AMI's boot mode; null: legacy-bios on amd64, uefi on arm64")
 
 
 Account = Annotated[str, Text(AWS_ACCOUNT, "a 12-digit account id")]

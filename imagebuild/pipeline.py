@@ -181,7 +181,7 @@ def decide(spec: Spec, base_checksum: str, *, force: bool = False, clients=None)
 BASE_REFRESH_DAYS = 7
 
 
-def scheduled_base_dir(now: float | None = None) -> Path:
+def scheduled_base_dir(now: float | None = None, flavor: Any = None) -> Path:
     """Where the pipeline's base image for the current BASE_REFRESH_DAYS period lives; older
     periods' images are removed (the previous one stays for a run that is still using it)."""
     import shutil
@@ -190,7 +190,7 @@ def scheduled_base_dir(now: float | None = None) -> Path:
     from .paths import cache_dir
 
     epoch = int((time.time() if now is None else now) // (BASE_REFRESH_DAYS * 86400))
-    root = cache_dir("base-scheduled", baseimage.recipe_hash())
+    root = cache_dir("base-scheduled", baseimage.recipe_hash(flavor=flavor or baseimage.DEFAULT))
     for old in root.glob("period-*"):
         try:
             stale = int(old.name.split("-", 1)[1]) < epoch - 1
@@ -201,11 +201,13 @@ def scheduled_base_dir(now: float | None = None) -> Path:
     return root / f"period-{epoch}"
 
 
-def scheduled_base() -> str:
-    """The built-in base image of the current period (built now if this period has none yet)."""
+def scheduled_base(spec: Spec) -> str:
+    """The built-in base image of *spec*'s image.os and architecture for the current period (built now
+    if this period has none yet)."""
     from . import baseimage
 
-    return str(baseimage.build(scheduled_base_dir()))
+    flavor = baseimage.Flavor.of(spec.image.os, spec.image.architecture)
+    return str(baseimage.build(scheduled_base_dir(flavor=flavor), flavor))
 
 
 # --------------------------------------------------------------------------- the run manifest
@@ -352,7 +354,7 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
 
     def decide_step() -> dict:
         # The built-in base is rebuilt every BASE_REFRESH_DAYS (see scheduled_base).
-        source, checksum = resolve_base(spec, base or (None if spec.image.base else scheduled_base()))
+        source, checksum = resolve_base(spec, base or (None if spec.image.base else scheduled_base(spec)))
         made["base"] = source
         made["inputs_hash"] = inputs_hash(spec, checksum)
         run.data |= {"base_image": {"source": source, "checksum": checksum}, "inputs_hash": made["inputs_hash"]}

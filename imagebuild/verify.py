@@ -27,6 +27,7 @@ from .render.templating import PACKAGE_DIR, render_template
 from .run import run
 from .spec import Spec
 from .testimage import test_oci_image
+from .vm import firmware as fw
 
 VERIFY_DIR = f"{render.GUEST_DIR}/verify"
 SEED_MOUNT = "/run/imagebuild-seed"
@@ -39,7 +40,7 @@ DATA_LABEL = "imagebuild"      # the EC2 boot's data disk (the test image): not 
 EC2_EXTRA_DISK = 2 * 2**30     # the EC2 boot's disk is this much larger than the image
 
 
-def _boot_facts(platform: str, public_key: str) -> dict:
+def _boot_facts(platform: str, public_key: str, firmware: str = "bios") -> dict:
     """What this boot presents to the guest, which the in-guest check compares against."""
     if platform not in PLATFORMS:
         raise ImagebuildError(f"unknown platform {platform!r}: use {' or '.join(PLATFORMS)}")
@@ -49,9 +50,28 @@ def _boot_facts(platform: str, public_key: str) -> dict:
                                  local_ipv4=qemu.EC2_GUEST_IP, public_key=public_key)
         hostname = instance.local_hostname.split(".")[0]
         return {"platform": "ec2", "instance_id": instance.instance_id, "hostname": hostname, "mac": mac,
-                "public_key": public_key}
+                "public_key": public_key, "firmware": firmware}
     return {"platform": "nocloud", "instance_id": f"imagebuild-verify-{uuid.uuid4().hex[:12]}",
-            "hostname": NOCLOUD_HOSTNAME, "mac": mac}
+            "hostname": NOCLOUD_HOSTNAME, "mac": mac, "firmware": firmware}
+
+
+def image_firmware(image: Path, spec: Spec, firmware: str | None = None) -> str:
+    """The firmware a verify boot of *image* uses: *firmware* when given, else what the image boots
+    under: its bake's manifest.json (boot_mode: legacy-bios -> SeaBIOS; uefi and uefi-preferred, a hybrid
+    image, -> UEFI), else the base image's (the built-in one of image.os/architecture, or image.base.boot_mode)."""
+    if firmware:
+        fw.check(spec.image.architecture, firmware)
+        return firmware
+    manifest = image.parent / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        data = {}
+    if isinstance(data, dict) and data.get("image") == image.name and data.get("boot_mode"):
+        return fw.for_boot_mode(data["boot_mode"])
+    from .bake import boot_mode
+
+    return fw.for_boot_mode(boot_mode(spec, str(image)))
 
 
 def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
@@ -62,7 +82,6 @@ def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
     staged = [(f"{render.GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()] if install else []
     staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode)
                for name in ("check.py", "expected.json")]
-    staged.append((f"{VERIFY_DIR}/boot_checks.py", (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(), 0o644))
     staged.append((f"{VERIFY_DIR}/boot.json", (json.dumps(boot, indent=2) + "\n").encode(), 0o644))
     run_check = render_template("run-check.sh.j2", verify_dir=VERIFY_DIR, seed_mount=SEED_MOUNT,
                                 results_port=qemu.RESULTS_PORT, test_image=TEST_IMAGE,
@@ -81,26 +100,31 @@ def _public_key(work: Path) -> str:
 
 
 def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: Path, label: str,
-          platform: str = "nocloud") -> dict:
+          platform: str = "nocloud", firmware: str = "bios") -> dict:
     work = Path(tempfile.mkdtemp(prefix="imagebuild-verify-"))
     try:
-        boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "")
+        boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "", firmware)
         user_data = _seed_files(spec, install=install, boot=boot)
         serial_log = log_dir / f"{label}.serial.log"
         with _cri_lab(spec, work, platform, test_image) as lab:
+            # boot_checks.py rides on the seed disk like the CRI checks: the user-data must fit EC2's 16 KB.
             disk_files = {TEST_IMAGE: test_image.read_bytes(),
+                          "boot_checks.py": (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(),
                           **lab.seed_files(PACKAGE_DIR / "guest")}
-            step(f"verify {label}: booting {disk.name} as {platform} (timeout {spec.verify.timeout}s)")
+            step(f"verify {label}: booting {disk.name} as {platform} under {firmware} "
+                 f"(timeout {spec.verify.timeout}s)")
             if platform == "nocloud":
                 overlay = qemu.overlay(disk, work)
                 meta_data = f"instance-id: {boot['instance_id']}\nlocal-hostname: {boot['hostname']}\n"
                 seed = qemu.seed_iso(work / "seed.iso", user_data, meta_data.encode(), disk_files)
                 result = qemu.boot(overlay, seed, serial_log=serial_log, timeout=spec.verify.timeout,
                                    accel=spec.image.accelerator, done_marker=qemu.DONE_PREFIX, mac=boot["mac"],
-                                   netdev_options=lab.netdev_options())
+                                   netdev_options=lab.netdev_options(), arch=spec.image.architecture,
+                                   firmware=firmware)
                 report = _report(result, serial_log) | {"platform": platform}
             else:
                 report = _boot_ec2(disk, spec, boot, user_data, disk_files, work, serial_log, lab.netdev_options())
+            report["firmware"] = firmware
             return _add_checks(report, lab.host_checks()) if report.get("summary") else report
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -111,7 +135,7 @@ def _cri_lab(spec: Spec, work: Path, platform: str, test_image: Path) -> cri_lab
     name, and a sandbox image (the test image's busybox, sleeping) under the spec's sandbox image name."""
 
     sandbox = work / "sandbox-image.tar"
-    test_oci_image(sandbox, cmd=("/bin/sleep", "3600"))
+    test_oci_image(sandbox, cmd=("/bin/sleep", "3600"), arch=spec.image.architecture)
     return cri_lab.Lab(spec, work / "lab", platform, {"test": test_image, "sandbox": sandbox})
 
 
@@ -139,7 +163,8 @@ def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, disk_files: 
         guest = qemu.Guest(overlay, data, serial_log=serial_log, accel=spec.image.accelerator,
                            mac=boot["mac"], nic_slot=qemu.EC2_NIC_SLOT,
                            netdev_options=qemu.ec2_netdev(imds.relay_command(server.port)) + "," + netdev_options,
-                           extra_args=qemu.ec2_smbios(boot["instance_id"]))
+                           extra_args=qemu.ec2_smbios(boot["instance_id"]), arch=spec.image.architecture,
+                           firmware=boot["firmware"])
         with guest:
             guest.start()
             step(f"guest {guest.name}: booting as EC2 instance {boot['instance_id']} under {guest.accel} "
@@ -223,10 +248,12 @@ def _report(result, serial_log: Path) -> dict:
             "checks": checks, "summary": done, "timings": timings, "serial_log": str(serial_log)}
 
 
-def _test_image(work_dir: Path) -> Path:
-    """The test image, written afresh (a few KB from the package's bytes: never a stale cached one)."""
-    path = work_dir / TEST_IMAGE
-    test_oci_image(path)
+def _test_image(arch: str) -> Path:
+    """The test image of *arch*, written afresh (a few KB from the package's bytes: never a stale cached one)."""
+    from .paths import cache_dir
+
+    path = cache_dir("test-image", arch) / TEST_IMAGE
+    test_oci_image(path, arch=arch)
     return path
 
 
@@ -236,20 +263,21 @@ def report_name(platform: str, *, user_data: bool = False) -> str:
     return f"{stem}.json" if platform == "nocloud" else f"{stem}-{platform}.json"
 
 
-def verify_image(image: Path, spec: Spec, *, log_dir: str | None = None, platform: str = "nocloud") -> dict:
-    """Boot *image* on an overlay with the check of *spec*, as *platform* presents it; writes
-    verify.json (NoCloud) or verify-ec2.json (EC2) beside the image."""
+def verify_image(image: Path, spec: Spec, *, log_dir: str | None = None, platform: str = "nocloud",
+                 firmware: str | None = None) -> dict:
+    """Boot *image* on an overlay with the check of *spec*, as *platform* presents it, under *firmware*
+    (default: what the image boots under, see image_firmware); writes verify.json (NoCloud) or
+    verify-ec2.json (EC2) beside the image."""
     image = image.resolve()
     if not image.is_file():
         raise ImagebuildError(f"image {image} does not exist")
+    firmware = image_firmware(image, spec, firmware)
     out_dir = Path(log_dir).resolve() if log_dir else image.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     image_sha = sha256_file(image)
-    from .paths import cache_dir
-
     label = image.stem + (".verify" if platform == "nocloud" else f".verify-{platform}")
-    report = _boot(image, spec, install=False, test_image=_test_image(cache_dir("test-image")), log_dir=out_dir,
-                   label=label, platform=platform)
+    report = _boot(image, spec, install=False, test_image=_test_image(spec.image.architecture), log_dir=out_dir,
+                   label=label, platform=platform, firmware=firmware)
     if sha256_file(image) != image_sha:
         raise ImagebuildError(f"{image} changed during verify; it must never be written")
     return write_image_report(out_dir, report, image, image_sha, spec.spec_hash, platform)
@@ -265,18 +293,18 @@ def write_image_report(out_dir: Path, report: dict, image: Path, image_sha: str,
 
 
 def verify_user_data(spec: Spec, *, base: str | None = None, log_dir: str | None = None,
-                     platform: str = "nocloud") -> dict:
+                     platform: str = "nocloud", firmware: str | None = None) -> dict:
     """Boot the plain base image with the spec's user-data (on EC2: through the IMDS, gzipped), then
     run the same check."""
     from .bake import resolve_base
-    from .paths import cache_dir
 
     source, _ = resolve_base(spec, base)
     out_dir = Path(log_dir or tempfile.mkdtemp(prefix="imagebuild-verify-ud-")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     label = "user-data.verify" if platform == "nocloud" else f"user-data.verify-{platform}"
-    report = _boot(Path(source), spec, install=True, test_image=_test_image(cache_dir("test-image")),
-                   log_dir=out_dir, label=label, platform=platform)
+    report = _boot(Path(source), spec, install=True, test_image=_test_image(spec.image.architecture),
+                   log_dir=out_dir, label=label, platform=platform,
+                   firmware=image_firmware(Path(source), spec, firmware))
     report |= {"base_image": source, "spec_hash": spec.spec_hash, "mode": "user-data",
                "user_data_bytes": len(render.user_data(spec))}
     render.write_file_atomic(out_dir / report_name(platform, user_data=True),

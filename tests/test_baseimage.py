@@ -167,7 +167,7 @@ def test_system_sources_are_found():
 # --------------------------------------------------------- cache discipline, no real build (fast)
 
 def _fake_build_into(calls: list, delay: float = 0.0, fail: BaseException | None = None):
-    def build_into(work: Path) -> Path:
+    def build_into(work: Path, flavor=baseimage.DEFAULT) -> Path:
         calls.append(work)
         (work / baseimage.KERNEL_NAME).write_bytes(b"kernel")
         (work / baseimage.INITRD_NAME).write_bytes(b"initrd")
@@ -184,7 +184,7 @@ def _fake_build_into(calls: list, delay: float = 0.0, fail: BaseException | None
 @pytest.fixture
 def fake_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGEBUILD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(baseimage, "_preflight", lambda: None)
+    monkeypatch.setattr(baseimage, "_preflight", lambda flavor=None: None)
     return tmp_path / "cache"
 
 
@@ -233,7 +233,7 @@ def test_concurrent_callers_build_once(fake_cache, monkeypatch):
 
 
 def test_out_dir_and_stale_recipe(tmp_path, monkeypatch):
-    monkeypatch.setattr(baseimage, "_preflight", lambda: None)
+    monkeypatch.setattr(baseimage, "_preflight", lambda flavor=None: None)
     calls: list = []
     monkeypatch.setattr(baseimage, "_build_into", _fake_build_into(calls))
     out = tmp_path / "out"
@@ -295,3 +295,132 @@ def test_driver_check_refuses_a_kernel_ec2_cannot_boot(tmp_path, dep, builtin, m
     tree = _kernel_tree(tmp_path, dep, builtin, modules)
     with pytest.raises(ImagebuildError, match=message):
         baseimage._check_drivers(tree)
+
+
+# ------------------------------------------------------------ flavors: release x architecture (fast)
+
+# The Debian 12 amd64 recipe's hash, pinned: the flavors left it (and so every cached Debian 12 base
+# image, and every inputs hash built on it) unchanged. Change it only with a deliberate recipe change.
+DEBIAN_12_AMD64_HASH = "be11cd6c1df23ffd242e9b7261c0c50920d918588299193135d248e136c5c4e1"
+
+
+def test_the_default_flavor_is_debian_12_amd64_bios_with_its_recipe_unchanged():
+    assert baseimage.DEFAULT == baseimage.Flavor("bookworm", "amd64") == baseimage.Flavor.of("debian-12", "amd64")
+    assert (baseimage.DEFAULT.firmware, baseimage.DEFAULT.boot_mode) == ("bios", "legacy-bios")
+    assert "flavor" not in baseimage.recipe()
+    assert baseimage.recipe_hash() == baseimage.recipe_hash(flavor=baseimage.DEFAULT) == DEBIAN_12_AMD64_HASH
+    assert baseimage.names() == (baseimage.IMAGE_NAME, baseimage.KERNEL_NAME, baseimage.INITRD_NAME)
+
+
+@pytest.mark.parametrize("os_name, arch, firmware, boot_mode, ec2_arch, image", [
+    ("debian-12", "amd64", "bios", "legacy-bios", "x86_64", "debian-12-base.qcow2"),
+    ("debian-13", "amd64", "hybrid", "uefi-preferred", "x86_64", "debian-13-base.qcow2"),
+    ("debian-13", "arm64", "uefi", "uefi", "arm64", "debian-13-base-arm64.qcow2"),
+    ("debian-12", "arm64", "uefi", "uefi", "arm64", "debian-12-base-arm64.qcow2"),
+])
+def test_every_flavor_of_the_spec(os_name, arch, firmware, boot_mode, ec2_arch, image):
+    flavor = baseimage.Flavor.of(os_name, arch)
+    assert (flavor.firmware, flavor.boot_mode, flavor.ec2_architecture) == (firmware, boot_mode, ec2_arch)
+    assert baseimage.names(flavor)[0] == image
+
+
+def test_flavor_hashes_are_distinct_and_stable_across_processes():
+    flavors = [baseimage.Flavor(r, a) for r in ("bookworm", "trixie") for a in ("amd64", "arm64")]
+    hashes = [baseimage.recipe_hash(flavor=f) for f in flavors]
+    assert len(set(hashes)) == 4
+    code = ("from imagebuild import baseimage as b; print(*[b.recipe_hash(flavor=b.Flavor(r, a)) "
+            "for r in ('bookworm', 'trixie') for a in ('amd64', 'arm64')])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONHASHSEED="7"), check=True).stdout.split()
+    assert out == hashes
+
+
+def test_debian_13_amd64_is_hybrid_with_networkd():
+    r = baseimage.recipe(baseimage.Flavor("trixie", "amd64"))
+    assert r["suite"] == "trixie" and r["flavor"]["firmware"] == "hybrid"
+    packages = set(r["packages"])
+    assert {"grub-pc-bin", "grub-efi-amd64-bin", "linux-image-cloud-amd64", "netplan.io",
+            "systemd-resolved"} <= packages
+    assert not {"ifupdown", "isc-dhcp-client"} & packages       # their dhclient -6 held the boot 300 s
+    assert r["enabled_units"] == ["systemd-networkd.service", "systemd-resolved.service"]
+    assert "etc/network/interfaces" not in r["files"] and "etc/resolv.conf" not in r["files"]
+    grub = r["files"]["boot/grub/grub.cfg"]
+    assert "Debian GNU/Linux 13" in grub and "insmod part_gpt" in grub and "serial --unit=0" in grub
+    assert "part_gpt" in r["grub_modules"] and "x86_64-efi" not in r["grub_modules"]
+    assert r["mkfs_features"] == ""                     # GRUB 2.12 reads mke2fs's defaults
+
+
+def test_arm64_is_uefi_only_with_the_arm64_kernel_and_pl011_console():
+    r = baseimage.recipe(baseimage.Flavor("trixie", "arm64"))
+    assert {"linux-image-cloud-arm64", "grub-efi-arm64-bin"} <= set(r["packages"])
+    assert not {"linux-image-cloud-amd64", "grub-pc-bin"} & set(r["packages"])
+    assert "console=ttyAMA0,115200" in r["kernel_cmdline"]
+    assert "serial --unit=0" not in r["files"]["boot/grub/grub.cfg"]
+
+
+@pytest.mark.parametrize("flavor, word", [
+    (baseimage.Flavor("buster", "amd64"), "release 'buster'"),
+    (baseimage.Flavor("trixie", "riscv64"), "architecture 'riscv64'"),
+])
+def test_flavors_that_cannot_exist_are_refused(flavor, word):
+    with pytest.raises(ImagebuildError, match=word):
+        baseimage.recipe(flavor)
+    with pytest.raises(ImagebuildError, match=word):
+        baseimage.build("/nonexistent-never-created", flavor)
+
+
+def test_gpt_tables_run_through_sfdisk(tmp_path):
+    """The hybrid and uefi tables, written by the real sfdisk: partitions where the GRUBs expect them."""
+    for flavor, types in ((baseimage.Flavor("trixie", "amd64"), [baseimage.GPT_BIOS_BOOT, baseimage.GPT_ESP,
+                                                                   baseimage.GPT_LINUX]),
+                          (baseimage.Flavor("trixie", "arm64"), [baseimage.GPT_ESP, baseimage.GPT_LINUX])):
+        raw = tmp_path / f"{flavor.arch}.raw"
+        with open(raw, "wb") as f:
+            f.truncate(baseimage.DISK_SIZE)
+        subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)], check=True,
+                       input=baseimage.gpt_table(flavor, "6b1a6f0e-0a43-4c5f-9d0c-2b8b0e9d3a11"), text=True)
+        table = json.loads(subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True,
+                                          check=True).stdout)["partitiontable"]
+        assert table["label"] == "gpt"
+        assert [p["type"] for p in table["partitions"]] == types
+        root = table["partitions"][-1]
+        assert root["start"] * 512 == baseimage.ESP_END
+        assert (root["start"] + root["size"]) * 512 <= baseimage.DISK_SIZE - 33 * 512   # the backup GPT
+
+
+def test_boot_img_is_patched_as_grub_bios_setup_would():
+    boot = bytes(range(256)) * 2
+    core = bytearray(1024)
+    core[0x200 - 12:0x200 - 4] = (2).to_bytes(8, "little")
+    code, patched = baseimage.patch_boot_img(boot, bytes(core), 2048)
+    assert len(code) == 440 and int.from_bytes(code[0x5c:0x64], "little") == 2048
+    assert int.from_bytes(patched[0x200 - 12:0x200 - 4], "little") == 2049
+    with pytest.raises(ImagebuildError, match="unexpected blocklist"):
+        baseimage.patch_boot_img(boot, bytes(1024), 2048)
+    with pytest.raises(ImagebuildError, match="boot.img size"):
+        baseimage.patch_boot_img(boot[:500], bytes(core), 2048)
+
+
+def test_sources_for_another_release_rename_the_hosts_suites(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGEBUILD_DEBIAN_MIRROR", raising=False)
+    root = _fake_root(tmp_path, "bookworm", one_line="""\
+deb http://m.example/debian bookworm main
+deb http://m.example/debian bookworm-updates main
+deb http://m.example/debian-security bookworm-security main
+""")
+    assert baseimage.debian_sources(root, suite="trixie") == [
+        "deb http://m.example/debian trixie main",
+        "deb http://m.example/debian trixie-updates main",
+        "deb http://m.example/debian-security trixie-security main",
+    ]
+
+
+def test_golden_matrix_names_every_os_and_architecture(monkeypatch, tmp_path):
+    from imagebuild import golden
+
+    monkeypatch.setenv("IMAGEBUILD_CACHE", str(tmp_path / "cache"))      # nothing cached
+    rows = {(r[0], r[1]): r for r in golden.matrix()}
+    assert set(rows) == {(o, a) for o in ("debian-12", "debian-13") for a in ("amd64", "arm64")}
+    assert rows["debian-13", "amd64"][2:] == ("uefi-preferred", "1.7, 2.1", "yes, base image builds first (~2-3 min)")
+    assert rows["debian-12", "amd64"][2:4] == ("legacy-bios", "1.6, 1.7")
+    assert rows["debian-13", "arm64"][2] == "uefi" and rows["debian-13", "arm64"][4].startswith("no: arm64")

@@ -164,3 +164,73 @@ def test_the_worker_profile_expects_its_tools_and_none_expects_nothing():
     assert [p["name"] for p in worker] == ["conntrack", "socat", "ebtables"]
     assert all(p["probe"] and p["probe"][0] == p["name"] for p in worker)
     assert expected_packages(spec_of({"system": {"profile": "none"}})) == []
+
+
+def _records(monkeypatch, fn) -> dict:
+    out = io.StringIO()
+    monkeypatch.setattr(check.sys, "stdout", out)
+    fn(check.Reporter(None))
+    return {r["check"]: r for r in (json.loads(line.split(" ", 1)[1]) for line in out.getvalue().splitlines())}
+
+
+@pytest.mark.parametrize("expected, present, ok", [
+    ("uefi", True, True), ("bios", False, True),
+    ("uefi", False, False),     # a hybrid image that came up under SeaBIOS where OVMF was asked for
+    ("bios", True, False),
+])
+def test_firmware_check_reads_the_efi_platform_size(monkeypatch, tmp_path, expected, present, ok):
+    size = tmp_path / "efi" / "fw_platform_size"
+    if present:
+        size.parent.mkdir()
+        size.write_text("64\n")
+    records = _records(monkeypatch, lambda rep: boot_checks.firmware_check(rep, {"firmware": expected}, str(size)))
+    record = records["boot.firmware"]
+    assert record["ok"] is ok and record["expected"] == expected
+    assert record["actual"].startswith("uefi (64-bit" if present else "bios (no ")
+
+
+MIB = 2**20
+GIB = 2**30
+
+
+@pytest.mark.parametrize("disk, start, size, fs, ok", [
+    # Debian 12 MBR: root at 1 MiB to the disk's end
+    (8 * GIB, MIB, 8 * GIB - MIB, 8 * GIB - MIB, True),
+    # Debian 13 GPT hybrid: root after the 128 MiB ESP, ending before the backup GPT (the groundwork's
+    # verify: 4 GiB disk, 4160732672-byte partition) — the old size-only comparison failed this one
+    (4 * GIB, 128 * MIB, 4160732672, 4160729088, True),
+    # not grown: the partition still ends where the 3 GiB base image's did
+    (8 * GIB, 128 * MIB, 3 * GIB - 128 * MIB - MIB, 3 * GIB - 128 * MIB - MIB, False),
+    # partition grown, filesystem not
+    (8 * GIB, 128 * MIB, 8 * GIB - 128 * MIB - 33 * 512, 3 * GIB, False),
+])
+def test_rootfs_grown_compares_the_partitions_end_with_the_disk(disk, start, size, fs, ok):
+    actual, grown = boot_checks.rootfs_grown(disk, start, size, fs)
+    assert grown is ok
+    assert f"partition {start}..{start + size}" in actual
+
+
+def test_dhcp_by_networkd_lease(tmp_path):
+    leases = tmp_path / "leases"
+    leases.mkdir()
+    (leases / "2").write_text("# This is private data. Do not parse.\nADDRESS=10.0.2.15\nNETMASK=255.255.255.0\n")
+    how, ok = boot_checks.dhcp_configured("ens2", "2", str(leases), str(tmp_path / "dhcp"), str(tmp_path / "eni"))
+    assert ok and "networkd DHCP lease" in how and "10.0.2.15" in how
+    # another interface's lease, or none at all: not DHCP
+    how, ok = boot_checks.dhcp_configured("ens3", "3", str(leases), str(tmp_path / "dhcp"), str(tmp_path / "eni"))
+    assert not ok and "no " + str(leases / "3") in how
+    (leases / "4").write_text("# lease without an address\n")
+    assert not boot_checks.dhcp_configured("ens4", "4", str(leases), str(tmp_path / "dhcp"), str(tmp_path / "eni"))[1]
+
+
+def test_dhcp_by_ifupdown_needs_stanza_and_lease(tmp_path):
+    eni, dhcp = tmp_path / "50-cloud-init", tmp_path / "dhcp"
+    dhcp.mkdir()
+    eni.write_text("auto ens2\niface ens2 inet dhcp\n")
+    args = (str(tmp_path / "no-leases"), str(dhcp), str(eni))
+    assert not boot_checks.dhcp_configured("ens2", "2", *args)[1]          # stanza, no lease
+    (dhcp / "dhclient.ens2.leases").write_text("lease {}\n")
+    how, ok = boot_checks.dhcp_configured("ens2", "2", *args)
+    assert ok and "dhcp in" in how
+    eni.write_text("auto ens2\niface ens2 inet static\n")
+    assert not boot_checks.dhcp_configured("ens2", "2", *args)[1]          # lease, static stanza

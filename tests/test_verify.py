@@ -76,8 +76,9 @@ def test_verify_user_data_carries_the_boot_facts_and_mounts_its_disk(platform, l
     doc = yaml.safe_load(verify._seed_files(spec_of({}), install=False, boot=boot).decode())
     files = {f["path"]: f["content"] for f in doc["write_files"]}
     assert json.loads(files[f"{verify.VERIFY_DIR}/boot.json"]) == boot
-    assert f"{verify.VERIFY_DIR}/boot_checks.py" in files
+    assert f"{verify.VERIFY_DIR}/boot_checks.py" not in files            # on the seed disk: the user-data stays small
     run_check = files[f"{verify.VERIFY_DIR}/run-check.sh"]
+    assert f'cp "$seed/boot_checks.py" {verify.VERIFY_DIR}/' in run_check
     assert f"/dev/disk/by-label/{label}" in run_check and f"--boot {verify.VERIFY_DIR}/boot.json" in run_check
     assert len(gzip.compress(verify._seed_files(spec_of({}), install=True, boot=boot), 9)) <= 16384
 

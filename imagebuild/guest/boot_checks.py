@@ -1,10 +1,7 @@
 #!/usr/bin/env python3
-"""The verify boot's checks of what the boot presented: console, drivers, time sync, apt policy, the root
-filesystem grown, DHCP on the boot's NIC, the platform's hostname, nothing of the build's identity left,
-and on EC2 the datasource, instance-id and IMDS public key. Python 3.11 standard library only.
-
-Staged by the verify boot beside check.py (which imports it for --boot); not installed on machines, so
-the user-data stays small.
+"""The verify boot's checks of what the boot presented: firmware, console, drivers, time, apt policy,
+root grown, DHCP, hostname, no build identity left; on EC2 datasource, instance-id, IMDS key. Standard
+library only; staged beside check.py (which imports it for --boot), never installed.
 """
 from __future__ import annotations
 
@@ -24,6 +21,8 @@ NETWORK_CONFIG_DIRS = ("/etc/network/interfaces.d", "/etc/udev/rules.d", "/etc/n
 AWS_TIME_SYNC = "169.254.169.123"
 APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
 REQUIRED_DRIVERS = ("ena", "nvme")
+EFI_SIZE = "/sys/firmware/efi/fw_platform_size"  # only under UEFI
+LEASES = "/run/systemd/netif/leases"                # networkd's, by ifindex
 
 
 def files_mentioning(needles: list[str], dirs=NETWORK_CONFIG_DIRS) -> list[str]:
@@ -72,6 +71,33 @@ def nic_by_mac(mac: str) -> str | None:
     return None
 
 
+def firmware_check(rep, boot: dict, size: str = EFI_SIZE) -> None:
+    try:
+        actual = f"uefi ({Path(size).read_text().strip()}-bit, {size})"
+    except OSError:
+        actual = f"bios (no {size})"
+    rep.check("boot.firmware", boot["firmware"], actual, actual.split()[0] == boot["firmware"])
+
+
+def rootfs_grown(disk: int, start: int, size: int, fs: int) -> tuple[str, bool]:
+    """The partition ENDS at the disk's end less the backup GPT (33 sectors), wherever it starts."""
+    return (f"disk {disk}, partition {start}..{start + size} ({size}), filesystem {fs} bytes",
+            start + size >= disk - 33 * 512 - 4 * 2**20 and fs >= size - 2**20)
+
+
+def dhcp_configured(dev: str, ifindex: str, leases: str = LEASES, dhclient: str = "/var/lib/dhcp",
+                    eni: str = "/etc/network/interfaces.d/50-cloud-init") -> tuple[str, bool]:
+    """networkd's lease (Debian 13), or ifupdown's `iface DEV inet dhcp` and a dhclient lease (12)."""
+    lease = Path(leases) / ifindex
+    if ifindex and lease.is_file():
+        m = re.search(r"^ADDRESS=(\S+)", lease.read_text(errors="replace"), re.M)
+        return f"a networkd DHCP lease ({lease}: {m.group(1) if m else 'no ADDRESS'})", bool(m)
+    stanza = Path(eni).exists() and re.search(rf"^iface {re.escape(dev)} inet dhcp$", Path(eni).read_text(), re.M)
+    got = any(Path(dhclient).glob(f"dhclient*{dev}*.leases"))
+    return (f"{'dhcp' if stanza else 'not dhcp'} in {eni}, {'a' if got else 'no'} dhclient lease, "
+            f"no {lease}"), bool(stanza) and got
+
+
 def platform_checks(rep, boot: dict) -> None:
     """What a cloud image owes any platform: console, drivers, time, apt policy, root grown, network."""
     cmdline = Path("/proc/cmdline").read_text().split()
@@ -95,12 +121,12 @@ def platform_checks(rep, boot: dict) -> None:
     part = Path("/sys/class/block") / Path(root).name
     try:
         disk = part.resolve().parent
+        start_b = int((part / "start").read_text()) * 512
         part_b = int((part / "size").read_text()) * 512
         disk_b = int((disk / "size").read_text()) * 512
         tune = dict(line.split(":", 1) for line in run("tune2fs", "-l", root).stdout.splitlines() if ":" in line)
         fs_b = int(tune["Block count"]) * int(tune["Block size"])
-        actual = f"disk {disk_b}, partition {part_b}, filesystem {fs_b} bytes"
-        ok = part_b >= disk_b - 4 * 2**20 and fs_b >= part_b - 2**20
+        actual, ok = rootfs_grown(disk_b, start_b, part_b, fs_b)
     except (OSError, ValueError, KeyError) as exc:
         actual, ok = f"<{type(exc).__name__}: {exc}>", False
     rep.check("disk.rootfs_grown", "partition and filesystem fill the disk", actual, ok)
@@ -109,13 +135,13 @@ def platform_checks(rep, boot: dict) -> None:
         dev = nic_by_mac(mac)
         route = run("ip", "-4", "route", "show", "default").stdout.split()
         route_dev = route[route.index("dev") + 1] if "dev" in route else None
-        eni = Path("/etc/network/interfaces.d/50-cloud-init")
-        dhcp = bool(dev and eni.exists() and re.search(rf"^iface {re.escape(dev)} inet dhcp$", eni.read_text(), re.M))
-        lease = bool(dev) and any(Path("/var/lib/dhcp").glob(f"dhclient*{dev}*.leases"))
+        how, dhcp = "", False
+        if dev:
+            ifindex = Path(f"/sys/class/net/{dev}/ifindex").read_text().strip()
+            how, dhcp = dhcp_configured(dev, ifindex)
         rep.check("network.dhcp", f"the NIC with MAC {mac}: default route, configured by DHCP",
-                  f"{dev or '<no such NIC>'}: default route via {route_dev or '<none>'}, "
-                  f"{'dhcp' if dhcp else 'not dhcp'} in {eni}, {'a' if lease else 'no'} DHCP lease",
-                  bool(dev) and route_dev == dev and bool(dhcp) and lease)
+                  f"{dev or '<no such NIC>'}: default route via {route_dev or '<none>'}, {how}",
+                  bool(dev) and route_dev == dev and dhcp)
 
 
 def ec2_checks(rep, boot: dict) -> None:
@@ -148,6 +174,8 @@ def identity_checks(rep, boot: dict, facts: dict) -> None:
 
 
 def run_all(rep, boot: dict, facts: dict) -> None:
+    if boot.get("firmware"):
+        firmware_check(rep, boot)
     platform_checks(rep, boot)
     identity_checks(rep, boot, facts)
     if boot.get("platform") == "ec2":

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -23,7 +24,8 @@ from typing import IO
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import heartbeat, step
 from imagebuild.run import DEVNULL, kill_group, spawn
-from imagebuild.vm.accel import QEMU, accel_args, accelerator
+from imagebuild.vm import firmware as fw
+from imagebuild.vm.accel import accel_args, accelerator
 from imagebuild.vm.channel import (
     DONE_PREFIX,
     RESULT_PREFIX,
@@ -117,7 +119,7 @@ class Guest:
                  kernel: str | os.PathLike | None = None, initrd: str | os.PathLike | None = None,
                  append: str | None = None, extra_args: Sequence[str] = (),
                  name: str | None = None, mac: str | None = None, nic_slot: int | None = None,
-                 netdev_options: str = ""):
+                 netdev_options: str = "", arch: str = "amd64", firmware: str = "bios"):
         self.disk = Path(disk) if disk else None
         self.seed_iso = Path(seed_iso) if seed_iso else None
         self.serial_log = Path(serial_log)
@@ -131,6 +133,9 @@ class Guest:
         self.mac, self.nic_slot, self.netdev_options = mac, nic_slot, netdev_options
         self.kernel, self.initrd, self.append = kernel, initrd, append
         self.extra_args = list(extra_args)
+        fw.check(arch, firmware)
+        self.arch, self.firmware = arch, firmware
+        self._firmware_dir: str | None = None     # a UEFI boot's own variable store lives here
         self.name = name or f"imagebuild-{uuid.uuid4().hex[:12]}"
         self.accel: str | None = None
         self.proc: subprocess.Popen | None = None
@@ -144,12 +149,19 @@ class Guest:
 
     # command line ------------------------------------------------------------------------
     def command(self, accel: str | None = None) -> list[str]:
-        """The qemu-system-x86_64 argv (the accelerator is resolved if not given)."""
-        accel = accel or self.accel or accelerator(self.accel_choice)
-        cmd = [QEMU, "-name", f"{self.name},process={self.name[:15]}",
-               "-machine", "pc", *accel_args(accel), "-smp", str(self.smp), "-m", self.memory,
+        """The QEMU argv (the accelerator is resolved if not given): the architecture's binary and
+        machine, the firmware of :mod:`imagebuild.vm.firmware` (a UEFI boot gets its own copy of the
+        variable store)."""
+        accel = accel or self.accel or self._accelerator()
+        cpu = accel_args(accel) if self.arch == "amd64" else ["-accel", "tcg,thread=multi", "-cpu",
+                                                              fw.tcg_cpu(self.arch)]
+        cmd = [fw.qemu_binary(self.arch), "-name", f"{self.name},process={self.name[:15]}",
+               "-machine", fw.machine(self.arch), *cpu, "-smp", str(self.smp), "-m", self.memory,
                "-nodefaults", "-display", "none", "-vga", "none", "-monitor", "none",
                "-no-user-config"]
+        if self.firmware != "bios" and self._firmware_dir is None:
+            self._firmware_dir = tempfile.mkdtemp(prefix="imagebuild-uefi-")
+        cmd += fw.qemu_args(self.arch, self.firmware, self._firmware_dir or "")
         if self.disk is not None:
             fmt = "qcow2" if self.disk.suffix == ".qcow2" else "raw"
             cmd += ["-drive", f"file={option(self.disk)},if=virtio,format={fmt},discard=unmap"]
@@ -186,7 +198,7 @@ class Guest:
     def start(self) -> None:
         if self.proc is not None:
             raise ImagebuildError(f"guest {self.name} already started")
-        self.accel = self.accel or accelerator(self.accel_choice)
+        self.accel = self.accel or self._accelerator()
         cmd = self.command(self.accel)
         self.serial_log.parent.mkdir(parents=True, exist_ok=True)
         self.results_log.parent.mkdir(parents=True, exist_ok=True)
@@ -312,10 +324,17 @@ class Guest:
             return ""
         return f"\nQEMU said: {err[-2000:]}" if err else ""
 
+    def _accelerator(self) -> str:
+        """KVM only for the host's own architecture (and only when the probe says it works)."""
+        return accelerator(self.accel_choice) if self.arch == "amd64" else "tcg"
+
     def _cleanup(self) -> None:
         if self._stderr is not None:
             with contextlib.suppress(Exception):
                 self._stderr.close()
+        if self._firmware_dir is not None:
+            shutil.rmtree(self._firmware_dir, ignore_errors=True)
+            self._firmware_dir = None
 
     def __enter__(self) -> Guest:
         return self

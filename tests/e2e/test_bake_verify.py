@@ -78,6 +78,8 @@ def test_golden_image_verifies(golden_image, golden_spec, tmp_path):
     assert by_name["cri.mirror.k8s.gcr.io"]["expected"].endswith(
         "/v2/google-containers/imagebuild/verify-2/manifests/1?ns=k8s.gcr.io (200)")
     assert by_name["cri.network_ready"]["actual"] is False  # the image ships no CNI network config
+    # Debian 12 is BIOS-only (MBR): SeaBIOS booted it, as its manifest says
+    assert report["firmware"] == "bios" and by_name["boot.firmware"]["actual"].startswith("bios (no ")
     assert report["timings"]["containerd_active_s"] is not None
     assert report["timings"]["containerd_active_s"] < report["timings"]["check_done_s"]
     assert sha256_file(golden_image) == before, "verify must never write the image"

@@ -47,6 +47,24 @@ variable "ssh_private_key_file" {
   default     = "seed/id_ed25519"
 }
 
+variable "firmware_code" {
+  type        = string
+  description = "UEFI firmware code (read-only pflash: OVMF_CODE_4M.fd, AAVMF_CODE.fd); empty: SeaBIOS. Packer 1.6.6 has no firmware option, so it goes in through qemuargs."
+  default     = ""
+}
+
+variable "firmware_vars" {
+  type        = string
+  description = "This build's own copy of the UEFI variable store (writable pflash); with firmware_code."
+  default     = ""
+}
+
+variable "qemu_binary" {
+  type        = string
+  description = "The QEMU of the image's architecture (image.architecture) that runs the build VM."
+  default     = "qemu-system-x86_64"
+}
+
 variable "aws_endpoint" {
   type        = string
   description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
@@ -73,9 +91,18 @@ source "qemu" "golden" {
   disk_detect_zeroes = var.disk_discard == "unmap" ? "unmap" : "off"
   net_device       = "virtio-net"
   accelerator      = var.accelerator
+  qemu_binary      = var.qemu_binary
+  machine_type     = "pc"
   cpus             = 2
   memory           = 2048
-  qemuargs         = [["-cpu", "max"]]
+  # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
+  # own disk and cdrom drives as soon as qemuargs holds a "-drive", so the flash cannot be one.
+  # The -machine given here replaces Packer's own (-machine type=...,accel=...).
+  qemuargs         = concat([["-cpu", "max"]], var.firmware_code == "" ? [] : [
+    ["-blockdev", "driver=file,node-name=fwcode,read-only=on,filename=${replace(var.firmware_code, ",", ",,")}"],
+    ["-blockdev", "driver=file,node-name=fwvars,filename=${replace(var.firmware_vars, ",", ",,")}"],
+    ["-machine", "type=pc,accel=${var.accelerator},pflash0=fwcode,pflash1=fwvars"],
+  ])
   headless         = true
   cd_files         = ["${path.root}/seed/user-data", "${path.root}/seed/meta-data"]
   cd_label         = "cidata"

@@ -1,0 +1,91 @@
+"""The Debian 13 amd64 golden: its hybrid base image (GPT: BIOS boot + ESP + root, systemd-networkd),
+baked with Packer's qemu builder under SeaBIOS and verified under OVMF, so every Debian 13 golden boots
+through both firmware paths (the Debian 12 golden, BIOS-only, keeps proving SeaBIOS in
+test_bake_verify.py).
+
+containerd 1.7 with trixie's own runc (the runc of a family needs its suite's glibc: 2.38 here),
+served as release tarballs from 127.0.0.1 like the Debian 12 golden's.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from imagebuild import baseimage
+from imagebuild.bake import bake
+from imagebuild.devtools import debian_artifacts
+from imagebuild.devtools.serve import serve
+from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
+from imagebuild.spec import load, parse
+from imagebuild.verify import verify_image
+
+pytestmark = pytest.mark.e2e
+
+FLAVOR = baseimage.Flavor.of("debian-13", "amd64")
+
+
+@pytest.fixture(scope="module")
+def debian13(tmp_path_factory):
+    """(spec, image, seconds per step) of the Debian 13 golden, baked once for the module."""
+    times = {}
+    t0 = time.monotonic()
+    baseimage.build(flavor=FLAVOR)           # cached by recipe hash; the bake below finds it
+    times["base_image_s"] = round(time.monotonic() - t0, 1)
+    root = tmp_path_factory.mktemp("mirror13")
+    artifacts = debian_artifacts.release_tarballs("1.7", root / "1.7")
+    with serve(root) as url:
+        guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
+        doc = yaml.safe_load(yaml.safe_dump(load().document))
+        doc["image"]["os"] = "debian-13"
+        doc["containerd"]["version"] = artifacts["containerd"]["version"]
+        spec = local_mirror_spec(parse(yaml.safe_dump(doc), "Debian 13 e2e spec"),
+                                 mirrored(artifacts["containerd"], guest_url, root),
+                                 mirrored(artifacts["runc"], guest_url, root))
+        t0 = time.monotonic()
+        image = bake(spec, tmp_path_factory.mktemp("golden13") / "output")
+        times["bake_s"] = round(time.monotonic() - t0, 1)
+        yield spec, image, times
+
+
+def test_debian13_golden_is_hybrid_and_built_under_seabios(debian13):
+    spec, image, times = debian13
+    manifest = json.loads((image.parent / "manifest.json").read_text())
+    assert manifest["image"] == image.name and manifest["containerd_version"].startswith("1.7.")
+    assert (manifest["boot_mode"], manifest["architecture"], manifest["build_firmware"]) == (
+        "uefi-preferred", "x86_64", "bios")
+    assert manifest["base_image"]["source"].endswith("/" + baseimage.names(FLAVOR)[0])
+    log = (image.parent / f"{spec.name}.packer.log").read_text()
+    assert "Connected to SSH" in log and "if=pflash" not in log      # SeaBIOS booted the hybrid disk
+    print(f"\nDebian 13 golden: base image {times['base_image_s']} s, bake {times['bake_s']} s "
+          f"({manifest['durations_s']})")
+
+
+def test_debian13_golden_verifies_under_uefi(debian13, tmp_path):
+    spec, image, _ = debian13
+    report = verify_image(image, spec, log_dir=str(tmp_path))
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert report["passed"], [c for c in report["checks"] if not c["ok"]]
+    assert report["firmware"] == "uefi"
+    assert by_name["boot.firmware"]["ok"] and by_name["boot.firmware"]["actual"].startswith("uefi (64-bit")
+    assert "networkd DHCP lease" in by_name["network.dhcp"]["actual"]
+    assert by_name["disk.rootfs_grown"]["ok"] and by_name["hygiene.network_config"]["ok"]
+    assert {"cri.runtime_ready", "cri.pod_sandbox", "container.survives_restart"} <= set(by_name)
+    # No 5-minute DHCPv6 wait (ifupdown's dhclient -6 held Debian 13 boots for networking.service's timeout).
+    assert report["timings"]["check_done_s"] < 240, report["timings"]
+    print(f"\nDebian 13 verify under UEFI: {report['timings']}")
+
+
+def test_debian13_golden_verifies_as_ec2_presents_it(debian13, tmp_path):
+    """Hygiene and the EC2 boot (SMBIOS identity, IMDSv2, a new NIC, a larger disk) unchanged on Debian 13
+    (cloud-init 25.1), under UEFI as a uefi-preferred AMI boots on a UEFI instance type."""
+    spec, image, _ = debian13
+    report = verify_image(image, spec, log_dir=str(tmp_path), platform="ec2")
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert report["passed"], [c for c in report["checks"] if not c["ok"]]
+    assert report["firmware"] == "uefi" and by_name["boot.firmware"]["ok"]
+    assert {"ec2.datasource", "ec2.instance_id", "ec2.public_key", "ec2.imds_v2_only", "hygiene.hostname",
+            "network.dhcp", "disk.rootfs_grown"} <= set(by_name)
+    print(f"\nDebian 13 EC2 verify under UEFI: {report['timings']}")
