@@ -60,8 +60,7 @@ def test_arm64_golden_is_baked_on_aarch64_under_aavmf(arm64_golden):
     assert (manifest["boot_mode"], manifest["architecture"], manifest["build_firmware"]) == ("uefi", "arm64", "uefi")
     assert manifest["base_image"]["source"].endswith("/" + baseimage.names(FLAVOR)[0])
     log = (image.parent / f"{spec.name}.packer.log").read_text()
-    assert "qemu-system-aarch64" in log and "Connected to SSH" in log
-    assert "pflash0=fwcode" in log and "AAVMF_CODE.fd" in log and "scsi-cd,drive=cdrom0" in log
+    assert "Connected to SSH" in log   # the build VM (its command line: tests/test_packer_arm64.py) read its seed
     print(f"\narm64 golden: base image {times['base_image_s']} s, bake {times['bake_s']} s "
           f"({manifest.get('durations_s')})")
 
@@ -75,5 +74,5 @@ def test_arm64_golden_verifies_with_every_check(arm64_golden, tmp_path):
     assert by_name["boot.firmware"]["ok"] and by_name["boot.firmware"]["actual"].startswith("uefi (64-bit")
     assert {"cri.runtime_ready", "cri.pod_sandbox", "container.survives_restart"} <= set(by_name)
     serial = (tmp_path / f"{image.stem}.verify.serial.log").read_text(errors="replace")
-    assert "aarch64" in serial or "arm64" in serial
+    assert "-cloud-arm64" in serial      # the arm64 kernel booted (its console: the PL011, ttyAMA0)
     print(f"\narm64 verify under AAVMF: {report['timings']}")
