@@ -14,27 +14,31 @@ APT_PACKAGES := packer qemu-system-x86 qemu-utils mmdebstrap shellcheck cloud-in
 	binutils-aarch64-linux-gnu qemu-user-static qemu-system-arm
 export CHECKPOINT_DISABLE := 1
 
-.PHONY: golden test test-fast test-e2e test-arm64 deps venv lint regen-defaults regen-testimage regen-cases bench fuzz clean
+.PHONY: golden test test-fast test-e2e test-arm64 test-extra deps venv lint regen-defaults regen-testimage regen-cases bench fuzz clean
 
 ## golden: the main job on the built-in default spec: base image, bake, verify, print the report
 golden: venv
 	$(PY) -m imagebuild golden --work $(BUILD)/golden
 
-## test: everything CI runs but the arm64 tests (their own job: make test-arm64)
+## test: everything CI runs but the arm64 tests (their own job: make test-arm64) and the extra boots (make test-extra)
 test: venv
-	$(PY) -m pytest -m "not arm64" -v --timeout=3600
+	$(PY) -m pytest -m "not arm64 and not extra" -v --timeout=3600
 
 ## test-fast: unit and real-tool tests, no QEMU boots (about four minutes on 2 cores)
 test-fast: venv
-	$(PY) -m pytest -m "not e2e and not arm64" -q
+	$(PY) -m pytest -m "not e2e and not arm64 and not extra" -q
 
 ## test-e2e: only the end-to-end QEMU / Packer tests (amd64; the arm64 ones: make test-arm64)
 test-e2e: venv
-	$(PY) -m pytest -m "e2e and not arm64" -v --timeout=3600
+	$(PY) -m pytest -m "e2e and not arm64 and not extra" -v --timeout=3600
 
 ## test-arm64: only the arm64 (Graviton) end-to-end tests: a separate CI job (see the README)
 test-arm64: venv
 	$(PY) -m pytest -m arm64 -v --timeout=7200
+
+## test-extra: the end-to-end boots beyond make test's budget (the Debian 13 golden's EC2 verify)
+test-extra: venv
+	$(PY) -m pytest -m extra -v --timeout=3600
 
 ## lint: ruff and mypy as configured in pyproject.toml (tests/test_lint.py runs both in `make test`)
 lint: venv

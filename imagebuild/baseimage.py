@@ -1,7 +1,10 @@
-"""A Debian 12 generic-cloud-style base image, built locally from the Debian mirror.
+"""Debian 12 and 13 generic-cloud-style base images (amd64, arm64), built locally from the Debian mirror.
 
 Vendor cloud images cannot always be downloaded, so this module builds a stand-in that
-behaves like one: BIOS/GRUB boot on an MBR disk, one ext4 root partition, the Debian
+behaves like one. A :class:`Flavor` (release x architecture) picks the disk layout: Debian 12
+amd64 is today's image, described below step by step (BIOS/GRUB on an MBR disk); Debian 13 amd64
+is GPT hybrid (BIOS boot partition + ESP + root) and arm64 GPT with an ESP, their GRUB images made
+by the tree's own grub-mkimage (see ``_make_gpt_disk``). Every flavor: one ext4 root partition, the Debian
 cloud kernel (ENA and NVMe drivers, checked at build time), cloud-init (ds-identify picks
 NoCloud, Ec2 or ConfigDrive; Ec2 talks IMDSv2), openssh-server, sudo, growpart/resizefs,
 chrony (Amazon Time Sync on EC2, Debian's NTP pool elsewhere), apt-daily timers masked,

@@ -78,6 +78,7 @@ def test_debian13_golden_verifies_under_uefi(debian13, tmp_path):
     print(f"\nDebian 13 verify under UEFI: {report['timings']}")
 
 
+@pytest.mark.extra     # +170 s: over make test's budget; `make test-extra` (CI: a job of its own)
 def test_debian13_golden_verifies_as_ec2_presents_it(debian13, tmp_path):
     """Hygiene and the EC2 boot (SMBIOS identity, IMDSv2, a new NIC, a larger disk) unchanged on Debian 13
     (cloud-init 25.1), under UEFI as a uefi-preferred AMI boots on a UEFI instance type."""
