@@ -10,26 +10,31 @@ PY := $(VENV)/bin/python
 BUILD := build
 APT_PACKAGES := packer qemu-system-x86 qemu-utils mmdebstrap shellcheck cloud-init xorriso \
 	cloud-image-utils busybox-static grub-pc-bin grub2-common e2fsprogs fdisk curl systemd \
-	docker-registry skopeo runc tinyproxy binutils openssl ovmf qemu-efi-aarch64 dosfstools mtools
+	docker-registry skopeo runc tinyproxy binutils openssl ovmf qemu-efi-aarch64 dosfstools mtools \
+	binutils-aarch64-linux-gnu qemu-user-static qemu-system-arm
 export CHECKPOINT_DISABLE := 1
 
-.PHONY: golden test test-fast test-e2e test-extra deps venv lint regen-defaults regen-testimage regen-cases bench fuzz clean
+.PHONY: golden test test-fast test-e2e test-arm64 test-extra deps venv lint regen-defaults regen-testimage regen-cases bench fuzz clean
 
 ## golden: the main job on the built-in default spec: base image, bake, verify, print the report
 golden: venv
 	$(PY) -m imagebuild golden --work $(BUILD)/golden
 
-## test: everything CI runs but the extra boots (make test-extra)
+## test: everything CI runs but the arm64 tests (their own job: make test-arm64) and the extra boots (make test-extra)
 test: venv
-	$(PY) -m pytest -m "not extra" -v --timeout=3600
+	$(PY) -m pytest -m "not arm64 and not extra" -v --timeout=3600
 
 ## test-fast: unit and real-tool tests, no QEMU boots (about four minutes on 2 cores)
 test-fast: venv
-	$(PY) -m pytest -m "not e2e and not extra" -q
+	$(PY) -m pytest -m "not e2e and not arm64 and not extra" -q
 
-## test-e2e: only the end-to-end QEMU / Packer tests
+## test-e2e: only the end-to-end QEMU / Packer tests (amd64; the arm64 ones: make test-arm64)
 test-e2e: venv
-	$(PY) -m pytest -m "e2e and not extra" -v --timeout=3600
+	$(PY) -m pytest -m "e2e and not arm64 and not extra" -v --timeout=3600
+
+## test-arm64: only the arm64 (Graviton) end-to-end tests: a separate CI job (see the README)
+test-arm64: venv
+	$(PY) -m pytest -m arm64 -v --timeout=7200
 
 ## test-extra: the end-to-end boots beyond make test's budget (the Debian 13 golden's EC2 verify)
 test-extra: venv
@@ -60,7 +65,8 @@ $(VENV)/.installed: pyproject.toml
 regen-defaults: venv
 	$(PY) -m imagebuild.devtools defaults
 
-## regen-testimage: re-assemble verify's test image program (imagebuild/testimage/amd64.s -> amd64.bin)
+## regen-testimage: re-assemble verify's test image programs (imagebuild/testimage/<arch>.s -> <arch>.bin,
+## amd64 and arm64)
 regen-testimage: venv
 	$(PY) -m imagebuild.devtools testimage
 

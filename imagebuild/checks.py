@@ -45,6 +45,7 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             if not art["sha256"] and not art["checksum_url"]:
                 problems.append(Problem(f"containerd.install.{name}.sha256",
                                         "got null with checksum_url null, expected a pinned sha256 or a checksum_url"))
+            _check_url_arch(f"containerd.install.{name}", art, doc["image"]["architecture"], problems)
     else:
         pkg = install["package"]
         if not pkg["version"]:
@@ -56,6 +57,7 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                                     f"got {pkg['version']!r}, expected a version of containerd {ctd['version']} "
                                     f"(starting with {ctd['version']})"))
     _check_os(doc, problems)
+    _check_instance_type(doc, problems)
     registry = cfg["registry"]
     seen: dict[str, int] = {}
     for index, mirror in enumerate(registry["mirrors"]):
@@ -170,6 +172,47 @@ def _check_os(doc: dict, problems: list[Problem]) -> None:
         problems.append(Problem("containerd.version", f"got {ctd['version']!r} with install.method package on "
                                 f"image.os {os_name}, expected {wanted} (the containerd package "
                                 f"{release['suite']} ships; the tarball method installs other versions)"))
+
+
+#: A Graviton (arm64) instance family: a1, or letters, a generation and `g` with optional feature letters
+#: (t4g, m6gd, c7gn, r8g, x2gd, im4gn, is4gen, hpc7g, g5g). tests/aws hold it to moto's instance type data.
+GRAVITON_FAMILY = re.compile(r"^(a1|[a-z]+[0-9]+g[a-z]*)$")
+
+
+def is_graviton(instance_type: str) -> bool:
+    """Whether *instance_type* (family.size) is of a Graviton (arm64) family, by its name."""
+    return bool(GRAVITON_FAMILY.match(instance_type.split(".", 1)[0]))
+
+
+def _check_instance_type(doc: dict, problems: list[Problem]) -> None:
+    """The amazon-ebs build instance must run the image's architecture: arm64 only on Graviton, amd64 not there."""
+    chosen, arch = doc["image"]["aws"]["instance_type"], doc["image"]["architecture"]
+    if chosen is None or is_graviton(chosen) == (arch == "arm64"):
+        return
+    if arch == "arm64":
+        wanted = "a Graviton (arm64) instance type such as t4g.small, m7g.large or c7gn.xlarge (family a1 or " \
+                 "a generation followed by g)"
+    else:
+        wanted = "an x86_64 instance type such as t3.small or m7i.large (a family with g after its generation " \
+                 "is Graviton, arm64)"
+    problems.append(Problem("image.aws.instance_type", f"got {chosen!r} with image.architecture {arch}, "
+                            f"expected {wanted}"))
+
+
+#: image.architecture -> the names release files of the *other* architectures carry.
+_OTHER_ARCH_NAMES = {"amd64": ("arm64", "aarch64"), "arm64": ("amd64", "x86_64", "x86-64")}
+
+
+def _check_url_arch(key: str, art: dict, arch: str, problems: list[Problem]) -> None:
+    """A download URL naming another architecture than image.architecture would install binaries that
+    cannot run (an amd64 containerd on a Graviton instance): use {arch}, or this architecture's URL."""
+    for field in ("url", "checksum_url"):
+        url = art.get(field) or ""
+        named = [n for n in _OTHER_ARCH_NAMES[arch] if re.search(rf"(?<![A-Za-z0-9]){n}(?![A-Za-z0-9])", url)]
+        if named:
+            problems.append(Problem(f"{key}.{field}", f"got {url!r}, which names {named[0]}, with image.architecture "
+                                    f"{arch}: expected a URL of {arch} binaries (write {{arch}} where the "
+                                    f"architecture goes)"))
 
 
 def _dig(value: Any, keys: tuple[str, ...]) -> Any:

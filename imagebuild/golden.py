@@ -47,16 +47,19 @@ def mirrored(art: dict, base_url: str, root: Path) -> dict:
 def local_mirror(spec: Spec) -> Iterator[Spec]:
     """*spec* with containerd and runc served from 127.0.0.1, while the server runs.
 
-    The release-shaped tarballs are assembled from Debian's binaries of the spec's family.
+    The release-shaped tarballs are assembled from Debian's binaries of the spec's family and
+    image.architecture, with the runc that runs on its image.os (`debian_artifacts.runc_family`).
     """
     from .devtools import debian_artifacts
     from .devtools.serve import serve
     from .paths import cache_dir
 
-    family = spec.containerd.family
-    step(f"assembling release-shaped containerd {family} and runc tarballs from Debian's binaries")
-    mirror_dir = cache_dir("mirror", family)
-    artifacts = debian_artifacts.release_tarballs(family, mirror_dir)
+    family, arch, os_name = spec.containerd.family, spec.image.architecture, spec.image.os
+    runc_from = debian_artifacts.runc_family(family, os_name)
+    step(f"assembling release-shaped containerd {family} ({arch}) and runc tarballs from Debian's binaries "
+         f"(runc of Debian {debian_artifacts.FAMILIES[runc_from]}, which runs on {os_name})")
+    mirror_dir = cache_dir("mirror", family, os_name)
+    artifacts = debian_artifacts.release_tarballs(family, mirror_dir, arch=arch, runc_from=runc_from)
     with serve(mirror_dir) as url:
         guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
         yield local_mirror_spec(spec, mirrored(artifacts["containerd"], guest_url, mirror_dir),

@@ -271,10 +271,10 @@ NO_PROXY_ENTRY = r"^(\*|\.?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?
 
 GITHUB = "https://github.com"
 DEFAULT_CONTAINERD_URL = (GITHUB + "/containerd/containerd/releases/download/v{version}/"
-                          "containerd-{version}-linux-amd64.tar.gz")
-DEFAULT_RUNC_URL = GITHUB + "/opencontainers/runc/releases/download/v{version}/runc.amd64"
+                          "containerd-{version}-linux-{arch}.tar.gz")
+DEFAULT_RUNC_URL = GITHUB + "/opencontainers/runc/releases/download/v{version}/runc.{arch}"
 DEFAULT_CNI_URL = (GITHUB + "/containernetworking/plugins/releases/download/v{version}/"
-                   "cni-plugins-linux-amd64-v{version}.tgz")
+                   "cni-plugins-linux-{arch}-v{version}.tgz")
 
 AbsPath = Annotated[str, Text(ABS_PATH, ABS_PATH_ALLOWED)]
 HttpUrl = Annotated[str, Text(HTTP_URL, "an http(s):// URL")]
@@ -326,22 +326,29 @@ def supported_versions(families: tuple[str, ...] | None = None) -> str:
 
 
 class _Download:
-    """A downloaded artifact: URL templates resolved with its version."""
+    """A downloaded artifact: URL templates resolved with its version and the image's architecture."""
 
     if TYPE_CHECKING:
         url: str
         checksum_url: str | None
         version: str
+        _arch: str
+
+    @property
+    def arch(self) -> str:
+        """image.architecture (amd64, arm64), set by the Spec: what {arch} in the URLs becomes."""
+        return self._arch
 
     @property
     def resolved_url(self) -> str:
-        return self.url.replace("{version}", self.version)
+        return self.url.replace("{version}", self.version).replace("{arch}", self.arch)
 
     @property
     def resolved_checksum_url(self) -> str | None:
         if self.checksum_url is None:
             return None
-        return self.checksum_url.replace("{url}", self.resolved_url).replace("{version}", self.version)
+        return (self.checksum_url.replace("{url}", self.resolved_url).replace("{version}", self.version)
+                .replace("{arch}", self.arch))
 
     @property
     def filename(self) -> str:
@@ -349,7 +356,7 @@ class _Download:
 
 
 _VERSION_DOC = "upstream version, substituted for {version} in the URLs"
-_URL_DOC = "download URL; {version} is replaced"
+_URL_DOC = "download URL; {version} and {arch} (image.architecture: amd64, arm64) are replaced"
 _SHA_DOC = "expected sha256 of the download (64 hex digits); pins the artifact"
 _CHECKSUM_DOC = "URL of a published checksum file, used when sha256 is not pinned"
 UrlTemplate = Annotated[str, Text(URL_TEMPLATE, "an http(s):// or file:// URL")]
@@ -365,6 +372,7 @@ class Tarball(Section, _Download):
     sha256: Sha256 | None = Field(None, description=_SHA_DOC)
     checksum_url: ChecksumUrl | None = Field("{url}.sha256sum", description=_CHECKSUM_DOC)
     _version: str = PrivateAttr("")
+    _arch: str = PrivateAttr("amd64")
 
     @property
     def version(self) -> str:  # type: ignore[override]
@@ -380,6 +388,7 @@ class Runc(Section, _Download):
     sha256: Sha256 | None = Field(None, description=_SHA_DOC)
     checksum_url: ChecksumUrl | None = Field(
         GITHUB + "/opencontainers/runc/releases/download/v{version}/runc.sha256sum", description=_CHECKSUM_DOC)
+    _arch: str = PrivateAttr("amd64")
 
 
 class CniPlugins(Section, _Download):
@@ -389,6 +398,7 @@ class CniPlugins(Section, _Download):
     url: UrlTemplate = Field(DEFAULT_CNI_URL, description=_URL_DOC)
     sha256: Sha256 | None = Field(None, description=_SHA_DOC)
     checksum_url: ChecksumUrl | None = Field("{url}.sha256", description=_CHECKSUM_DOC)
+    _arch: str = PrivateAttr("amd64")
 
 
 #: The name consumers use for any of the three.
@@ -762,13 +772,15 @@ class Aws(Section):
     tags: Annotated[dict[TagKey, TagValue], keys_schema(TAG_KEY)] = Field(
         default_factory=dict, description="extra tags on AMIs and snapshots (EBS StartSnapshot's limits: keys up "
         "to 127, values up to 255 characters; keys starting with aws: or imagebuild: are reserved)")
-    source_ami_name: Annotated[str, Text(r"^[A-Za-z0-9 _.*?/()-]+$", "an AMI name filter")] = Field(
-        "debian-12-amd64-*", description="source_ami_filter name for the amazon-ebs build")
+    source_ami_name: Annotated[str, Text(r"^[A-Za-z0-9 _.*?/()-]+$", "an AMI name filter")] | None = Field(
+        None, description="source_ami_filter name for the amazon-ebs build; null: Debian's own AMIs of image.os "
+        "and image.architecture (debian-12-amd64-*, debian-13-arm64-*, ...)")
     source_ami_owners: tuple[Annotated[str, Text(r"^([0-9]{12}|self|amazon|aws-marketplace)$",
                                   "an account id, self, amazon")], ...] = Field(
         ("136693071363",), description="owners of the source AMI")
-    instance_type: Annotated[str, Text(r"^[a-z0-9]+\.[a-z0-9]+$", "an instance type like t3.small")] = Field(
-        "t3.small", description="build instance type")
+    instance_type: Annotated[str, Text(r"^[a-z0-9]+\.[a-z0-9]+$", "an instance type like t3.small")] | None = Field(
+        None, description="build instance type, of image.architecture (arm64: a Graviton type); null: "
+        "t3.small (amd64), t4g.small (arm64)")
     volume_size_gb: Annotated[int, Int(2, 16384)] = Field(8, description="gp3 root volume size in GiB")
     encrypt_boot: Bool = Field(False, description="encrypt the AMI's root snapshot")
     kms_keys: Annotated[dict[Annotated[str, Key(AWS_REGION, "region names")], KmsKeyArn],
@@ -850,6 +862,26 @@ class Image(Section):
         "1.6", description="Packer version the template targets; required_plugins from 1.7")
     aws: Aws = Field(default_factory=Aws, description=Aws.__doc__)
 
+    @property
+    def ec2_architecture(self) -> str:
+        """image.architecture as EC2 names it (x86_64, arm64)."""
+        return EC2_ARCHITECTURES[self.architecture]
+
+    @property
+    def source_ami_name(self) -> str:
+        """The amazon-ebs build's source AMI name filter: image.aws.source_ami_name or Debian's of os and arch."""
+        return self.aws.source_ami_name or f"{self.os}-{self.architecture}-*"
+
+    @property
+    def instance_type(self) -> str:
+        """The amazon-ebs build's instance type: image.aws.instance_type or the architecture's default."""
+        return self.aws.instance_type or BUILD_INSTANCE_TYPES[self.architecture]
+
+
+#: image.architecture -> EC2's Architecture, and the default amazon-ebs build instance type (Graviton for arm64).
+EC2_ARCHITECTURES = {"amd64": "x86_64", "arm64": "arm64"}
+BUILD_INSTANCE_TYPES = {"amd64": "t3.small", "arm64": "t4g.small"}
+
 
 class Check(Section):
     """a check"""
@@ -887,6 +919,15 @@ class Spec(Section):
     _warnings: tuple[str, ...] = PrivateAttr(())
     _notices: tuple[str, ...] = PrivateAttr(())
     _document: dict = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _download_arch(self) -> Spec:
+        # {arch} in the download URLs is image.architecture (set on the model only, like the tarball's version).
+        install = self.containerd.install
+        for art in (install.tarball, install.runc, install.cni_plugins):
+            if art is not None:
+                art._arch = self.image.architecture
+        return self
 
     def __eq__(self, other: object) -> bool:
         """Specs are equal when their settings are: how they were read (warnings, notices, the

@@ -135,7 +135,7 @@ def _cri_lab(spec: Spec, work: Path, platform: str, test_image: Path) -> cri_lab
     name, and a sandbox image (the test image's busybox, sleeping) under the spec's sandbox image name."""
 
     sandbox = work / "sandbox-image.tar"
-    test_oci_image(sandbox, cmd=("/bin/sleep", "3600"))
+    test_oci_image(sandbox, cmd=("/bin/sleep", "3600"), arch=spec.image.architecture)
     return cri_lab.Lab(spec, work / "lab", platform, {"test": test_image, "sandbox": sandbox})
 
 
@@ -248,10 +248,12 @@ def _report(result, serial_log: Path) -> dict:
             "checks": checks, "summary": done, "timings": timings, "serial_log": str(serial_log)}
 
 
-def _test_image(work_dir: Path) -> Path:
-    """The test image, written afresh (a few KB from the package's bytes: never a stale cached one)."""
-    path = work_dir / TEST_IMAGE
-    test_oci_image(path)
+def _test_image(arch: str) -> Path:
+    """The test image of *arch*, written afresh (a few KB from the package's bytes: never a stale cached one)."""
+    from .paths import cache_dir
+
+    path = cache_dir("test-image", arch) / TEST_IMAGE
+    test_oci_image(path, arch=arch)
     return path
 
 
@@ -273,10 +275,8 @@ def verify_image(image: Path, spec: Spec, *, log_dir: str | None = None, platfor
     out_dir = Path(log_dir).resolve() if log_dir else image.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     image_sha = sha256_file(image)
-    from .paths import cache_dir
-
     label = image.stem + (".verify" if platform == "nocloud" else f".verify-{platform}")
-    report = _boot(image, spec, install=False, test_image=_test_image(cache_dir("test-image")), log_dir=out_dir,
+    report = _boot(image, spec, install=False, test_image=_test_image(spec.image.architecture), log_dir=out_dir,
                    label=label, platform=platform, firmware=firmware)
     if sha256_file(image) != image_sha:
         raise ImagebuildError(f"{image} changed during verify; it must never be written")
@@ -297,13 +297,12 @@ def verify_user_data(spec: Spec, *, base: str | None = None, log_dir: str | None
     """Boot the plain base image with the spec's user-data (on EC2: through the IMDS, gzipped), then
     run the same check."""
     from .bake import resolve_base
-    from .paths import cache_dir
 
     source, _ = resolve_base(spec, base)
     out_dir = Path(log_dir or tempfile.mkdtemp(prefix="imagebuild-verify-ud-")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     label = "user-data.verify" if platform == "nocloud" else f"user-data.verify-{platform}"
-    report = _boot(Path(source), spec, install=True, test_image=_test_image(cache_dir("test-image")),
+    report = _boot(Path(source), spec, install=True, test_image=_test_image(spec.image.architecture),
                    log_dir=out_dir, label=label, platform=platform,
                    firmware=image_firmware(Path(source), spec, firmware))
     report |= {"base_image": source, "spec_hash": spec.spec_hash, "mode": "user-data",

@@ -15,6 +15,13 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"could not run, so it fails: {reason}"
 
 
+def pytest_collection_modifyitems(config, items):
+    """An arm64 test is an end-to-end test too: `-m "not e2e"` (test-fast) must never run one."""
+    loose = [item.nodeid for item in items if item.get_closest_marker("arm64") and not item.get_closest_marker("e2e")]
+    if loose:
+        raise pytest.UsageError(f"marked arm64 but not e2e: {', '.join(loose)}")
+
+
 @pytest.fixture(scope="session")
 def release_16(tmp_path_factory):
     """Release-shaped containerd 1.6 + runc artifacts served from 127.0.0.1 (ephemeral port).

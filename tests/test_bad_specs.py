@@ -222,6 +222,18 @@ CASES = [
     Bad("debian-13-package-2.1", {"image": {"os": "debian-13"}, "containerd": {
         "version": "2.1.9", "install": {"method": "package", "package": {"version": "2.1.9~ds1-1"}}}},
         "containerd.version", "got '2.1.9' with install.method package on image.os debian-13, expected 1.7.24"),
+    Bad("arm64-amd64-tarball-url", {"image": {"architecture": "arm64"}, "containerd": {"install": {"tarball": {
+        "url": "https://m.example/containerd-{version}-linux-amd64.tar.gz"}}}}, "containerd.install.tarball.url",
+        "got 'https://m.example/containerd-{version}-linux-amd64.tar.gz', which names amd64, with "
+        "image.architecture arm64: expected a URL of arm64 binaries (write {arch} where the architecture goes)"),
+    Bad("arm64-x86_64-runc-checksum", {"image": {"architecture": "arm64"}, "containerd": {"install": {"runc": {
+        "checksum_url": "https://m.example/runc.x86_64.sha256sum"}}}}, "containerd.install.runc.checksum_url",
+        "which names x86_64, with image.architecture arm64"),
+    Bad("amd64-arm64-cni-url", {"containerd": {"install": {"cni_plugins": {
+        "url": "https://m.example/cni-plugins-linux-arm64-v{version}.tgz"}}}}, "containerd.install.cni_plugins.url",
+        "which names arm64, with image.architecture amd64"),
+    Bad("amd64-aarch64-runc-url", {"containerd": {"install": {"runc": {"url": "https://m.example/aarch64/runc"}}}},
+        "containerd.install.runc.url", "which names aarch64, with image.architecture amd64"),
     Bad("tarball-unpinned", tarball(sha256=None, checksum_url=None), "containerd.install.tarball.sha256",
         "got null with checksum_url null"),
     # --- sandbox_image

@@ -99,7 +99,7 @@ def fake_debs(tmp_path, monkeypatch):
                    capture_output=True)
     calls = []
 
-    def download(suite, packages, dest):
+    def download(suite, packages, dest, arch=None):
         calls.append(suite)
         if suite == "broken":
             raise ImagebuildError("network down")
@@ -230,6 +230,99 @@ def test_served_tarball_downloads_byte_identical(tarballs_16):
     assert hashlib.sha256(data).hexdigest() == tarballs_16["containerd"]["sha256"]
     assert sums.split()[0] == tarballs_16["containerd"]["sha256"]
     assert data == path.read_bytes()
+
+
+# ----------------------------------------------------------------- arm64: what an arm64 guest downloads
+
+#: What `file` says of every binary an arm64 guest installs.
+AARCH64_ELF = "ELF 64-bit LSB executable, ARM aarch64"
+
+
+def _file(path: Path) -> str:
+    return subprocess.run(["file", "-b", str(path)], capture_output=True, text=True, check=True).stdout
+
+
+def _machine(path: Path) -> str:
+    out = subprocess.run(["readelf", "-h", str(path)], capture_output=True, text=True, check=True).stdout
+    return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("Machine:"))
+
+
+@pytest.fixture(scope="module")
+def arm64_tarballs(tmp_path_factory):
+    """The arm64 artifacts a Debian 13 guest gets: 1.7 and 2.1, each with its own suite's runc."""
+    root = tmp_path_factory.mktemp("arm64")
+    result = {}
+    for family in ("1.7", "2.1"):
+        result[family] = da.release_tarballs(family, root / family, compresslevel=1, arch="arm64",
+                                             runc_from=da.runc_family(family, "debian-13"))
+        with tarfile.open(result[family]["containerd"]["path"]) as tar:   # as install.sh unpacks it
+            tar.extractall(root / family / "x", filter="data")
+    return result
+
+
+@pytest.fixture(scope="module")
+def arm64_libc(tmp_path_factory):
+    """Debian's arm64 libc6 (and libseccomp2, which both link) of bookworm and of trixie, unpacked
+    with the merged-/usr link a Debian root has: what qemu-user needs to run the dynamically
+    linked arm64 binaries (Debian's containerd and runc use cgo)."""
+    def libc(suite: str) -> Path:
+        target = tmp_path_factory.mktemp(f"libc-{suite}")
+        da._fetch_unpacked(target, target.parent / f".{target.name}.lock", suite, ("libc6", "libseccomp2"),
+                           arch="arm64")
+        if not (target / "lib").exists():
+            (target / "lib").symlink_to("usr/lib")
+        return target
+    return {"bookworm": libc("bookworm"), "trixie": libc("trixie")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["1.7", "2.1"])
+def test_arm64_release_tarballs_hold_aarch64_binaries(arm64_tarballs, family):
+    c, r = arm64_tarballs[family]["containerd"], arm64_tarballs[family]["runc"]
+    assert Path(c["path"]).name == f"containerd-{EXPECTED[family]}-linux-arm64.tar.gz"
+    assert Path(r["path"]).name == "runc.arm64"
+    assert r["version"] == {"1.7": "1.1.15", "2.1": "1.3.6"}[family]   # the family's own suite's runc
+    assert Path(c["path"] + ".sha256sum").read_text() == f"{c['sha256']}  {Path(c['path']).name}\n"
+    assert c["sha256"] == hashlib.sha256(Path(c["path"]).read_bytes()).hexdigest()
+    with tarfile.open(c["path"]) as tar:
+        assert tar.getnames() == ["bin/containerd", "bin/containerd-shim-runc-v2", "bin/ctr"]
+    out = Path(c["path"]).parent / "x"
+    for path in [*sorted((out / "bin").iterdir()), Path(r["path"])]:
+        assert _file(path).startswith(AARCH64_ELF), (path, _file(path))
+        assert _machine(path) == "AArch64"
+    assert _machine(da.binary(family, "containerd")) == "Advanced Micro Devices X86-64"   # the host's stay amd64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["1.7", "2.1"])
+def test_arm64_binaries_run_on_debian_13s_libc(arm64_tarballs, arm64_libc, family):
+    """Under qemu-user with trixie's arm64 libc (what a Debian 13 arm64 guest has), the served
+    containerd and runc run and say their version."""
+    bindir = Path(arm64_tarballs[family]["containerd"]["path"]).parent / "x" / "bin"
+    run = ["qemu-aarch64-static", "-L", str(arm64_libc["trixie"])]
+    out = subprocess.run([*run, str(bindir / "containerd"), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and f" {EXPECTED[family]}" in out.stdout, out
+    runc = arm64_tarballs[family]["runc"]
+    out = subprocess.run([*run, runc["path"], "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and f"runc version {runc['version']}" in out.stdout, out
+
+
+@pytest.mark.slow
+def test_trixie_runc_does_not_run_on_debian_12s_libc(arm64_tarballs, arm64_libc):
+    """Why runc_family exists: trixie's runc needs GLIBC_2.38; Debian 12's libc (2.36) refuses it."""
+    assert da.runc_family("1.7", "debian-12") == "1.6" and da.runc_family("2.1", "debian-13") == "2.1"
+    out = subprocess.run(["qemu-aarch64-static", "-L", str(arm64_libc["bookworm"]),
+                          arm64_tarballs["1.7"]["runc"]["path"], "--version"], capture_output=True, text=True)
+    assert out.returncode != 0 and "GLIBC_2.38" in out.stderr, out
+
+
+def test_unknown_architecture_and_os_are_refused(tmp_path):
+    with pytest.raises(ImagebuildError, match="unknown architecture 'riscv64'; known: amd64, arm64"):
+        da.release_tarballs("1.7", tmp_path, arch="riscv64")
+    with pytest.raises(ImagebuildError, match="unknown image.os 'debian-11'"):
+        da.runc_family("1.7", "debian-11")
+    with pytest.raises(ImagebuildError, match="unknown containerd family '9.9'"):
+        da.release_tarballs("1.7", tmp_path, arch="arm64", runc_from="9.9")
 
 
 # ----------------------------------------------------------------- concurrency and CLI

@@ -216,6 +216,60 @@ def test_checksum_url_mode(tmp_path, release_16):
     assert proc.stderr.count("sha256 verified") == 2
 
 
+@pytest.fixture(scope="module")
+def both_arches(tmp_path_factory):
+    """containerd 1.6 and runc of amd64 and of arm64, release-shaped side by side on a 127.0.0.1 server,
+    as GitHub serves a release: {"url", "amd64": {...}, "arm64": {...}}."""
+    from imagebuild.devtools.serve import serve
+
+    directory = tmp_path_factory.mktemp("release-1.6-both")
+    arts = {arch: debian_artifacts.release_tarballs("1.6", directory, compresslevel=1, arch=arch)
+            for arch in ("amd64", "arm64")}
+    with serve(directory) as url:
+        yield {"url": url, **arts}
+
+
+def _arch_doc(both: dict, arch: str) -> dict:
+    """One spec for both architectures but image.architecture: URLs with {arch}, checksums from `{url}.sha256sum`."""
+    return {"image": {"architecture": arch}, "containerd": {"version": "1.6.20", "install": {
+        "tarball": {"url": f"{both['url']}/containerd-{{version}}-linux-{{arch}}.tar.gz"},
+        "runc": {"version": both["amd64"]["runc"]["version"], "url": f"{both['url']}/runc.{{arch}}",
+                 "checksum_url": "{url}.sha256sum"}}}}
+
+
+@needs_root
+def test_arch_template_installs_this_machines_binaries(tmp_path, both_arches):
+    """{arch} is image.architecture: the amd64 render downloads and installs the amd64 files."""
+    out = _render(tmp_path, _arch_doc(both_arches, "amd64"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = _install(out, scratch)
+    assert proc.returncode == 0, proc.stderr
+    assert f"downloading {both_arches['url']}/containerd-1.6.20-linux-amd64.tar.gz" in proc.stderr
+    assert f"downloading {both_arches['url']}/runc.amd64" in proc.stderr
+    assert (scratch / "usr/local/bin/containerd").read_bytes() == debian_artifacts.binary("1.6").read_bytes()
+
+
+@needs_root
+def test_arm64_script_names_the_arm64_files_and_refuses_this_amd64_machine(tmp_path, both_arches):
+    """The arm64 render of the same spec picks the arm64 tarball and runc (their sha256 from the
+    arm64 checksum files), and on a machine of another architecture it stops before any download."""
+    out = _render(tmp_path, _arch_doc(both_arches, "arm64"))
+    script = (out / "install.sh").read_text()
+    url = both_arches["url"]
+    assert (f"fetch {url}/containerd-1.6.20-linux-arm64.tar.gz \"$WORK/containerd.tar.gz\" '' "
+            f"{url}/containerd-1.6.20-linux-arm64.tar.gz.sha256sum") in script
+    assert f"fetch {url}/runc.arm64 \"$WORK/runc\" '' {url}/runc.arm64.sha256sum" in script
+    assert "amd64" not in script.replace("MACHINE=amd64", "")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = _install(out, scratch)
+    assert proc.returncode == 1
+    assert ("ERROR: this machine is amd64; this script installs containerd for arm64 (image.architecture): "
+            "render the spec with image.architecture: amd64") in proc.stderr
+    assert "downloading" not in proc.stderr and list(scratch.iterdir()) == []
+
+
 @needs_root
 def test_checksum_file_without_the_artifact_fails(tmp_path, release_16):
     (release_16["dir"] / "other.sha256sum").write_text(f"{'1' * 64}  something-else.tar.gz\n")

@@ -142,3 +142,18 @@ def test_os_and_architecture_combinations_that_install(doc):
     spec = spec_of(doc)
     assert spec.image.os == doc.get("image", {}).get("os", "debian-12")  # debian-12 stays the default
     assert spec.image.architecture == doc.get("image", {}).get("architecture", "amd64")
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_download_urls_resolve_arch_to_image_architecture(arch):
+    """The default download URLs carry {arch}: the release file names of image.architecture
+    (containerd-<v>-linux-<arch>.tar.gz, runc.<arch>, cni-plugins-linux-<arch>-v<v>.tgz)."""
+    spec = spec_of({"image": {"architecture": arch}, "containerd": {"install": {"cni_plugins": {}}}})
+    install = spec.containerd.install
+    assert install.tarball.filename == f"containerd-1.6.20-linux-{arch}.tar.gz"
+    assert install.tarball.resolved_checksum_url == install.tarball.resolved_url + ".sha256sum"
+    assert install.runc.filename == f"runc.{arch}"
+    assert install.cni_plugins is not None and install.cni_plugins.filename == f"cni-plugins-linux-{arch}-v1.2.0.tgz"
+    assert "{arch}" in spec.document["containerd"]["install"]["tarball"]["url"]   # the document keeps the template
+    other = {"amd64": "arm64", "arm64": "amd64"}[arch]
+    assert other not in install.tarball.resolved_url + install.runc.resolved_url

@@ -21,6 +21,8 @@ from imagebuild.model import Aws, Int, Name, Text, problems_of
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
+#: RegisterImage's BootMode values (botocore's BootModeValues): legacy-bios (Debian 12's BIOS images),
+#: uefi (arm64), uefi-preferred (amd64 hybrid images: BIOS and UEFI, UEFI where the instance type has it).
 BOOT_MODES = ("legacy-bios", "uefi", "uefi-preferred")
 # manifest architecture -> EC2 architecture
 ARCHITECTURES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
@@ -104,6 +106,9 @@ class Manifest:
         arch = _need(data, "architecture", str, where)
         if arch not in ARCHITECTURES:
             raise ImagebuildError(f"{where}: 'architecture' {arch!r} is not one of {', '.join(ARCHITECTURES)}")
+        if ARCHITECTURES[arch] == "arm64" and boot_mode != "uefi":
+            raise ImagebuildError(f"{where}: 'boot_mode' {boot_mode!r} with architecture {arch!r}: arm64 AMIs boot "
+                                  "only under UEFI (AWS refuses to register arm64 with legacy-bios); expected uefi")
         build_time = _need(data, "build_time", str, where)
         parse_build_time(build_time, f"{where}: build_time")
         for key in ("spec_hash", "inputs_hash"):

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--family", action="append", choices=list(debian_artifacts.FAMILIES))
     p = sub.add_parser("testimage", help="re-assemble imagebuild/testimage/<arch>.bin from its source")
-    p.add_argument("--arch", default="amd64", choices=sorted(testimage.TOOLS))
+    p.add_argument("--arch", action="append", choices=sorted(testimage.TOOLS),
+                   help="this architecture's program (repeatable; default: every one)")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
@@ -35,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                       for f in args.family or debian_artifacts.FAMILIES}
             print(json.dumps(result, indent=2))
         elif args.command == "testimage":
-            path, sha256 = testimage.regenerate(args.arch)
-            print(f"{path}\t{sha256}")
+            for arch in args.arch or sorted(testimage.TOOLS):
+                path, sha256 = testimage.regenerate(arch)
+                print(f"{path}\t{sha256}")
     except ImagebuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -46,6 +46,15 @@ TARBALL_BINARIES: tuple[str, ...] = ("containerd", "containerd-shim-runc-v2", "c
 #: Suite Debian's CNI plugins (`containernetworking-plugins`) are taken from.
 CNI_SUITE = "bookworm"
 
+#: Architectures (Debian names, as in the release file names: `linux-arm64`, `runc.arm64`) whose
+#: binaries can be fetched; the host's is the default.
+ARCHITECTURES: tuple[str, ...] = ("amd64", "arm64")
+
+#: image.os -> the family whose suite's runc runs there. Debian's runc of trixie (1.1.15) and sid
+#: (1.3.6) need GLIBC_2.38 (Debian 12 has 2.36, Debian 13 2.41): on Debian 12 only bookworm's runc
+#: runs; on Debian 13 each family's own suite's runc (None) does.
+RUNC_FAMILY_ON: Mapping[str, str | None] = MappingProxyType({"debian-12": "1.6", "debian-13": None})
+
 _STAMP = ".fetched.json"
 _DEBIAN_SUITE_NAMES = frozenset(
     {"stable", "testing", "unstable", "oldstable", "sid", "buster", "bullseye", "bookworm",
@@ -85,13 +94,39 @@ def _deb_arch() -> str:
     return _run(["dpkg", "--print-architecture"], what="dpkg --print-architecture").stdout.strip()
 
 
-def _apt_options(suite: str) -> list[str]:
-    """`-o` options of a private apt configuration for *suite*, created on demand.
+def _arch(arch: str | None) -> str:
+    """*arch*, checked, or the host's architecture when None."""
+    if arch is None:
+        return _deb_arch()
+    if arch not in ARCHITECTURES:
+        raise ImagebuildError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    return arch
+
+
+def _foreign(name: str, arch: str) -> str:
+    """A cache name for *arch*: the host's keeps the plain name (the caches of before), another
+    gets `-<arch>`."""
+    return name if arch == _deb_arch() else f"{name}-{arch}"
+
+
+def runc_family(family: str, os_name: str = "debian-12") -> str:
+    """The family whose suite's runc runs beside *family*'s containerd on *os_name*."""
+    if os_name not in RUNC_FAMILY_ON:
+        raise ImagebuildError(f"unknown image.os {os_name!r}; known: {', '.join(RUNC_FAMILY_ON)}")
+    return RUNC_FAMILY_ON[os_name] or family
+
+
+def _apt_options(suite: str, arch: str | None = None) -> list[str]:
+    """`-o` options of a private apt configuration for *suite* and *arch* (default: the host's),
+    created on demand.
 
     Sources, lists, package cache, dpkg status and pinning are all private; the system's
     apt.conf.d (proxy, validity settings) still applies, so downloads behave like the system's.
+    Another architecture gets its own state, with apt told it is the native one, so `apt-get
+    download NAME` fetches that architecture's package.
     """
-    root = cache_dir("apt", suite)
+    arch = _arch(arch)
+    root = cache_dir("apt", _foreign(suite, arch))
     parts = root / "sources.list.d"
     prefs = root / "preferences.d"
     for d in (parts, prefs, root / "lists" / "partial", root / "cache" / "archives" / "partial"):
@@ -101,7 +136,7 @@ def _apt_options(suite: str) -> list[str]:
         status.touch()
     src = system_debian_source()
     lines = ["Types: deb", f"URIs: {' '.join(src.uris)}", f"Suites: {suite}", "Components: main",
-             f"Architectures: {_deb_arch()}"]
+             f"Architectures: {arch}"]
     if "\n" in src.signed_by:   # an embedded key block: continuation lines, an empty one as " ."
         lines.append("Signed-By:")
         lines += [f" {line or '.'}" for line in src.signed_by.splitlines()]
@@ -119,20 +154,23 @@ def _apt_options(suite: str) -> list[str]:
         "Acquire::Languages": "none",
         "APT::Get::List-Cleanup": "true",
     }
+    if arch != _deb_arch():
+        opts |= {"APT::Architecture": arch, "APT::Architectures": arch}
     if os.geteuid() == 0:
         # private dirs belong to root; apt's `_apt` sandbox user could not write them
         opts["APT::Sandbox::User"] = "root"
     return [arg for k, v in opts.items() for arg in ("-o", f"{k}={v}")]
 
 
-def _download_debs(suite: str, packages: tuple[str, ...], dest: Path) -> dict[str, str]:
-    """`apt-get update` + `apt-get download` of *packages* from *suite* into *dest*.
+def _download_debs(suite: str, packages: tuple[str, ...], dest: Path, arch: str | None = None) -> dict[str, str]:
+    """`apt-get update` + `apt-get download` of *packages* from *suite* (of *arch*) into *dest*.
 
     Returns {package: Debian version}. The suite's private apt state is locked meanwhile.
     """
-    with _locked(cache_dir("apt") / f".{suite}.lock"):
-        opts = _apt_options(suite)
-        step(f"apt-get update ({suite}, private sources)")
+    arch = _arch(arch)
+    with _locked(cache_dir("apt") / f".{_foreign(suite, arch)}.lock"):
+        opts = _apt_options(suite, arch)
+        step(f"apt-get update ({suite}, {arch}, private sources)")
         _run(["apt-get", "-q", *opts, "update"], what=f"apt-get update for {suite}")
         versions = {}
         for pkg in packages:
@@ -149,7 +187,7 @@ def _download_debs(suite: str, packages: tuple[str, ...], dest: Path) -> dict[st
 
 
 def _fetch_unpacked(target: Path, lock: Path, suite: str, packages: tuple[str, ...],
-                    check=None) -> Path:
+                    check=None, arch: str | None = None) -> Path:
     """Download *packages* from *suite* and `dpkg -x` them into *target*, once.
 
     A stamp file is written last, so an interrupted fetch is redone; the lock makes concurrent
@@ -163,12 +201,12 @@ def _fetch_unpacked(target: Path, lock: Path, suite: str, packages: tuple[str, .
         for child in target.iterdir():  # leftovers of an interrupted fetch
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-            versions = _download_debs(suite, packages, Path(tmp))
+            versions = _download_debs(suite, packages, Path(tmp), arch)
             if check:
                 check(versions)
             for deb in sorted(Path(tmp).glob("*.deb")):
                 _run(["dpkg", "-x", str(deb), str(target)], what=f"dpkg -x {deb.name}")
-        stamp = {"suite": suite, "packages": versions}
+        stamp = {"suite": suite, "architecture": _arch(arch), "packages": versions}
         (target / (_STAMP + ".tmp")).write_text(json.dumps(stamp, indent=2) + "\n")
         os.replace(target / (_STAMP + ".tmp"), target / _STAMP)
     return target
@@ -194,13 +232,16 @@ def upstream_version(debian_version: str) -> str:
 # --------------------------------------------------------------------------- public API
 
 
-def fetch(family: str) -> Path:
-    """Unpacked `containerd` + `runc` .debs of *family*'s suite; returns the tree's root.
+def fetch(family: str, arch: str | None = None) -> Path:
+    """Unpacked `containerd` + `runc` .debs of *family*'s suite, of *arch* (default: the host's);
+    returns the tree's root.
 
-    Why: real binaries for tests and offline builds. Cached in `cache_dir("containerd", family)`
-    (binaries under usr/bin, runc under usr/sbin); a second call returns at once.
+    Why: real binaries for tests and offline builds (another architecture's only to be served to
+    a guest of that architecture). Cached in `cache_dir("containerd", family)` (`family-<arch>`
+    for a foreign one; binaries under usr/bin, runc under usr/sbin); a second call returns at once.
     """
     suite = _family_suite(family)
+    arch = _arch(arch)
 
     def check(versions: dict[str, str]) -> None:
         got = upstream_version(versions["containerd"])
@@ -209,19 +250,19 @@ def fetch(family: str) -> Path:
                 f"Debian {suite} now carries containerd {versions['containerd']}, "
                 f"not the {family} family; update FAMILIES")
 
-    target = cache_dir("containerd", family)
-    lock = cache_dir("containerd") / f".{family}.lock"
-    return _fetch_unpacked(target, lock, suite, PACKAGES, check)
+    target = cache_dir("containerd", _foreign(family, arch))
+    lock = cache_dir("containerd") / f".{_foreign(family, arch)}.lock"
+    return _fetch_unpacked(target, lock, suite, PACKAGES, check, arch)
 
 
-def fetched_versions(family: str) -> dict[str, str]:
+def fetched_versions(family: str, arch: str | None = None) -> dict[str, str]:
     """Debian package versions of *family*'s fetched tree, e.g. {"containerd": "1.6.20~ds1-…"}."""
-    return json.loads((fetch(family) / _STAMP).read_text())["packages"]
+    return json.loads((fetch(family, arch) / _STAMP).read_text())["packages"]
 
 
-def binary(family: str, name: str = "containerd") -> Path:
+def binary(family: str, name: str = "containerd", arch: str | None = None) -> Path:
     """Path of the unpacked binary *name* (containerd, ctr, containerd-shim-runc-v2, runc)."""
-    root = fetch(family)
+    root = fetch(family, arch)
     for sub in ("usr/bin", "usr/sbin", "usr/lib/containerd"):
         path = root / sub / name
         if path.is_file():
@@ -266,32 +307,37 @@ def _write_tarball(path: Path, members: Mapping[str, Path], compresslevel: int) 
     os.replace(tmp, path)
 
 
-def release_tarballs(family: str, out_dir: Path | str,
-                     compresslevel: int = 6) -> dict[str, dict[str, str]]:
-    """Official-release-shaped artifacts of *family* in *out_dir*, from the Debian binaries.
+def release_tarballs(family: str, out_dir: Path | str, compresslevel: int = 6, *,
+                     arch: str | None = None, runc_from: str | None = None) -> dict[str, dict[str, str]]:
+    """Official-release-shaped artifacts of *family* and *arch* (default: the host's) in *out_dir*,
+    from the Debian binaries.
 
     Writes `containerd-<v>-linux-<arch>.tar.gz` (bin/containerd, bin/containerd-shim-runc-v2,
     bin/ctr; mode 0755, fixed mtime/owner/order, gzip without name/time, so the sha256 is
-    reproducible), `runc.<arch>`, and upstream-style `<file>.sha256sum` files next to them.
-    Why: exercises the real download + sha256 path against a 127.0.0.1 server.
+    reproducible), `runc.<arch>` (from family *runc_from*'s suite, default *family*'s; see
+    `runc_family` for which runc runs where), and upstream-style `<file>.sha256sum` files next
+    to them. Why: exercises the real download + sha256 path against a 127.0.0.1 server.
     Returns {"containerd": {"path", "sha256", "version"}, "runc": {...}}. gzip level 6 takes
     ~4 s per family here; the sha256 is only stable for a given level (and zlib).
     """
+    arch = _arch(arch)
+    runc_from = runc_from or family
+    _family_suite(runc_from)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    versions = fetched_versions(family)
-    arch = _deb_arch()
+    versions = fetched_versions(family, arch)
     c_version = upstream_version(versions["containerd"])
     tarball = out / f"containerd-{c_version}-linux-{arch}.tar.gz"
-    _write_tarball(tarball, {f"bin/{name}": binary(family, name) for name in TARBALL_BINARIES}, compresslevel)
+    _write_tarball(tarball, {f"bin/{name}": binary(family, name, arch) for name in TARBALL_BINARIES},
+                   compresslevel)
     runc = out / f"runc.{arch}"
-    shutil.copyfile(binary(family, "runc"), runc.with_name(runc.name + ".tmp"))
+    shutil.copyfile(binary(runc_from, "runc", arch), runc.with_name(runc.name + ".tmp"))
     os.chmod(runc.with_name(runc.name + ".tmp"), 0o755)
     os.replace(runc.with_name(runc.name + ".tmp"), runc)
     result = {
         "containerd": {"path": str(tarball), "sha256": sha256_file(tarball), "version": c_version},
         "runc": {"path": str(runc), "sha256": sha256_file(runc),
-                 "version": upstream_version(versions["runc"])},
+                 "version": upstream_version(fetched_versions(runc_from, arch)["runc"])},
     }
     for item in result.values():
         path = Path(item["path"])
@@ -299,14 +345,16 @@ def release_tarballs(family: str, out_dir: Path | str,
     return result
 
 
-def cni_plugins() -> tuple[str, Path]:
-    """(upstream version, directory of the plugin binaries) of Debian's CNI plugins (cached).
+def cni_plugins(arch: str | None = None) -> tuple[str, Path]:
+    """(upstream version, directory of the plugin binaries) of Debian's CNI plugins of *arch*
+    (default: the host's; cached).
 
     Why: the install path for `containerd.install.cni_plugins` runs against real plugins.
     """
-    target = cache_dir("cni-plugins", CNI_SUITE)
-    root = _fetch_unpacked(target, cache_dir("cni-plugins") / f".{CNI_SUITE}.lock",
-                           CNI_SUITE, ("containernetworking-plugins",))
+    arch = _arch(arch)
+    target = cache_dir("cni-plugins", _foreign(CNI_SUITE, arch))
+    root = _fetch_unpacked(target, cache_dir("cni-plugins") / f".{_foreign(CNI_SUITE, arch)}.lock",
+                           CNI_SUITE, ("containernetworking-plugins",), arch=arch)
     plugins = root / "usr" / "lib" / "cni"
     if not (plugins / "loopback").is_file():
         raise ImagebuildError("containernetworking-plugins did not contain usr/lib/cni/loopback")
@@ -314,17 +362,18 @@ def cni_plugins() -> tuple[str, Path]:
     return upstream_version(stamp["packages"]["containernetworking-plugins"]), plugins
 
 
-def cni_tarball(out_dir: Path | str, compresslevel: int = 6) -> dict[str, Any]:
+def cni_tarball(out_dir: Path | str, compresslevel: int = 6, *, arch: str | None = None) -> dict[str, Any]:
     """An official-release-shaped `cni-plugins-linux-<arch>-v<v>.tgz` (plugins at `./<name>`,
     reproducible like :func:`release_tarballs`) and its upstream-style `.sha256` in *out_dir*.
 
     Returns {"path", "sha256", "version", "plugins": [names]}.
     """
-    version, plugins = cni_plugins()
+    arch = _arch(arch)
+    version, plugins = cni_plugins(arch)
     names = sorted(p.name for p in plugins.iterdir() if p.is_file())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tarball = out / f"cni-plugins-linux-{_deb_arch()}-v{version}.tgz"
+    tarball = out / f"cni-plugins-linux-{arch}-v{version}.tgz"
     _write_tarball(tarball, {f"./{name}": plugins / name for name in names}, compresslevel)
     sha256 = sha256_file(tarball)
     tarball.with_name(tarball.name + ".sha256").write_text(f"{sha256}  {tarball.name}\n")

@@ -16,12 +16,14 @@ from imagebuild.errors import ImagebuildError
 from imagebuild.run import run
 
 #: Debian architecture -> the binutils commands (assembler, objcopy) that target it.
-TOOLS = {"amd64": (["as", "--64"], ["objcopy"])}
+TOOLS = {"amd64": (["as", "--64"], ["objcopy"]),
+         "arm64": (["aarch64-linux-gnu-as"], ["aarch64-linux-gnu-objcopy"])}
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     if shutil.which(cmd[0]) is None:
-        raise ImagebuildError(f"{cmd[0]} not found: install binutils")
+        package = "binutils" if cmd[0] in ("as", "objcopy", "readelf") else "binutils-aarch64-linux-gnu"
+        raise ImagebuildError(f"{cmd[0]} not found: install {package}")
     return run(cmd, what=" ".join(cmd))
 
 

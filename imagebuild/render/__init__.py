@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import ImagebuildError
 from ..model import Spec
+from ..vm import firmware as fw
 from . import config_toml, expected, hosts_toml, userdata
 from .templating import PACKAGE_DIR, render_template, shipped_dir
 
@@ -102,11 +103,19 @@ def packer_template(spec: Spec) -> str:
     tags = {"Name": spec.name, "imagebuild:family": spec.name, "imagebuild:spec-hash": spec.spec_hash,
             "imagebuild:containerd-version": spec.containerd.version, **aws.tags}
     major, minor = (int(p) for p in spec.image.packer_version.split("."))
+    arch = spec.image.architecture
     return render_template(
         "imagebuild.pkr.hcl.j2", spec=spec, aws=aws, tags=tags, guest_dir=GUEST_DIR, build_user=BUILD_USER,
         base_source=base.source if base else "", base_checksum=base.checksum if base else "none",
-        accelerator="kvm" if spec.image.accelerator == "kvm" else "tcg",
-        required_plugins=(major, minor) >= (1, 7))
+        accelerator="kvm" if spec.image.accelerator == "kvm" and arch == "amd64" else "tcg",
+        qemu=packer_qemu(arch), required_plugins=(major, minor) >= (1, 7))
+
+
+def packer_qemu(arch: str) -> dict[str, str]:
+    """The qemu source's machine for *arch* (imagebuild.vm.firmware's choice): binary, machine type, CPU
+    model, and the cdrom interface of the seed (virt has no IDE: virtio-scsi; pc: Packer's default)."""
+    return {"binary": fw.qemu_binary(arch), "machine": fw.machine(arch), "cpu": fw.tcg_cpu(arch),
+            "cdrom_interface": "virtio-scsi" if fw.machine(arch) == "virt" else ""}
 
 
 def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:

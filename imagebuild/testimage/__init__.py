@@ -26,8 +26,11 @@ PROGRAM = "bin/imagebuild-test"
 APPLETS: tuple[str, ...] = ("echo", "false", "pause", "sleep", "true")
 
 #: Image architecture (OCI/Debian name) -> sha256 of the committed `<arch>.bin`.
-#: Only amd64 for now; an arm64 program is an `arm64.s` (and its .bin and hash) away.
-PROGRAM_SHA256 = {"amd64": "542f4755c07b453813f32d110642f519638d2dadcd6f30dee73b96433cd18fcb"}
+PROGRAM_SHA256 = {"amd64": "542f4755c07b453813f32d110642f519638d2dadcd6f30dee73b96433cd18fcb",
+                  "arm64": "93cd83474a358d330571ca76924c98510ff0e8948c68a2f4be99b139522996dc"}
+
+#: Image architecture -> the ELF e_machine its program must carry (EM_X86_64, EM_AARCH64).
+ELF_MACHINE = {"amd64": 62, "arm64": 183}
 
 #: The default command: a process that stays up (a pod sandbox's), ending with status 0 on SIGTERM.
 DEFAULT_CMD: tuple[str, ...] = ("/bin/pause",)
@@ -56,7 +59,18 @@ def program(arch: str = "amd64") -> bytes:
     if got != PROGRAM_SHA256[arch]:
         raise ImagebuildError(f"{program_path(arch)} has sha256 {got}, not the pinned "
                               f"{PROGRAM_SHA256[arch]}: reinstall imagebuild")
+    machine = elf_machine(data)
+    if machine != ELF_MACHINE[arch]:
+        raise ImagebuildError(f"{program_path(arch)} is not a 64-bit little-endian ELF for {arch} "
+                              f"(e_machine {machine}, expected {ELF_MACHINE[arch]})")
     return data
+
+
+def elf_machine(data: bytes) -> int | None:
+    """The e_machine of a 64-bit little-endian ELF file, None when *data* is not one."""
+    if len(data) < 64 or data[:6] != b"\x7fELF\x02\x01":
+        return None
+    return int.from_bytes(data[18:20], "little")
 
 
 def tar_info(name: str, size: int = 0, mode: int = 0o755, kind: bytes = tarfile.REGTYPE,

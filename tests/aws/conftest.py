@@ -272,6 +272,8 @@ def make_image_dir(
     size: int = 8 * MIB,
     blocks: dict[int, bytes] | None = None,
     name: str = "golden",
+    boot_mode: str = "legacy-bios",
+    architecture: str = "x86_64",
 ) -> tuple[Path, bytes]:
     """A baked-image directory: <name>.qcow2 made by qemu-img from a sparse raw, manifest, verify."""
     if shutil.which("qemu-img") is None:
@@ -298,8 +300,8 @@ def make_image_dir(
         "runc_version": "1.1.5",
         "base_image": {"source": "debian-12-genericcloud-amd64.qcow2", "checksum": "sha256:" + "cd" * 32},
         "build_time": build_time,
-        "boot_mode": "legacy-bios",
-        "architecture": "x86_64",
+        "boot_mode": boot_mode,
+        "architecture": architecture,
     }
     (image_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     write_verify_report(image_dir, qcow2, sha, passed=passed)

@@ -671,3 +671,46 @@ def test_a_publish_leaves_no_scratch_behind(aws, make_image, recording_clients):
         assert sorted(p.name for p in tmp.iterdir()) == []
     assert sorted(p.name for p in image_dir.iterdir() if p.name.startswith(".publish-scratch-")) == []
     assert set(before) <= {p.name for p in image_dir.iterdir()}
+
+
+# ------------------------------------------------------------------ architecture and boot mode
+
+
+@pytest.mark.parametrize(("architecture", "boot_mode", "ec2_architecture"), [
+    ("x86_64", "legacy-bios", "x86_64"),      # a Debian 12 BIOS image
+    ("x86_64", "uefi-preferred", "x86_64"),   # an amd64 hybrid image (BIOS + UEFI)
+    ("amd64", "uefi-preferred", "x86_64"),
+    ("arm64", "uefi", "arm64"),               # Graviton: UEFI only
+    ("aarch64", "uefi", "arm64"),
+])
+def test_publish_registers_the_manifests_architecture_and_boot_mode(aws, make_image, recording_clients,
+                                                                    architecture, boot_mode, ec2_architecture):
+    """RegisterImage carries Architecture and BootMode from the manifest. moto 5.2.5 keeps neither
+    (DescribeImages answers no Architecture and BootMode uefi whatever was sent), so the recorded
+    request is what is asserted; botocore's model checked it on the way out (boto_session)."""
+    image_dir, _ = make_image(architecture=architecture, boot_mode=boot_mode)
+    clients = recording_clients()
+    publish(image_dir, target(copy_regions=[]), clients=clients, poll_interval=0.01)
+    (register,) = clients.kwargs("register_image")
+    assert (register["Architecture"], register["BootMode"]) == (ec2_architecture, boot_mode)
+    assert clients.count("copy_image") == 0
+
+
+@pytest.mark.parametrize("boot_mode", ["legacy-bios", "uefi-preferred"])
+def test_an_arm64_image_that_would_boot_bios_is_refused_before_any_call(aws, make_image, recording_clients, boot_mode):
+    """AWS refuses arm64 + legacy-bios (moto accepts it): publish stops at the manifest, nothing is uploaded."""
+    image_dir, _ = make_image(architecture="arm64", boot_mode=boot_mode)
+    clients = recording_clients()
+    with pytest.raises(ImagebuildError, match=rf"'boot_mode' '{boot_mode}' with architecture 'arm64': arm64 AMIs "
+                                              "boot only under UEFI"):
+        publish(image_dir, target(), clients=clients, poll_interval=0.01)
+    assert clients.calls == []
+
+
+def test_boot_modes_and_architectures_are_botocores(_botocore_loader):
+    """What publish sends as BootMode and Architecture are values of botocore's ec2 model enums."""
+    from imagebuild.aws.model import ARCHITECTURES, BOOT_MODES
+
+    shapes = _botocore_loader.load_service_model("ec2", "service-2")["shapes"]
+    assert sorted(BOOT_MODES) == sorted(shapes["BootModeValues"]["enum"])
+    assert set(ARCHITECTURES.values()) <= set(shapes["ArchitectureValues"]["enum"])

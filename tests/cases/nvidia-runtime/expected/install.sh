@@ -24,6 +24,15 @@ die() { log "ERROR: $*"; exit 1; }
 live() { [[ -z $ROOT ]]; }
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
+# The binaries this script installs are of one architecture (image.architecture): refuse another machine.
+case $(uname -m) in
+  x86_64) MACHINE=amd64 ;;
+  aarch64 | arm64) MACHINE=arm64 ;;
+  *) MACHINE=$(uname -m) ;;
+esac
+[[ $MACHINE == amd64 ]] \
+  || die "this machine is $MACHINE; this script installs containerd for amd64 (image.architecture): render the spec with image.architecture: $MACHINE"
+
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 

@@ -59,6 +59,12 @@ variable "firmware_vars" {
   default     = ""
 }
 
+variable "qemu_binary" {
+  type        = string
+  description = "The QEMU of the image's architecture (image.architecture) that runs the build VM."
+  default     = "qemu-system-x86_64"
+}
+
 variable "aws_endpoint" {
   type        = string
   description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
@@ -85,6 +91,8 @@ source "qemu" "golden" {
   disk_detect_zeroes = var.disk_discard == "unmap" ? "unmap" : "off"
   net_device       = "virtio-net"
   accelerator      = var.accelerator
+  qemu_binary      = var.qemu_binary
+  machine_type     = "pc"
   cpus             = 2
   memory           = 2048
   # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
@@ -138,8 +146,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "b623f61c0a749d60c11f7793080f4527ba4fa4f7e49a865452575166bcb369ba", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "b623f61c0a749d60c11f7793080f4527ba4fa4f7e49a865452575166bcb369ba", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0abefe29a73d186348706ccc0b931998d4de4b29d83094191f45bf2537734aea", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0abefe29a73d186348706ccc0b931998d4de4b29d83094191f45bf2537734aea", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -191,7 +199,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "b623f61c0a749d60c11f7793080f4527ba4fa4f7e49a865452575166bcb369ba"
+      spec_hash  = "0abefe29a73d186348706ccc0b931998d4de4b29d83094191f45bf2537734aea"
       containerd = "2.1.9"
     }
   }

@@ -59,6 +59,12 @@ variable "firmware_vars" {
   default     = ""
 }
 
+variable "qemu_binary" {
+  type        = string
+  description = "The QEMU of the image's architecture (image.architecture) that runs the build VM."
+  default     = "qemu-system-x86_64"
+}
+
 variable "aws_endpoint" {
   type        = string
   description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
@@ -85,6 +91,8 @@ source "qemu" "golden" {
   disk_detect_zeroes = var.disk_discard == "unmap" ? "unmap" : "off"
   net_device       = "virtio-net"
   accelerator      = var.accelerator
+  qemu_binary      = var.qemu_binary
+  machine_type     = "pc"
   cpus             = 2
   memory           = 2048
   # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
@@ -138,8 +146,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "58323259277a1ea3aade0ab852d7ed76f760a6a8fc5f234236017b0edc2ef82f", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "58323259277a1ea3aade0ab852d7ed76f760a6a8fc5f234236017b0edc2ef82f", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "9afbcfa20d58e40c4cbe21c85a219a1daa553bc3219fd6d2b4f949db95ffb1c9", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "9afbcfa20d58e40c4cbe21c85a219a1daa553bc3219fd6d2b4f949db95ffb1c9", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -191,7 +199,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "58323259277a1ea3aade0ab852d7ed76f760a6a8fc5f234236017b0edc2ef82f"
+      spec_hash  = "9afbcfa20d58e40c4cbe21c85a219a1daa553bc3219fd6d2b4f949db95ffb1c9"
       containerd = "1.6.20"
     }
   }

@@ -59,6 +59,12 @@ variable "firmware_vars" {
   default     = ""
 }
 
+variable "qemu_binary" {
+  type        = string
+  description = "The QEMU of the image's architecture (image.architecture) that runs the build VM."
+  default     = "qemu-system-x86_64"
+}
+
 variable "aws_endpoint" {
   type        = string
   description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
@@ -85,6 +91,8 @@ source "qemu" "golden" {
   disk_detect_zeroes = var.disk_discard == "unmap" ? "unmap" : "off"
   net_device       = "virtio-net"
   accelerator      = var.accelerator
+  qemu_binary      = var.qemu_binary
+  machine_type     = "pc"
   cpus             = 2
   memory           = 2048
   # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
@@ -138,8 +146,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "5baf73e0be4e24b4e60dda62f4a1649cc31ee8ff0dae6b492bac9e7ab1890f78", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "5baf73e0be4e24b4e60dda62f4a1649cc31ee8ff0dae6b492bac9e7ab1890f78", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "c00443939e3ec074fc16158e235a219a2b446eb23a510a67c8a7345ef0a56d1e", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "c00443939e3ec074fc16158e235a219a2b446eb23a510a67c8a7345ef0a56d1e", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -191,7 +199,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "5baf73e0be4e24b4e60dda62f4a1649cc31ee8ff0dae6b492bac9e7ab1890f78"
+      spec_hash  = "c00443939e3ec074fc16158e235a219a2b446eb23a510a67c8a7345ef0a56d1e"
       containerd = "1.7.24"
     }
   }

@@ -59,6 +59,12 @@ variable "firmware_vars" {
   default     = ""
 }
 
+variable "qemu_binary" {
+  type        = string
+  description = "The QEMU of the image's architecture (image.architecture) that runs the build VM."
+  default     = "qemu-system-x86_64"
+}
+
 variable "aws_endpoint" {
   type        = string
   description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
@@ -85,6 +91,8 @@ source "qemu" "golden" {
   disk_detect_zeroes = var.disk_discard == "unmap" ? "unmap" : "off"
   net_device       = "virtio-net"
   accelerator      = var.accelerator
+  qemu_binary      = var.qemu_binary
+  machine_type     = "pc"
   cpus             = 2
   memory           = 2048
   # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
@@ -138,8 +146,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "a7a33057fdf520208a93ab0ebb71f4b961d71c96805d078e42a7b4b41f666042", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "a7a33057fdf520208a93ab0ebb71f4b961d71c96805d078e42a7b4b41f666042", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -191,7 +199,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "689575ee12c246d4ed323e2f1211058c8c9afa4ec6602258a0a34950a8313e9e"
+      spec_hash  = "a7a33057fdf520208a93ab0ebb71f4b961d71c96805d078e42a7b4b41f666042"
       containerd = "1.6.20"
     }
   }

@@ -59,6 +59,12 @@ variable "firmware_vars" {
   default     = ""
 }
 
+variable "qemu_binary" {
+  type        = string
+  description = "The QEMU of the image's architecture (image.architecture) that runs the build VM."
+  default     = "qemu-system-x86_64"
+}
+
 variable "aws_endpoint" {
   type        = string
   description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
@@ -85,6 +91,8 @@ source "qemu" "golden" {
   disk_detect_zeroes = var.disk_discard == "unmap" ? "unmap" : "off"
   net_device       = "virtio-net"
   accelerator      = var.accelerator
+  qemu_binary      = var.qemu_binary
+  machine_type     = "pc"
   cpus             = 2
   memory           = 2048
   # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
@@ -138,8 +146,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0f289941f5352fda6515d9fb4acba40cfb210b3f28b48602a1a684594ec407ef", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0f289941f5352fda6515d9fb4acba40cfb210b3f28b48602a1a684594ec407ef", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "4c65b687e1d9885163de51e34bf4d418430a05214285b91222459daeb597cdd1", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "4c65b687e1d9885163de51e34bf4d418430a05214285b91222459daeb597cdd1", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -191,7 +199,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "0f289941f5352fda6515d9fb4acba40cfb210b3f28b48602a1a684594ec407ef"
+      spec_hash  = "4c65b687e1d9885163de51e34bf4d418430a05214285b91222459daeb597cdd1"
       containerd = "1.6.20"
     }
   }
