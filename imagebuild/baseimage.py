@@ -80,12 +80,14 @@ RELEASES: dict[str, dict] = {
                "network": ("netplan.io", "systemd-resolved"),
                "enable": ("systemd-networkd.service", "systemd-resolved.service")},
 }
-# Per architecture: kernel, EFI GRUB (target, package, removable-path binary), serial console.
+# Per architecture: kernel, EFI GRUB (target, package, removable-path binary), serial consoles (the
+# last is /dev/console). arm64: QEMU virt's PL011 is ttyAMA0, while Graviton's serial console (like
+# x86 instances') is ttyS0; the kernel skips a console that does not exist, so both are named.
 ARCHES: dict[str, dict] = {
     "amd64": {"kernel": "linux-image-cloud-amd64", "efi_target": "x86_64-efi", "efi_grub": "grub-efi-amd64-bin",
-              "efi_binary": "BOOTX64.EFI", "console": "ttyS0"},
+              "efi_binary": "BOOTX64.EFI", "consoles": ("ttyS0",)},
     "arm64": {"kernel": "linux-image-cloud-arm64", "efi_target": "arm64-efi", "efi_grub": "grub-efi-arm64-bin",
-              "efi_binary": "BOOTAA64.EFI", "console": "ttyAMA0"},
+              "efi_binary": "BOOTAA64.EFI", "consoles": ("ttyAMA0", "ttyS0")},
 }
 #: What each firmware layout is registered as (EC2 RegisterImage BootMode).
 BOOT_MODES = {"bios": "legacy-bios", "hybrid": "uefi-preferred", "uefi": "uefi"}
@@ -343,7 +345,11 @@ def recipe(flavor: Flavor = DEFAULT) -> dict:
 def _cmdline(flavor: Flavor) -> str:
     if flavor == DEFAULT:
         return KERNEL_CMDLINE
-    return f"ro console=tty0 console={ARCHES[flavor.arch]['console']},115200"
+    return f"ro console=tty0 {_consoles(flavor)}"
+
+
+def _consoles(flavor: Flavor) -> str:
+    return " ".join(f"console={tty},115200" for tty in ARCHES[flavor.arch]["consoles"])
 
 
 def _flavor_files(flavor: Flavor) -> dict[str, str]:
@@ -352,7 +358,6 @@ def _flavor_files(flavor: Flavor) -> dict[str, str]:
     if flavor == DEFAULT:
         return dict(FILES)
     files = dict(FILES)
-    console = ARCHES[flavor.arch]["console"]
     grub = files["boot/grub/grub.cfg"].replace("Debian GNU/Linux 12", f"Debian GNU/Linux {flavor.version}")
     if flavor.firmware != "bios":
         grub = grub.replace("insmod part_msdos", "insmod part_gpt")
@@ -361,7 +366,7 @@ def _flavor_files(flavor: Flavor) -> dict[str, str]:
         grub = grub.replace("terminal_input serial console\nterminal_output serial console\n",
                             "terminal_input console\nterminal_output console\n")
     files["boot/grub/grub.cfg"] = grub
-    default = files["etc/default/grub"].replace("console=ttyS0,115200", f"console={console},115200")
+    default = files["etc/default/grub"].replace("console=ttyS0,115200", _consoles(flavor))
     if flavor.arch != "amd64":
         default = default.replace('GRUB_TERMINAL="serial console"', 'GRUB_TERMINAL="console"')
         default = default.replace('GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n', "")

@@ -350,11 +350,15 @@ def test_debian_13_amd64_is_hybrid_with_networkd():
     assert r["mkfs_features"] == ""                     # GRUB 2.12 reads mke2fs's defaults
 
 
-def test_arm64_is_uefi_only_with_the_arm64_kernel_and_pl011_console():
+def test_arm64_is_uefi_only_with_the_arm64_kernel_and_both_serial_consoles():
     r = baseimage.recipe(baseimage.Flavor("trixie", "arm64"))
     assert {"linux-image-cloud-arm64", "grub-efi-arm64-bin"} <= set(r["packages"])
     assert not {"linux-image-cloud-amd64", "grub-pc-bin"} & set(r["packages"])
-    assert "console=ttyAMA0,115200" in r["kernel_cmdline"]
+    # QEMU virt's PL011 and Graviton's ttyS0 (what platform.console checks); the last one is /dev/console
+    consoles = [a for a in r["kernel_cmdline"].split() if a.startswith("console=")]
+    assert consoles == ["console=tty0", "console=ttyAMA0,115200", "console=ttyS0,115200"]
+    assert 'GRUB_CMDLINE_LINUX="console=tty0 console=ttyAMA0,115200 console=ttyS0,115200"' in \
+        r["files"]["etc/default/grub"]
     assert "serial --unit=0" not in r["files"]["boot/grub/grub.cfg"]
 
 
