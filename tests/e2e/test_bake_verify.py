@@ -183,3 +183,20 @@ def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
     assert report["timings"]["containerd_active_s"] is not None
     assert report["user_data_bytes"] == len(render.user_data(spec)) <= 16384
     assert json.loads((tmp_path / "verify-user-data-ec2.json").read_text())["platform"] == "ec2"
+
+
+def test_a_containerd_whose_cri_plugin_is_off_fails_verify(mirror, base_image, tmp_path):
+    """Can the CRI checks fail a boot? A valid spec that disables the CRI plugin gives a containerd that
+    runs, answers ctr and holds every rendered file, yet kubelet could not use it: verify must fail,
+    on the cri.* checks and only there (NoCloud user-data path; no profile packages, to keep it short)."""
+    from imagebuild.spec import load
+
+    spec = mirror(with_changes(load(), config__overrides={"disabled_plugins": ["io.containerd.grpc.v1.cri"]},
+                               system__profile="none"), "1.6")
+    report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path))
+    assert not report["passed"]
+    failed = set(report["failed"])
+    assert "cri.runtime_ready" in failed, report["failed"]
+    assert all(name.startswith("cri.") for name in failed), report["failed"]
+    passed = {c["check"] for c in report["checks"] if c["ok"]}
+    assert {"service.active", "container.run", "file./etc/containerd/config.toml"} <= passed
