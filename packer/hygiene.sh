@@ -16,6 +16,14 @@ for dev in /sys/class/net/*; do
   nics+=("$name=$(cat "$dev/address")")
 done
 
+# imagebuild bake's registry lab: its CA (recorded by the sha256 of its base64 body, as the verify
+# boot's hygiene.build_lab_removed looks for it) and the /etc/hosts lines it marked.
+lab_ca=/usr/local/share/ca-certificates/imagebuild-build-lab.crt
+lab_ca_sha=""
+if [[ -f $lab_ca ]]; then
+  lab_ca_sha=$(grep -v -e '-----' "$lab_ca" | tr -d ' \t\r\n' | sha256sum | cut -d' ' -f1)
+fi
+
 # Record the build's identities before removing them.
 {
   printf '{"machine_id": "%s", "hostname": "%s", "ssh_host_keys": {' \
@@ -32,8 +40,14 @@ done
     printf '%s"%s": "%s"' "$sep" "${nic%%=*}" "${nic#*=}"
     sep=", "
   done
-  printf '}}\n'
+  printf '}, "build_lab_ca": "%s"}\n' "$lab_ca_sha"
 } > "$STATE_DIR/build-facts.json"
+
+sed -i -e '/# imagebuild-build-lab$/d' /etc/hosts
+if [[ -f $lab_ca ]]; then
+  rm -f "$lab_ca"
+  update-ca-certificates --fresh > /dev/null
+fi
 
 # cloud-init runs again, as on a new instance, on the next boot.
 cloud-init clean --logs --seed
