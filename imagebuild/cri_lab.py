@@ -130,7 +130,8 @@ def mirror_checks(lab_plan: Plan, registries: dict[int, Registry], *, baked: boo
         asked = ", ".join(f"{m} {s}" for m, s in served) if served else f"never asked for {pull.manifest}"
         if baked and pull is lab_plan.sandbox:
             checks.append({"check": name, "ok": not served, "actual": asked,
-                           "expected": f"{pull.image} baked in: the lab's :{pull.port} never asked for {pull.manifest}"})
+                           "expected": f"{pull.image} baked in: the lab's :{pull.port} never asked for "
+                                       f"{pull.manifest}"})
             continue
         checks.append({"check": name, "ok": any(status == 200 for _, status in served),
                        "expected": f"{pull.image}: the lab's :{pull.port} asked for {pull.manifest} (200)",

@@ -177,7 +177,8 @@ CASES = [
         "config.overrides.disabled_plugins", "got ['io.containerd.grpc.v1.cri']: io.containerd.grpc.v1.cri is "
         "containerd's CRI plugin"),
     Bad("cri-plugin-disabled-on-a-kubelet-node-2x",
-        {"containerd": {"version": "2.1.9"}, "config": {"overrides": {"disabled_plugins": ["io.containerd.cri.v1.images"]}}},
+        {"containerd": {"version": "2.1.9"},
+         "config": {"overrides": {"disabled_plugins": ["io.containerd.cri.v1.images"]}}},
         "config.overrides.disabled_plugins", "expected a list without io.containerd.grpc.v1.cri, "
         "io.containerd.cri.v1.runtime, io.containerd.cri.v1.images, or system.profile: none"),
     Bad("stargz-without-plugin", {"config": {"snapshotter": "stargz"}}, "config.snapshotter",

@@ -184,7 +184,7 @@ def sandbox_checks(rep, lab: dict, call) -> None:
         error = f"not among CRI's images ({image and image['repo_tags']})"
     present = bool(image and name in image["repo_tags"])
     rep.check("cri.sandbox_image", name, name if present else error,
-              note=f"pinned: {bool(image and image['pinned'])}" + ("; baked into the image" if lab.get("baked") else ""))
+              note=f"pinned: {bool(image and image['pinned'])}" + ("; baked in" if lab.get("baked") else ""))
     if lab.get("baked"):
         can_pin = not lab["family"].startswith("1.6")
         rep.check("cri.sandbox_pinned", can_pin, bool(image and image["pinned"]) if present else "absent",

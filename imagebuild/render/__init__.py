@@ -122,7 +122,7 @@ def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:
     files["packer/imagebuild.pkr.hcl"] = File(packer_template(spec).encode())
     files["packer/hygiene.sh"] = File((shipped_dir("packer") / "hygiene.sh").read_bytes(), 0o755)
     # The build's CRI client: install.sh --pull-sandbox pulls the sandbox image through it (not installed).
-    files["packer/cri.py"] = File((PACKAGE_DIR / "guest" / "cri.py").read_bytes(), 0o644)
+    files["packer/cri.py"] = File((PACKAGE_DIR / "guest" / "cri.py").read_bytes(), 0o755)
     # Document order (the model's key order, mappings as written): sorted keys reordered sysctls, headers
     # and runtimes, so spec.json rendered different files than the spec it came from.
     files["spec.json"] = File((json.dumps(spec.document, indent=2) + "\n").encode())

@@ -53,6 +53,24 @@ variable "aws_endpoint" {
   default     = ""
 }
 
+# imagebuild bake's registry lab (imagebuild/cri_lab.py), so install.sh can pull the sandbox image through
+# the spec's mirrors with no internet: QEMU relays (guestfwd, ",..." appended to the build VM's -netdev),
+# /etc/hosts lines and a CA (base64). Empty for other builds; the hygiene step removes what they add.
+variable "build_lab_netdev" {
+  type    = string
+  default = ""
+}
+
+variable "build_lab_hosts" {
+  type    = string
+  default = ""
+}
+
+variable "build_lab_ca" {
+  type    = string
+  default = ""
+}
+
 locals {
   render_dir = "${path.root}/.."
   build_user = "imagebuild-build"
@@ -75,7 +93,7 @@ source "qemu" "golden" {
   accelerator      = var.accelerator
   cpus             = 2
   memory           = 2048
-  qemuargs         = [["-cpu", "max"]]
+  qemuargs         = [["-cpu", "max"], ["-netdev", "user,id=user.0,hostfwd=tcp::{{ .SSHHostPort }}-:22${var.build_lab_netdev}"]]
   headless         = true
   cd_files         = ["${path.root}/seed/user-data", "${path.root}/seed/meta-data"]
   cd_label         = "cidata"
@@ -145,13 +163,21 @@ build {
     destination = "/tmp/imagebuild/"
   }
 
+  provisioner "file" {
+    except      = ["amazon-ebs.plumbing"]
+    source      = "${path.root}/cri.py"
+    destination = "/tmp/imagebuild-cri.py"
+  }
+
   provisioner "shell" {
     except          = ["amazon-ebs.plumbing"]
     execute_command = "sudo sh -c '{{ .Vars }} bash {{ .Path }}'"
     inline = [
       "install -d -m 0755 /var/lib/imagebuild",
       "cp -r /tmp/imagebuild/. /var/lib/imagebuild/",
-      "bash /var/lib/imagebuild/install.sh /var/lib/imagebuild/payload",
+      "printf %s '${var.build_lab_hosts}' | base64 -d >> /etc/hosts",
+      "if [ -n '${var.build_lab_ca}' ]; then printf %s '${var.build_lab_ca}' | base64 -d > /usr/local/share/ca-certificates/imagebuild-build-lab.crt && update-ca-certificates; fi",
+      "bash /var/lib/imagebuild/install.sh /var/lib/imagebuild/payload --pull-sandbox /tmp/imagebuild-cri.py",
     ]
   }
 
