@@ -114,14 +114,14 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
             ca = json.loads(BUILD_FACTS.read_text()).get("build_lab_ca")
         except (OSError, ValueError):
             ca = None
-        rep.check("hygiene.build_lab_removed", [], build_lab_left(Path("/etc/hosts").read_text(),
-                                                                    Path(CA_BUNDLE).read_text(), ca),
+        hosts, bundle = (Path(f).read_text() if Path(f).is_file() else "" for f in ("/etc/hosts", CA_BUNDLE))
+        rep.check("hygiene.build_lab_removed", [], build_lab_left(hosts, bundle, ca),
                   note=f"build lab CA sha256 {ca or 'not recorded (image not baked by imagebuild bake)'}")
         sandbox_checks(rep, lab, call)
         pod = run_pod(rep, call, sandbox, "the image's own sandbox image; every registry unreachable")
     if lab.get("hosts"):
-        with open("/etc/hosts", "a", encoding="utf-8") as hosts:
-            hosts.write("".join(f"{line}\n" for line in lab["hosts"]))
+        with open("/etc/hosts", "a", encoding="utf-8") as etc_hosts:
+            etc_hosts.write("".join(f"{line}\n" for line in lab["hosts"]))
     for pull in lab["pulls"]:
         try:
             ref = call("PullImage", {"image": {"image": pull["image"]}}, PULL_TIMEOUT)["image_ref"]
