@@ -199,9 +199,10 @@ def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
 def test_a_containerd_whose_cri_plugin_is_off_fails_verify(mirror, base_image, tmp_path):
     """Can the CRI checks fail a boot? A spec that disables the CRI plugin gives a containerd that runs,
     answers ctr and holds every rendered file, yet kubelet could not use it: verify must fail, on the
-    cri.* checks and only there (NoCloud user-data path). Under the default kubernetes-worker profile such
-    a spec is refused (tests/test_bad_specs.py); with profile none it renders, with a warning that verify,
-    which always asks CRI, fails it (also the shorter boot: no profile packages)."""
+    cri.* checks and the CRI plugin's config.* keys, and only there (NoCloud user-data path). Under the
+    default kubernetes-worker profile such a spec is refused (tests/test_bad_specs.py); with profile none
+    it renders, with a warning that verify, which always asks CRI, fails it (and the boot is shorter:
+    no profile packages)."""
     from imagebuild.spec import load
 
     spec = mirror(with_changes(load(), config__overrides={"disabled_plugins": ["io.containerd.grpc.v1.cri"]},
@@ -210,6 +211,10 @@ def test_a_containerd_whose_cri_plugin_is_off_fails_verify(mirror, base_image, t
     assert not report["passed"]
     failed = set(report["failed"])
     assert "cri.runtime_ready" in failed, report["failed"]
-    assert all(name.startswith("cri.") for name in failed), report["failed"]
+    # `config dump` leaves a disabled plugin's settings out: the config.* checks of CRI keys fail too.
+    expected = json.loads(render.guest_files(spec)["expected.json"].content)
+    cri_keys = {c["name"] for c in expected["config"] if c["path"][:2] == ["plugins", "io.containerd.grpc.v1.cri"]}
+    assert "config.sandbox_image" in cri_keys and cri_keys <= failed, report["failed"]
+    assert all(name.startswith("cri.") or name in cri_keys for name in failed), report["failed"]
     passed = {c["check"] for c in report["checks"] if c["ok"]}
     assert {"service.active", "container.run", "file./etc/containerd/config.toml"} <= passed
