@@ -176,7 +176,7 @@ build {
       "install -d -m 0755 /var/lib/imagebuild",
       "cp -r /tmp/imagebuild/. /var/lib/imagebuild/",
       "printf %s '${var.build_lab_hosts}' | base64 -d >> /etc/hosts",
-      "if [ -n '${var.build_lab_ca}' ]; then printf %s '${var.build_lab_ca}' | base64 -d > /usr/local/share/ca-certificates/imagebuild-build-lab.crt && update-ca-certificates; fi",
+      "if [ -n '${var.build_lab_ca}' ]; then printf %s '${var.build_lab_ca}' | base64 -d | tee /run/imagebuild-build-lab.crt >> /etc/ssl/certs/ca-certificates.crt; fi",
       "bash /var/lib/imagebuild/install.sh /var/lib/imagebuild/payload --pull-sandbox /tmp/imagebuild-cri.py",
     ]
   }
