@@ -335,3 +335,12 @@ def test_what_the_bake_lab_leaves_fails_hygiene(tmp_path):
     out = subprocess.run(["bash", "-c", f"lab_ca={ca}\n{line}\necho $lab_ca_sha"], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == sha
+    # The bake appends the CA to the bundle (the template's line); hygiene.sh's own line takes it out exactly.
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n")
+    before = bundle.read_text()
+    bundle.write_text(before + pem)
+    assert cri_checks.build_lab_left("", bundle.read_text(), sha)
+    remove = next(x for x in (shipped_dir("packer") / "hygiene.sh").read_text().splitlines() if "python3 -c" in x)
+    subprocess.run(["bash", "-c", remove.rstrip(" \\") + f" {bundle} {ca}"], check=True)
+    assert bundle.read_text() == before and cri_checks.build_lab_left("", before, sha) == []
