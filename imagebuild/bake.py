@@ -3,6 +3,7 @@ manifest.json in the output directory, or nothing at all.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from typing import IO
 
 import yaml
 
-from . import __version__, baseimage, render
+from . import __version__, baseimage, cri_lab, render
 from .digest import sha256_file
 from .errors import ImagebuildError
 from .paths import cache_dir
@@ -27,6 +28,7 @@ from .progress import heartbeat, step
 from .render.templating import shipped_dir
 from .run import PIPE, STDOUT, run, spawned
 from .spec import Spec
+from .testimage import test_oci_image
 from .vm import firmware as fw
 from .vm.accel import accelerator as resolve_accelerator
 from .vm.disks import image_info
@@ -212,6 +214,10 @@ class PackerRun:
         return out
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 def _keep_failed_log(log_path: Path, output: Path, name: str) -> str:
     """Save a failed build's log in the output directory (no image goes there); say where."""
     target = output / f"{name}.packer-failed.log"
@@ -269,7 +275,16 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
                      **(packer_vars or {})}
         step(f"bake {spec.name}: {spec.image.os} {spec.image.architecture} image ({mode}), built under "
              f"{build_firmware}")
-        code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
+        # The verify boot's registry lab, for the build VM: install.sh pulls the sandbox image through
+        # the spec's mirrors (its registry stands in for them); hygiene.sh removes the hosts lines and CA.
+        test_image = Path(test_oci_image(work / "test-image.tar", arch=spec.image.architecture)["path"])
+        with cri_lab.start(spec, work, "nocloud", test_image) as lab:
+            variables |= {"build_lab_netdev": "," + lab.netdev_options(),
+                          "build_lab_hosts": _b64("".join(f"{line}\n" for line in lab.hosts(cri_lab.BUILD_LAB_MARK))),
+                          "build_lab_ca": _b64(lab.tls["ca"].read_text())}
+            code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
+            asked = [c for c in lab.host_checks() if c["check"] == "cri.mirror.sandbox_image"]
+        step(f"sandbox image {spec.config.sandbox_image}: {asked[0]['actual']} (through the lab)")
         image = packer_out / f"{spec.name}.qcow2"
         if code != 0 or not image.is_file():
             kept = _keep_failed_log(log_path, output, spec.name)

@@ -104,7 +104,7 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             warnings.append(f"config.imports: {path} names one file, and containerd {major}.x refuses to start "
                             "when it is missing; make sure something creates it, or use a glob "
                             "(/etc/containerd/conf.d/*.toml may match nothing)")
-    _check_cri_loads(doc, major, problems)
+    _check_cri_loads(doc, major, problems, warnings)
     if cfg["discard_unpacked_layers"] and major >= 2 and minor >= 1:
         warnings.append("config.discard_unpacked_layers: true makes containerd 2.1+ fall back to local pull mode")
     if "runc" in cfg["runtimes"]:
@@ -150,6 +150,11 @@ _CONFIGURED_SNAPSHOTTERS = {
     "devmapper": (("plugins", "io.containerd.snapshotter.v1.devmapper", "pool_name"), "a thin pool at "
                   "config.overrides.plugins.io.containerd.snapshotter.v1.devmapper.pool_name"),
 }
+
+
+#: containerd's CRI plugins, by major version (1.x, 2.x): disabling one leaves kubelet no runtime.
+CRI_PLUGINS = {False: ("io.containerd.grpc.v1.cri",),
+               True: ("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images")}
 
 
 #: The smallest gRPC message limit that still lets kubelet's CRI calls through (found by test_g).
@@ -223,7 +228,7 @@ def _dig(value: Any, keys: tuple[str, ...]) -> Any:
     return value
 
 
-def _check_cri_loads(doc: dict, major: int, problems: list[Problem]) -> None:
+def _check_cri_loads(doc: dict, major: int, problems: list[Problem], warnings: list[str]) -> None:
     """Combinations that pass `config dump` but leave containerd without a CRI plugin (seen with the
     real 1.6, 1.7 and 2.1 daemons: CRI answers "unknown service runtime.v1.RuntimeService", or the
     daemon exits)."""
@@ -244,6 +249,18 @@ def _check_cri_loads(doc: dict, major: int, problems: list[Problem]) -> None:
                                         f"got {show(conf['tls'])} with registry.config_path set (mode: hosts): "
                                         "containerd 1.x then does not load the CRI plugin; put ca/skip_verify on "
                                         "the mirror's endpoints instead"))
+    disabled = cfg["overrides"].get("disabled_plugins")
+    cri = [name for name in disabled if name in CRI_PLUGINS[major >= 2]] if isinstance(disabled, list) else []
+    if cri and doc["system"]["profile"] == "kubernetes-worker":
+        problems.append(Problem("config.overrides.disabled_plugins",
+                                f"got {show(disabled)}: {', '.join(cri)} is containerd's CRI plugin, the only way "
+                                "kubelet talks to containerd (system.profile: kubernetes-worker); expected a list "
+                                f"without {', '.join(CRI_PLUGINS[major >= 2])}, or system.profile: none for a "
+                                "containerd host without kubelet"))
+    elif cri:
+        warnings.append(f"config.overrides.disabled_plugins: {', '.join(cri)} turns containerd's CRI plugin off; "
+                        "this renders, but `imagebuild verify` proves what kubelet sees through CRI and fails "
+                        "such an image (so bake's image is never published)")
     grpc = _dig(cfg["overrides"], ("grpc",))
     for name in ("max_recv_message_size", "max_send_message_size"):
         size = grpc.get(name) if isinstance(grpc, dict) else None

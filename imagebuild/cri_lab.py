@@ -23,11 +23,14 @@ from pathlib import Path
 from . import imds
 from .registry import Registry, lab_ca
 from .spec import Spec, api_root
+from .testimage import test_oci_image
 
 #: The address of the lab in the guest's user-mode network, per platform (outside the DHCP range).
 LAB_IP = {"nocloud": "10.0.2.100", "ec2": "169.254.20.20"}
 #: Files the lab puts on the verify seed (or the EC2 data disk).
-SEED_FILES = ("cri.py", "cri_checks.py", "cri-lab.json", "cri-lab-ca.crt", "cri-lab-hosts")
+SEED_FILES = ("cri.py", "cri_checks.py", "cri-lab.json", "cri-lab-ca.crt")
+#: Ends each /etc/hosts line the bake's lab adds, so packer/hygiene.sh can remove them (cri_checks.BUILD_LAB_MARK).
+BUILD_LAB_MARK = "# imagebuild-build-lab"
 TAG = "1"
 
 
@@ -106,35 +109,49 @@ def plan(spec: Spec) -> Plan:
     return Plan(names=names, ports=ports, pulls=pulls, sandbox=sandbox, pushes=pushes)
 
 
-def guest_lab(spec: Spec, lab_plan: Plan) -> dict:
-    """What the in-guest CRI checks (check.py --cri-lab) are told: the spec's view and the pulls."""
+def guest_lab(spec: Spec, lab_plan: Plan, *, baked: bool = False) -> dict:
+    """What the in-guest CRI checks (check.py --cri-lab) are told: the spec's view and the pulls; *baked*:
+    the image carries its sandbox image (imagebuild bake pulled it), the pod must start without a registry."""
     registry = spec.config.registry
-    return {"sandbox_image": spec.config.sandbox_image, "registry_mode": registry.mode,
+    return {"baked": baked, "sandbox_image": spec.config.sandbox_image, "registry_mode": registry.mode,
             "config_path": registry.config_path if registry.mode == "hosts" else None,
             "family": spec.containerd.family, "systemd_cgroup": spec.config.systemd_cgroup,
             "pulls": [p.as_json() for p in lab_plan.pulls], "sandbox": lab_plan.sandbox.as_json()}
 
 
-def mirror_checks(lab_plan: Plan, registries: dict[int, Registry]) -> list[dict]:
+def mirror_checks(lab_plan: Plan, registries: dict[int, Registry], *, baked: bool = False) -> list[dict]:
     """From the registries' access logs (*registries*: port -> the registry serving it): each pull, and
-    the sandbox image's, asked its mirror for the expected manifest path, and got it."""
+    the sandbox image's, asked its mirror for the expected manifest path, and got it. *baked*: the
+    sandbox image is the image's own, so its registry must never have been asked for it."""
     checks = []
     for pull, name in [(p, f"cri.mirror.{p.host}") for p in lab_plan.pulls] + \
                       [(lab_plan.sandbox, "cri.mirror.sandbox_image")]:
         served = [(m, s) for m, path, s in registries[pull.port].requests() if path == pull.manifest]
-        ok = any(status == 200 for _, status in served)
-        checks.append({"check": name, "ok": ok,
+        asked = ", ".join(f"{m} {s}" for m, s in served) if served else f"never asked for {pull.manifest}"
+        if baked and pull is lab_plan.sandbox:
+            checks.append({"check": name, "ok": not served, "actual": asked,
+                           "expected": f"{pull.image} baked in: the lab's :{pull.port} never asked for "
+                                       f"{pull.manifest}"})
+            continue
+        checks.append({"check": name, "ok": any(status == 200 for _, status in served),
                        "expected": f"{pull.image}: the lab's :{pull.port} asked for {pull.manifest} (200)",
-                       "actual": (", ".join(f"{m} {s}" for m, s in served) if served
-                                  else f"never asked for {pull.manifest}")})
+                       "actual": asked})
     return checks
+
+
+def start(spec: Spec, work: Path, platform: str, test_image: Path, *, baked: bool = False) -> Lab:
+    """The lab for *spec*: the test image under each mirrored name, and a sandbox image (the test
+    image's program, sleeping) under the spec's sandbox image name."""
+    sandbox = work / "sandbox-image.tar"
+    test_oci_image(sandbox, cmd=("/bin/sleep", "3600"), arch=spec.image.architecture)
+    return Lab(spec, work / "lab", platform, {"test": test_image, "sandbox": sandbox}, baked=baked)
 
 
 class Lab:
     """The running lab of *spec* for a boot on *platform*: registries up, images pushed."""
 
-    def __init__(self, spec: Spec, work: Path, platform: str, images: dict[str, Path]):
-        self.spec, self.platform = spec, platform
+    def __init__(self, spec: Spec, work: Path, platform: str, images: dict[str, Path], *, baked: bool = False):
+        self.spec, self.platform, self.baked = spec, platform, baked
         self.plan = plan(spec)
         self.work = Path(work)
         self.ip = LAB_IP[platform]
@@ -164,15 +181,19 @@ class Lab:
 
     def seed_files(self, guest_dir: Path) -> dict[str, bytes]:
         """The files the boot's seed carries for the CRI checks (cri.py and cri_checks.py from *guest_dir*)."""
-        lab = guest_lab(self.spec, self.plan)
-        hosts = "".join(f"{self.ip} {name}\n" for name in self.plan.names)
+        lab = guest_lab(self.spec, self.plan, baked=self.baked) | {"hosts": self.hosts()}
         return {"cri.py": (guest_dir / "cri.py").read_bytes(),
                 "cri_checks.py": (guest_dir / "cri_checks.py").read_bytes(),
                 "cri-lab.json": (json.dumps(lab, indent=2) + "\n").encode(),
-                "cri-lab-ca.crt": self.tls["ca"].read_bytes(), "cri-lab-hosts": hosts.encode()}
+                "cri-lab-ca.crt": self.tls["ca"].read_bytes()}
+
+    def hosts(self, mark: str = "") -> list[str]:
+        """/etc/hosts lines mapping the lab's host names to its address (the CRI checks add them after
+        the offline checks; the bake adds them marked, for hygiene to remove)."""
+        return [f"{self.ip} {name}{'  ' + mark if mark else ''}" for name in self.plan.names]
 
     def host_checks(self) -> list[dict]:
-        return mirror_checks(self.plan, self.registries)
+        return mirror_checks(self.plan, self.registries, baked=self.baked)
 
     def close(self) -> None:
         for reg in self.registries.values():

@@ -106,7 +106,9 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
         boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "", firmware)
         user_data = _seed_files(spec, install=install, boot=boot)
         serial_log = log_dir / f"{label}.serial.log"
-        with _cri_lab(spec, work, platform, test_image) as lab:
+        # The registry lab of this boot (imagebuild/cri_lab.py). A baked image (not the user-data path)
+        # must hold its sandbox image and start a pod before any registry is reachable.
+        with cri_lab.start(spec, work, platform, test_image, baked=not install) as lab:
             # boot_checks.py rides on the seed disk like the CRI checks: the user-data must fit EC2's 16 KB.
             disk_files = {TEST_IMAGE: test_image.read_bytes(),
                           "boot_checks.py": (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(),
@@ -128,15 +130,6 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
             return _add_checks(report, lab.host_checks()) if report.get("summary") else report
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _cri_lab(spec: Spec, work: Path, platform: str, test_image: Path) -> cri_lab.Lab:
-    """The registry lab of this boot (imagebuild/cri_lab.py): the test image under each mirrored
-    name, and a sandbox image (the test image's busybox, sleeping) under the spec's sandbox image name."""
-
-    sandbox = work / "sandbox-image.tar"
-    test_oci_image(sandbox, cmd=("/bin/sleep", "3600"), arch=spec.image.architecture)
-    return cri_lab.Lab(spec, work / "lab", platform, {"test": test_image, "sandbox": sandbox})
 
 
 def _add_checks(report: dict, checks: list[dict]) -> dict:

@@ -172,6 +172,15 @@ CASES = [
     # --- combinations whose containerd runs without a CRI plugin (tests/test_cri.py shows each on the daemon)
     Bad("root-is-state", {"config": {"root": "/var/lib/containerd", "state": "/var/lib/containerd/"}},
         "config.state", "the same path as config.root"),
+    Bad("cri-plugin-disabled-on-a-kubelet-node",
+        {"config": {"overrides": {"disabled_plugins": ["io.containerd.grpc.v1.cri"]}}},
+        "config.overrides.disabled_plugins", "got ['io.containerd.grpc.v1.cri']: io.containerd.grpc.v1.cri is "
+        "containerd's CRI plugin"),
+    Bad("cri-plugin-disabled-on-a-kubelet-node-2x",
+        {"containerd": {"version": "2.1.9"},
+         "config": {"overrides": {"disabled_plugins": ["io.containerd.cri.v1.images"]}}},
+        "config.overrides.disabled_plugins", "expected a list without io.containerd.grpc.v1.cri, "
+        "io.containerd.cri.v1.runtime, io.containerd.cri.v1.images, or system.profile: none"),
     Bad("stargz-without-plugin", {"config": {"snapshotter": "stargz"}}, "config.snapshotter",
         "got 'stargz' with no plugin behind it"),
     Bad("devmapper-without-pool", {"config": {"snapshotter": "devmapper"}}, "config.snapshotter",

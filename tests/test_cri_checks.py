@@ -8,6 +8,7 @@ path each pull must ask for) is the production one (cri_lab.plan / guest_lab / m
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import urllib.parse
@@ -18,6 +19,7 @@ import pytest
 from imagebuild import cri_lab, render, testimage
 from imagebuild import spec as spec_module
 from imagebuild.guest import check, cri_checks
+from imagebuild.guest import cri as cri_client
 from imagebuild.render import config_toml
 from tests import cri
 from tests.support import FAMILY_VERSIONS
@@ -219,7 +221,126 @@ def test_the_lab_serves_each_pull_under_the_mirror_host_names_over_tls_with_its_
             head(443, "registry-1.docker.io", lab.plan.pulls[0].manifest)
         files = lab.seed_files(Path(check.__file__).parent)
         assert set(files) == set(cri_lab.SEED_FILES)
-        assert files["cri-lab-hosts"].decode().splitlines() == [f"10.0.2.100 {n}" for n in lab.plan.names]
+        assert json.loads(files["cri-lab.json"])["hosts"] == [f"10.0.2.100 {n}" for n in lab.plan.names]
+        assert lab.hosts(cri_lab.BUILD_LAB_MARK)[0].endswith("  " + cri_checks.BUILD_LAB_MARK)
         assert lab.netdev_options().count("guestfwd=tcp:10.0.2.100:") == 2
         # The host-side checks read the access log: these HEADs asked exactly the planned paths.
         assert all(c["ok"] for c in lab.host_checks()), lab.host_checks()
+
+
+def _pull_as_the_bake_does(spec, sock: Path) -> None:
+    """What install.sh --pull-sandbox runs in the Packer build: cri.py --wait PullImage <its request>."""
+    import shlex
+
+    line = next(x for x in render.install_script(spec, render.payload(spec)).splitlines() if "PullImage" in x)
+    request = shlex.split(line)[5]
+    assert cri_client.main(["--socket", str(sock), "--wait", "60", "PullImage", request]) == 0
+
+
+def _baked(spec, plan) -> dict:
+    return cri_lab.guest_lab(spec, plan, baked=True) | {"pulls": []}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILY_VERSIONS)
+def test_a_baked_sandbox_image_starts_a_pod_with_no_registry_and_is_pinned_where_containerd_can(
+        monkeypatch, images, family):
+    """As the golden image: the bake pulled the sandbox image through CRI; then, with the registry gone,
+    CRI still holds it (pinned on 1.7 and 2.1; containerd 1.6's CRI has no pinned images) and a pod starts."""
+    work = cri.scratch("ib-cp-")
+    registry = cri.Registry(work / "registry")
+    try:
+        spec = _local_spec(family, registry, work)
+        plan = cri_lab.plan(spec)
+        for kind, name in plan.pushes:
+            registry.push(images[kind], name)
+        daemon = _start(spec, family, work / "d")
+        try:
+            _pull_as_the_bake_does(spec, daemon.sock)
+            registry.close()  # every registry unreachable from here on
+            results = _run_checks(monkeypatch, _baked(spec, plan), daemon.sock)
+        finally:
+            daemon.close()
+    finally:
+        registry.close()
+    assert all(r["ok"] for r in results.values()), [r for r in results.values() if not r["ok"]]
+    assert {"cri.sandbox_image", "cri.sandbox_pinned", "cri.pod_sandbox", "cri.container",
+            "hygiene.build_lab_removed"} <= set(results)
+    assert results["cri.sandbox_pinned"]["actual"] is (family != "1.6")
+
+
+@pytest.mark.slow
+def test_no_baked_sandbox_image_fails_with_no_registry(monkeypatch, images):
+    family = "1.7"
+    work = cri.scratch("ib-ca-")
+    registry = cri.Registry(work / "registry")
+    spec = _local_spec(family, registry, work)
+    registry.close()  # nothing pulled, and every registry unreachable
+    plan = cri_lab.plan(spec)
+    daemon = _start(spec, family, work / "d")
+    try:
+        results = _run_checks(monkeypatch, _baked(spec, plan), daemon.sock)
+    finally:
+        daemon.close()
+    failed = [name for name, r in results.items() if not r["ok"]]
+    assert failed == ["cri.sandbox_image", "cri.sandbox_pinned", "cri.pod_sandbox"], failed
+    assert results["cri.sandbox_pinned"]["actual"] == "absent"
+
+
+@pytest.mark.slow
+def test_a_baked_image_that_is_not_containerds_sandbox_image_is_not_pinned(monkeypatch, images):
+    """Measured: containerd 1.7 pins exactly the image its config names as the sandbox image (pulled
+    through CRI or imported with ctr alike). An image baked under another name than the config's is
+    present but not pinned (kubelet's image GC may take it), and the pod, which needs the config's, fails."""
+    family = "1.7"
+    work = cri.scratch("ib-cu-")
+    registry = cri.Registry(work / "registry")
+    try:
+        spec = _local_spec(family, registry, work)
+        plan = cri_lab.plan(spec)
+        for kind, name in plan.pushes:
+            registry.push(images[kind], name)
+        daemon = _start(spec, family, work / "d")
+        other = plan.pulls[0].image
+        try:
+            cri_client.call("PullImage", {"image": {"image": other}}, socket_path=str(daemon.sock))
+            registry.close()
+            results = _run_checks(monkeypatch, _baked(spec, plan) | {"sandbox_image": other}, daemon.sock)
+        finally:
+            daemon.close()
+    finally:
+        registry.close()
+    failed = [name for name, r in results.items() if not r["ok"]]
+    # (CRI's config names the other image too: 1.x shows it in Status.)
+    assert failed == ["cri.config.sandbox_image", "cri.sandbox_pinned", "cri.pod_sandbox"], results
+    assert results["cri.sandbox_image"]["ok"] and results["cri.sandbox_pinned"]["actual"] is False
+
+
+def test_what_the_bake_lab_leaves_fails_hygiene(tmp_path):
+    ca_body = "MIIBcert" + "A" * 60
+    pem = f"-----BEGIN CERTIFICATE-----\n{ca_body[:40]}\n{ca_body[40:]}\n-----END CERTIFICATE-----\n"
+    sha = hashlib.sha256(ca_body.encode()).hexdigest()
+    hosts = "127.0.0.1 localhost\n10.0.2.100 gcr.mirrors.ustc.edu.cn  # imagebuild-build-lab\n"
+    assert cri_checks.build_lab_left("127.0.0.1 localhost\n10.0.2.100 x\n", "other\n", sha) == []
+    left = cri_checks.build_lab_left(hosts, "-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n" + pem, sha)
+    assert left[0].endswith("# imagebuild-build-lab") and "build lab CA" in left[1]
+    # hygiene.sh records the CA the way build_lab_left reads it: the sha256 of its base64 body (its own line, run).
+    import subprocess
+
+    from imagebuild.render.templating import shipped_dir
+
+    line = next(x for x in (shipped_dir("packer") / "hygiene.sh").read_text().splitlines() if "lab_ca_sha=$(" in x)
+    ca = tmp_path / "ca.crt"
+    ca.write_text(pem)
+    out = subprocess.run(["bash", "-c", f"lab_ca={ca}\n{line}\necho $lab_ca_sha"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == sha
+    # The bake appends the CA to the bundle (the template's line); hygiene.sh's own line takes it out exactly.
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n")
+    before = bundle.read_text()
+    bundle.write_text(before + pem)
+    assert cri_checks.build_lab_left("", bundle.read_text(), sha)
+    remove = next(x for x in (shipped_dir("packer") / "hygiene.sh").read_text().splitlines() if "python3 -c" in x)
+    subprocess.run(["bash", "-c", remove.rstrip(" \\") + f" {bundle} {ca}"], check=True)
+    assert bundle.read_text() == before and cri_checks.build_lab_left("", before, sha) == []

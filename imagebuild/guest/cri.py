@@ -18,7 +18,10 @@ CreateContainer, StartContainer, ContainerStatus, StopContainer, RemoveContainer
 ImageStatus, PullImage, ListImages, RemoveImage (ImageService). Messages are dicts keyed by the proto field
 names; absent fields decode to their proto3 defaults.
 
-    python3 cri.py [--socket PATH] CALL [JSON request]    # prints the response as JSON
+    python3 cri.py [--socket PATH] [--wait SECONDS] CALL [JSON request]    # prints the response as JSON
+
+--wait first waits (up to SECONDS) for RuntimeReady: the Packer build pulls the sandbox image with it
+right after containerd (re)starts.
 """
 from __future__ import annotations
 
@@ -677,10 +680,16 @@ def main(argv: list[str] | None = None) -> int:
     socket_path = DEFAULT_SOCKET
     if args[:1] == ["--socket"]:
         socket_path, args = args[1], args[2:]
+    wait = None
+    if args[:1] == ["--wait"]:
+        wait, args = float(args[1]), args[2:]
     if not args or args[0] not in METHODS:
-        print(f"usage: cri.py [--socket PATH] {{{','.join(METHODS)}}} [JSON request]", file=sys.stderr)
+        print(f"usage: cri.py [--socket PATH] [--wait SECONDS] {{{','.join(METHODS)}}} [JSON request]",
+              file=sys.stderr)
         return 2
     try:
+        if wait is not None:
+            wait_ready(socket_path, timeout=wait)
         reply = call(args[0], json.loads(args[1]) if len(args) > 1 else {}, socket_path=socket_path)
     except CRIError as exc:
         print(exc, file=sys.stderr)

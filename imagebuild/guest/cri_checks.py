@@ -7,6 +7,7 @@ cri-lab.json (imagebuild/cri_lab.py); not installed on machines.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -16,6 +17,9 @@ CRI_READY_TIMEOUT = 60
 PULL_TIMEOUT = 300
 CNI_CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 SANDBOX_SLICE = "imagebuild-verify.slice"
+BUILD_FACTS = Path("/var/lib/imagebuild/build-facts.json")
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+BUILD_LAB_MARK = "# imagebuild-build-lab"  # on the /etc/hosts lines a bake adds (packer/hygiene.sh removes them)
 
 
 def _cri_client():
@@ -58,6 +62,10 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
     (1.x: containerd 2.x's Status shows no image config, the pulls and the sandbox prove it), a pull
     from each mirrored registry succeeds (the upstreams are unreachable; the host reads the mirror's
     log), and a pod sandbox (host network: no CNI needed) and a container in it run.
+    A baked image (lab["baked"]) first proves, before the lab's host names join /etc/hosts (lab["hosts"]),
+    so with every registry unreachable: the bake's lab left nothing behind, its sandbox image is there
+    (pinned where containerd can pin) and a pod sandbox starts from it. The user-data path pulls it
+    through the lab when the pod starts, as kubelet's first pod would.
     Returns when CRI became ready (seconds since boot, see booted_at), None if it did not."""
     client = _cri_client()
     if client is None:
@@ -95,30 +103,38 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
     def call(method: str, request: dict, timeout: float = 120) -> dict:
         return client.call(method, request, socket_path=sock, timeout=timeout)
 
+    linux: dict = {"security_context": {"namespace_options": {"network": client.NAMESPACE_NODE}}}
+    if lab.get("systemd_cgroup"):  # the systemd cgroup driver takes a slice, as kubelet passes one
+        linux["cgroup_parent"] = SANDBOX_SLICE
+    sandbox = {"metadata": {"name": "imagebuild-verify", "uid": "imagebuild-verify", "namespace": "default"},
+               "linux": linux}
+    pod = None
+    if lab.get("baked"):  # before any registry is reachable: the lab's names are not in /etc/hosts yet
+        try:
+            ca = json.loads(BUILD_FACTS.read_text()).get("build_lab_ca")
+        except (OSError, ValueError):
+            ca = None
+        hosts, bundle = (Path(f).read_text() if Path(f).is_file() else "" for f in ("/etc/hosts", CA_BUNDLE))
+        rep.check("hygiene.build_lab_removed", [], build_lab_left(hosts, bundle, ca),
+                  note=f"build lab CA sha256 {ca or 'not recorded (image not baked by imagebuild bake)'}")
+        sandbox_checks(rep, lab, call)
+        pod = run_pod(rep, call, sandbox, "the image's own sandbox image; every registry unreachable")
+    if lab.get("hosts"):
+        with open("/etc/hosts", "a", encoding="utf-8") as etc_hosts:
+            etc_hosts.write("".join(f"{line}\n" for line in lab["hosts"]))
     for pull in lab["pulls"]:
         try:
             ref = call("PullImage", {"image": {"image": pull["image"]}}, PULL_TIMEOUT)["image_ref"]
             rep.check(f"cri.pull.{pull['host']}", "pulled", "pulled", note=f"{pull['image']} -> {ref}")
         except client.CRIError as exc:
             rep.check(f"cri.pull.{pull['host']}", "pulled", str(exc)[-300:], False)
-    linux: dict = {"security_context": {"namespace_options": {"network": client.NAMESPACE_NODE}}}
-    if lab.get("systemd_cgroup"):  # the systemd cgroup driver takes a slice, as kubelet passes one
-        linux["cgroup_parent"] = SANDBOX_SLICE
-    sandbox = {"metadata": {"name": "imagebuild-verify", "uid": "imagebuild-verify", "namespace": "default"},
-               "linux": linux}
-    try:
-        pod = call("RunPodSandbox", {"config": sandbox}, PULL_TIMEOUT)["pod_sandbox_id"]
-        state = call("PodSandboxStatus", {"pod_sandbox_id": pod})["status"]["state"]
-    except client.CRIError as exc:
-        rep.check("cri.pod_sandbox", "ready", str(exc)[-300:], False)
+    if not lab.get("baked"):
+        pod = run_pod(rep, call, sandbox, "pulled through the lab")
+        if pod:
+            sandbox_checks(rep, lab, call)
+    if pod is None:
         return ready_at
     try:
-        rep.check("cri.pod_sandbox", "ready", "ready" if state == client.SANDBOX_READY else f"state {state}")
-        image = call("ImageStatus", {"image": {"image": lab["sandbox_image"]}})["image"]
-        rep.check("cri.sandbox_image", lab["sandbox_image"],
-                  lab["sandbox_image"] if image and lab["sandbox_image"] in image["repo_tags"] else
-                  f"not among CRI's images ({image and image['repo_tags']})",
-                  note=f"pinned: {bool(image and image['pinned'])}")
         run_image = lab["pulls"][0]["image"] if lab["pulls"] else lab["sandbox_image"]
         try:
             container = call("CreateContainer", {"pod_sandbox_id": pod, "sandbox_config": sandbox, "config": {
@@ -143,3 +159,47 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
             except client.CRIError as exc:
                 rep.check(f"cri.{method}", "ok", str(exc)[-300:], False)
     return ready_at
+
+
+def run_pod(rep, call, sandbox: dict, how: str) -> str | None:
+    """RunPodSandbox (host network: no CNI needed); the pod's id once it is ready, else None."""
+    client = _cri_client()
+    try:
+        pod = call("RunPodSandbox", {"config": sandbox}, PULL_TIMEOUT)["pod_sandbox_id"]
+        state = call("PodSandboxStatus", {"pod_sandbox_id": pod})["status"]["state"]
+    except client.CRIError as exc:
+        rep.check("cri.pod_sandbox", "ready", str(exc)[-300:], False, note=how)
+        return None
+    rep.check("cri.pod_sandbox", "ready", "ready" if state == client.SANDBOX_READY else f"state {state}", note=how)
+    return pod
+
+
+def sandbox_checks(rep, lab: dict, call) -> None:
+    """CRI holds the spec's sandbox image; a baked one is pinned (kubelet's image GC leaves it alone) where
+    containerd can pin (1.7+: the label io.cri-containerd.pinned, set when CRI pulls its sandbox image);
+    containerd 1.6's CRI has no pinned images, so there it must say not pinned."""
+    client = _cri_client()
+    name = lab["sandbox_image"]
+    try:
+        image = call("ImageStatus", {"image": {"image": name}})["image"]
+    except client.CRIError as exc:
+        image, error = None, str(exc)[-300:]
+    else:
+        error = f"not among CRI's images ({image and image['repo_tags']})"
+    present = bool(image and name in image["repo_tags"])
+    rep.check("cri.sandbox_image", name, name if present else error,
+              note=f"pinned: {bool(image and image['pinned'])}" + ("; baked in" if lab.get("baked") else ""))
+    if lab.get("baked"):
+        can_pin = not lab["family"].startswith("1.6")
+        rep.check("cri.sandbox_pinned", can_pin, bool(image and image["pinned"]) if present else "absent",
+                  note="pulled through CRI at bake time" if can_pin else
+                  "containerd 1.6's CRI cannot pin images: kubelet's image GC may remove it (1.7+ pins it)")
+
+
+def build_lab_left(hosts: str, bundle: str, ca_sha256: str | None) -> list[str]:
+    """What the bake's registry lab (hosts entries, CA) left in the image: hygiene removes it all."""
+    left = [line for line in hosts.splitlines() if line.endswith(BUILD_LAB_MARK)]
+    bodies = ["".join(block.split("-----")[0].split()) for block in bundle.split("-----BEGIN CERTIFICATE-----")[1:]]
+    if ca_sha256 and any(hashlib.sha256(body.encode()).hexdigest() == ca_sha256 for body in bodies):
+        left.append(f"the build lab CA (sha256 of its base64 {ca_sha256[:12]}...) in the trust store")
+    return left

@@ -69,7 +69,8 @@ def payload(spec: Spec) -> dict[str, File]:
 
 def install_script(spec: Spec, files: dict[str, File]) -> str:
     entries = [{"path": path, "mode": f"{f.mode:04o}", "sha256": f.sha256} for path, f in files.items()]
-    return render_template("install.sh.j2", spec=spec, files=entries, guest_dir=GUEST_DIR, sysctl_path=SYSCTL_PATH)
+    return render_template("install.sh.j2", spec=spec, files=entries, guest_dir=GUEST_DIR, sysctl_path=SYSCTL_PATH,
+                           sandbox_pull=json.dumps({"image": {"image": spec.config.sandbox_image}}))
 
 
 def guest_files(spec: Spec) -> dict[str, File]:
@@ -129,6 +130,8 @@ def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:
         files["user-data"] = File(user_data(spec, files=dict(files)))
     files["packer/imagebuild.pkr.hcl"] = File(packer_template(spec).encode())
     files["packer/hygiene.sh"] = File((shipped_dir("packer") / "hygiene.sh").read_bytes(), 0o755)
+    # The build's CRI client: install.sh --pull-sandbox pulls the sandbox image through it (not installed).
+    files["packer/cri.py"] = File((PACKAGE_DIR / "guest" / "cri.py").read_bytes(), 0o755)
     # Document order (the model's key order, mappings as written): sorted keys reordered sysctls, headers
     # and runtimes, so spec.json rendered different files than the spec it came from.
     files["spec.json"] = File((json.dumps(spec.document, indent=2) + "\n").encode())

@@ -8,8 +8,9 @@ What expected/ holds: every rendered file, user-data included as rendered (gzipp
 so its bytes are stable), and beside each gzipped file its text, `<file>.txt` (e.g.
 `expected/user-data.txt`), so that a regeneration reads as a text diff in `git diff` and review.
 The test checks both: the blob byte for byte, and that it gunzips to exactly the `.txt`.
-Left out are the two files the render copies verbatim from the source tree rather than renders,
-`check.py` (imagebuild/guest/check.py) and `packer/hygiene.sh` (packer/hygiene.sh): the test
+Left out are the files the render copies verbatim from the source tree rather than renders,
+`check.py` (imagebuild/guest/check.py), `packer/cri.py` (imagebuild/guest/cri.py) and `packer/hygiene.sh`
+(packer/hygiene.sh): the test
 checks they are those files instead of keeping six copies that change whenever the sources do.
 """
 from __future__ import annotations
@@ -30,7 +31,8 @@ def verbatim() -> dict[str, Path]:
     """Rendered path -> the source file it must equal (not stored in expected/)."""
     from imagebuild.render.templating import PACKAGE_DIR, shipped_dir
 
-    return {"check.py": PACKAGE_DIR / "guest" / "check.py", "packer/hygiene.sh": shipped_dir("packer") / "hygiene.sh"}
+    return {"check.py": PACKAGE_DIR / "guest" / "check.py", "packer/hygiene.sh": shipped_dir("packer") / "hygiene.sh",
+            "packer/cri.py": PACKAGE_DIR / "guest" / "cri.py"}
 
 
 def names() -> list[str]:

@@ -36,6 +36,9 @@ CRI_CHECKS = {
     "cri.mirror.sandbox_image",
 }
 CRI_CONFIG_CHECKS = {"cri.config.sandbox_image", "cri.config.registry_config_path"}  # 1.x: Status shows its config
+# A baked image: its sandbox image is its own (pulled through CRI at bake time), a pod starts before any
+# registry is reachable, and the bake's registry lab left nothing behind.
+BAKED_CHECKS = {"cri.sandbox_pinned", "hygiene.build_lab_removed"}
 
 
 def with_changes(spec, **changes):
@@ -62,7 +65,9 @@ def test_golden_image_bakes_with_manifest(golden_bake, golden_spec):
     assert manifest["disk_size"] == golden_image.stat().st_size
     assert manifest["packer"]["builder_type"] == "qemu"
     assert set(manifest["durations_s"]) >= {"boot", "provision", "total"}
-    assert (golden_image.parent / f"{golden_spec.name}.packer.log").read_text().count("Connected to SSH") == 1
+    packer_log = (golden_image.parent / f"{golden_spec.name}.packer.log").read_text()
+    assert packer_log.count("Connected to SSH") == 1
+    assert f"pulling the sandbox image {golden_spec.config.sandbox_image} through CRI" in packer_log
     # Nothing of the build's scratch stays beside the image.
     assert sorted(p.name for p in golden_image.parent.iterdir()) == sorted(
         [golden_image.name, "manifest.json", f"{golden_spec.name}.packer.log"])
@@ -73,8 +78,13 @@ def test_golden_image_verifies(golden_image, golden_spec, tmp_path):
     report = verify_image(golden_image, golden_spec, log_dir=str(tmp_path))
     failed = [c for c in report["checks"] if not c["ok"]]
     assert report["passed"], failed
-    assert SEED_CHECKS | CRI_CHECKS | CRI_CONFIG_CHECKS <= {c["check"] for c in report["checks"]}
+    assert SEED_CHECKS | CRI_CHECKS | CRI_CONFIG_CHECKS | BAKED_CHECKS <= {c["check"] for c in report["checks"]}
     by_name = {c["check"]: c for c in report["checks"]}
+    # The sandbox image is baked in: the pod started with no registry, whose log never saw it asked for.
+    assert "never asked" in by_name["cri.mirror.sandbox_image"]["expected"]
+    assert "every registry unreachable" in by_name["cri.pod_sandbox"]["note"]
+    assert by_name["cri.sandbox_pinned"]["actual"] is False  # containerd 1.6's CRI cannot pin (1.7+ does)
+    assert "not recorded" not in by_name["hygiene.build_lab_removed"]["note"]
     assert by_name["cri.mirror.k8s.gcr.io"]["expected"].endswith(
         "/v2/google-containers/imagebuild/verify-2/manifests/1?ns=k8s.gcr.io (200)")
     assert by_name["cri.network_ready"]["actual"] is False  # the image ships no CNI network config
@@ -113,7 +123,8 @@ def test_containerd_2x_with_cni_plugins_bakes_and_verifies(mirror, base_image, t
     by_name = {c["check"]: c for c in report["checks"]}
     assert by_name["config.sandbox_image"]["actual"] == spec.config.sandbox_image
     assert by_name["cni.loopback"]["ok"], by_name["cni.loopback"]   # the plugins run in the guest
-    assert CRI_CHECKS <= set(by_name)  # 2.x's Status shows no image config: the pulls and the sandbox prove it
+    assert CRI_CHECKS | BAKED_CHECKS <= set(by_name)  # 2.x's Status shows no image config: pulls, sandbox prove it
+    assert by_name["cri.sandbox_pinned"]["actual"] is True  # pulled through CRI at bake time: pinned
 
 
 # What the EC2 boot proves on top of the seed checks.
@@ -185,3 +196,27 @@ def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
     assert report["timings"]["containerd_active_s"] is not None
     assert report["user_data_bytes"] == len(render.user_data(spec)) <= 16384
     assert json.loads((tmp_path / "verify-user-data-ec2.json").read_text())["platform"] == "ec2"
+
+
+def test_a_containerd_whose_cri_plugin_is_off_fails_verify(mirror, base_image, tmp_path):
+    """Can the CRI checks fail a boot? A spec that disables the CRI plugin gives a containerd that runs,
+    answers ctr and holds every rendered file, yet kubelet could not use it: verify must fail, on the
+    cri.* checks and the CRI plugin's config.* keys, and only there (NoCloud user-data path). Under the
+    default kubernetes-worker profile such a spec is refused (tests/test_bad_specs.py); with profile none
+    it renders, with a warning that verify, which always asks CRI, fails it (and the boot is shorter:
+    no profile packages)."""
+    from imagebuild.spec import load
+
+    spec = mirror(with_changes(load(), config__overrides={"disabled_plugins": ["io.containerd.grpc.v1.cri"]},
+                               system__profile="none"), "1.6")
+    report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path))
+    assert not report["passed"]
+    failed = set(report["failed"])
+    assert "cri.runtime_ready" in failed, report["failed"]
+    # `config dump` leaves a disabled plugin's settings out: the config.* checks of CRI keys fail too.
+    expected = json.loads(render.guest_files(spec)["expected.json"].content)
+    cri_keys = {c["name"] for c in expected["config"] if c["path"][:2] == ["plugins", "io.containerd.grpc.v1.cri"]}
+    assert "config.sandbox_image" in cri_keys and cri_keys <= failed, report["failed"]
+    assert all(name.startswith("cri.") or name in cri_keys for name in failed), report["failed"]
+    passed = {c["check"] for c in report["checks"] if c["ok"]}
+    assert {"service.active", "container.run", "file./etc/containerd/config.toml"} <= passed

@@ -2,7 +2,10 @@
 # Managed by imagebuild: installs containerd 2.1.9 (tarball)
 # with its tuned configuration. The same script serves the Packer build and cloud-init user-data.
 #
-#   install.sh [PAYLOAD_DIR]     default /var/lib/imagebuild/payload
+#   install.sh [PAYLOAD_DIR [--pull-sandbox CRI_PY]]     default /var/lib/imagebuild/payload
+#
+# --pull-sandbox (the Packer build): then pull the sandbox image through CRI with CRI_PY (cri.py), so it
+# is baked in, pinned by containerd 1.7+ (kubelet's image GC keeps it), and a pod starts offline.
 #
 # Every download is checked against its sha256 before anything is unpacked; every file is
 # replaced atomically (the replaced one kept as *.imagebuild-backup); a second run changes
@@ -243,6 +246,10 @@ install_binaries
 install_tools
 install_files
 apply_system
+if [[ ${2:-} == --pull-sandbox ]] && live; then
+  log "pulling the sandbox image registry.cn-hangzhou.aliyuncs.com/google_containers/pause:3.6 through CRI"
+  python3 "$3" --wait 120 PullImage '{"image": {"image": "registry.cn-hangzhou.aliyuncs.com/google_containers/pause:3.6"}}' >/dev/null || die "pulling the sandbox image failed"
+fi
 if [[ ${#changes[@]} -eq 0 ]]; then
   log "nothing to change: containerd $CONTAINERD_VERSION and its configuration are already in place"
 else

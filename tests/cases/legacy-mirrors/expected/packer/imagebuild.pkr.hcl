@@ -71,6 +71,24 @@ variable "aws_endpoint" {
   default     = ""
 }
 
+# imagebuild bake's registry lab (imagebuild/cri_lab.py), so install.sh can pull the sandbox image through
+# the spec's mirrors with no internet: QEMU relays (guestfwd, ",..." appended to the build VM's -netdev),
+# /etc/hosts lines and a CA (base64). Empty for other builds; the hygiene step removes what they add.
+variable "build_lab_netdev" {
+  type    = string
+  default = ""
+}
+
+variable "build_lab_hosts" {
+  type    = string
+  default = ""
+}
+
+variable "build_lab_ca" {
+  type    = string
+  default = ""
+}
+
 locals {
   render_dir = "${path.root}/.."
   build_user = "imagebuild-build"
@@ -97,8 +115,11 @@ source "qemu" "golden" {
   memory           = 2048
   # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
   # own disk and cdrom drives as soon as qemuargs holds a "-drive", so the flash cannot be one.
-  # The -machine given here replaces Packer's own (-machine type=...,accel=...).
-  qemuargs         = concat([["-cpu", "max"]], var.firmware_code == "" ? [] : [
+  # The -machine given here replaces Packer's own (-machine type=...,accel=...). The -netdev replaces
+  # Packer's own to add the build lab's guestfwd relays (build_lab_netdev; empty: none).
+  qemuargs         = concat([["-cpu", "max"],
+    ["-netdev", "user,id=user.0,hostfwd=tcp::{{ .SSHHostPort }}-:22${var.build_lab_netdev}"]],
+    var.firmware_code == "" ? [] : [
     ["-blockdev", "driver=file,node-name=fwcode,read-only=on,filename=${replace(var.firmware_code, ",", ",,")}"],
     ["-blockdev", "driver=file,node-name=fwvars,filename=${replace(var.firmware_vars, ",", ",,")}"],
     ["-machine", "type=pc,accel=${var.accelerator},pflash0=fwcode,pflash1=fwvars"],
@@ -172,13 +193,21 @@ build {
     destination = "/tmp/imagebuild/"
   }
 
+  provisioner "file" {
+    except      = ["amazon-ebs.plumbing"]
+    source      = "${path.root}/cri.py"
+    destination = "/tmp/imagebuild-cri.py"
+  }
+
   provisioner "shell" {
     except          = ["amazon-ebs.plumbing"]
     execute_command = "sudo sh -c '{{ .Vars }} bash {{ .Path }}'"
     inline = [
       "install -d -m 0755 /var/lib/imagebuild",
       "cp -r /tmp/imagebuild/. /var/lib/imagebuild/",
-      "bash /var/lib/imagebuild/install.sh /var/lib/imagebuild/payload",
+      "printf %s '${var.build_lab_hosts}' | base64 -d >> /etc/hosts",
+      "if [ -n '${var.build_lab_ca}' ]; then printf %s '${var.build_lab_ca}' | base64 -d | tee /run/imagebuild-build-lab.crt >> /etc/ssl/certs/ca-certificates.crt; fi",
+      "bash /var/lib/imagebuild/install.sh /var/lib/imagebuild/payload --pull-sandbox /tmp/imagebuild-cri.py",
     ]
   }
 
