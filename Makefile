@@ -22,7 +22,7 @@ golden: venv
 
 ## test: everything CI runs but the arm64 tests (their own job: make test-arm64) and the extra boots (make test-extra)
 test: venv
-	$(PY) -m pytest -m "not arm64 and not extra" -v --timeout=3600
+	$(PY) -m pytest -m "not arm64 and not extra" -v --timeout=3600 --durations=40
 
 ## test-fast: unit and real-tool tests, no QEMU boots (about four minutes on 2 cores)
 test-fast: venv
