@@ -41,14 +41,14 @@ def test_arm64_template_names_the_aarch64_machine_and_validates(tmp_path):
     packer_dir = _packer_dir(tmp_path, ARM64)
     template = (packer_dir / "imagebuild.pkr.hcl").read_text()
     assert 'default     = "qemu-system-aarch64"' in template and 'machine_type     = "virt"' in template
-    assert '[["-cpu", "max,pauth-impdef=on"]]' in template and 'cdrom_interface  = "virtio-scsi"' in template
+    assert '[["-cpu", "max,pauth-impdef=on"],' in template and 'cdrom_interface  = "virtio-scsi"' in template
     assert 'default     = "tcg"' in template                      # no KVM for a foreign architecture
     proc = packer_validate(packer_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (tmp_path / "amd64").mkdir()
     amd64 = (_packer_dir(tmp_path / "amd64", {}) / "imagebuild.pkr.hcl").read_text()
     assert 'default     = "qemu-system-x86_64"' in amd64 and 'machine_type     = "pc"' in amd64
-    assert "cdrom_interface" not in amd64 and '[["-cpu", "max"]]' in amd64
+    assert "cdrom_interface" not in amd64 and '[["-cpu", "max"],' in amd64
 
 
 def _qemu_command_line(tmp_path: Path, packer_dir: Path, firmware: str, arch: str = "arm64",
