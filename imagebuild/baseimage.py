@@ -534,6 +534,28 @@ def _run_mmdebstrap(cmd: list[str]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: binfmt_misc entry (qemu-user-static) that runs a foreign architecture's programs in the tree.
+BINFMT = {"arm64": "qemu-aarch64"}
+
+
+def _need_binfmt(arch: str, root: Path = Path("/proc/sys/fs/binfmt_misc")) -> None:
+    """A foreign tree runs its maintainer scripts through binfmt_misc, with the F flag (the
+    interpreter opened at registration, so it works inside the chroot). Say how, before mmdebstrap
+    fails halfway."""
+    name = BINFMT[arch]
+    entry = root / name
+    text = entry.read_text() if entry.is_file() else ""
+    flags = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("flags:")), "")
+    if text.startswith("enabled") and "F" in flags:
+        return
+    raise ImagebuildError(
+        f"building an {arch} base image needs binfmt_misc to run {arch} programs: {entry} is "
+        f"{'missing' if not text else 'not enabled with the F flag'}; install qemu-user-static and run "
+        f"`mount -t binfmt_misc binfmt_misc {root}` (if not mounted) and "
+        f"`cat /usr/lib/binfmt.d/{name}.conf > {root}/register` as root "
+        f"(undo: `echo -1 > {entry}`)")
+
+
 def _fs_uuid(flavor: Flavor = DEFAULT) -> str:
     """Deterministic per recipe, so identical recipes give identical fstab/grub.cfg."""
     return str(uuid.UUID(hashlib.sha256(("fs-uuid:" + recipe_hash(flavor=flavor)).encode()).hexdigest()[:32],
@@ -545,10 +567,15 @@ def _build_into(work: Path, flavor: Flavor = DEFAULT) -> Path:
     t0 = time.monotonic()
     sources = debian_sources(suite=flavor.release)
     packages = recipe(flavor)["packages"] if flavor != DEFAULT else list(PACKAGES)
-    step(f"base image: mmdebstrap {flavor.release} {flavor.arch} with {len(packages)} packages (takes ~75 s)")
+    foreign = flavor.arch != DEFAULT.arch
+    if foreign:
+        _need_binfmt(flavor.arch)
+    # Measured on 2 cores: ~75 s natively; a foreign architecture runs every maintainer script under qemu-user.
+    took = "~20-30 min: every maintainer script runs under qemu-user" if foreign else "~75 s"
+    step(f"base image: mmdebstrap {flavor.release} {flavor.arch} with {len(packages)} packages (takes {took})")
     cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
            "--include=" + ",".join(packages)]
-    if flavor.arch != DEFAULT.arch:
+    if foreign:
         cmd.append(f"--architectures={flavor.arch}")
     cmd += [f"--aptopt={opt}" for opt in _host_proxy_options()]
     cmd += [flavor.release, str(tree), *sources]

@@ -428,3 +428,26 @@ def test_golden_matrix_names_every_os_and_architecture(monkeypatch, tmp_path):
     assert rows["debian-13", "amd64"][2:] == ("uefi-preferred", "1.7, 2.1", "yes, base image builds first (~2-3 min)")
     assert rows["debian-12", "amd64"][2:4] == ("legacy-bios", "1.6, 1.7")
     assert rows["debian-13", "arm64"][2] == "uefi" and rows["debian-13", "arm64"][4].startswith("no: arm64")
+
+
+# What the kernel shows in /proc/sys/fs/binfmt_misc/<name> (qemu-user-static's registration).
+BINFMT_ENTRY = ("{state}\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: {flags}\noffset 0\n"
+                "magic 7f454c460201010000000000000000000200b700\n")
+
+
+@pytest.mark.parametrize("entry, problem", [
+    (None, "missing"),
+    (BINFMT_ENTRY.format(state="disabled", flags="POF"), "not enabled with the F flag"),
+    (BINFMT_ENTRY.format(state="enabled", flags="PO"), "not enabled with the F flag"),
+])
+def test_a_foreign_base_image_without_binfmt_says_how_to_register_it(tmp_path, entry, problem):
+    if entry is not None:
+        (tmp_path / "qemu-aarch64").write_text(entry)
+    with pytest.raises(ImagebuildError) as err:
+        baseimage._need_binfmt("arm64", tmp_path)
+    assert problem in str(err.value) and "/usr/lib/binfmt.d/qemu-aarch64.conf" in str(err.value)
+
+
+def test_a_foreign_base_image_with_binfmt_registered_goes_ahead(tmp_path):
+    (tmp_path / "qemu-aarch64").write_text(BINFMT_ENTRY.format(state="enabled", flags="POF"))
+    baseimage._need_binfmt("arm64", tmp_path)
