@@ -13,6 +13,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,9 +36,9 @@ def timed(cmd: list[str], runs: int) -> float:
     return statistics.median(times)
 
 
-def cli_figures(runs: int) -> list[tuple[str, str, str]]:
+def cli_figures(runs: int, work: Path) -> list[tuple[str, str, str]]:
     exe = [sys.executable, "-m", "imagebuild"]
-    out = Path(tempfile.mkdtemp(prefix="bench-render-")) / "out"
+    out = work / "render"
     render_s = timed(exe + ["render", "-o", str(out)], runs)
     helps = timed(exe + ["--help"], runs)
     from imagebuild import render
@@ -60,7 +61,7 @@ def cli_figures(runs: int) -> list[tuple[str, str, str]]:
 TIMINGS = "{kernel_s} / {containerd_active_s} / {cri_ready_s} / {check_done_s} s"
 
 
-def qemu_figures() -> list[tuple[str, str, str]]:
+def qemu_figures(work: Path) -> list[tuple[str, str, str]]:
     from imagebuild import baseimage
     from imagebuild.bake import bake
     from imagebuild.devtools import debian_artifacts
@@ -70,7 +71,6 @@ def qemu_figures() -> list[tuple[str, str, str]]:
     from imagebuild.verify import verify_image, verify_user_data
 
     rows = []
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
     start = time.perf_counter()
     base = baseimage.build()
     rows.append(("base image (cached after the first build)", f"{time.perf_counter() - start:.1f} s", str(base.name)))
@@ -135,11 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="only what needs no QEMU")
     parser.add_argument("--runs", type=int, default=7, help="runs per cheap figure (median)")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (images, serial logs)")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
-    rows = cli_figures(args.runs)
-    if not args.quick:
-        rows += qemu_figures()
+    work = Path(tempfile.mkdtemp(prefix="imagebuild-bench-"))
+    try:
+        rows = cli_figures(args.runs, work)
+        if not args.quick:
+            rows += qemu_figures(work)
+    finally:  # images and serial logs: ~600 MiB a full run
+        if args.keep:
+            print(f"bench: work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     # Wall times are only comparable on a quiet machine: say how busy this one was.
     rows.append(("load average (1 min) at start / end", f"{load_before[0]:.1f} / {os.getloadavg()[0]:.1f}",
                  f"{os.cpu_count()} CPUs: a load above that inflates every wall time"))
