@@ -8,6 +8,7 @@ path each pull must ask for) is the production one (cri_lab.plan / guest_lab / m
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -87,6 +88,27 @@ def _start(spec, family: str, work: Path, breaker=None) -> cri.Containerd:
     return cri.Containerd(family, text, work)
 
 
+@contextlib.contextmanager
+def _running(family: str, images, prefix: str, *, push=lambda name: True):
+    """A registry serving the spec's mirrored images (those *push* keeps) and containerd of *family* on
+    the rendered config: (spec, plan, registry, daemon), both stopped on exit."""
+    work = cri.scratch(prefix)
+    registry = cri.Registry(work / "registry")
+    try:
+        spec = _local_spec(family, registry, work)
+        plan = cri_lab.plan(spec)
+        for kind, name in plan.pushes:
+            if push(name):
+                registry.push(images[kind], name)
+        daemon = _start(spec, family, work / "d")
+        try:
+            yield spec, plan, registry, daemon
+        finally:
+            daemon.close()
+    finally:
+        registry.close()
+
+
 def _run_checks(monkeypatch, lab, sock, **kwargs) -> dict[str, dict]:
     out = io.StringIO()
     monkeypatch.setattr(check.sys, "stdout", out)
@@ -97,18 +119,8 @@ def _run_checks(monkeypatch, lab, sock, **kwargs) -> dict[str, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILY_VERSIONS)
 def test_the_cri_checks_pass_on_a_good_containerd_and_the_mirrors_logs_agree(monkeypatch, images, family):
-    work = cri.scratch("ib-cg-")
-    registry = cri.Registry(work / "registry")
-    try:
-        spec = _local_spec(family, registry, work)
-        plan = cri_lab.plan(spec)
-        for kind, name in plan.pushes:
-            registry.push(images[kind], name)
-        daemon = _start(spec, family, work / "d")
-        try:
-            results = _run_checks(monkeypatch, cri_lab.guest_lab(spec, plan), daemon.sock)
-        finally:
-            daemon.close()
+    with _running(family, images, "ib-cg-") as (spec, plan, registry, daemon):
+        results = _run_checks(monkeypatch, cri_lab.guest_lab(spec, plan), daemon.sock)
         assert all(r["ok"] for r in results.values()), [r for r in results.values() if not r["ok"]]
         expected = {"cri.runtime_ready", "cri.network_ready", "cri.pull.docker.io", "cri.pull.gcr.io",
                     "cri.pull.k8s.gcr.io", "cri.pull.quay.io", "cri.pod_sandbox", "cri.sandbox_image", "cri.container"}
@@ -120,34 +132,19 @@ def test_the_cri_checks_pass_on_a_good_containerd_and_the_mirrors_logs_agree(mon
         assert [c["check"] for c in host] == ["cri.mirror.docker.io", "cri.mirror.gcr.io", "cri.mirror.k8s.gcr.io",
                                               "cri.mirror.quay.io", "cri.mirror.sandbox_image"]
         assert all(c["ok"] for c in host), host
-    finally:
-        registry.close()
 
 
 @pytest.mark.slow
 def test_a_mirror_without_the_image_fails_the_pull_and_the_host_check(monkeypatch, images):
-    family = "1.7"
-    work = cri.scratch("ib-cn-")
-    registry = cri.Registry(work / "registry")
-    try:
-        spec = _local_spec(family, registry, work)
-        plan = cri_lab.plan(spec)
-        for kind, name in plan.pushes:
-            if "verify-3" not in name:  # quay.io's mirror lacks its image
-                registry.push(images[kind], name)
-        daemon = _start(spec, family, work / "d")
-        try:
-            results = _run_checks(monkeypatch, cri_lab.guest_lab(spec, plan), daemon.sock)
-        finally:
-            daemon.close()
+    # quay.io's mirror lacks its image
+    with _running("1.7", images, "ib-cn-", push=lambda name: "verify-3" not in name) as (spec, plan, registry, daemon):
+        results = _run_checks(monkeypatch, cri_lab.guest_lab(spec, plan), daemon.sock)
         assert [name for name, r in results.items() if not r["ok"]] == ["cri.pull.quay.io"]
         # The mirror answered 404, containerd fell through to the upstream, which is unreachable.
         assert "https://quay.io/v2/imagebuild/verify-3/manifests/1" in results["cri.pull.quay.io"]["actual"]
         host = {c["check"]: c for c in cri_lab.mirror_checks(plan, {p.port: registry for p in plan.pulls})}
         assert not host["cri.mirror.quay.io"]["ok"] and "404" in host["cri.mirror.quay.io"]["actual"]
         assert host["cri.mirror.k8s.gcr.io"]["ok"]
-    finally:
-        registry.close()
 
 
 @pytest.mark.slow
@@ -247,22 +244,10 @@ def test_a_baked_sandbox_image_starts_a_pod_with_no_registry_and_is_pinned_where
         monkeypatch, images, family):
     """As the golden image: the bake pulled the sandbox image through CRI; then, with the registry gone,
     CRI still holds it (pinned on 1.7 and 2.1; containerd 1.6's CRI has no pinned images) and a pod starts."""
-    work = cri.scratch("ib-cp-")
-    registry = cri.Registry(work / "registry")
-    try:
-        spec = _local_spec(family, registry, work)
-        plan = cri_lab.plan(spec)
-        for kind, name in plan.pushes:
-            registry.push(images[kind], name)
-        daemon = _start(spec, family, work / "d")
-        try:
-            _pull_as_the_bake_does(spec, daemon.sock)
-            registry.close()  # every registry unreachable from here on
-            results = _run_checks(monkeypatch, _baked(spec, plan), daemon.sock)
-        finally:
-            daemon.close()
-    finally:
-        registry.close()
+    with _running(family, images, "ib-cp-") as (spec, plan, registry, daemon):
+        _pull_as_the_bake_does(spec, daemon.sock)
+        registry.close()  # every registry unreachable from here on
+        results = _run_checks(monkeypatch, _baked(spec, plan), daemon.sock)
     assert all(r["ok"] for r in results.values()), [r for r in results.values() if not r["ok"]]
     assert {"cri.sandbox_image", "cri.sandbox_pinned", "cri.pod_sandbox", "cri.container",
             "hygiene.build_lab_removed"} <= set(results)
@@ -292,24 +277,11 @@ def test_a_baked_image_that_is_not_containerds_sandbox_image_is_not_pinned(monke
     """Measured: containerd 1.7 pins exactly the image its config names as the sandbox image (pulled
     through CRI or imported with ctr alike). An image baked under another name than the config's is
     present but not pinned (kubelet's image GC may take it), and the pod, which needs the config's, fails."""
-    family = "1.7"
-    work = cri.scratch("ib-cu-")
-    registry = cri.Registry(work / "registry")
-    try:
-        spec = _local_spec(family, registry, work)
-        plan = cri_lab.plan(spec)
-        for kind, name in plan.pushes:
-            registry.push(images[kind], name)
-        daemon = _start(spec, family, work / "d")
+    with _running("1.7", images, "ib-cu-") as (spec, plan, registry, daemon):
         other = plan.pulls[0].image
-        try:
-            cri_client.call("PullImage", {"image": {"image": other}}, socket_path=str(daemon.sock))
-            registry.close()
-            results = _run_checks(monkeypatch, _baked(spec, plan) | {"sandbox_image": other}, daemon.sock)
-        finally:
-            daemon.close()
-    finally:
+        cri_client.call("PullImage", {"image": {"image": other}}, socket_path=str(daemon.sock))
         registry.close()
+        results = _run_checks(monkeypatch, _baked(spec, plan) | {"sandbox_image": other}, daemon.sock)
     failed = [name for name, r in results.items() if not r["ok"]]
     # (CRI's config names the other image too: 1.x shows it in Status.)
     assert failed == ["cri.config.sandbox_image", "cri.sandbox_pinned", "cri.pod_sandbox"], results
