@@ -43,6 +43,13 @@ def mirrored(art: dict, base_url: str, root: Path) -> dict:
             "version": art["version"]}
 
 
+def served_dir(spec: Spec) -> Path:
+    """Where local_mirror assembles and serves *spec*'s containerd and runc."""
+    from .paths import cache_dir
+
+    return cache_dir("mirror", spec.containerd.family, spec.image.os)
+
+
 @contextmanager
 def local_mirror(spec: Spec) -> Iterator[Spec]:
     """*spec* with containerd and runc served from 127.0.0.1, while the server runs.
@@ -52,13 +59,12 @@ def local_mirror(spec: Spec) -> Iterator[Spec]:
     """
     from .devtools import debian_artifacts
     from .devtools.serve import serve
-    from .paths import cache_dir
 
     family, arch, os_name = spec.containerd.family, spec.image.architecture, spec.image.os
     runc_from = debian_artifacts.runc_family(family, os_name)
     step(f"assembling release-shaped containerd {family} ({arch}) and runc tarballs from Debian's binaries "
          f"(runc of Debian {debian_artifacts.FAMILIES[runc_from]}, which runs on {os_name})")
-    mirror_dir = cache_dir("mirror", family, os_name)
+    mirror_dir = served_dir(spec)
     artifacts = debian_artifacts.release_tarballs(family, mirror_dir, arch=arch, runc_from=runc_from)
     with serve(mirror_dir) as url:
         guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
@@ -68,12 +74,12 @@ def local_mirror(spec: Spec) -> Iterator[Spec]:
 
 def matrix() -> list[tuple[str, str, str, str, str]]:
     """(image.os, architecture, boot mode, containerd families, can it be built here and how)."""
-    import os
 
     from . import baseimage
     from .model import OS_RELEASES
+    from .vm.accel import host_arch
 
-    host = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    host = host_arch()
     rows = []
     for os_name, release in OS_RELEASES.items():
         families = list(release["families"])

@@ -65,8 +65,7 @@ def qemu_figures(work: Path) -> list[tuple[str, str, str]]:
     from imagebuild import baseimage
     from imagebuild.bake import bake
     from imagebuild.devtools import debian_artifacts
-    from imagebuild.golden import local_mirror
-    from imagebuild.paths import cache_dir
+    from imagebuild.golden import local_mirror, served_dir
     from imagebuild.spec import load, parse
     from imagebuild.verify import verify_image, verify_user_data
 
@@ -75,7 +74,7 @@ def qemu_figures(work: Path) -> list[tuple[str, str, str]]:
     base = baseimage.build()
     rows.append(("base image (cached after the first build)", f"{time.perf_counter() - start:.1f} s", str(base.name)))
     with local_mirror(load()) as spec:
-        served = cache_dir("mirror", spec.containerd.family)
+        served = served_dir(spec)
         install = spec.containerd.install
         payload = sum((served / art.filename).stat().st_size for art in (install.tarball, install.runc))
         start = time.perf_counter()

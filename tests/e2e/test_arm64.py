@@ -17,11 +17,10 @@ import yaml
 
 from imagebuild import baseimage
 from imagebuild.bake import bake
-from imagebuild.devtools import debian_artifacts
-from imagebuild.devtools.serve import serve
-from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
+from imagebuild.golden import local_mirror
 from imagebuild.spec import load, parse
 from imagebuild.verify import verify_image
+from tests.support import FAMILY_VERSIONS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.arm64]
 
@@ -36,22 +35,14 @@ def arm64_golden(tmp_path_factory):
     t0 = time.monotonic()
     baseimage.build(flavor=FLAVOR)           # cached by recipe hash; the bake below finds it
     times["base_image_s"] = round(time.monotonic() - t0, 1)
-    root = tmp_path_factory.mktemp("mirror-arm64")
-    artifacts = debian_artifacts.release_tarballs(FAMILY, root / FAMILY, arch="arm64",
-                                                  runc_from=debian_artifacts.runc_family(FAMILY, "debian-13"))
-    with serve(root) as url:
-        guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
-        doc = yaml.safe_load(yaml.safe_dump(load().document))
-        doc["image"] |= {"os": "debian-13", "architecture": "arm64"}
-        doc["containerd"]["version"] = artifacts["containerd"]["version"]
-        spec = local_mirror_spec(parse(yaml.safe_dump(doc), "arm64 e2e spec"),
-                                 mirrored(artifacts["containerd"], guest_url, root),
-                                 mirrored(artifacts["runc"], guest_url, root))
+    doc = yaml.safe_load(yaml.safe_dump(load().document))
+    doc["image"] |= {"os": "debian-13", "architecture": "arm64"}
+    doc["containerd"]["version"] = FAMILY_VERSIONS[FAMILY]
+    with local_mirror(parse(yaml.safe_dump(doc), "arm64 e2e spec")) as spec:
         t0 = time.monotonic()
         image = bake(spec, tmp_path_factory.mktemp("golden-arm64") / "output")
         times["bake_s"] = round(time.monotonic() - t0, 1)
         yield spec, image, times
-
 
 def test_arm64_golden_is_baked_on_aarch64_under_aavmf(arm64_golden):
     spec, image, times = arm64_golden

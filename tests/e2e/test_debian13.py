@@ -16,11 +16,10 @@ import yaml
 
 from imagebuild import baseimage
 from imagebuild.bake import bake
-from imagebuild.devtools import debian_artifacts
-from imagebuild.devtools.serve import serve
-from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
+from imagebuild.golden import local_mirror
 from imagebuild.spec import load, parse
 from imagebuild.verify import verify_image
+from tests.support import FAMILY_VERSIONS
 
 pytestmark = pytest.mark.e2e
 
@@ -34,21 +33,14 @@ def debian13(tmp_path_factory):
     t0 = time.monotonic()
     baseimage.build(flavor=FLAVOR)           # cached by recipe hash; the bake below finds it
     times["base_image_s"] = round(time.monotonic() - t0, 1)
-    root = tmp_path_factory.mktemp("mirror13")
-    artifacts = debian_artifacts.release_tarballs("1.7", root / "1.7")
-    with serve(root) as url:
-        guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
-        doc = yaml.safe_load(yaml.safe_dump(load().document))
-        doc["image"]["os"] = "debian-13"
-        doc["containerd"]["version"] = artifacts["containerd"]["version"]
-        spec = local_mirror_spec(parse(yaml.safe_dump(doc), "Debian 13 e2e spec"),
-                                 mirrored(artifacts["containerd"], guest_url, root),
-                                 mirrored(artifacts["runc"], guest_url, root))
+    doc = yaml.safe_load(yaml.safe_dump(load().document))
+    doc["image"]["os"] = "debian-13"
+    doc["containerd"]["version"] = FAMILY_VERSIONS["1.7"]
+    with local_mirror(parse(yaml.safe_dump(doc), "Debian 13 e2e spec")) as spec:
         t0 = time.monotonic()
         image = bake(spec, tmp_path_factory.mktemp("golden13") / "output")
         times["bake_s"] = round(time.monotonic() - t0, 1)
         yield spec, image, times
-
 
 def test_debian13_golden_is_hybrid_and_built_under_seabios(debian13):
     spec, image, times = debian13
