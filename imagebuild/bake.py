@@ -250,8 +250,7 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
     base_source, base_checksum = resolve_base(spec, base)
     # Before the build, not after it: a checksum_url this host cannot read fails in seconds.
     inputs = inputs_hash(spec, base_checksum)
-    # KVM runs only the host's architecture: an arm64 image is built under TCG here.
-    accelerator = resolve_accelerator(spec.image.accelerator) if spec.image.architecture == "amd64" else "tcg"
+    accelerator = resolve_accelerator(spec.image.accelerator, spec.image.architecture)
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-bake-", dir=output.parent))
     packer_tmp: Path | None = None
     log_path = work / f"{spec.name}.packer.log"

@@ -184,6 +184,16 @@ def test_accelerator_choices(monkeypatch):
     assert qemu.accel_args("tcg") == ["-accel", "tcg,thread=multi", "-cpu", "max"]
 
 
+def test_a_guest_of_another_architecture_runs_under_tcg_with_its_cpu(monkeypatch):
+    monkeypatch.delenv("IMAGEBUILD_ACCEL", raising=False)
+    host = accel.host_arch()
+    foreign = "arm64" if host == "amd64" else "amd64"
+    assert qemu.accelerator("kvm", host) == "kvm"         # the host's own architecture keeps the choice
+    assert qemu.accelerator("kvm", foreign) == "tcg"      # KVM runs only the host's architecture
+    assert qemu.accel_args("tcg", "arm64") == ["-accel", "tcg,thread=multi", "-cpu", "max,pauth-impdef=on"]
+    assert qemu.accel_args("kvm", "arm64") == ["-accel", "kvm", "-cpu", "host"]
+
+
 def test_probe_kvm_without_a_usable_device_is_false_and_cached(monkeypatch):
     monkeypatch.setattr(accel, "_kvm_answer", None)
     monkeypatch.setattr(accel, "_kvm_device_usable", lambda: False)

@@ -153,8 +153,7 @@ class Guest:
         machine, the firmware of :mod:`imagebuild.vm.firmware` (a UEFI boot gets its own copy of the
         variable store)."""
         accel = accel or self.accel or self._accelerator()
-        cpu = accel_args(accel) if self.arch == "amd64" else ["-accel", "tcg,thread=multi", "-cpu",
-                                                              fw.tcg_cpu(self.arch)]
+        cpu = accel_args(accel, self.arch)
         cmd = [fw.qemu_binary(self.arch), "-name", f"{self.name},process={self.name[:15]}",
                "-machine", fw.machine(self.arch), *cpu, "-smp", str(self.smp), "-m", self.memory,
                "-nodefaults", "-display", "none", "-vga", "none", "-monitor", "none",
@@ -326,7 +325,7 @@ class Guest:
 
     def _accelerator(self) -> str:
         """KVM only for the host's own architecture (and only when the probe says it works)."""
-        return accelerator(self.accel_choice) if self.arch == "amd64" else "tcg"
+        return accelerator(self.accel_choice, self.arch)
 
     def _cleanup(self) -> None:
         if self._stderr is not None:
