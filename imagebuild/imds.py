@@ -38,6 +38,10 @@ IMDS_ADDRESS = "169.254.169.254"
 _VERSION = re.compile(r"^(latest|\d{4}-\d{2}-\d{2})$")
 
 
+#: The instance type the EC2 verify boot presents, per architecture (a Graviton type for arm64).
+INSTANCE_TYPES = {"x86_64": "m6i.large", "arm64": "m7g.large"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Instance:
     """What the emulator says about the instance."""
@@ -49,7 +53,8 @@ class Instance:
     key_name: str = "imagebuild-verify"
     region: str = "us-east-1"
     availability_zone: str = "us-east-1a"
-    instance_type: str = "m6i.large"
+    instance_type: str = INSTANCE_TYPES["x86_64"]
+    architecture: str = "x86_64"          # EC2's name (x86_64, arm64): the identity document's
     image_id: str = "ami-0123456789abcdef0"
     account_id: str = "123456789012"
 
@@ -84,7 +89,7 @@ class Instance:
             "services": {"domain": "amazonaws.com", "partition": "aws"},
         }
         document = {
-            "accountId": self.account_id, "architecture": "x86_64", "availabilityZone": self.availability_zone,
+            "accountId": self.account_id, "architecture": self.architecture, "availabilityZone": self.availability_zone,
             "billingProducts": None, "devpayProductCodes": None, "marketplaceProductCodes": None,
             "imageId": self.image_id, "instanceId": self.instance_id, "instanceType": self.instance_type,
             "kernelId": None, "pendingTime": "2026-01-01T00:00:00Z", "privateIp": self.local_ipv4,

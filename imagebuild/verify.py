@@ -149,7 +149,9 @@ def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, disk_files: 
     if len(packed) > userdata.EC2_LIMIT:
         raise ImagebuildError(f"the verify user-data is {len(packed)} bytes gzipped, over EC2's {userdata.EC2_LIMIT}")
     instance = imds.Instance(instance_id=boot["instance_id"], mac=boot["mac"], local_ipv4=qemu.EC2_GUEST_IP,
-                             public_key=boot["public_key"], user_data=packed)
+                             public_key=boot["public_key"], user_data=packed,
+                             architecture=spec.image.ec2_architecture,
+                             instance_type=imds.INSTANCE_TYPES[spec.image.ec2_architecture])
     overlay = qemu.overlay(disk, work, size=qemu.virtual_size(disk) + EC2_EXTRA_DISK)
     data = qemu.data_iso(work / "data.iso", disk_files, label=DATA_LABEL)
     with imds.ImdsServer(instance) as server:

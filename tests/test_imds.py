@@ -214,3 +214,13 @@ def test_cloud_inits_crawler_without_a_token_gets_nothing():
     assert "error" in got or not got.get("meta"), got
     assert log and all(r.status == 401 for r in log)
     assert imds.token_violations(log)[0].startswith("the first request was GET")
+
+
+def test_an_arm64_instance_says_so_in_its_identity_document_and_instance_type():
+    """What the verify boot presents for an arm64 image: a Graviton type, architecture arm64 (amd64: x86_64)."""
+    for arch, itype in (("arm64", "m7g.large"), ("x86_64", "m6i.large")):
+        inst = imds.Instance(instance_id="i-0abc1234def567890", mac="52:54:00:ab:cd:ef", local_ipv4="169.254.10.15",
+                             public_key=KEY, architecture=arch, instance_type=imds.INSTANCE_TYPES[arch])
+        tree = inst.tree()
+        doc = json.loads(tree["dynamic"]["instance-identity"]["document"])
+        assert (doc["architecture"], doc["instanceType"], tree["meta-data"]["instance-type"]) == (arch, itype, itype)
