@@ -91,8 +91,6 @@ ARCHES: dict[str, dict] = {
 }
 #: What each firmware layout is registered as (EC2 RegisterImage BootMode).
 BOOT_MODES = {"bios": "legacy-bios", "hybrid": "uefi-preferred", "uefi": "uefi"}
-#: EC2's (and the manifest's) name of each architecture.
-EC2_ARCHITECTURES = {"amd64": "x86_64", "arm64": "arm64"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +129,8 @@ class Flavor:
 
     @property
     def ec2_architecture(self) -> str:
+        from imagebuild.model import EC2_ARCHITECTURES  # the one table (the model loads lazily here)
+
         return EC2_ARCHITECTURES[self.arch]
 
     @property
