@@ -24,16 +24,21 @@ from .spec import Spec, load, parse
 GUEST_HOST = "10.0.2.2"  # the host's loopback as QEMU user-mode networking shows it to the guest
 
 
-def local_mirror_spec(spec: Spec, containerd: dict, runc: dict) -> Spec:
-    """*spec* with its containerd and runc downloads pointed at a mirror, sha256 pinned.
+def local_mirror_spec(spec: Spec, containerd: dict, runc: dict, cni: dict | None = None) -> Spec:
+    """*spec* with its containerd and runc downloads (and the CNI plugins', given *cni*) pointed at a
+    mirror, sha256 pinned.
 
-    *containerd* and *runc* are {"url", "sha256", "version"}.
+    *containerd*, *runc* and *cni* are {"url", "sha256", "version"}.
     """
     doc = yaml.safe_load(yaml.safe_dump(spec.document))  # a deep copy
     install = doc["containerd"]["install"]
-    for key, art in (("tarball", containerd), ("runc", runc)):
-        install[key] |= {"url": art["url"], "sha256": art["sha256"], "checksum_url": None}
+    for key, art in (("tarball", containerd), ("runc", runc), ("cni_plugins", cni)):
+        if art is not None:
+            install[key] = (install.get(key) or {}) | {"url": art["url"], "sha256": art["sha256"],
+                                                       "checksum_url": None}
     install["runc"]["version"] = runc["version"]
+    if cni is not None:
+        install["cni_plugins"]["version"] = cni["version"]
     return parse(yaml.safe_dump(doc), "spec (local mirror)")
 
 
@@ -52,10 +57,12 @@ def served_dir(spec: Spec) -> Path:
 
 @contextmanager
 def local_mirror(spec: Spec) -> Iterator[Spec]:
-    """*spec* with containerd and runc served from 127.0.0.1, while the server runs.
+    """*spec* with containerd and runc (and the CNI plugins, if the spec installs them) served from
+    127.0.0.1, while the server runs.
 
     The release-shaped tarballs are assembled from Debian's binaries of the spec's family and
-    image.architecture, with the runc that runs on its image.os (`debian_artifacts.runc_family`).
+    image.architecture, with the runc that runs on its image.os (`debian_artifacts.runc_family`);
+    the CNI plugins are Debian's containernetworking-plugins of that architecture.
     """
     from .devtools import debian_artifacts
     from .devtools.serve import serve
@@ -66,10 +73,15 @@ def local_mirror(spec: Spec) -> Iterator[Spec]:
          f"(runc of Debian {debian_artifacts.FAMILIES[runc_from]}, which runs on {os_name})")
     mirror_dir = served_dir(spec)
     artifacts = debian_artifacts.release_tarballs(family, mirror_dir, arch=arch, runc_from=runc_from)
+    cni = None
+    if spec.containerd.install.cni_plugins is not None:
+        step(f"assembling a release-shaped CNI plugins tarball ({arch}) from Debian's containernetworking-plugins")
+        cni = debian_artifacts.cni_tarball(mirror_dir / "cni", arch=arch)
     with serve(mirror_dir) as url:
         guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
         yield local_mirror_spec(spec, mirrored(artifacts["containerd"], guest_url, mirror_dir),
-                                mirrored(artifacts["runc"], guest_url, mirror_dir))
+                                mirrored(artifacts["runc"], guest_url, mirror_dir),
+                                mirrored(cni, guest_url, mirror_dir) if cni else None)
 
 
 def matrix() -> list[tuple[str, str, str, str, str]]:
@@ -82,9 +94,7 @@ def matrix() -> list[tuple[str, str, str, str, str]]:
     host = host_arch()
     rows = []
     for os_name, release in OS_RELEASES.items():
-        families = list(release["families"])
-        if os_name == "debian-12":   # the mirror's runc of 2.1 is sid's: glibc 2.38, Debian 12 has 2.36
-            families = [f for f in families if f != "2.1"]
+        families = list(release["families"])   # every family: its runc is one that runs on os_name
         for arch in ("amd64", "arm64"):
             flavor = baseimage.Flavor.of(os_name, arch)
             if arch != host:

@@ -55,6 +55,15 @@ def _boot_facts(platform: str, public_key: str, firmware: str = "bios") -> dict:
             "hostname": NOCLOUD_HOSTNAME, "mac": mac, "firmware": firmware}
 
 
+def _manifest_of(image: Path) -> dict:
+    """The bake's manifest.json beside *image* when it describes *image*, else {}."""
+    try:
+        data = json.loads((image.parent / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("image") == image.name else {}
+
+
 def image_firmware(image: Path, spec: Spec, firmware: str | None = None) -> str:
     """The firmware a verify boot of *image* uses: *firmware* when given, else what the image boots
     under: its bake's manifest.json (boot_mode: legacy-bios -> SeaBIOS; uefi and uefi-preferred, a hybrid
@@ -62,12 +71,8 @@ def image_firmware(image: Path, spec: Spec, firmware: str | None = None) -> str:
     if firmware:
         fw.check(spec.image.architecture, firmware)
         return firmware
-    manifest = image.parent / "manifest.json"
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        data = {}
-    if isinstance(data, dict) and data.get("image") == image.name and data.get("boot_mode"):
+    data = _manifest_of(image)
+    if data.get("boot_mode"):
         return fw.for_boot_mode(data["boot_mode"])
     from .bake import boot_mode
 
@@ -100,10 +105,14 @@ def _public_key(work: Path) -> str:
 
 
 def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: Path, label: str,
-          platform: str = "nocloud", firmware: str = "bios") -> dict:
+          platform: str = "nocloud", firmware: str = "bios", build_firmware: str | None = None) -> dict:
+    """One verify boot. *build_firmware*: what the bake's manifest says its build VM booted under, which
+    the guest compares with what hygiene.sh recorded there (boot.build_firmware)."""
     work = Path(tempfile.mkdtemp(prefix="imagebuild-verify-"))
     try:
         boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "", firmware)
+        if build_firmware:
+            boot["build_firmware"] = build_firmware
         user_data = _seed_files(spec, install=install, boot=boot)
         serial_log = log_dir / f"{label}.serial.log"
         # The registry lab of this boot (imagebuild/cri_lab.py). A baked image (not the user-data path)
@@ -271,8 +280,10 @@ def verify_image(image: Path, spec: Spec, *, log_dir: str | None = None, platfor
     out_dir.mkdir(parents=True, exist_ok=True)
     image_sha = sha256_file(image)
     label = image.stem + (".verify" if platform == "nocloud" else f".verify-{platform}")
+    # hygiene.sh records the build VM's firmware; an image baked without hygiene has no record.
+    build_firmware = _manifest_of(image).get("build_firmware") if spec.image.hygiene else None
     report = _boot(image, spec, install=False, test_image=_test_image(spec.image.architecture), log_dir=out_dir,
-                   label=label, platform=platform, firmware=firmware)
+                   label=label, platform=platform, firmware=firmware, build_firmware=build_firmware)
     if sha256_file(image) != image_sha:
         raise ImagebuildError(f"{image} changed during verify; it must never be written")
     return write_image_report(out_dir, report, image, image_sha, spec.spec_hash, platform)

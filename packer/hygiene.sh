@@ -25,6 +25,11 @@ if [[ -f $lab_ca ]]; then
   lab_ca_sha=$(grep -v -e '-----' "$lab_ca" | tr -d ' \t\r\n' | sha256sum | cut -d' ' -f1)
 fi
 
+# The firmware the build VM booted under: the verify boot's boot.build_firmware compares it with the
+# manifest's build_firmware, so a bake that asked for UEFI and booted SeaBIOS (or the reverse) is caught.
+build_firmware=bios
+[[ -d /sys/firmware/efi ]] && build_firmware=uefi
+
 # Record the build's identities before removing them.
 {
   printf '{"machine_id": "%s", "hostname": "%s", "ssh_host_keys": {' \
@@ -41,7 +46,7 @@ fi
     printf '%s"%s": "%s"' "$sep" "${nic%%=*}" "${nic#*=}"
     sep=", "
   done
-  printf '}, "build_lab_ca": "%s"}\n' "$lab_ca_sha"
+  printf '}, "build_lab_ca": "%s", "firmware": "%s"}\n' "$lab_ca_sha" "$build_firmware"
 } > "$STATE_DIR/build-facts.json"
 
 sed -i -e '/# imagebuild-build-lab$/d' /etc/hosts

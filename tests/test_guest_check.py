@@ -9,6 +9,7 @@ import pytest
 
 from imagebuild.devtools import debian_artifacts
 from imagebuild.guest import boot_checks, check
+from imagebuild.render.templating import shipped_dir
 
 
 @pytest.mark.parametrize("reported, ok", [
@@ -187,6 +188,34 @@ def test_firmware_check_reads_the_efi_platform_size(monkeypatch, tmp_path, expec
     record = records["boot.firmware"]
     assert record["ok"] is ok and record["expected"] == expected
     assert record["actual"].startswith("uefi (64-bit" if present else "bios (no ")
+
+
+@pytest.mark.parametrize("manifest, recorded, ok", [
+    ("uefi", "uefi", True), ("bios", "bios", True),
+    ("uefi", "bios", False),    # the bake asked Packer for OVMF and its build VM came up under SeaBIOS
+    ("bios", None, False),      # nothing recorded: an image whose hygiene.sh predates the record
+])
+def test_build_firmware_check_compares_the_manifest_with_what_the_build_vm_recorded(monkeypatch, manifest,
+                                                                                   recorded, ok):
+    facts = {"firmware": recorded} if recorded else {}
+    records = _records(monkeypatch, lambda rep: boot_checks.build_firmware_check(
+        rep, {"build_firmware": manifest}, facts))
+    record = records["boot.build_firmware"]
+    assert record["ok"] is ok and record["expected"] == manifest
+    assert record["actual"] == (recorded or "<not recorded in build-facts.json>")
+
+
+def test_hygiene_records_the_build_vms_firmware_in_build_facts(tmp_path):
+    """hygiene.sh's own lines, up to the record it writes, run here: valid JSON with the firmware this
+    machine booted under (what the guest's /sys/firmware/efi says)."""
+    script = (shipped_dir("packer") / "hygiene.sh").read_text()
+    head = script[:script.index('> "$STATE_DIR/build-facts.json"') + len('> "$STATE_DIR/build-facts.json"')]
+    assert 'STATE_DIR=/var/lib/imagebuild' in head
+    head = head.replace("STATE_DIR=/var/lib/imagebuild", f"STATE_DIR={tmp_path}")
+    subprocess.run(["bash", "-c", head], check=True)
+    facts = json.loads((tmp_path / "build-facts.json").read_text())
+    efi = subprocess.run(["test", "-d", "/sys/firmware/efi"]).returncode == 0
+    assert facts["firmware"] == ("uefi" if efi else "bios")
 
 
 MIB = 2**20

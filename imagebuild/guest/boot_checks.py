@@ -79,6 +79,12 @@ def firmware_check(rep, boot: dict, size: str = EFI_SIZE) -> None:
     rep.check("boot.firmware", boot["firmware"], actual, actual.split()[0] == boot["firmware"])
 
 
+def build_firmware_check(rep, boot: dict, facts: dict) -> None:
+    """The bake booted its build VM under the firmware its manifest says (hygiene.sh records it)."""
+    actual = facts.get("firmware") or "<not recorded in build-facts.json>"
+    rep.check("boot.build_firmware", boot["build_firmware"], actual, actual == boot["build_firmware"])
+
+
 def rootfs_grown(disk: int, start: int, size: int, fs: int) -> tuple[str, bool]:
     """The partition ENDS at the disk's end less the backup GPT (33 sectors), wherever it starts."""
     return (f"disk {disk}, partition {start}..{start + size} ({size}), filesystem {fs} bytes",
@@ -176,6 +182,8 @@ def identity_checks(rep, boot: dict, facts: dict) -> None:
 def run_all(rep, boot: dict, facts: dict) -> None:
     if boot.get("firmware"):
         firmware_check(rep, boot)
+    if boot.get("build_firmware"):
+        build_firmware_check(rep, boot, facts)
     platform_checks(rep, boot)
     identity_checks(rep, boot, facts)
     if boot.get("platform") == "ec2":

@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from imagebuild import baseimage
 from imagebuild.bake import bake
 from imagebuild.devtools import debian_artifacts
 from imagebuild.devtools.serve import serve
 from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
-from imagebuild.spec import load, parse
+from imagebuild.spec import load
 from tests.support import temp_dir_of_its_own
 
 
@@ -27,33 +26,26 @@ def base_image() -> Path:
 
 @pytest.fixture(scope="session")
 def mirror(tmp_path_factory):
-    """Release-shaped tarballs of the 1.6 and 2.1 families and CNI plugins, served on 127.0.0.1.
+    """Release-shaped tarballs of the 1.6 and 1.7 families, served on 127.0.0.1, for Debian 12 guests.
 
-    runc always comes from bookworm (the 1.6 family): later suites' runc needs glibc 2.38, newer
-    than the Debian 12 guest has. Yields a function: family -> spec with downloads mirrored.
+    runc comes from bookworm (the 1.6 family) as on every Debian 12 image (`debian_artifacts.runc_family`):
+    later suites' runc needs glibc 2.38, newer than the Debian 12 guest has. Yields a function:
+    (spec, family) -> spec with downloads mirrored. (Debian 13 and arm64 specs: `golden.local_mirror`.)
     """
     root = tmp_path_factory.mktemp("mirror")
-    artifacts = {family: debian_artifacts.release_tarballs(family, root / family) for family in ("1.6", "2.1")}
-    cni = debian_artifacts.cni_tarball(root / "cni")
+    artifacts = {family: debian_artifacts.release_tarballs(family, root / family) for family in ("1.6", "1.7")}
     with serve(root) as url:
         port = url.rsplit(':', 1)[1]
 
-        def mirrored_spec(spec, family: str, *, with_cni: bool = False, guest_host: str = GUEST_HOST):
-            """*spec* downloading from the mirror; *with_cni* adds the CNI plugins with their sha256
-            pinned. Not through `{url}.sha256`: the bake reads a checksum_url on the host (for the
-            inputs hash) and the guest reads it too, and the lab has no address both reach
-            (127.0.0.1 here, 10.0.2.2 there); the install script's checksum_url path is proved by
-            tests/test_install_script.py against a real server. *guest_host*: the host as the
-            guest sees it (qemu.EC2_HOST on the EC2 verify boot's network)."""
+        def mirrored_spec(spec, family: str, *, guest_host: str = GUEST_HOST):
+            """*spec* downloading from the mirror, sha256 pinned. Not through `{url}.sha256`: the bake
+            reads a checksum_url on the host (for the inputs hash) and the guest reads it too, and the
+            lab has no address both reach (127.0.0.1 here, 10.0.2.2 there); the install script's
+            checksum_url path is proved by tests/test_install_script.py against a real server.
+            *guest_host*: the host as the guest sees it (qemu.EC2_HOST on the EC2 verify boot's network)."""
             guest_url = f"http://{guest_host}:{port}"
-            spec = local_mirror_spec(spec, mirrored(artifacts[family]["containerd"], guest_url, root),
+            return local_mirror_spec(spec, mirrored(artifacts[family]["containerd"], guest_url, root),
                                      mirrored(artifacts["1.6"]["runc"], guest_url, root))
-            if not with_cni:
-                return spec
-            doc = yaml.safe_load(yaml.safe_dump(spec.document))
-            doc["containerd"]["install"]["cni_plugins"] = {
-                "version": cni["version"], "url": mirrored(cni, guest_url, root)["url"], "sha256": cni["sha256"]}
-            return parse(yaml.safe_dump(doc), "e2e spec with CNI plugins")
         yield mirrored_spec
 
 

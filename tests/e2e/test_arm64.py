@@ -63,6 +63,7 @@ def test_arm64_golden_verifies_with_every_check(arm64_golden, tmp_path):
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
     assert report["firmware"] == "uefi"
     assert by_name["boot.firmware"]["ok"] and by_name["boot.firmware"]["actual"].startswith("uefi (64-bit")
+    assert by_name["boot.build_firmware"]["actual"] == "uefi"   # the build VM booted under AAVMF
     assert {"cri.runtime_ready", "cri.pod_sandbox", "container.survives_restart"} <= set(by_name)
     serial = (tmp_path / f"{image.stem}.verify.serial.log").read_text(errors="replace")
     assert "-cloud-arm64" in serial      # the arm64 kernel booted (its console: the PL011, ttyAMA0)

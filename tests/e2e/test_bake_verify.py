@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from imagebuild import bake, qemu, render
+from imagebuild import qemu, render
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import parse
@@ -109,22 +109,6 @@ def test_verify_times_out_on_a_guest_that_never_boots(tmp_path, golden_spec):
     # QEMU runs on an overlay in verify's scratch dir: it holds blank.qcow2 open (the backing file)
     # and names the serial log in tmp_path; the detector sees both (tests/test_leftovers.py).
     assert qemu_processes_using(tmp_path) == {}, "no QEMU process may outlive a timed-out verify"
-
-
-def test_containerd_2x_with_cni_plugins_bakes_and_verifies(mirror, base_image, tmp_path):
-    # profile none: the worker profile's apt install in the guest (60-100 s under TCG) is proved by
-    # the golden bake and the EC2 user-data boot; this bake is about containerd 2.x and CNI.
-    spec = mirror(with_changes(parse("{}"), containerd__version="2.1.9", name="containerd-two",
-                               system__profile="none"), "2.1", with_cni=True)
-    assert spec.containerd.config_version == 3
-    image = bake.bake(spec, tmp_path / "output", base=str(base_image))
-    report = verify_image(image, spec, log_dir=str(tmp_path))
-    assert report["passed"], [c for c in report["checks"] if not c["ok"]]
-    by_name = {c["check"]: c for c in report["checks"]}
-    assert by_name["config.sandbox_image"]["actual"] == spec.config.sandbox_image
-    assert by_name["cni.loopback"]["ok"], by_name["cni.loopback"]   # the plugins run in the guest
-    assert CRI_CHECKS | BAKED_CHECKS <= set(by_name)  # 2.x's Status shows no image config: pulls, sandbox prove it
-    assert by_name["cri.sandbox_pinned"]["actual"] is True  # pulled through CRI at bake time: pinned
 
 
 # What the EC2 boot proves on top of the seed checks.

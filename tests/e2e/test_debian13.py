@@ -4,7 +4,8 @@ through both firmware paths (the Debian 12 golden, BIOS-only, keeps proving SeaB
 test_bake_verify.py).
 
 containerd 1.7 with trixie's own runc (the runc of a family needs its suite's glibc: 2.38 here),
-served as release tarballs from 127.0.0.1 like the Debian 12 golden's.
+served as release tarballs from 127.0.0.1 like the Debian 12 golden's; and containerd 2.x (sid's 2.1
+with sid's runc) with the CNI plugins, baked under OVMF.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from imagebuild.bake import bake
 from imagebuild.golden import local_mirror
 from imagebuild.spec import load, parse
 from imagebuild.verify import verify_image
+from tests.e2e.test_bake_verify import BAKED_CHECKS, CRI_CHECKS
 from tests.support import FAMILY_VERSIONS
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +52,7 @@ def test_debian13_golden_is_hybrid_and_built_under_seabios(debian13):
         "uefi-preferred", "x86_64", "bios")
     assert manifest["base_image"]["source"].endswith("/" + baseimage.names(FLAVOR)[0])
     log = (image.parent / f"{spec.name}.packer.log").read_text()
-    assert "Connected to SSH" in log and "if=pflash" not in log      # SeaBIOS booted the hybrid disk
+    assert "Connected to SSH" in log    # the build VM booted (which firmware: boot.build_firmware at verify)
     print(f"\nDebian 13 golden: base image {times['base_image_s']} s, bake {times['bake_s']} s "
           f"({manifest['durations_s']})")
 
@@ -62,6 +64,7 @@ def test_debian13_golden_verifies_under_uefi(debian13, tmp_path):
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
     assert report["firmware"] == "uefi"
     assert by_name["boot.firmware"]["ok"] and by_name["boot.firmware"]["actual"].startswith("uefi (64-bit")
+    assert (by_name["boot.build_firmware"]["actual"], by_name["boot.build_firmware"]["ok"]) == ("bios", True)
     assert "networkd DHCP lease" in by_name["network.dhcp"]["actual"]
     assert by_name["disk.rootfs_grown"]["ok"] and by_name["hygiene.network_config"]["ok"]
     assert {"cri.runtime_ready", "cri.pod_sandbox", "container.survives_restart"} <= set(by_name)
@@ -82,3 +85,35 @@ def test_debian13_golden_verifies_as_ec2_presents_it(debian13, tmp_path):
     assert {"ec2.datasource", "ec2.instance_id", "ec2.public_key", "ec2.imds_v2_only", "hygiene.hostname",
             "network.dhcp", "disk.rootfs_grown"} <= set(by_name)
     print(f"\nDebian 13 EC2 verify under UEFI: {report['timings']}")
+
+
+def test_containerd_2x_with_cni_plugins_bakes_under_uefi_and_verifies(tmp_path):
+    """containerd 2.x on Debian 13 (sid's 2.1 with the runc of its own suite, config version 3) with the
+    CNI plugins, baked by Packer's qemu builder booting the hybrid disk under OVMF (`bake --firmware
+    uefi`, where the golden above is built under SeaBIOS) and verified under OVMF.
+
+    profile none: the worker profile's apt install in the guest (60-100 s under TCG) is proved by the
+    goldens; this bake is about containerd 2.x, CNI and the UEFI build."""
+    doc = yaml.safe_load(yaml.safe_dump(parse("{}").document))
+    doc |= {"name": "containerd-two", "system": {"profile": "none"}}
+    doc["image"]["os"] = "debian-13"
+    doc["containerd"]["version"] = FAMILY_VERSIONS["2.1"]
+    doc["containerd"]["install"]["cni_plugins"] = {}
+    with local_mirror(parse(yaml.safe_dump(doc), "Debian 13 containerd 2.x e2e spec")) as spec:
+        assert spec.containerd.config_version == 3 and spec.containerd.install.cni_plugins is not None
+        t0 = time.monotonic()
+        image = bake(spec, tmp_path / "output", firmware="uefi")
+        bake_s = round(time.monotonic() - t0, 1)
+    manifest = json.loads((image.parent / "manifest.json").read_text())
+    assert (manifest["boot_mode"], manifest["build_firmware"]) == ("uefi-preferred", "uefi")
+    assert manifest["containerd_version"] == FAMILY_VERSIONS["2.1"]
+    report = verify_image(image, spec, log_dir=str(tmp_path))
+    assert report["passed"], [c for c in report["checks"] if not c["ok"]]
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert report["firmware"] == "uefi" and by_name["boot.firmware"]["actual"].startswith("uefi (64-bit")
+    assert by_name["boot.build_firmware"]["actual"] == "uefi"   # Packer's build VM booted under OVMF
+    assert by_name["config.sandbox_image"]["actual"] == spec.config.sandbox_image
+    assert by_name["cni.loopback"]["ok"], by_name["cni.loopback"]   # the plugins run in the guest
+    assert CRI_CHECKS | BAKED_CHECKS <= set(by_name)  # 2.x's Status shows no image config: pulls, sandbox prove it
+    assert by_name["cri.sandbox_pinned"]["actual"] is True  # pulled through CRI at bake time: pinned
+    print(f"\nDebian 13 containerd 2.x: bake under UEFI {bake_s} s, verify {report['timings']}")

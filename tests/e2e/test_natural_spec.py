@@ -13,6 +13,7 @@ pytestmark = pytest.mark.e2e
 # golden bake and the EC2 user-data boot; this boot is about how the spec file is read.
 NATURAL = """\
 name: natural-yaml
+containerd: {version: 1.7.24}   # this boot is also make test's containerd 1.7 on Debian 12
 system: {profile: none}
 unit:
   limit_nofile: 1048576
@@ -37,7 +38,7 @@ verify:
 
 
 def test_a_natural_yaml_spec_verifies_in_a_guest(mirror, base_image, tmp_path):
-    spec = mirror(parse(NATURAL, "natural spec"), "1.6")
+    spec = mirror(parse(NATURAL, "natural spec"), "1.7")
     assert [c.name for c in spec.verify.checks] == ["config-in-guest"]  # from the merge key
     report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path))
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
