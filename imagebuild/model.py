@@ -846,8 +846,9 @@ class Image(Section):
     os: Literal["debian-12", "debian-13"] = Field(
         "debian-12", description="distribution release of the image: the base image recipe (Debian 12 bookworm "
         "or Debian 13 trixie) and the suite of package installs; on debian-13, containerd 1.7 or 2.x (package "
-        "installs: 1.7.24, what trixie ships). The default stays debian-12 until the Debian 13 goldens pass in "
-        "CI and the default containerd (1.6, which Debian 13 does not ship) moves to 1.7 or later")
+        "installs: 1.7.24, what trixie ships). The default stays debian-12 under apiVersion imagebuild/v1: the "
+        "default containerd is the seed's 1.6, which Debian 13 does not ship, and a spec that leaves image.os "
+        "out keeps meaning the image it meant (README: why the default stays debian-12)")
     architecture: Literal["amd64", "arm64"] = Field(
         "amd64", description="CPU architecture of the image: amd64 images boot under BIOS and UEFI "
         "(uefi-preferred AMIs), arm64 (Graviton) under UEFI only")
