@@ -167,7 +167,8 @@ def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, disk_files: 
         guest = qemu.Guest(overlay, data, serial_log=serial_log, accel=spec.image.accelerator,
                            mac=boot["mac"], nic_slot=qemu.EC2_NIC_SLOT,
                            netdev_options=qemu.ec2_netdev(imds.relay_command(server.port)) + "," + netdev_options,
-                           extra_args=qemu.ec2_smbios(boot["instance_id"]), arch=spec.image.architecture,
+                           extra_args=qemu.ec2_smbios(boot["instance_id"], instance.instance_type),
+                           arch=spec.image.architecture,
                            firmware=boot["firmware"])
         with guest:
             guest.start()

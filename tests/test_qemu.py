@@ -145,7 +145,7 @@ def test_command_line_of_an_ec2_boot(tmp_path):
     mac = qemu.random_mac()
     g = qemu.Guest(tmp_path / "d.qcow2", tmp_path / "data.iso", serial_log=tmp_path / "s.log", accel="tcg",
                    mac=mac, nic_slot=qemu.EC2_NIC_SLOT, netdev_options=qemu.ec2_netdev("relay --to 1,2"),
-                   extra_args=qemu.ec2_smbios("i-0123456789abcdef0"))
+                   extra_args=qemu.ec2_smbios("i-0123456789abcdef0", "m7g.large"))
     cmd = g.command()
     netdev = cmd[cmd.index("-netdev") + 1]
     assert netdev == ("user,id=net0,net=169.254.0.0/16,host=169.254.0.1,dhcpstart=169.254.10.15,"
@@ -154,6 +154,7 @@ def test_command_line_of_an_ec2_boot(tmp_path):
     type1 = next(a for a in cmd if a.startswith("type=1,"))
     fields = dict(f.split("=", 1) for f in type1.split(","))
     assert fields["manufacturer"] == "Amazon EC2" and fields["uuid"] == fields["serial"]
+    assert fields["product"] == "m7g.large"          # the instance type, as the IMDS document's
     assert fields["uuid"].startswith("ec2")          # what ds-identify's ec2 platform check reads
     assert "type=3,manufacturer=Amazon EC2,asset=i-0123456789abcdef0" in cmd
 

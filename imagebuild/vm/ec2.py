@@ -21,11 +21,13 @@ def random_mac() -> str:
     return "0a:" + ":".join(f"{b:02x}" for b in os.urandom(5))
 
 
-def ec2_smbios(instance_id: str) -> list[str]:
-    """``-smbios`` options of an EC2 (Nitro) instance whose id is *instance_id*."""
+def ec2_smbios(instance_id: str, instance_type: str) -> list[str]:
+    """``-smbios`` options of an EC2 (Nitro) instance whose id is *instance_id*, of *instance_type*
+    (the DMI product name, as the IMDS identity document's instanceType)."""
     ident = "ec2" + uuid.uuid4().hex[3:]
     vm_uuid = str(uuid.UUID(ident))
-    return ["-smbios", f"type=1,manufacturer=Amazon EC2,product=m6i.large,serial={vm_uuid},uuid={vm_uuid}",
+    return ["-smbios", f"type=1,manufacturer=Amazon EC2,product={option(instance_type)},serial={vm_uuid},"
+            f"uuid={vm_uuid}",
             "-smbios", f"type=3,manufacturer=Amazon EC2,asset={option(instance_id)}"]
 
 
