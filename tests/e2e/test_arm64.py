@@ -1,7 +1,7 @@
 """The arm64 (Graviton) golden end to end: the Debian 13 arm64 base image (GPT: ESP + root, built by
 mmdebstrap under qemu-user), baked by Packer 1.6.6's qemu builder on qemu-system-aarch64 (machine virt,
 `-cpu max,pauth-impdef=on`, AAVMF through pflash, the NoCloud seed on virtio-scsi), and verified under
-AAVMF with every check. containerd 1.7 and trixie's runc, arm64 binaries from Debian served as release
+AAVMF with every check, under NoCloud and as a Graviton EC2 instance. containerd 1.7 and trixie's runc, arm64 binaries from Debian served as release
 tarballs from 127.0.0.1 (10.0.2.2 in the guest), as the amd64 goldens are.
 
 Marked arm64: only `make test-arm64` runs it (the base image alone takes ~37 min here under load;
@@ -68,3 +68,17 @@ def test_arm64_golden_verifies_with_every_check(arm64_golden, tmp_path):
     serial = (tmp_path / f"{image.stem}.verify.serial.log").read_text(errors="replace")
     assert "-cloud-arm64" in serial      # the arm64 kernel booted (its console: the PL011, ttyAMA0)
     print(f"\narm64 verify under AAVMF: {report['timings']}")
+
+
+def test_arm64_golden_verifies_as_a_graviton_ec2_instance(arm64_golden, tmp_path):
+    """The same image booted as EC2 presents a Graviton instance (SMBIOS product and the IMDS identity
+    document: m7g.large, arm64), IMDSv2 only, a new NIC in another slot, a larger disk, no NoCloud seed,
+    under AAVMF as every arm64 instance boots."""
+    spec, image, _ = arm64_golden
+    report = verify_image(image, spec, log_dir=str(tmp_path), platform="ec2")
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert report["passed"], [c for c in report["checks"] if not c["ok"]]
+    assert report["platform"] == "ec2" and report["firmware"] == "uefi" and report["imds_requests"] > 10
+    assert {"ec2.datasource", "ec2.instance_id", "ec2.public_key", "ec2.imds_v2_only", "hygiene.hostname",
+            "network.dhcp", "disk.rootfs_grown", "platform.console", "cri.pod_sandbox"} <= set(by_name)
+    print(f"\narm64 EC2 verify under AAVMF: {report['timings']}")
