@@ -354,8 +354,10 @@ def test_boot_timeout_is_clear_and_kills_qemu(base_image, tmp_path):
     assert "timed out after 25 s" in message and "'NEVER-PRINTED'" in message
     assert str(log) in message
     tail = message.split("last lines of the serial console:\n", 1)[1].splitlines()
-    assert 10 <= len(tail) <= 30, "the tail of the serial log belongs in the message"
     logged = qemu.strip_ansi(log.read_text(errors="replace"))
+    # The last 30 lines, or all when the guest printed fewer (on a loaded machine it gets less far in 25 s:
+    # a fixed minimum of 10 failed there).
+    assert 1 <= len(tail) <= 30, tail
     assert all(line in logged for line in tail)
     assert not _wait_gone(name, 1.0)
 
