@@ -101,7 +101,9 @@ def test_golden_image_verifies(golden_image, golden_spec, tmp_path):
     assert written["image_sha256"] == before and written["passed"]
 
 
-@pytest.mark.extra     # +~120 s, over make test's budget: the bake already boots the golden under SeaBIOS
+# +~150 s, over make test's budget (the bake boots the golden under SeaBIOS already); `make test-extra`,
+# where it also bakes the golden it needs (~4-6 min).
+@pytest.mark.extra
 def test_golden_image_verifies_under_seabios_too(golden_image, golden_spec, tmp_path):
     """The hybrid golden's BIOS path through a whole verify boot (`verify --firmware bios`): i386-pc GRUB
     from the BIOS boot partition, as a legacy-bios instance type boots the uefi-preferred AMI."""
