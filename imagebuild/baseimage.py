@@ -295,8 +295,8 @@ def recipe(flavor: Flavor = DEFAULT) -> dict:
     """Everything that determines the image, as plain JSON-able data.
 
     The keys of ``base`` are those of the recipe before flavors existed (Debian 12 amd64 on MBR),
-    kept so that no other flavor's hash (and cached image) changes; ``part_offset`` and ``grub_modules``
-    describe that MBR layout and no image today. Each flavor then sets what it is."""
+    kept so that no other flavor's hash (and cached image) changes: ``part_offset`` describes that MBR
+    layout and no image today. Each flavor then sets what it is."""
     check_flavor(flavor)
     base = {
         "recipe_version": RECIPE_VERSION,
@@ -321,8 +321,7 @@ def recipe(flavor: Flavor = DEFAULT) -> dict:
     packages += [arch["kernel"], *release["network"]]
     if flavor.firmware == "hybrid":
         packages.append("grub-pc-bin")
-    if flavor.firmware in ("hybrid", "uefi"):
-        packages.append(arch["efi_grub"])
+    packages.append(arch["efi_grub"])
     base.update({
         "flavor": {"release": flavor.release, "arch": flavor.arch, "firmware": flavor.firmware},
         "suite": flavor.release,
@@ -347,7 +346,7 @@ def _consoles(flavor: Flavor) -> str:
 
 
 def _flavor_files(flavor: Flavor) -> dict[str, str]:
-    """FILES as *flavor* needs them: its Debian version and partition table in grub.cfg, its console,
+    """FILES as *flavor* needs them: its Debian version in grub.cfg, its console,
     and (Debian 13) no ifupdown configuration and no resolv.conf (systemd-resolved owns it)."""
     files = dict(FILES)
     grub = files["boot/grub/grub.cfg"].replace("Debian GNU/Linux 12", f"Debian GNU/Linux {flavor.version}")
