@@ -36,7 +36,7 @@ test-e2e: venv
 test-arm64: venv
 	$(PY) -m pytest -m arm64 -v --timeout=7200
 
-## test-extra: the end-to-end boots beyond make test's budget (the Debian 13 golden's EC2 verify)
+## test-extra: the end-to-end boots beyond make test's budget (the Debian 13 golden's EC2 verify, the Debian 12 golden's SeaBIOS verify)
 test-extra: venv
 	$(PY) -m pytest -m extra -v --timeout=3600
 

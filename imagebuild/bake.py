@@ -116,8 +116,8 @@ def resolve_base(spec: Spec, base: str | None) -> tuple[str, str]:
 
 def boot_mode(spec: Spec, base_source: str) -> str:
     """The firmware the image boots under, as EC2's BootMode: the built-in base image's layout
-    (Debian 12 amd64 legacy-bios, Debian 13 amd64 hybrid uefi-preferred, arm64 uefi), or for a base
-    of your own its image.base.boot_mode (default legacy-bios on amd64, uefi on arm64)."""
+    (amd64 hybrid: uefi-preferred, arm64: uefi), or for a base of your own its image.base.boot_mode
+    (default legacy-bios on amd64: an image of unknown layout boots under BIOS; uefi on arm64)."""
     flavor = baseimage.Flavor.of(spec.image.os, spec.image.architecture)
     if baseimage.built_from_recipe(base_source, flavor):
         return flavor.boot_mode

@@ -1,10 +1,10 @@
 """Debian 12 and 13 generic-cloud-style base images (amd64, arm64), built locally from the Debian mirror.
 
 Vendor cloud images cannot always be downloaded, so this module builds a stand-in that
-behaves like one. A :class:`Flavor` (release x architecture) picks the disk layout: Debian 12
-amd64 is today's image, described below step by step (BIOS/GRUB on an MBR disk); Debian 13 amd64
-is GPT hybrid (BIOS boot partition + ESP + root) and arm64 GPT with an ESP, their GRUB images made
-by the tree's own grub-mkimage (see ``_make_gpt_disk``). Every flavor: one ext4 root partition, the Debian
+behaves like one. A :class:`Flavor` (release x architecture) picks the disk layout: amd64 (Debian
+12 and 13) is GPT hybrid (BIOS boot partition + ESP + root: SeaBIOS and UEFI boot it), arm64 GPT
+with an ESP (UEFI only), their GRUB images made by the tree's own grub-mkimage (see
+``_make_gpt_disk``). Every flavor: one ext4 root partition, the Debian
 cloud kernel (ENA and NVMe drivers, checked at build time), cloud-init (ds-identify picks
 NoCloud, Ec2 or ConfigDrive; Ec2 talks IMDSv2), openssh-server, sudo, growpart/resizefs,
 chrony (Amazon Time Sync on EC2, Debian's NTP pool elsewhere), apt-daily timers masked,
@@ -12,14 +12,15 @@ serial console on ttyS0, first-boot state left unset (empty machine-id, no SSH h
 
 How it is built (no mounts, no loop devices):
 
-1. ``mmdebstrap`` bookworm into a directory, from the Debian mirror configured in the
+1. ``mmdebstrap`` the release into a directory, from the Debian mirror configured in the
    system's apt sources (read at run time; ``IMAGEBUILD_DEBIAN_MIRROR`` overrides it).
 2. Configuration files are written into that tree from Python.
-3. ``sfdisk`` writes an MBR partition table on a sparse raw file; ``mkfs.ext4 -d TREE
-   -E offset=1MiB`` creates the populated root filesystem directly inside the partition.
-4. GRUB for BIOS: ``boot.img`` (440 bytes) into the MBR and a ``grub-mkimage -O i386-pc``
-   core.img into sectors 1.., with an embedded config that finds the root filesystem by
-   UUID and loads ``/boot/grub/grub.cfg`` from it.
+3. ``sfdisk`` writes a GPT on a sparse raw file; ``mkfs.ext4 -d TREE -E offset=128MiB``
+   creates the populated root filesystem directly inside the root partition.
+4. GRUB, made by the tree's own ``grub-mkimage`` with an embedded config that finds the root
+   filesystem by UUID and loads ``/boot/grub/grub.cfg`` from it: EFI GRUB at the removable
+   path of a FAT32 ESP (``mkfs.vfat`` on a file, mtools); on amd64 also an i386-pc core.img
+   in the BIOS boot partition and ``boot.img`` (440 bytes) in the protective MBR pointing at it.
 5. ``qemu-img convert -c -O qcow2``.
 
 The result is cached under ``cache_dir("base", RECIPE_HASH)``: the hash covers everything
@@ -62,7 +63,7 @@ INITRD_NAME = "debian-12-base.initrd.img"  # for probing KVM (qemu.probe_kvm)
 HOSTNAME = "debian"
 FS_LABEL = "root"
 DISK_SIZE = 3 * 1024**3          # virtual size of the disk; the partition fills it
-PART_OFFSET = 1024 * 1024        # the root partition starts at 1 MiB (sector 2048)
+PART_OFFSET = 1024 * 1024        # recipe key only (the MBR layout's root partition, at 1 MiB); see recipe()
 KERNEL_CMDLINE = "ro console=tty0 console=ttyS0,115200"
 MKFS_FEATURES = "^orphan_file,^metadata_csum_seed"  # keep GRUB 2.06 able to read the fs
 
@@ -90,15 +91,14 @@ ARCHES: dict[str, dict] = {
               "efi_binary": "BOOTAA64.EFI", "consoles": ("ttyAMA0", "ttyS0")},
 }
 #: What each firmware layout is registered as (EC2 RegisterImage BootMode).
-BOOT_MODES = {"bios": "legacy-bios", "hybrid": "uefi-preferred", "uefi": "uefi"}
+BOOT_MODES = {"hybrid": "uefi-preferred", "uefi": "uefi"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Flavor:
     """Which base image: the Debian release (suite) and the architecture; the disk layout follows.
 
-    ``bios`` (Debian 12 amd64, today's image, its recipe unchanged): MBR, one ext4 root partition,
-    i386-pc GRUB in the MBR gap. ``hybrid`` (Debian 13 amd64): GPT with a BIOS boot partition
+    ``hybrid`` (amd64, Debian 12 and 13): GPT with a BIOS boot partition
     (i386-pc core.img), an EFI system partition (x86_64-efi GRUB at the removable path
     EFI/BOOT/BOOTX64.EFI: no NVRAM entry needed) and the root partition; it boots under SeaBIOS and
     OVMF alike, so its AMI is registered ``uefi-preferred``. ``uefi`` (arm64): GPT with the ESP
@@ -117,11 +117,7 @@ class Flavor:
 
     @property
     def firmware(self) -> str:
-        if self.arch != "amd64":
-            return "uefi"
-        # Debian 12 stays BIOS-only (MBR) until its hybrid image is built and proved by every Debian 12
-        # boot: its recipe, hash and cached image are today's.
-        return "bios" if self.release == "bookworm" else "hybrid"
+        return "hybrid" if self.arch == "amd64" else "uefi"
 
     @property
     def boot_mode(self) -> str:
@@ -178,8 +174,9 @@ PACKAGES = (
     "xz-utils",
 )
 
+# GRUB's i386-pc core.img (BIOS boot partition of a hybrid disk).
 GRUB_MODULES = (
-    "biosdisk", "part_msdos", "ext2", "search", "search_fs_uuid", "configfile",
+    "biosdisk", "part_msdos", "part_gpt", "ext2", "search", "search_fs_uuid", "configfile",
     "normal", "linux", "gzio", "serial", "terminal", "echo", "test",
 )
 
@@ -241,7 +238,7 @@ set timeout=0
 serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
-insmod part_msdos
+insmod part_gpt
 insmod ext2
 insmod gzio
 search --no-floppy --fs-uuid --set=root {uuid}
@@ -297,8 +294,9 @@ def names(flavor: Flavor = DEFAULT) -> tuple[str, str, str]:
 def recipe(flavor: Flavor = DEFAULT) -> dict:
     """Everything that determines the image, as plain JSON-able data.
 
-    The default flavor's (Debian 12 amd64 BIOS) is the recipe of before flavors existed, key for key:
-    its hash, and so its cached image, did not change. Other flavors add what differs."""
+    The keys of ``base`` are those of the recipe before flavors existed (Debian 12 amd64 on MBR),
+    kept so that no other flavor's hash (and cached image) changes: ``part_offset`` describes that MBR
+    layout and no image today. Each flavor then sets what it is."""
     check_flavor(flavor)
     base = {
         "recipe_version": RECIPE_VERSION,
@@ -317,23 +315,20 @@ def recipe(flavor: Flavor = DEFAULT) -> dict:
         "kernel_cmdline": KERNEL_CMDLINE,
         "mkfs_features": MKFS_FEATURES,
     }
-    if flavor == DEFAULT:
-        return base
     arch, release = ARCHES[flavor.arch], RELEASES[flavor.release]
     packages = [p for p in PACKAGES if p not in ("linux-image-cloud-amd64", "grub-pc-bin")
                 and p not in RELEASES["bookworm"]["network"]]
     packages += [arch["kernel"], *release["network"]]
-    if flavor.firmware in ("bios", "hybrid"):
+    if flavor.firmware == "hybrid":
         packages.append("grub-pc-bin")
-    if flavor.firmware in ("hybrid", "uefi"):
-        packages.append(arch["efi_grub"])
+    packages.append(arch["efi_grub"])
     base.update({
         "flavor": {"release": flavor.release, "arch": flavor.arch, "firmware": flavor.firmware},
         "suite": flavor.release,
         "packages": sorted(packages),
         "files": _flavor_files(flavor),
         "enabled_units": sorted(release["enable"]),
-        "grub_modules": sorted(set(GRUB_MODULES) | {"part_gpt"}),
+        "grub_modules": sorted(GRUB_MODULES),
         "grub_efi_modules": sorted(GRUB_EFI_MODULES),
         "esp_end": ESP_END,
         "kernel_cmdline": _cmdline(flavor),
@@ -343,8 +338,6 @@ def recipe(flavor: Flavor = DEFAULT) -> dict:
 
 
 def _cmdline(flavor: Flavor) -> str:
-    if flavor == DEFAULT:
-        return KERNEL_CMDLINE
     return f"ro console=tty0 {_consoles(flavor)}"
 
 
@@ -353,14 +346,10 @@ def _consoles(flavor: Flavor) -> str:
 
 
 def _flavor_files(flavor: Flavor) -> dict[str, str]:
-    """FILES as *flavor* needs them: its Debian version and partition table in grub.cfg, its console,
+    """FILES as *flavor* needs them: its Debian version in grub.cfg, its console,
     and (Debian 13) no ifupdown configuration and no resolv.conf (systemd-resolved owns it)."""
-    if flavor == DEFAULT:
-        return dict(FILES)
     files = dict(FILES)
     grub = files["boot/grub/grub.cfg"].replace("Debian GNU/Linux 12", f"Debian GNU/Linux {flavor.version}")
-    if flavor.firmware != "bios":
-        grub = grub.replace("insmod part_msdos", "insmod part_gpt")
     if flavor.arch != "amd64":   # no 8250 UART: GRUB talks through the firmware's console
         grub = grub.replace("serial --unit=0 --speed=115200\n", "")
         grub = grub.replace("terminal_input serial console\nterminal_output serial console\n",
@@ -431,7 +420,7 @@ def build(out_dir: str | os.PathLike | None = None, flavor: Flavor = DEFAULT) ->
     target = target_dir / image_name
     if _complete(target, flavor):
         return target
-    _preflight(flavor)
+    _preflight()
 
     with locked(target_dir / ".lock", waiting="base image: another process is building it; waiting for its lock"):
         if _complete(target, flavor):  # another process finished it while we waited
@@ -457,15 +446,16 @@ def build(out_dir: str | os.PathLike | None = None, flavor: Flavor = DEFAULT) ->
 
 # --- internals ---------------------------------------------------------------------------
 
-def _preflight(flavor: Flavor = DEFAULT) -> None:
-    tools = ["mmdebstrap", "sfdisk", "mkfs.ext4", "grub-mkimage", "qemu-img"]
-    if flavor.firmware != "bios":
-        tools += ["mkfs.vfat", "mmd", "mcopy"]
-    for tool in tools:
+#: The host's tools a base image build runs (GRUB is the tree's own).
+BUILD_TOOLS = ("mmdebstrap", "sfdisk", "mkfs.ext4", "qemu-img", "mkfs.vfat", "mmd", "mcopy")
+
+
+def _preflight() -> None:
+    for tool in BUILD_TOOLS:
         if shutil.which(tool) is None:
             raise ImagebuildError(
                 f"building the base image needs `{tool}`; install the Debian packages "
-                "mmdebstrap, fdisk, e2fsprogs, grub-pc-bin, qemu-utils, dosfstools and mtools")
+                "mmdebstrap, fdisk, e2fsprogs, qemu-utils, dosfstools and mtools")
     if os.geteuid() != 0:
         raise ImagebuildError("building the base image needs root (mmdebstrap --mode=root)")
 
@@ -566,7 +556,7 @@ def _build_into(work: Path, flavor: Flavor = DEFAULT) -> Path:
     tree = work / "tree"
     t0 = time.monotonic()
     sources = debian_sources(suite=flavor.release)
-    packages = recipe(flavor)["packages"] if flavor != DEFAULT else list(PACKAGES)
+    packages = recipe(flavor)["packages"]
     foreign = flavor.arch != DEFAULT.arch
     if foreign:
         _need_binfmt(flavor.arch)
@@ -589,10 +579,7 @@ def _build_into(work: Path, flavor: Flavor = DEFAULT) -> Path:
     shutil.copyfile(tree / "initrd.img", work / initrd_name)
 
     raw = work / "disk.raw"
-    if flavor.firmware == "bios":
-        _make_disk(raw, tree, fs_uuid, work)
-    else:
-        _make_gpt_disk(raw, tree, fs_uuid, work, flavor)
+    _make_gpt_disk(raw, tree, fs_uuid, work, flavor)
     _remove_tree(tree)
 
     image = work / names(flavor)[0]
@@ -628,10 +615,8 @@ def _configure_tree(tree: Path, fs_uuid: str, flavor: Flavor = DEFAULT) -> None:
         run(["chroot", str(tree), "systemctl", "enable", unit], what=f"systemctl enable {unit}")
     _check_drivers(tree)
     # GRUB modules where grub.cfg's insmod (and a later grub-install) expect them.
-    targets = ["i386-pc"] if flavor.firmware in ("bios", "hybrid") else []
-    if flavor.firmware in ("hybrid", "uefi"):
-        targets.append(ARCHES[flavor.arch]["efi_target"])
-    for target in targets:
+    targets = ["i386-pc"] if flavor.firmware == "hybrid" else []
+    for target in [*targets, ARCHES[flavor.arch]["efi_target"]]:
         mods = tree / "usr/lib/grub" / target
         dest = tree / "boot/grub" / target
         shutil.rmtree(dest, ignore_errors=True)
@@ -659,39 +644,6 @@ def _check_drivers(tree: Path) -> None:
     if modules[-1:] != ["most"]:
         raise ImagebuildError(f"{conf.relative_to(tree)}: MODULES={modules[-1:] or '(unset)'}, want most: "
                               "the initrd might lack the nvme driver a root disk on NVMe needs")
-
-
-def _make_disk(raw: Path, tree: Path, fs_uuid: str, work: Path) -> None:
-    step(f"base image: ext4 root filesystem from the tree ({DISK_SIZE / 2**30:.0f} GiB disk)")
-    with open(raw, "wb") as f:
-        f.truncate(DISK_SIZE)
-    start = PART_OFFSET // 512
-    run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)], what="sfdisk",
-        input=f"label: dos\nlabel-id: 0x{fs_uuid[:8]}\nstart={start}, type=83, bootable\n")
-    fs_blocks = (DISK_SIZE - PART_OFFSET) // 4096
-    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", FS_LABEL, "-U", fs_uuid,
-         "-O", MKFS_FEATURES, "-E", f"offset={PART_OFFSET},hash_seed={fs_uuid}",
-         "-d", str(tree), str(raw), str(fs_blocks)], what="mkfs.ext4", long_step=True)
-
-    step("base image: installing GRUB (BIOS) into the MBR")
-    grub_dir = tree / "usr/lib/grub/i386-pc"
-    early = work / "early.cfg"
-    early.write_text(GRUB_EARLY_CFG.format(uuid=fs_uuid))
-    core = work / "core.img"
-    run(["grub-mkimage", "-O", "i386-pc", "-d", str(grub_dir), "-o", str(core),
-         "-c", str(early), "-p", "(hd0,msdos1)/boot/grub", *GRUB_MODULES], what="grub-mkimage")
-    core_bytes = core.read_bytes()
-    boot_bytes = (grub_dir / "boot.img").read_bytes()
-    if len(boot_bytes) != 512:
-        raise ImagebuildError(f"unexpected GRUB boot.img size {len(boot_bytes)}")
-    if 512 + len(core_bytes) > PART_OFFSET:
-        raise ImagebuildError(f"GRUB core.img ({len(core_bytes)} bytes) does not fit before "
-                              "the first partition")
-    with open(raw, "r+b") as f:
-        f.seek(0)
-        f.write(boot_bytes[:440])      # boot code only: keep the disk id and partition table
-        f.seek(512)                    # core.img in sectors 1..; boot.img loads sector 1
-        f.write(core_bytes)
 
 
 def _tree_grub_mkimage(tree: Path, target: str, early_cfg: str, prefix: str, modules: tuple[str, ...]) -> bytes:

@@ -184,7 +184,7 @@ def _fake_build_into(calls: list, delay: float = 0.0, fail: BaseException | None
 @pytest.fixture
 def fake_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGEBUILD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(baseimage, "_preflight", lambda flavor=None: None)
+    monkeypatch.setattr(baseimage, "_preflight", lambda: None)
     return tmp_path / "cache"
 
 
@@ -233,7 +233,7 @@ def test_concurrent_callers_build_once(fake_cache, monkeypatch):
 
 
 def test_out_dir_and_stale_recipe(tmp_path, monkeypatch):
-    monkeypatch.setattr(baseimage, "_preflight", lambda flavor=None: None)
+    monkeypatch.setattr(baseimage, "_preflight", lambda: None)
     calls: list = []
     monkeypatch.setattr(baseimage, "_build_into", _fake_build_into(calls))
     out = tmp_path / "out"
@@ -299,21 +299,22 @@ def test_driver_check_refuses_a_kernel_ec2_cannot_boot(tmp_path, dep, builtin, m
 
 # ------------------------------------------------------------ flavors: release x architecture (fast)
 
-# The Debian 12 amd64 recipe's hash, pinned: the flavors left it (and so every cached Debian 12 base
-# image, and every inputs hash built on it) unchanged. Change it only with a deliberate recipe change.
-DEBIAN_12_AMD64_HASH = "be11cd6c1df23ffd242e9b7261c0c50920d918588299193135d248e136c5c4e1"
+# The Debian 12 amd64 recipe's hash, pinned: it changes every cached Debian 12 base image (and every
+# inputs hash built on it). Change it only with a deliberate recipe change. Last changed: the move from
+# MBR/BIOS-only to GPT hybrid (BIOS + UEFI); before it, be11cd6c1df2...
+DEBIAN_12_AMD64_HASH = "650b45a8a6c32a8b21ea551afc690d864ecc1ed881db19f32492382874edf91a"
 
 
-def test_the_default_flavor_is_debian_12_amd64_bios_with_its_recipe_unchanged():
+def test_the_default_flavor_is_debian_12_amd64_hybrid_with_its_recipe_pinned():
     assert baseimage.DEFAULT == baseimage.Flavor("bookworm", "amd64") == baseimage.Flavor.of("debian-12", "amd64")
-    assert (baseimage.DEFAULT.firmware, baseimage.DEFAULT.boot_mode) == ("bios", "legacy-bios")
-    assert "flavor" not in baseimage.recipe()
+    assert (baseimage.DEFAULT.firmware, baseimage.DEFAULT.boot_mode) == ("hybrid", "uefi-preferred")
+    assert baseimage.recipe()["flavor"] == {"release": "bookworm", "arch": "amd64", "firmware": "hybrid"}
     assert baseimage.recipe_hash() == baseimage.recipe_hash(flavor=baseimage.DEFAULT) == DEBIAN_12_AMD64_HASH
     assert baseimage.names() == (baseimage.IMAGE_NAME, baseimage.KERNEL_NAME, baseimage.INITRD_NAME)
 
 
 @pytest.mark.parametrize("os_name, arch, firmware, boot_mode, ec2_arch, image", [
-    ("debian-12", "amd64", "bios", "legacy-bios", "x86_64", "debian-12-base.qcow2"),
+    ("debian-12", "amd64", "hybrid", "uefi-preferred", "x86_64", "debian-12-base.qcow2"),
     ("debian-13", "amd64", "hybrid", "uefi-preferred", "x86_64", "debian-13-base.qcow2"),
     ("debian-13", "arm64", "uefi", "uefi", "arm64", "debian-13-base-arm64.qcow2"),
     ("debian-12", "arm64", "uefi", "uefi", "arm64", "debian-12-base-arm64.qcow2"),
@@ -350,6 +351,21 @@ def test_debian_13_amd64_is_hybrid_with_networkd():
     assert r["mkfs_features"] == ""                     # GRUB 2.12 reads mke2fs's defaults
 
 
+def test_debian_12_amd64_is_hybrid_and_keeps_ifupdown():
+    """Only the disk and the bootloader moved to the hybrid layout: the network stays ifupdown + dhclient,
+    the ext4 features GRUB 2.06 reads stay off."""
+    r = baseimage.recipe(baseimage.Flavor("bookworm", "amd64"))
+    packages = set(r["packages"])
+    assert {"grub-pc-bin", "grub-efi-amd64-bin", "linux-image-cloud-amd64", "ifupdown", "isc-dhcp-client"} <= packages
+    assert not {"netplan.io", "systemd-resolved"} & packages and r["enabled_units"] == []
+    assert "etc/network/interfaces" in r["files"] and "etc/resolv.conf" in r["files"]
+    grub = r["files"]["boot/grub/grub.cfg"]
+    assert "Debian GNU/Linux 12" in grub and "insmod part_gpt" in grub and "part_msdos" not in grub
+    assert "part_gpt" in r["grub_modules"] and "biosdisk" in r["grub_modules"]
+    assert r["mkfs_features"] == "^orphan_file,^metadata_csum_seed"
+    assert r["kernel_cmdline"] == "ro console=tty0 console=ttyS0,115200"
+
+
 def test_arm64_is_uefi_only_with_the_arm64_kernel_and_both_serial_consoles():
     r = baseimage.recipe(baseimage.Flavor("trixie", "arm64"))
     assert {"linux-image-cloud-arm64", "grub-efi-arm64-bin"} <= set(r["packages"])
@@ -375,10 +391,12 @@ def test_flavors_that_cannot_exist_are_refused(flavor, word):
 
 def test_gpt_tables_run_through_sfdisk(tmp_path):
     """The hybrid and uefi tables, written by the real sfdisk: partitions where the GRUBs expect them."""
-    for flavor, types in ((baseimage.Flavor("trixie", "amd64"), [baseimage.GPT_BIOS_BOOT, baseimage.GPT_ESP,
+    for flavor, types in ((baseimage.Flavor("bookworm", "amd64"), [baseimage.GPT_BIOS_BOOT, baseimage.GPT_ESP,
+                                                                     baseimage.GPT_LINUX]),
+                          (baseimage.Flavor("trixie", "amd64"), [baseimage.GPT_BIOS_BOOT, baseimage.GPT_ESP,
                                                                    baseimage.GPT_LINUX]),
                           (baseimage.Flavor("trixie", "arm64"), [baseimage.GPT_ESP, baseimage.GPT_LINUX])):
-        raw = tmp_path / f"{flavor.arch}.raw"
+        raw = tmp_path / f"{flavor.release}-{flavor.arch}.raw"
         with open(raw, "wb") as f:
             f.truncate(baseimage.DISK_SIZE)
         subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)], check=True,
@@ -426,7 +444,7 @@ def test_golden_matrix_names_every_os_and_architecture(monkeypatch, tmp_path):
     rows = {(r[0], r[1]): r for r in golden.matrix()}
     assert set(rows) == {(o, a) for o in ("debian-12", "debian-13") for a in ("amd64", "arm64")}
     assert rows["debian-13", "amd64"][2:] == ("uefi-preferred", "1.7, 2.1", "yes, base image builds first (~2-3 min)")
-    assert rows["debian-12", "amd64"][2:4] == ("legacy-bios", "1.6, 1.7, 2.1")  # runc: bookworm's on Debian 12
+    assert rows["debian-12", "amd64"][2:4] == ("uefi-preferred", "1.6, 1.7, 2.1")  # runc: bookworm's on Debian 12
     assert rows["debian-13", "arm64"][2] == "uefi" and rows["debian-13", "arm64"][4].startswith("no: arm64")
 
 

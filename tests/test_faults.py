@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import cli
+from imagebuild import baseimage, cli
 from tests.support import run_cli, run_main, snapshot, temp_dir_of_its_own, write_spec
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs / builds as root")
@@ -222,8 +222,7 @@ def test_a_signal_during_a_base_image_build_stops_everything_and_leaves_nothing(
     """`imagebuild --verbose base-image` (a long step: mmdebstrap, with apt and dpkg under it) gets a
     signal after its heartbeat said it is still running: exit 128 + the signal, no process left, the
     cache empty and its temporary directory as it found it. --verbose shows the command line."""
-    missing = [tool for tool in ("mmdebstrap", "sfdisk", "mkfs.ext4", "grub-mkimage", "qemu-img")
-               if shutil.which(tool) is None]
+    missing = [tool for tool in baseimage.BUILD_TOOLS if shutil.which(tool) is None]
     assert not missing, f"base-image needs {', '.join(missing)} (make deps installs them)"
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -1,7 +1,8 @@
 """Firmware selection (imagebuild/vm/firmware.py): which firmware an image's build and verify boots
 use, the QEMU arguments and Packer variables of each, and what cannot boot. The boots themselves are in
-tests/e2e (Debian 12 under SeaBIOS, the Debian 13 hybrid image under SeaBIOS in its build and OVMF in
-its verify)."""
+tests/e2e: the Debian 12 and 13 hybrid goldens under SeaBIOS in their builds and OVMF in their verifies;
+SeaBIOS for a whole verify of the Debian 12 golden (`verify --firmware bios`, make test-extra) and for a
+copy of its base with no manifest (a base of unknown layout: legacy-bios) in the EC2 datasource negative."""
 from __future__ import annotations
 
 import json
@@ -92,10 +93,13 @@ def test_boot_mode_of_the_built_in_base_images_and_of_your_own(tmp_path):
     debian13 = spec_of({"image": {"os": "debian-13"}, "containerd": {"version": "1.7.24"}})
     built = _fake_base(tmp_path, baseimage.Flavor.of("debian-13", "amd64"))
     assert boot_mode(debian13, str(built)) == "uefi-preferred"
-    assert boot_mode(spec_of({}), str(_fake_base(tmp_path, baseimage.DEFAULT))) == "legacy-bios"
+    assert boot_mode(spec_of({}), str(_fake_base(tmp_path, baseimage.DEFAULT))) == "uefi-preferred"
     mine = tmp_path / "mine.qcow2"
     mine.write_bytes(b"y")
     assert boot_mode(debian13, str(mine)) == "legacy-bios"            # unknown: what every amd64 image boots
+    bios_only = spec_of({"image": {"base": {"source": str(mine), "checksum": "sha256:" + "0" * 64,
+                                            "boot_mode": "legacy-bios"}}})
+    assert boot_mode(bios_only, str(mine)) == "legacy-bios"           # a BIOS-only base of your own
     assert boot_mode(spec_of({"image": {"architecture": "arm64"}}), str(mine)) == "uefi"
     declared = spec_of({"image": {"base": {"source": str(mine), "checksum": "sha256:" + "0" * 64,
                                            "boot_mode": "uefi-preferred"}}})

@@ -223,7 +223,7 @@ GIB = 2**30
 
 
 @pytest.mark.parametrize("disk, start, size, fs, ok", [
-    # Debian 12 MBR: root at 1 MiB to the disk's end
+    # an MBR image (a BIOS-only base of your own): root at 1 MiB to the disk's end
     (8 * GIB, MIB, 8 * GIB - MIB, 8 * GIB - MIB, True),
     # Debian 13 GPT hybrid: root after the 128 MiB ESP, ending before the backup GPT (the groundwork's
     # verify: 4 GiB disk, 4160732672-byte partition) — the old size-only comparison failed this one

@@ -21,7 +21,7 @@ from imagebuild.model import Aws, Int, Name, Text, problems_of
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
-#: RegisterImage's BootMode values (botocore's BootModeValues): legacy-bios (Debian 12's BIOS images),
+#: RegisterImage's BootMode values (botocore's BootModeValues): legacy-bios (a BIOS-only base of your own),
 #: uefi (arm64), uefi-preferred (amd64 hybrid images: BIOS and UEFI, UEFI where the instance type has it).
 BOOT_MODES = ("legacy-bios", "uefi", "uefi-preferred")
 # manifest architecture -> EC2 architecture

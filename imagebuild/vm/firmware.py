@@ -32,8 +32,7 @@ ARCHES: dict[str, dict] = {
 }
 
 #: EC2's BootMode of an image -> the firmware its verify boot uses. uefi-preferred (a hybrid image)
-#: boots under UEFI, what a UEFI-capable instance type gives it (the Packer build and, for Debian 12,
-#: the golden boots prove BIOS).
+#: boots under UEFI, what a UEFI-capable instance type gives it (its Packer build proves BIOS).
 BOOT_MODE_FIRMWARE = {"legacy-bios": "bios", "uefi": "uefi", "uefi-preferred": "uefi"}
 
 

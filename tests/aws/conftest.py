@@ -272,7 +272,7 @@ def make_image_dir(
     size: int = 8 * MIB,
     blocks: dict[int, bytes] | None = None,
     name: str = "golden",
-    boot_mode: str = "legacy-bios",
+    boot_mode: str = "uefi-preferred",       # what a built-in amd64 base (hybrid) gives
     architecture: str = "x86_64",
 ) -> tuple[Path, bytes]:
     """A baked-image directory: <name>.qcow2 made by qemu-img from a sparse raw, manifest, verify."""

@@ -107,7 +107,7 @@ def test_publish_end_to_end(aws, boto, make_image, recording_clients):
     # RegisterImage got what AWS needs (moto keeps only the name and description of it)
     (register,) = clients.kwargs("register_image")
     assert register["Name"] == "containerd-golden-20261126T181500Z"
-    assert register["Architecture"] == "x86_64" and register["BootMode"] == "legacy-bios"
+    assert register["Architecture"] == "x86_64" and register["BootMode"] == "uefi-preferred"
     assert register["RootDeviceName"] == "/dev/xvda" and register["VirtualizationType"] == "hvm"
     assert register["EnaSupport"] is True
     assert register["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snapshot_id
@@ -370,7 +370,7 @@ def test_register_request_follows_manifest(make_image):
         "DeviceName": "/dev/xvda",
         "Ebs": {"SnapshotId": "snap-0123", "VolumeSize": 1, "VolumeType": "gp3", "DeleteOnTermination": True},
     }]
-    assert request["BootMode"] == "legacy-bios" and request["Architecture"] == "x86_64"
+    assert request["BootMode"] == "uefi-preferred" and request["Architecture"] == "x86_64"
 
 
 def test_target_validation():
@@ -677,8 +677,8 @@ def test_a_publish_leaves_no_scratch_behind(aws, make_image, recording_clients):
 
 
 @pytest.mark.parametrize(("architecture", "boot_mode", "ec2_architecture"), [
-    ("x86_64", "legacy-bios", "x86_64"),      # a Debian 12 BIOS image
-    ("x86_64", "uefi-preferred", "x86_64"),   # an amd64 hybrid image (BIOS + UEFI)
+    ("x86_64", "legacy-bios", "x86_64"),      # a BIOS-only base of your own (image.base.boot_mode)
+    ("x86_64", "uefi-preferred", "x86_64"),   # an amd64 hybrid image (BIOS + UEFI): Debian 12 and 13
     ("amd64", "uefi-preferred", "x86_64"),
     ("arm64", "uefi", "arm64"),               # Graviton: UEFI only
     ("aarch64", "uefi", "arm64"),

@@ -1,8 +1,8 @@
-"""The arm64 (Graviton) golden end to end: the Debian 13 arm64 base image (GPT: ESP + root, built by
-mmdebstrap under qemu-user), baked by Packer 1.6.6's qemu builder on qemu-system-aarch64 (machine virt,
-`-cpu max,pauth-impdef=on`, AAVMF through pflash, the NoCloud seed on virtio-scsi), and verified under
-AAVMF with every check, under NoCloud and as a Graviton EC2 instance. containerd 1.7 and trixie's runc, arm64 binaries from Debian served as release
-tarballs from 127.0.0.1 (10.0.2.2 in the guest), as the amd64 goldens are.
+"""The arm64 (Graviton) golden end to end: the Debian 13 arm64 base image (GPT: ESP + root, built by mmdebstrap
+under qemu-user), baked by Packer 1.6.6's qemu builder on qemu-system-aarch64 (machine virt,
+`-cpu max,pauth-impdef=on`, AAVMF through pflash, the NoCloud seed on virtio-scsi), and verified under AAVMF
+with every check, under NoCloud and as a Graviton EC2 instance. containerd 1.7 and trixie's runc, arm64
+binaries from Debian served as release tarballs from 127.0.0.1 (10.0.2.2 in the guest), as the amd64 goldens are.
 
 Marked arm64: only `make test-arm64` runs it (the base image alone takes ~37 min here under load;
 see the README's CI split).

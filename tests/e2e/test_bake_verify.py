@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from imagebuild import qemu, render
+from imagebuild import baseimage, qemu, render
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import parse
@@ -65,8 +65,12 @@ def test_golden_image_bakes_with_manifest(golden_bake, golden_spec):
     assert manifest["disk_size"] == golden_image.stat().st_size
     assert manifest["packer"]["builder_type"] == "qemu"
     assert set(manifest["durations_s"]) >= {"boot", "provision", "total"}
+    # The Debian 12 base is hybrid (GPT: BIOS boot + ESP + root): registered uefi-preferred, built under
+    # SeaBIOS (its BIOS path), verified under OVMF (test_golden_image_verifies: its UEFI path).
+    assert (manifest["boot_mode"], manifest["architecture"], manifest["build_firmware"]) == (
+        "uefi-preferred", "x86_64", "bios")
     packer_log = (golden_image.parent / f"{golden_spec.name}.packer.log").read_text()
-    assert packer_log.count("Connected to SSH") == 1
+    assert packer_log.count("Connected to SSH") == 1   # which firmware: boot.build_firmware at verify
     assert f"pulling the sandbox image {golden_spec.config.sandbox_image} through CRI" in packer_log
     # Nothing of the build's scratch stays beside the image.
     assert sorted(p.name for p in golden_image.parent.iterdir()) == sorted(
@@ -88,13 +92,28 @@ def test_golden_image_verifies(golden_image, golden_spec, tmp_path):
     assert by_name["cri.mirror.k8s.gcr.io"]["expected"].endswith(
         "/v2/google-containers/imagebuild/verify-2/manifests/1?ns=k8s.gcr.io (200)")
     assert by_name["cri.network_ready"]["actual"] is False  # the image ships no CNI network config
-    # Debian 12 is BIOS-only (MBR): SeaBIOS booted it, as its manifest says
-    assert report["firmware"] == "bios" and by_name["boot.firmware"]["actual"].startswith("bios (no ")
+    # uefi-preferred (a hybrid image): OVMF booted it, as a UEFI-capable instance type would
+    assert report["firmware"] == "uefi" and by_name["boot.firmware"]["actual"].startswith("uefi (64-bit")
+    assert (by_name["boot.build_firmware"]["actual"], by_name["boot.build_firmware"]["ok"]) == ("bios", True)
     assert report["timings"]["containerd_active_s"] is not None
     assert report["timings"]["containerd_active_s"] < report["timings"]["check_done_s"]
     assert sha256_file(golden_image) == before, "verify must never write the image"
     written = json.loads((tmp_path / "verify.json").read_text())
     assert written["image_sha256"] == before and written["passed"]
+
+
+# +~150 s, over make test's budget (the bake boots the golden under SeaBIOS already); `make test-extra`,
+# where it also bakes the golden it needs (~4-6 min).
+@pytest.mark.extra
+def test_golden_image_verifies_under_seabios_too(golden_image, golden_spec, tmp_path):
+    """The hybrid golden's BIOS path through a whole verify boot (`verify --firmware bios`): i386-pc GRUB
+    from the BIOS boot partition, as a legacy-bios instance type boots the uefi-preferred AMI."""
+    report = verify_image(golden_image, golden_spec, log_dir=str(tmp_path), firmware="bios")
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert report["passed"], [c for c in report["checks"] if not c["ok"]]
+    assert report["firmware"] == "bios" and by_name["boot.firmware"]["actual"].startswith("bios (no ")
+    assert SEED_CHECKS | CRI_CHECKS <= set(by_name)
+    print(f"\nDebian 12 golden verify under SeaBIOS: {report['timings']}")
 
 
 def test_verify_times_out_on_a_guest_that_never_boots(tmp_path, golden_spec):
@@ -130,6 +149,7 @@ def test_golden_image_verifies_as_ec2(golden_image, golden_spec, tmp_path):
     by_name = {c["check"]: c for c in report["checks"]}
     assert by_name["network.dhcp"]["actual"].startswith("ens5:"), by_name["network.dhcp"]
     assert report["platform"] == "ec2" and report["imds_requests"] > 10
+    assert report["firmware"] == "uefi" and by_name["boot.firmware"]["ok"]        # uefi-preferred
     imds_lines = (tmp_path / "containerd-golden.verify-ec2.imds.log").read_text().splitlines()
     imds_log = [json.loads(line) for line in imds_lines]
     assert imds_log[0]["method"] == "PUT" and imds_log[0]["status"] == 200
@@ -141,12 +161,13 @@ def test_golden_image_verifies_as_ec2(golden_image, golden_spec, tmp_path):
 
 def _without_ec2(image, tmp_path):
     """A copy of *image* (raw) whose cloud-init datasource_list leaves Ec2 out, written with debugfs
-    into the root filesystem (no mounts): the base image as it was before Ec2 was listed."""
+    into the root filesystem (no mounts; it starts where the ESP ends): the base image as it was before
+    Ec2 was listed."""
     raw = tmp_path / "no-ec2.raw"
     subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(image), str(raw)], check=True)
     cfg = tmp_path / "99-no-ec2.cfg"
     cfg.write_text("datasource_list: [ NoCloud, ConfigDrive, None ]\n")
-    fs = f"{raw}?offset={1024 * 1024}"
+    fs = f"{raw}?offset={baseimage.ESP_END}"
     done = subprocess.run(["debugfs", "-w", "-R", f"write {cfg} /etc/cloud/cloud.cfg.d/99-no-ec2.cfg", fs],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -158,9 +179,12 @@ def _without_ec2(image, tmp_path):
 
 def test_an_image_whose_datasources_exclude_ec2_fails_the_ec2_verify(base_image, golden_spec, tmp_path):
     """Can the EC2 verify fail? An image without Ec2 in its datasource_list boots with cloud-init off;
-    the verify says so as soon as the login prompt shows, instead of waiting out its timeout."""
+    the verify says so as soon as the login prompt shows, instead of waiting out its timeout. The copy
+    is no built-in base and has no manifest: it boots as an amd64 image of unknown layout does, under
+    SeaBIOS (the hybrid base's BIOS path)."""
     image = _without_ec2(base_image, tmp_path)
     report = verify_image(image, golden_spec, log_dir=str(tmp_path), platform="ec2")
+    assert report["firmware"] == "bios"
     assert not report["passed"]
     assert report["failed"] == ["ec2.cloud_init_ran"]
     assert "datasource_list include Ec2" in report["reason"] and "no request to the IMDS" in report["reason"]

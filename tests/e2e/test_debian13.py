@@ -1,7 +1,6 @@
 """The Debian 13 amd64 golden: its hybrid base image (GPT: BIOS boot + ESP + root, systemd-networkd),
 baked with Packer's qemu builder under SeaBIOS and verified under OVMF, so every Debian 13 golden boots
-through both firmware paths (the Debian 12 golden, BIOS-only, keeps proving SeaBIOS in
-test_bake_verify.py).
+through both firmware paths (as the Debian 12 golden, hybrid too, does in test_bake_verify.py).
 
 containerd 1.7 with trixie's own runc (the runc of a family needs its suite's glibc: 2.38 here),
 served as release tarballs from 127.0.0.1 like the Debian 12 golden's; and containerd 2.x (sid's 2.1
