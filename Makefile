@@ -82,9 +82,10 @@ regen-cases: venv
 fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_properties.py -q
 
-## bench: performance figures, side by side
+## bench: performance figures, side by side (amd64, and arm64 beside it when its base image is cached);
+## options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--arch amd64" or BENCH_ARGS=--quick
 bench: venv
-	$(PY) -m tests.bench
+	$(PY) -m tests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) output .pytest_cache .mypy_cache .ruff_cache

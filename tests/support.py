@@ -43,6 +43,15 @@ def spec_of(doc: dict | str | None = None) -> Spec:
     return spec_module.parse(text, "test spec")
 
 
+def golden_spec(os_name: str, architecture: str, family: str) -> Spec:
+    """The default spec on *os_name* and *architecture* with containerd of *family*: the goldens of
+    tests/e2e beyond the default one, and the arm64 / amd64 pair `make bench` compares."""
+    doc = yaml.safe_load(yaml.safe_dump(spec_module.load().document))   # a deep copy
+    doc["image"] |= {"os": os_name, "architecture": architecture}
+    doc["containerd"]["version"] = FAMILY_VERSIONS[family]
+    return spec_module.parse(yaml.safe_dump(doc), f"{os_name} {architecture} golden spec")
+
+
 def write_spec(directory: Path, doc: dict | str | None, name: str = "spec.yaml") -> Path:
     path = Path(directory) / name
     if not isinstance(doc, str):  # a spec as a user writes it today: in the current spec version

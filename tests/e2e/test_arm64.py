@@ -13,14 +13,12 @@ import json
 import time
 
 import pytest
-import yaml
 
 from imagebuild import baseimage
 from imagebuild.bake import bake
 from imagebuild.golden import local_mirror
-from imagebuild.spec import load, parse
 from imagebuild.verify import verify_image
-from tests.support import FAMILY_VERSIONS
+from tests.support import golden_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.arm64]
 
@@ -35,10 +33,7 @@ def arm64_golden(tmp_path_factory):
     t0 = time.monotonic()
     baseimage.build(flavor=FLAVOR)           # cached by recipe hash; the bake below finds it
     times["base_image_s"] = round(time.monotonic() - t0, 1)
-    doc = yaml.safe_load(yaml.safe_dump(load().document))
-    doc["image"] |= {"os": "debian-13", "architecture": "arm64"}
-    doc["containerd"]["version"] = FAMILY_VERSIONS[FAMILY]
-    with local_mirror(parse(yaml.safe_dump(doc), "arm64 e2e spec")) as spec:
+    with local_mirror(golden_spec("debian-13", "arm64", FAMILY)) as spec:
         t0 = time.monotonic()
         image = bake(spec, tmp_path_factory.mktemp("golden-arm64") / "output")
         times["bake_s"] = round(time.monotonic() - t0, 1)
