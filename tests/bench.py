@@ -173,14 +173,14 @@ def ratio(arm: float | None, amd: float | None) -> str:
 def arch_figures(work: Path) -> list[tuple[str, str, str]]:
     """arm64 beside amd64: the same spec but image.architecture, baked and verified in this run."""
     from imagebuild.golden import local_mirror
-    from tests.support import golden_spec
+    from tests.support import default_spec_on
 
     missing = arm64_missing()
     if missing:
         return [(f"arm64 ({ARCH_OS}): bake, verify, arm64 / amd64", "not measured", missing)]
     runs, rows = {}, []
     for arch in ("amd64", "arm64"):
-        with local_mirror(golden_spec(ARCH_OS, arch, ARCH_FAMILY)) as spec:
+        with local_mirror(default_spec_on(ARCH_OS, arch, ARCH_FAMILY)) as spec:
             base, base_s = base_image(spec)
             rows.append((f"base image, {ARCH_OS} {arch} (cached after the first build)", f"{base_s:.1f} s",
                          base.name))

@@ -43,7 +43,7 @@ def spec_of(doc: dict | str | None = None) -> Spec:
     return spec_module.parse(text, "test spec")
 
 
-def golden_spec(os_name: str, architecture: str, family: str) -> Spec:
+def default_spec_on(os_name: str, architecture: str, family: str) -> Spec:
     """The default spec on *os_name* and *architecture* with containerd of *family*: the goldens of
     tests/e2e beyond the default one, and the arm64 / amd64 pair `make bench` compares."""
     doc = yaml.safe_load(yaml.safe_dump(spec_module.load().document))   # a deep copy

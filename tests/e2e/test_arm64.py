@@ -18,7 +18,7 @@ from imagebuild import baseimage
 from imagebuild.bake import bake
 from imagebuild.golden import local_mirror
 from imagebuild.verify import verify_image
-from tests.support import golden_spec
+from tests.support import default_spec_on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.arm64]
 
@@ -33,7 +33,7 @@ def arm64_golden(tmp_path_factory):
     t0 = time.monotonic()
     baseimage.build(flavor=FLAVOR)           # cached by recipe hash; the bake below finds it
     times["base_image_s"] = round(time.monotonic() - t0, 1)
-    with local_mirror(golden_spec("debian-13", "arm64", FAMILY)) as spec:
+    with local_mirror(default_spec_on("debian-13", "arm64", FAMILY)) as spec:
         t0 = time.monotonic()
         image = bake(spec, tmp_path_factory.mktemp("golden-arm64") / "output")
         times["bake_s"] = round(time.monotonic() - t0, 1)

@@ -17,10 +17,10 @@ import yaml
 from imagebuild import baseimage
 from imagebuild.bake import bake
 from imagebuild.golden import local_mirror
-from imagebuild.spec import load, parse
+from imagebuild.spec import parse
 from imagebuild.verify import verify_image
 from tests.e2e.test_bake_verify import BAKED_CHECKS, CRI_CHECKS
-from tests.support import FAMILY_VERSIONS
+from tests.support import FAMILY_VERSIONS, default_spec_on
 
 pytestmark = pytest.mark.e2e
 
@@ -34,10 +34,7 @@ def debian13(tmp_path_factory):
     t0 = time.monotonic()
     baseimage.build(flavor=FLAVOR)           # cached by recipe hash; the bake below finds it
     times["base_image_s"] = round(time.monotonic() - t0, 1)
-    doc = yaml.safe_load(yaml.safe_dump(load().document))
-    doc["image"]["os"] = "debian-13"
-    doc["containerd"]["version"] = FAMILY_VERSIONS["1.7"]
-    with local_mirror(parse(yaml.safe_dump(doc), "Debian 13 e2e spec")) as spec:
+    with local_mirror(default_spec_on("debian-13", "amd64", "1.7")) as spec:
         t0 = time.monotonic()
         image = bake(spec, tmp_path_factory.mktemp("golden13") / "output")
         times["bake_s"] = round(time.monotonic() - t0, 1)
@@ -93,10 +90,8 @@ def test_containerd_2x_with_cni_plugins_bakes_under_uefi_and_verifies(tmp_path):
 
     profile none: the worker profile's apt install in the guest (60-100 s under TCG) is proved by the
     goldens; this bake is about containerd 2.x, CNI and the UEFI build."""
-    doc = yaml.safe_load(yaml.safe_dump(parse("{}").document))
+    doc = yaml.safe_load(yaml.safe_dump(default_spec_on("debian-13", "amd64", "2.1").document))
     doc |= {"name": "containerd-two", "system": {"profile": "none"}}
-    doc["image"]["os"] = "debian-13"
-    doc["containerd"]["version"] = FAMILY_VERSIONS["2.1"]
     doc["containerd"]["install"]["cni_plugins"] = {}
     with local_mirror(parse(yaml.safe_dump(doc), "Debian 13 containerd 2.x e2e spec")) as spec:
         assert spec.containerd.config_version == 3 and spec.containerd.install.cni_plugins is not None
