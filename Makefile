@@ -36,7 +36,8 @@ test-e2e: venv
 test-arm64: venv
 	$(PY) -m pytest -m arm64 -v --timeout=7200
 
-## test-extra: the end-to-end boots beyond make test's budget (the Debian 13 golden's EC2 verify, the Debian 12 golden's SeaBIOS verify)
+## test-extra: the end-to-end boots beyond make test's budget (Debian 13: the golden's EC2 verify, containerd 2.x
+## baked under OVMF; Debian 12: the golden's SeaBIOS verify, two verifies at once, a bake with a wrong checksum)
 test-extra: venv
 	$(PY) -m pytest -m extra -v --timeout=3600
 

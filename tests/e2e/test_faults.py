@@ -39,6 +39,8 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+# 200 s in CI (2026-12-02): over make test's budget; `make test-extra`.
+@pytest.mark.extra
 def test_two_verifies_at_once_share_nothing(golden_image, golden_spec, tmp_path):
     """The same image booted twice at once: no fixed ports or scratch paths, each gets its own verdict."""
     drifted = with_changes(golden_spec, config__oom_score=-500, unit__oom_score_adjust=-500)
@@ -127,6 +129,9 @@ def test_bake_on_a_full_disk_fails_cleanly(golden_spec, base_image, tmp_path):
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
+# 102 s in CI: a bake up to the failing install (the install script's own checksum refusal is a fast
+# test, tests/test_install_upgrade.py); over make test's budget, `make test-extra`.
+@pytest.mark.extra
 def test_wrong_tarball_checksum_fails_the_bake_loudly(golden_spec, base_image, tmp_path):
     doc = yaml.safe_load(yaml.safe_dump(golden_spec.document))
     doc["containerd"]["install"]["tarball"]["sha256"] = "0" * 64
