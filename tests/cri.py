@@ -12,6 +12,7 @@ v1 client over gRPC.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shlex
@@ -127,8 +128,11 @@ class Containerd:
 
 
 def scratch(prefix: str) -> Path:
-    """A short directory (unix socket paths are limited to 108 bytes)."""
-    return Path(tempfile.mkdtemp(prefix=prefix))
+    """A short directory (unix socket paths are limited to 108 bytes) in /tmp, removed when the test
+    process exits (the tests stop the daemons and registries in it first; they left these behind)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def cri(sock: Path):
