@@ -8,13 +8,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BUILD := build
+LOCK := requirements.lock
 APT_PACKAGES := packer qemu-system-x86 qemu-utils mmdebstrap shellcheck cloud-init xorriso \
 	cloud-image-utils busybox-static grub-pc-bin grub2-common e2fsprogs fdisk curl systemd \
 	docker-registry skopeo runc tinyproxy binutils openssl ovmf qemu-efi-aarch64 dosfstools mtools \
 	binutils-aarch64-linux-gnu qemu-user-static qemu-system-arm
 export CHECKPOINT_DISABLE := 1
 
-.PHONY: golden test test-fast test-e2e test-arm64 test-extra deps venv lint regen-defaults regen-testimage regen-cases bench fuzz clean
+.PHONY: golden test test-fast test-e2e test-arm64 test-extra deps venv lock lint regen-defaults regen-testimage regen-cases bench fuzz clean
 
 ## golden: the main job on the built-in default spec: base image, bake, verify, print the report
 golden: venv
@@ -54,13 +55,27 @@ deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-## venv: the virtualenv with imagebuild (editable) and its test dependencies
+## venv: the virtualenv with imagebuild (editable) and exactly the releases of requirements.lock
+## (hash-checked); made anew whenever the lock or pyproject.toml changes
 venv: deps $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q --require-hashes -r $(LOCK)
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
+
+## lock: re-resolve requirements.lock to the newest releases pyproject.toml allows, rebuild the venv
+## from it and run the byte-for-byte tests (golden cases, oldest and newest output libraries) against it
+lock: venv
+	$(VENV)/bin/pip install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --generate-hashes --upgrade --quiet \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+		--custom-compile-command "make lock" -o $(LOCK).new
+	@if cmp -s $(LOCK).new $(LOCK); then rm $(LOCK).new; echo "$(LOCK): unchanged"; \
+	else mv $(LOCK).new $(LOCK); git --no-pager diff --stat -- $(LOCK); fi
+	$(MAKE) venv
+	$(PY) -m pytest tests/test_cases.py tests/test_dependency_range.py -q
 
 ## regen-defaults: re-read `containerd config default` from the real 1.6, 1.7 and 2.1 binaries
 regen-defaults: venv

@@ -182,3 +182,18 @@ def test_dotted_keys_only_split_where_containerd_has_the_first_part():
                                                   "registry": {"configs": {"r.example": {"auth": {"username": "u"}}}}}}}
     # The normalised spec is its own normal form: spec.json loads back to the same spec.
     assert spec_of(spec.document) == spec
+
+
+def test_no_value_holds_a_blank_line_for_the_layout_to_collapse():
+    """toml_items.dumps() collapses runs of blank lines: safe only while no value spans lines. A string
+    with newlines is written escaped on one line, and containerd's reference defaults hold no
+    multi-line string."""
+    from imagebuild.containerd_keys import reference_default
+    from imagebuild.render.toml_items import dumps, item, table
+
+    doc = table({"a": "one\n\n\ntwo", "b": ["x\n\ny"]})
+    text = dumps(doc)
+    assert "\n\n" not in text and tomllib.loads(text) == {"a": "one\n\n\ntwo", "b": ["x\n\ny"]}
+    assert item("it's \"quoted\"").as_string() == '"it\'s \\"quoted\\""'
+    for family in FAMILY_VERSIONS:
+        assert '"""' not in reference_default(family) and "'''" not in reference_default(family), family

@@ -13,6 +13,7 @@ from tomlkit.items import Table
 
 from ..containerd_keys import KeyPaths, reference_default
 from ..model import Spec
+from .toml_items import dumps, item
 
 HEADER = "Managed by imagebuild: change the spec and re-render rather than editing this file."
 
@@ -32,7 +33,7 @@ def _deep_merge(target: Any, overrides: dict) -> None:
         if isinstance(value, dict) and key in target and isinstance(target[key], dict):
             _deep_merge(target[key], value)
         else:
-            target[key] = value
+            target[key] = item(value)
 
 
 def render(spec: Spec) -> str:
@@ -40,44 +41,44 @@ def render(spec: Spec) -> str:
     doc = tomlkit.parse(reference_default(spec.containerd.family))
     paths = KeyPaths(spec.containerd.config_version)
 
-    doc["root"] = cfg.root
-    doc["state"] = cfg.state
-    doc["oom_score"] = cfg.oom_score
-    doc["imports"] = list(cfg.imports)
+    doc["root"] = item(cfg.root)
+    doc["state"] = item(cfg.state)
+    doc["oom_score"] = item(cfg.oom_score)
+    doc["imports"] = item(list(cfg.imports))
 
     table, key = paths.sandbox
-    _table(doc, *table)[key] = cfg.sandbox_image
-    _table(doc, *paths.log_line)["max_container_log_line_size"] = cfg.max_container_log_line_size
+    _table(doc, *table)[key] = item(cfg.sandbox_image)
+    _table(doc, *paths.log_line)["max_container_log_line_size"] = item(cfg.max_container_log_line_size)
     images = _table(doc, *paths.images)
-    images["snapshotter"] = cfg.snapshotter
-    images["discard_unpacked_layers"] = cfg.discard_unpacked_layers
+    images["snapshotter"] = item(cfg.snapshotter)
+    images["discard_unpacked_layers"] = item(cfg.discard_unpacked_layers)
 
     containerd = _table(doc, *paths.runtime_root)
-    containerd["default_runtime_name"] = cfg.default_runtime
+    containerd["default_runtime_name"] = item(cfg.default_runtime)
     runtimes = _table(containerd, "runtimes")
-    _table(runtimes, "runc", "options")["SystemdCgroup"] = cfg.systemd_cgroup
+    _table(runtimes, "runc", "options")["SystemdCgroup"] = item(cfg.systemd_cgroup)
     for name, rt in cfg.runtimes.items():
         handler = _table(runtimes, name)
-        handler["runtime_type"] = rt.runtime_type
-        handler["pod_annotations"] = list(rt.pod_annotations)
-        handler["privileged_without_host_devices"] = rt.privileged_without_host_devices
+        handler["runtime_type"] = item(rt.runtime_type)
+        handler["pod_annotations"] = item(list(rt.pod_annotations))
+        handler["privileged_without_host_devices"] = item(rt.privileged_without_host_devices)
         options = _table(handler, "options")
         if rt.binary_name:
-            options["BinaryName"] = rt.binary_name
+            options["BinaryName"] = item(rt.binary_name)
         if rt.config_path:
-            options["ConfigPath"] = rt.config_path
+            options["ConfigPath"] = item(rt.config_path)
         if rt.runtime_type == "io.containerd.runc.v2":
-            options["SystemdCgroup"] = cfg.systemd_cgroup
+            options["SystemdCgroup"] = item(cfg.systemd_cgroup)
 
     registry = _table(doc, *paths.registry)
     if cfg.registry.mode == "hosts":
-        registry["config_path"] = cfg.registry.config_path
+        registry["config_path"] = item(cfg.registry.config_path)
         registry.pop("mirrors", None)
     else:
-        registry["config_path"] = ""
+        registry["config_path"] = item("")
         mirrors = _table(registry, "mirrors")
         for mirror in cfg.registry.mirrors:
-            _table(mirrors, mirror.host)["endpoint"] = mirror.legacy_endpoints
+            _table(mirrors, mirror.host)["endpoint"] = item(mirror.legacy_endpoints)
 
     _deep_merge(doc, cfg.overrides)
-    return f"# {HEADER}\n" + tomlkit.dumps(doc)
+    return f"# {HEADER}\n" + dumps(doc)

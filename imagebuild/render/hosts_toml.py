@@ -8,6 +8,7 @@ from __future__ import annotations
 import tomlkit
 
 from ..model import Mirror
+from .toml_items import dumps, item
 
 HEADER = "Managed by imagebuild. Hosts are tried in file order, then the server."
 
@@ -15,23 +16,23 @@ HEADER = "Managed by imagebuild. Hosts are tried in file order, then the server.
 def render(mirror: Mirror) -> str:
     doc = tomlkit.document()
     doc.add(tomlkit.comment(HEADER))
-    doc["server"] = mirror.upstream
+    doc["server"] = item(mirror.upstream)
     hosts = tomlkit.table(is_super_table=True)
     for ep in mirror.endpoints:
         url, override_path = ep.hosts_entry
         host = tomlkit.table()
-        host["capabilities"] = list(ep.capabilities)
+        host["capabilities"] = item(list(ep.capabilities))
         if override_path:
-            host["override_path"] = True
+            host["override_path"] = item(True)
         if ep.skip_verify:
-            host["skip_verify"] = True
+            host["skip_verify"] = item(True)
         if ep.ca:
-            host["ca"] = ep.ca
+            host["ca"] = item(ep.ca)
         if ep.headers:
             headers = tomlkit.table()
             for name, value in ep.headers.items():
-                headers[name] = [value]
+                headers[name] = item([value])
             host["header"] = headers
         hosts[url] = host
     doc["host"] = hosts
-    return tomlkit.dumps(doc)
+    return dumps(doc)
