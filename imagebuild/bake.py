@@ -3,7 +3,6 @@ manifest.json in the output directory, or nothing at all.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -20,15 +19,15 @@ from typing import IO
 
 import yaml
 
-from . import __version__, baseimage, cri_lab, render
+from . import __version__, baseimage, lab_ledger, oci_archive, render
 from .digest import sha256_file
 from .errors import ImagebuildError
+from .oci_archive import normalized
 from .paths import cache_dir
 from .progress import heartbeat, step
 from .render.templating import shipped_dir
 from .run import PIPE, STDOUT, run, spawned
 from .spec import Spec
-from .testimage import test_oci_image
 from .vm import firmware as fw
 from .vm.accel import accelerator as resolve_accelerator
 from .vm.disks import image_info
@@ -57,18 +56,49 @@ def packer_directory(spec: Spec, output: str | Path) -> Path:
     return out
 
 
-def inputs_hash(spec: Spec, base_checksum: str) -> str:
+def inputs_hash(spec: Spec, base_checksum: str, artifacts: list[tuple[str, str]] | None = None) -> str:
     """Everything that decides the image's content: equal hashes mean a rebuild would change nothing.
 
     An artifact given by `checksum_url` counts by the sha256 that file names for it today (read
     the way the install script reads it), not by the URL: a new release behind the same URL
     changes the hash."""
-    install = spec.containerd.install
-    artifacts = [(a.resolved_url, a.sha256 or named_checksum(a.resolved_url, a.resolved_checksum_url))
-                 for a in (install.tarball, install.runc, install.cni_plugins) if a is not None]
+    artifacts = resolved_artifacts(spec) if artifacts is None else artifacts
     blob = json.dumps({"spec": spec.spec_hash, "artifacts": artifacts, "base": base_checksum,
                        "imagebuild": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def resolved_artifacts(spec: Spec) -> list[tuple[str, str]]:
+    """(URL, sha256) of every download the install makes (none for a package install): a sha256 given by
+    `checksum_url` is the one that file names today."""
+    install = spec.containerd.install
+    if install.method != "tarball":
+        return []
+    return [(a.resolved_url, a.sha256 or named_checksum(a.resolved_url, a.resolved_checksum_url))
+            for a in (install.tarball, install.runc, install.cni_plugins) if a is not None]
+
+
+def lab_artifacts(artifacts: list[tuple[str, str]]) -> list[str]:
+    """What of the image is lab content (imagebuild.lab_ledger): downloads the developer tools made up."""
+    found = [(url, lab_ledger.lookup(sha)) for url, sha in artifacts]
+    return [f"{url}: {what}" for url, what in found if what]
+
+
+#: What the bake does about the sandbox image, by image.sandbox.source (the progress line says it).
+SANDBOX_SAYS = {"registry": "pulled through CRI from its registry, through config.registry's mirrors",
+                "archive": "imported from image.sandbox.archive and pinned",
+                "none": "not baked (image.sandbox.source: none): kubelet pulls it for the first pod"}
+
+
+def sandbox_source(spec: Spec, packer_dir: Path) -> dict:
+    """Where the sandbox image of the image comes from, as the manifest records it. An archive is fetched
+    into *packer_dir* (Packer uploads it) once its sha256 matches and it holds config.sandbox_image."""
+    name, source = normalized(spec.config.sandbox_image), spec.image.sandbox.source
+    archive = spec.image.sandbox.archive
+    if source == "archive" and archive is not None:
+        return {"source": source, "url": archive.url} | oci_archive.sandbox_archive(
+            archive.url, archive.sha256, spec.config.sandbox_image, packer_dir / render.SANDBOX_ARCHIVE)
+    return {"source": source, "name": name, "digest": None}
 
 
 def named_checksum(url: str, checksum_url: str | None, timeout: float = 60) -> str:
@@ -214,10 +244,6 @@ class PackerRun:
         return out
 
 
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
 def _keep_failed_log(log_path: Path, output: Path, name: str) -> str:
     """Save a failed build's log in the output directory (no image goes there); say where."""
     target = output / f"{name}.packer-failed.log"
@@ -249,7 +275,8 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
     output.parent.mkdir(parents=True, exist_ok=True)
     base_source, base_checksum = resolve_base(spec, base)
     # Before the build, not after it: a checksum_url this host cannot read fails in seconds.
-    inputs = inputs_hash(spec, base_checksum)
+    artifacts = resolved_artifacts(spec)
+    inputs = inputs_hash(spec, base_checksum, artifacts)
     accelerator = resolve_accelerator(spec.image.accelerator, spec.image.architecture)
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-bake-", dir=output.parent))
     packer_tmp: Path | None = None
@@ -274,16 +301,12 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
                      **(packer_vars or {})}
         step(f"bake {spec.name}: {spec.image.os} {spec.image.architecture} image ({mode}), built under "
              f"{build_firmware}")
-        # The verify boot's registry lab, for the build VM: install.sh pulls the sandbox image through
-        # the spec's mirrors (its registry stands in for them); hygiene.sh removes the hosts lines and CA.
-        test_image = Path(test_oci_image(work / "test-image.tar", arch=spec.image.architecture)["path"])
-        with cri_lab.start(spec, work, "nocloud", test_image) as lab:
-            variables |= {"build_lab_netdev": "," + lab.netdev_options(),
-                          "build_lab_hosts": _b64("".join(f"{line}\n" for line in lab.hosts(cri_lab.BUILD_LAB_MARK))),
-                          "build_lab_ca": _b64(lab.tls["ca"].read_text())}
-            code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
-            asked = [c for c in lab.host_checks() if c["check"] == "cri.mirror.sandbox_image"]
-        step(f"sandbox image {spec.config.sandbox_image}: {asked[0]['actual']} (through the lab)")
+        sandbox = sandbox_source(spec, render_dir / "packer")
+        step(f"bake {spec.name}: sandbox image {sandbox['name']}: {SANDBOX_SAYS[sandbox['source']]}")
+        lab_content = lab_artifacts(artifacts)
+        for what in lab_content:
+            step(f"bake {spec.name}: lab content, so publish will refuse this image: {what}")
+        code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
         image = packer_out / f"{spec.name}.qcow2"
         if code != 0 or not image.is_file():
             kept = _keep_failed_log(log_path, output, spec.name)
@@ -292,7 +315,9 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
         total = time.monotonic() - started
         step("packer build done; writing manifest")
         manifest = _manifest(spec, image, work / "image-packer-manifest.json", base_source, base_checksum,
-                             inputs, run.durations(total), accelerator) | {"build_firmware": build_firmware}
+                             inputs, run.durations(total), accelerator) | {
+            "build_firmware": build_firmware, "sandbox_image": sandbox, "lab_content": lab_content,
+            "artifacts": [{"url": url, "sha256": sha} for url, sha in artifacts]}
         (packer_out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copyfile(log_path, packer_out / f"{spec.name}.packer.log")
         _publish_dir(packer_out, output)

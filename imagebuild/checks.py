@@ -134,6 +134,7 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
         if not str(value).strip():
             problems.append(Problem(f"system.sysctls.{key}", f"got {value!r}, expected a number or plain text "
                                     "(an empty value sets nothing and systemd-sysctl rejects it; remove the key)"))
+    _check_sandbox(doc, problems)
     if doc["image"]["aws"]["ssm_parameter"] is None:
         doc["image"]["aws"]["ssm_parameter"] = f"/imagebuild/{doc['name']}/latest"
     for index, check in enumerate(doc["verify"]["checks"]):
@@ -141,6 +142,17 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             problems.append(Problem(f"verify.checks[{index}].name",
                                     f"got {check['name']!r} twice, names must be unique"))
     return problems, warnings
+
+
+def _check_sandbox(doc: dict, problems: list[Problem]) -> None:
+    """image.sandbox: an archive exactly when the source is one."""
+    sandbox = doc["image"]["sandbox"]
+    if sandbox["source"] == "archive" and sandbox["archive"] is None:
+        problems.append(Problem("image.sandbox.archive", "got null with source: archive, expected {url, sha256} "
+                                f"of an OCI archive holding {doc['config']['sandbox_image']}"))
+    if sandbox["source"] != "archive" and sandbox["archive"] is not None:
+        problems.append(Problem("image.sandbox.archive", f"is set, but source is {sandbox['source']!r}: "
+                                "set source: archive, or remove the archive"))
 
 
 #: Snapshotters that load only when configured: (key path in overrides that configures them, why).

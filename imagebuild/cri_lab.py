@@ -5,7 +5,11 @@ On the host: one CA and certificate naming every mirror endpoint host (and the s
 registry when no mirror covers it), and one real registry (imagebuild.registry) per port those
 endpoints use (TLS for https, plain for http), all serving the same storage. Each mirrored registry
 gets an image under the name its first pulling endpoint's API root implies; the sandbox image is
-served under its own name the same way.
+served under its own name the same way, unless the image under test carries its own (baked in): then
+the lab serves nothing under that name, and a pull of it would fail.
+
+Everything the lab serves is a test double (the test image's program), for this boot's throwaway
+overlay only: `imagebuild bake` runs no lab, so nothing of it reaches an image.
 
 In the guest the boot adds ONLY lab plumbing, never a change to containerd's configuration: /etc/hosts
 maps the lab's host names to LAB_IP (QEMU forwards LAB_IP:<port> to the host registry of that port,
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import imds
+from .oci_archive import normalized
 from .registry import Registry, lab_ca
 from .spec import Spec, api_root
 from .testimage import test_oci_image
@@ -29,8 +34,6 @@ from .testimage import test_oci_image
 LAB_IP = {"nocloud": "10.0.2.100", "ec2": "169.254.20.20"}
 #: Files the lab puts on the verify seed (or the EC2 data disk).
 SEED_FILES = ("cri.py", "cri_checks.py", "cri-lab.json", "cri-lab-ca.crt")
-#: Ends each /etc/hosts line the bake's lab adds, so packer/hygiene.sh can remove them (cri_checks.BUILD_LAB_MARK).
-BUILD_LAB_MARK = "# imagebuild-build-lab"
 TAG = "1"
 
 
@@ -50,7 +53,8 @@ class Plan:
     names: list[str]                              # host names /etc/hosts points at the lab
     ports: dict[int, bool]                        # port -> TLS
     pulls: list[Pull]                             # one per mirrored registry
-    sandbox: Pull                                 # the sandbox image, as RunPodSandbox pulls it
+    sandbox: Pull | None                          # the sandbox image, as RunPodSandbox would pull it (None:
+                                                  # baked in, and no mirror of its registry to watch)
     pushes: list[tuple[str, str]] = field(default_factory=list)  # (image kind, repository:tag in storage)
 
 
@@ -66,8 +70,9 @@ def _split(image: str) -> tuple[str, str]:
     return "docker.io", image if "/" in image else "library/" + image
 
 
-def plan(spec: Spec) -> Plan:
-    """What the lab serves for *spec*, and what each pull must ask for."""
+def plan(spec: Spec, *, sandbox_baked: bool = False) -> Plan:
+    """What the lab serves for *spec*, and what each pull must ask for. *sandbox_baked*: the image holds
+    its sandbox image, so the lab serves none (a mirror of its registry is still watched: never asked)."""
     registry = spec.config.registry
     names: list[str] = []
     ports: dict[int, bool] = {}
@@ -97,38 +102,49 @@ def plan(spec: Spec) -> Plan:
     if host in by_host:
         ep, root = by_host[host]
         port = _port(urllib.parse.urlsplit(ep.url))
+    elif sandbox_baked:
+        return Plan(names=names, ports=ports, pulls=pulls, sandbox=None, pushes=pushes)
     else:  # no mirror for it: the lab stands in for its registry itself
         root, port = "/v2", 443
         if host not in names:
             names.append(host)
         ports.setdefault(443, True)
-    pushes.append(("sandbox", f"{root[len('/v2'):].strip('/')}/{repo}:{tag}".lstrip("/")))
+    if not sandbox_baked:
+        pushes.append(("sandbox", f"{root[len('/v2'):].strip('/')}/{repo}:{tag}".lstrip("/")))
     # containerd names the upstream in `?ns=` only when it asks a mirror, not the registry itself.
     query = f"?ns={host}" if host in by_host else ""
     sandbox = Pull(host, image, port, f"{root}/{repo}/manifests/{tag}{query}")
     return Plan(names=names, ports=ports, pulls=pulls, sandbox=sandbox, pushes=pushes)
 
 
-def guest_lab(spec: Spec, lab_plan: Plan, *, baked: bool = False) -> dict:
-    """What the in-guest CRI checks (check.py --cri-lab) are told: the spec's view and the pulls; *baked*:
-    the image carries its sandbox image (imagebuild bake pulled it), the pod must start without a registry."""
+def guest_lab(spec: Spec, lab_plan: Plan, *, baked: bool = False, sandbox_baked: bool = False,
+              sandbox: dict | None = None) -> dict:
+    """What the in-guest CRI checks (check.py --cri-lab) are told: the spec's view and the pulls. *baked*:
+    an image imagebuild bake made (not the user-data path): before any registry is reachable, its containerd
+    must hold exactly the images it baked. *sandbox_baked*: its sandbox image is one of them (image.sandbox),
+    so the pod must start without a registry. *sandbox*: what the bake's manifest records of it (the manifest
+    digest its source gave, the program it runs), when known."""
     registry = spec.config.registry
-    return {"baked": baked, "sandbox_image": spec.config.sandbox_image, "registry_mode": registry.mode,
-            "config_path": registry.config_path if registry.mode == "hosts" else None,
+    sandbox = sandbox or {}
+    return {"baked": baked, "sandbox_baked": sandbox_baked, "sandbox_digest": sandbox.get("digest"),
+            "sandbox_program": sandbox.get("program"),
+            "sandbox_image": spec.config.sandbox_image, "sandbox_name": normalized(spec.config.sandbox_image),
+            "registry_mode": registry.mode, "config_path": registry.config_path if registry.mode == "hosts" else None,
             "family": spec.containerd.family, "systemd_cgroup": spec.config.systemd_cgroup,
-            "pulls": [p.as_json() for p in lab_plan.pulls], "sandbox": lab_plan.sandbox.as_json()}
+            "pulls": [p.as_json() for p in lab_plan.pulls],
+            "sandbox": lab_plan.sandbox.as_json() if lab_plan.sandbox else None}
 
 
-def mirror_checks(lab_plan: Plan, registries: dict[int, Registry], *, baked: bool = False) -> list[dict]:
+def mirror_checks(lab_plan: Plan, registries: dict[int, Registry], *, sandbox_baked: bool = False) -> list[dict]:
     """From the registries' access logs (*registries*: port -> the registry serving it): each pull, and
-    the sandbox image's, asked its mirror for the expected manifest path, and got it. *baked*: the
+    the sandbox image's, asked its mirror for the expected manifest path, and got it. *sandbox_baked*: the
     sandbox image is the image's own, so its registry must never have been asked for it."""
     checks = []
-    for pull, name in [(p, f"cri.mirror.{p.host}") for p in lab_plan.pulls] + \
-                      [(lab_plan.sandbox, "cri.mirror.sandbox_image")]:
+    sandbox = [(lab_plan.sandbox, "cri.mirror.sandbox_image")] if lab_plan.sandbox else []
+    for pull, name in [(p, f"cri.mirror.{p.host}") for p in lab_plan.pulls] + sandbox:
         served = [(m, s) for m, path, s in registries[pull.port].requests() if path == pull.manifest]
         asked = ", ".join(f"{m} {s}" for m, s in served) if served else f"never asked for {pull.manifest}"
-        if baked and pull is lab_plan.sandbox:
+        if sandbox_baked and pull is lab_plan.sandbox:
             checks.append({"check": name, "ok": not served, "actual": asked,
                            "expected": f"{pull.image} baked in: the lab's :{pull.port} never asked for "
                                        f"{pull.manifest}"})
@@ -139,20 +155,26 @@ def mirror_checks(lab_plan: Plan, registries: dict[int, Registry], *, baked: boo
     return checks
 
 
-def start(spec: Spec, work: Path, platform: str, test_image: Path, *, baked: bool = False) -> Lab:
-    """The lab for *spec*: the test image under each mirrored name, and a sandbox image (the test
-    image's program, sleeping) under the spec's sandbox image name."""
-    sandbox = work / "sandbox-image.tar"
-    test_oci_image(sandbox, cmd=("/bin/sleep", "3600"), arch=spec.image.architecture)
-    return Lab(spec, work / "lab", platform, {"test": test_image, "sandbox": sandbox}, baked=baked)
+def start(spec: Spec, work: Path, platform: str, test_image: Path, *, baked: bool = False,
+          sandbox_baked: bool = False, sandbox: dict | None = None) -> Lab:
+    """The lab for *spec*: the test image under each mirrored name, and unless the image holds its own
+    (*sandbox_baked*), a stand-in sandbox image (the test image's program, sleeping) under the spec's
+    sandbox image name, for this boot's overlay."""
+    images = {"test": test_image}
+    if not sandbox_baked:
+        images["sandbox"] = work / "sandbox-image.tar"
+        test_oci_image(images["sandbox"], cmd=("/bin/sleep", "3600"), arch=spec.image.architecture)
+    return Lab(spec, work / "lab", platform, images, baked=baked, sandbox_baked=sandbox_baked, sandbox=sandbox)
 
 
 class Lab:
     """The running lab of *spec* for a boot on *platform*: registries up, images pushed."""
 
-    def __init__(self, spec: Spec, work: Path, platform: str, images: dict[str, Path], *, baked: bool = False):
+    def __init__(self, spec: Spec, work: Path, platform: str, images: dict[str, Path], *, baked: bool = False,
+                 sandbox_baked: bool = False, sandbox: dict | None = None):
         self.spec, self.platform, self.baked = spec, platform, baked
-        self.plan = plan(spec)
+        self.sandbox_baked, self.sandbox = sandbox_baked, sandbox
+        self.plan = plan(spec, sandbox_baked=sandbox_baked)
         self.work = Path(work)
         self.ip = LAB_IP[platform]
         self.tls = lab_ca(self.work / "ca", self.plan.names)
@@ -181,19 +203,20 @@ class Lab:
 
     def seed_files(self, guest_dir: Path) -> dict[str, bytes]:
         """The files the boot's seed carries for the CRI checks (cri.py and cri_checks.py from *guest_dir*)."""
-        lab = guest_lab(self.spec, self.plan, baked=self.baked) | {"hosts": self.hosts()}
+        lab = guest_lab(self.spec, self.plan, baked=self.baked, sandbox_baked=self.sandbox_baked,
+                        sandbox=self.sandbox) | {"hosts": self.hosts()}
         return {"cri.py": (guest_dir / "cri.py").read_bytes(),
                 "cri_checks.py": (guest_dir / "cri_checks.py").read_bytes(),
                 "cri-lab.json": (json.dumps(lab, indent=2) + "\n").encode(),
                 "cri-lab-ca.crt": self.tls["ca"].read_bytes()}
 
-    def hosts(self, mark: str = "") -> list[str]:
+    def hosts(self) -> list[str]:
         """/etc/hosts lines mapping the lab's host names to its address (the CRI checks add them after
-        the offline checks; the bake adds them marked, for hygiene to remove)."""
-        return [f"{self.ip} {name}{'  ' + mark if mark else ''}" for name in self.plan.names]
+        the offline checks)."""
+        return [f"{self.ip} {name}" for name in self.plan.names]
 
     def host_checks(self) -> list[dict]:
-        return mirror_checks(self.plan, self.registries, baked=self.baked)
+        return mirror_checks(self.plan, self.registries, sandbox_baked=self.sandbox_baked)
 
     def close(self) -> None:
         for reg in self.registries.values():

@@ -751,6 +751,26 @@ class BaseImage(Section):
         "verify boot's firmware and the AMI's boot mode; null: legacy-bios on amd64, uefi on arm64")
 
 
+class SandboxArchive(Section):
+    """an OCI image archive (`ctr images export`, `skopeo copy ... oci-archive:`) holding the sandbox image"""
+
+    url: Annotated[str, Text(r"^(https://|file:///|/)[A-Za-z0-9._~%/:+@=-]+$",
+                             "an https:// or file:// URL, or an absolute path on the build host, without "
+                             "spaces, quotes or shell characters")] = Field(
+        description="where the bake reads it")
+    sha256: Sha256 = Field(description="sha256 of the archive file: checked before anything is read from it")
+
+
+class Sandbox(Section):
+    """where the bake gets the sandbox image (config.sandbox_image) it puts into the image, pinned"""
+
+    source: Literal["registry", "archive", "none"] = Field(
+        "registry", description="registry: the build VM pulls config.sandbox_image through CRI, from its "
+        "registry through config.registry's mirrors; archive: imported from sandbox.archive, whose image must "
+        "carry that name; none: not baked (kubelet pulls it for the first pod)")
+    archive: SandboxArchive | None = Field(None, description=SandboxArchive.__doc__)
+
+
 Account = Annotated[str, Text(AWS_ACCOUNT, "a 12-digit account id")]
 TagKey = Annotated[str, Key(TAG_KEY, "tag keys of 1-127 letters, digits and  _.:/=+@-")]
 TagValue = Annotated[str, Text(TAG_VALUE, "tag text of at most 255 letters, digits and  _.:/=+@-")]
@@ -859,6 +879,7 @@ class Image(Section):
     hygiene: Bool = Field(
         True, description="clean the image before capture: cloud-init state, machine-id, SSH host keys, "
         "apt lists, logs, fstrim")
+    sandbox: Sandbox = Field(default_factory=Sandbox, description=Sandbox.__doc__)
     packer_version: Annotated[str, Text(r"^[0-9]+\.[0-9]+$", "a version like 1.6")] = Field(
         "1.6", description="Packer version the template targets; required_plugins from 1.7")
     aws: Aws = Field(default_factory=Aws, description=Aws.__doc__)

@@ -28,6 +28,7 @@ from .run import run
 from .spec import Spec
 from .testimage import test_oci_image
 from .vm import firmware as fw
+from .vm.disks import OfflineImage
 
 VERIFY_DIR = f"{render.GUEST_DIR}/verify"
 SEED_MOUNT = "/run/imagebuild-seed"
@@ -84,17 +85,16 @@ def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
     runs it and reports over the results port, then power-off. *install* first installs the spec the
     way its own user-data does (the user-data path)."""
     files = render.guest_files(spec)
-    staged = [(f"{render.GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()] if install else []
-    staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode)
-               for name in ("check.py", "expected.json")]
+    staged = render.user_data_files(spec, files) if install else []
+    staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode) for name in render.CHECK_FILES]
     staged.append((f"{VERIFY_DIR}/boot.json", (json.dumps(boot, indent=2) + "\n").encode(), 0o644))
     run_check = render_template("run-check.sh.j2", verify_dir=VERIFY_DIR, seed_mount=SEED_MOUNT,
                                 results_port=qemu.RESULTS_PORT, test_image=TEST_IMAGE,
                                 instance_id=boot["instance_id"],
                                 seed_label="cidata" if boot["platform"] == "nocloud" else DATA_LABEL)
     staged.append((f"{VERIFY_DIR}/run-check.sh", run_check.encode(), 0o755))
-    commands = ([render.INSTALL_COMMAND] if install else []) + [["bash", f"{VERIFY_DIR}/run-check.sh"],
-                                                                 ["systemctl", "poweroff"]]
+    commands = ([render.INSTALL_COMMAND, render.CLEANUP_COMMAND] if install else []) + [
+        ["bash", f"{VERIFY_DIR}/run-check.sh"], ["systemctl", "poweroff"]]
     return userdata.cloud_config(staged, commands).encode()
 
 
@@ -105,9 +105,11 @@ def _public_key(work: Path) -> str:
 
 
 def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: Path, label: str,
-          platform: str = "nocloud", firmware: str = "bios", build_firmware: str | None = None) -> dict:
+          platform: str = "nocloud", firmware: str = "bios", build_firmware: str | None = None,
+          sandbox: dict | None = None) -> dict:
     """One verify boot. *build_firmware*: what the bake's manifest says its build VM booted under, which
-    the guest compares with what hygiene.sh recorded there (boot.build_firmware)."""
+    the guest compares with what hygiene.sh recorded there (boot.build_firmware). *sandbox*: the manifest's
+    record of the image's sandbox image (default: what image.sandbox says the bake did)."""
     work = Path(tempfile.mkdtemp(prefix="imagebuild-verify-"))
     try:
         boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "", firmware)
@@ -116,8 +118,11 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
         user_data = _seed_files(spec, install=install, boot=boot)
         serial_log = log_dir / f"{label}.serial.log"
         # The registry lab of this boot (imagebuild/cri_lab.py). A baked image (not the user-data path)
-        # must hold its sandbox image and start a pod before any registry is reachable.
-        with cri_lab.start(spec, work, platform, test_image, baked=not install) as lab:
+        # must hold exactly what the bake put there and, when it baked its sandbox image, start a pod
+        # before any registry is reachable.
+        source = (sandbox or {}).get("source", spec.image.sandbox.source)
+        with cri_lab.start(spec, work, platform, test_image, baked=not install,
+                           sandbox_baked=not install and source != "none", sandbox=sandbox) as lab:
             # boot_checks.py rides on the seed disk like the CRI checks: the user-data must fit EC2's 16 KB.
             disk_files = {TEST_IMAGE: test_image.read_bytes(),
                           "boot_checks.py": (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(),
@@ -281,13 +286,40 @@ def verify_image(image: Path, spec: Spec, *, log_dir: str | None = None, platfor
     out_dir.mkdir(parents=True, exist_ok=True)
     image_sha = sha256_file(image)
     label = image.stem + (".verify" if platform == "nocloud" else f".verify-{platform}")
+    manifest = _manifest_of(image)
     # hygiene.sh records the build VM's firmware; an image baked without hygiene has no record.
-    build_firmware = _manifest_of(image).get("build_firmware") if spec.image.hygiene else None
+    build_firmware = manifest.get("build_firmware") if spec.image.hygiene else None
+    stored = content_store_check(image, spec, manifest.get("sandbox_image"))
     report = _boot(image, spec, install=False, test_image=_test_image(spec.image.architecture), log_dir=out_dir,
-                   label=label, platform=platform, firmware=firmware, build_firmware=build_firmware)
+                   label=label, platform=platform, firmware=firmware, build_firmware=build_firmware,
+                   sandbox=manifest.get("sandbox_image"))
+    if report.get("summary") and stored:
+        report = _add_checks(report, [stored])
     if sha256_file(image) != image_sha:
         raise ImagebuildError(f"{image} changed during verify; it must never be written")
     return write_image_report(out_dir, report, image, image_sha, spec.spec_hash, platform)
+
+
+def content_store_check(image: Path, spec: Spec, sandbox: dict | None) -> dict | None:
+    """Read without booting: every blob in the image's containerd content store is one the bake's declared
+    source of its sandbox image gave (image.sandbox: none gives none, an archive its own blobs), so nothing
+    else (a test program under any name) was baked in. None for a registry source (its blobs are not known
+    ahead) or an image without the bake's record."""
+    if not sandbox or sandbox.get("source") == "registry":
+        return None
+    allowed = set(sandbox.get("blobs") or [])
+    path = f"{spec.config.root}/io.containerd.content.v1.content/blobs/sha256"
+    work = Path(tempfile.mkdtemp(prefix="imagebuild-offline-"))
+    try:
+        with OfflineImage(image, work) as disk:
+            held = {f"sha256:{name}" for name in disk.listdir(path) or []}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    foreign = sorted(held - allowed)
+    return {"check": "image.content_store", "ok": not foreign,
+            "expected": f"only blobs of the sandbox image's {sandbox['source']} source ({len(allowed)} known)",
+            "actual": f"{len(held)} blobs" + (f"; not from that source: {', '.join(foreign)}" if foreign else ""),
+            "note": f"{path}, read without booting the image"}
 
 
 def write_image_report(out_dir: Path, report: dict, image: Path, image_sha: str, spec_hash: str,

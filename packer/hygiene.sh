@@ -16,15 +16,6 @@ for dev in /sys/class/net/*; do
   nics+=("$name=$(cat "$dev/address")")
 done
 
-# imagebuild bake's registry lab: its CA, appended to the trust store's bundle and kept in /run
-# (recorded by the sha256 of its base64 body, as the verify boot's hygiene.build_lab_removed looks for
-# it), and the /etc/hosts lines it marked. (Not update-ca-certificates: under TCG it takes ~40 s a run.)
-lab_ca=/run/imagebuild-build-lab.crt
-lab_ca_sha=""
-if [[ -f $lab_ca ]]; then
-  lab_ca_sha=$(grep -v -e '-----' "$lab_ca" | tr -d ' \t\r\n' | sha256sum | cut -d' ' -f1)
-fi
-
 # The firmware the build VM booted under: the verify boot's boot.build_firmware compares it with the
 # manifest's build_firmware, so a bake that asked for UEFI and booted SeaBIOS (or the reverse) is caught.
 build_firmware=bios
@@ -46,15 +37,8 @@ build_firmware=bios
     printf '%s"%s": "%s"' "$sep" "${nic%%=*}" "${nic#*=}"
     sep=", "
   done
-  printf '}, "build_lab_ca": "%s", "firmware": "%s"}\n' "$lab_ca_sha" "$build_firmware"
+  printf '}, "firmware": "%s"}\n' "$build_firmware"
 } > "$STATE_DIR/build-facts.json"
-
-sed -i -e '/# imagebuild-build-lab$/d' /etc/hosts
-if [[ -f $lab_ca ]]; then
-  python3 -c 'import sys; b, ca = sys.argv[1], open(sys.argv[2]).read(); t = open(b).read(); open(b, "w").write(t.replace(ca, ""))' \
-    /etc/ssl/certs/ca-certificates.crt "$lab_ca"
-  rm -f "$lab_ca"
-fi
 
 # cloud-init runs again, as on a new instance, on the next boot.
 cloud-init clean --logs --seed

@@ -52,6 +52,18 @@ def default_spec_on(os_name: str, architecture: str, family: str) -> Spec:
     return spec_module.parse(yaml.safe_dump(doc), f"{os_name} {architecture} golden spec")
 
 
+def with_pause_archive(spec: Spec, work: Path) -> tuple[Spec, dict]:
+    """*spec* whose sandbox image is a real pause (Debian's catatonit) under a local name, baked from an OCI
+    archive (image.sandbox.source archive), and the archive ({"path", "ref", "digest", "sha256"})."""
+    from imagebuild.devtools import pause_image
+
+    made = pause_image.pause_archive(Path(work) / "catatonit-pause.tar", spec.image.architecture)
+    doc = yaml.safe_load(yaml.safe_dump(spec.document))
+    doc["config"]["sandbox_image"] = made["ref"]
+    doc["image"]["sandbox"] = {"source": "archive", "archive": {"url": made["path"], "sha256": made["sha256"]}}
+    return spec_module.parse(yaml.safe_dump(doc), "spec (sandbox image from an archive)"), made
+
+
 def write_spec(directory: Path, doc: dict | str | None, name: str = "spec.yaml") -> Path:
     path = Path(directory) / name
     if not isinstance(doc, str):  # a spec as a user writes it today: in the current spec version

@@ -71,6 +71,17 @@ CASES = [
         "got -2"),
     Bad("restart-sec-range", {"unit": {"restart_sec": 99999}}, "unit.restart_sec", "got 99999"),
     Bad("disk-size-range", {"image": {"disk_size_gb": 1}}, "image.disk_size_gb", "got 1"),
+    # --- image.sandbox: where the bake gets the sandbox image
+    Bad("sandbox-source-unknown", {"image": {"sandbox": {"source": "lab"}}}, "image.sandbox.source", "'lab'"),
+    Bad("sandbox-archive-missing", {"image": {"sandbox": {"source": "archive"}}}, "image.sandbox.archive",
+        "got null with source: archive"),
+    Bad("sandbox-archive-unused", {"image": {"sandbox": {"archive": {"url": "/srv/pause.tar", "sha256": SHA}}}},
+        "image.sandbox.archive", "source is 'registry'"),
+    Bad("sandbox-archive-http", {"image": {"sandbox": {"source": "archive", "archive": {
+        "url": "http://mirror.example/pause.tar", "sha256": SHA}}}}, "image.sandbox.archive.url",
+        "'http://mirror.example/pause.tar'"),
+    Bad("sandbox-archive-shell", {"image": {"sandbox": {"source": "archive", "archive": {
+        "url": "/srv/pause$(reboot).tar", "sha256": SHA}}}}, "image.sandbox.archive.url", "pause$(reboot)"),
     Bad("verify-timeout-range", {"verify": {"timeout": 10}}, "verify.timeout", "got 10"),
     Bad("aws-keep-zero", {"image": {"aws": {"keep": 0}}}, "image.aws.keep", "got 0"),
     Bad("systemd-cgroup-string", {"config": {"systemd_cgroup": "yes"}}, "config.systemd_cgroup",

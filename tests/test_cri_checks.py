@@ -219,7 +219,6 @@ def test_the_lab_serves_each_pull_under_the_mirror_host_names_over_tls_with_its_
         files = lab.seed_files(Path(check.__file__).parent)
         assert set(files) == set(cri_lab.SEED_FILES)
         assert json.loads(files["cri-lab.json"])["hosts"] == [f"10.0.2.100 {n}" for n in lab.plan.names]
-        assert lab.hosts(cri_lab.BUILD_LAB_MARK)[0].endswith("  " + cri_checks.BUILD_LAB_MARK)
         assert lab.netdev_options().count("guestfwd=tcp:10.0.2.100:") == 2
         # The host-side checks read the access log: these HEADs asked exactly the planned paths.
         assert all(c["ok"] for c in lab.host_checks()), lab.host_checks()
@@ -234,8 +233,9 @@ def _pull_as_the_bake_does(spec, sock: Path) -> None:
     assert cri_client.main(["--socket", str(sock), "--wait", "60", "PullImage", request]) == 0
 
 
-def _baked(spec, plan) -> dict:
-    return cri_lab.guest_lab(spec, plan, baked=True) | {"pulls": []}
+def _baked(spec, plan, sandbox: dict | None = None) -> dict:
+    """What the guest is told of an image imagebuild bake made with its sandbox image in it."""
+    return cri_lab.guest_lab(spec, plan, baked=True, sandbox_baked=True, sandbox=sandbox) | {"pulls": []}
 
 
 @pytest.mark.slow
@@ -250,8 +250,79 @@ def test_a_baked_sandbox_image_starts_a_pod_with_no_registry_and_is_pinned_where
         results = _run_checks(monkeypatch, _baked(spec, plan), daemon.sock)
     assert all(r["ok"] for r in results.values()), [r for r in results.values() if not r["ok"]]
     assert {"cri.sandbox_image", "cri.sandbox_pinned", "cri.pod_sandbox", "cri.container",
-            "hygiene.build_lab_removed"} <= set(results)
+            "hygiene.build_lab_removed", "cri.images_at_boot"} <= set(results)
     assert results["cri.sandbox_pinned"]["actual"] is (family != "1.6")
+    assert results["cri.images_at_boot"]["actual"] == ["k8s.gcr.io/pause:3.6"]
+
+
+def _import_as_the_bake_does(spec, family: str, archive: Path, sock: Path) -> None:
+    """What install.sh --import-sandbox runs in the Packer build: its own lines, with the family's ctr,
+    against *sock*."""
+    import subprocess
+
+    from imagebuild.devtools import debian_artifacts
+
+    script = render.install_script(spec, render.payload(spec))
+    branch = script[script.index("if [[ ${2:-} == --import-sandbox ]]"):]
+    body = "\n".join(branch.splitlines()[1:]).split("\nfi\n")[0]
+    env = {"PATH": f"{debian_artifacts.binary(family, 'ctr').parent}:/usr/bin:/bin",
+           "CONTAINERD_ADDRESS": str(sock)}
+    subprocess.run(["bash", "-euo", "pipefail", "-c", 'log() { :; }; die() { echo "$*" >&2; exit 1; }\n' + body,
+                    "install.sh", "payload", "--import-sandbox", str(archive)], env=env, check=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILY_VERSIONS)
+def test_a_sandbox_image_imported_from_an_archive_is_pinned_and_its_program_runs_the_pod(
+        monkeypatch, images, family, tmp_path):
+    """image.sandbox.source archive: install.sh's own import lines put a real pause (catatonit) into
+    containerd under its local name, pinned where containerd can pin; with every registry gone, exactly
+    that image is there, with the digest the archive gave, and the pod sandbox's process is the archive's
+    program."""
+    from imagebuild import oci_archive
+    from imagebuild.devtools import pause_image
+
+    made = pause_image.pause_archive(tmp_path / "pause.tar")
+    work = cri.scratch("ib-ci-")
+    registry = cri.Registry(work / "registry")
+    registry.close()  # every registry unreachable: the image must do without
+    base = _local_spec(family, registry, work).document
+    spec = spec_module.from_document(base | {
+        "config": base["config"] | {"sandbox_image": made["ref"]},
+        "image": base["image"] | {"sandbox": {"source": "archive",
+                                              "archive": {"url": made["path"], "sha256": made["sha256"]}}}})
+    record = oci_archive.sandbox_archive(made["path"], made["sha256"], made["ref"], tmp_path / "copy.tar")
+    daemon = _start(spec, family, work / "d")
+    try:
+        _import_as_the_bake_does(spec, family, tmp_path / "copy.tar", daemon.sock)
+        assert not (tmp_path / "copy.tar").exists()  # install.sh removes the archive it imported
+        plan = cri_lab.plan(spec, sandbox_baked=True)
+        results = _run_checks(monkeypatch, _baked(spec, plan, record), daemon.sock)
+        # Negatives on the same daemon: another digest, another program, are failures.
+        wrong = record | {"digest": "sha256:" + "0" * 64, "program": {"path": "/pause", "sha256": "1" * 64}}
+        other = _run_checks(monkeypatch, _baked(spec, plan, wrong), daemon.sock)
+    finally:
+        daemon.close()
+    assert all(r["ok"] for r in results.values()), [r for r in results.values() if not r["ok"]]
+    assert results["cri.images_at_boot"]["actual"] == [made["ref"]]
+    assert results["cri.sandbox_pinned"]["actual"] is (family != "1.6")  # 1.6's CRI has no pinned images
+    assert results["cri.sandbox_digest"]["actual"].endswith("@" + made["digest"])
+    assert results["cri.sandbox_process"]["actual"] == hashlib.sha256(pause_image.CATATONIT.read_bytes()).hexdigest()
+    assert [n for n, r in other.items() if not r["ok"]] == ["cri.sandbox_digest", "cri.sandbox_process"]
+
+
+@pytest.mark.slow
+def test_an_image_in_the_store_that_the_bake_did_not_put_there_fails(monkeypatch, images):
+    """The leak this check exists for: an image whose bake baked no sandbox image (image.sandbox.source none)
+    holds one anyway, the test program under the sandbox image's registry name. cri.images_at_boot fails;
+    with the store empty, it passes."""
+    with _running("1.7", images, "ib-cl-") as (spec, plan, registry, daemon):
+        lab = cri_lab.guest_lab(spec, plan, baked=True, sandbox_baked=False) | {"pulls": []}
+        clean = _run_checks(monkeypatch, lab, daemon.sock)
+        _pull_as_the_bake_does(spec, daemon.sock)   # the lab's stand-in, pulled under the real name
+        leaked = _run_checks(monkeypatch, lab, daemon.sock)
+    assert clean["cri.images_at_boot"]["ok"] and clean["cri.images_at_boot"]["actual"] == []
+    assert not leaked["cri.images_at_boot"]["ok"] and leaked["cri.images_at_boot"]["actual"] == ["k8s.gcr.io/pause:3.6"]
 
 
 @pytest.mark.slow
@@ -268,8 +339,8 @@ def test_no_baked_sandbox_image_fails_with_no_registry(monkeypatch, images):
     finally:
         daemon.close()
     failed = [name for name, r in results.items() if not r["ok"]]
-    assert failed == ["cri.sandbox_image", "cri.sandbox_pinned", "cri.pod_sandbox"], failed
-    assert results["cri.sandbox_pinned"]["actual"] == "absent"
+    assert failed == ["cri.images_at_boot", "cri.sandbox_image", "cri.sandbox_pinned", "cri.pod_sandbox"], failed
+    assert results["cri.sandbox_pinned"]["actual"] == "absent" and results["cri.images_at_boot"]["actual"] == []
 
 
 @pytest.mark.slow
@@ -283,36 +354,17 @@ def test_a_baked_image_that_is_not_containerds_sandbox_image_is_not_pinned(monke
         registry.close()
         results = _run_checks(monkeypatch, _baked(spec, plan) | {"sandbox_image": other}, daemon.sock)
     failed = [name for name, r in results.items() if not r["ok"]]
-    # (CRI's config names the other image too: 1.x shows it in Status.)
-    assert failed == ["cri.config.sandbox_image", "cri.sandbox_pinned", "cri.pod_sandbox"], results
+    # (CRI's config names the other image too: 1.x shows it in Status; the image holds another one than baked.)
+    assert failed == ["cri.config.sandbox_image", "cri.images_at_boot", "cri.sandbox_pinned", "cri.pod_sandbox"], \
+        results
     assert results["cri.sandbox_image"]["ok"] and results["cri.sandbox_pinned"]["actual"] is False
 
 
-def test_what_the_bake_lab_leaves_fails_hygiene(tmp_path):
-    ca_body = "MIIBcert" + "A" * 60
-    pem = f"-----BEGIN CERTIFICATE-----\n{ca_body[:40]}\n{ca_body[40:]}\n-----END CERTIFICATE-----\n"
-    sha = hashlib.sha256(ca_body.encode()).hexdigest()
-    hosts = "127.0.0.1 localhost\n10.0.2.100 gcr.mirrors.ustc.edu.cn  # imagebuild-build-lab\n"
-    assert cri_checks.build_lab_left("127.0.0.1 localhost\n10.0.2.100 x\n", "other\n", sha) == []
-    left = cri_checks.build_lab_left(hosts, "-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n" + pem, sha)
-    assert left[0].endswith("# imagebuild-build-lab") and "build lab CA" in left[1]
-    # hygiene.sh records the CA the way build_lab_left reads it: the sha256 of its base64 body (its own line, run).
-    import subprocess
-
-    from imagebuild.render.templating import shipped_dir
-
-    line = next(x for x in (shipped_dir("packer") / "hygiene.sh").read_text().splitlines() if "lab_ca_sha=$(" in x)
-    ca = tmp_path / "ca.crt"
-    ca.write_text(pem)
-    out = subprocess.run(["bash", "-c", f"lab_ca={ca}\n{line}\necho $lab_ca_sha"], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == sha
-    # The bake appends the CA to the bundle (the template's line); hygiene.sh's own line takes it out exactly.
-    bundle = tmp_path / "bundle.crt"
-    bundle.write_text("-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n")
-    before = bundle.read_text()
-    bundle.write_text(before + pem)
-    assert cri_checks.build_lab_left("", bundle.read_text(), sha)
-    remove = next(x for x in (shipped_dir("packer") / "hygiene.sh").read_text().splitlines() if "python3 -c" in x)
-    subprocess.run(["bash", "-c", remove.rstrip(" \\") + f" {bundle} {ca}"], check=True)
-    assert bundle.read_text() == before and cri_checks.build_lab_left("", before, sha) == []
+def test_a_registry_labs_hosts_lines_fail_hygiene():
+    """No /etc/hosts line of a registry lab belongs in an image: one an earlier release's bake lab marked,
+    or one of this verify boot's own lab (the CRI checks add theirs only after this check)."""
+    lab_lines = ["10.0.2.100 gcr.mirrors.ustc.edu.cn"]
+    assert cri_checks.build_lab_left("127.0.0.1 localhost\n10.0.2.100 x\n", lab_lines) == []
+    marked = "10.0.2.100 quay.mirrors.ustc.edu.cn  # imagebuild-build-lab"
+    hosts = f"127.0.0.1 localhost\n{marked}\n10.0.2.100 gcr.mirrors.ustc.edu.cn\n"
+    assert cri_checks.build_lab_left(hosts, lab_lines) == [marked, lab_lines[0]]

@@ -19,6 +19,9 @@ IMAGE_ID_TAG = "imagebuild:image-id"  # on snapshots: the AMI they back
 def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:
     """The manifest and qcow2 path, or ImagebuildError unless the image on disk passed verification."""
     manifest = Manifest.load(image_dir)
+    if manifest.lab_content:
+        raise ImagebuildError(f"refusing to publish {image_dir}: it holds lab content, which must never ship: "
+                              + "; ".join(manifest.lab_content))
     # Both boots must have passed: the NoCloud one and the one that boots the image as EC2 does.
     for name, what in (("verify.json", "verification"), ("verify-ec2.json", "EC2 verification")):
         if name == "verify-ec2.json" and not (Path(image_dir) / name).is_file():

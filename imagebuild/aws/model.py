@@ -87,6 +87,8 @@ class Manifest:
     build_time: str
     boot_mode: str
     architecture: str
+    sandbox_image: dict[str, Any]      # where the baked sandbox image came from (image.sandbox), or source none
+    lab_content: tuple[str, ...]       # what of the image the developer tools made up (imagebuild.lab_ledger)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "manifest.json") -> Manifest:
@@ -114,6 +116,13 @@ class Manifest:
         for key in ("spec_hash", "inputs_hash"):
             if not _HEX.match(_need(data, key, str, where).lower()):
                 raise ImagebuildError(f"{where}: {key!r} must be hex")
+        if not isinstance(data.get("sandbox_image"), dict) or not isinstance(data.get("lab_content"), list):
+            raise ImagebuildError(f"{where}: no record of where the image's content came from ('sandbox_image', "
+                                  "'lab_content'): it was baked by an older imagebuild; bake it again")
+        sandbox = data["sandbox_image"]
+        if sandbox.get("source") not in ("registry", "archive", "none"):
+            raise ImagebuildError(f"{where}: 'sandbox_image.source' must be registry, archive or none, "
+                                  f"got {sandbox.get('source')!r}")
         return cls(
             image=image,
             sha256=sha,
@@ -131,6 +140,8 @@ class Manifest:
             build_time=build_time,
             boot_mode=boot_mode,
             architecture=arch,
+            sandbox_image=sandbox,
+            lab_content=tuple(str(x) for x in data["lab_content"]),
         )
 
     @classmethod

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from imagebuild import aptsources
+from imagebuild import aptsources, lab_ledger
 from imagebuild.aptsources import Source
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
@@ -342,6 +342,8 @@ def release_tarballs(family: str, out_dir: Path | str, compresslevel: int = 6, *
     for item in result.values():
         path = Path(item["path"])
         path.with_name(path.name + ".sha256sum").write_text(f"{item['sha256']}  {path.name}\n")
+        lab_ledger.record(item["sha256"], f"{path.name}: Debian's build {item['version']}, release-shaped by "
+                          "imagebuild's developer tools (not an upstream release)")
     return result
 
 
@@ -377,4 +379,6 @@ def cni_tarball(out_dir: Path | str, compresslevel: int = 6, *, arch: str | None
     _write_tarball(tarball, {f"./{name}": plugins / name for name in names}, compresslevel)
     sha256 = sha256_file(tarball)
     tarball.with_name(tarball.name + ".sha256").write_text(f"{sha256}  {tarball.name}\n")
+    lab_ledger.record(sha256, f"{tarball.name}: Debian's containernetworking-plugins {version}, release-shaped "
+                      "by imagebuild's developer tools (not an upstream release)")
     return {"path": str(tarball), "sha256": sha256, "version": version, "plugins": names}

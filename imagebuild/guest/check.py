@@ -25,6 +25,8 @@ from typing import TextIO
 RESULT = "IMAGEBUILD-RESULT"
 DONE = "IMAGEBUILD-DONE"
 STATE_DIR = Path("/var/lib/imagebuild")
+#: What the install was staged with under STATE_DIR: gone once it ran (user-data and the Packer build remove it).
+STAGING = ("payload", "install.sh", "check.py", "expected.json")
 CONTAINER_TIMEOUT = 180
 
 
@@ -297,6 +299,9 @@ def hygiene_checks(rep: Reporter, exp: dict, instance_id: str | None) -> None:
     rep.check("hygiene.ssh_host_keys", "regenerated on first boot",
               f"{len(keys)} keys, {len(reused)} reused from the build",
               bool(keys) and not reused)
+    staged = [str(STATE_DIR / name) for name in STAGING if (STATE_DIR / name).exists()]
+    rep.check("hygiene.staging_removed", [], staged,
+              note="the install's payload (secrets included), install script and check are gone after it")
 
 
 def boot_checks(rep: Reporter, boot: dict) -> None:

@@ -17,9 +17,7 @@ CRI_READY_TIMEOUT = 60
 PULL_TIMEOUT = 300
 CNI_CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 SANDBOX_SLICE = "imagebuild-verify.slice"
-BUILD_FACTS = Path("/var/lib/imagebuild/build-facts.json")
-CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-BUILD_LAB_MARK = "# imagebuild-build-lab"  # on the /etc/hosts lines a bake adds (packer/hygiene.sh removes them)
+BUILD_LAB_MARK = "# imagebuild-build-lab"  # on the /etc/hosts lines the bake's lab of earlier releases added
 
 
 def _cri_client():
@@ -63,9 +61,11 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
     from each mirrored registry succeeds (the upstreams are unreachable; the host reads the mirror's
     log), and a pod sandbox (host network: no CNI needed) and a container in it run.
     A baked image (lab["baked"]) first proves, before the lab's host names join /etc/hosts (lab["hosts"]),
-    so with every registry unreachable: the bake's lab left nothing behind, its sandbox image is there
-    (pinned where containerd can pin) and a pod sandbox starts from it. The user-data path pulls it
-    through the lab when the pod starts, as kubelet's first pod would.
+    so with every registry unreachable: no lab line is in /etc/hosts, and containerd holds exactly the
+    images the bake put there: its sandbox image when image.sandbox baked one (lab["sandbox_baked"]; by
+    name and by the digest its source gave), else none. A baked sandbox image must be pinned where
+    containerd can pin, and a pod sandbox starts from it. Otherwise (the user-data path, or a bake with
+    image.sandbox.source none) the pod pulls it through the lab, as kubelet's first pod would.
     Returns when CRI became ready (seconds since boot, see booted_at), None if it did not."""
     client = _cri_client()
     if client is None:
@@ -110,15 +110,15 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
                "linux": linux}
     pod = None
     if lab.get("baked"):  # before any registry is reachable: the lab's names are not in /etc/hosts yet
-        try:
-            ca = json.loads(BUILD_FACTS.read_text()).get("build_lab_ca")
-        except (OSError, ValueError):
-            ca = None
-        hosts, bundle = (Path(f).read_text() if Path(f).is_file() else "" for f in ("/etc/hosts", CA_BUNDLE))
-        rep.check("hygiene.build_lab_removed", [], build_lab_left(hosts, bundle, ca),
-                  note=f"build lab CA sha256 {ca or 'not recorded (image not baked by imagebuild bake)'}")
-        sandbox_checks(rep, lab, call)
-        pod = run_pod(rep, call, sandbox, "the image's own sandbox image; every registry unreachable")
+        hosts = Path("/etc/hosts").read_text() if Path("/etc/hosts").is_file() else ""
+        rep.check("hygiene.build_lab_removed", [], build_lab_left(hosts, lab.get("hosts") or []),
+                  note="no /etc/hosts line of a registry lab")
+        images_at_boot(rep, lab, call)
+        if lab.get("sandbox_baked"):
+            sandbox_checks(rep, lab, call)
+            pod = run_pod(rep, call, sandbox, "the image's own sandbox image; every registry unreachable")
+            if pod and lab.get("sandbox_program"):
+                sandbox_process(rep, lab["sandbox_program"], call, pod)
     if lab.get("hosts"):
         with open("/etc/hosts", "a", encoding="utf-8") as etc_hosts:
             etc_hosts.write("".join(f"{line}\n" for line in lab["hosts"]))
@@ -128,18 +128,19 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
             rep.check(f"cri.pull.{pull['host']}", "pulled", "pulled", note=f"{pull['image']} -> {ref}")
         except client.CRIError as exc:
             rep.check(f"cri.pull.{pull['host']}", "pulled", str(exc)[-300:], False)
-    if not lab.get("baked"):
+    if not lab.get("sandbox_baked"):
         pod = run_pod(rep, call, sandbox, "pulled through the lab")
         if pod:
             sandbox_checks(rep, lab, call)
     if pod is None:
         return ready_at
     try:
+        # A pulled test image runs sleep; with no mirror to pull from, the sandbox image runs its own program.
         run_image = lab["pulls"][0]["image"] if lab["pulls"] else lab["sandbox_image"]
+        command = {"command": ["/bin/sleep", "3600"]} if lab["pulls"] else {}
         try:
             container = call("CreateContainer", {"pod_sandbox_id": pod, "sandbox_config": sandbox, "config": {
-                "metadata": {"name": "imagebuild-verify"}, "image": {"image": run_image},
-                "command": ["/bin/sleep", "3600"]}})["container_id"]
+                "metadata": {"name": "imagebuild-verify"}, "image": {"image": run_image}, **command}})["container_id"]
             call("StartContainer", {"container_id": container})
             state = call("ContainerStatus", {"container_id": container})["status"]["state"]
             rep.check("cri.container", "running", "running" if state == client.CONTAINER_RUNNING else f"state {state}",
@@ -188,18 +189,53 @@ def sandbox_checks(rep, lab: dict, call) -> None:
         error = f"not among CRI's images ({image and image['repo_tags']})"
     present = bool(image and name in image["repo_tags"])
     rep.check("cri.sandbox_image", name, name if present else error,
-              note=f"pinned: {bool(image and image['pinned'])}" + ("; baked in" if lab.get("baked") else ""))
-    if lab.get("baked"):
+              note=f"pinned: {bool(image and image['pinned'])}" + ("; baked in" if lab.get("sandbox_baked") else ""))
+    if lab.get("sandbox_baked"):
         can_pin = not lab["family"].startswith("1.6")
         rep.check("cri.sandbox_pinned", can_pin, bool(image and image["pinned"]) if present else "absent",
-                  note="pulled through CRI at bake time" if can_pin else
+                  note="baked in by imagebuild bake (image.sandbox)" if can_pin else
                   "containerd 1.6's CRI cannot pin images: kubelet's image GC may remove it (1.7+ pins it)")
 
 
-def build_lab_left(hosts: str, bundle: str, ca_sha256: str | None) -> list[str]:
-    """What the bake's registry lab (hosts entries, CA) left in the image: hygiene removes it all."""
-    left = [line for line in hosts.splitlines() if line.endswith(BUILD_LAB_MARK)]
-    bodies = ["".join(block.split("-----")[0].split()) for block in bundle.split("-----BEGIN CERTIFICATE-----")[1:]]
-    if ca_sha256 and any(hashlib.sha256(body.encode()).hexdigest() == ca_sha256 for body in bodies):
-        left.append(f"the build lab CA (sha256 of its base64 {ca_sha256[:12]}...) in the trust store")
-    return left
+def sandbox_process(rep, program: dict, call, pod: str) -> None:
+    """The pod sandbox's process runs the baked sandbox image's own program: the executable of the pid
+    CRI reports has the sha256 the bake read from the image (*program*: {"path", "sha256"})."""
+    client = _cri_client()
+    try:
+        info = call("PodSandboxStatus", {"pod_sandbox_id": pod, "verbose": True}).get("info", {})
+        pid = json.loads(info.get("info", "{}")).get("pid")
+        got = hashlib.sha256(Path(f"/proc/{pid}/exe").read_bytes()).hexdigest() if pid else "no pid in its status"
+    except (client.CRIError, OSError, ValueError) as exc:
+        got = str(exc)[-300:]
+    rep.check("cri.sandbox_process", program["sha256"], got, note=f"{program['path']} of the baked sandbox image")
+
+
+def images_at_boot(rep, lab: dict, call) -> None:
+    """Before anything is pulled, containerd's CRI holds exactly what the bake put there: the sandbox
+    image when image.sandbox baked one, nothing else (no test program under any name); a baked sandbox
+    image carries the manifest digest its source gave at bake time (lab["sandbox_digest"], when known)."""
+    client = _cri_client()
+    want = [lab["sandbox_name"]] if lab.get("sandbox_baked") else []
+    try:
+        images = call("ListImages", {}).get("images", [])
+    except client.CRIError as exc:
+        rep.check("cri.images_at_boot", want, str(exc)[-300:], False)
+        return
+    names = sorted({tag for image in images for tag in image.get("repo_tags", [])})
+    untagged = sum(1 for image in images if not image.get("repo_tags"))
+    rep.check("cri.images_at_boot", want, names + [f"{untagged} untagged"] * bool(untagged),
+              note="the images the bake put into the image, before any pull")
+    if lab.get("sandbox_baked") and lab.get("sandbox_digest"):
+        name = lab["sandbox_name"]
+        want_digest = f"{name.split('@')[0].rsplit(':', 1)[0]}@{lab['sandbox_digest']}"  # repository@digest
+        digests = sorted({d for image in images if name in image.get("repo_tags", [])
+                          for d in image.get("repo_digests", [])})
+        rep.check("cri.sandbox_digest", want_digest, want_digest if want_digest in digests else
+                  (", ".join(digests) or "none"), note="the manifest digest the bake's source gave")
+
+
+def build_lab_left(hosts: str, lab_lines: list[str]) -> list[str]:
+    """/etc/hosts lines a registry lab adds (marked by an earlier bake's lab, or this boot's own
+    lab lines, *lab_lines*, which it adds only after this check): none belongs in an image."""
+    lines = [line.strip() for line in hosts.splitlines()]
+    return [line for line in lines if line.endswith(BUILD_LAB_MARK) or line in lab_lines]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import ImagebuildError
 from ..model import Spec
+from ..oci_archive import normalized
 from ..vm import firmware as fw
 from . import config_toml, expected, hosts_toml, userdata
 from .templating import PACKAGE_DIR, render_template, shipped_dir
@@ -32,6 +33,15 @@ DROPINS = ("10-exec", "20-lifecycle", "30-limits", "40-oom", "50-ordering")
 SYSCTL_PATH = "/etc/sysctl.d/99-containerd.conf"
 PROXY_DROPIN = "/etc/systemd/system/containerd.service.d/http-proxy.conf"
 INSTALL_COMMAND = ["bash", f"{GUEST_DIR}/install.sh", f"{GUEST_DIR}/payload"]
+#: After the install, its staging goes (the payload holds hosts.toml headers, credentials included).
+CLEANUP_COMMAND = ["rm", "-rf", "--", f"{GUEST_DIR}/payload", f"{GUEST_DIR}/install.sh"]
+#: The guest files only the Packer build's in-build check reads: production user-data carries none of them.
+CHECK_FILES = ("check.py", "expected.json")
+#: The sandbox image's archive in the Packer directory (image.sandbox.source archive: bake puts it there).
+SANDBOX_ARCHIVE = "sandbox-image.tar"
+#: install.sh's arguments after the payload in the Packer build, by image.sandbox.source.
+SANDBOX_ARGS = {"registry": " --pull-sandbox /tmp/imagebuild-cri.py",
+                "archive": " --import-sandbox /tmp/imagebuild-sandbox.tar", "none": ""}
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,8 @@ def payload(spec: Spec) -> dict[str, File]:
 def install_script(spec: Spec, files: dict[str, File]) -> str:
     entries = [{"path": path, "mode": f"{f.mode:04o}", "sha256": f.sha256} for path, f in files.items()]
     return render_template("install.sh.j2", spec=spec, files=entries, guest_dir=GUEST_DIR, sysctl_path=SYSCTL_PATH,
-                           sandbox_pull=json.dumps({"image": {"image": spec.config.sandbox_image}}))
+                           sandbox_pull=json.dumps({"image": {"image": spec.config.sandbox_image}}),
+                           sandbox_name=normalized(spec.config.sandbox_image))
 
 
 def guest_files(spec: Spec) -> dict[str, File]:
@@ -84,11 +95,17 @@ def guest_files(spec: Spec) -> dict[str, File]:
     return out
 
 
-def cloud_config(spec: Spec, files: dict[str, File] | None = None) -> str:
-    """The #cloud-config document (never gzipped): every guest file via write_files, then install.sh."""
+def user_data_files(spec: Spec, files: dict[str, File] | None = None) -> list[tuple[str, bytes, int]]:
+    """(guest path, content, mode) of what production user-data writes: the payload and install.sh, no
+    verification tooling (the verify boots bring their own)."""
     files = guest_files(spec) if files is None else files
-    staged = [(f"{GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()]
-    return userdata.cloud_config(staged, [INSTALL_COMMAND])
+    return [(f"{GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items() if rel not in CHECK_FILES]
+
+
+def cloud_config(spec: Spec, files: dict[str, File] | None = None) -> str:
+    """The #cloud-config document (never gzipped): the payload and install.sh via write_files, then the
+    install, then the staging removed."""
+    return userdata.cloud_config(user_data_files(spec, files), [INSTALL_COMMAND, CLEANUP_COMMAND])
 
 
 def user_data(spec: Spec, fmt: str = "cloud-config", files: dict[str, File] | None = None) -> bytes:
@@ -109,7 +126,8 @@ def packer_template(spec: Spec) -> str:
         "imagebuild.pkr.hcl.j2", spec=spec, aws=aws, tags=tags, guest_dir=GUEST_DIR, build_user=BUILD_USER,
         base_source=base.source if base else "", base_checksum=base.checksum if base else "none",
         accelerator="kvm" if spec.image.accelerator == "kvm" and arch == "amd64" else "tcg",
-        qemu=packer_qemu(arch), required_plugins=(major, minor) >= (1, 7))
+        qemu=packer_qemu(arch), required_plugins=(major, minor) >= (1, 7),
+        sandbox_archive=SANDBOX_ARCHIVE, sandbox_args=SANDBOX_ARGS[spec.image.sandbox.source])
 
 
 def packer_qemu(arch: str) -> dict[str, str]:
@@ -130,8 +148,8 @@ def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:
         files["user-data"] = File(user_data(spec, files=dict(files)))
     files["packer/imagebuild.pkr.hcl"] = File(packer_template(spec).encode())
     files["packer/hygiene.sh"] = File((shipped_dir("packer") / "hygiene.sh").read_bytes(), 0o755)
-    # The build's CRI client: install.sh --pull-sandbox pulls the sandbox image through it (not installed).
-    files["packer/cri.py"] = File((PACKAGE_DIR / "guest" / "cri.py").read_bytes(), 0o755)
+    if spec.image.sandbox.source == "registry":  # the build's CRI client: install.sh --pull-sandbox uses it
+        files["packer/cri.py"] = File((PACKAGE_DIR / "guest" / "cri.py").read_bytes(), 0o755)
     # Document order (the model's key order, mappings as written): sorted keys reordered sysctls, headers
     # and runtimes, so spec.json rendered different files than the spec it came from.
     files["spec.json"] = File((json.dumps(spec.document, indent=2) + "\n").encode())

@@ -123,22 +123,28 @@ def test_oci_image(out_path: Path | str, cmd: tuple[str, ...] = DEFAULT_CMD, *,
     sha256 is reproducible. Written atomically. Returns {"path", "ref", "digest"} (digest = the
     manifest's).
     """
+    return oci_archive(out_path, _layer(arch), {"Cmd": list(cmd), "Env": [_PATH_ENV]}, TEST_IMAGE_REF, arch=arch)
+
+
+def oci_archive(out_path: Path | str, layer: bytes, config: dict, ref: str, *, arch: str = "amd64") -> dict[str, str]:
+    """An OCI image-layout tarball at *out_path* of one image named *ref* (`io.containerd.image.name`, what
+    `ctr images import` names it): one uncompressed *layer*, the image config's `config` *config*,
+    linux/*arch*. Reproducible and written atomically. Returns {"path", "ref", "digest"} (the manifest's)."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     blobs: dict[str, bytes] = {}
-    layer_desc = _blob(blobs, _layer(arch), "application/vnd.oci.image.layer.v1.tar")
-    config = {
+    layer_desc = _blob(blobs, layer, "application/vnd.oci.image.layer.v1.tar")
+    image_config = {
         "architecture": arch,
         "os": "linux",
-        "config": {"Cmd": list(cmd), "Env": [_PATH_ENV]},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
     }
-    config_desc = _blob(blobs, _json_bytes(config), "application/vnd.oci.image.config.v1+json")
+    config_desc = _blob(blobs, _json_bytes(image_config), "application/vnd.oci.image.config.v1+json")
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": config_desc, "layers": [layer_desc]}
     manifest_desc = _blob(blobs, _json_bytes(manifest), "application/vnd.oci.image.manifest.v1+json")
-    manifest_desc["annotations"] = {"io.containerd.image.name": TEST_IMAGE_REF,
-                                    "org.opencontainers.image.ref.name": TEST_IMAGE_REF}
+    manifest_desc["annotations"] = {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": ref}
     manifest_desc["platform"] = {"architecture": arch, "os": "linux"}
     index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
              "manifests": [manifest_desc]}
@@ -157,7 +163,7 @@ def test_oci_image(out_path: Path | str, cmd: tuple[str, ...] = DEFAULT_CMD, *,
                         io.BytesIO(data))
     tmp.chmod(0o644)
     os.replace(tmp, out)
-    return {"path": str(out), "ref": TEST_IMAGE_REF, "digest": manifest_desc["digest"]}
+    return {"path": str(out), "ref": ref, "digest": manifest_desc["digest"]}
 
 
 test_oci_image.__dict__["__test__"] = False  # a builder, not a pytest test (its name starts with test_)

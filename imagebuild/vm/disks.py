@@ -121,3 +121,47 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, *, source_format
         said = err.read().decode("utf-8", "replace").strip()
     if code != 0:
         raise ImagebuildError(f"qemu-img convert of {source} failed ({describe_status(code)}): {said}")
+
+
+#: GPT partition type GUIDs (and MBR ids) of a Linux root filesystem.
+LINUX_PARTITION_TYPES = {"0FC63DAF-8483-4772-8E79-3D69D8477DE4", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+                         "B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "83"}
+
+
+class OfflineImage:
+    """The root filesystem of a disk image, read without booting it (debugfs on a raw copy): what the
+    image holds on disk, before any boot could change it. A context manager; the raw copy is removed."""
+
+    def __init__(self, image: str | os.PathLike, work: str | os.PathLike):
+        self.image = Path(image)
+        self.raw = Path(work) / f"{self.image.stem}.offline.raw"
+        try:
+            convert(self.image, self.raw, source_format=image_info(self.image)["format"], dest_format="raw",
+                    what=f"reading {self.image.name} without booting it")
+            table = json.loads(run(["sfdisk", "--json", str(self.raw)], what="sfdisk --json").stdout)["partitiontable"]
+        except BaseException:
+            self.raw.unlink(missing_ok=True)
+            raise
+        sector = int(table.get("sectorsize", 512))
+        roots = [p for p in table.get("partitions", []) if str(p.get("type", "")).upper() in LINUX_PARTITION_TYPES]
+        if not roots:
+            self.raw.unlink(missing_ok=True)
+            raise ImagebuildError(f"{self.image}: no Linux partition in its partition table")
+        self.offset = max(roots, key=lambda p: int(p["size"]))["start"] * sector
+
+    def _debugfs(self, request: str) -> str:
+        return run(["debugfs", "-R", request, f"{self.raw}?offset={self.offset}"], what=f"debugfs {request}").stdout
+
+    def listdir(self, path: str) -> list[str] | None:
+        """The names in directory *path* (without . and ..), None when there is no such directory."""
+        out = self._debugfs(f"ls -p {path}")
+        entries = [line.split("/") for line in out.splitlines() if line.startswith("/")]
+        if not entries:
+            return None
+        return sorted(e[5] for e in entries if len(e) > 5 and e[5] not in (".", ".."))
+
+    def __enter__(self) -> OfflineImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.raw.unlink(missing_ok=True)

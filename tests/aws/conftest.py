@@ -274,6 +274,8 @@ def make_image_dir(
     name: str = "golden",
     boot_mode: str = "uefi-preferred",       # what a built-in amd64 base (hybrid) gives
     architecture: str = "x86_64",
+    sandbox_image: dict | None = None,
+    lab_content: tuple[str, ...] = (),
 ) -> tuple[Path, bytes]:
     """A baked-image directory: <name>.qcow2 made by qemu-img from a sparse raw, manifest, verify."""
     if shutil.which("qemu-img") is None:
@@ -302,6 +304,8 @@ def make_image_dir(
         "build_time": build_time,
         "boot_mode": boot_mode,
         "architecture": architecture,
+        "sandbox_image": sandbox_image or {"source": "none", "name": "docker.io/library/pause:3.10", "digest": None},
+        "lab_content": list(lab_content),
     }
     (image_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     write_verify_report(image_dir, qcow2, sha, passed=passed)

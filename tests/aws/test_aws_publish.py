@@ -191,6 +191,29 @@ def test_the_verify_report_is_read_in_the_shape_verify_writes(make_image):
         VerifyResult.load(image_dir)
 
 
+def test_refuses_an_image_that_holds_lab_content(aws, make_image, recording_clients):
+    """Negative: a verified image whose manifest names lab content (bake found a download in the lab
+    ledger: a Debian build in a release-shaped tarball) never reaches AWS."""
+    what = "http://10.0.2.2:8000/containerd-1.6.20-linux-amd64.tar.gz: Debian's build 1.6.20, release-shaped"
+    image_dir, _ = make_image(lab_content=(what,))
+    clients = recording_clients()
+    with pytest.raises(ImagebuildError, match="it holds lab content, which must never ship: http://10.0.2.2"):
+        publish(image_dir, target(), clients=clients)
+    assert clients.calls == [] and not (image_dir / "publish.json").exists()
+
+
+def test_refuses_an_image_without_a_record_of_its_content(aws, make_image, recording_clients):
+    """An image baked before bake recorded where its sandbox image and downloads came from is refused."""
+    image_dir, _ = make_image()
+    manifest = json.loads((image_dir / "manifest.json").read_text())
+    del manifest["sandbox_image"], manifest["lab_content"]
+    (image_dir / "manifest.json").write_text(json.dumps(manifest))
+    clients = recording_clients()
+    with pytest.raises(ImagebuildError, match="no record of where the image's content came from"):
+        publish(image_dir, target(), clients=clients)
+    assert clients.calls == []
+
+
 def test_refuses_image_changed_after_verification(aws, make_image, recording_clients):
     image_dir, _ = make_image()
     qcow2 = image_dir / "golden.qcow2"

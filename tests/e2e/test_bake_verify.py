@@ -12,6 +12,7 @@ from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import parse
 from imagebuild.verify import verify_image, verify_user_data
+from imagebuild.vm.disks import OfflineImage
 from tests.support import qemu_processes_using
 
 pytestmark = pytest.mark.e2e
@@ -36,9 +37,11 @@ CRI_CHECKS = {
     "cri.mirror.sandbox_image",
 }
 CRI_CONFIG_CHECKS = {"cri.config.sandbox_image", "cri.config.registry_config_path"}  # 1.x: Status shows its config
-# A baked image: its sandbox image is its own (pulled through CRI at bake time), a pod starts before any
-# registry is reachable, and the bake's registry lab left nothing behind.
-BAKED_CHECKS = {"cri.sandbox_pinned", "hygiene.build_lab_removed"}
+# A baked image: no lab's hosts line, and containerd holds exactly what the bake put there (asked through CRI
+# at boot, and read from the content store without booting).
+BAKED_CHECKS = {"hygiene.build_lab_removed", "cri.images_at_boot", "image.content_store"}
+# A baked sandbox image (image.sandbox.source archive): pinned, with its source's digest, running its program.
+SANDBOX_BAKED_CHECKS = {"cri.sandbox_pinned", "cri.sandbox_digest", "cri.sandbox_process"}
 
 
 def with_changes(spec, **changes):
@@ -71,7 +74,16 @@ def test_golden_image_bakes_with_manifest(golden_bake, golden_spec):
         "uefi-preferred", "x86_64", "bios")
     packer_log = (golden_image.parent / f"{golden_spec.name}.packer.log").read_text()
     assert packer_log.count("Connected to SSH") == 1   # which firmware: boot.build_firmware at verify
-    assert f"pulling the sandbox image {golden_spec.config.sandbox_image} through CRI" in packer_log
+    # The sandbox image's registry is not reachable here: the golden bakes none (image.sandbox.source none), and
+    # no lab stands in for it. The mirror's tarballs are Debian's builds: lab content, which publish refuses.
+    assert "sandbox image" not in packer_log and golden_spec.image.sandbox.source == "none"
+    assert manifest["sandbox_image"] == {"source": "none", "name": golden_spec.config.sandbox_image, "digest": None}
+    assert [what.split(": ", 1)[0].rsplit("/", 1)[1] for what in manifest["lab_content"]] == [
+        "containerd-1.6.20-linux-amd64.tar.gz", "runc.amd64"]
+    # Read without booting: containerd's content store in the image is empty (it was the lab's test program
+    # under the sandbox image's registry name before bake stopped running a lab).
+    with OfflineImage(golden_image, golden_image.parent) as disk:
+        assert disk.listdir("/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256") in (None, [])
     # Nothing of the build's scratch stays beside the image.
     assert sorted(p.name for p in golden_image.parent.iterdir()) == sorted(
         [golden_image.name, "manifest.json", f"{golden_spec.name}.packer.log"])
@@ -84,11 +96,11 @@ def test_golden_image_verifies(golden_image, golden_spec, tmp_path):
     assert report["passed"], failed
     assert SEED_CHECKS | CRI_CHECKS | CRI_CONFIG_CHECKS | BAKED_CHECKS <= {c["check"] for c in report["checks"]}
     by_name = {c["check"]: c for c in report["checks"]}
-    # The sandbox image is baked in: the pod started with no registry, whose log never saw it asked for.
-    assert "never asked" in by_name["cri.mirror.sandbox_image"]["expected"]
-    assert "every registry unreachable" in by_name["cri.pod_sandbox"]["note"]
-    assert by_name["cri.sandbox_pinned"]["actual"] is False  # containerd 1.6's CRI cannot pin (1.7+ does)
-    assert "not recorded" not in by_name["hygiene.build_lab_removed"]["note"]
+    # No sandbox image baked in: the image holds no image at all, and the pod pulls it through the lab into
+    # this boot's overlay, as kubelet's first pod pulls it from the registry.
+    assert by_name["cri.images_at_boot"]["actual"] == [] and by_name["image.content_store"]["ok"]
+    assert by_name["cri.pod_sandbox"]["note"] == "pulled through the lab"
+    assert by_name["cri.mirror.sandbox_image"]["expected"].endswith("(200)")
     assert by_name["cri.mirror.k8s.gcr.io"]["expected"].endswith(
         "/v2/google-containers/imagebuild/verify-2/manifests/1?ns=k8s.gcr.io (200)")
     assert by_name["cri.network_ready"]["actual"] is False  # the image ships no CNI network config

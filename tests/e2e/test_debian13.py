@@ -8,6 +8,7 @@ with sid's runc) with the CNI plugins, baked under OVMF.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -16,11 +17,13 @@ import yaml
 
 from imagebuild import baseimage
 from imagebuild.bake import bake
+from imagebuild.devtools import pause_image
 from imagebuild.golden import local_mirror
 from imagebuild.spec import parse
 from imagebuild.verify import verify_image
-from tests.e2e.test_bake_verify import BAKED_CHECKS, CRI_CHECKS
-from tests.support import FAMILY_VERSIONS, default_spec_on
+from imagebuild.vm.disks import OfflineImage
+from tests.e2e.test_bake_verify import BAKED_CHECKS, CRI_CHECKS, SANDBOX_BAKED_CHECKS
+from tests.support import FAMILY_VERSIONS, default_spec_on, with_pause_archive
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +37,15 @@ def debian13(tmp_path_factory):
     t0 = time.monotonic()
     baseimage.build(flavor=FLAVOR)           # cached by recipe hash; the bake below finds it
     times["base_image_s"] = round(time.monotonic() - t0, 1)
-    with local_mirror(default_spec_on("debian-13", "amd64", "1.7")) as spec:
+    # Its sandbox image is a real pause (catatonit) under a local name, from an OCI archive: the Debian 12
+    # golden bakes none, this one proves a baked, pinned sandbox image (image.sandbox.source archive).
+    golden, archive = with_pause_archive(default_spec_on("debian-13", "amd64", "1.7"), tmp_path_factory.mktemp("p"))
+    with local_mirror(golden) as spec:
         t0 = time.monotonic()
         image = bake(spec, tmp_path_factory.mktemp("golden13") / "output")
         times["bake_s"] = round(time.monotonic() - t0, 1)
-        yield spec, image, times
+        yield spec, image, times | {"archive": archive}
+
 
 def test_debian13_golden_is_hybrid_and_built_under_seabios(debian13):
     spec, image, times = debian13
@@ -49,6 +56,14 @@ def test_debian13_golden_is_hybrid_and_built_under_seabios(debian13):
     assert manifest["base_image"]["source"].endswith("/" + baseimage.names(FLAVOR)[0])
     log = (image.parent / f"{spec.name}.packer.log").read_text()
     assert "Connected to SSH" in log    # the build VM booted (which firmware: boot.build_firmware at verify)
+    archive = times["archive"]
+    assert f"importing the sandbox image {archive['ref']}" in log
+    sandbox = manifest["sandbox_image"]
+    assert (sandbox["source"], sandbox["name"], sandbox["digest"]) == ("archive", archive["ref"], archive["digest"])
+    # Read without booting: every blob of containerd's content store is one the archive carries.
+    with OfflineImage(image, image.parent) as disk:
+        held = disk.listdir("/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256")
+    assert held and {f"sha256:{b}" for b in held} <= set(sandbox["blobs"]), (held, sandbox["blobs"])
     print(f"\nDebian 13 golden: base image {times['base_image_s']} s, bake {times['bake_s']} s "
           f"({manifest['durations_s']})")
 
@@ -64,6 +79,13 @@ def test_debian13_golden_verifies_under_uefi(debian13, tmp_path):
     assert "networkd DHCP lease" in by_name["network.dhcp"]["actual"]
     assert by_name["disk.rootfs_grown"]["ok"] and by_name["hygiene.network_config"]["ok"]
     assert {"cri.runtime_ready", "cri.pod_sandbox", "container.survives_restart"} <= set(by_name)
+    # The baked pause: the only image at boot, pinned, with the archive's digest; the pod started with every
+    # registry unreachable, and its process is catatonit.
+    assert BAKED_CHECKS | SANDBOX_BAKED_CHECKS <= set(by_name)
+    assert by_name["cri.images_at_boot"]["actual"] == [spec.config.sandbox_image]
+    assert by_name["cri.sandbox_pinned"]["actual"] is True
+    assert by_name["cri.sandbox_process"]["actual"] == hashlib.sha256(pause_image.CATATONIT.read_bytes()).hexdigest()
+    assert "every registry unreachable" in by_name["cri.pod_sandbox"]["note"]
     # No 5-minute DHCPv6 wait (ifupdown's dhclient -6 held Debian 13 boots for networking.service's timeout).
     assert report["timings"]["check_done_s"] < 240, report["timings"]
     print(f"\nDebian 13 verify under UEFI: {report['timings']}")
@@ -92,7 +114,8 @@ def test_containerd_2x_with_cni_plugins_bakes_under_uefi_and_verifies(tmp_path):
 
     profile none: the worker profile's apt install in the guest (60-100 s under TCG) is proved by the
     goldens; this bake is about containerd 2.x, CNI and the UEFI build."""
-    doc = yaml.safe_load(yaml.safe_dump(default_spec_on("debian-13", "amd64", "2.1").document))
+    two, _ = with_pause_archive(default_spec_on("debian-13", "amd64", "2.1"), tmp_path)
+    doc = yaml.safe_load(yaml.safe_dump(two.document))
     doc |= {"name": "containerd-two", "system": {"profile": "none"}}
     doc["containerd"]["install"]["cni_plugins"] = {}
     with local_mirror(parse(yaml.safe_dump(doc), "Debian 13 containerd 2.x e2e spec")) as spec:
@@ -110,6 +133,7 @@ def test_containerd_2x_with_cni_plugins_bakes_under_uefi_and_verifies(tmp_path):
     assert by_name["boot.build_firmware"]["actual"] == "uefi"   # Packer's build VM booted under OVMF
     assert by_name["config.sandbox_image"]["actual"] == spec.config.sandbox_image
     assert by_name["cni.loopback"]["ok"], by_name["cni.loopback"]   # the plugins run in the guest
-    assert CRI_CHECKS | BAKED_CHECKS <= set(by_name)  # 2.x's Status shows no image config: pulls, sandbox prove it
-    assert by_name["cri.sandbox_pinned"]["actual"] is True  # pulled through CRI at bake time: pinned
+    # 2.x's Status shows no image config: pulls, sandbox prove it. The pause came from an archive: pinned.
+    assert CRI_CHECKS - {"cri.mirror.sandbox_image"} | BAKED_CHECKS | SANDBOX_BAKED_CHECKS <= set(by_name)
+    assert by_name["cri.sandbox_pinned"]["actual"] is True
     print(f"\nDebian 13 containerd 2.x: bake under UEFI {bake_s} s, verify {report['timings']}")

@@ -4,8 +4,10 @@
 #
 #   install.sh [PAYLOAD_DIR [--pull-sandbox CRI_PY]]     default /var/lib/imagebuild/payload
 #
-# --pull-sandbox (the Packer build): then pull the sandbox image through CRI with CRI_PY (cri.py), so it
-# is baked in, pinned by containerd 1.7+ (kubelet's image GC keeps it), and a pod starts offline.
+# The Packer build bakes the sandbox image in (image.sandbox.source: registry), pinned by
+# containerd 1.7+ (kubelet's image GC keeps it), so a pod starts offline. --pull-sandbox pulls it through CRI
+# with CRI_PY (cri.py), from its registry through the configured mirrors; --import-sandbox imports it from
+# an OCI archive the bake checked (its sha256, and that it holds that image under that name), then removes it.
 #
 # Every download is checked against its sha256 before anything is unpacked; every file is
 # replaced atomically (the replaced one kept as *.imagebuild-backup); a second run changes

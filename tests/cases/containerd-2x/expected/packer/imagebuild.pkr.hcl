@@ -71,24 +71,6 @@ variable "aws_endpoint" {
   default     = ""
 }
 
-# imagebuild bake's registry lab (imagebuild/cri_lab.py), so install.sh can pull the sandbox image through
-# the spec's mirrors with no internet: QEMU relays (guestfwd, ",..." appended to the build VM's -netdev),
-# /etc/hosts lines and a CA (base64). Empty for other builds; the hygiene step removes what they add.
-variable "build_lab_netdev" {
-  type    = string
-  default = ""
-}
-
-variable "build_lab_hosts" {
-  type    = string
-  default = ""
-}
-
-variable "build_lab_ca" {
-  type    = string
-  default = ""
-}
-
 locals {
   render_dir = "${path.root}/.."
   build_user = "imagebuild-build"
@@ -116,9 +98,9 @@ source "qemu" "golden" {
   # UEFI firmware as two pflash devices given to the machine by node name: Packer 1.6.6 drops its
   # own disk and cdrom drives as soon as qemuargs holds a "-drive", so the flash cannot be one.
   # The -machine given here replaces Packer's own (-machine type=...,accel=...). The -netdev replaces
-  # Packer's own to add the build lab's guestfwd relays (build_lab_netdev; empty: none).
+  # Packer's own, whose SSH forward listens on every host address: the build VM's is on 127.0.0.1 only.
   qemuargs         = concat([["-cpu", "max"],
-    ["-netdev", "user,id=user.0,hostfwd=tcp::{{ .SSHHostPort }}-:22${var.build_lab_netdev}"]],
+    ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"]],
     var.firmware_code == "" ? [] : [
     ["-blockdev", "driver=file,node-name=fwcode,read-only=on,filename=${replace(var.firmware_code, ",", ",,")}"],
     ["-blockdev", "driver=file,node-name=fwvars,filename=${replace(var.firmware_vars, ",", ",,")}"],
@@ -167,8 +149,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0abefe29a73d186348706ccc0b931998d4de4b29d83094191f45bf2537734aea", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0abefe29a73d186348706ccc0b931998d4de4b29d83094191f45bf2537734aea", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "a62740dfe8ece4ec78dc8ec3fbf5a9e1f0b29e31ed88d8c88ea8af1031295a01", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "a62740dfe8ece4ec78dc8ec3fbf5a9e1f0b29e31ed88d8c88ea8af1031295a01", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -193,11 +175,14 @@ build {
     destination = "/tmp/imagebuild/"
   }
 
+
+  # The build's CRI client: install.sh --pull-sandbox pulls the sandbox image through it (not installed).
   provisioner "file" {
     except      = ["amazon-ebs.plumbing"]
     source      = "${path.root}/cri.py"
     destination = "/tmp/imagebuild-cri.py"
   }
+
 
   provisioner "shell" {
     except          = ["amazon-ebs.plumbing"]
@@ -205,8 +190,6 @@ build {
     inline = [
       "install -d -m 0755 /var/lib/imagebuild",
       "cp -r /tmp/imagebuild/. /var/lib/imagebuild/",
-      "printf %s '${var.build_lab_hosts}' | base64 -d >> /etc/hosts",
-      "if [ -n '${var.build_lab_ca}' ]; then printf %s '${var.build_lab_ca}' | base64 -d | tee /run/imagebuild-build-lab.crt >> /etc/ssl/certs/ca-certificates.crt; fi",
       "bash /var/lib/imagebuild/install.sh /var/lib/imagebuild/payload --pull-sandbox /tmp/imagebuild-cri.py",
     ]
   }
@@ -220,7 +203,10 @@ build {
   provisioner "shell" {
     except          = ["amazon-ebs.plumbing"]
     execute_command = "sudo sh -c '{{ .Vars }} bash {{ .Path }}'"
-    inline          = ["python3 /var/lib/imagebuild/check.py --phase build --expected /var/lib/imagebuild/expected.json"]
+    # The in-build check, then the staging goes: the image keeps no payload (hosts.toml headers included),
+    # install script or check, only hygiene's build-facts.json and the install's stamps.
+    inline          = ["python3 /var/lib/imagebuild/check.py --phase build --expected /var/lib/imagebuild/expected.json",
+                       "rm -rf -- /var/lib/imagebuild/payload /var/lib/imagebuild/install.sh /var/lib/imagebuild/check.py /var/lib/imagebuild/expected.json"]
   }
 
   post-processor "manifest" {
@@ -228,7 +214,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "0abefe29a73d186348706ccc0b931998d4de4b29d83094191f45bf2537734aea"
+      spec_hash  = "a62740dfe8ece4ec78dc8ec3fbf5a9e1f0b29e31ed88d8c88ea8af1031295a01"
       containerd = "2.1.9"
     }
   }
