@@ -28,6 +28,7 @@ STATE_DIR = Path("/var/lib/imagebuild")
 #: What the install was staged with under STATE_DIR: gone once it ran (user-data and the Packer build remove it).
 STAGING = ("payload", "install.sh", "check.py", "expected.json")
 CONTAINER_TIMEOUT = 180
+VERIFY_NAMESPACE = "imagebuild-verify"  # containerd namespace of the verify boot's own test image
 
 
 class Reporter:
@@ -195,11 +196,12 @@ def system_checks(rep: Reporter, exp: dict) -> None:
 
 
 def container_checks(rep: Reporter, image: str | None) -> None:
-    """A container runs from a local image, and a running one survives `systemctl restart containerd`."""
+    """A container runs from a local image, and a running one survives `systemctl restart containerd`. The
+    test image goes into a namespace of its own: CRI (what kubelet sees) never lists this boot's double."""
     if not image:
         rep.check("container.image", "a test image tarball (--test-image)", "none given", False)
         return
-    ctr = ("ctr", "-n", "k8s.io")
+    ctr = ("ctr", "-n", VERIFY_NAMESPACE)
     imported = run(*ctr, "images", "import", "--all-platforms", image, timeout=CONTAINER_TIMEOUT)
     names = re.findall(r"(\S+:\S+)", imported.stdout) or [""]
     listing = run(*ctr, "images", "ls", "-q").stdout.split()
