@@ -2,15 +2,15 @@
 
 0. the matrix of what it can build here (image.os x architecture x containerd family);
 1. the spec's base image (`imagebuild base-image`, cached: Debian 12 amd64 for the default spec);
-2. release-shaped containerd and runc downloads assembled from Debian's binaries of the spec's
-   containerd family, served from 127.0.0.1 (10.0.2.2 from inside QEMU), so the install script
-   downloads and checks sha256 exactly as it would from GitHub;
+2. containerd and runc release downloads, served from 127.0.0.1 (10.0.2.2 from inside QEMU), so the
+   install script downloads and checks sha256 exactly as it would from GitHub: on amd64 upstream's own
+   builds at the release tags (devtools.upstream, from the Go module proxy); on arm64 Debian's binaries
+   in release-shaped files (lab content, which publish refuses);
 3. the default spec with only those two download URLs (and their pinned sha256) redirected, and
    image.sandbox.source none where it says registry: the sandbox image's registry is not reachable
    here, and nothing stands in for it in the image (the verify boot's lab serves one to its throwaway
    overlay only);
-4. bake, then verify the baked image, printing the verify table. The mirror's tarballs hold Debian's
-   builds under a release's name: the bake records them as lab content, and publish refuses the image.
+4. bake, then verify the baked image, printing the verify table.
 
     imagebuild golden [--work DIR] [SPEC]
 """
@@ -56,10 +56,18 @@ def mirrored(art: dict, base_url: str, root: Path) -> dict:
             "version": art["version"]}
 
 
+def upstream_built(spec: Spec) -> bool:
+    """Whether local_mirror serves upstream's own builds for *spec* (the build host's architecture, amd64)
+    rather than Debian's builds in release-shaped files (lab content: publish refuses the image)."""
+    return spec.image.architecture == "amd64"
+
+
 def served_dir(spec: Spec) -> Path:
     """Where local_mirror assembles and serves *spec*'s containerd and runc."""
     from .paths import cache_dir
 
+    if upstream_built(spec):
+        return cache_dir("mirror", "upstream", spec.containerd.version)
     return cache_dir("mirror", spec.containerd.family, spec.image.os)
 
 
@@ -68,23 +76,32 @@ def local_mirror(spec: Spec) -> Iterator[Spec]:
     """*spec* with containerd and runc (and the CNI plugins, if the spec installs them) served from
     127.0.0.1, while the server runs.
 
-    The release-shaped tarballs are assembled from Debian's binaries of the spec's family and
-    image.architecture, with the runc that runs on its image.os (`debian_artifacts.runc_family`);
-    the CNI plugins are Debian's containernetworking-plugins of that architecture.
+    On amd64 they are upstream's releases, built from the Go module proxy at their tags
+    (`devtools.upstream`): containerd.version itself, runc and the CNI plugins of that module's pinned
+    releases (static, so they run on every image.os). On another architecture they are Debian's binaries
+    of the spec's family in release-shaped files, with the runc that runs on its image.os
+    (`debian_artifacts.runc_family`): the lab ledger marks them, and publish refuses such an image.
     """
-    from .devtools import debian_artifacts
+    from .devtools import debian_artifacts, upstream
     from .devtools.serve import serve
 
     family, arch, os_name = spec.containerd.family, spec.image.architecture, spec.image.os
-    runc_from = debian_artifacts.runc_family(family, os_name)
-    step(f"assembling release-shaped containerd {family} ({arch}) and runc tarballs from Debian's binaries "
-         f"(runc of Debian {debian_artifacts.FAMILIES[runc_from]}, which runs on {os_name})")
     mirror_dir = served_dir(spec)
-    artifacts = debian_artifacts.release_tarballs(family, mirror_dir, arch=arch, runc_from=runc_from)
     cni = None
-    if spec.containerd.install.cni_plugins is not None:
-        step(f"assembling a release-shaped CNI plugins tarball ({arch}) from Debian's containernetworking-plugins")
-        cni = debian_artifacts.cni_tarball(mirror_dir / "cni", arch=arch)
+    if upstream_built(spec):
+        step(f"upstream containerd {spec.containerd.version}, runc {upstream.RUNC_VERSION}"
+             + (f" and CNI plugins {upstream.CNI_VERSION}" if spec.containerd.install.cni_plugins else "")
+             + " as their release files, built from the Go module proxy")
+        artifacts = upstream.release_tarballs(spec.containerd.version, mirror_dir)
+        if spec.containerd.install.cni_plugins is not None:
+            cni = upstream.cni_tarball(mirror_dir / "cni")
+    else:
+        runc_from = debian_artifacts.runc_family(family, os_name)
+        step(f"assembling release-shaped containerd {family} ({arch}) and runc tarballs from Debian's binaries "
+             f"(runc of Debian {debian_artifacts.FAMILIES[runc_from]}, which runs on {os_name}): lab content")
+        artifacts = debian_artifacts.release_tarballs(family, mirror_dir, arch=arch, runc_from=runc_from)
+        if spec.containerd.install.cni_plugins is not None:
+            cni = debian_artifacts.cni_tarball(mirror_dir / "cni", arch=arch)
     with serve(mirror_dir) as url:
         guest_url = f"http://{GUEST_HOST}:{url.rsplit(':', 1)[1]}"
         yield local_mirror_spec(spec, mirrored(artifacts["containerd"], guest_url, mirror_dir),

@@ -1,10 +1,10 @@
 """The nightly pipeline for real, against moto: bake (Packer qemu), boot and verify (QEMU), publish
 (EBS direct APIs, register, copy, share, SSM), prune; then a second night with the same inputs.
 
-The spec is the built-in default installing Debian's containerd package (the e2e suite's golden_spec
-fixture, imported from tests/e2e/conftest.py, switched to install.method package: publish refuses the
-mirror's release-shaped Debian builds as lab content), published to moto's us-east-1 with one copy
-region and one account to share with.
+The spec is the built-in default with its containerd and runc downloads served from 127.0.0.1 (the e2e
+suite's mirror and golden_spec fixtures, imported from tests/e2e/conftest.py: upstream's builds, so no lab
+content that publish would refuse), published to moto's us-east-1 with one copy region and one account to
+share with.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from imagebuild.digest import sha256_file
 from imagebuild.pipeline import PUBLISHED, UNCHANGED, run_pipeline
 from imagebuild.spec import parse
 from tests.e2e import conftest as e2e
-from tests.support import PACKAGE_VERSIONS
 
 # The e2e suite's session fixtures, reused as they are (fixtures in a module's namespace are its own).
 base_image, golden_spec, mirror = e2e.base_image, e2e.golden_spec, e2e.mirror
@@ -61,11 +60,6 @@ def publish_spec(golden_spec):
     # The worker profile's apt install in the guest (60-100 s under TCG) is proved by the golden
     # bake and the EC2 user-data boot; this test is about publishing.
     doc["system"]["profile"] = "none"
-    # Debian's containerd package, from the Debian mirror under its own name: the mirror's release-shaped
-    # tarballs hold Debian's builds under an upstream release's name, lab content that publish refuses
-    # (test_aws_publish: test_refuses_an_image_that_holds_lab_content).
-    doc["containerd"]["install"] |= {"method": "package", "package": {"name": "containerd",
-                                                                      "version": PACKAGE_VERSIONS["1.6"], "hold": True}}
     return parse(yaml.safe_dump(doc), "pipeline e2e spec")
 
 

@@ -1,8 +1,9 @@
 """Fixtures for the end-to-end tests: the base image, a local artifact mirror, baked images.
 
 Everything is real: mmdebstrap'd Debian 12 base image, Packer 1.6.6's qemu builder, QEMU (TCG
-unless a probe proves KVM works), containerd binaries from Debian served as release tarballs from
-127.0.0.1 (10.0.2.2 inside the guest). Expensive products are session-scoped and built once.
+unless a probe proves KVM works), upstream's containerd and runc built from the Go module proxy and
+served as their release files from 127.0.0.1 (10.0.2.2 inside the guest). Expensive products are
+session-scoped and built once.
 """
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import pytest
 
 from imagebuild import baseimage
 from imagebuild.bake import bake
-from imagebuild.devtools import debian_artifacts
+from imagebuild.devtools import upstream
 from imagebuild.devtools.serve import serve
 from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
 from imagebuild.spec import load
-from tests.support import temp_dir_of_its_own
+from tests.support import FAMILY_VERSIONS, temp_dir_of_its_own
 
 
 @pytest.fixture(scope="session")
@@ -26,14 +27,14 @@ def base_image() -> Path:
 
 @pytest.fixture(scope="session")
 def mirror(tmp_path_factory):
-    """Release-shaped tarballs of the 1.6 and 1.7 families, served on 127.0.0.1, for Debian 12 guests.
-
-    runc comes from bookworm (the 1.6 family) as on every Debian 12 image (`debian_artifacts.runc_family`):
-    later suites' runc needs glibc 2.38, newer than the Debian 12 guest has. Yields a function:
-    (spec, family) -> spec with downloads mirrored. (Debian 13 and arm64 specs: `golden.local_mirror`.)
+    """Upstream's release files of containerd 1.6 and 1.7 (FAMILY_VERSIONS) and runc, built from the Go
+    module proxy (`devtools.upstream`, as `make golden` serves them), on 127.0.0.1 for amd64 guests.
+    Yields a function: (spec, family) -> spec with downloads mirrored. (Debian 13 and arm64 specs:
+    `golden.local_mirror`.)
     """
     root = tmp_path_factory.mktemp("mirror")
-    artifacts = {family: debian_artifacts.release_tarballs(family, root / family) for family in ("1.6", "1.7")}
+    artifacts = {family: upstream.release_tarballs(FAMILY_VERSIONS[family], root / family)
+                 for family in ("1.6", "1.7")}
     with serve(root) as url:
         port = url.rsplit(':', 1)[1]
 
