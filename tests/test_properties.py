@@ -506,7 +506,7 @@ def test_b_hosts_toml_lists_the_hosts_in_order_with_exact_headers(doc_and_spec):
 
 @PROFILE
 @given(specs)
-def test_c_user_data_is_valid_cloud_config_carrying_every_guest_file(spec):
+def test_c_user_data_is_valid_cloud_config_carrying_what_installs(spec):
     text = render.cloud_config(spec)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "user-data"
@@ -521,9 +521,11 @@ def test_c_user_data_is_valid_cloud_config_carrying_every_guest_file(spec):
         if entry.get("encoding") == "b64":
             content = base64.b64decode(content)
         written[entry["path"]] = (content, entry["permissions"])
-    guest = render.guest_files(spec)
+    # What installs and configures, nothing else (no check, no expectations); then the staging goes.
+    guest = {rel: f for rel, f in render.guest_files(spec).items() if rel not in render.CHECK_FILES}
     assert written == {f"{GUEST}/{rel}": (f.content, f"{f.mode:04o}") for rel, f in guest.items()}
-    assert doc["runcmd"][-1] == ["bash", f"{GUEST}/install.sh", f"{GUEST}/payload"]
+    assert doc["runcmd"][-2:] == [["bash", f"{GUEST}/install.sh", f"{GUEST}/payload"],
+                                  ["rm", "-rf", "--", f"{GUEST}/payload", f"{GUEST}/install.sh"]]
     # What EC2 gets: the same document, raw or gzipped, or a clear error when even gzip is too big.
     try:
         assert ungzip(render.user_data(spec)) == text.encode()

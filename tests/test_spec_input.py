@@ -13,7 +13,7 @@ from imagebuild import render
 from imagebuild import spec as spec_module
 from imagebuild.guest import check
 from imagebuild.render import expected
-from tests.support import run_main, spec_of, ungzip, write_spec
+from tests.support import run_main, spec_of, write_spec
 
 
 def test_merge_keys_merge_and_keys_written_win():
@@ -119,9 +119,13 @@ verify:
 
 
 def _extra_checks_as_delivered(spec) -> list[dict]:
-    """verify.checks as the guest gets them: expected.json inside the #cloud-config user-data."""
-    cloud = yaml.safe_load(ungzip(render.user_data(spec)).decode())
-    (entry,) = [f for f in cloud["write_files"] if f["path"].endswith("/expected.json")]
+    """verify.checks as the guest gets them: expected.json inside the verify boot's #cloud-config user-data
+    (production user-data carries no verification tooling)."""
+    from imagebuild import verify
+
+    seed = verify._seed_files(spec, install=True, boot=verify._boot_facts("nocloud", ""))
+    cloud = yaml.safe_load(seed.decode())
+    (entry,) = [f for f in cloud["write_files"] if f["path"].endswith("/verify/expected.json")]
     return json.loads(entry["content"])["extra_checks"]
 
 
