@@ -80,7 +80,8 @@ lock: venv
 	$(MAKE) venv
 	$(PY) -m pytest tests/test_cases.py tests/test_dependency_range.py -q
 
-## regen-defaults: re-read `containerd config default` from the real 1.6, 1.7 and 2.1 binaries
+## regen-defaults: re-read `containerd config default` of 1.6, 1.7 and 2.1 from upstream's builds (defaults/upstream/, tarball
+## installs) and Debian's (defaults/debian/, package installs) of the same releases
 regen-defaults: venv
 	$(PY) -m imagebuild.devtools defaults
 

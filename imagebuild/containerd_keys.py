@@ -1,6 +1,6 @@
 """What imagebuild knows of containerd's config: the reference defaults, their key paths and types.
 
-`containerd config default` of each family lives in imagebuild/defaults/config-<family>.toml
+`containerd config default` of each family lives in imagebuild/defaults/<upstream|debian>/config-<family>.toml
 (regenerated from real binaries by `make regen-defaults`). From it come where each tuned setting
 lives in a config version (`KeyPaths`), and how `config.overrides` reads: dotted keys split into
 key paths, each value checked against the type containerd gives that path (`normalise_overrides`).
@@ -15,15 +15,22 @@ from typing import Any
 
 from .model import show as _show
 
+#: Whose `config default` a config is rendered from, by containerd.install.method: a tarball install runs
+#: upstream's binaries (defaults/upstream/), a package install Debian's patched ones (defaults/debian/:
+#: e.g. its 1.7 looks for CNI plugins in /usr/lib/cni, upstream's in /opt/cni/bin).
+DEFAULTS_OF = {"tarball": "upstream", "package": "debian"}
 
-def reference_default(family: str) -> str:
-    """The real `containerd config default` output of a family (1.6, 1.7 or 2.1)."""
-    return resources.files("imagebuild").joinpath("defaults", f"config-{family}.toml").read_text()
+
+def reference_default(family: str, method: str = "tarball") -> str:
+    """The real `containerd config default` output of a family (1.6, 1.7 or 2.1) as the install *method*
+    installs it: upstream's build for a tarball, Debian's for a package."""
+    return resources.files("imagebuild").joinpath("defaults", DEFAULTS_OF[method], f"config-{family}.toml").read_text()
 
 
 @cache
 def reference_tree(family: str) -> dict:
-    """The reference default of a family as plain data (key paths and the types containerd gives them)."""
+    """The reference default of a family as plain data (key paths and the types containerd gives them;
+    upstream's, whose keys Debian's builds share)."""
     return tomllib.loads(reference_default(family))
 
 

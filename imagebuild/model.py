@@ -292,8 +292,9 @@ class Section(BaseModel):
 
 @functools.cache
 def reference_families() -> tuple[str, ...]:
-    """The families whose `containerd config default` imagebuild carries (imagebuild/defaults/)."""
-    names = [entry.name for entry in resources.files("imagebuild").joinpath("defaults").iterdir()]
+    """The families whose `containerd config default` imagebuild carries (imagebuild/defaults/upstream/; every one
+    has Debian's beside it, tests/test_config_toml.py checks)."""
+    names = [entry.name for entry in resources.files("imagebuild").joinpath("defaults", "upstream").iterdir()]
     found = [m.group(1) for m in map(re.compile(r"^config-([0-9]+\.[0-9]+)\.toml$").match, names) if m]
     return tuple(sorted(found, key=lambda f: tuple(int(p) for p in f.split("."))))
 

@@ -10,7 +10,7 @@ import pytest
 from imagebuild.guest.check import dig
 from imagebuild.render import config_toml, expected
 from imagebuild.render.config_toml import KeyPaths
-from tests.support import FAMILY_VERSIONS, containerd_dump, spec_of
+from tests.support import FAMILY_VERSIONS, PACKAGE_VERSIONS, containerd_dump, spec_of
 
 RUNTIMES = {
     "nvidia": {"binary_name": "/usr/bin/nvidia-container-runtime"},
@@ -197,3 +197,30 @@ def test_no_value_holds_a_blank_line_for_the_layout_to_collapse():
     assert item("it's \"quoted\"").as_string() == '"it\'s \\"quoted\\""'
     for family in FAMILY_VERSIONS:
         assert '"""' not in reference_default(family) and "'''" not in reference_default(family), family
+
+
+def test_every_family_has_upstreams_default_and_debians():
+    from imagebuild.containerd_keys import reference_default
+
+    for family in FAMILY_VERSIONS:
+        assert reference_default(family, "tarball") != "" and reference_default(family, "package") != ""
+
+
+@pytest.mark.parametrize("family", FAMILY_VERSIONS)
+def test_a_tarball_install_looks_for_cni_plugins_where_it_puts_them(tmp_path, family):
+    """A tarball install renders from upstream's default, whose CNI bin_dir is where install.sh unpacks the
+    plugins (and Calico, Cilium, Flannel put theirs); as the real containerd reads the file (config dump,
+    what the in-guest cni.bin_dir check reads). Debian's 1.7 default (a package install's) says /usr/lib/cni:
+    rendered for a tarball it would fail."""
+    from imagebuild.guest.check import cni_dirs
+    from imagebuild.render.expected import CNI_BIN_DIR
+
+    tarball = spec_of({"containerd": {"version": FAMILY_VERSIONS[family], "install": {"cni_plugins": {}}}})
+    proc, dumped = containerd_dump(config_toml.render(tarball), family, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert CNI_BIN_DIR in cni_dirs(dumped), cni_dirs(dumped)
+    package = spec_of({"containerd": {"version": FAMILY_VERSIONS[family], "install": {
+        "method": "package", "package": {"version": PACKAGE_VERSIONS[family]}}}})
+    _, dumped = containerd_dump(config_toml.render(package), family, tmp_path)
+    if family == "1.7":   # Debian's patch: a package install's plugins (containernetworking-plugins) live there
+        assert cni_dirs(dumped) == ["/usr/lib/cni"]

@@ -169,9 +169,10 @@ def test_second_fetch_is_instant():
     assert time.monotonic() - start < 0.1
 
 
+@pytest.mark.parametrize("source", ["debian", "upstream"])
 @pytest.mark.parametrize("family", list(da.FAMILIES))
-def test_default_config_parses_with_real_binary(family):
-    default = defaults.defaults_dir() / f"config-{family}.toml"
+def test_default_config_parses_with_real_binary(family, source):
+    default = defaults.defaults_dir() / source / f"config-{family}.toml"
     proc = subprocess.run([da.binary(family), "--config", default, "config", "dump"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -180,9 +181,16 @@ def test_default_config_parses_with_real_binary(family):
 
 @pytest.mark.parametrize("family", list(da.FAMILIES))
 def test_packaged_defaults_match_binary(family):
-    """imagebuild/defaults is the byte-for-byte `config default` (run `make regen-defaults`)."""
+    """imagebuild/defaults/debian is the byte-for-byte `config default` of Debian's build, defaults/upstream
+    that of upstream's build of the same release (run `make regen-defaults`)."""
+    from imagebuild.devtools import upstream
+
     proc = subprocess.run([da.binary(family), "config", "default"], capture_output=True, check=True)
-    assert (defaults.defaults_dir() / f"config-{family}.toml").read_bytes() == proc.stdout
+    assert (defaults.defaults_dir() / "debian" / f"config-{family}.toml").read_bytes() == proc.stdout
+    release = da.upstream_version(da.fetched_versions(family)["containerd"])
+    built = upstream.containerd(release) / "bin" / "containerd"
+    proc = subprocess.run([built, "config", "default"], capture_output=True, check=True)
+    assert (defaults.defaults_dir() / "upstream" / f"config-{family}.toml").read_bytes() == proc.stdout
 
 
 @pytest.fixture(scope="module")

@@ -153,9 +153,10 @@ def test_multiline_check_reaches_the_guest_shell_intact(tmp_path, monkeypatch, c
 # ---------------------------------------------------------------- versions that exist
 
 def test_supported_versions_come_from_the_reference_defaults():
-    families = sorted(p.name[len("config-"):-len(".toml")] for p in
-                      (Path(spec_module.__file__).parent / "defaults").glob("config-*.toml"))
-    assert families == ["1.6", "1.7", "2.1"]
+    for source in ("upstream", "debian"):
+        families = sorted(p.name[len("config-"):-len(".toml")] for p in
+                          (Path(spec_module.__file__).parent / "defaults" / source).glob("config-*.toml"))
+        assert families == ["1.6", "1.7", "2.1"], source
     assert spec_module.supported_versions() == "1.6.x, 1.7.x, 2.0.x-2.2.x"
     for version, family in [("1.6.0", "1.6"), ("1.7.99", "1.7"), ("2.0.0", "2.1"), ("2.2.3", "2.1")]:
         assert spec_of({"containerd": {"version": version}}).containerd.family == family

@@ -161,6 +161,22 @@ def config_checks(rep: Reporter, exp: dict) -> None:
         return
     for item in exp["config"]:
         rep.check(item["name"], item["value"], dig(effective, item["path"]))
+    if exp.get("cni_plugins_dir"):
+        dirs = cni_dirs(effective)
+        rep.check("cni.bin_dir", f"includes {exp['cni_plugins_dir']}", dirs, exp["cni_plugins_dir"] in dirs,
+                  note="where CRI looks for CNI plugins (config dump), and where the install put them")
+
+
+def cni_dirs(effective: dict) -> list[str]:
+    """The directories containerd's CRI looks in for CNI plugins (bin_dir, and bin_dirs on 2.x), from a
+    `containerd config dump`: 1.x's io.containerd.grpc.v1.cri, 2.x's io.containerd.cri.v1.runtime."""
+    plugins = effective.get("plugins") or {}
+    for name in ("io.containerd.cri.v1.runtime", "io.containerd.grpc.v1.cri"):
+        cni = (plugins.get(name) or {}).get("cni")
+        if isinstance(cni, dict):
+            dirs = [cni["bin_dir"]] if cni.get("bin_dir") else []
+            return dirs + [d for d in cni.get("bin_dirs") or [] if d not in dirs]
+    return []
 
 
 def file_checks(rep: Reporter, exp: dict) -> None:

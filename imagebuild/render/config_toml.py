@@ -1,4 +1,5 @@
-"""config.toml: containerd's own `config default` of the target family, tuned by the spec.
+"""config.toml: containerd's own `config default` of the target family (upstream's for a tarball install,
+Debian's for a package install), tuned by the spec.
 
 The reference defaults (imagebuild/containerd_keys.py reads them from imagebuild/defaults/) keep
 every key containerd ships visible and documented. The spec's settings land at the key paths of the
@@ -38,7 +39,7 @@ def _deep_merge(target: Any, overrides: dict) -> None:
 
 def render(spec: Spec) -> str:
     cfg = spec.config
-    doc = tomlkit.parse(reference_default(spec.containerd.family))
+    doc = tomlkit.parse(reference_default(spec.containerd.family, spec.containerd.install.method))
     paths = KeyPaths(spec.containerd.config_version)
 
     doc["root"] = item(cfg.root)

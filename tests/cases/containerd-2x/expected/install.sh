@@ -147,7 +147,7 @@ install_binaries() {
 
 # mode sha256 path, for every file the payload carries (rendered from the spec).
 FILES=(
-  '0644 e7f8e323e1ec320eadd660fac94bd75d31e3b08275cfb6cb35847afc4fb6f931 /etc/containerd/config.toml'
+  '0644 312f98bc405d032df6940fb344e4913751cfda69bd11e96efd307eea2c419f0c /etc/containerd/config.toml'
   '0644 72b4e5991b6d0576b77e1afb42ab9af6b858db000d2f4360c76063ec94b0f9a3 /etc/containerd/certs.d/docker.io/hosts.toml'
   '0644 63665ea7e262fba9be90d1990dde824fc41ec52309706310d77dd3f32055c5da /etc/containerd/certs.d/gcr.io/hosts.toml'
   '0644 d3b12eddb1bded9959a501d64654ddccdf11452142799ba67c4ecf83726ee658 /etc/containerd/certs.d/k8s.gcr.io/hosts.toml'

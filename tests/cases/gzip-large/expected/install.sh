@@ -129,7 +129,7 @@ install_binaries() {
 
 # mode sha256 path, for every file the payload carries (rendered from the spec).
 FILES=(
-  '0644 1fdceb47ed6c4656fdc1469798733d77641320a0f29abba44ba19058310b5c8b /etc/containerd/config.toml'
+  '0644 bb1ed12249dedbfe7c2374c4bb3c9562eeaf63a125026b48857bcad2f504aaa8 /etc/containerd/config.toml'
   '0600 4288de646b3d9546b9ad293d8577826b8aed8b20e3d2111da07f4fcd49150f88 /etc/containerd/certs.d/registry00.example.com/hosts.toml'
   '0600 4289392cbdbaf4f1387adeb8b5ca951d93c0edf846aa6cc08b6f5b65b32ff7c6 /etc/containerd/certs.d/registry01.example.com/hosts.toml'
   '0600 4399c138cc2a222773a71f54e4fd904d68bc6cc3dd5e454af3e82769555abafc /etc/containerd/certs.d/registry02.example.com/hosts.toml'

@@ -129,7 +129,7 @@ install_binaries() {
 
 # mode sha256 path, for every file the payload carries (rendered from the spec).
 FILES=(
-  '0644 5be0650564aa0d044b09410d11d74ec4fcc6c853c72cae495841fc1cb1514a33 /etc/containerd/config.toml'
+  '0644 17cc766066b17bf8db3b93793da17fcddf8da5cc4aa40d778945e25e61ec1a80 /etc/containerd/config.toml'
   '0644 7e9b185961636e9f62e19fd07b19f38b3121936c295f51bd6068e13e40b83301 /etc/systemd/system/containerd.service'
   '0644 99a60363382a7dcb5a5acea071f1db1c7f5c1c1780491622494b3cabef66cb3d /etc/modules-load.d/containerd.conf'
   '0644 4b1d2987a3403d495bf3291679f947e6712d73adc299fdfe3822f3c8a282da73 /etc/sysctl.d/99-containerd.conf'

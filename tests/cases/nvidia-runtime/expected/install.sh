@@ -129,7 +129,7 @@ install_binaries() {
 
 # mode sha256 path, for every file the payload carries (rendered from the spec).
 FILES=(
-  '0644 acc395736601a6cd4ba6d0fc1eb166c87c29123e6f96cd0157efb9e8c5f1df0c /etc/containerd/config.toml'
+  '0644 f280c969ca35b47708fe1b16774f13def90fc889274d85da485e42e611e20563 /etc/containerd/config.toml'
   '0644 72b4e5991b6d0576b77e1afb42ab9af6b858db000d2f4360c76063ec94b0f9a3 /etc/containerd/certs.d/docker.io/hosts.toml'
   '0644 63665ea7e262fba9be90d1990dde824fc41ec52309706310d77dd3f32055c5da /etc/containerd/certs.d/gcr.io/hosts.toml'
   '0644 d3b12eddb1bded9959a501d64654ddccdf11452142799ba67c4ecf83726ee658 /etc/containerd/certs.d/k8s.gcr.io/hosts.toml'
