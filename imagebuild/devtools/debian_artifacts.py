@@ -11,12 +11,10 @@ lists and cache below `cache_dir()`), so the system's apt sources and state are 
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,13 +23,12 @@ from typing import Any
 
 from imagebuild import aptsources, lab_ledger
 from imagebuild.aptsources import Source
-from imagebuild.digest import sha256_file
+from imagebuild.devtools import release_files
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
 from imagebuild.progress import step
 from imagebuild.run import locked as _locked
 from imagebuild.run import run as _run
-from imagebuild.testimage import tar_info
 
 #: containerd family -> Debian suite carrying it (runc is taken from the same suite).
 #: On the mirror: bookworm 1.6.20 (runc 1.1.5), trixie 1.7.24 (runc 1.1.15), sid 2.1.9 (runc 1.3.6).
@@ -39,9 +36,6 @@ FAMILIES: Mapping[str, str] = MappingProxyType({"1.6": "bookworm", "1.7": "trixi
 
 #: Binary packages unpacked for every family.
 PACKAGES: tuple[str, ...] = ("containerd", "runc")
-
-#: The three binaries of an official `containerd-<v>-linux-<arch>.tar.gz` we reproduce.
-TARBALL_BINARIES: tuple[str, ...] = ("containerd", "containerd-shim-runc-v2", "ctr")
 
 #: Suite Debian's CNI plugins (`containernetworking-plugins`) are taken from.
 CNI_SUITE = "bookworm"
@@ -293,20 +287,6 @@ def version(family: str) -> str:
     return words[2]
 
 
-def _write_tarball(path: Path, members: Mapping[str, Path], compresslevel: int) -> None:
-    """A reproducible .tar.gz at *path* (atomically): *members* is {name in the archive: file},
-    each 0755 with fixed mtime and owner, in the given order; gzip without name or time."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                          compresslevel=compresslevel) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, src in members.items():
-            with open(src, "rb") as fh:
-                tar.addfile(tar_info(name, src.stat().st_size), fh)
-    os.replace(tmp, path)
-
-
 def release_tarballs(family: str, out_dir: Path | str, compresslevel: int = 6, *,
                      arch: str | None = None, runc_from: str | None = None) -> dict[str, dict[str, str]]:
     """Official-release-shaped artifacts of *family* and *arch* (default: the host's) in *out_dir*,
@@ -323,27 +303,13 @@ def release_tarballs(family: str, out_dir: Path | str, compresslevel: int = 6, *
     arch = _arch(arch)
     runc_from = runc_from or family
     _family_suite(runc_from)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    versions = fetched_versions(family, arch)
-    c_version = upstream_version(versions["containerd"])
-    tarball = out / f"containerd-{c_version}-linux-{arch}.tar.gz"
-    _write_tarball(tarball, {f"bin/{name}": binary(family, name, arch) for name in TARBALL_BINARIES},
-                   compresslevel)
-    runc = out / f"runc.{arch}"
-    shutil.copyfile(binary(runc_from, "runc", arch), runc.with_name(runc.name + ".tmp"))
-    os.chmod(runc.with_name(runc.name + ".tmp"), 0o755)
-    os.replace(runc.with_name(runc.name + ".tmp"), runc)
-    result = {
-        "containerd": {"path": str(tarball), "sha256": sha256_file(tarball), "version": c_version},
-        "runc": {"path": str(runc), "sha256": sha256_file(runc),
-                 "version": upstream_version(fetched_versions(runc_from, arch)["runc"])},
-    }
+    result = release_files.containerd_and_runc(
+        out_dir, arch, upstream_version(fetched_versions(family, arch)["containerd"]),
+        {name: binary(family, name, arch) for name in release_files.TARBALL_BINARIES},
+        upstream_version(fetched_versions(runc_from, arch)["runc"]), binary(runc_from, "runc", arch), compresslevel)
     for item in result.values():
-        path = Path(item["path"])
-        path.with_name(path.name + ".sha256sum").write_text(f"{item['sha256']}  {path.name}\n")
-        lab_ledger.record(item["sha256"], f"{path.name}: Debian's build {item['version']}, release-shaped by "
-                          "imagebuild's developer tools (not an upstream release)")
+        lab_ledger.record(item["sha256"], f"{Path(item['path']).name}: Debian's build {item['version']}, "
+                          "release-shaped by imagebuild's developer tools (not an upstream release)")
     return result
 
 
@@ -372,13 +338,7 @@ def cni_tarball(out_dir: Path | str, compresslevel: int = 6, *, arch: str | None
     """
     arch = _arch(arch)
     version, plugins = cni_plugins(arch)
-    names = sorted(p.name for p in plugins.iterdir() if p.is_file())
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tarball = out / f"cni-plugins-linux-{arch}-v{version}.tgz"
-    _write_tarball(tarball, {f"./{name}": plugins / name for name in names}, compresslevel)
-    sha256 = sha256_file(tarball)
-    tarball.with_name(tarball.name + ".sha256").write_text(f"{sha256}  {tarball.name}\n")
-    lab_ledger.record(sha256, f"{tarball.name}: Debian's containernetworking-plugins {version}, release-shaped "
-                      "by imagebuild's developer tools (not an upstream release)")
-    return {"path": str(tarball), "sha256": sha256, "version": version, "plugins": names}
+    made = release_files.cni_plugins_tarball(out_dir, arch, version, plugins, compresslevel)
+    lab_ledger.record(made["sha256"], f"{Path(made['path']).name}: Debian's containernetworking-plugins {version}, "
+                      "release-shaped by imagebuild's developer tools (not an upstream release)")
+    return made

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from imagebuild.digest import sha256_file
+from imagebuild.devtools import release_files
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
 from imagebuild.progress import step
@@ -35,7 +35,6 @@ CNI_VERSION = "1.10.0"
 CNI_PLUGINS = ("main/bridge", "main/host-device", "main/ipvlan", "main/loopback", "main/macvlan", "main/ptp",
                "main/vlan", "main/dummy", "main/tap", "ipam/dhcp", "ipam/host-local", "ipam/static",
                "meta/bandwidth", "meta/firewall", "meta/portmap", "meta/sbr", "meta/tuning", "meta/vrf")
-TARBALL_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr")
 _STAMP = ".built.json"
 _TIMEOUT = 1800
 
@@ -125,13 +124,13 @@ def containerd(version: str) -> Path:
         wrapper.mkdir()
         go_mod = f"module imagebuild.local/containerd\n\ngo 1.22\n\nrequire {module} v{version}\n\n"
         (wrapper / "go.mod").write_text(go_mod + directives(Path(info["GoMod"]).read_text()) + "\n")
-        cmds = [f"{module}/cmd/{name}" for name in TARBALL_BINARIES]
+        cmds = [f"{module}/cmd/{name}" for name in release_files.TARBALL_BINARIES]
         _go(["get", *(f"{c}@v{version}" for c in cmds)], f"go get containerd v{version}", cwd=wrapper)
         ldflags = (f"-X {module}/version.Version=v{version} -X {module}/version.Revision={revision} "
                    f"-X {module}/version.Package={module} -s -w -extldflags -static")
         tags = [] if version.startswith("1.6.") else ["urfave_cli_no_docs"]
         (tmp / "bin").mkdir()
-        for name, cmd in zip(TARBALL_BINARIES, cmds, strict=True):
+        for name, cmd in zip(release_files.TARBALL_BINARIES, cmds, strict=True):
             shim = name.startswith("containerd-shim")
             build_tags = tags + (["no_grpc"] if shim and major >= 2 else []) + \
                 ([] if shim else ["osusergo", "netgo", "static_build"])
@@ -179,36 +178,13 @@ def release_tarballs(containerd_version: str, out_dir: Path | str, compresslevel
     """`containerd-<v>-linux-amd64.tar.gz` (bin/containerd, bin/containerd-shim-runc-v2, bin/ctr, as the
     release tarball lays them out), `runc.amd64` and their `.sha256sum` files in *out_dir*, built from
     upstream. Returns {"containerd": {"path", "sha256", "version"}, "runc": {...}}."""
-    from .debian_artifacts import _write_tarball
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    built = containerd(containerd_version)
-    tarball = out / f"containerd-{containerd_version}-linux-amd64.tar.gz"
-    _write_tarball(tarball, {f"bin/{name}": built / "bin" / name for name in TARBALL_BINARIES}, compresslevel)
-    runc_file = out / "runc.amd64"
-    shutil.copyfile(runc() / "runc", runc_file.with_name(runc_file.name + ".tmp"))
-    os.chmod(runc_file.with_name(runc_file.name + ".tmp"), 0o755)
-    os.replace(runc_file.with_name(runc_file.name + ".tmp"), runc_file)
-    result = {"containerd": {"path": str(tarball), "sha256": sha256_file(tarball), "version": containerd_version},
-              "runc": {"path": str(runc_file), "sha256": sha256_file(runc_file), "version": RUNC_VERSION}}
-    for item in result.values():
-        path = Path(item["path"])
-        path.with_name(path.name + ".sha256sum").write_text(f"{item['sha256']}  {path.name}\n")
-    return result
+    built = containerd(containerd_version) / "bin"
+    return release_files.containerd_and_runc(
+        out_dir, "amd64", containerd_version, {name: built / name for name in release_files.TARBALL_BINARIES},
+        RUNC_VERSION, runc() / "runc", compresslevel)
 
 
 def cni_tarball(out_dir: Path | str, compresslevel: int = 6) -> dict:
     """`cni-plugins-linux-amd64-v<v>.tgz` (plugins at `./<name>`, as the release lays them out) and its
     `.sha256` in *out_dir*. Returns {"path", "sha256", "version", "plugins"}."""
-    from .debian_artifacts import _write_tarball
-
-    plugins = cni_plugins()
-    names = sorted(p.name for p in plugins.iterdir() if p.is_file() and not p.name.startswith("."))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tarball = out / f"cni-plugins-linux-amd64-v{CNI_VERSION}.tgz"
-    _write_tarball(tarball, {f"./{name}": plugins / name for name in names}, compresslevel)
-    sha256 = sha256_file(tarball)
-    tarball.with_name(tarball.name + ".sha256").write_text(f"{sha256}  {tarball.name}\n")
-    return {"path": str(tarball), "sha256": sha256, "version": CNI_VERSION, "plugins": names}
+    return release_files.cni_plugins_tarball(out_dir, "amd64", CNI_VERSION, cni_plugins(), compresslevel)
