@@ -16,6 +16,7 @@ from .model import (
     CONTROL_CHARS,
     OS_RELEASES,
     SURROGATES,
+    URL_CREDENTIALS,
     Problem,
     Spec,
     api_root,
@@ -135,6 +136,7 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             problems.append(Problem(f"system.sysctls.{key}", f"got {value!r}, expected a number or plain text "
                                     "(an empty value sets nothing and systemd-sysctl rejects it; remove the key)"))
     _check_sandbox(doc, problems)
+    _check_url_credentials(doc, "", problems)
     if doc["image"]["aws"]["ssm_parameter"] is None:
         doc["image"]["aws"]["ssm_parameter"] = f"/imagebuild/{doc['name']}/latest"
     for index, check in enumerate(doc["verify"]["checks"]):
@@ -142,6 +144,21 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             problems.append(Problem(f"verify.checks[{index}].name",
                                     f"got {check['name']!r} twice, names must be unique"))
     return problems, warnings
+
+
+def _check_url_credentials(value: Any, path: str, problems: list[Problem]) -> None:
+    """No URL anywhere in the spec carries credentials (`https://user:pass@host/`): they would be
+    recorded in the clear in spec.json, manifests, run records, Packer templates and AMI tags."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_url_credentials(item, f"{path}.{key}" if path else str(key), problems)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_url_credentials(item, f"{path}[{index}]", problems)
+    elif isinstance(value, str) and URL_CREDENTIALS.match(value):
+        problems.append(Problem(path, f"got a URL with credentials ({show(value)}); they would be recorded in the "
+                                "clear (spec.json, manifests, Packer templates, AMI tags): give the URL without "
+                                "them, and registry credentials as a mirror endpoint's headers"))
 
 
 def _check_sandbox(doc: dict, problems: list[Problem]) -> None:

@@ -68,9 +68,13 @@ class Problem:
         return f"{self.path or '<spec>'}: {self.message}"
 
 
+#: The credentials part of a URL (scheme://user[:password]@): never repeated in a message.
+URL_CREDENTIALS = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]*@")
+
+
 def show(value: Any) -> str:
-    """A value as a message shows it: its repr, cut at 80 characters."""
-    text = repr(value)
+    """A value as a message shows it: its repr, cut at 80 characters, credentials in a URL redacted."""
+    text = URL_CREDENTIALS.sub(r"\1<credentials>@", repr(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 

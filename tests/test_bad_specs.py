@@ -71,6 +71,17 @@ CASES = [
         "got -2"),
     Bad("restart-sec-range", {"unit": {"restart_sec": 99999}}, "unit.restart_sec", "got 99999"),
     Bad("disk-size-range", {"image": {"disk_size_gb": 1}}, "image.disk_size_gb", "got 1"),
+    # --- credentials inside a URL: refused wherever they are (the message never repeats them)
+    Bad("url-credentials-tarball", {"containerd": {"install": {"tarball": {
+        "url": "https://bob:s3cret@mirror.example/containerd-{version}-linux-{arch}.tar.gz"}}}},
+        "containerd.install.tarball.url", "'https://<credentials>@mirror.example/containerd-{version}"),
+    Bad("url-credentials-base", {"image": {"base": {"source": "https://bob:s3cret@images.example/base.qcow2",
+                                                    "checksum": "sha256:" + SHA}}},
+        "image.base.source", "got a URL with credentials"),
+    Bad("url-credentials-mirror", mirror(url="https://bob:s3cret@mirror.example"),
+        "config.registry.mirrors[0].endpoints[0].url", "got 'https://<credentials>@mirror.example'"),
+    Bad("url-credentials-proxy", {"proxy": {"https": "http://bob:s3cret@proxy.example:3128"}}, "proxy.https",
+        "got 'http://<credentials>@proxy.example:3128'"),
     # --- image.sandbox: where the bake gets the sandbox image
     Bad("sandbox-source-unknown", {"image": {"sandbox": {"source": "lab"}}}, "image.sandbox.source", "'lab'"),
     Bad("sandbox-archive-missing", {"image": {"sandbox": {"source": "archive"}}}, "image.sandbox.archive",
@@ -657,3 +668,11 @@ def test_an_unwritable_output_is_named_not_a_temporary_directory(tmp_path):
     (tmp_path / "file").write_text("")
     code, _, err = run_main(["render", "-o", str(tmp_path / "file" / "out")])
     assert code == 1 and f"(writing {tmp_path / 'file'})" in err and ".out." not in err, err
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id.startswith("url-credentials-")], ids=lambda c: c.id)
+def test_credentials_in_a_url_are_never_repeated(tmp_path, case):
+    """The refusal names the key and shows the URL, but not its credentials (an error goes to CI logs)."""
+    code, stdout, err = run_main(["render", str(_spec_file(tmp_path, case.doc)), "-o", str(tmp_path / "out")])
+    assert code == 2 and "<credentials>@" in err
+    assert "s3cret" not in err + stdout and "bob" not in err + stdout
