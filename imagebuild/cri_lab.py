@@ -62,14 +62,6 @@ def _port(parts: urllib.parse.SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def _split(image: str) -> tuple[str, str]:
-    """(registry host, repository:tag) of a normalized image reference."""
-    first, _, rest = image.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first, rest
-    return "docker.io", image if "/" in image else "library/" + image
-
-
 def plan(spec: Spec, *, sandbox_baked: bool = False) -> Plan:
     """What the lab serves for *spec*, and what each pull must ask for. *sandbox_baked*: the image holds
     its sandbox image, so the lab serves none (a mirror of its registry is still watched: never asked)."""
@@ -97,7 +89,7 @@ def plan(spec: Spec, *, sandbox_baked: bool = False) -> Plan:
         pulls.append(pull)
         by_host[mirror.host] = (ep, root)
     image = spec.config.sandbox_image
-    host, rest = _split(image)
+    host, rest = normalized(image).split("/", 1)   # the registry host, repository:tag
     repo, _, tag = rest.rpartition(":")
     if host in by_host:
         ep, root = by_host[host]
