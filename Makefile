@@ -22,7 +22,7 @@ export CHECKPOINT_DISABLE := 1
 
 ## golden: the main job on the built-in default spec: base image, bake, verify, print the report
 golden: venv
-	$(PY) -m imagebuild golden --work $(BUILD)/golden
+	$(PY) -m devtools golden --work $(BUILD)/golden
 
 ## test: everything CI runs but the arm64 tests (their own job: make test-arm64) and the extra boots (make test-extra)
 test: venv
@@ -83,12 +83,12 @@ lock: venv
 ## regen-defaults: re-read `containerd config default` of 1.6, 1.7 and 2.1 from upstream's builds (defaults/upstream/, tarball
 ## installs) and Debian's (defaults/debian/, package installs) of the same releases
 regen-defaults: venv
-	$(PY) -m imagebuild.devtools defaults
+	$(PY) -m devtools defaults
 
-## regen-testimage: re-assemble verify's test image programs (imagebuild/testimage/<arch>.s -> <arch>.bin,
+## regen-testimage: re-assemble verify's test image programs (imagebuild/verify/testimage/<arch>.s -> <arch>.bin,
 ## amd64 and arm64)
 regen-testimage: venv
-	$(PY) -m imagebuild.devtools testimage
+	$(PY) -m devtools testimage
 
 ## regen-cases: rewrite the expected files of tests/cases/* and print the diff to review
 ## (user-data is gzipped: its text, expected/user-data.txt, shows the change)

@@ -5,7 +5,7 @@ Exit codes: 0 success, 1 a failure explained on stderr, 2 a bad spec or bad argu
 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM. Pipeline-specific codes are listed in
 `imagebuild pipeline --help`.
 
-The signal policy lives here and only here: :func:`main` turns the first SIGINT or SIGTERM into
+The signal policy lives here and only here: :func:`guarded` (under :func:`main`) turns the first SIGINT or SIGTERM into
 :class:`~imagebuild.errors.Interrupted` (a KeyboardInterrupt), which unwinds every `finally` and context manager on
 its way out, so each child process group is stopped (:mod:`imagebuild.run`) and each scratch
 directory removed; later signals are ignored while that cleanup runs (SIGKILL still ends it).
@@ -16,16 +16,17 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__
-from .errors import ImagebuildError, Interrupted, interrupted_exit_code
+from imagebuild import __version__
+from imagebuild.errors import ImagebuildError, Interrupted, interrupted_exit_code
 
 SPEC_HELP = "spec file (YAML); omitted: the built-in default, containerd's seed setup"
 
 
 def _spec(path: str | None):
-    from .spec import load
+    from imagebuild.spec import load
 
     spec = load(path)
     for notice in spec.notices:
@@ -36,7 +37,7 @@ def _spec(path: str | None):
 
 
 def cmd_render(args) -> int:
-    from . import render
+    from imagebuild import render
 
     out = render.write_tree(render.render_all(_spec(args.spec)), args.output)
     print(out)
@@ -44,7 +45,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_user_data(args) -> int:
-    from . import render
+    from imagebuild import render
 
     data = render.user_data(_spec(args.spec), args.format)
     if args.output:
@@ -55,7 +56,7 @@ def cmd_user_data(args) -> int:
 
 
 def cmd_packer(args) -> int:
-    from .bake import packer_directory
+    from imagebuild.build.bake import packer_directory
 
     out = packer_directory(_spec(args.spec), args.output)
     print(out)
@@ -65,15 +66,15 @@ def cmd_packer(args) -> int:
 def cmd_schema(args) -> int:
     import json
 
-    from .model import json_schema
+    from imagebuild.spec.problems import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def cmd_init(args) -> int:
-    from .model import commented_default
-    from .render import write_file_atomic
+    from imagebuild.render import write_file_atomic
+    from imagebuild.spec.problems import commented_default
 
     text = commented_default()
     if args.output == "-":
@@ -89,28 +90,22 @@ def cmd_init(args) -> int:
 
 
 def cmd_base_image(args) -> int:
-    from .baseimage import Flavor, build
+    from imagebuild.build.baseimage import Flavor, build
 
     print(build(flavor=Flavor.of(args.os, args.architecture)))
     return 0
 
 
 def cmd_bake(args) -> int:
-    from .bake import bake
+    from imagebuild.build.bake import bake
 
     result = bake(_spec(args.spec), Path(args.output), base=args.base, firmware=args.firmware)
     print(result)
     return 0
 
 
-def cmd_golden(args) -> int:
-    from .golden import run
-
-    return run(Path(args.work), args.spec)
-
-
 def cmd_verify(args) -> int:
-    from .verify import print_report, verify_image, verify_user_data
+    from imagebuild.verify.boot import print_report, verify_image, verify_user_data
 
     spec = _spec(args.spec)
     if args.user_data:
@@ -129,8 +124,8 @@ def cmd_verify(args) -> int:
 def cmd_publish(args) -> int:
     import json
 
-    from .aws.publish import publish
-    from .aws.target import target_of
+    from imagebuild.aws.publish import publish
+    from imagebuild.aws.target import target_of
 
     record = publish(Path(args.image_dir), target_of(_spec(args.spec)))
     print(json.dumps(record, indent=2))
@@ -138,8 +133,8 @@ def cmd_publish(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from .aws.prune import format_table, prune
-    from .aws.target import target_of
+    from imagebuild.aws.prune import format_table, prune
+    from imagebuild.aws.target import target_of
 
     decisions = prune(target_of(_spec(args.spec)), apply=args.apply)
     print(format_table(decisions))
@@ -149,7 +144,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from .pipeline import run_pipeline
+    from imagebuild.pipeline import run_pipeline
 
     return run_pipeline(_spec(args.spec), work=Path(args.work), force=args.force,
                         publish=not args.no_publish, base=args.base)
@@ -199,9 +194,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--firmware", choices=["bios", "uefi"],
                    help="the build VM's firmware; default: the image's (a hybrid image builds under SeaBIOS and "
                         "is verified under UEFI)")
-    p = command("golden", cmd_golden, "the main job where GitHub is unreachable: base image, bake with "
-                "containerd/runc served from a local mirror of Debian's binaries, verify")
-    p.add_argument("--work", default="build/golden", help="work directory (default: build/golden)")
     p = command("verify", cmd_verify, "boot an image (or the user-data on a base image) in QEMU and check it",
                 spec="opt")
     p.add_argument("image", nargs="?", metavar="IMAGE", help="qcow2 to verify (never modified)")
@@ -262,22 +254,21 @@ def _interrupt_on_signals():
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)  # usage errors exit 2 here, --help and --version 0
+    return guarded(lambda: args.func(args), quiet=args.quiet, verbose=args.verbose)
+
+
+def guarded(command: Callable[[], int], *, quiet: bool = False, verbose: bool = False) -> int:
+    """Run *command* under imagebuild's signal policy and progress level; its exit code, or one line
+    and 2 (spec error), 1 (any other error) or 128+N (signal N)."""
+    from imagebuild import progress
+    from imagebuild.spec import SpecError
+
     restore = _interrupt_on_signals()
-    try:
-        return _main(argv)
-    finally:
-        restore()
-
-
-def _main(argv: list[str] | None) -> int:
-    from . import progress
-    from .spec import SpecError
-
     level = None
     try:
-        args = parser().parse_args(argv)
-        level = progress.configure(quiet=args.quiet, verbose=args.verbose)
-        return args.func(args)
+        level = progress.configure(quiet=quiet, verbose=verbose)
+        return command()
     except SpecError as exc:
         print(f"imagebuild: {exc.report()}", file=sys.stderr)
         return 2
@@ -297,6 +288,7 @@ def _main(argv: list[str] | None) -> int:
     finally:
         if level is not None:
             progress.restore(level)
+        restore()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The nightly pipeline: decide -> render -> bake -> verify -> publish -> prune, with a run manifest.
 
 `decide` says whether a build is needed at all: the inputs hash (spec, artifact checksums, base
-image checksum, imagebuild version: `imagebuild.bake.inputs_hash`) is compared with the
+image checksum, imagebuild version: `imagebuild.build.bake.inputs_hash`) is compared with the
 `imagebuild:inputs-hash` tag of the family's newest AMI in the home region. The run is skipped
 only when they are equal and that AMI's publish finished (available, copied to every copy
 region, shared with every account, the SSM parameter naming it in the home region, or in every
@@ -21,7 +21,6 @@ Exit codes: 0 published (or verified, with publish off), 3 unchanged (skipped), 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import time
 from collections.abc import Callable
@@ -29,10 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import render
-from .errors import ImagebuildError, interrupted_exit_code
-from .progress import step
-from .spec import Spec
+from imagebuild import render
+from imagebuild.errors import ImagebuildError, interrupted_exit_code
+from imagebuild.progress import step
+from imagebuild.run import locked
+from imagebuild.spec import Spec
 
 PUBLISHED, UNCHANGED, FAILED = 0, 3, 1
 STEPS = ("decide", "render", "bake", "verify", "publish", "prune")
@@ -62,8 +62,8 @@ def newest_ami(spec: Spec, clients=None) -> dict[str, Any] | None:
 
     Returns {"id", "name", "region", "state", "tags"} or None when the family has no AMI there.
     """
-    from .aws.clients import boto3_clients
-    from .aws.prune import family_images, newest_first_key
+    from imagebuild.aws.clients import boto3_clients
+    from imagebuild.aws.prune import family_images, newest_first_key
 
     clients = clients or boto3_clients()
     region = spec.image.aws.region
@@ -81,8 +81,8 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
     Publish makes the home AMI, copies it (same name) to each copy region, shares every copy and
     sets the SSM parameter last; a run that stopped half-way leaves some of that missing.
     """
-    from .aws.lookup import find_image_by_name, launch_permission_set, launch_permissions
-    from .aws.target import target_of
+    from imagebuild.aws.lookup import find_image_by_name, launch_permission_set, launch_permissions
+    from imagebuild.aws.target import target_of
 
     aws = spec.image.aws
     missing: list[str] = []
@@ -102,7 +102,7 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
         if lacking:
             missing.append(f"{image_id} in {region} is not shared with {', '.join(v for _, v in lacking)}")
     if aws.ssm_parameter:
-        from .aws.lookup import ssm_parameter_value
+        from imagebuild.aws.lookup import ssm_parameter_value
 
         ssm_regions = regional if aws.ssm_all_regions else {ami["region"]: ami["id"]}
         for region, image_id in ssm_regions.items():
@@ -118,8 +118,8 @@ def unfinished_local_publish(image_dir: Path, wanted_inputs_hash: str) -> dict[s
     """The publish record in *image_dir* when it is unfinished and its image is publishable
     with these inputs (verified, unchanged since); a rerun then resumes it instead of baking a new
     image. None otherwise."""
-    from .aws.lookup import check_publishable
-    from .aws.record import RECORD_NAME
+    from imagebuild.aws.lookup import check_publishable
+    from imagebuild.aws.record import RECORD_NAME
 
     path = Path(image_dir) / RECORD_NAME
     if not path.is_file():
@@ -141,8 +141,8 @@ def decide(spec: Spec, base_checksum: str, *, force: bool = False, clients=None)
 
     *clients* is an imagebuild.aws.clients factory (default: boto3's normal chain).
     """
-    from .aws.clients import boto3_clients
-    from .bake import inputs_hash
+    from imagebuild.aws.clients import boto3_clients
+    from imagebuild.build.bake import inputs_hash
 
     clients = clients or boto3_clients()
     wanted = inputs_hash(spec, base_checksum)
@@ -186,8 +186,8 @@ def scheduled_base_dir(now: float | None = None, flavor: Any = None) -> Path:
     periods' images are removed (the previous one stays for a run that is still using it)."""
     import shutil
 
-    from . import baseimage
-    from .paths import cache_dir
+    from imagebuild.build import baseimage
+    from imagebuild.paths import cache_dir
 
     epoch = int((time.time() if now is None else now) // (BASE_REFRESH_DAYS * 86400))
     root = cache_dir("base-scheduled", baseimage.recipe_hash(flavor=flavor or baseimage.DEFAULT))
@@ -204,7 +204,7 @@ def scheduled_base_dir(now: float | None = None, flavor: Any = None) -> Path:
 def scheduled_base(spec: Spec) -> str:
     """The built-in base image of *spec*'s image.os and architecture for the current period (built now
     if this period has none yet)."""
-    from . import baseimage
+    from imagebuild.build import baseimage
 
     flavor = baseimage.Flavor.of(spec.image.os, spec.image.architecture)
     return str(baseimage.build(scheduled_base_dir(flavor=flavor), flavor))
@@ -280,7 +280,7 @@ class Run:
 
 
 def _describe(exc: BaseException) -> str:
-    from .aws.clients import describe_error, is_aws_error
+    from imagebuild.aws.clients import describe_error, is_aws_error
 
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
@@ -289,27 +289,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ImagebuildError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-class _WorkLock:
-    """One pipeline per work directory: a second one would replace the image under the first."""
-
-    def __init__(self, work: Path):
-        self.path = work / ".pipeline.lock"
-        self.handle = None
-
-    def __enter__(self):
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.close()
-            raise ImagebuildError(f"another pipeline is running in {self.path.parent}") from None
-        return self
-
-    def __exit__(self, *exc_info):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -324,7 +303,8 @@ def run_pipeline(spec: Spec, *, work: Path, force: bool = False, publish: bool =
     """
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    with _WorkLock(work):
+    # one pipeline per work directory: a second one would replace the image under the first
+    with locked(work / ".pipeline.lock", busy=f"another pipeline is running in {work}"):
         run = Run(work, spec)
         try:
             return _run(run, spec, work, force=force, publish=publish, base=base, clients=clients)
@@ -340,14 +320,15 @@ def run_pipeline(spec: Spec, *, work: Path, force: bool = False, publish: bool =
 
 
 def _is_aws_error(exc: BaseException) -> bool:
-    from .aws.clients import is_aws_error
+    from imagebuild.aws.clients import is_aws_error
 
     return is_aws_error(exc)
 
 
 def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: str | None, clients) -> int:
-    from .bake import bake, inputs_hash, resolve_base
-    from .verify import print_report, verify_image
+    from imagebuild.build.bake import bake, inputs_hash
+    from imagebuild.build.base_source import resolve_base
+    from imagebuild.verify.boot import print_report, verify_image
 
     image_dir = work / "image"
     made: dict[str, Any] = {}
@@ -411,8 +392,8 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
                         "report": str(image_dir / "verify-ec2.json")}}
 
     def publish_step() -> dict:
-        from .aws.publish import publish as publish_image
-        from .aws.target import target_of
+        from imagebuild.aws.publish import publish as publish_image
+        from imagebuild.aws.target import target_of
 
         record = publish_image(image_dir, target_of(spec), clients=clients)
         made["record"] = record
@@ -424,8 +405,8 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
                 "record": str(image_dir / "publish.json")}
 
     def prune_step() -> dict:
-        from .aws.prune import format_table, prune
-        from .aws.target import target_of
+        from imagebuild.aws.prune import format_table, prune
+        from imagebuild.aws.target import target_of
 
         decisions = prune(target_of(spec), apply=True, clients=clients)
         print(format_table(decisions))

@@ -169,15 +169,17 @@ def output_tail(proc: subprocess.CompletedProcess, lines: int = 30) -> str:
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike, waiting: str | None = None) -> Iterator[IO[str]]:
+def locked(path: str | os.PathLike, waiting: str | None = None, *, busy: str | None = None) -> Iterator[IO[str]]:
     """An exclusive flock on *path* (created, with its directory) for the body. If another process
-    holds it, *waiting* is logged once before blocking."""
+    holds it: with *busy*, ImagebuildError(*busy*) at once; else *waiting* is logged once before blocking."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if busy:
+                raise ImagebuildError(busy) from None
             if waiting:
                 step(waiting)
             fcntl.flock(handle, fcntl.LOCK_EX)

@@ -72,7 +72,7 @@ ARCH_OS, ARCH_FAMILY = "debian-13", "1.7"
 
 def base_image(spec) -> tuple[Path, float]:
     """(*spec*'s built-in base image, seconds to get it): built if missing (minutes for amd64)."""
-    from imagebuild import baseimage
+    from imagebuild.build import baseimage
 
     start = time.perf_counter()
     base = baseimage.build(flavor=baseimage.Flavor.of(spec.image.os, spec.image.architecture))
@@ -82,8 +82,8 @@ def base_image(spec) -> tuple[Path, float]:
 def bake_and_verify(spec, base: Path, work: Path) -> dict:
     """Bake *spec* (its downloads served by golden.local_mirror) on *base* into *work*, then verify the
     image (NoCloud): what every bake row and verify row of the bench measures. Wall seconds of each."""
-    from imagebuild.bake import bake
-    from imagebuild.verify import verify_image
+    from imagebuild.build.bake import bake
+    from imagebuild.verify.boot import verify_image
 
     start = time.perf_counter()
     image = bake(spec, work / "output", base=str(base))
@@ -104,11 +104,11 @@ def verdict(report: dict) -> str:
 
 
 def qemu_figures(work: Path) -> list[tuple[str, str, str]]:
-    from imagebuild.bake import bake
-    from imagebuild.devtools import debian_artifacts
-    from imagebuild.golden import local_mirror, served_dir
+    from devtools import debian_artifacts
+    from devtools.golden import local_mirror, served_dir
+    from imagebuild.build.bake import bake
     from imagebuild.spec import load, parse
-    from imagebuild.verify import verify_image, verify_user_data
+    from imagebuild.verify.boot import verify_image, verify_user_data
 
     rows = []
     default = load()
@@ -157,7 +157,7 @@ def qemu_figures(work: Path) -> list[tuple[str, str, str]]:
 
 def arm64_missing() -> str | None:
     """Why the arm64 rows cannot be measured here (its base image is not cached), or None."""
-    from imagebuild import baseimage
+    from imagebuild.build import baseimage
 
     if baseimage.cached_image(flavor=baseimage.Flavor.of(ARCH_OS, "arm64")) is not None:
         return None
@@ -172,7 +172,7 @@ def ratio(arm: float | None, amd: float | None) -> str:
 
 def arch_figures(work: Path) -> list[tuple[str, str, str]]:
     """arm64 beside amd64: the same spec but image.architecture, baked and verified in this run."""
-    from imagebuild.golden import local_mirror
+    from devtools.golden import local_mirror
     from tests.support import default_spec_on
 
     missing = arm64_missing()

@@ -29,8 +29,8 @@ def release_16(tmp_path_factory):
     Yields {"url": base URL, "dir": Path, "containerd": {...}, "runc": {...}} as
     debian_artifacts.release_tarballs returns them. gzip level 1 keeps the fixture ~1 s.
     """
-    from imagebuild.devtools import debian_artifacts
-    from imagebuild.devtools.serve import serve
+    from devtools import debian_artifacts
+    from devtools.serve import serve
 
     directory = tmp_path_factory.mktemp("release-1.6")
     artifacts = debian_artifacts.release_tarballs("1.6", directory, compresslevel=1)

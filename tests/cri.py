@@ -1,7 +1,7 @@
 """A small CRI test harness: a real registry, a real containerd on scratch directories, a real CRI
 v1 client over gRPC.
 
-- `Registry`: imagebuild.registry's (Debian's `docker-registry` on 127.0.0.1, `skopeo` pushes, its
+- `RegistryServer`: imagebuild.verify.registry's (Debian's `docker-registry` on 127.0.0.1, `skopeo` pushes, its
   access log says which paths were requested, with which status).
 - `Containerd`: the real daemon of a family started with a rendered config.toml on its own root,
   state and socket. Host-only rewrites, stated here once: the gRPC/ttrpc sockets move to the scratch
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import tomlkit
 
-from imagebuild import registry
-from imagebuild.devtools import debian_artifacts
+from devtools import debian_artifacts
+from imagebuild.verify import registry
 
 free_port = registry.free_port
 _stop = registry.stop
-Registry = registry.Registry  # the product's (imagebuild/registry.py): verify's lab serves from it too
+RegistryServer = registry.RegistryServer  # the product's: verify's lab serves from it too
 
 
 class Tinyproxy:

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from devtools import debian_artifacts
 from imagebuild import cli
 from imagebuild import spec as spec_module
-from imagebuild.devtools import debian_artifacts
 from imagebuild.spec import API_VERSION, Spec
 from imagebuild.vm.channel import RESULT_PREFIX, RESULTS_DEVICE, SERIAL_DEVICE, parse_marked_lines
 from imagebuild.vm.guest import BootResult
@@ -55,7 +55,7 @@ def default_spec_on(os_name: str, architecture: str, family: str) -> Spec:
 def with_pause_archive(spec: Spec, work: Path) -> tuple[Spec, dict]:
     """*spec* whose sandbox image is a real pause (Debian's catatonit) under a local name, baked from an OCI
     archive (image.sandbox.source archive), and the archive ({"path", "ref", "digest", "sha256"})."""
-    from imagebuild.devtools import pause_image
+    from devtools import pause_image
 
     made = pause_image.pause_archive(Path(work) / "catatonit-pause.tar", spec.image.architecture)
     doc = yaml.safe_load(yaml.safe_dump(spec.document))

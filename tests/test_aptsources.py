@@ -1,4 +1,4 @@
-"""The one apt-sources reader (imagebuild/aptsources.py), used by the base image and the developer tools.
+"""The one apt-sources reader (imagebuild/build/aptsources.py), used by the base image and the developer tools.
 
 One test per way the two former readers differed, each through both users: baseimage.debian_sources
 (the base image's mirror) and devtools' pick_debian_source (where Debian's containerd comes from).
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import aptsources, baseimage
-from imagebuild.aptsources import Source
-from imagebuild.devtools import debian_artifacts as da
+from devtools import debian_artifacts as da
+from imagebuild.build import aptsources
+from imagebuild.build.aptsources import Source
 from imagebuild.errors import ImagebuildError
 
 KEY_BLOCK = """\
@@ -53,7 +53,7 @@ def test_enabled_false_in_any_spelling_disables(tmp_path, value):
     assert not entry.enabled and not entry.binary
     root = _root(tmp_path, {"sources.list.d/debian.sources": text})
     with pytest.raises(ImagebuildError, match="cannot find a Debian mirror"):
-        baseimage.debian_sources(root)
+        aptsources.debian_sources(root)
     with pytest.raises(ImagebuildError, match="no Debian archive"):
         da.pick_debian_source(aptsources.read(root), "bookworm")
 
@@ -62,7 +62,7 @@ def test_enabled_false_in_any_spelling_disables(tmp_path, value):
 def test_enabled_true_keeps_the_entry(tmp_path, value):
     text = f"Types: deb\nURIs: http://on.invalid/debian\nSuites: bookworm\nComponents: main\nEnabled: {value}\n"
     root = _root(tmp_path, {"sources.list.d/debian.sources": text})
-    assert baseimage.debian_sources(root)[0] == "deb http://on.invalid/debian bookworm main"
+    assert aptsources.debian_sources(root)[0] == "deb http://on.invalid/debian bookworm main"
     assert da.pick_debian_source(aptsources.read(root), "bookworm").uris == ("http://on.invalid/debian",)
 
 
@@ -102,7 +102,7 @@ def test_field_names_are_case_insensitive_and_every_uri_and_suite_counts(tmp_pat
     assert entry.types == ("deb", "deb-src") and entry.binary
     assert entry.uris == ("http://a.invalid/debian", "http://b.invalid/debian")
     root = _root(tmp_path, {"sources.list.d/debian.sources": text})
-    assert baseimage.debian_sources(root) == [
+    assert aptsources.debian_sources(root) == [
         "deb http://a.invalid/debian bookworm main", "deb http://a.invalid/debian bookworm-updates main",
         "deb http://b.invalid/debian bookworm main", "deb http://b.invalid/debian bookworm-updates main",
     ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import baseimage
+from imagebuild.build import aptsources, base_disk, baseimage
 from imagebuild.errors import ImagebuildError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def test_recipe_hash_is_hex_sha256_and_stable_within_a_process():
 
 
 def test_recipe_hash_is_stable_across_processes():
-    code = "from imagebuild import baseimage; print(baseimage.recipe_hash())"
+    code = "from imagebuild.build import baseimage; print(baseimage.recipe_hash())"
     seen = set()
     for seed in ("0", "12345"):
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
@@ -120,7 +120,7 @@ URIs: http://other.example/apt
 Suites: nodistro
 Components: main
 """)
-    assert baseimage.debian_sources(root) == [
+    assert aptsources.debian_sources(root) == [
         "deb http://mirror.example/debian bookworm main",
         "deb http://mirror.example/debian bookworm-updates main",
         "deb http://mirror.example/debian-security bookworm-security main",
@@ -136,7 +136,7 @@ deb-src http://m.example/debian trixie main
 deb http://m.example/debian-security trixie-security main non-free-firmware
 deb http://m.example/debian trixie contrib
 """)
-    assert baseimage.debian_sources(root) == [
+    assert aptsources.debian_sources(root) == [
         "deb http://m.example/debian bookworm main",
         "deb http://m.example/debian-security bookworm-security main",
     ]
@@ -146,12 +146,12 @@ def test_sources_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("IMAGEBUILD_DEBIAN_MIRROR", raising=False)
     root = _fake_root(tmp_path, "bookworm", one_line="deb http://x.example/ubuntu jammy main\n")
     with pytest.raises(ImagebuildError, match="IMAGEBUILD_DEBIAN_MIRROR"):
-        baseimage.debian_sources(root)
+        aptsources.debian_sources(root)
 
 
 def test_sources_override(monkeypatch):
     monkeypatch.setenv("IMAGEBUILD_DEBIAN_MIRROR", "http://mirror.example/debian/")
-    assert baseimage.debian_sources() == [
+    assert aptsources.debian_sources() == [
         "deb http://mirror.example/debian bookworm main",
         "deb http://mirror.example/debian bookworm-updates main",
         "deb http://mirror.example/debian-security bookworm-security main",
@@ -160,7 +160,7 @@ def test_sources_override(monkeypatch):
 
 def test_system_sources_are_found():
     """This machine's own apt sources name a Debian mirror that carries bookworm."""
-    lines = baseimage.debian_sources()
+    lines = aptsources.debian_sources()
     assert lines and lines[0].split()[2] == "bookworm"
 
 
@@ -257,7 +257,7 @@ def test_real_build_and_cache():
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)],
                                      capture_output=True, text=True, check=True).stdout)
     assert info["format"] == "qcow2"
-    assert info["virtual-size"] == baseimage.DISK_SIZE
+    assert info["virtual-size"] == base_disk.DISK_SIZE
     assert info["actual-size"] < 400 * 2**20
     recorded = path.with_name(path.name + ".sha256").read_text().split()[0]
     assert baseimage.checksum(path) == "sha256:" + recorded
@@ -329,7 +329,7 @@ def test_flavor_hashes_are_distinct_and_stable_across_processes():
     flavors = [baseimage.Flavor(r, a) for r in ("bookworm", "trixie") for a in ("amd64", "arm64")]
     hashes = [baseimage.recipe_hash(flavor=f) for f in flavors]
     assert len(set(hashes)) == 4
-    code = ("from imagebuild import baseimage as b; print(*[b.recipe_hash(flavor=b.Flavor(r, a)) "
+    code = ("from imagebuild.build import baseimage as b; print(*[b.recipe_hash(flavor=b.Flavor(r, a)) "
             "for r in ('bookworm', 'trixie') for a in ('amd64', 'arm64')])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONHASHSEED="7"), check=True).stdout.split()
@@ -391,36 +391,36 @@ def test_flavors_that_cannot_exist_are_refused(flavor, word):
 
 def test_gpt_tables_run_through_sfdisk(tmp_path):
     """The hybrid and uefi tables, written by the real sfdisk: partitions where the GRUBs expect them."""
-    for flavor, types in ((baseimage.Flavor("bookworm", "amd64"), [baseimage.GPT_BIOS_BOOT, baseimage.GPT_ESP,
-                                                                     baseimage.GPT_LINUX]),
-                          (baseimage.Flavor("trixie", "amd64"), [baseimage.GPT_BIOS_BOOT, baseimage.GPT_ESP,
-                                                                   baseimage.GPT_LINUX]),
-                          (baseimage.Flavor("trixie", "arm64"), [baseimage.GPT_ESP, baseimage.GPT_LINUX])):
+    for flavor, types in ((baseimage.Flavor("bookworm", "amd64"), [base_disk.GPT_BIOS_BOOT, base_disk.GPT_ESP,
+                                                                     base_disk.GPT_LINUX]),
+                          (baseimage.Flavor("trixie", "amd64"), [base_disk.GPT_BIOS_BOOT, base_disk.GPT_ESP,
+                                                                   base_disk.GPT_LINUX]),
+                          (baseimage.Flavor("trixie", "arm64"), [base_disk.GPT_ESP, base_disk.GPT_LINUX])):
         raw = tmp_path / f"{flavor.release}-{flavor.arch}.raw"
         with open(raw, "wb") as f:
-            f.truncate(baseimage.DISK_SIZE)
+            f.truncate(base_disk.DISK_SIZE)
         subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)], check=True,
-                       input=baseimage.gpt_table(flavor, "6b1a6f0e-0a43-4c5f-9d0c-2b8b0e9d3a11"), text=True)
+                       input=base_disk.gpt_table(flavor.firmware, "6b1a6f0e-0a43-4c5f-9d0c-2b8b0e9d3a11"), text=True)
         table = json.loads(subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True,
                                           check=True).stdout)["partitiontable"]
         assert table["label"] == "gpt"
         assert [p["type"] for p in table["partitions"]] == types
         root = table["partitions"][-1]
-        assert root["start"] * 512 == baseimage.ESP_END
-        assert (root["start"] + root["size"]) * 512 <= baseimage.DISK_SIZE - 33 * 512   # the backup GPT
+        assert root["start"] * 512 == base_disk.ESP_END
+        assert (root["start"] + root["size"]) * 512 <= base_disk.DISK_SIZE - 33 * 512   # the backup GPT
 
 
 def test_boot_img_is_patched_as_grub_bios_setup_would():
     boot = bytes(range(256)) * 2
     core = bytearray(1024)
     core[0x200 - 12:0x200 - 4] = (2).to_bytes(8, "little")
-    code, patched = baseimage.patch_boot_img(boot, bytes(core), 2048)
+    code, patched = base_disk.patch_boot_img(boot, bytes(core), 2048)
     assert len(code) == 440 and int.from_bytes(code[0x5c:0x64], "little") == 2048
     assert int.from_bytes(patched[0x200 - 12:0x200 - 4], "little") == 2049
     with pytest.raises(ImagebuildError, match="unexpected blocklist"):
-        baseimage.patch_boot_img(boot, bytes(1024), 2048)
+        base_disk.patch_boot_img(boot, bytes(1024), 2048)
     with pytest.raises(ImagebuildError, match="boot.img size"):
-        baseimage.patch_boot_img(boot[:500], bytes(core), 2048)
+        base_disk.patch_boot_img(boot[:500], bytes(core), 2048)
 
 
 def test_sources_for_another_release_rename_the_hosts_suites(tmp_path, monkeypatch):
@@ -430,7 +430,7 @@ deb http://m.example/debian bookworm main
 deb http://m.example/debian bookworm-updates main
 deb http://m.example/debian-security bookworm-security main
 """)
-    assert baseimage.debian_sources(root, suite="trixie") == [
+    assert aptsources.debian_sources(root, suite="trixie") == [
         "deb http://m.example/debian trixie main",
         "deb http://m.example/debian trixie-updates main",
         "deb http://m.example/debian-security trixie-security main",
@@ -438,7 +438,7 @@ deb http://m.example/debian-security bookworm-security main
 
 
 def test_golden_matrix_names_every_os_and_architecture(monkeypatch, tmp_path):
-    from imagebuild import golden
+    from devtools import golden
 
     monkeypatch.setenv("IMAGEBUILD_CACHE", str(tmp_path / "cache"))      # nothing cached
     rows = {(r[0], r[1]): r for r in golden.matrix()}

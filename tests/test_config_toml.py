@@ -188,8 +188,8 @@ def test_no_value_holds_a_blank_line_for_the_layout_to_collapse():
     """toml_items.dumps() collapses runs of blank lines: safe only while no value spans lines. A string
     with newlines is written escaped on one line, and containerd's reference defaults hold no
     multi-line string."""
-    from imagebuild.containerd_keys import reference_default
     from imagebuild.render.toml_items import dumps, item, table
+    from imagebuild.spec.containerd_keys import reference_default
 
     doc = table({"a": "one\n\n\ntwo", "b": ["x\n\ny"]})
     text = dumps(doc)
@@ -200,7 +200,7 @@ def test_no_value_holds_a_blank_line_for_the_layout_to_collapse():
 
 
 def test_every_family_has_upstreams_default_and_debians():
-    from imagebuild.containerd_keys import reference_default
+    from imagebuild.spec.containerd_keys import reference_default
 
     for family in FAMILY_VERSIONS:
         assert reference_default(family, "tarball") != "" and reference_default(family, "package") != ""

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import render, testimage
+from imagebuild import render
 from imagebuild import spec as spec_module
 from imagebuild.render import config_toml
 from imagebuild.spec import SpecError
+from imagebuild.verify import testimage
 from tests import cases, cri
 from tests.support import FAMILY_VERSIONS, ungzip
 
@@ -85,7 +86,7 @@ def world():
 
     def registry(netloc: str) -> cri.Registry:
         if netloc not in registries:
-            registries[netloc] = cri.Registry(work / f"reg{len(registries)}")
+            registries[netloc] = cri.RegistryServer(work / f"reg{len(registries)}")
         return registries[netloc]
 
     plans = {}
@@ -103,7 +104,7 @@ def world():
                     pulls.append((m_index, e_index, mirror["host"], f"imagebuild/m{m_index}e{e_index}"))
             rewritten.append({**mirror, "endpoints": endpoints})
         plans[set_name] = {"mirrors": rewritten, "pulls": pulls}
-    sandbox_reg = cri.Registry(work / "sandbox")
+    sandbox_reg = cri.RegistryServer(work / "sandbox")
     pushed = set()
     for spec in SPECS.values():
         name = f"{_sandbox_repo(spec.config.sandbox_image)}"
@@ -306,7 +307,7 @@ def test_pulls_go_through_the_proxy_of_the_drop_in_and_no_proxy_is_respected(wor
     import grpc
     from cri_api.v1 import api_pb2
 
-    registry = cri.Registry(world["work"] / f"proxied-{family}")
+    registry = cri.RegistryServer(world["work"] / f"proxied-{family}")
     proxy = cri.Tinyproxy(world["work"] / f"proxy-{family}", ".test", registry.address)
     work = cri.scratch("ib-x-")
     try:
@@ -378,7 +379,7 @@ def test_the_old_seed_rendering_of_a_prefix_mirror_bypasses_it(world, family):
     import grpc
     from cri_api.v1 import api_pb2
 
-    registry = cri.Registry(world["work"] / f"old-seed-{family}")
+    registry = cri.RegistryServer(world["work"] / f"old-seed-{family}")
     work = cri.scratch("ib-o-")
     try:
         registry.push(world["busybox"], "google-containers/imagebuild/old:t")

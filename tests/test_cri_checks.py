@@ -1,5 +1,5 @@
 """The verify boot's CRI checks (check.py's cri_checks with the stdlib client, and the host-side mirror
-checks of imagebuild/cri_lab.py) run here against the real containerd 1.6, 1.7 and 2.1 and a real
+checks of imagebuild/verify/cri_lab.py) run here against the real containerd 1.6, 1.7 and 2.1 and a real
 registry, as they run in the guest; and what they must fail on.
 
 Here the mirrors of the default spec point at one local registry (same paths, `path: prefix` kept),
@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import cri_lab, render, testimage
+from imagebuild import render
 from imagebuild import spec as spec_module
 from imagebuild.guest import check, cri_checks
 from imagebuild.guest import cri as cri_client
 from imagebuild.render import config_toml
+from imagebuild.verify import cri_lab, testimage
 from tests import cri
 from tests.support import FAMILY_VERSIONS
 
@@ -93,7 +94,7 @@ def _running(family: str, images, prefix: str, *, push=lambda name: True):
     """A registry serving the spec's mirrored images (those *push* keeps) and containerd of *family* on
     the rendered config: (spec, plan, registry, daemon), both stopped on exit."""
     work = cri.scratch(prefix)
-    registry = cri.Registry(work / "registry")
+    registry = cri.RegistryServer(work / "registry")
     try:
         spec = _local_spec(family, registry, work)
         plan = cri_lab.plan(spec)
@@ -260,7 +261,7 @@ def _import_as_the_bake_does(spec, family: str, archive: Path, sock: Path) -> No
     against *sock*."""
     import subprocess
 
-    from imagebuild.devtools import debian_artifacts
+    from devtools import debian_artifacts
 
     script = render.install_script(spec, render.payload(spec))
     branch = script[script.index("if [[ ${2:-} == --import-sandbox ]]"):]
@@ -279,12 +280,12 @@ def test_a_sandbox_image_imported_from_an_archive_is_pinned_and_its_program_runs
     containerd under its local name, pinned where containerd can pin; with every registry gone, exactly
     that image is there, with the digest the archive gave, and the pod sandbox's process is the archive's
     program."""
-    from imagebuild import oci_archive
-    from imagebuild.devtools import pause_image
+    from devtools import pause_image
+    from imagebuild.build import oci_archive
 
     made = pause_image.pause_archive(tmp_path / "pause.tar")
     work = cri.scratch("ib-ci-")
-    registry = cri.Registry(work / "registry")
+    registry = cri.RegistryServer(work / "registry")
     registry.close()  # every registry unreachable: the image must do without
     base = _local_spec(family, registry, work).document
     spec = spec_module.from_document(base | {
@@ -329,7 +330,7 @@ def test_an_image_in_the_store_that_the_bake_did_not_put_there_fails(monkeypatch
 def test_no_baked_sandbox_image_fails_with_no_registry(monkeypatch, images):
     family = "1.7"
     work = cri.scratch("ib-ca-")
-    registry = cri.Registry(work / "registry")
+    registry = cri.RegistryServer(work / "registry")
     spec = _local_spec(family, registry, work)
     registry.close()  # nothing pulled, and every registry unreachable
     plan = cri_lab.plan(spec)

@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagebuild import spec as spec_module
-from imagebuild import testimage
 from imagebuild.guest import cri as client
 from imagebuild.render import config_toml
+from imagebuild.verify import testimage
 from tests import cri
 from tests.support import FAMILY_VERSIONS
 
@@ -172,7 +172,7 @@ def lab():
     work = cri.scratch("ib-cc-")
     busybox = Path(testimage.test_oci_image(work / "busybox.tar")["path"])
     pause = Path(testimage.test_oci_image(work / "pause.tar", cmd=("/bin/sleep", "3600"))["path"])
-    registry = cri.Registry(work / "registry")
+    registry = cri.RegistryServer(work / "registry")
     registry.push(busybox, "lab/busybox:1")
     registry.push(pause, "lab/pause:1")
     yield {"work": work, "registry": registry}

@@ -1,4 +1,4 @@
-"""Real containerd binaries from Debian packages (imagebuild.devtools): fetch, tarballs, defaults, local server.
+"""Real containerd binaries from Debian packages (devtools): fetch, tarballs, defaults, local server.
 
 The first run downloads (~10 s per family, into the imagebuild cache); later runs reuse it.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import aptsources
-from imagebuild.devtools import debian_artifacts as da
-from imagebuild.devtools import defaults
-from imagebuild.devtools.serve import serve
+from devtools import debian_artifacts as da
+from devtools import defaults
+from devtools.serve import serve
+from imagebuild.build import aptsources
 from imagebuild.errors import ImagebuildError
 
 EXPECTED = {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}
@@ -183,7 +183,7 @@ def test_default_config_parses_with_real_binary(family, source):
 def test_packaged_defaults_match_binary(family):
     """imagebuild/defaults/debian is the byte-for-byte `config default` of Debian's build, defaults/upstream
     that of upstream's build of the same release (run `make regen-defaults`)."""
-    from imagebuild.devtools import upstream
+    from devtools import upstream
 
     proc = subprocess.run([da.binary(family), "config", "default"], capture_output=True, check=True)
     assert (defaults.defaults_dir() / "debian" / f"config-{family}.toml").read_bytes() == proc.stdout
@@ -340,7 +340,7 @@ def test_unknown_architecture_and_os_are_refused(tmp_path):
 def test_two_processes_fetch_once(tmp_path):
     """Two processes fetching at once into an empty cache: one downloads, both succeed."""
     env = {**os.environ, "IMAGEBUILD_CACHE": str(tmp_path / "cache")}
-    code = "from imagebuild.devtools.debian_artifacts import cni_plugins; print(cni_plugins()[1] / 'loopback')"
+    code = "from devtools.debian_artifacts import cni_plugins; print(cni_plugins()[1] / 'loopback')"
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
@@ -352,14 +352,14 @@ def test_two_processes_fetch_once(tmp_path):
 
 def test_cli_fetch_prints_versions():
     da.fetch("1.6")
-    proc = subprocess.run([sys.executable, "-m", "imagebuild.devtools", "fetch", "1.6"],
+    proc = subprocess.run([sys.executable, "-m", "devtools", "fetch", "1.6"],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     family, path, version = proc.stdout.strip().split("\t")
     assert (family, Path(path), version) == ("1.6", da.fetch("1.6"), "1.6.20~ds1")
 
 
 def test_cli_error_is_one_line():
-    proc = subprocess.run([sys.executable, "-m", "imagebuild.devtools", "fetch", "0.9"],
+    proc = subprocess.run([sys.executable, "-m", "devtools", "fetch", "0.9"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: unknown containerd family")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import baseimage, cli
+from imagebuild import cli
+from imagebuild.build import baseimage
 from tests.support import run_cli, run_main, snapshot, temp_dir_of_its_own, write_spec
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs / builds as root")

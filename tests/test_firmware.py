@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import baseimage, qemu
-from imagebuild.bake import boot_mode
+from imagebuild import vm
+from imagebuild.build import baseimage
+from imagebuild.build.base_source import boot_mode
 from imagebuild.errors import ImagebuildError
-from imagebuild.verify import image_firmware
+from imagebuild.spec import platforms
+from imagebuild.verify.boot import image_firmware
 from imagebuild.vm import firmware as fw
 from tests.support import spec_of
 
@@ -58,21 +60,21 @@ def test_bios_is_qemus_default_and_does_not_exist_on_arm64(tmp_path):
 
 
 def test_missing_firmware_names_its_package(monkeypatch, tmp_path):
-    monkeypatch.setitem(fw.ARCHES, "amd64", fw.ARCHES["amd64"] | {"uefi_code": str(tmp_path / "nope.fd")})
+    monkeypatch.setitem(platforms.ARCHES, "amd64", platforms.ARCHES["amd64"] | {"uefi_code": str(tmp_path / "nope.fd")})
     with pytest.raises(ImagebuildError, match="install the Debian package ovmf"):
         fw.qemu_args("amd64", "uefi", tmp_path)
 
 
 def test_guest_command_per_architecture_and_firmware(tmp_path):
-    bios = qemu.Guest(None, serial_log=tmp_path / "s.log", accel="tcg").command()
+    bios = vm.Guest(None, serial_log=tmp_path / "s.log", accel="tcg").command()
     assert bios[0] == "qemu-system-x86_64" and "pc" in bios and not any("pflash" in a for a in bios)
-    guest = qemu.Guest(None, serial_log=tmp_path / "s.log", accel="tcg", firmware="uefi")
+    guest = vm.Guest(None, serial_log=tmp_path / "s.log", accel="tcg", firmware="uefi")
     cmd = guest.command()
     [code, vars_drive] = _drives(cmd)
     assert "OVMF_CODE_4M.fd" in code and Path(vars_drive.rsplit("file=", 1)[1]).is_file()
     guest.stop()                                    # the boot's own variable store goes with it
     assert not Path(vars_drive.rsplit("file=", 1)[1]).exists()
-    arm = qemu.Guest(None, serial_log=tmp_path / "s.log", accel="auto", arch="arm64", firmware="uefi")
+    arm = vm.Guest(None, serial_log=tmp_path / "s.log", accel="auto", arch="arm64", firmware="uefi")
     cmd = arm.command()
     assert cmd[0] == "qemu-system-aarch64" and cmd[cmd.index("-machine") + 1] == "virt"
     assert cmd[cmd.index("-cpu") + 1] == "max,pauth-impdef=on" and "tcg,thread=multi" in cmd   # never KVM

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from imagebuild.devtools import debian_artifacts
+from devtools import debian_artifacts
 from imagebuild.guest import boot_checks, check
 from imagebuild.render.templating import shipped_dir
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools import debian_artifacts
 from imagebuild import render
-from imagebuild.devtools import debian_artifacts
 from imagebuild.render import hosts_toml
 from imagebuild.run import stop
 from tests.support import FAMILY_VERSIONS, spec_of

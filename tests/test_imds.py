@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import imds
+from imagebuild.verify import imds
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq5i0yvBQ9dT9QnYk3Pz8vJH0gN2wqR8xF1m7bL3cT4 verify@imagebuild"
@@ -158,7 +158,7 @@ def test_the_relay_carries_one_connection(server):
 
 
 def test_the_relay_command_uses_this_python():
-    assert imds.relay_command(8080).split() == [sys.executable, "-m", "imagebuild.imds", "--relay", "8080"]
+    assert imds.relay_command(8080).split() == [sys.executable, "-m", "imagebuild.verify.imds", "--relay", "8080"]
 
 
 # cloud-init's own IMDS client (the host's cloud-init package, as in the image) crawls the emulator.

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools import debian_artifacts
 from imagebuild import render
-from imagebuild.devtools import debian_artifacts
 from imagebuild.render.templating import shipped_dir
 from tests.support import PACKAGE_VERSIONS, run_main, snapshot, spec_of, write_spec
 
@@ -220,7 +220,7 @@ def test_checksum_url_mode(tmp_path, release_16):
 def both_arches(tmp_path_factory):
     """containerd 1.6 and runc of amd64 and of arm64, release-shaped side by side on a 127.0.0.1 server,
     as GitHub serves a release: {"url", "amd64": {...}, "arm64": {...}}."""
-    from imagebuild.devtools.serve import serve
+    from devtools.serve import serve
 
     directory = tmp_path_factory.mktemp("release-1.6-both")
     arts = {arch: debian_artifacts.release_tarballs("1.6", directory, compresslevel=1, arch=arch)

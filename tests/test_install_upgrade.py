@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.devtools import debian_artifacts
-from imagebuild.devtools.serve import serve
+from devtools import debian_artifacts
+from devtools.serve import serve
 from tests.support import run_main, snapshot, write_spec
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="install.sh runs as root"),

@@ -8,8 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from imagebuild import qemu
-from imagebuild.bake import PACKER, PackerRun
+from imagebuild import vm
+from imagebuild.build.bake import PACKER, PackerRun
 from tests.support import qemu_processes_using, temp_dir_of_its_own
 
 
@@ -21,8 +21,8 @@ def test_a_qemu_on_an_overlay_is_found_by_its_backing_image_and_its_serial_log(t
         d.mkdir()
     blank = images / "blank.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(blank), "64M"], check=True)
-    disk = qemu.overlay(blank, scratch)
-    guest = qemu.Guest(disk, serial_log=logs / "serial.log", accel="tcg", network=False, memory=64, smp=1)
+    disk = vm.overlay(blank, scratch)
+    guest = vm.Guest(disk, serial_log=logs / "serial.log", accel="tcg", network=False, memory=64, smp=1)
     assert qemu_processes_using(blank) == {}
     with guest:
         guest.start()

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import bake, lab_ledger, oci_archive
-from imagebuild.devtools import debian_artifacts, pause_image
+from devtools import debian_artifacts, pause_image
+from imagebuild.build import bake, lab_ledger, oci_archive
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import from_document
-from imagebuild.testimage import TEST_IMAGE_REF, test_oci_image
+from imagebuild.spec.fields import normalized
+from imagebuild.verify.testimage import TEST_IMAGE_REF, test_oci_image
 
 
 @pytest.fixture
@@ -20,10 +21,10 @@ def pause(tmp_path) -> dict:
 
 
 def test_names_are_compared_as_containerd_normalizes_them():
-    assert oci_archive.normalized("pause:3.10") == "docker.io/library/pause:3.10"
-    assert oci_archive.normalized("k8s.gcr.io/pause") == "k8s.gcr.io/pause:latest"
-    assert oci_archive.normalized("localhost/imagebuild/x:1") == "localhost/imagebuild/x:1"
-    assert oci_archive.normalized("registry:5000/a/b@sha256:" + "a" * 64) == "registry:5000/a/b@sha256:" + "a" * 64
+    assert normalized("pause:3.10") == "docker.io/library/pause:3.10"
+    assert normalized("k8s.gcr.io/pause") == "k8s.gcr.io/pause:latest"
+    assert normalized("localhost/imagebuild/x:1") == "localhost/imagebuild/x:1"
+    assert normalized("registry:5000/a/b@sha256:" + "a" * 64) == "registry:5000/a/b@sha256:" + "a" * 64
 
 
 def test_a_checked_archive_gives_its_name_digest_program_and_blobs(pause, tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import verify
 from imagebuild.spec import load
+from imagebuild.verify import boot as verify
 from imagebuild.vm.disks import OfflineImage
 
 STORE = "var/lib/containerd/io.containerd.content.v1.content/blobs/sha256"

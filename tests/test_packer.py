@@ -116,7 +116,7 @@ def _escaped_spec():
 def test_hcl_escaping_keeps_interpolation_syntax_literal(tmp_path):
     spec = _escaped_spec()
     out = render.write_tree(render.render_all(spec), tmp_path / "out")
-    from imagebuild.bake import build_seed
+    from imagebuild.build.bake import build_seed
 
     build_seed(out / "packer" / "seed")
     packer_dir = out / "packer"

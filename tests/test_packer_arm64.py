@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from imagebuild.run import spawned
+from imagebuild.spec import platforms
 from imagebuild.vm import firmware as fw
 from tests.support import packer_validate, run_cli, write_spec
 
@@ -93,7 +94,7 @@ def test_packer_gives_qemu_the_disk_the_seed_and_aavmf(tmp_path):
     (machine,) = [v for k, v in pairs if k == "-machine"]
     assert machine == "type=virt,accel=tcg,pflash0=fwcode,pflash1=fwvars"
     blockdevs = [v for k, v in pairs if k == "-blockdev"]
-    assert f"driver=file,node-name=fwcode,read-only=on,filename={fw.ARCHES['arm64']['uefi_code']}" in blockdevs
+    assert f"driver=file,node-name=fwcode,read-only=on,filename={platforms.ARCHES['arm64']['uefi_code']}" in blockdevs
     (vars_dev,) = [v for v in blockdevs if "node-name=fwvars" in v]
     assert vars_dev.endswith(str(tmp_path / "fw" / "uefi-vars-arm64.fd"))   # this build's own copy
     assert not any("if=pflash" in v for v in drives)
@@ -130,4 +131,4 @@ def test_amd64_build_keeps_its_disk_and_seed_under_either_firmware(tmp_path, fir
         assert machine == "type=pc,accel=tcg" and not [v for k, v in pairs if k == "-blockdev"]
     else:
         assert machine == "type=pc,accel=tcg,pflash0=fwcode,pflash1=fwvars"
-        assert f"filename={fw.ARCHES['amd64']['uefi_code']}" in " ".join(v for k, v in pairs if k == "-blockdev")
+        assert f"filename={platforms.ARCHES['amd64']['uefi_code']}" in " ".join(v for k, v in pairs if k == "-blockdev")

@@ -40,13 +40,13 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from imagebuild import render
-from imagebuild.bake import build_seed
-from imagebuild.checks import MIN_GRPC_MESSAGE
+from imagebuild.build.bake import build_seed
 from imagebuild.errors import ImagebuildError
 from imagebuild.guest.check import dig
 from imagebuild.render import config_toml, expected
 from imagebuild.render.config_toml import KeyPaths
 from imagebuild.spec import Spec, SpecError, parse
+from imagebuild.spec.rules import MIN_GRPC_MESSAGE
 from tests.support import FAMILY_VERSIONS, cloud_init_schema, containerd_dump, packer_validate, ungzip
 
 pytestmark = pytest.mark.slow  # 1-12 s per property in the ci profile, ~30 s for the file

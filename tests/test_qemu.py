@@ -1,6 +1,6 @@
 """QEMU guests: results parsing, command lines, seeds, overlays; real boots under e2e.
 
-The e2e boots use the locally built base image (imagebuild.baseimage; built once, cached).
+The e2e boots use the locally built base image (imagebuild.build.baseimage; built once, cached).
 """
 import json
 import os
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagebuild import qemu
+from imagebuild import vm
 from imagebuild.errors import ImagebuildError
 from imagebuild.vm import accel, channel, disks
 from tests.support import guest_emit_function, parse_marked_json, records
@@ -37,10 +37,10 @@ def test_parse_marked_lines_plain_and_prefixed():
         'IMAGEBUILD-RESULT\n'
         'IMAGEBUILD-RESULT \t{"d": 4}  '
     )
-    assert qemu.parse_marked_lines(text, "IMAGEBUILD-RESULT") == \
+    assert vm.parse_marked_lines(text, "IMAGEBUILD-RESULT") == \
         ['{"a": 1}', '{"b": 2}', '{"c": 3}', "", '{"d": 4}']
-    assert qemu.parse_marked_lines(text, "IMAGEBUILD-DONE") == ['{"passed": 1}']
-    assert qemu.parse_marked_lines("", "X") == []
+    assert vm.parse_marked_lines(text, "IMAGEBUILD-DONE") == ['{"passed": 1}']
+    assert vm.parse_marked_lines("", "X") == []
 
 
 def test_parse_marked_lines_interleaved_console():
@@ -49,19 +49,19 @@ def test_parse_marked_lines_interleaved_console():
     text = ('IMAGEBUILD-RESULT {"ok": tr[   40.1] random: crng init done\n'
             'ue}\n'
             'junk IMAGEBUILD-RESULT old IMAGEBUILD-RESULT {"last": true}\n')
-    assert qemu.parse_marked_lines(text) == ['{"ok": tr[   40.1] random: crng init done',
+    assert vm.parse_marked_lines(text) == ['{"ok": tr[   40.1] random: crng init done',
                                              '{"last": true}']
     assert parse_marked_json(text) == [{"last": True}]
 
 
 def test_boot_result_prefers_the_results_port():
     def result(lines):
-        return qemu.BootResult(
+        return vm.BootResult(
             name="g", command=[], accel="tcg", serial_log=Path("s"), results_log=Path("r"),
             started_at=0.0, kernel_s=1.0, cloud_init_final_s=None, done_s=None, done_line=None,
             markers={}, exited_s=9.0, returncode=0, powered_off=True, lines=lines)
 
-    L = qemu.Line
+    L = vm.Line
     both = result([L(1.0, "console", "[ 1.0] Linux version 6.1"),
                    L(2.0, "console", 'IMAGEBUILD-RESULT {"from": "console"}'),
                    L(2.1, "results", 'IMAGEBUILD-RESULT {"from": "port"}'),
@@ -85,8 +85,8 @@ def test_boot_result_prefers_the_results_port():
 def test_guest_emit_function_writes_whole_lines(tmp_path):
     port, console = tmp_path / "port", tmp_path / "console"
     port.write_text("")
-    fn = guest_emit_function().replace(qemu.RESULTS_DEVICE, str(port)) \
-                                   .replace(qemu.SERIAL_DEVICE, str(console))
+    fn = guest_emit_function().replace(vm.RESULTS_DEVICE, str(port)) \
+                                   .replace(vm.SERIAL_DEVICE, str(console))
     subprocess.run(["sh", "-c", fn + """imagebuild_emit '{"hello": 1}'; imagebuild_emit x y"""],
                    check=True)
     expected = 'IMAGEBUILD-RESULT {"hello": 1}\nIMAGEBUILD-RESULT x y\n'
@@ -110,7 +110,7 @@ def test_tail_reader_handles_partial_lines(tmp_path):
 # ------------------------------------------------------------------------ command line (fast)
 
 def test_command_line_tcg(tmp_path):
-    g = qemu.Guest(tmp_path / "disk,1.qcow2", tmp_path / "seed.iso", serial_log=tmp_path / "s.log",
+    g = vm.Guest(tmp_path / "disk,1.qcow2", tmp_path / "seed.iso", serial_log=tmp_path / "s.log",
                    accel="tcg", name="imagebuild-unit")
     cmd = g.command()
     joined = " ".join(cmd)
@@ -127,7 +127,7 @@ def test_command_line_tcg(tmp_path):
 
 
 def test_command_line_options(tmp_path):
-    g = qemu.Guest(None, None, serial_log=tmp_path / "s.log", results_log=tmp_path / "r.log",
+    g = vm.Guest(None, None, serial_log=tmp_path / "s.log", results_log=tmp_path / "r.log",
                    accel="kvm", memory=4096, smp=4, hostfwd=[(40022, 22)], kernel="/k",
                    initrd="/i", append="console=ttyS0", extra_args=["-snapshot"])
     joined = " ".join(g.command())
@@ -136,16 +136,16 @@ def test_command_line_options(tmp_path):
     assert "-kernel /k -initrd /i -append console=ttyS0" in joined
     assert f"path={tmp_path}/r.log" in joined and joined.endswith("-snapshot")
     assert "-drive" not in joined
-    no_net = qemu.Guest(None, serial_log=tmp_path / "s.log", accel="tcg", network=False).command()
+    no_net = vm.Guest(None, serial_log=tmp_path / "s.log", accel="tcg", network=False).command()
     assert "-netdev" not in no_net
 
 
 def test_command_line_of_an_ec2_boot(tmp_path):
     """EC2's SMBIOS identity, the link-local network with the IMDS forwarded, a fresh MAC in slot 5."""
-    mac = qemu.random_mac()
-    g = qemu.Guest(tmp_path / "d.qcow2", tmp_path / "data.iso", serial_log=tmp_path / "s.log", accel="tcg",
-                   mac=mac, nic_slot=qemu.EC2_NIC_SLOT, netdev_options=qemu.ec2_netdev("relay --to 1,2"),
-                   extra_args=qemu.ec2_smbios("i-0123456789abcdef0", "m7g.large"))
+    mac = vm.random_mac()
+    g = vm.Guest(tmp_path / "d.qcow2", tmp_path / "data.iso", serial_log=tmp_path / "s.log", accel="tcg",
+                   mac=mac, nic_slot=vm.EC2_NIC_SLOT, netdev_options=vm.ec2_netdev("relay --to 1,2"),
+                   extra_args=vm.ec2_smbios("i-0123456789abcdef0", "m7g.large"))
     cmd = g.command()
     netdev = cmd[cmd.index("-netdev") + 1]
     assert netdev == ("user,id=net0,net=169.254.0.0/16,host=169.254.0.1,dhcpstart=169.254.10.15,"
@@ -160,7 +160,7 @@ def test_command_line_of_an_ec2_boot(tmp_path):
 
 
 def test_random_macs_are_fresh_unicast_and_local():
-    macs = {qemu.random_mac() for _ in range(50)}
+    macs = {vm.random_mac() for _ in range(50)}
     assert len(macs) == 50 and "52:54:00:12:34:56" not in macs
     for mac in macs:
         first = int(mac.split(":")[0], 16)
@@ -170,40 +170,40 @@ def test_random_macs_are_fresh_unicast_and_local():
 def test_data_iso_has_its_own_label(tmp_path):
     if not shutil.which("xorriso"):
         pytest.skip("xorriso not installed")
-    iso = qemu.data_iso(tmp_path / "d.iso", {"test-image.tar": b"x"}, label="imagebuild")
+    iso = vm.data_iso(tmp_path / "d.iso", {"test-image.tar": b"x"}, label="imagebuild")
     assert iso.read_bytes()[0x8000 + 40:0x8000 + 72].rstrip() == b"imagebuild"   # not cidata: no NoCloud seed
 
 
 def test_accelerator_choices(monkeypatch):
     monkeypatch.delenv("IMAGEBUILD_ACCEL", raising=False)
-    assert qemu.accelerator("tcg") == "tcg"
-    assert qemu.accelerator("kvm") == "kvm"
+    assert vm.accelerator("tcg") == "tcg"
+    assert vm.accelerator("kvm") == "kvm"
     with pytest.raises(ImagebuildError, match="unknown accelerator"):
-        qemu.accelerator("hvf")
+        vm.accelerator("hvf")
     monkeypatch.setenv("IMAGEBUILD_ACCEL", "tcg")
-    assert qemu.accelerator("auto") == "tcg"
-    assert qemu.accel_args("tcg") == ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    assert vm.accelerator("auto") == "tcg"
+    assert vm.accel_args("tcg") == ["-accel", "tcg,thread=multi", "-cpu", "max"]
 
 
 def test_a_guest_of_another_architecture_runs_under_tcg_with_its_cpu(monkeypatch):
     monkeypatch.delenv("IMAGEBUILD_ACCEL", raising=False)
     host = accel.host_arch()
     foreign = "arm64" if host == "amd64" else "amd64"
-    assert qemu.accelerator("kvm", host) == "kvm"         # the host's own architecture keeps the choice
-    assert qemu.accelerator("kvm", foreign) == "tcg"      # KVM runs only the host's architecture
-    assert qemu.accel_args("tcg", "arm64") == ["-accel", "tcg,thread=multi", "-cpu", "max,pauth-impdef=on"]
-    assert qemu.accel_args("kvm", "arm64") == ["-accel", "kvm", "-cpu", "host"]
+    assert vm.accelerator("kvm", host) == "kvm"         # the host's own architecture keeps the choice
+    assert vm.accelerator("kvm", foreign) == "tcg"      # KVM runs only the host's architecture
+    assert vm.accel_args("tcg", "arm64") == ["-accel", "tcg,thread=multi", "-cpu", "max,pauth-impdef=on"]
+    assert vm.accel_args("kvm", "arm64") == ["-accel", "kvm", "-cpu", "host"]
 
 
 def test_probe_kvm_without_a_usable_device_is_false_and_cached(monkeypatch):
     monkeypatch.setattr(accel, "_kvm_answer", None)
     monkeypatch.setattr(accel, "_kvm_device_usable", lambda: False)
     monkeypatch.setattr(accel, "probe_boot", lambda *a, **k: pytest.fail("must not boot"))
-    assert qemu.probe_kvm() is False
+    assert vm.probe_kvm() is False
     monkeypatch.setattr(accel, "_kvm_device_usable", lambda: pytest.fail("must be cached"))
-    assert qemu.probe_kvm() is False
+    assert vm.probe_kvm() is False
     monkeypatch.delenv("IMAGEBUILD_ACCEL", raising=False)
-    assert qemu.accelerator("auto") == "tcg"
+    assert vm.accelerator("auto") == "tcg"
 
 
 def test_probe_kvm_uses_the_boot_probe(monkeypatch, tmp_path):
@@ -211,8 +211,8 @@ def test_probe_kvm_uses_the_boot_probe(monkeypatch, tmp_path):
     monkeypatch.setattr(accel, "_kvm_device_usable", lambda: True)
     seen = []
     monkeypatch.setattr(accel, "probe_boot", lambda accel, kernel, timeout: seen.append(accel) or True)
-    assert qemu.probe_kvm(kernel=tmp_path / "vmlinuz") is True
-    assert qemu.probe_kvm() is True and seen == ["kvm"]
+    assert vm.probe_kvm(kernel=tmp_path / "vmlinuz") is True
+    assert vm.probe_kvm() is True and seen == ["kvm"]
 
 
 # -------------------------------------------------------------------- seeds, overlays (fast)
@@ -220,7 +220,7 @@ def test_probe_kvm_uses_the_boot_probe(monkeypatch, tmp_path):
 def test_seed_iso(tmp_path):
     if not shutil.which("xorriso"):
         pytest.skip("xorriso not installed")
-    iso = qemu.seed_iso(tmp_path / "seed.iso", b"#cloud-config\n{}\n", b"instance-id: x\n",
+    iso = vm.seed_iso(tmp_path / "seed.iso", b"#cloud-config\n{}\n", b"instance-id: x\n",
                         {"files/payload.tar.gz": b"\x1f\x8b payload", "top.txt": b"top"})
     data = iso.read_bytes()
     assert data[0x8000 + 1:0x8000 + 6] == b"CD001"
@@ -238,23 +238,23 @@ def test_seed_iso(tmp_path):
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "user-data"])
 def test_seed_iso_rejects_bad_names(tmp_path, bad):
     with pytest.raises(ImagebuildError):
-        qemu.seed_iso(tmp_path / "s.iso", b"", b"", {bad: b"x"})
+        vm.seed_iso(tmp_path / "s.iso", b"", b"", {bad: b"x"})
 
 
 def test_overlay_never_touches_the_image(tmp_path):
     base = tmp_path / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
     before = base.read_bytes()
-    ov = qemu.overlay(base, tmp_path, size="128M")
+    ov = vm.overlay(base, tmp_path, size="128M")
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(ov)],
                                      capture_output=True, text=True, check=True).stdout)
     assert info["backing-filename"] == str(base) and info["backing-filename-format"] == "qcow2"
     assert info["virtual-size"] == 128 * 2**20
     subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 1M", str(ov)], check=True, capture_output=True)
     assert base.read_bytes() == before
-    assert qemu.overlay(base, tmp_path) != ov
+    assert vm.overlay(base, tmp_path) != ov
     with pytest.raises(ImagebuildError, match="not found"):
-        qemu.overlay(tmp_path / "missing.qcow2", tmp_path)
+        vm.overlay(tmp_path / "missing.qcow2", tmp_path)
 
 
 # ------------------------------------------------------------------------------- e2e: boots
@@ -274,23 +274,23 @@ def _wait_gone(name: str, seconds: float = 10.0) -> list[int]:
 
 @pytest.fixture(scope="module")
 def base_image():
-    from imagebuild import baseimage
+    from imagebuild.build import baseimage
     return baseimage.build()
 
 
 @pytest.mark.e2e
 def test_kvm_probe_answers_quickly_and_the_probe_sees_tcg(base_image, monkeypatch):
-    from imagebuild import baseimage
+    from imagebuild.build import baseimage
     monkeypatch.setattr(accel, "_kvm_answer", None)
     t0 = time.monotonic()
-    answer = qemu.probe_kvm(timeout=10)
+    answer = vm.probe_kvm(timeout=10)
     took = time.monotonic() - t0
     assert isinstance(answer, bool) and took < 20
     print(f"probe_kvm() = {answer} in {took:.1f} s")
     # The probe itself is sound: the same kernel under TCG passes it.
     kernel, _ = baseimage.kernel_files()
     t0 = time.monotonic()
-    assert qemu.probe_boot("tcg", kernel, timeout=30)
+    assert vm.probe_boot("tcg", kernel, timeout=30)
     print(f"probe_boot('tcg') in {time.monotonic() - t0:.1f} s")
     assert not _qemu_pids("imagebuild-probe-")
 
@@ -302,12 +302,12 @@ def test_boot_reports_results_and_timings(base_image, tmp_path):
         "runcmd": [["sh", "-c", script]],
         "power_state": {"mode": "poweroff", "delay": "now"},   # after cloud-init final
     })
-    seed = qemu.seed_iso(tmp_path / "seed.iso", user_data.encode(),
+    seed = vm.seed_iso(tmp_path / "seed.iso", user_data.encode(),
                          b"instance-id: hello-1\nlocal-hostname: hello\n")
-    disk = qemu.overlay(base_image, tmp_path)
+    disk = vm.overlay(base_image, tmp_path)
     before = disks.image_info(base_image)
     name = f"imagebuild-hello-{os.getpid()}"
-    result = qemu.boot(disk, seed, serial_log=tmp_path / "serial.log", timeout=420,
+    result = vm.boot(disk, seed, serial_log=tmp_path / "serial.log", timeout=420,
                        done_marker="IMAGEBUILD-RESULT", accel="auto", exit_grace=90, name=name,
                        markers={"network up": r"Reached target .*[Nn]etwork is Online"})
     print(json.dumps({k: v for k, v in result.markers.items()}, indent=1))
@@ -330,9 +330,9 @@ def test_boot_reports_results_and_timings(base_image, tmp_path):
 def test_boot_without_marker_waits_for_the_guest_to_stop(base_image, tmp_path):
     """done_marker=None: the boot ends when the guest shuts QEMU down (here: a kernel with no
     root filesystem panics, and -no-reboot turns the reboot into an exit)."""
-    from imagebuild import baseimage
+    from imagebuild.build import baseimage
     kernel, _ = baseimage.kernel_files()
-    result = qemu.boot(None, None, serial_log=tmp_path / "s.log", timeout=120, accel="tcg",
+    result = vm.boot(None, None, serial_log=tmp_path / "s.log", timeout=120, accel="tcg",
                        network=False, kernel=kernel, append="console=ttyS0 panic=-1",
                        extra_args=["-no-reboot"], markers={"panic": "Kernel panic"})
     assert result.done_s is None and result.exited_s is not None
@@ -342,19 +342,19 @@ def test_boot_without_marker_waits_for_the_guest_to_stop(base_image, tmp_path):
 
 @pytest.mark.e2e
 def test_boot_timeout_is_clear_and_kills_qemu(base_image, tmp_path):
-    seed = qemu.seed_iso(tmp_path / "seed.iso", b"#cloud-config\n{}\n", b"instance-id: t-1\n")
+    seed = vm.seed_iso(tmp_path / "seed.iso", b"#cloud-config\n{}\n", b"instance-id: t-1\n")
     name = f"imagebuild-timeout-{os.getpid()}"
     log = tmp_path / "serial.log"
     t0 = time.monotonic()
     with pytest.raises(ImagebuildError) as err:
-        qemu.boot(qemu.overlay(base_image, tmp_path), seed, serial_log=log, timeout=25,
+        vm.boot(vm.overlay(base_image, tmp_path), seed, serial_log=log, timeout=25,
                   done_marker="NEVER-PRINTED", accel="tcg", name=name)
     assert time.monotonic() - t0 < 45
     message = str(err.value)
     assert "timed out after 25 s" in message and "'NEVER-PRINTED'" in message
     assert str(log) in message
     tail = message.split("last lines of the serial console:\n", 1)[1].splitlines()
-    logged = qemu.strip_ansi(log.read_text(errors="replace"))
+    logged = vm.strip_ansi(log.read_text(errors="replace"))
     # The last 30 lines, or all when the guest printed fewer (on a loaded machine it gets less far in 25 s:
     # a fixed minimum of 10 failed there).
     assert 1 <= len(tail) <= 30, tail
@@ -366,16 +366,16 @@ def test_boot_timeout_is_clear_and_kills_qemu(base_image, tmp_path):
 def test_qemu_exiting_early_is_reported(tmp_path):
     # QEMU fails at once: its disk does not exist.
     with pytest.raises(ImagebuildError, match="exited .* before printing"):
-        qemu.boot(tmp_path / "missing.qcow2", None, serial_log=tmp_path / "s.log", timeout=30,
+        vm.boot(tmp_path / "missing.qcow2", None, serial_log=tmp_path / "s.log", timeout=30,
                   done_marker="X", accel="tcg")
 
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from imagebuild import qemu
+    from imagebuild import vm
     name, log = sys.argv[1], Path(sys.argv[2])
-    qemu.boot(None, None, serial_log=log, timeout=600, done_marker="NEVER", accel="tcg",
+    vm.boot(None, None, serial_log=log, timeout=600, done_marker="NEVER", accel="tcg",
               network=False, name=name)
 """)
 
@@ -407,12 +407,12 @@ def test_killing_the_caller_leaves_no_qemu(tmp_path, sig):
 def test_wait_for_sees_a_prompt_that_ends_in_no_newline(tmp_path):
     """`login: ` waits for input and never gets its newline: wait_for must still find it (the EC2
     boot of an image whose cloud-init stayed off is judged at that prompt)."""
-    g = qemu.Guest(None, None, serial_log=tmp_path / "s.log", accel="tcg")
+    g = vm.Guest(None, None, serial_log=tmp_path / "s.log", accel="tcg")
     g.serial_log.write_bytes(b"Debian GNU/Linux 12 debian ttyS0\n\ndebian login: ")
     g.results_log.write_bytes(b"")
     g._t0 = time.monotonic()
     g._readers = {"console": channel.Tail(g.serial_log), "results": channel.Tail(g.results_log)}
-    line = g.wait_for(re.compile(qemu.DEFAULT_MARKERS["login prompt"]), timeout=5)
+    line = g.wait_for(re.compile(vm.DEFAULT_MARKERS["login prompt"]), timeout=5)
     assert line is not None and line.text == "debian login: " and line.source == "console"
     with pytest.raises(ImagebuildError, match="timed out"):   # and a prompt that is not there is not found
         g.wait_for(re.compile(r"\bpassword: "), timeout=0.5)

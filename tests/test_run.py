@@ -238,3 +238,14 @@ def test_the_heartbeat_thread_is_gone_after_the_block():
     with progress.heartbeat("x", interval=0.2):
         pass
     assert not [t for t in threading.enumerate() if t.name == "heartbeat x"]
+
+
+def test_locked_with_busy_refuses_at_once_while_the_lock_is_held(tmp_path):
+    """The pipeline's one-per-work-directory rule: a second holder gets the error, not a wait."""
+    path = tmp_path / "work" / ".pipeline.lock"
+    with locked(path):
+        with pytest.raises(ImagebuildError, match="^another pipeline is running$"):
+            with locked(path, busy="another pipeline is running"):
+                pass
+    with locked(path, busy="another pipeline is running"):   # released: taken at once
+        pass

@@ -8,9 +8,9 @@ import typing
 import jsonschema
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from imagebuild import model
-from imagebuild.spec import SpecError, load
+from imagebuild.spec import SpecError, load, model, problems
 from tests.support import run_cli, run_main, spec_of, write_spec
 
 SEED_MIRRORS = [
@@ -110,7 +110,7 @@ def test_init_output_parses_back_to_the_default(tmp_path):
     assert run_main(["init", "-o", str(target), "--force"])[0] == 0
 
 
-_SCHEMA = model.json_schema()
+_SCHEMA = problems.json_schema()
 
 
 def _cli_schema() -> dict:
@@ -149,7 +149,7 @@ def test_json_schema_refuses_what_validation_refuses(document):
         spec_of(document)
 
 
-def _walk(section: type[model.BaseModel], path: str = ""):
+def _walk(section: type[BaseModel], path: str = ""):
     for key, info in section.model_fields.items():
         yield f"{path}.{key}" if path else key, info
         for hint in _hints(info.annotation):
@@ -158,7 +158,7 @@ def _walk(section: type[model.BaseModel], path: str = ""):
 
 def _hints(hint) -> list:
     """The section classes inside a field's type (itself, list items, mapping values)."""
-    if isinstance(hint, type) and issubclass(hint, model.BaseModel):
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
         return [hint]
     return [found for arg in typing.get_args(hint) for found in _hints(arg)]
 

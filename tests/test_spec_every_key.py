@@ -12,8 +12,7 @@ import typing
 import pytest
 from pydantic import BaseModel
 
-from imagebuild import model
-from imagebuild.spec import SpecError, from_document
+from imagebuild.spec import SpecError, fields, from_document, model, problems
 
 # Sections inside lists and mappings need an item to hold the bad value: these are valid.
 BASE = {"config": {"registry": {"mirrors": [{"host": "docker.io", "endpoints": [{"url": "https://m.example"}]}]},
@@ -90,7 +89,7 @@ def test_every_key_refuses_a_value_of_the_wrong_kind_in_its_own_words(bad):
             assert in_own_words(problem), str(problem)
 
 
-def in_own_words(problem: model.Problem) -> bool:
+def in_own_words(problem: fields.Problem) -> bool:
     """The message shows the value and what is allowed, not pydantic's phrasing."""
     text = str(problem)
     return ("Input should" not in text and "pydantic" not in text and problem.message.startswith("got ")
@@ -107,5 +106,5 @@ def test_an_error_the_formatter_does_not_know_would_be_caught():
 
     with pytest.raises(ValidationError) as info:
         Foreign(n=1)
-    (problem,) = model.problems_of(info.value, Foreign)
+    (problem,) = problems.problems_of(info.value, Foreign)
     assert problem.path == "n" and not in_own_words(problem)

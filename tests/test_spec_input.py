@@ -121,7 +121,7 @@ verify:
 def _extra_checks_as_delivered(spec) -> list[dict]:
     """verify.checks as the guest gets them: expected.json inside the verify boot's #cloud-config user-data
     (production user-data carries no verification tooling)."""
-    from imagebuild import verify
+    from imagebuild.verify import boot as verify
 
     seed = verify._seed_files(spec, install=True, boot=verify._boot_facts("nocloud", ""))
     cloud = yaml.safe_load(seed.decode())
@@ -155,7 +155,7 @@ def test_multiline_check_reaches_the_guest_shell_intact(tmp_path, monkeypatch, c
 def test_supported_versions_come_from_the_reference_defaults():
     for source in ("upstream", "debian"):
         families = sorted(p.name[len("config-"):-len(".toml")] for p in
-                          (Path(spec_module.__file__).parent / "defaults" / source).glob("config-*.toml"))
+                          (Path(spec_module.__file__).parents[1] / "defaults" / source).glob("config-*.toml"))
         assert families == ["1.6", "1.7", "2.1"], source
     assert spec_module.supported_versions() == "1.6.x, 1.7.x, 2.0.x-2.2.x"
     for version, family in [("1.6.0", "1.6"), ("1.7.99", "1.7"), ("2.0.0", "2.1"), ("2.2.3", "2.1")]:

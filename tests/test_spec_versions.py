@@ -1,6 +1,6 @@
 """A versioned spec: apiVersion at the top, older specs read with a notice, renamed keys with a warning.
 
-The table of renames is the real one (imagebuild.model.RENAMES); the CLI is the real entry point.
+The table of renames is the real one (imagebuild.spec.model.RENAMES); the CLI is the real entry point.
 """
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from imagebuild import model
-from imagebuild.spec import SpecError, load
+from imagebuild.spec import SpecError, fields, load, model
 from tests.support import run_main, spec_of
 
 NOTICE = "imagebuild: note: the spec has no apiVersion; read as imagebuild/v1 (add `apiVersion: imagebuild/v1`)\n"
@@ -22,8 +21,8 @@ def _render(tmp_path, text: str) -> tuple[int, str, str]:
 
 
 def test_the_current_version_is_the_last_and_the_first_is_v1():
-    assert model.API_VERSIONS[0] == "imagebuild/v1" and model.API_VERSION == model.API_VERSIONS[-1]
-    assert load().document["apiVersion"] == model.API_VERSION
+    assert fields.API_VERSIONS[0] == "imagebuild/v1" and fields.API_VERSION == fields.API_VERSIONS[-1]
+    assert load().document["apiVersion"] == fields.API_VERSION
 
 
 def test_a_spec_without_apiversion_is_the_first_version_with_a_one_line_notice(tmp_path):
@@ -57,8 +56,8 @@ def test_an_unknown_apiversion_is_exit_2_naming_the_supported_ones(tmp_path, tex
 
 
 def test_every_rename_keeps_the_old_name_working_with_a_warning(tmp_path):
-    assert model.RENAMES, "the table of renames is empty"
-    for old, new in model.RENAMES:
+    assert fields.RENAMES, "the table of renames is empty"
+    for old, new in fields.RENAMES:
         *parents, old_key = old.split(".")
         new_key = new.split(".")[-1]
         assert new.split(".")[:-1] == parents, f"{old} -> {new} moves the key to another section"

@@ -16,11 +16,11 @@ from typing import IO
 
 import pytest
 
-from imagebuild import testimage
-from imagebuild.devtools import debian_artifacts as da
-from imagebuild.devtools import testimage as dev_testimage
+from devtools import debian_artifacts as da
+from devtools import testimage as dev_testimage
 from imagebuild.errors import ImagebuildError
 from imagebuild.run import stop
+from imagebuild.verify import testimage
 
 #: The manifest digest of the default test image. It changes only when the image's content does
 #: (the program, its links, the config): a different digest on another machine is a reproducibility bug.

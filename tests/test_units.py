@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools import debian_artifacts
 from imagebuild import render
-from imagebuild.devtools import debian_artifacts
 from imagebuild.render import expected
 from tests.support import FAMILY_VERSIONS, PACKAGE_VERSIONS, spec_of
 

@@ -1,5 +1,5 @@
 """Upstream's containerd, runc and CNI plugins built from the Go module proxy at their release tags
-(imagebuild.devtools.upstream): what make golden and the end-to-end tests serve as release files."""
+(devtools.upstream): what make golden and the end-to-end tests serve as release files."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild.devtools import upstream
+from devtools import upstream
 from imagebuild.errors import ImagebuildError
 from tests.support import FAMILY_VERSIONS
 

@@ -145,7 +145,7 @@ def test_mime_format_is_multipart_with_a_cloud_config_part(tmp_path):
 
 
 def test_build_seed_user_data_is_valid_cloud_config(tmp_path):
-    from imagebuild.bake import build_seed
+    from imagebuild.build.bake import build_seed
 
     build_seed(tmp_path / "seed")
     proc = cloud_init_schema(tmp_path / "seed" / "user-data")

@@ -3,16 +3,17 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import qemu, verify
+from imagebuild import vm
 from imagebuild.errors import ImagebuildError
+from imagebuild.verify import boot as verify
 
 
 def _result(lines):
-    return qemu.BootResult(
+    return vm.BootResult(
         name="g", command=[], accel="tcg", serial_log=Path("s"), results_log=Path("r"),
         started_at=0.0, kernel_s=2.0, cloud_init_final_s=None, done_s=50.0, done_line=None,
         markers={}, exited_s=None, returncode=None, powered_off=False,
-        lines=[qemu.Line(10.0 + i, source, text) for i, (source, text) in enumerate(lines)])
+        lines=[vm.Line(10.0 + i, source, text) for i, (source, text) in enumerate(lines)])
 
 
 def test_report_from_the_console_when_the_port_lost_the_race(tmp_path):

@@ -9,6 +9,6 @@ inside the functions that talk to AWS, never on import. Credentials come from bo
 The functions are not re-exported here: a package attribute named `publish` would shadow the
 `publish` submodule.
 """
-from imagebuild.aws.model import Decision, Manifest, PublishTarget, VerifyResult
+from imagebuild.aws.documents import Decision, Manifest, PublishTarget, VerifyResult
 
 __all__ = ["Decision", "Manifest", "PublishTarget", "VerifyResult"]

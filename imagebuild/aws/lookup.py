@@ -5,11 +5,12 @@ publish, prune and the pipeline all ask these questions; none of them changes an
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from imagebuild.aws.clients import error_code
-from imagebuild.aws.model import Manifest, PublishTarget, VerifyResult
+from imagebuild.aws.documents import Manifest, PublishTarget, VerifyResult
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 
@@ -117,3 +118,23 @@ def ssm_parameter_value(ssm: Any, name: str) -> str | None:
         if error_code(exc) == "ParameterNotFound":
             return None
         raise
+
+
+def wait_snapshot(ec2: Any, snapshot_id: str, timeout: float, poll: float) -> str | None:
+    """The snapshot's state once it is no longer pending, or at *timeout* seconds (None: it is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = snapshot_state(ec2, snapshot_id)
+        if state != "pending" or time.monotonic() >= deadline:
+            return state
+        time.sleep(poll)
+
+
+def wait_image(ec2: Any, image_id: str, timeout: float, poll: float) -> dict[str, Any] | None:
+    """The image once it is no longer pending, or at *timeout* seconds (None: it is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        image = describe_image(ec2, image_id)
+        if image is None or image.get("State") != "pending" or time.monotonic() >= deadline:
+            return image
+        time.sleep(poll)

@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
+from imagebuild.aws.documents import Decision, PublishTarget, parse_build_time
 from imagebuild.aws.lookup import IMAGE_ID_TAG, block_device_snapshots, ssm_parameter_value
-from imagebuild.aws.model import Decision, PublishTarget, parse_build_time
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import step
 

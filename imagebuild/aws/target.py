@@ -1,8 +1,8 @@
 """The spec's AWS settings as the publish target the aws package works with."""
 from __future__ import annotations
 
-from ..model import Aws, Spec
-from .model import PublishTarget
+from imagebuild.aws.documents import PublishTarget
+from imagebuild.spec.model import Aws, Spec
 
 
 def target_of(spec: Spec) -> PublishTarget:

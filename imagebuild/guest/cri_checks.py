@@ -3,7 +3,7 @@
 not ctr. Python 3.11 standard library only.
 
 Staged by the verify boot beside check.py from its seed disk, with cri.py and the registry lab's
-cri-lab.json (imagebuild/cri_lab.py); not installed on machines.
+cri-lab.json (imagebuild/verify/cri_lab.py); not installed on machines.
 """
 from __future__ import annotations
 

@@ -19,12 +19,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ImagebuildError
-from ..model import Spec
-from ..oci_archive import normalized
-from ..vm import firmware as fw
-from . import config_toml, expected, hosts_toml, userdata
-from .templating import PACKAGE_DIR, render_template, shipped_dir
+from imagebuild.errors import ImagebuildError
+from imagebuild.render import config_toml, expected, hosts_toml, userdata
+from imagebuild.render.templating import PACKAGE_DIR, render_template, shipped_dir
+from imagebuild.spec import platforms
+from imagebuild.spec.fields import normalized
+from imagebuild.spec.model import Spec
 
 GUEST_DIR = "/var/lib/imagebuild"
 BUILD_USER = "imagebuild-build"
@@ -131,10 +131,10 @@ def packer_template(spec: Spec) -> str:
 
 
 def packer_qemu(arch: str) -> dict[str, str]:
-    """The qemu source's machine for *arch* (imagebuild.vm.firmware's choice): binary, machine type, CPU
+    """The qemu source's machine for *arch* (imagebuild.spec.platforms): binary, machine type, CPU
     model, and the cdrom interface of the seed (virt has no IDE: virtio-scsi; pc: Packer's default)."""
-    return {"binary": fw.qemu_binary(arch), "machine": fw.machine(arch), "cpu": fw.tcg_cpu(arch),
-            "cdrom_interface": "virtio-scsi" if fw.machine(arch) == "virt" else ""}
+    return {"binary": platforms.qemu_binary(arch), "machine": platforms.machine(arch), "cpu": platforms.tcg_cpu(arch),
+            "cdrom_interface": "virtio-scsi" if platforms.machine(arch) == "virt" else ""}
 
 
 def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:

@@ -1,7 +1,7 @@
 """config.toml: containerd's own `config default` of the target family (upstream's for a tarball install,
 Debian's for a package install), tuned by the spec.
 
-The reference defaults (imagebuild/containerd_keys.py reads them from imagebuild/defaults/) keep
+The reference defaults (imagebuild/spec/containerd_keys.py reads them from imagebuild/defaults/) keep
 every key containerd ships visible and documented. The spec's settings land at the key paths of the
 file's config version (2 for containerd 1.x, 3 for 2.0-2.2); `config.overrides` is deep-merged last.
 """
@@ -12,9 +12,9 @@ from typing import Any
 import tomlkit
 from tomlkit.items import Table
 
-from ..containerd_keys import KeyPaths, reference_default
-from ..model import Spec
-from .toml_items import dumps, item
+from imagebuild.render.toml_items import dumps, item
+from imagebuild.spec.containerd_keys import KeyPaths, reference_default
+from imagebuild.spec.model import Spec
 
 HEADER = "Managed by imagebuild: change the spec and re-render rather than editing this file."
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import tomlkit
 
-from ..model import Mirror
-from .toml_items import dumps, item
+from imagebuild.render.toml_items import dumps, item
+from imagebuild.spec.containerd import Mirror
 
 HEADER = "Managed by imagebuild. Hosts are tried in file order, then the server."
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from ..errors import ImagebuildError
-from .templating import shipped_dir
+from imagebuild.errors import ImagebuildError
+from imagebuild.render.templating import shipped_dir
 
 EC2_LIMIT = 16 * 1024
 

@@ -1,8 +1,9 @@
 """The accelerator of a boot: KVM only where a probe shows a Linux kernel really boots under it.
 
 On some hosts ``/dev/kvm`` opens and even runs real/long-mode code, yet a Linux guest never gets
-past its decompressor. :func:`probe_kvm` therefore boots a real Debian kernel (the base image's,
-see :func:`imagebuild.baseimage.kernel_files`) and waits for it to finish its own start-up.
+past its decompressor. :func:`probe_kvm` therefore boots a real Debian kernel (a base image's from
+the cache, see :func:`imagebuild.build.baseimage.kernel_files`, else the host's) and waits for it to
+finish its own start-up.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import time
 import uuid
 from pathlib import Path
 
-from imagebuild import baseimage
 from imagebuild.errors import ImagebuildError
+from imagebuild.paths import cache_dir
 from imagebuild.progress import step
 from imagebuild.run import DEVNULL, spawned
-from imagebuild.vm import firmware
+from imagebuild.spec import platforms
 
 QEMU = "qemu-system-x86_64"
 _POLL = 0.1
@@ -31,7 +32,7 @@ _kvm_lock = threading.Lock()
 def probe_kvm(timeout: float = 10.0, *, kernel: str | os.PathLike | None = None) -> bool:
     """True only if a Linux kernel demonstrably boots under ``-accel kvm`` here.
 
-    Boots *kernel* (default: the base image's kernel, else the host's /boot/vmlinuz*)
+    Boots *kernel* (default: a cached base image's kernel of this architecture, else the host's /boot/vmlinuz*)
     with no disk under KVM and waits up to *timeout* seconds for it to finish its own
     start-up on the serial console (it then panics for lack of a root filesystem, which
     is the point). No /dev/kvm, no permission, no kernel to probe with, no output in
@@ -66,15 +67,29 @@ def _kvm_device_usable() -> bool:
     return True
 
 
-def _probe_kernel() -> Path | None:
+#: Where a kernel image of each host architecture says what it is (x86 bzImage "HdrS", arm64 Image "ARMd").
+_KERNEL_MAGIC = {"x86_64": (0x202, b"HdrS"), "aarch64": (0x38, b"ARM\x64")}
+
+
+def _runs_here(kernel: Path) -> bool:
+    """Whether *kernel* is a kernel image of this host's architecture (KVM runs no other)."""
+    offset, magic = _KERNEL_MAGIC.get(os.uname().machine, (0, b"\0"))
     try:
-        files = baseimage.kernel_files()
-        if files:
-            return files[0]
-    except (OSError, ImagebuildError):   # a probe must not fail because of the cache
-        pass
-    hosts = sorted(Path("/boot").glob("vmlinuz-*"))
-    return hosts[-1] if hosts else None
+        with open(kernel, "rb") as f:
+            f.seek(offset)
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
+def _probe_kernel() -> Path | None:
+    """The newest base image kernel in the cache that runs here, else the host's own."""
+    try:
+        cached = sorted(cache_dir("base").glob("*/*.vmlinuz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:   # a probe must not fail because of the cache
+        cached = []
+    hosts = sorted(Path("/boot").glob("vmlinuz-*"), reverse=True)
+    return next((k for k in cached + hosts if _runs_here(k)), None)
 
 
 # A kernel that finished start-up: it tried to mount root (and panicked: no disk) or
@@ -139,5 +154,5 @@ def accel_args(accel: str, arch: str = "amd64") -> list[str]:
         return ["-accel", "kvm", "-cpu", "host"]
     if accel == "tcg":
         # amd64: -cpu max is ~30% faster than the default qemu64 model under TCG (arm64: vm.firmware)
-        return ["-accel", "tcg,thread=multi", "-cpu", firmware.tcg_cpu(arch)]
+        return ["-accel", "tcg,thread=multi", "-cpu", platforms.tcg_cpu(arch)]
     raise ImagebuildError(f"unknown accelerator {accel!r}: use kvm or tcg")

@@ -1,7 +1,7 @@
 """EC2 as a guest sees it (QEMU options): the SMBIOS identity ds-identify reads (product UUID and
 serial starting with "ec2", Amazon EC2 as vendor and product, the instance id as the chassis asset
 tag, as on Nitro), a fresh MAC, and a link-local user network whose 169.254.169.254:80 is
-forwarded to an IMDS on the host (:mod:`imagebuild.imds`)."""
+forwarded to an IMDS on the host (:mod:`imagebuild.verify.imds`)."""
 from __future__ import annotations
 
 import os

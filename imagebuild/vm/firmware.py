@@ -14,22 +14,9 @@ import shutil
 from pathlib import Path
 
 from imagebuild.errors import ImagebuildError
+from imagebuild.spec.platforms import _arch
 
 FIRMWARES = ("bios", "uefi")
-
-#: Per architecture: QEMU binary, machine, CPU model under TCG, the kernel's serial console, the
-#: Debian package and files of its UEFI firmware (code, variable-store template).
-ARCHES: dict[str, dict] = {
-    "amd64": {"qemu": "qemu-system-x86_64", "machine": "pc", "tcg_cpu": "max", "console": "ttyS0",
-              "uefi_package": "ovmf", "uefi_code": "/usr/share/OVMF/OVMF_CODE_4M.fd",
-              "uefi_vars": "/usr/share/OVMF/OVMF_VARS_4M.fd", "bios": True},
-    # pauth-impdef=on: QEMU's cheaper pointer-authentication algorithm (the architected QARMA one is
-    # expensive under TCG).
-    "arm64": {"qemu": "qemu-system-aarch64", "machine": "virt", "tcg_cpu": "max,pauth-impdef=on",
-              "console": "ttyAMA0", "uefi_package": "qemu-efi-aarch64",
-              "uefi_code": "/usr/share/AAVMF/AAVMF_CODE.fd", "uefi_vars": "/usr/share/AAVMF/AAVMF_VARS.fd",
-              "bios": False},
-}
 
 #: EC2's BootMode of an image -> the firmware its verify boot uses. uefi-preferred (a hybrid image)
 #: boots under UEFI, what a UEFI-capable instance type gives it (its Packer build proves BIOS).
@@ -65,13 +52,6 @@ def for_boot_mode(boot_mode: str) -> str:
                               f"{', '.join(BOOT_MODE_FIRMWARE)}") from None
 
 
-def _arch(arch: str) -> dict:
-    try:
-        return ARCHES[arch]
-    except KeyError:
-        raise ImagebuildError(f"unknown architecture {arch!r}: expected one of {', '.join(ARCHES)}") from None
-
-
 def check(arch: str, firmware: str) -> None:
     """Refuse what cannot boot: an unknown firmware, BIOS on arm64, UEFI firmware files not installed."""
     info = _arch(arch)
@@ -84,23 +64,6 @@ def check(arch: str, firmware: str) -> None:
             if not Path(path).is_file():
                 raise ImagebuildError(f"UEFI firmware {path} is missing; install the Debian package "
                                       f"{info['uefi_package']}")
-
-
-def qemu_binary(arch: str) -> str:
-    return str(_arch(arch)["qemu"])
-
-
-def machine(arch: str) -> str:
-    return str(_arch(arch)["machine"])
-
-
-def tcg_cpu(arch: str) -> str:
-    return str(_arch(arch)["tcg_cpu"])
-
-
-def console(arch: str) -> str:
-    """The serial console the kernel of an *arch* guest writes to (QEMU's first UART there)."""
-    return str(_arch(arch)["console"])
 
 
 def vars_copy(arch: str, work: str | os.PathLike) -> Path:

@@ -24,6 +24,7 @@ from typing import IO
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import heartbeat, step
 from imagebuild.run import DEVNULL, kill_group, spawn
+from imagebuild.spec import platforms
 from imagebuild.vm import firmware as fw
 from imagebuild.vm.accel import accel_args, accelerator
 from imagebuild.vm.channel import (
@@ -154,8 +155,8 @@ class Guest:
         variable store)."""
         accel = accel or self.accel or self._accelerator()
         cpu = accel_args(accel, self.arch)
-        cmd = [fw.qemu_binary(self.arch), "-name", f"{self.name},process={self.name[:15]}",
-               "-machine", fw.machine(self.arch), *cpu, "-smp", str(self.smp), "-m", self.memory,
+        cmd = [platforms.qemu_binary(self.arch), "-name", f"{self.name},process={self.name[:15]}",
+               "-machine", platforms.machine(self.arch), *cpu, "-smp", str(self.smp), "-m", self.memory,
                "-nodefaults", "-display", "none", "-vga", "none", "-monitor", "none",
                "-no-user-config"]
         if self.firmware != "bios" and self._firmware_dir is None:

@@ -318,8 +318,9 @@ def write_verify_report(image_dir: Path, image: Path, sha: str, *, passed: bool 
     """verify.json (verify-ec2.json) exactly as verify writes it: the guest check's Reporter makes the
     result lines, verify's own _report reads them as a boot would deliver them, verify's writer writes
     the file."""
-    from imagebuild import qemu, verify
+    from imagebuild import vm
     from imagebuild.guest import check
+    from imagebuild.verify import boot as verify
 
     results = image_dir / "results.log"
     reporter = check.Reporter(str(results))
@@ -327,9 +328,9 @@ def write_verify_report(image_dir: Path, image: Path, sha: str, *, passed: bool 
     reporter.check("config.oom_score", -999, -999)
     reporter.emit(check.DONE, {"passed": reporter.passed, "failed": reporter.failed, "containerd_active_at_s": 30.0})
     reporter.sinks[0].close()
-    lines = [qemu.Line(10.0 + i, "results", text) for i, text in enumerate(results.read_text().splitlines())]
+    lines = [vm.Line(10.0 + i, "results", text) for i, text in enumerate(results.read_text().splitlines())]
     results.unlink()
-    boot = qemu.BootResult(
+    boot = vm.BootResult(
         name="golden", command=[], accel="tcg", serial_log=image_dir / "serial.log", results_log=results,
         started_at=0.0, kernel_s=2.0, cloud_init_final_s=None, done_s=50.0, done_line=None,
         markers={}, exited_s=None, returncode=None, powered_off=True, lines=lines)

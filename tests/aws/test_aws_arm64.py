@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
-from imagebuild.checks import is_graviton
-from imagebuild.model import BUILD_INSTANCE_TYPES, EC2_ARCHITECTURES
+from imagebuild.spec.model import BUILD_INSTANCE_TYPES, EC2_ARCHITECTURES
+from imagebuild.spec.rules import is_graviton
 from tests.aws.test_packer_amazon import _client, _packer_env
 from tests.support import packer_validate, run_cli, spec_of, write_spec
 

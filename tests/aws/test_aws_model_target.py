@@ -11,11 +11,10 @@ import re
 import pytest
 from botocore.loaders import Loader
 
-from imagebuild import model
-from imagebuild.aws.model import PublishTarget
+from imagebuild.aws.documents import PublishTarget
 from imagebuild.aws.target import target_of
 from imagebuild.errors import ImagebuildError
-from imagebuild.spec import SpecError
+from imagebuild.spec import SpecError, fields, model
 from tests.support import spec_of
 
 
@@ -27,7 +26,7 @@ def _botocore_regions() -> list[str]:
 def test_every_region_botocore_knows_is_a_region_name():
     regions = _botocore_regions()
     assert len(regions) > 30 and "us-gov-west-1" in regions and "eusc-de-east-1" in regions
-    pattern = re.compile(model.AWS_REGION)
+    pattern = re.compile(fields.AWS_REGION)
     assert [r for r in regions if not pattern.match(r)] == []
     # ... in the spec and in a publish target alike.
     for region in regions:

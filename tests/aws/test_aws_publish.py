@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from imagebuild.aws import PublishTarget
-from imagebuild.aws.model import Manifest
-from imagebuild.aws.publish import publish, register_request
+from imagebuild.aws.documents import Manifest
+from imagebuild.aws.publish import publish
+from imagebuild.aws.request import register_request
 from imagebuild.errors import ImagebuildError
 
 MIB = 1024 * 1024
@@ -175,7 +176,7 @@ def test_refuses_failed_verification(aws, make_image, recording_clients):
 
 
 def test_the_verify_report_is_read_in_the_shape_verify_writes(make_image):
-    from imagebuild.aws.model import VerifyResult
+    from imagebuild.aws.documents import VerifyResult
 
     image_dir, _ = make_image(passed=False)
     written = json.loads((image_dir / "verify.json").read_text())
@@ -498,7 +499,7 @@ def test_three_throttles_fail_a_client_with_botocore_defaults(aws, boto_session,
 
 def test_tag_limits_come_from_each_api_model(aws, boto_session):
     from imagebuild.aws.clients import boto3_clients
-    from imagebuild.aws.publish import tag_limits
+    from imagebuild.aws.request import tag_limits
 
     clients = boto3_clients(session=boto_session)
     assert tag_limits(clients("ebs", HOME), "StartSnapshot") == {"key": 127, "value": 255, "count": 50}
@@ -732,7 +733,7 @@ def test_an_arm64_image_that_would_boot_bios_is_refused_before_any_call(aws, mak
 
 def test_boot_modes_and_architectures_are_botocores(_botocore_loader):
     """What publish sends as BootMode and Architecture are values of botocore's ec2 model enums."""
-    from imagebuild.aws.model import ARCHITECTURES, BOOT_MODES
+    from imagebuild.aws.documents import ARCHITECTURES, BOOT_MODES
 
     shapes = _botocore_loader.load_service_model("ec2", "service-2")["shapes"]
     assert sorted(BOOT_MODES) == sorted(shapes["BootModeValues"]["enum"])

@@ -1,7 +1,7 @@
 """The pipeline's "does this need a build?" decision and its skip path, against a real moto server.
 
 Nothing here bakes: the base image is a small file of junk (hashed, never booted), and the
-skip tests replace `imagebuild.bake.bake` with a function that fails the test if it is called.
+skip tests replace `imagebuild.build.bake.bake` with a function that fails the test if it is called.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import bake as bake_module
 from imagebuild.aws.clients import boto3_clients
-from imagebuild.bake import inputs_hash
+from imagebuild.build import bake as bake_module
+from imagebuild.build.bake import inputs_hash
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.pipeline import FAILED, STEPS, UNCHANGED, BuildDecision, decide, run_pipeline

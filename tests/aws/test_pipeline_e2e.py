@@ -17,8 +17,8 @@ import time
 import pytest
 import yaml
 
-from imagebuild import baseimage
-from imagebuild.bake import inputs_hash
+from imagebuild.build import baseimage
+from imagebuild.build.bake import inputs_hash
 from imagebuild.digest import sha256_file
 from imagebuild.pipeline import PUBLISHED, UNCHANGED, run_pipeline
 from imagebuild.spec import parse

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import baseimage
-from imagebuild.bake import bake
-from imagebuild.devtools import upstream
-from imagebuild.devtools.serve import serve
-from imagebuild.golden import GUEST_HOST, local_mirror_spec, mirrored
+from devtools import upstream
+from devtools.golden import GUEST_HOST, local_mirror_spec, mirrored
+from devtools.serve import serve
+from imagebuild.build import baseimage
+from imagebuild.build.bake import bake
 from imagebuild.spec import load
 from tests.support import FAMILY_VERSIONS, temp_dir_of_its_own
 

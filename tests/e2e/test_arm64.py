@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from imagebuild import baseimage
-from imagebuild.bake import bake
-from imagebuild.golden import local_mirror
-from imagebuild.verify import verify_image
+from devtools.golden import local_mirror
+from imagebuild.build import baseimage
+from imagebuild.build.bake import bake
+from imagebuild.verify.boot import verify_image
 from tests.support import default_spec_on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.arm64]

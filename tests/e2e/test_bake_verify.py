@@ -7,11 +7,12 @@ import subprocess
 import pytest
 import yaml
 
-from imagebuild import baseimage, qemu, render
+from imagebuild import render, vm
+from imagebuild.build import base_disk
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import parse
-from imagebuild.verify import verify_image, verify_user_data
+from imagebuild.verify.boot import verify_image, verify_user_data
 from imagebuild.vm.disks import OfflineImage
 from tests.support import qemu_processes_using
 
@@ -30,7 +31,7 @@ SEED_CHECKS = {
 }
 
 # What the verify boot proves through CRI (imagebuild/guest/cri_checks.py, in the guest) and from the
-# lab registry's access log (imagebuild/cri_lab.py, on the host), for the default spec's four mirrors.
+# lab registry's access log (imagebuild/verify/cri_lab.py, on the host), for the default spec's four mirrors.
 CRI_CHECKS = {
     "cri.runtime_ready", "cri.network_ready", "cri.pod_sandbox", "cri.sandbox_image", "cri.container",
     *(f"cri.{kind}.{host}" for kind in ("pull", "mirror") for host in ("docker.io", "gcr.io", "k8s.gcr.io", "quay.io")),
@@ -180,7 +181,7 @@ def _without_ec2(image, tmp_path):
     subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(image), str(raw)], check=True)
     cfg = tmp_path / "99-no-ec2.cfg"
     cfg.write_text("datasource_list: [ NoCloud, ConfigDrive, None ]\n")
-    fs = f"{raw}?offset={baseimage.ESP_END}"
+    fs = f"{raw}?offset={base_disk.ESP_END}"
     done = subprocess.run(["debugfs", "-w", "-R", f"write {cfg} /etc/cloud/cloud.cfg.d/99-no-ec2.cfg", fs],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -210,7 +211,7 @@ def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
     """The rendered user-data, gzipped as EC2 hands it over, through the IMDS to the plain base image."""
     from imagebuild.spec import load
 
-    spec = mirror(load(), "1.6", guest_host=qemu.EC2_HOST)
+    spec = mirror(load(), "1.6", guest_host=vm.EC2_HOST)
     report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path), platform="ec2")
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
     assert EC2_CHECKS | CRI_CHECKS <= {c["check"] for c in report["checks"]}

@@ -15,12 +15,12 @@ import time
 import pytest
 import yaml
 
-from imagebuild import baseimage
-from imagebuild.bake import bake
-from imagebuild.devtools import pause_image
-from imagebuild.golden import local_mirror
+from devtools import pause_image
+from devtools.golden import local_mirror
+from imagebuild.build import baseimage
+from imagebuild.build.bake import bake
 from imagebuild.spec import parse
-from imagebuild.verify import verify_image
+from imagebuild.verify.boot import verify_image
 from imagebuild.vm.disks import OfflineImage
 from tests.e2e.test_bake_verify import BAKED_CHECKS, CRI_CHECKS, SANDBOX_BAKED_CHECKS
 from tests.support import FAMILY_VERSIONS, default_spec_on, with_pause_archive

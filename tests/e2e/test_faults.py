@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagebuild import bake
+from imagebuild.build import bake
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import parse
-from imagebuild.verify import verify_image
+from imagebuild.verify.boot import verify_image
+from tests.e2e.test_bake_verify import with_changes
 from tests.support import qemu_processes_using
-
-from .test_bake_verify import with_changes
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imagebuild.spec import parse
-from imagebuild.verify import verify_user_data
+from imagebuild.verify.boot import verify_user_data
 
 pytestmark = pytest.mark.e2e
 

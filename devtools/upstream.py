@@ -1,0 +1,190 @@
+"""Upstream containerd, runc and the CNI plugins, built from the Go module proxy at their release tags, laid
+out as their release artifacts: what `make golden`, the tests and the bench serve in place of Debian's
+patched builds (a tarball install must get upstream's binaries, upstream's defaults and version strings).
+
+Each build is upstream's own recipe (its Makefile, build script), as far as the module proxy allows:
+- containerd: `containerd`, `ctr` static with cgo (tags urfave_cli_no_docs osusergo netgo static_build),
+  the shim static without cgo; `version.Version` and `.Package` as upstream's Makefile sets them.
+  Modules whose go.mod carries replace or exclude directives (1.6, 1.7) refuse `go install pkg@v`: they
+  build in a small wrapper module that requires the release and repeats those directives.
+- runc: static-pie with seccomp (Debian's libseccomp, where upstream bundles a newer one).
+- CNI plugins: static, without cgo, with `buildversion.BuildVersion`.
+The module proxy does not say which commit a tag names, so the revision (`version.Revision`, runc's
+`gitCommit`) is the module's go.sum hash (`gomod-h1:...`): it names the exact source that was built.
+
+Everything is built once per version and architecture (amd64: the build host's) into the cache, under a
+lock; a failed build says what failed and is never replaced by another build.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from devtools import release_files
+from imagebuild.errors import ImagebuildError
+from imagebuild.paths import cache_dir
+from imagebuild.progress import step
+from imagebuild.run import locked, run
+
+RUNC_VERSION = "1.4.4"
+CNI_VERSION = "1.10.0"
+CNI_PLUGINS = ("main/bridge", "main/host-device", "main/ipvlan", "main/loopback", "main/macvlan", "main/ptp",
+               "main/vlan", "main/dummy", "main/tap", "ipam/dhcp", "ipam/host-local", "ipam/static",
+               "meta/bandwidth", "meta/firewall", "meta/portmap", "meta/sbr", "meta/tuning", "meta/vrf")
+_STAMP = ".built.json"
+_TIMEOUT = 1800
+
+
+def _go_env(cgo: bool) -> dict[str, str]:
+    """The Go toolchain's environment: its caches under imagebuild's, the local toolchain only."""
+    if shutil.which("go") is None:
+        raise ImagebuildError("building upstream releases needs Go (the `go` command) and the Go module proxy")
+    return {**os.environ, "GOPATH": str(cache_dir("go", "path")), "GOMODCACHE": str(cache_dir("go", "mod")),
+            "GOCACHE": str(cache_dir("go", "build")), "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local",
+            "CGO_ENABLED": "1" if cgo else "0", "GOARCH": "amd64", "GOOS": "linux"}
+
+
+def _go(args: list[str], what: str, cwd: Path | None = None, cgo: bool = False, env: dict | None = None) -> str:
+    return run(["go", *args], what=what, cwd=cwd, env=_go_env(cgo) | (env or {}), timeout=_TIMEOUT,
+               long_step=True).stdout
+
+
+def module_info(module: str, version: str) -> dict:
+    """`go mod download -json MODULE@vVERSION`: where the proxy's go.mod and source are, and the go.sum hash."""
+    info = json.loads(_go(["mod", "download", "-json", f"{module}@v{version}"], f"go mod download {module}@v{version}",
+                          cwd=cache_dir("go")))
+    if info.get("Error"):
+        raise ImagebuildError(f"the Go module proxy has no {module}@v{version}: {info['Error']}")
+    return info
+
+
+def directives(go_mod: str) -> str:
+    """The replace and exclude directives of *go_mod* (blocks and single lines), less replacements by a
+    local path, which mean nothing outside the module's own tree."""
+    out, block = [], None
+    for line in go_mod.splitlines():
+        bare = line.split("//", 1)[0].rstrip()
+        if block:
+            if bare.strip() == ")":
+                block = None
+            elif bare.strip() and not re.search(r"=>\s*\.{1,2}/", bare):
+                out.append(f"{block} {bare.strip()}")
+            continue
+        match = re.match(r"^(replace|exclude)\s*(\(|\S.*)$", bare)
+        if match and match.group(2) == "(":
+            block = match.group(1)
+        elif match and not re.search(r"=>\s*\.{1,2}/", bare):
+            out.append(bare.strip())
+    return "\n".join(out)
+
+
+def _built(target: Path) -> dict | None:
+    try:
+        return json.loads((target / _STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _once(target: Path, what: str, build) -> dict:
+    """Run *build(tmp_dir) -> facts* once for *target* (a cache directory), under a lock; the result is
+    swapped in whole, with its stamp, so an interrupted build is redone."""
+    done = _built(target)
+    if done:
+        return done
+    with locked(target.with_name(f".{target.name}.lock"), waiting=f"waiting for another build of {what}"):
+        done = _built(target)
+        if done:
+            return done
+        step(f"building {what} from the Go module proxy (once; cached)")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            facts = build(tmp)
+            (tmp / _STAMP).write_text(json.dumps(facts, indent=2) + "\n")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return facts
+
+
+def containerd(version: str) -> Path:
+    """bin/containerd, bin/ctr, bin/containerd-shim-runc-v2 of containerd *version* (e.g. 1.7.36)."""
+    major = int(version.split(".")[0])
+    module = "github.com/containerd/containerd" + ("/v2" if major >= 2 else "")
+    target = cache_dir("upstream") / f"containerd-{version}-linux-amd64"
+
+    def build(tmp: Path) -> dict:
+        info = module_info(module, version)
+        revision = "gomod-" + info["Sum"]
+        wrapper = tmp / "src"
+        wrapper.mkdir()
+        go_mod = f"module imagebuild.local/containerd\n\ngo 1.22\n\nrequire {module} v{version}\n\n"
+        (wrapper / "go.mod").write_text(go_mod + directives(Path(info["GoMod"]).read_text()) + "\n")
+        cmds = [f"{module}/cmd/{name}" for name in release_files.TARBALL_BINARIES]
+        _go(["get", *(f"{c}@v{version}" for c in cmds)], f"go get containerd v{version}", cwd=wrapper)
+        ldflags = (f"-X {module}/version.Version=v{version} -X {module}/version.Revision={revision} "
+                   f"-X {module}/version.Package={module} -s -w -extldflags -static")
+        tags = [] if version.startswith("1.6.") else ["urfave_cli_no_docs"]
+        (tmp / "bin").mkdir()
+        for name, cmd in zip(release_files.TARBALL_BINARIES, cmds, strict=True):
+            shim = name.startswith("containerd-shim")
+            build_tags = tags + (["no_grpc"] if shim and major >= 2 else []) + \
+                ([] if shim else ["osusergo", "netgo", "static_build"])
+            _go(["build", "-trimpath", "-tags", " ".join(build_tags), "-ldflags", ldflags, "-o",
+                 str(tmp / "bin" / name), cmd], f"go build {name} v{version}", cwd=wrapper, cgo=not shim)
+        shutil.rmtree(wrapper)
+        return {"module": module, "version": version, "revision": revision}
+
+    _once(target, f"containerd {version}", build)
+    return target
+
+
+def runc(version: str = RUNC_VERSION) -> Path:
+    """A static-pie runc *version* with seccomp: `<dir>/runc`."""
+    target = cache_dir("upstream") / f"runc-{version}-linux-amd64"
+    module = "github.com/opencontainers/runc"
+
+    def build(tmp: Path) -> dict:
+        revision = "gomod-" + module_info(module, version)["Sum"]
+        _go(["install", "-trimpath", "-buildmode=pie", "-tags", "seccomp urfave_cli_no_docs netgo osusergo",
+             "-ldflags", f"-X main.gitCommit={revision} -w -s -buildid= -linkmode external -extldflags -static-pie",
+             f"{module}@v{version}"], f"go install runc v{version}", cgo=True, env={"GOBIN": str(tmp)})
+        return {"module": module, "version": version, "revision": revision}
+
+    _once(target, f"runc {version}", build)
+    return target
+
+
+def cni_plugins(version: str = CNI_VERSION) -> Path:
+    """The CNI plugins of release *version*, static, in one directory (as the release tarball holds them)."""
+    target = cache_dir("upstream") / f"cni-plugins-{version}-linux-amd64"
+    module = "github.com/containernetworking/plugins"
+
+    def build(tmp: Path) -> dict:
+        ldflags = f"-extldflags -static -X {module}/pkg/utils/buildversion.BuildVersion=v{version}"
+        _go(["install", "-ldflags", ldflags, *(f"{module}/plugins/{p}@v{version}" for p in CNI_PLUGINS)],
+            f"go install CNI plugins v{version}", env={"GOBIN": str(tmp)})
+        return {"module": module, "version": version}
+
+    _once(target, f"CNI plugins {version}", build)
+    return target
+
+
+def release_tarballs(containerd_version: str, out_dir: Path | str, compresslevel: int = 6) -> dict[str, dict]:
+    """`containerd-<v>-linux-amd64.tar.gz` (bin/containerd, bin/containerd-shim-runc-v2, bin/ctr, as the
+    release tarball lays them out), `runc.amd64` and their `.sha256sum` files in *out_dir*, built from
+    upstream. Returns {"containerd": {"path", "sha256", "version"}, "runc": {...}}."""
+    built = containerd(containerd_version) / "bin"
+    return release_files.containerd_and_runc(
+        out_dir, "amd64", containerd_version, {name: built / name for name in release_files.TARBALL_BINARIES},
+        RUNC_VERSION, runc() / "runc", compresslevel)
+
+
+def cni_tarball(out_dir: Path | str, compresslevel: int = 6) -> dict:
+    """`cni-plugins-linux-amd64-v<v>.tgz` (plugins at `./<name>`, as the release lays them out) and its
+    `.sha256` in *out_dir*. Returns {"path", "sha256", "version", "plugins"}."""
+    return release_files.cni_plugins_tarball(out_dir, "amd64", CNI_VERSION, cni_plugins(), compresslevel)

@@ -1,5 +1,0 @@
-"""Developer tools: what builds, regenerates or serves things for development, tests and `make golden`.
-
-Product modules never import this package (tests/test_layering.py checks it); only
-`imagebuild.golden` (the `make golden` job), the tests and the Makefile do.
-"""
