@@ -10,6 +10,7 @@ tests/test_docs.py fails when it is not what this module writes.
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,19 @@ def _section_of(fragment: dict) -> tuple[str, str] | None:
     return None
 
 
+def _held_section(hint: Any, name: str) -> type[BaseModel]:
+    """The section class named *name* inside the type hint *hint* (`X`, `X | None`, `tuple[X, ...]`,
+    `dict[K, X]`, any of them Annotated): found in the hint, wherever the model's modules define it."""
+    if isinstance(hint, type) and issubclass(hint, BaseModel) and hint.__name__ == name:
+        return hint
+    for arg in typing.get_args(hint):
+        try:
+            return _held_section(arg, name)
+        except LookupError:
+            continue
+    raise LookupError(f"no section {name} in {hint!r}")
+
+
 def _doc(section: type[BaseModel]) -> str:
     """A section's one-line description (its docstring)."""
     return " ".join((section.__doc__ or "").split())
@@ -151,7 +165,7 @@ def _sections(cls: type[BaseModel], schema: dict, defs: dict, path: str, out: li
         if held is not None:
             name, tail = held
             optional = not info.is_required() and info.get_default(call_default_factory=True) is None
-            inner.append((getattr(model, name), defs[name], key_path + tail, optional))
+            inner.append((_held_section(info.annotation, name), defs[name], key_path + tail, optional))
             if not tail:
                 continue
         rows.append(f"| `{key_path}` | {_type(fragment, defs)} | {_default(cls, key, fragment)} | "
