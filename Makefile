@@ -18,7 +18,7 @@ APT_PACKAGES := packer qemu-system-x86 qemu-utils mmdebstrap shellcheck cloud-in
 # comes with the machine)
 export CHECKPOINT_DISABLE := 1
 
-.PHONY: golden test test-fast test-e2e test-arm64 test-extra deps venv lock lint regen-defaults regen-testimage regen-cases bench fuzz clean
+.PHONY: golden test test-fast test-e2e test-arm64 test-extra deps venv lock lint regen-defaults regen-testimage regen-cases docs bench fuzz clean
 
 ## golden: the main job on the built-in default spec: base image, bake, verify, print the report
 golden: venv
@@ -36,7 +36,7 @@ test-fast: venv
 test-e2e: venv
 	$(PY) -m pytest -m "e2e and not arm64 and not extra" -v --timeout=3600
 
-## test-arm64: only the arm64 (Graviton) end-to-end tests: a separate CI job (see the README)
+## test-arm64: only the arm64 (Graviton) end-to-end tests: a separate CI job (see docs/contributing.md)
 test-arm64: venv
 	$(PY) -m pytest -m arm64 -v --timeout=7200
 
@@ -98,14 +98,19 @@ regen-cases: venv
 	@git --no-pager diff -- tests/cases/*/expected
 	@git status --short --untracked-files=all -- tests/cases/*/expected
 
+## docs: rewrite docs/spec.md, the spec reference, from the model (tests/test_docs.py fails when it is stale)
+docs: venv
+	$(PY) -m devtools spec-reference
+
 ## fuzz: the property tests with ~300 random specs per property (failures replay first next time)
 fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_properties.py -q
 
 ## bench: performance figures, side by side (amd64, and arm64 beside it when its base image is cached);
-## options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--arch amd64" or BENCH_ARGS=--quick
+## options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--arch amd64" or BENCH_ARGS=--quick; every row is
+## appended, dated, to docs/benchmarks-history.csv (docs/benchmarks.md holds the latest full table)
 bench: venv
-	$(PY) -m tests.bench $(BENCH_ARGS)
+	$(PY) -m tests.bench --history docs/benchmarks-history.csv $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) output .pytest_cache .mypy_cache .ruff_cache

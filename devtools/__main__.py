@@ -1,4 +1,5 @@
-"""`python -m devtools golden|fetch|defaults|tarballs OUT|testimage`: the developer tools' commands."""
+"""`python -m devtools golden|fetch|defaults|tarballs OUT|testimage|spec-reference`: the developer tools'
+commands."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from devtools import debian_artifacts, defaults, golden, testimage
+from devtools import debian_artifacts, defaults, golden, spec_reference, testimage
 from imagebuild import cli
 from imagebuild.errors import ImagebuildError
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("testimage", help="re-assemble imagebuild/verify/testimage/<arch>.bin from its source")
     p.add_argument("--arch", action="append", choices=sorted(testimage.TOOLS),
                    help="this architecture's program (repeatable; default: every one)")
+    p = sub.add_parser("spec-reference", help="rewrite docs/spec.md, the spec reference, from the model")
+    p.add_argument("--output", type=Path, default=spec_reference.SPEC_MD, help="default: docs/spec.md")
     args = parser.parse_args(argv)
     try:
         if args.command == "golden":  # the product's signal policy and error lines, as `imagebuild` has them
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             for arch in args.arch or sorted(testimage.TOOLS):
                 path, sha256 = testimage.regenerate(arch)
                 print(f"{path}\t{sha256}")
+        elif args.command == "spec-reference":
+            print(spec_reference.write(args.output))
     except ImagebuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """`make bench`: imagebuild's performance figures, measured side by side in one run.
 
-    python -m tests.bench [--quick] [--runs N] [--out BENCHMARKS.md] [--keep]
+    python -m tests.bench [--quick] [--runs N] [--out BENCHMARKS.md] [--history CSV] [--keep]
 
     python -m tests.bench --arch amd64|arm64   (only one architecture's QEMU rows)
 
@@ -10,11 +10,13 @@ the same way, so the golden/user-data ratio compares like with like. Then arm64 
 spec (Debian 13, containerd 1.7: tests/e2e/test_arm64.py's) baked and verified for each
 architecture in the same run, so arm64/amd64 is the architecture's cost alone. The arm64 base image
 is never built here (~20-30 min under qemu-user): without it cached those rows say how to build it.
-Figures are wall seconds, each the median of --runs runs where a run is cheap.
+Figures are wall seconds, each the median of --runs runs where a run is cheap. --history appends every
+row, dated, to a CSV file (`make bench`: docs/benchmarks-history.csv).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
 import json
 import os
@@ -162,7 +164,7 @@ def arm64_missing() -> str | None:
     if baseimage.cached_image(flavor=baseimage.Flavor.of(ARCH_OS, "arm64")) is not None:
         return None
     return (f"the {ARCH_OS} arm64 base image is not cached; build it first (~20-30 min: mmdebstrap under "
-            f"qemu-user, binfmt_misc needed, see the README): "
+            f"qemu-user, binfmt_misc needed, see docs/platforms.md): "
             f"imagebuild base-image --os {ARCH_OS} --architecture arm64")
 
 
@@ -212,11 +214,25 @@ def table(rows: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+HISTORY_COLUMNS = ("date", "source", "measure", "figure", "note")
+
+
+def append_history(path: Path, rows: list[tuple[str, str, str]], source: str) -> None:
+    """Append *rows*, dated today and marked with *source* (how they were measured), to the CSV at *path*."""
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        if new:
+            writer.writerow(HISTORY_COLUMNS)
+        writer.writerows((time.strftime("%Y-%m-%d"), source, *row) for row in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only what needs no QEMU")
     parser.add_argument("--runs", type=int, default=7, help="runs per cheap figure (median)")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser.add_argument("--history", type=Path, help="also append the rows, dated, to this CSV file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (images, serial logs)")
     parser.add_argument("--arch", choices=("both", "amd64", "arm64"), default="both",
                         help="QEMU rows: the amd64 ones, the arm64 / amd64 pair, or both (default)")
@@ -245,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(f"Measured {time.strftime('%Y-%m-%d')} with `make bench` on a 2-core TCG machine.\n\n"
                                   + text + "\n")
+    if args.history:
+        how = "make bench" + " --quick" * args.quick + f" --arch {args.arch}" * (args.arch != "both")
+        append_history(args.history, rows, how)
     return 0
 
 

@@ -1,6 +1,10 @@
-"""`make bench` without QEMU: what it says and leaves out when the arm64 base image is not cached, and
-that --quick stays free of QEMU and of arm64. (Its QEMU rows are measured by running it: see the README.)"""
+"""`make bench` without QEMU: what it says and leaves out when the arm64 base image is not cached, that
+--quick stays free of QEMU and of arm64, and what --history appends. (Its QEMU rows are measured by running
+it: see docs/benchmarks.md.)"""
 from __future__ import annotations
+
+import csv
+import time
 
 import pytest
 
@@ -43,3 +47,15 @@ def test_quick_measures_no_qemu_and_says_nothing_of_arm64(empty_cache, capsys):
 def test_ratio_is_arm64_over_amd64_and_na_without_a_figure():
     assert bench.ratio(273.0, 210.0) == "1.30"
     assert bench.ratio(None, 84.1) == bench.ratio(84.1, None) == "n/a"
+
+
+def test_history_appends_every_row_dated_under_one_header(empty_cache, tmp_path, capsys):
+    history = tmp_path / "history.csv"
+    assert bench.main(["--quick", "--runs", "1", "--history", str(history)]) == 0
+    assert bench.main(["--quick", "--runs", "1", "--history", str(history)]) == 0
+    printed = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = list(csv.reader(history.read_text(encoding="utf-8").splitlines()))
+    assert rows[0] == list(bench.HISTORY_COLUMNS) and rows.count(rows[0]) == 1
+    measures = [m for m in printed if m != "measure"]
+    assert [r[2] for r in rows[1:]] == measures and len(measures) == 2 * 6
+    assert {(r[0], r[1]) for r in rows[1:]} == {(time.strftime("%Y-%m-%d"), "make bench --quick")}

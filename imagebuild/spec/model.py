@@ -86,7 +86,7 @@ class System(Section):
 
     profile: Literal["kubernetes-worker", "none"] = Field(
         "kubernetes-worker", description="kubernetes-worker: what a kubelet node expects besides containerd "
-        "(sysctls, tools; see `imagebuild schema` or the README); none: only what this section lists")
+        "(sysctls, tools: docs/spec.md lists them); none: only what this section lists")
     modules: Annotated[tuple[Annotated[str, Text(MODULE, "a module name")], ...], UNIQUE, UNIQUE_SCHEMA] = Field(
         ("overlay", "br_netfilter"), description="kernel modules loaded at boot (modules-load.d)")
     sysctls: Annotated[dict[Annotated[str, Key(SYSCTL, "dotted sysctl names")], SysctlValue],
@@ -245,7 +245,7 @@ class Image(Section):
         "or Debian 13 trixie) and the suite of package installs; on debian-13, containerd 1.7 or 2.x (package "
         "installs: 1.7.24, what trixie ships). The default stays debian-12 under apiVersion imagebuild/v1: the "
         "default containerd is the seed's 1.6, which Debian 13 does not ship, and a spec that leaves image.os "
-        "out keeps meaning the image it meant (README: why the default stays debian-12)")
+        "out keeps meaning the image it meant (docs/platforms.md: why the default stays debian-12)")
     architecture: Literal["amd64", "arm64"] = Field(
         "amd64", description="CPU architecture of the image: amd64 images boot under BIOS and UEFI "
         "(uefi-preferred AMIs), arm64 (Graviton) under UEFI only")

@@ -160,14 +160,14 @@ def _session(loader, log=None, check=True):
     return session
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+IAM_DIR = Path(__file__).resolve().parents[2] / "docs" / "iam"
 
 
 @pytest.fixture(scope="session")
 def iam_policies():
-    """The README's IAM policy per command: {"publish": {actions}, "prune": {actions}}."""
-    policies = model_check.documented_policies(README.read_text(encoding="utf-8"))
-    assert set(policies) == {"publish", "prune"}, f"README's IAM blocks: {sorted(policies)}"
+    """The documented IAM policy per command (docs/iam/<command>.json): {"publish": {actions}, ...}."""
+    policies = model_check.documented_policies(IAM_DIR)
+    assert set(policies) == {"publish", "prune", "pipeline"}, f"docs/iam's policies: {sorted(policies)}"
     return policies
 
 
@@ -175,11 +175,11 @@ def iam_policies():
 def api_calls(iam_policies):
     """The calls the code under test made (clients of `boto_session`): a model_check.CallLog.
 
-    After every test, each recorded call must be allowed by the README's IAM policies."""
+    After every test, each recorded call must be allowed by the documented IAM policies (docs/iam)."""
     log = model_check.CallLog()
     yield log
     missing = model_check.uncovered(log.actions(), set().union(*iam_policies.values()))
-    assert not missing, f"API calls the README's IAM policies do not allow: {sorted(missing)}"
+    assert not missing, f"API calls the IAM policies of docs/iam do not allow: {sorted(missing)}"
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 
@@ -139,18 +140,18 @@ def install(session: Any, log: CallLog | None = None) -> None:
 
 # --------------------------------------------------------------------------- the documented IAM policies
 
-def documented_policies(readme_text: str) -> dict[str, set[str]]:
-    """The README's IAM policy blocks: "`publish`:" / "`prune` ...:" followed by a ```json block."""
+def documented_policies(directory: Path) -> dict[str, set[str]]:
+    """The documented IAM policy per command: docs/iam/<command>.json -> {command: the actions it allows}."""
     import json
 
     policies: dict[str, set[str]] = {}
-    for match in re.finditer(r"^`(\w+)`[^\n]*:\n\n```json\n(.*?)\n```", readme_text, re.M | re.S):
-        document = json.loads(match.group(2))
+    for path in sorted(directory.glob("*.json")):
+        document = json.loads(path.read_text(encoding="utf-8"))
         actions = set()
         for statement in document["Statement"]:
             if statement["Effect"] == "Allow":
                 actions.update([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
-        policies[match.group(1)] = actions
+        policies[path.stem] = actions
     return policies
 
 

@@ -1,5 +1,5 @@
-"""The README's IAM policy per command covers every API call the command makes (recorded through
-botocore's events on moto), and the check can fail."""
+"""The documented IAM policy per command (docs/iam/<command>.json) covers every API call the command makes
+(recorded through botocore's events on moto), and the check can fail."""
 from __future__ import annotations
 
 import model_check
@@ -61,5 +61,16 @@ def test_a_call_outside_the_policy_is_reported():
     calls = {"ec2:CopyImage", "ebs:PutSnapshotBlock"}
     assert model_check.uncovered(calls, {"ec2:CopyImage"}) == {"ebs:PutSnapshotBlock"}
     assert model_check.uncovered({"ebs:PutSnapshotBlock"}, {"ebs:*"}) == set()
-    readme = 'x\n\n`publish`:\n\n```json\n{"Statement": [{"Effect": "Allow", "Action": ["ec2:A"]}]}\n```\n'
-    assert model_check.documented_policies(readme) == {"publish": {"ec2:A"}}
+
+
+def test_policies_are_read_per_command_from_their_files(tmp_path):
+    (tmp_path / "publish.json").write_text('{"Statement": [{"Effect": "Allow", "Action": ["ec2:A", "ebs:B"]}, '
+                                           '{"Effect": "Deny", "Action": "ec2:C"}]}')
+    (tmp_path / "prune.json").write_text('{"Statement": [{"Effect": "Allow", "Action": "ec2:D"}]}')
+    assert model_check.documented_policies(tmp_path) == {"publish": {"ec2:A", "ebs:B"}, "prune": {"ec2:D"}}
+
+
+def test_the_pipeline_policy_is_the_union_of_publish_and_prune(iam_policies):
+    """pipeline runs publish and prune (and decides with prune's read calls): its policy is exactly both."""
+    assert iam_policies["pipeline"] == iam_policies["publish"] | iam_policies["prune"]
+    assert iam_policies["publish"] - iam_policies["prune"] and iam_policies["prune"] - iam_policies["publish"]

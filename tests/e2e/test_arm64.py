@@ -5,7 +5,7 @@ with every check, under NoCloud and as a Graviton EC2 instance. containerd 1.7 a
 binaries from Debian served as release tarballs from 127.0.0.1 (10.0.2.2 in the guest), as the amd64 goldens are.
 
 Marked arm64: only `make test-arm64` runs it (the base image alone takes ~37 min here under load;
-see the README's CI split).
+see the CI split in docs/contributing.md).
 """
 from __future__ import annotations
 

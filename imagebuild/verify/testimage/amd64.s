@@ -13,7 +13,7 @@
 # This file is the whole executable, ELF header and program headers included, so
 #   as --64 -o amd64.o amd64.s && objcopy -O binary -j .text amd64.o amd64.bin
 # leaves no layout to a linker: the bytes are the instructions' encodings and the data written
-# here (measured with binutils 2.40). `python -m imagebuild.devtools testimage` runs that, and
+# here (measured with binutils 2.40). `python -m devtools testimage` runs that, and
 # tests/test_testimage.py checks that the committed amd64.bin is what this source gives.
 
         .set BASE, 0x400000             # load address of the file's first byte

@@ -10,7 +10,7 @@
 //
 // This file is the whole executable, ELF header and program headers included, so
 //   aarch64-linux-gnu-as -o arm64.o arm64.s && aarch64-linux-gnu-objcopy -O binary -j .text arm64.o arm64.bin
-// leaves no layout to a linker (measured with binutils 2.40). `python -m imagebuild.devtools
+// leaves no layout to a linker (measured with binutils 2.40). `python -m devtools
 // testimage --arch arm64` runs that, and tests/test_testimage.py checks that the committed
 // arm64.bin is what this source gives and runs it under qemu-user.
 
