@@ -12,7 +12,7 @@ LOCK := requirements.lock
 APT_PACKAGES := packer qemu-system-x86 qemu-utils mmdebstrap shellcheck cloud-init xorriso \
 	cloud-image-utils busybox-static grub-pc-bin grub2-common e2fsprogs fdisk curl systemd \
 	docker-registry skopeo runc tinyproxy binutils openssl ovmf qemu-efi-aarch64 dosfstools mtools \
-	binutils-aarch64-linux-gnu qemu-user-static qemu-system-arm catatonit \
+	binutils-aarch64-linux-gnu qemu-user-static qemu-system-arm catatonit openssh-client zsh \
 	gcc libc6-dev pkg-config libseccomp-dev libbtrfs-dev file
 # (the last line: cgo for upstream's static containerd and runc, built from the Go module proxy; Go itself
 # comes with the machine)

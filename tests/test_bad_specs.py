@@ -376,6 +376,30 @@ CASES = [
     Bad("base-missing-checksum", {"image": {"base": {"source": "/srv/base.qcow2"}}}, "image.base.checksum",
         "is required"),
     Bad("packer-version-word", {"image": {"packer_version": "latest"}}, "image.packer_version", "got 'latest'"),
+    # --- where users stumble: the message says what YAML made of it, or where the value comes from
+    Bad("packer-version-unquoted", "image:\n  packer_version: 1.10\n", "image.packer_version",
+        'got 1.1, expected a string: YAML reads the unquoted 1.10 as the number 1.1; quote it: "1.10"'),
+    Bad("packer-version-unquoted-json", '{"image": {"packer_version": 1.10}}', "image.packer_version",
+        'YAML reads the unquoted 1.10 as the number 1.1; quote it: "1.10"'),
+    Bad("packer-version-unquoted-same", "image:\n  packer_version: 1.6\n", "image.packer_version",
+        'got 1.6, expected a string: quote it: "1.6"'),
+    Bad("containerd-version-number", "containerd:\n  version: 2.1\n", "containerd.version", 'quote it: "2.1"'),
+    Bad("base-as-url", {"image": {"base": "https://cloud.debian.org/images/cloud/bookworm/latest/"
+                                          "debian-12-generic-amd64.qcow2"}}, "image.base",
+        "expected a mapping with the keys source (required), checksum (required), boot_mode; the URL goes in "
+        "image.base.source"),
+    Bad("base-as-path", {"image": {"base": "/srv/images/base.qcow2"}}, "image.base",
+        "the URL goes in image.base.source"),
+    Bad("section-as-number", {"proxy": 3128}, "proxy", "got 3128, expected a mapping with the keys http, https, "
+        "no_proxy"),
+    Bad("package-version-from-apt-cache", pkg("1.7.24~ds1-6"), "containerd.install.package.version",
+        "the version strings are what `apt-cache policy containerd` lists on Debian 12 (bookworm, image.os "
+        "debian-12)"),
+    Bad("package-version-null-from-apt-cache", {"image": {"os": "debian-13"}, "containerd": {
+        "version": "1.7.24", "install": {"method": "package", "package": {"name": "containerd"}}}},
+        "containerd.install.package.version", "`apt-cache policy containerd` lists on Debian 13 (trixie"),
+    Bad("package-version-pattern-from-apt-cache", pkg("1.6.20 ds1"), "containerd.install.package.version",
+        "a Debian version string as `apt-cache policy containerd` prints it"),
     Bad("tag-value-interpolation", tags({"Team": '${var.x} %{ if true }"q"'}), "image.aws.tags.Team", "${var.x}"),
     Bad("tag-value-backtick", tags({"Team": "`id`"}), "image.aws.tags.Team", "`id`"),
     Bad("tag-value-newline", tags({"Team": "a\nb"}), "image.aws.tags.Team", "\\n"),
@@ -676,3 +700,14 @@ def test_credentials_in_a_url_are_never_repeated(tmp_path, case):
     code, stdout, err = run_main(["render", str(_spec_file(tmp_path, case.doc)), "-o", str(tmp_path / "out")])
     assert code == 2 and "<credentials>@" in err
     assert "s3cret" not in err + stdout and "bob" not in err + stdout
+
+
+def test_a_number_is_shown_as_the_file_wrote_it():
+    """The hint's text comes from the file: YAML's 1.10 is the number 1.1, the message shows 1.10."""
+    from imagebuild.spec.load import written_numbers
+
+    look = written_numbers("image:\n  packer_version: 1.10\n  copy_regions: [1.50, x]\nname: golden\n")
+    assert look(("image", "packer_version")) == "1.10" and look(("image", "copy_regions", 0)) == "1.50"
+    assert look(("name",)) is None and look(("image", "copy_regions", 1)) is None  # text, no number
+    assert look(("image", "missing")) is None and look(("image", "copy_regions", 5)) is None
+    assert written_numbers("{not: [valid")(("not",)) is None  # unreadable text: no hint, no error

@@ -23,6 +23,7 @@ TOO_BIG = {"config": {"overrides": {"plugins": {"io.containerd.imagebuild.v1.pad
 def earlier(tmp_path):
     """An earlier render in tmp_path/parent/render (alone in its parent), and its snapshot."""
     out = tmp_path / "parent" / "render"
+    out.parent.mkdir()
     assert run_main(["render", "-o", str(out)])[0] == 0
     return out, snapshot(out)
 
@@ -139,8 +140,8 @@ def test_user_data_goes_to_stdout_or_a_file(tmp_path):
 def test_help_for_every_command():
     code, out, _ = run_main(["--help"])
     assert code == 0
-    commands = ["render", "user-data", "packer", "schema", "init", "base-image", "bake", "verify", "publish",
-                "prune", "pipeline"]
+    commands = ["validate", "render", "user-data", "packer", "schema", "init", "base-image", "bake", "verify",
+                "publish", "prune", "pipeline", "doctor", "completion"]
     for name in commands:
         assert name in out
         sub_code, sub_out, _ = run_main([name, "--help"])

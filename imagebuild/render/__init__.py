@@ -108,11 +108,13 @@ def cloud_config(spec: Spec, files: dict[str, File] | None = None) -> str:
     return userdata.cloud_config(user_data_files(spec, files), [INSTALL_COMMAND, CLEANUP_COMMAND])
 
 
-def user_data(spec: Spec, fmt: str = "cloud-config", files: dict[str, File] | None = None) -> bytes:
-    """User-data that installs and tunes containerd at first boot; gzipped past EC2's 16 KB."""
+def user_data(spec: Spec, fmt: str = "cloud-config", files: dict[str, File] | None = None, *,
+              compress: bool = True) -> bytes:
+    """User-data that installs and tunes containerd at first boot; gzipped past EC2's 16 KB (never, and
+    never checked against that limit, without *compress*)."""
     text = cloud_config(spec, files)
     raw = userdata.mime(text) if fmt == "mime" else text.encode()
-    return userdata.fit(raw)
+    return userdata.fit(raw) if compress else raw
 
 
 def packer_template(spec: Spec) -> str:

@@ -171,7 +171,8 @@ class Package(Section):
 
     name: Annotated[str, Text(r"^[a-z0-9][a-z0-9.+-]*$", "a Debian package name")] = Field(
         "containerd", description="package name")
-    version: Annotated[str, Text(PACKAGE_VERSION, "a Debian version string")] | None = Field(
+    version: Annotated[str, Text(PACKAGE_VERSION, "a Debian version string as `apt-cache policy containerd` prints "
+                                   "it (letters, digits and .+~:-)")] | None = Field(
         None, description="exact package version to pin; must start with containerd.version")
     hold: Bool = Field(True, description="apt-mark hold the package so upgrades do not "
                                             "replace it")

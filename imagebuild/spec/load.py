@@ -22,7 +22,7 @@ from imagebuild.spec.containerd import family_of
 from imagebuild.spec.containerd_keys import normalise_overrides
 from imagebuild.spec.fields import API_VERSION, API_VERSIONS, RENAMES, Problem, show
 from imagebuild.spec.model import PROFILES, Spec
-from imagebuild.spec.problems import plain, problems_of
+from imagebuild.spec.problems import Written, plain, problems_of
 
 
 class SpecError(Exception):
@@ -102,11 +102,13 @@ def _set_in(document: dict, parents: list[str], value: dict) -> None:
 
 # --- building the model ------------------------------------------------------------------------------
 
-def from_document(document: Any, source: str = "spec", *, current: bool = False) -> Spec:
+def from_document(document: Any, source: str = "spec", *, current: bool = False,
+                  written: Written | None = None) -> Spec:
     """Validate a parsed YAML document and build the model; raises SpecError listing every problem.
 
     *current*: the document is in the current spec version even without apiVersion (the built-in
-    default), so no notice.
+    default), so no notice. *written*: how the spec text wrote each number (:func:`written_numbers`),
+    so that a number where text belongs is shown as written.
     """
     if document is None:
         document = {}
@@ -119,7 +121,7 @@ def from_document(document: Any, source: str = "spec", *, current: bool = False)
     try:
         first = Spec.model_validate(document)
     except ValidationError as exc:
-        raise SpecError([_as_written(p, renamed) for p in problems_of(exc)], source) from None
+        raise SpecError([_as_written(p, renamed) for p in problems_of(exc, written=written)], source) from None
     doc = plain(first)  # the document with defaults filled in: spec.json, spec_hash
     problems, found = rules.semantic_checks(doc)
     warnings += found
@@ -342,7 +344,37 @@ def parse(text: str, source: str = "spec") -> Spec:
                                  "such as `name: my-image`; omit SPEC for the built-in default")], source)
     if not isinstance(document, dict):
         raise SpecError([Problem("", f"got {type(document).__name__}, expected a mapping at the top level")], source)
-    return from_document(document, source)
+    return from_document(document, source, written=written_numbers(text, source))
+
+
+def written_numbers(text: str, source: str = "spec") -> Written:
+    """The text each number was written as in the spec *text*, by key path: YAML reads an unquoted
+    `packer_version: 1.10` as the number 1.1, and the message should show what the file says. The text is
+    composed again only when a problem asks (it already passed the input limits); None for a key path
+    that holds no number or cannot be followed (a merge key, a renamed key)."""
+    nodes: list[Any] = []
+
+    def lookup(loc: tuple) -> str | None:
+        if not nodes:
+            loader = _UniqueKeyLoader(text, source)
+            try:
+                nodes.append(loader.get_single_node())
+            except yaml.YAMLError:
+                nodes.append(None)
+            finally:
+                loader.dispose()
+        node = nodes[0]
+        for part in loc:
+            if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+                node = next((value for key, value in node.value if key.value == part), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+            else:
+                return None
+        if isinstance(node, yaml.ScalarNode) and node.tag.rsplit(":", 1)[-1] in ("int", "float"):
+            return node.value
+        return None
+    return lookup
 
 
 def _too_big(size: int | str) -> Problem:

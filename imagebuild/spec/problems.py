@@ -6,6 +6,7 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -103,16 +104,46 @@ def _section_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
 
 
-def _problems(error: Any, root: type[BaseModel]) -> list[Problem]:
+#: The text a number was written as in the spec, by key path (None: unknown); see load.written_numbers.
+Written = Callable[[tuple], "str | None"]
+#: A section's keys named in full up to this many; more end in "...".
+MAX_KEYS_SHOWN = 8
+
+
+def _problems(error: Any, root: type[BaseModel], written: Written | None = None) -> list[Problem]:
     """One pydantic error as Problems (a section's rules report several in one error)."""
     ctx = error.get("ctx") or {}
     if error["type"] == "imagebuild" and "problems" in ctx:
         base = _path(tuple(error["loc"]))
         return [Problem(f"{base}.{sub}" if base else sub, message) for sub, message in ctx["problems"]]
-    return [_problem(error, root)]
+    return [_problem(error, root, written)]
 
 
-def _problem(error: Any, root: type[BaseModel]) -> Problem:
+def _quote_hint(loc: tuple, value: Any, written: Written | None) -> str:
+    """For a number where text belongs: what YAML made of it, and how to write it (`packer_version: 1.10`
+    is the number 1.1)."""
+    text = written(loc) if written else None
+    if text and text != repr(value) and text != str(value):
+        return f": YAML reads the unquoted {text} as the number {value!r}; quote it: \"{text}\""
+    return f": quote it: \"{text or value}\"" if isinstance(value, int) or text else ": quote it"
+
+
+def _section_hint(loc: tuple, value: Any, root: type[BaseModel]) -> str:
+    """For a section given as a scalar (`image.base: https://...`): the section's keys, and where a URL goes."""
+    section = _section_at(loc, root)
+    if section is None:
+        return ""
+    fields = section.model_fields
+    keys = [f"{name} (required)" if info.is_required() else name for name, info in fields.items()]
+    shown = ", ".join(keys[:MAX_KEYS_SHOWN]) + (", ..." if len(keys) > MAX_KEYS_SHOWN else "")
+    hint = f" with the keys {shown}"
+    target = next((name for name in ("source", "url") if name in fields), None)
+    if isinstance(value, str) and target and re.match(r"^([a-z]+://|/)", value):
+        hint += f"; the URL goes in {_path(loc)}.{target}"
+    return hint
+
+
+def _problem(error: Any, root: type[BaseModel], written: Written | None = None) -> Problem:
     loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
     ctx = error.get("ctx") or {}
     is_key = bool(loc) and loc[-1] == "[key]"
@@ -144,11 +175,16 @@ def _problem(error: Any, root: type[BaseModel]) -> Problem:
     if expected:
         if kind == "bool_type" and isinstance(value, str) and value.lower() in YAML11_BOOLEANS:
             expected += " (the spec is read with YAML 1.2 booleans: write true or false)"
+        if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+            expected += _quote_hint(loc, value, written)
+        if kind in ("model_type", "model_attributes_type"):
+            expected += _section_hint(loc, value, root)
         return Problem(path, f"got {show(value)}, expected {expected}")
     return Problem(path, f"got {show(value)}: {error['msg']}")
 
 
-def problems_of(exc: ValidationError, root: type[BaseModel] | None = None) -> list[Problem]:
+def problems_of(exc: ValidationError, root: type[BaseModel] | None = None,
+                written: Written | None = None) -> list[Problem]:
     """pydantic's errors as Problems: key path, the bad value, what is allowed. *root*: the model
-    validated (the whole spec when None)."""
-    return [p for error in exc.errors(include_url=False) for p in _problems(error, root or Spec)]
+    validated (the whole spec when None); *written*: the text of each number as the spec wrote it."""
+    return [p for error in exc.errors(include_url=False) for p in _problems(error, root or Spec, written)]

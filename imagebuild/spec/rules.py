@@ -40,12 +40,13 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
         pkg = install["package"]
         if not pkg["version"]:
             problems.append(Problem("containerd.install.package.version",
-                                    "got null, expected the exact package version to pin (package method)"))
+                                    "got null, expected the exact package version to pin (package method)"
+                                    + _apt_cache_hint(doc)))
         # 1.6.20, 1.6.20~ds1-1 and 2:1.6.20-1 package containerd 1.6.20; 1.6.200-1 does not.
         elif not re.match(rf"{re.escape(ctd['version'])}(?![0-9.])", pkg["version"].split(":", 1)[-1]):
             problems.append(Problem("containerd.install.package.version",
                                     f"got {pkg['version']!r}, expected a version of containerd {ctd['version']} "
-                                    f"(starting with {ctd['version']})"))
+                                    f"(starting with {ctd['version']})" + _apt_cache_hint(doc)))
     _check_os(doc, problems)
     _check_instance_type(doc, problems)
     registry = cfg["registry"]
@@ -133,6 +134,13 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             problems.append(Problem(f"verify.checks[{index}].name",
                                     f"got {check['name']!r} twice, names must be unique"))
     return problems, warnings
+
+
+def _apt_cache_hint(doc: dict) -> str:
+    """Where a package version string comes from: the image's Debian release, as apt prints it."""
+    os_name = doc["image"]["os"]
+    return (f"; the version strings are what `apt-cache policy {doc['containerd']['install']['package']['name']}` "
+            f"lists on Debian {os_name.split('-')[1]} ({OS_RELEASES[os_name]['suite']}, image.os {os_name})")
 
 
 def _check_url_credentials(value: Any, path: str, problems: list[Problem]) -> None:

@@ -16,6 +16,9 @@ from imagebuild.errors import ImagebuildError
 from imagebuild.progress import bar, heartbeat
 from imagebuild.run import PIPE, describe_status, run, spawned
 
+#: The programs that write an ISO, the first found is used (xorriso's mkisofs emulation, or genisoimage).
+SEED_ISO_TOOLS = ("xorriso", "genisoimage")
+
 
 def seed_iso(out: str | os.PathLike, user_data: bytes, meta_data: bytes,
              extra_files: Mapping[str, bytes] | None = None, *,
@@ -44,9 +47,9 @@ def data_iso(out: str | os.PathLike, files: Mapping[str, bytes], *, label: str) 
         parts = Path(name).parts
         if not parts or Path(name).is_absolute() or ".." in parts:
             raise ImagebuildError(f"seed ISO file name must be a relative path: {name!r}")
-    tool = shutil.which("xorriso") or shutil.which("genisoimage")
+    tool = next((found for name in SEED_ISO_TOOLS if (found := shutil.which(name))), None)
     if tool is None:
-        raise ImagebuildError("writing a NoCloud seed ISO needs xorriso (or genisoimage)")
+        raise ImagebuildError(f"writing a NoCloud seed ISO needs {' or '.join(SEED_ISO_TOOLS)}")
     scratch = Path(tempfile.mkdtemp(prefix="imagebuild-seed-"))
     tmp_out = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

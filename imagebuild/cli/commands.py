@@ -1,0 +1,176 @@
+"""What each subcommand does. Each imports what it needs when it runs, so `--help`, `validate` and `render`
+stay fast (boto3, packer and QEMU code load only for the commands that use them)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+#: The first two bytes of every gzip stream (RFC 1952): how user-data says it was compressed.
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _spec(path: str | None):
+    from imagebuild.spec import load
+
+    spec = load(path)
+    for notice in spec.notices:
+        print(f"imagebuild: note: {notice}", file=sys.stderr)
+    for warning in spec.warnings:
+        print(f"imagebuild: warning: {warning}", file=sys.stderr)
+    return spec
+
+
+def cmd_validate(args) -> int:
+    spec = _spec(args.spec)
+    image = spec.image
+    print(f"{args.spec}: OK: {spec.name}, containerd {spec.containerd.version} ({spec.containerd.install.method}), "
+          f"{image.os}/{image.architecture}")
+    return 0
+
+
+def cmd_render(args) -> int:
+    from imagebuild import render
+
+    out = render.write_tree(render.render_all(_spec(args.spec)), args.output)
+    print(out)
+    return 0
+
+
+def cmd_user_data(args) -> int:
+    from imagebuild import render
+
+    data = render.user_data(_spec(args.spec), args.format, compress=not args.raw)
+    if args.output:
+        render.write_file_atomic(Path(args.output), data)
+        return 0
+    if data.startswith(GZIP_MAGIC) and sys.stdout.isatty():
+        print("imagebuild: error: this user-data is gzipped (it is over EC2's 16 KB as text) and stdout is a "
+              "terminal; redirect it (> user-data), write it with -o FILE, or give --raw for the uncompressed "
+              "text", file=sys.stderr)
+        return 2
+    sys.stdout.buffer.write(data)
+    return 0
+
+
+def cmd_packer(args) -> int:
+    from imagebuild.build.bake import packer_directory
+
+    out = packer_directory(_spec(args.spec), args.output)
+    print(out)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from imagebuild.spec.problems import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_init(args) -> int:
+    from imagebuild.render import write_file_atomic
+    from imagebuild.spec.problems import commented_default
+
+    text = commented_default()
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.output)
+    if path.exists() and not args.force:
+        print(f"imagebuild: error: {path} exists; pass --force to overwrite", file=sys.stderr)
+        return 1
+    write_file_atomic(path, text.encode())
+    print(path)
+    return 0
+
+
+def cmd_base_image(args) -> int:
+    from imagebuild.build.baseimage import Flavor, build
+
+    print(build(flavor=Flavor.of(args.os, args.architecture)))
+    return 0
+
+
+def cmd_bake(args) -> int:
+    from imagebuild.build.bake import bake
+
+    result = bake(_spec(args.spec), Path(args.output), base=args.base, firmware=args.firmware)
+    print(result)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from imagebuild.verify.boot import print_report, verify_image, verify_user_data
+
+    spec = _spec(args.spec)
+    if args.user_data:
+        report = verify_user_data(spec, base=args.base, log_dir=args.log_dir, platform=args.platform,
+                                  firmware=args.firmware)
+    else:
+        if not args.image:
+            print("imagebuild: error: verify needs IMAGE, or --user-data", file=sys.stderr)
+            return 2
+        report = verify_image(Path(args.image), spec, log_dir=args.log_dir, platform=args.platform,
+                              firmware=args.firmware)
+    print_report(report, as_json=args.json)
+    return 0 if report["passed"] else 1
+
+
+def cmd_publish(args) -> int:
+    import json
+
+    from imagebuild.aws.publish import publish
+    from imagebuild.aws.target import target_of
+
+    record = publish(Path(args.image_dir), target_of(_spec(args.spec)))
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from imagebuild.aws.prune import format_table, prune
+    from imagebuild.aws.target import target_of
+
+    decisions = prune(target_of(_spec(args.spec)), apply=args.apply)
+    print(format_table(decisions))
+    if not args.apply:
+        print("dry run: nothing was changed; pass --apply to deregister and delete")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from imagebuild.pipeline import run_pipeline
+
+    return run_pipeline(_spec(args.spec), work=Path(args.work), force=args.force,
+                        publish=not args.no_publish, base=args.base)
+
+
+def cmd_doctor(args) -> int:
+    from imagebuild.cli import doctor
+
+    return doctor.examine(args.stage or list(doctor.STAGES), args.architecture)
+
+
+def cmd_completion(args) -> int:
+    from imagebuild.cli import completion
+
+    sys.stdout.write(completion.SCRIPTS[args.shell](args.parser))
+    return 0
+
+
+def missing_parent(output: str | None, *, is_file: bool) -> str | None:
+    """The message for an -o whose parent directory does not exist (None: it exists, or there is no -o).
+
+    The output itself may be new (a render into a new directory under an existing one is the normal
+    case); a missing directory above it is a typo more often than a wish, so it is not created."""
+    if output in (None, "-"):
+        return None
+    parent = Path(os.path.abspath(output)).parent
+    if parent.exists():
+        return None
+    what = "writes the file" if is_file else "creates the output directory"
+    return (f"-o {output}: the directory {parent} does not exist (imagebuild {what}, not the directories "
+            f"above it); create it first (mkdir -p {parent}) or choose another -o")
