@@ -39,6 +39,7 @@ from imagebuild.aws.upload import (
     upload_raw,
     volume_size_gib,
 )
+from imagebuild.build import records
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import step
@@ -130,6 +131,12 @@ def check_tags(tags: dict[str, str], clients: ClientFactory, region: str, extra:
         raise ImagebuildError("refusing to publish: " + "; ".join(dict.fromkeys(problems)))
 
 
+def ami_tags(manifest: Manifest, target: PublishTarget) -> dict[str, str]:
+    """The AMIs' tags: image_tags and the one naming the image's SBOM and provenance by sha256 (AMIs only:
+    snapshots take imagebuild:image-id in its place, so neither goes over AWS's 50 tags)."""
+    return {**image_tags(manifest, target), **records.records_tag(manifest.records)}
+
+
 def image_description(manifest: Manifest, target: PublishTarget) -> str:
     text = (
         f"{target.family}: containerd {manifest.containerd_version}, runc {manifest.runc_version}, "
@@ -140,7 +147,7 @@ def image_description(manifest: Manifest, target: PublishTarget) -> str:
 
 def register_request(manifest: Manifest, target: PublishTarget, snapshot_id: str) -> dict[str, Any]:
     """The RegisterImage parameters for the home AMI backed by *snapshot_id*."""
-    tags = image_tags(manifest, target)
+    tags = ami_tags(manifest, target)
     return {
         "ImdsSupport": "v2.0",  # instances from this AMI get IMDSv2 only (tokens required)
         "Name": ami_name(manifest, target),
@@ -214,7 +221,7 @@ def publish(
     )
     if clients is None:
         clients = boto3_clients(max_pool_connections=max(workers, 1) + 4)
-    check_tags(image_tags(manifest, target), clients, target.region, extra=1)  # +1: IMAGE_ID_TAG on snapshots
+    check_tags(ami_tags(manifest, target), clients, target.region)  # as many as snapshots get with IMAGE_ID_TAG
     root_volume_gib(manifest, target)
     job = _Publish(
         image_dir, qcow2, manifest, target, record, clients,
@@ -268,6 +275,7 @@ class _Publish:
         self.home = target.region
         self.name = ami_name(manifest, target)
         self.tags = image_tags(manifest, target)
+        self.ami_tags = ami_tags(manifest, target)
         self.description = image_description(manifest, target)
 
     def ec2(self, region: str) -> Any:
@@ -531,7 +539,7 @@ class _Publish:
             self.drop_image(region, f"it is {state}")
             raise _RegionFailed(region, f"AMI {entry['id']} became {state} ({reason})")
         snapshots = list(dict.fromkeys([*entry.get("snapshots", []), *block_device_snapshots(image)]))
-        ec2.create_tags(Resources=[entry["id"]], Tags=_tag_list(self.tags))
+        ec2.create_tags(Resources=[entry["id"]], Tags=_tag_list(self.ami_tags))
         if snapshots:
             ec2.create_tags(Resources=snapshots, Tags=_tag_list({**self.tags, IMAGE_ID_TAG: entry["id"]}))
         if entry.get("state") != "available" or entry.get("snapshots") != snapshots:
@@ -563,7 +571,7 @@ class _Publish:
                     SourceImageId=home_id,
                     SourceRegion=self.home,
                     ClientToken=str(uuid.uuid4()),
-                    TagSpecifications=[{"ResourceType": "image", "Tags": _tag_list(self.tags)}],
+                    TagSpecifications=[{"ResourceType": "image", "Tags": _tag_list(self.ami_tags)}],
                     **encryption,
                 )["ImageId"]
             except Exception as exc:

@@ -1,0 +1,1 @@
+"""The build stage: what a bake leaves beside its image (inventory, SBOM, provenance) and how two images compare."""
