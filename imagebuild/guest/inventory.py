@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """What a baked image holds, read inside its build VM: one JSON document. Python 3.11 standard library only.
 
-The Packer build runs it as root after the in-build check (the same boot: no boot of its own), downloads
-its output beside the image and removes both from the guest with the rest of the staging; nothing of it
-stays in the image. `imagebuild bake` turns the document into the image's SBOM (CycloneDX), and
-`imagebuild diff` compares two of them.
+The Packer build runs it as root after hygiene, just before the in-build check (the same boot: no boot of its
+own), downloads its output beside the image, and the check's step removes both from the guest with the rest of
+the staging; nothing of it stays in the image. `imagebuild bake` turns the document into the image's SBOM
+(CycloneDX), and `imagebuild diff` compares two of them.
 
     python3 inventory.py --output FILE
 

@@ -148,7 +148,7 @@ def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:
         files["user-data"] = File(user_data(spec, files=dict(files)))
     files["packer/imagebuild.pkr.hcl"] = File(packer_template(spec).encode())
     files["packer/hygiene.sh"] = File((shipped_dir("packer") / "hygiene.sh").read_bytes(), 0o755)
-    # The build's inventory of the image (for its SBOM): Packer runs it after the check, then removes it.
+    # The build's inventory of the image (for its SBOM): Packer runs it before the check, which removes it.
     files["packer/inventory.py"] = File((PACKAGE_DIR / "guest" / "inventory.py").read_bytes(), 0o755)
     if spec.image.sandbox.source == "registry":  # the build's CRI client: install.sh --pull-sandbox uses it
         files["packer/cri.py"] = File((PACKAGE_DIR / "guest" / "cri.py").read_bytes(), 0o755)

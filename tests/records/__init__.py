@@ -3,8 +3,9 @@
 `golden.inventory.json` is the inventory a REAL bake wrote: `tests/e2e/test_bake_verify.py::
 test_golden_image_bakes_with_manifest` baked the default spec (Debian 12 amd64 base image, upstream's
 containerd 1.6.20 and runc 1.4.4 built from the Go module proxy, Packer 1.6.6, QEMU under TCG); the build VM
-ran imagebuild/guest/inventory.py after the in-build check and Packer downloaded its output beside the image
-as `containerd-golden.inventory.json`, copied here unchanged. `with_records` writes the SBOM and provenance
+ran imagebuild/guest/inventory.py (after hygiene, before the in-build check) and Packer downloaded its output
+beside the image as `containerd-golden.inventory.json`, copied here unchanged (the last of two such bakes on
+2026-12-07; the two inventories differed only in `timings_s`). `with_records` writes the SBOM and provenance
 from it with the bake's own writer (imagebuild.build.records.write).
 """
 from __future__ import annotations
