@@ -3,7 +3,7 @@
 
 Exit codes: 0 success, 1 a failure explained on stderr, 2 a bad spec or bad arguments,
 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM. Pipeline-specific codes are listed in
-`imagebuild pipeline --help`.
+`imagebuild pipeline --help`; `imagebuild diff` follows diff(1): 0 same, 1 different, 2 trouble.
 
 The signal policy lives here and only here: :func:`guarded` (under :func:`main`) turns the first SIGINT or SIGTERM into
 :class:`~imagebuild.errors.Interrupted` (a KeyboardInterrupt), which unwinds every `finally` and context manager on
@@ -132,6 +132,20 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    import json
+
+    from imagebuild.build import image_diff
+
+    try:
+        result = image_diff.compare(image_diff.load(Path(args.old)), image_diff.load(Path(args.new)))
+    except ImagebuildError as exc:   # diff(1)'s convention: 2 is trouble, 1 a difference
+        print(f"imagebuild: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else image_diff.text(result))
+    return 1 if result["changed"] else 0
+
+
 def cmd_prune(args) -> int:
     from imagebuild.aws.prune import format_table, prune
     from imagebuild.aws.target import target_of
@@ -210,6 +224,12 @@ def parser() -> argparse.ArgumentParser:
     p = command("publish", cmd_publish, "upload a verified image as an AMI, copy, share, record in SSM",
                 spec="opt")
     p.add_argument("image_dir", metavar="IMAGE_DIR", help="bake output directory (image, manifest.json, verify.json)")
+    p = command("diff", cmd_diff, "what changed between two baked images (their records: packages, binaries, "
+                "containerd config dump, units and drop-ins, images, kernel, verify timings). Exit 0 no difference, "
+                "1 different (verify timings never count), 2 trouble, as diff(1)", spec=None)
+    p.add_argument("old", metavar="OLD", help="the older image: a bake's output directory, or the image in it")
+    p.add_argument("new", metavar="NEW", help="the newer image, the same way")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p = command("prune", cmd_prune, "retire old AMIs of the spec's family (dry run unless --apply)")
     p.add_argument("--apply", action="store_true", help="deregister and delete; without it only print the plan")
     p = command("pipeline", cmd_pipeline, "nightly: decide, render, bake, verify, publish, prune; skipped when "
