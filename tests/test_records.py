@@ -131,3 +131,20 @@ def test_an_inventory_that_is_not_one_is_refused_naming_the_key(tmp_path, change
     path.write_text(json.dumps(document))
     with pytest.raises(ImagebuildError, match=message):
         inv.load(path)
+
+
+def test_the_digest_of_the_baked_sandbox_image_is_read_from_the_inventory():
+    """A registry-source sandbox image: the manifest records the digest containerd holds in CRI's namespace
+    (read by the in-guest program's own parser from `ctr images ls`); elsewhere or absent: none."""
+    from imagebuild.guest import inventory as guest_inventory
+
+    name, digest = "registry.k8s.io/pause:3.10", "sha256:" + "ab" * 32
+    listing = ("REF TYPE DIGEST SIZE PLATFORMS LABELS\n"
+               f"{name} application/vnd.oci.image.index.v1+json {digest} 311.6 KiB linux/amd64 "
+               "io.cri-containerd.image=managed,io.cri-containerd.pinned=pinned\n")
+    document = fixtures.inventory()
+    document["containerd"]["images"] = guest_inventory.parse_images("k8s.io", listing)
+    inv.check(document, "inventory")
+    assert inv.image_digest(document, name) == digest
+    assert inv.image_digest(document, name, namespace="default") is None
+    assert inv.image_digest(document, "registry.k8s.io/pause:3.9") is None

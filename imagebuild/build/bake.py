@@ -20,7 +20,7 @@ from typing import IO
 import yaml
 
 from imagebuild import __version__, render
-from imagebuild.build import lab_ledger, oci_archive, provenance, records
+from imagebuild.build import inventory, lab_ledger, oci_archive, provenance, records
 from imagebuild.build.base_source import boot_mode, resolve_base
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
@@ -283,6 +283,9 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
                                   + "\n--- log tail ---\n" + _log_tail(log_path))
         total = time.monotonic() - started
         step("packer build done; writing manifest")
+        if sandbox["source"] == "registry":   # what its registry served the build, as containerd holds it
+            sandbox = sandbox | {"digest": inventory.image_digest(inventory.load(work / "inventory.json"),
+                                                                  sandbox["name"])}
         manifest = _manifest(spec, image, work / "image-packer-manifest.json", base_source, base_checksum,
                              inputs, run.durations(total), accelerator) | {
             "build_firmware": build_firmware, "sandbox_image": sandbox, "lab_content": lab_content,

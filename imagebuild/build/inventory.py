@@ -78,3 +78,9 @@ def load(path: Path) -> dict:
 def _show(value: Any) -> str:
     text = json.dumps(value) if value is not None else "nothing"
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def image_digest(document: dict, name: str, namespace: str = "k8s.io") -> str | None:
+    """The digest containerd holds for the image *name* (normalized) in *namespace* (CRI's), or None."""
+    return next((image["digest"] for image in document["containerd"]["images"]
+                 if image["name"] == name and image["namespace"] == namespace), None)
