@@ -108,6 +108,9 @@ def test_runtime_handlers_are_complete(tmp_path):
     assert runtimes["nvidia"]["options"]["BinaryName"] == "/usr/bin/nvidia-container-runtime"
     assert runtimes["nvidia"]["options"]["SystemdCgroup"] is True  # a runc shim: the cgroup driver follows runc's
     assert runtimes["runsc"]["options"]["ConfigPath"] == "/etc/containerd/runsc.toml"
+    # gVisor's shim decodes its options only under its own type (containerd hands them over as runtimeoptions)
+    assert runtimes["runsc"]["options"]["TypeUrl"] == "io.containerd.runsc.v1.options"
+    assert "TypeUrl" not in runtimes["kata"]["options"]       # kata reads ConfigPath from runtimeoptions as is
     assert "SystemdCgroup" not in runtimes["runsc"]["options"]
     assert runtimes["kata"]["pod_annotations"] == ["io.katacontainers.*"]
     assert runtimes["kata"]["privileged_without_host_devices"] is True

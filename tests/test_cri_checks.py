@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import ipaddress
 import json
+import shutil
+import subprocess
 import urllib.parse
 from pathlib import Path
 
@@ -369,3 +372,77 @@ def test_a_registry_labs_hosts_lines_fail_hygiene():
     marked = "10.0.2.100 quay.mirrors.ustc.edu.cn  # imagebuild-build-lab"
     hosts = f"127.0.0.1 localhost\n{marked}\n10.0.2.100 gcr.mirrors.ustc.edu.cn\n"
     assert cri_checks.build_lab_left(hosts, lab_lines) == [marked, lab_lines[0]]
+
+
+@pytest.fixture
+def cni_bridge_cleanup():
+    """The pod network's bridge (made on this host by the bridge plugin) goes with the test."""
+    yield
+    subprocess.run(["ip", "link", "del", cri_lab.POD_BRIDGE], capture_output=True, check=False)
+
+
+def _with_cni_dirs(bin_dir: Path, conf_dir: Path):
+    """A breaker moving the rendered config's CNI dirs to this host's scratch dirs."""
+    def breaker(doc, config_version: int) -> None:
+        plugin = "io.containerd.grpc.v1.cri" if config_version == 2 else "io.containerd.cri.v1.runtime"
+        cni = doc["plugins"][plugin]["cni"]
+        cni["conf_dir"] = str(conf_dir)
+        if "bin_dirs" in cni:   # 2.1+ (its bin_dir stays empty: both set is an error)
+            cni["bin_dirs"] = [str(bin_dir)]
+        else:
+            cni["bin_dir"] = str(bin_dir)
+    return breaker
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, plugins", [("1.6", "installed"), ("1.7", "installed"), ("2.1", "installed"),
+                                             ("1.7", "missing")])
+def test_a_pod_gets_an_address_only_where_containerd_finds_the_cni_plugins(monkeypatch, images, cni_bridge_cleanup,
+                                                                         family, plugins):
+    """cri.pod_network on the real daemons: with upstream's CNI plugins in the config's bin dir a pod in
+    its own network namespace gets an address of the lab's bridge network; with the bin dir empty
+    (the 1.7 tarball install that looked in Debian's /usr/lib/cni) the check fails naming the plugin."""
+    from devtools import upstream
+
+    work = cri.scratch("ib-pn-")
+    registry = cri.RegistryServer(work / "registry")
+    try:
+        base = _local_spec(family, registry, work).document
+        doc = json.loads(json.dumps(base))
+        doc["containerd"]["install"]["cni_plugins"] = {}
+        spec = spec_module.from_document(doc)
+        lab = cri_lab.guest_lab(spec, plan := cri_lab.plan(spec))
+        assert lab["pod_network"]["subnet"] == cri_lab.POD_SUBNET
+        for kind, name in plan.pushes:
+            registry.push(images[kind], name)
+        bin_dir, conf_dir = work / "cni-bin", work / "cni-conf"
+        bin_dir.mkdir()
+        if plugins == "installed":
+            for plugin in upstream.cni_plugins().iterdir():
+                shutil.copy2(plugin, bin_dir / plugin.name)
+        daemon = _start(spec, family, work / "d", _with_cni_dirs(bin_dir, conf_dir))
+        try:
+            results = _run_checks(monkeypatch, lab, daemon.sock)
+        finally:
+            daemon.close()
+    finally:
+        registry.close()
+    assert "cri.pod_network" in results, results
+    network = results["cri.pod_network"]
+    assert not (conf_dir / lab["pod_network"]["file"]).exists()  # the boot's network config is removed after
+    if plugins == "installed":
+        assert all(r["ok"] for r in results.values()), [r for r in results.values() if not r["ok"]]
+        assert ipaddress.ip_address(network["actual"]) in ipaddress.ip_network(cri_lab.POD_SUBNET)
+    else:
+        assert [name for name, r in results.items() if not r["ok"]] == ["cri.pod_network"]
+        assert 'failed to find plugin "bridge"' in network["actual"] or 'failed to find plugin "loopback"' \
+            in network["actual"], network
+
+
+def test_the_pod_network_is_asked_for_only_where_the_spec_installs_the_cni_plugins():
+    tarball = spec_module.from_document({"containerd": {"install": {"cni_plugins": {}}}})
+    assert cri_lab.pod_network(tarball)["config"]["plugins"][0]["type"] == "bridge"
+    assert cri_lab.pod_network(spec_module.load()) is None   # the default spec installs none
+    package = spec_module.from_document({"containerd": {"version": "1.6.20", "install": {
+        "method": "package", "package": {"version": "1.6.20~ds1-1+deb12u3"}}}})
+    assert cri_lab.pod_network(package) is None

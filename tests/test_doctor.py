@@ -106,6 +106,7 @@ CALLS = {"run", "spawn", "spawned", "Popen"}
 INDIRECT = {
     "imagebuild/build/bake.py:bake": set(),  # PackerRun.run(template, ...): a method, the packer of PackerRun.run
     "imagebuild/build/baseimage.py:_run_mmdebstrap": {"mmdebstrap"},  # its caller's cmd = ["mmdebstrap", ...]
+    "imagebuild/build/provenance.py:_tool_version": {"packer", "qemu-system-x86_64", "qemu-system-aarch64"},
     "imagebuild/vm/disks.py:data_iso": {"xorriso", "genisoimage"},  # the first of SEED_ISO_TOOLS found
     "imagebuild/vm/guest.py:start": {"qemu-system-x86_64", "qemu-system-aarch64"},  # self.command(): platforms
     "imagebuild/run.py:spawn": {"setpriv"},  # and whatever the caller runs (read at the caller)

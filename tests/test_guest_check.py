@@ -21,6 +21,15 @@ def test_version_matches_only_the_same_release(reported, ok):
     assert check.version_matches(expected, reported) is ok
 
 
+@pytest.mark.parametrize("reported, ok", [
+    ("v1.6.20", True), ("1.6.20", True),
+    ("1.6.20~ds1", False), ("1.6.20-1", False), ("v1.6.20-dirty", False), ("1.6.200", False),
+])
+def test_a_release_tarball_matches_only_upstreams_own_version(reported, ok):
+    """A tarball install is upstream's build: Debian's `1.6.20~ds1` in release-shaped files is not it."""
+    assert check.version_matches("1.6.20", reported, exact=True) is ok
+
+
 def _results(monkeypatch, exp: dict, func) -> list[dict]:
     out = io.StringIO()
     monkeypatch.setattr(check.sys, "stdout", out)

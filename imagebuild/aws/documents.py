@@ -91,6 +91,7 @@ class Manifest:
     architecture: str
     sandbox_image: dict[str, Any]      # where the baked sandbox image came from (image.sandbox), or source none
     lab_content: tuple[str, ...]       # what of the image the developer tools made up (imagebuild.build.lab_ledger)
+    records: dict[str, Any] = field(default_factory=dict)  # inventory, SBOM, provenance (imagebuild.build.records)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "manifest.json") -> Manifest:
@@ -144,6 +145,7 @@ class Manifest:
             architecture=arch,
             sandbox_image=sandbox,
             lab_content=tuple(str(x) for x in data["lab_content"]),
+            records=data["records"] if isinstance(data.get("records"), dict) else {},
         )
 
     @classmethod

@@ -11,6 +11,7 @@ from typing import Any
 
 from imagebuild.aws.clients import error_code
 from imagebuild.aws.documents import Manifest, PublishTarget, VerifyResult
+from imagebuild.build import records
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 
@@ -18,11 +19,17 @@ IMAGE_ID_TAG = "imagebuild:image-id"  # on snapshots: the AMI they back
 
 
 def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:
-    """The manifest and qcow2 path, or ImagebuildError unless the image on disk passed verification."""
+    """The manifest and qcow2 path, or ImagebuildError unless the image on disk passed verification and its
+    SBOM and provenance records are beside it, as the bake wrote them."""
     manifest = Manifest.load(image_dir)
     if manifest.lab_content:
         raise ImagebuildError(f"refusing to publish {image_dir}: it holds lab content, which must never ship: "
                               + "; ".join(manifest.lab_content))
+    # Its SBOM and provenance, unchanged since the bake and about this image (the AMI's tags name them).
+    try:
+        records.check(Path(image_dir), manifest.records, manifest.sha256)
+    except ImagebuildError as exc:
+        raise ImagebuildError(f"refusing to publish {image_dir}: {exc}") from None
     # Both boots must have passed: the NoCloud one and the one that boots the image as EC2 does.
     for name, what in (("verify.json", "verification"), ("verify-ec2.json", "EC2 verification")):
         if name == "verify-ec2.json" and not (Path(image_dir) / name).is_file():

@@ -33,6 +33,7 @@ from imagebuild.aws.lookup import (
 from imagebuild.aws.record import PublishRecord
 from imagebuild.aws.request import (
     ami_name,
+    ami_tags,
     check_tags,
     image_description,
     image_tags,
@@ -90,7 +91,7 @@ def publish(
     )
     if clients is None:
         clients = boto3_clients(max_pool_connections=max(workers, 1) + 4)
-    check_tags(image_tags(manifest, target), clients, target.region, extra=1)  # +1: IMAGE_ID_TAG on snapshots
+    check_tags(ami_tags(manifest, target), clients, target.region)  # as many as snapshots get with IMAGE_ID_TAG
     root_volume_gib(manifest, target)
     job = _Publish(
         image_dir, qcow2, manifest, target, record, clients,
@@ -144,6 +145,7 @@ class _Publish:
         self.home = target.region
         self.name = ami_name(manifest, target)
         self.tags = image_tags(manifest, target)
+        self.ami_tags = ami_tags(manifest, target)
         self.description = image_description(manifest, target)
 
     def ec2(self, region: str) -> Any:
@@ -407,7 +409,7 @@ class _Publish:
             self.drop_image(region, f"it is {state}")
             raise _RegionFailed(region, f"AMI {entry['id']} became {state} ({reason})")
         snapshots = list(dict.fromkeys([*entry.get("snapshots", []), *block_device_snapshots(image)]))
-        ec2.create_tags(Resources=[entry["id"]], Tags=tag_list(self.tags))
+        ec2.create_tags(Resources=[entry["id"]], Tags=tag_list(self.ami_tags))
         if snapshots:
             ec2.create_tags(Resources=snapshots, Tags=tag_list({**self.tags, IMAGE_ID_TAG: entry["id"]}))
         if entry.get("state") != "available" or entry.get("snapshots") != snapshots:
@@ -439,7 +441,7 @@ class _Publish:
                     SourceImageId=home_id,
                     SourceRegion=self.home,
                     ClientToken=str(uuid.uuid4()),
-                    TagSpecifications=[{"ResourceType": "image", "Tags": tag_list(self.tags)}],
+                    TagSpecifications=[{"ResourceType": "image", "Tags": tag_list(self.ami_tags)}],
                     **encryption,
                 )["ImageId"]
             except Exception as exc:

@@ -10,6 +10,7 @@ from imagebuild.aws.documents import Manifest, PublishTarget
 from imagebuild.aws.upload import (
     volume_size_gib,
 )
+from imagebuild.build import records
 from imagebuild.errors import ImagebuildError
 
 ROOT_DEVICE = "/dev/xvda"
@@ -94,6 +95,12 @@ def check_tags(tags: dict[str, str], clients: ClientFactory, region: str, extra:
         raise ImagebuildError("refusing to publish: " + "; ".join(dict.fromkeys(problems)))
 
 
+def ami_tags(manifest: Manifest, target: PublishTarget) -> dict[str, str]:
+    """The AMIs' tags: image_tags and the one naming the image's SBOM and provenance by sha256 (AMIs only:
+    snapshots take imagebuild:image-id in its place, so neither goes over AWS's 50 tags)."""
+    return {**image_tags(manifest, target), **records.records_tag(manifest.records)}
+
+
 def image_description(manifest: Manifest, target: PublishTarget) -> str:
     text = (
         f"{target.family}: containerd {manifest.containerd_version}, runc {manifest.runc_version}, "
@@ -104,7 +111,7 @@ def image_description(manifest: Manifest, target: PublishTarget) -> str:
 
 def register_request(manifest: Manifest, target: PublishTarget, snapshot_id: str) -> dict[str, Any]:
     """The RegisterImage parameters for the home AMI backed by *snapshot_id*."""
-    tags = image_tags(manifest, target)
+    tags = ami_tags(manifest, target)
     return {
         "ImdsSupport": "v2.0",  # instances from this AMI get IMDSv2 only (tokens required)
         "Name": ami_name(manifest, target),

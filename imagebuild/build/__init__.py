@@ -7,4 +7,7 @@
 - :mod:`.bake`        Packer (qemu) builds the image from the rendered files; writes manifest.json
 - :mod:`.oci_archive` a sandbox image from an OCI archive, digest-checked
 - :mod:`.lab_ledger`  what the developer tools fabricated, so publish can refuse lab content
+- :mod:`.inventory`, :mod:`.sbom`, :mod:`.provenance`, :mod:`.records`  what a bake leaves beside its image:
+  the in-build inventory (guest/inventory.py), a CycloneDX SBOM, an in-toto/SLSA provenance record
+- :mod:`.image_diff`  what changed between two images (`imagebuild diff`)
 """

@@ -20,7 +20,7 @@ from typing import IO
 import yaml
 
 from imagebuild import __version__, render
-from imagebuild.build import lab_ledger, oci_archive
+from imagebuild.build import inventory, lab_ledger, oci_archive, provenance, records
 from imagebuild.build.base_source import boot_mode, resolve_base
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
@@ -124,14 +124,15 @@ def named_checksum(url: str, checksum_url: str | None, timeout: float = 60) -> s
 
 
 # Packer UI messages that open each phase of a qemu build, for the duration breakdown, and the
-# phase that must have opened first (the check is the inline script after hygiene, not the
-# install's inline script).
+# phase that must have opened first. The inventory (inventory.py, for the SBOM) runs after hygiene; the
+# check, the last provisioner, starts as soon as its output is downloaded.
 PHASES = [
     ("boot", re.compile(r"Starting VM|Starting HTTP server|Creating required virtual machine disks"
                         r"|Copying hard drive"), None),
     ("provision", re.compile(r"Connected to SSH!"), None),
     ("hygiene", re.compile(r"Provisioning with shell script: .*hygiene\.sh"), None),
-    ("check", re.compile(r"Provisioning with shell script: /tmp/packer-shell\d+$"), "hygiene"),
+    ("inventory", re.compile(r"Uploading \S*/inventory\.py "), None),
+    ("check", re.compile(r"Downloading \S*imagebuild-inventory\.json "), "inventory"),
     ("shutdown", re.compile(r"Gracefully halting virtual machine"), None),
     ("convert", re.compile(r"Converting hard drive"), None),
     ("post-process", re.compile(r"Running post-processor"), None),
@@ -264,6 +265,7 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
         variables = {"base_image": base_source, "base_checksum": base_checksum,
                      "output_directory": str(packer_out), "accelerator": accelerator,
                      "ssh_private_key_file": str(render_dir / "packer" / "seed" / "id_ed25519"),
+                     "inventory_file": str(work / "inventory.json"),
                      **fw.packer_variables(spec.image.architecture, build_firmware, work),
                      **(packer_vars or {})}
         step(f"bake {spec.name}: {spec.image.os} {spec.image.architecture} image ({mode}), built under "
@@ -281,10 +283,17 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
                                   + "\n--- log tail ---\n" + _log_tail(log_path))
         total = time.monotonic() - started
         step("packer build done; writing manifest")
+        if sandbox["source"] == "registry":   # what its registry served the build, as containerd holds it
+            sandbox = sandbox | {"digest": inventory.image_digest(inventory.load(work / "inventory.json"),
+                                                                  sandbox["name"])}
         manifest = _manifest(spec, image, work / "image-packer-manifest.json", base_source, base_checksum,
                              inputs, run.durations(total), accelerator) | {
             "build_firmware": build_firmware, "sandbox_image": sandbox, "lab_content": lab_content,
             "artifacts": [{"url": url, "sha256": sha} for url, sha in artifacts]}
+        # Beside the image: its inventory (Packer downloaded it from the build VM), SBOM and provenance.
+        manifest["records"] = records.write(packer_out, manifest, spec.document, work / "inventory.json",
+                                            provenance.builder(spec.image.architecture, build_firmware, PACKER,
+                                                               accelerator))
         (packer_out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copyfile(log_path, packer_out / f"{spec.name}.packer.log")
         _publish_dir(packer_out, output)

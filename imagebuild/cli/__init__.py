@@ -5,7 +5,7 @@ completion scripts from the parser.
 
 Exit codes: 0 success, 1 a failure explained on stderr, 2 a bad spec or bad arguments,
 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM. Pipeline-specific codes are listed in
-`imagebuild pipeline --help`.
+`imagebuild pipeline --help`; `imagebuild diff` follows diff(1): 0 same, 1 different, 2 trouble.
 
 The signal policy lives here and only here: :func:`guarded` (under :func:`main`) turns the first SIGINT or SIGTERM into
 :class:`~imagebuild.errors.Interrupted` (a KeyboardInterrupt), which unwinds every `finally` and context manager on

@@ -130,6 +130,21 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    import json
+
+    from imagebuild.build import image_diff
+    from imagebuild.errors import ImagebuildError
+
+    try:
+        result = image_diff.compare(image_diff.load(Path(args.old)), image_diff.load(Path(args.new)))
+    except ImagebuildError as exc:   # diff(1)'s convention: 2 is trouble, 1 a difference
+        print(f"imagebuild: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else image_diff.text(result))
+    return 1 if result["changed"] else 0
+
+
 def cmd_prune(args) -> int:
     from imagebuild.aws.prune import format_table, prune
     from imagebuild.aws.target import target_of

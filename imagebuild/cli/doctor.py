@@ -26,14 +26,14 @@ from imagebuild.vm.disks import SEED_ISO_TOOLS
 STAGES = ("render", "bake", "verify", "publish")
 
 #: The Debian package of each program imagebuild runs on the host (and of xorriso, which Packer runs for the
-#: build seed). The last four are of Debian's required packages: on every Debian machine.
+#: build seed). The last five are of Debian's required packages: on every Debian machine.
 PACKAGES: dict[str, str] = {
     "packer": "packer", "qemu-img": "qemu-utils", "qemu-system-x86_64": "qemu-system-x86",
     "qemu-system-aarch64": "qemu-system-arm", "mmdebstrap": "mmdebstrap", "sfdisk": "fdisk",
     "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs", "mkfs.vfat": "dosfstools", "mmd": "mtools",
     "mcopy": "mtools", "xorriso": "xorriso", "genisoimage": "genisoimage", "ssh-keygen": "openssh-client",
     "openssl": "openssl", "docker-registry": "docker-registry", "skopeo": "skopeo",
-    "chroot": "coreutils", "umount": "mount", "apt-config": "apt", "setpriv": "util-linux",
+    "chroot": "coreutils", "umount": "mount", "apt-config": "apt", "setpriv": "util-linux", "dpkg-query": "dpkg",
 }
 #: Beside BUILD_TOOLS, what a base image build runs: mmdebstrap's tree is entered, its mounts undone, and the
 #: host's apt settings read.
@@ -104,6 +104,8 @@ def needs(stage: str, arch: str) -> list[Need]:
                   if tool not in listed]
         found.append(Need(stage, "root", ("root",), BASE_WHY + ": mmdebstrap --mode=root"))
         found.append(_setpriv(stage))
+        found.append(_program(stage, "dpkg-query", why="the provenance record names the host's qemu and firmware "
+                              "packages (without it: no versions there)", optional=True))
         if arch in BINFMT and arch != host_arch():
             found.append(Need(stage, "binfmt", (BINFMT[arch],), BASE_WHY + f": runs {arch} programs in its tree",
                               "qemu-user-static"))

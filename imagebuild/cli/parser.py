@@ -94,6 +94,12 @@ def parser() -> argparse.ArgumentParser:
     p = command("publish", c.cmd_publish, "upload a verified image as an AMI, copy, share, record in SSM",
                 spec="opt")
     p.add_argument("image_dir", metavar="IMAGE_DIR", help="bake output directory (image, manifest.json, verify.json)")
+    p = command("diff", c.cmd_diff, "what changed between two baked images (their records: packages, binaries, "
+                "containerd config dump, units and drop-ins, images, kernel, verify timings). Exit 0 no difference, "
+                "1 different (verify timings never count), 2 trouble, as diff(1)", spec=None)
+    p.add_argument("old", metavar="OLD", help="the older image: a bake's output directory, or the image in it")
+    p.add_argument("new", metavar="NEW", help="the newer image, the same way")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p = command("prune", c.cmd_prune, "retire old AMIs of the spec's family (dry run unless --apply)")
     p.add_argument("--apply", action="store_true", help="deregister and delete; without it only print the plan")
     p = command("pipeline", c.cmd_pipeline, "nightly: decide, render, bake, verify, publish, prune; skipped when "

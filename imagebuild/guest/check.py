@@ -78,8 +78,11 @@ def dig(tree: dict, path: list):
     return node
 
 
-def version_matches(expected: str, reported: str) -> bool:
-    """'1.6.20' matches 'v1.6.20', '1.6.20~ds1' and '1.6.20-1', not '1.6.200'."""
+def version_matches(expected: str, reported: str, exact: bool = False) -> bool:
+    """'1.6.20' matches 'v1.6.20', and unless *exact* (a release tarball: upstream's build prints its tag)
+    a distribution's build of it, '1.6.20~ds1' or '1.6.20-1'; never '1.6.200'."""
+    if exact:
+        return re.fullmatch(rf"v?{re.escape(expected)}", reported) is not None
     return re.match(rf"v?{re.escape(expected)}(?![0-9.])", reported) is not None
 
 
@@ -99,14 +102,16 @@ def service_checks(rep: Reporter, exp: dict) -> None:
     rep.check("service.active", "active", run("systemctl", "is-active", "containerd").stdout.strip())
     rep.check("service.enabled", "enabled", run("systemctl", "is-enabled", "containerd").stdout.strip())
     versions = ctr_versions()
+    tarball = exp["package"] is None   # upstream's release: exactly its version, no distribution suffix
     for side in ("client", "server"):
         actual = versions.get(side, "<none>")
         rep.check(f"version.{side}", exp["containerd_version"], actual,
-                  version_matches(exp["containerd_version"], actual))
+                  version_matches(exp["containerd_version"], actual, exact=tarball))
     if exp["runc_version"]:
         first = (run("runc", "--version").stdout.splitlines() or [""])[0]
         actual = first.split()[-1] if first else "<none>"
-        rep.check("version.runc", exp["runc_version"], actual, version_matches(exp["runc_version"], actual))
+        rep.check("version.runc", exp["runc_version"], actual,
+                  version_matches(exp["runc_version"], actual, exact=True))
 
 
 def package_checks(rep: Reporter, exp: dict) -> None:

@@ -8,15 +8,18 @@ cri-lab.json (imagebuild/verify/cri_lab.py); not installed on machines.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 CRI_READY_TIMEOUT = 60
 PULL_TIMEOUT = 300
 CNI_CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 SANDBOX_SLICE = "imagebuild-verify.slice"
+NETWORK_READY_TIMEOUT = 30  # CRI reloads its CNI config on a file event: a second or two
 BUILD_LAB_MARK = "# imagebuild-build-lab"  # on the /etc/hosts lines the bake's lab of earlier releases added
 
 
@@ -132,8 +135,16 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
         pod = run_pod(rep, call, sandbox, "pulled through the lab")
         if pod:
             sandbox_checks(rep, lab, call)
-    if pod is None:
-        return ready_at
+    if pod is not None:
+        container_checks(rep, lab, call, pod, sandbox)
+    if lab.get("pod_network"):
+        pod_network(rep, lab["pod_network"], call, sandbox, conf_dir)
+    return ready_at
+
+
+def container_checks(rep, lab: dict, call, pod: str, sandbox: dict) -> None:
+    """A container runs in the pod *pod* (then the pod is stopped and removed)."""
+    client = _cri_client()
     try:
         # A pulled test image runs sleep; with no mirror to pull from, the sandbox image runs its own program.
         run_image = lab["pulls"][0]["image"] if lab["pulls"] else lab["sandbox_image"]
@@ -154,12 +165,52 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
             except client.CRIError as exc:
                 rep.check("cri.container_stop", "stopped and removed", str(exc)[-300:], False)
     finally:
-        for method in ("StopPodSandbox", "RemovePodSandbox"):
-            try:
-                call(method, {"pod_sandbox_id": pod})
-            except client.CRIError as exc:
-                rep.check(f"cri.{method}", "ok", str(exc)[-300:], False)
-    return ready_at
+        remove_pod(rep, call, pod)
+
+
+def remove_pod(rep, call, pod: str) -> None:
+    client = _cri_client()
+    for method in ("StopPodSandbox", "RemovePodSandbox"):
+        try:
+            call(method, {"pod_sandbox_id": pod})
+        except client.CRIError as exc:
+            rep.check(f"cri.{method}", "ok", str(exc)[-300:], False)
+
+
+def pod_network(rep, net: dict, call, sandbox: dict, conf_dir: str) -> None:
+    """A pod in a network namespace of its own gets an address from a bridge network whose plugins
+    (bridge and host-local; loopback, which CRI adds to every pod) containerd finds in its CNI bin dir:
+    what every pod needs once a CNI plugin (Flannel, Calico, Cilium) has written its network config
+    and installed its plugins beside the node's. The network config is the verify boot's own (*net*,
+    from cri-lab.json: its file name, the config, its subnet), written into *conf_dir* of the boot's
+    throwaway overlay and removed afterwards."""
+    client = _cri_client()
+    conf = Path(conf_dir) / net["file"]
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(json.dumps(net["config"]), encoding="utf-8")
+    pod, ip, why = None, "", ""
+    try:
+        deadline = time.monotonic() + NETWORK_READY_TIMEOUT
+        while not client.conditions(call("Status", {})).get("NetworkReady") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        config = {**sandbox, "metadata": {"name": "imagebuild-verify-net", "uid": "imagebuild-verify-net",
+                                          "namespace": "default"},
+                  "linux": {**sandbox["linux"],
+                            "security_context": {"namespace_options": {"network": client.NAMESPACE_POD}}}}
+        try:
+            pod = call("RunPodSandbox", {"config": config}, PULL_TIMEOUT)["pod_sandbox_id"]
+            status = call("PodSandboxStatus", {"pod_sandbox_id": pod})["status"]
+            ip = (status.get("network") or {}).get("ip") or ""
+            why = "" if ip else "PodSandboxStatus has no address"
+        except client.CRIError as exc:
+            why = str(exc)[-300:]
+        inside = bool(ip) and ipaddress.ip_address(ip) in ipaddress.ip_network(net["subnet"])
+        rep.check("cri.pod_network", f"an address in {net['subnet']}", ip or why, inside,
+                  note=f"a pod in its own network namespace, network {net['file']} in {conf_dir}")
+    finally:
+        if pod:
+            remove_pod(rep, call, pod)
+        conf.unlink(missing_ok=True)
 
 
 def run_pod(rep, call, sandbox: dict, how: str) -> str | None:

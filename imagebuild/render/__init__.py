@@ -6,7 +6,7 @@
       install.sh                installs containerd and the payload (Packer, user-data, verify)
       check.py, expected.json   the in-guest check and what it must find
       user-data                 #cloud-config (gzipped past 16 KB)
-      packer/                   imagebuild.pkr.hcl and hygiene.sh
+      packer/                   imagebuild.pkr.hcl, hygiene.sh and inventory.py
       spec.json                 the effective spec, defaults filled in
 """
 from __future__ import annotations
@@ -150,6 +150,8 @@ def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:
         files["user-data"] = File(user_data(spec, files=dict(files)))
     files["packer/imagebuild.pkr.hcl"] = File(packer_template(spec).encode())
     files["packer/hygiene.sh"] = File((shipped_dir("packer") / "hygiene.sh").read_bytes(), 0o755)
+    # The build's inventory of the image (for its SBOM): Packer runs it before the check, which removes it.
+    files["packer/inventory.py"] = File((PACKAGE_DIR / "guest" / "inventory.py").read_bytes(), 0o755)
     if spec.image.sandbox.source == "registry":  # the build's CRI client: install.sh --pull-sandbox uses it
         files["packer/cri.py"] = File((PACKAGE_DIR / "guest" / "cri.py").read_bytes(), 0o755)
     # Document order (the model's key order, mappings as written): sorted keys reordered sysctls, headers

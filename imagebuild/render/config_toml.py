@@ -16,6 +16,10 @@ from imagebuild.render.toml_items import dumps, item
 from imagebuild.spec.containerd_keys import KeyPaths, reference_default
 from imagebuild.spec.model import Spec
 
+#: Shims that decode their options only when told the type: containerd hands a runtime that is not runc
+#: its options as runtimeoptions (TypeUrl, ConfigPath); gVisor's shim rejects them without its TypeUrl.
+TYPE_URLS = {"io.containerd.runsc.v1": "io.containerd.runsc.v1.options"}
+
 HEADER = "Managed by imagebuild: change the spec and re-render rather than editing this file."
 
 
@@ -67,6 +71,8 @@ def render(spec: Spec) -> str:
         if rt.binary_name:
             options["BinaryName"] = item(rt.binary_name)
         if rt.config_path:
+            if rt.runtime_type in TYPE_URLS:
+                options["TypeUrl"] = item(TYPE_URLS[rt.runtime_type])
             options["ConfigPath"] = item(rt.config_path)
         if rt.runtime_type == "io.containerd.runc.v2":
             options["SystemdCgroup"] = item(cfg.systemd_cgroup)

@@ -109,13 +109,33 @@ def plan(spec: Spec, *, sandbox_baked: bool = False) -> Plan:
     return Plan(names=names, ports=ports, pulls=pulls, sandbox=sandbox, pushes=pushes)
 
 
+#: The verify boot's own CNI network for cri.pod_network: a bridge from the CNI plugins' bridge and
+#: host-local (CRI adds loopback), written for one pod into the throwaway overlay's CNI config dir and
+#: removed after it. Never part of an image; a subnet no default route or pod network of ours uses.
+POD_SUBNET = "10.88.250.0/24"
+POD_BRIDGE = "ibverify0"  # made by the bridge plugin on the machine (the overlay, or a test's host)
+
+
+def pod_network(spec: Spec) -> dict | None:
+    """What cri.pod_network writes and expects, when *spec* installs the CNI plugins (else None: the node's
+    CNI plugin brings its own, and kubelet's pods need nothing imagebuild installed)."""
+    install = spec.containerd.install
+    if install.method != "tarball" or install.cni_plugins is None:
+        return None
+    return {"file": "10-imagebuild-verify.conflist", "subnet": POD_SUBNET, "config": {
+        "cniVersion": "1.0.0", "name": "imagebuild-verify", "plugins": [
+            {"type": "bridge", "bridge": POD_BRIDGE, "isGateway": True, "ipMasq": False,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]]}}]}}
+
+
 def guest_lab(spec: Spec, lab_plan: Plan, *, baked: bool = False, sandbox_baked: bool = False,
               sandbox: dict | None = None) -> dict:
     """What the in-guest CRI checks (check.py --cri-lab) are told: the spec's view and the pulls. *baked*:
     an image imagebuild bake made (not the user-data path): before any registry is reachable, its containerd
     must hold exactly the images it baked. *sandbox_baked*: its sandbox image is one of them (image.sandbox),
     so the pod must start without a registry. *sandbox*: what the bake's manifest records of it (the manifest
-    digest its source gave, the program it runs), when known."""
+    digest its source gave, the program it runs), when known. With the CNI plugins installed, a pod in its own
+    network namespace must get an address (pod_network)."""
     registry = spec.config.registry
     sandbox = sandbox or {}
     return {"baked": baked, "sandbox_baked": sandbox_baked, "sandbox_digest": sandbox.get("digest"),
@@ -124,7 +144,8 @@ def guest_lab(spec: Spec, lab_plan: Plan, *, baked: bool = False, sandbox_baked:
             "registry_mode": registry.mode, "config_path": registry.config_path if registry.mode == "hosts" else None,
             "family": spec.containerd.family, "systemd_cgroup": spec.config.systemd_cgroup,
             "pulls": [p.as_json() for p in lab_plan.pulls],
-            "sandbox": lab_plan.sandbox.as_json() if lab_plan.sandbox else None}
+            "sandbox": lab_plan.sandbox.as_json() if lab_plan.sandbox else None,
+            "pod_network": pod_network(spec)}
 
 
 def mirror_checks(lab_plan: Plan, registries: dict[int, RegistryServer], *, sandbox_baked: bool = False) -> list[dict]:

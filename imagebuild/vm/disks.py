@@ -163,6 +163,17 @@ class OfflineImage:
             return None
         return sorted(e[5] for e in entries if len(e) > 5 and e[5] not in (".", ".."))
 
+    def read(self, path: str) -> bytes | None:
+        """The content of the regular file *path*, None when there is none (debugfs dump into the work directory)."""
+        if "Type: regular" not in self._debugfs(f"stat {path}"):
+            return None
+        out = self.raw.with_name(f"{self.raw.name}.{uuid.uuid4().hex[:8]}.file")
+        try:
+            self._debugfs(f"dump {path} {out}")
+            return out.read_bytes() if out.is_file() else None
+        finally:
+            out.unlink(missing_ok=True)
+
     def __enter__(self) -> OfflineImage:
         return self
 

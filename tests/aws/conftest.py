@@ -22,6 +22,7 @@ import pytest
 
 import model_check  # tests/aws is on sys.path (rootdir-relative conftest)
 from imagebuild.run import stop
+from tests.records import with_records
 
 MIB = 1024 * 1024
 BLOCK = 512 * 1024
@@ -277,7 +278,8 @@ def make_image_dir(
     sandbox_image: dict | None = None,
     lab_content: tuple[str, ...] = (),
 ) -> tuple[Path, bytes]:
-    """A baked-image directory: <name>.qcow2 made by qemu-img from a sparse raw, manifest, verify."""
+    """A baked-image directory: <name>.qcow2 made by qemu-img from a sparse raw, manifest, its records (from the
+    inventory of a real bake, tests/records), verify."""
     if shutil.which("qemu-img") is None:
         pytest.skip("qemu-img (qemu-utils) is not installed")
     image_dir = parent / f"{name}-{build_time.replace(':', '')}"
@@ -307,6 +309,7 @@ def make_image_dir(
         "sandbox_image": sandbox_image or {"source": "none", "name": "docker.io/library/pause:3.10", "digest": None},
         "lab_content": list(lab_content),
     }
+    manifest = with_records(image_dir, manifest)   # inventory, SBOM, provenance: as bake writes them
     (image_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     write_verify_report(image_dir, qcow2, sha, passed=passed)
     write_verify_report(image_dir, qcow2, sha, passed=passed, platform="ec2")

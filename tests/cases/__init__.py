@@ -9,8 +9,8 @@ so its bytes are stable), and beside each gzipped file its text, `<file>.txt` (e
 `expected/user-data.txt`), so that a regeneration reads as a text diff in `git diff` and review.
 The test checks both: the blob byte for byte, and that it gunzips to exactly the `.txt`.
 Left out are the files the render copies verbatim from the source tree rather than renders,
-`check.py` (imagebuild/guest/check.py), `packer/cri.py` (imagebuild/guest/cri.py) and `packer/hygiene.sh`
-(packer/hygiene.sh): the test
+`check.py` (imagebuild/guest/check.py), `packer/cri.py` (imagebuild/guest/cri.py), `packer/inventory.py`
+(imagebuild/guest/inventory.py) and `packer/hygiene.sh` (packer/hygiene.sh): the test
 checks they are those files instead of keeping six copies that change whenever the sources do.
 """
 from __future__ import annotations
@@ -32,7 +32,8 @@ def verbatim() -> dict[str, Path]:
     from imagebuild.render.templating import PACKAGE_DIR, shipped_dir
 
     return {"check.py": PACKAGE_DIR / "guest" / "check.py", "packer/hygiene.sh": shipped_dir("packer") / "hygiene.sh",
-            "packer/cri.py": PACKAGE_DIR / "guest" / "cri.py"}
+            "packer/cri.py": PACKAGE_DIR / "guest" / "cri.py",
+            "packer/inventory.py": PACKAGE_DIR / "guest" / "inventory.py"}
 
 
 def names() -> list[str]:

@@ -27,7 +27,7 @@ def base_image() -> Path:
 
 @pytest.fixture(scope="session")
 def mirror(tmp_path_factory):
-    """Upstream's release files of containerd 1.6 and 1.7 (FAMILY_VERSIONS) and runc, built from the Go
+    """Upstream's release files of containerd 1.6 and 1.7 (FAMILY_VERSIONS), runc and the CNI plugins, built from the Go
     module proxy (`devtools.upstream`, as `make golden` serves them), on 127.0.0.1 for amd64 guests.
     Yields a function: (spec, family) -> spec with downloads mirrored. (Debian 13 and arm64 specs:
     `golden.local_mirror`.)
@@ -35,6 +35,7 @@ def mirror(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror")
     artifacts = {family: upstream.release_tarballs(FAMILY_VERSIONS[family], root / family)
                  for family in ("1.6", "1.7")}
+    cni = upstream.cni_tarball(root / "cni")
     with serve(root) as url:
         port = url.rsplit(':', 1)[1]
 
@@ -46,7 +47,8 @@ def mirror(tmp_path_factory):
             *guest_host*: the host as the guest sees it (qemu.EC2_HOST on the EC2 verify boot's network)."""
             guest_url = f"http://{guest_host}:{port}"
             return local_mirror_spec(spec, mirrored(artifacts[family]["containerd"], guest_url, root),
-                                     mirrored(artifacts["1.6"]["runc"], guest_url, root))
+                                     mirrored(artifacts["1.6"]["runc"], guest_url, root),
+                                     mirrored(cni, guest_url, root) if spec.containerd.install.cni_plugins else None)
         yield mirrored_spec
 
 

@@ -1,6 +1,7 @@
 """Bake real images with Packer's qemu builder and prove them by booting in QEMU."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 
@@ -8,7 +9,8 @@ import pytest
 import yaml
 
 from imagebuild import render, vm
-from imagebuild.build import base_disk
+from imagebuild.build import base_disk, lab_ledger
+from imagebuild.cli import main
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import parse
@@ -68,7 +70,7 @@ def test_golden_image_bakes_with_manifest(golden_bake, golden_spec):
     assert manifest["virtual_size"] == golden_spec.image.disk_size_gb * 2**30
     assert manifest["disk_size"] == golden_image.stat().st_size
     assert manifest["packer"]["builder_type"] == "qemu"
-    assert set(manifest["durations_s"]) >= {"boot", "provision", "total"}
+    assert set(manifest["durations_s"]) >= {"boot", "provision", "check", "inventory", "total"}
     # The Debian 12 base is hybrid (GPT: BIOS boot + ESP + root): registered uefi-preferred, built under
     # SeaBIOS (its BIOS path), verified under OVMF (test_golden_image_verifies: its UEFI path).
     assert (manifest["boot_mode"], manifest["architecture"], manifest["build_firmware"]) == (
@@ -84,9 +86,77 @@ def test_golden_image_bakes_with_manifest(golden_bake, golden_spec):
     # under the sandbox image's registry name before bake stopped running a lab).
     with OfflineImage(golden_image, golden_image.parent) as disk:
         assert disk.listdir("/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256") in (None, [])
-    # Nothing of the build's scratch stays beside the image.
+        status = disk.read("/var/lib/dpkg/status")
+        installed = {path: disk.read(path) for path in ("/usr/local/bin/containerd", "/usr/local/sbin/runc")}
+        cni_dir = disk.listdir("/opt/cni/bin")
+        # The inventory's program and output went with the build's staging.
+        left = [f"/tmp/{n}" for n in disk.listdir("/tmp") or []] + [
+            f"/var/lib/imagebuild/{n}" for n in disk.listdir("/var/lib/imagebuild") or []]
+    assert not [path for path in left if "inventory" in path], left
+    # Nothing of the build's scratch stays beside the image; its records do (issue 20, item 5).
+    stem = golden_image.stem
+    names = {"inventory": f"{stem}.inventory.json", "sbom": f"{stem}.cdx.json", "provenance": f"{stem}.provenance.json"}
     assert sorted(p.name for p in golden_image.parent.iterdir()) == sorted(
-        [golden_image.name, "manifest.json", f"{golden_spec.name}.packer.log"])
+        [golden_image.name, "manifest.json", f"{golden_spec.name}.packer.log", *names.values()])
+    _records_describe_the_image(golden_image, golden_spec, manifest, names, status, installed, cni_dir)
+
+
+def _records_describe_the_image(golden_image, golden_spec, manifest, names, status, installed, cni_dir):
+    """The SBOM and provenance beside the golden image say what the image holds, checked against the image read
+    without booting it: every Debian package its dpkg database lists (read by the host's dpkg-query), containerd
+    and runc as upstream's releases print themselves with the sha256 of the files in the image, CNI plugins only
+    when installed, no lab content; and `imagebuild diff` of the image with itself finds no difference."""
+    for record, name in names.items():
+        assert manifest["records"][record]["file"] == name
+        assert manifest["records"][record]["sha256"] == sha256_file(golden_image.parent / name)
+    sbom = json.loads((golden_image.parent / names["sbom"]).read_text())
+    assert (sbom["bomFormat"], sbom["specVersion"]) == ("CycloneDX", "1.5")
+    assert sbom["metadata"]["component"]["hashes"] == [{"alg": "SHA-256", "content": manifest["sha256"]}]
+    admin = golden_image.parent.parent / "dpkg-admin"
+    admin.mkdir()
+    (admin / "status").write_bytes(status)
+    listed = subprocess.run(["dpkg-query", f"--admindir={admin}", "-W", "-f",
+                             "${db:Status-Status} ${Package} ${Version} ${Architecture}\n"],
+                            capture_output=True, text=True, check=True).stdout
+    dpkg = {tuple(line.split()[1:]) for line in listed.splitlines() if line.startswith("installed ")}
+    debs = {(c["name"], c["version"], c["purl"].split("arch=")[1].split("&")[0])
+            for c in sbom["components"] if c.get("purl", "").startswith("pkg:deb/debian/")}
+    assert len(dpkg) > 200 and debs == dpkg
+    assert all("distro=debian-12" in c["purl"] for c in sbom["components"] if c.get("purl", "").startswith("pkg:deb/"))
+    apps = {c["name"]: c for c in sbom["components"] if c["type"] == "application"}
+    props = {name: {p["name"]: p["value"] for p in c["properties"]} for name, c in apps.items()}
+    assert apps["containerd"]["version"] == "v1.6.20"    # as `containerd --version` of the release prints it
+    assert apps["containerd"]["purl"] == "pkg:golang/github.com/containerd/containerd@v1.6.20#cmd/containerd"
+    assert apps["runc"]["version"] == manifest["runc_version"] and apps["runc"]["purl"].startswith(
+        f"pkg:golang/github.com/opencontainers/runc@v{manifest['runc_version']}")
+    for path, data in installed.items():
+        name = path.rsplit("/", 1)[1]
+        assert props[name]["imagebuild:path"] == path and data is not None
+        assert apps[name]["hashes"] == [{"alg": "SHA-256", "content": hashlib.sha256(data).hexdigest()}]
+    # No CNI plugins in the default spec: none installed, none listed.
+    assert golden_spec.containerd.install.cni_plugins is None and cni_dir is None
+    assert not [n for n, p in props.items() if p["imagebuild:kind"] == "cni"]
+    # No lab content: no image in containerd's store, no file the lab made, none recorded.
+    assert not [c for c in sbom["components"] if c["type"] == "container"]
+    hashes = [h["content"] for c in sbom["components"] for h in c.get("hashes", [])]
+    assert hashes and not [h for h in hashes if lab_ledger.lookup(h)]
+    assert not [p for p in sbom["metadata"]["component"]["properties"] if p["name"] == "imagebuild:lab-content"]
+    statement = json.loads((golden_image.parent / names["provenance"]).read_text())
+    predicate = statement["predicate"]
+    assert statement["subject"] == [{"name": golden_image.name, "digest": {"sha256": manifest["sha256"]}}]
+    assert predicate["buildDefinition"]["externalParameters"]["spec"] == golden_spec.document
+    internal = predicate["buildDefinition"]["internalParameters"]
+    assert internal["inputs_hash"] == manifest["inputs_hash"] and internal["lab_content"] == []
+    assert predicate["buildDefinition"]["resolvedDependencies"][0] == {
+        "name": "base-image", "uri": manifest["base_image"]["source"],
+        "digest": {"sha256": manifest["base_image"]["checksum"].split(":", 1)[1]}}
+    tools = {d["name"]: d for d in predicate["runDetails"]["builder"]["builderDependencies"]}
+    packer = subprocess.run(["packer", "version"], capture_output=True, text=True, check=True).stdout
+    assert packer.startswith(f"Packer v{tools['packer']['annotations']['version']}\n")
+    assert tools["SeaBIOS"]["annotations"]["firmware"] == "bios" and tools["SeaBIOS"]["digest"]["sha256"]
+    assert {"name": names["sbom"], "digest": {"sha256": manifest["records"]["sbom"]["sha256"]}} in \
+        predicate["runDetails"]["byproducts"]
+    assert main(["diff", str(golden_image.parent), str(golden_image)]) == 0
 
 
 def test_golden_image_verifies(golden_image, golden_spec, tmp_path):

@@ -1,5 +1,6 @@
 """A spec written the way people write YAML (numbers for limits, a list and dotted keys under
-config.overrides, a multi-line check, merge keys), proved in a guest by the user-data path."""
+config.overrides, a multi-line check, merge keys), proved in a guest by the user-data path; the same
+boot proves a 1.7 tarball install with the CNI plugins gives a pod its network (cri.pod_network)."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,9 @@ pytestmark = pytest.mark.e2e
 # golden bake and the EC2 user-data boot; this boot is about how the spec file is read.
 NATURAL = """\
 name: natural-yaml
-containerd: {version: 1.7.24}   # this boot is also make test's containerd 1.7 on Debian 12
+containerd:   # this boot is also make test's containerd 1.7 on Debian 12, and its pod network
+  version: 1.7.24
+  install: {cni_plugins: {}}
 system: {profile: none}
 unit:
   limit_nofile: 1048576
@@ -47,3 +50,5 @@ def test_a_natural_yaml_spec_verifies_in_a_guest(mirror, base_image, tmp_path):
     assert by_name["config.overrides.disabled_plugins"]["actual"] == ["io.containerd.internal.v1.tracing"]
     assert by_name["config.overrides.grpc.max_recv_message_size"]["actual"] == 33554432
     assert by_name["unit.LimitNOFILE"]["actual"] == "1048576"
+    # The CNI plugins where the rendered config looks for them: a pod of its own network gets an address.
+    assert by_name["cni.bin_dir"]["ok"] and by_name["cri.pod_network"]["ok"], by_name.get("cri.pod_network")

@@ -1,7 +1,8 @@
 # Managed by imagebuild: the Packer template for image family "containerd-golden".
 # Rendered from the spec by `imagebuild packer` / `imagebuild render`; `imagebuild bake` runs it.
 # Both sources run the same steps: upload the payload, run install.sh, clean the image,
-# then run the in-guest check (check.py --phase build) so no image is captured unchecked.
+# take the image's inventory (inventory.py, for its SBOM), then run the in-guest check (check.py --phase
+# build) last, so no image is captured unchecked, and remove the staging with both programs.
 
 variable "base_image" {
   type        = string
@@ -65,6 +66,12 @@ variable "qemu_binary" {
   default     = "qemu-system-x86_64"
 }
 
+variable "inventory_file" {
+  type        = string
+  description = "Where the build's inventory of the image (inventory.py's JSON) is downloaded; empty: inventory.json beside this template."
+  default     = ""
+}
+
 variable "aws_endpoint" {
   type        = string
   description = "EC2 endpoint override (a private endpoint, or a local test server); empty: AWS's own."
@@ -74,6 +81,7 @@ variable "aws_endpoint" {
 locals {
   render_dir = "${path.root}/.."
   build_user = "imagebuild-build"
+  inventory_file = var.inventory_file != "" ? var.inventory_file : "${path.root}/inventory.json"
 }
 
 source "qemu" "golden" {
@@ -200,13 +208,35 @@ build {
     script          = "${path.root}/hygiene.sh"
   }
 
+  # The inventory of the finished image (packages, binaries, containerd's images and config dump, units), read
+  # in this same boot and downloaded for its SBOM; the check's step below removes it and its program with the
+  # rest of the staging: the image keeps neither.
+  provisioner "file" {
+    except      = ["amazon-ebs.plumbing"]
+    source      = "${path.root}/inventory.py"
+    destination = "/tmp/imagebuild-inventory.py"
+  }
+
+  provisioner "shell" {
+    except          = ["amazon-ebs.plumbing"]
+    execute_command = "sudo sh -c '{{ .Vars }} bash {{ .Path }}'"
+    inline          = ["python3 /tmp/imagebuild-inventory.py --output /tmp/imagebuild-inventory.json"]
+  }
+
+  provisioner "file" {
+    except      = ["amazon-ebs.plumbing"]
+    direction   = "download"
+    source      = "/tmp/imagebuild-inventory.json"
+    destination = local.inventory_file
+  }
+
   provisioner "shell" {
     except          = ["amazon-ebs.plumbing"]
     execute_command = "sudo sh -c '{{ .Vars }} bash {{ .Path }}'"
     # The in-build check, then the staging goes: the image keeps no payload (hosts.toml headers included),
-    # install script or check, only hygiene's build-facts.json and the install's stamps.
+    # install script, check or inventory, only hygiene's build-facts.json and the install's stamps.
     inline          = ["python3 /var/lib/imagebuild/check.py --phase build --expected /var/lib/imagebuild/expected.json",
-                       "rm -rf -- /var/lib/imagebuild/payload /var/lib/imagebuild/install.sh /var/lib/imagebuild/check.py /var/lib/imagebuild/expected.json"]
+                       "rm -rf -- /var/lib/imagebuild/payload /var/lib/imagebuild/install.sh /var/lib/imagebuild/check.py /var/lib/imagebuild/expected.json /tmp/imagebuild-inventory.py /tmp/imagebuild-inventory.json"]
   }
 
   post-processor "manifest" {
