@@ -81,21 +81,28 @@ ZSH_DRIVER = r"""
 zmodload zsh/zpty
 zpty z zsh -f -i
 zpty -w z "PS1='> '; autoload -U compinit; compinit -u -D; source {script}; unsetopt beep"
-settle() {{
-    local chunk out= idle=0
-    while (( idle < 5 )); do
-        if zpty -r -t z chunk; then out+=$chunk; idle=0; else sleep 0.2; (( idle++ )); fi
+# zsh handles keys in order: once the marker command has printed, the completion before it has drawn
+# everything. (The marker is typed split, so the echo of what is typed never matches it.)
+drained() {{
+    local chunk out= waited=0
+    zpty -w z 'print -r -- __DO""NE__'
+    while (( waited < 1200 )); do
+        if zpty -r -t z chunk; then
+            out+=$chunk
+            [[ $out == *__DONE__$'\r'* ]] && break
+        else
+            sleep 0.05; (( waited++ ))
+        fi
     done
     print -rn -- $out
 }}
-settle >/dev/null
+drained >/dev/null
 for line in {lines}; do
     zpty -w -n z "$line"$'\t'
-    print -r -- "<<<$line>>>"
-    settle
-    print
     zpty -w -n z $'\C-u'
-    settle >/dev/null
+    print -r -- "<<<$line>>>"
+    drained
+    print
 done
 zpty -d z
 """

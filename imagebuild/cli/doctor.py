@@ -223,11 +223,13 @@ def report(results: list[Result], stages: list[str], arch: str) -> tuple[str, bo
         lines.append(f"nothing missing for {', '.join(stages)}")
         return "\n".join(lines) + "\n", False
     apt = sorted({r.need.package for r in missing if r.need.package and r.need.kind != "module"})
-    lines.append(f"{len(missing)} missing for {', '.join(s for s in stages if any(r.need.stage == s for r in missing))}"
+    count = len({r.need.label for r in missing})  # a program two stages need is one thing to install
+    lines.append(f"{count} missing for {', '.join(s for s in stages if any(r.need.stage == s for r in missing))}"
                  + (":" if apt else "; see each line above"))
     if apt:
         lines.append(f"  apt-get install -y {' '.join(apt)}" + ("" if os.geteuid() == 0 else "   (as root)"))
-    lines += [f"  {r.need.label}: {r.remedy}" for r in missing if r.remedy and r.need.kind != "binfmt"]
+    remedies = {f"  {r.need.label}: {r.remedy}": None for r in missing if r.remedy and r.need.kind != "binfmt"}
+    lines += list(remedies)
     return "\n".join(lines) + "\n", True
 
 
