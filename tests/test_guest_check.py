@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -272,3 +273,33 @@ def test_dhcp_by_ifupdown_needs_stanza_and_lease(tmp_path):
     assert ok and "dhcp in" in how
     eni.write_text("auto ens2\niface ens2 inet static\n")
     assert not boot_checks.dhcp_configured("ens2", "2", *args)[1]          # lease, static stanza
+
+
+def test_a_configured_runtime_needs_its_shim_and_its_binary_on_the_machine(monkeypatch, tmp_path):
+    """runtime.<name>.shim / .binary: the shim containerd starts for the runtime type (beside containerd or on
+    systemd's PATH) and the binary the runtime names; a missing one fails, naming where it looked."""
+    from devtools import upstream
+    from imagebuild.render import expected
+    from imagebuild.spec import from_document
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    release = upstream.containerd("1.7.24")
+    for name in ("containerd", "containerd-shim-runc-v2"):   # upstream's real binaries
+        shutil.copy2(release / "bin" / name, bin_dir / name)
+    runtime_bin = tmp_path / "nvidia-container-runtime"
+    runtime_bin.write_bytes((release / "bin" / "ctr").read_bytes())
+    runtime_bin.chmod(0o755)
+    spec = from_document({"config": {"runtimes": {
+        "nvidia": {"binary_name": str(runtime_bin)},
+        "runsc": {"runtime_type": "io.containerd.runsc.v1"}}}})
+    exp = {"runtimes": expected.runtime_expectations(spec)}
+    assert [r["shim"] for r in exp["runtimes"]] == ["containerd-shim-runc-v2", "containerd-shim-runsc-v1"]
+    results = _results(monkeypatch, exp, lambda rep, e: check.runtime_checks(rep, e, search=(str(bin_dir),)))
+    assert [(r["check"], r["ok"]) for r in results] == [
+        ("runtime.nvidia.shim", True), ("runtime.nvidia.binary", True), ("runtime.runsc.shim", False)]
+    assert str(bin_dir) in results[2]["actual"]            # gVisor's shim is not installed: named where looked
+    runtime_bin.chmod(0o644)
+    results = _results(monkeypatch, exp, lambda rep, e: check.runtime_checks(rep, e, search=(str(bin_dir),)))
+    assert [(r["check"], r["ok"]) for r in results][:2] == [("runtime.nvidia.shim", True),
+                                                           ("runtime.nvidia.binary", False)]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -153,6 +155,25 @@ def cni_checks(rep: Reporter, exp: dict) -> None:
         answer = f"{type(exc).__name__}: {exc}"
     ok = isinstance(answer, list) and bool(answer)
     rep.check("cni.loopback", "answers CNI VERSION", f"supports {', '.join(answer)}" if ok else answer, ok)
+
+
+#: Where containerd (run by systemd) finds a shim: beside its own binary, then systemd's default PATH.
+SHIM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def runtime_checks(rep: Reporter, exp: dict, search: tuple[str, ...] = SHIM_PATH) -> None:
+    """Every runtime the spec configures (nvidia, gVisor, kata...): its shim is where containerd finds one,
+    and the binary the runtime names is there and executable; a pod asking for it would fail otherwise."""
+    containerd = shutil.which("containerd", path=os.pathsep.join(search))
+    dirs = ([os.path.dirname(containerd)] if containerd else []) + list(search)
+    for runtime in exp.get("runtimes", []):
+        shim = shutil.which(runtime["shim"], path=os.pathsep.join(dirs))
+        rep.check(f"runtime.{runtime['name']}.shim", runtime["shim"], shim or f"not found in {':'.join(dirs)}",
+                  shim is not None)
+        if runtime["binary"]:
+            ok = os.path.isfile(runtime["binary"]) and os.access(runtime["binary"], os.X_OK)
+            rep.check(f"runtime.{runtime['name']}.binary", "an executable file", runtime["binary"] if ok else
+                      f"{runtime['binary']}: missing or not executable", ok)
 
 
 def config_checks(rep: Reporter, exp: dict) -> None:
@@ -366,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     package_checks(rep, exp)
     tool_checks(rep, exp)
     cni_checks(rep, exp)
+    runtime_checks(rep, exp)
     config_checks(rep, exp)
     file_checks(rep, exp)
     active_at = unit_checks(rep, exp)

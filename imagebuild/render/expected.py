@@ -28,6 +28,19 @@ def unit_expectations(spec: Spec) -> dict[str, str]:
     }
 
 
+def shim_binary(runtime_type: str) -> str:
+    """The shim binary containerd starts for *runtime_type*: io.containerd.<name>.<version> ->
+    containerd-shim-<name>-<version>."""
+    _, _, rest = runtime_type.partition("io.containerd.")
+    return "containerd-shim-" + rest.replace(".", "-")
+
+
+def runtime_expectations(spec: Spec) -> list[dict]:
+    """Every runtime the spec configures besides runc: its shim and the binary it names must be on the image."""
+    return [{"name": name, "shim": shim_binary(rt.runtime_type), "binary": rt.binary_name}
+            for name, rt in spec.config.runtimes.items()]
+
+
 def render(spec: Spec, files: list[dict], build_user: str) -> dict:
     """The whole expectation document; *files* are the payload entries (path, sha256)."""
     method = spec.containerd.install.method
@@ -42,6 +55,7 @@ def render(spec: Spec, files: list[dict], build_user: str) -> dict:
         "config": config_expectations(spec),
         "files": [{"path": f["path"], "sha256": f["sha256"]} for f in files],
         "unit": unit_expectations(spec),
+        "runtimes": runtime_expectations(spec),
         # containerd applies config.oom_score to itself at start (when non-zero), after systemd's value.
         "oom_score_adj": spec.config.oom_score or spec.unit.oom_score_adjust,
         "modules": list(spec.system.modules),
