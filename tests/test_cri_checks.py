@@ -368,3 +368,28 @@ def test_a_registry_labs_hosts_lines_fail_hygiene():
     marked = "10.0.2.100 quay.mirrors.ustc.edu.cn  # imagebuild-build-lab"
     hosts = f"127.0.0.1 localhost\n{marked}\n10.0.2.100 gcr.mirrors.ustc.edu.cn\n"
     assert cri_checks.build_lab_left(hosts, lab_lines) == [marked, lab_lines[0]]
+
+
+def test_the_sandbox_process_is_read_once_it_has_left_runc_init(tmp_path):
+    """RunPodSandbox returns while the sandbox's process may still be `runc init` (runc's own executable),
+    which execs the image's program a moment later: the check reads the executable after that exec. Here
+    a real process starts as `runc init` (a shell under that argv, running the script ./init) and execs
+    /bin/sleep after 0.3 s; read at once, /proc/<pid>/exe would be the shell."""
+    import subprocess
+
+    (tmp_path / "init").write_text("sleep 0.3\nexec /bin/sleep 30\n")
+    proc = subprocess.Popen(["runc", "init"], executable="/bin/sh", cwd=tmp_path)
+    try:
+        import time
+
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{proc.pid}/cmdline").read_bytes() == b"" and time.monotonic() < deadline:
+            time.sleep(0.01)   # the fork has not exec'd the shell yet
+        assert Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"runc", b"init"]
+        at_once = cri_checks._past_runtime_init(proc.pid, wait=0)   # not waiting: still the shell
+        assert hashlib.sha256(at_once.read_bytes()).digest() != hashlib.sha256(Path("/bin/sleep").read_bytes()).digest()
+        exe = cri_checks._past_runtime_init(proc.pid)
+        assert hashlib.sha256(exe.read_bytes()).digest() == hashlib.sha256(Path("/bin/sleep").read_bytes()).digest()
+    finally:
+        proc.kill()
+        proc.wait()
