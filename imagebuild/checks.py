@@ -20,7 +20,9 @@ from .model import (
     Problem,
     Spec,
     api_root,
+    config_version_of,
     family_for,
+    package_families,
     reference_families,
     show,
     supported_versions,
@@ -49,6 +51,13 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             _check_url_arch(f"containerd.install.{name}", art, doc["image"]["architecture"], problems)
     else:
         pkg = install["package"]
+        family = family_for(major, minor)
+        if family is not None and family not in package_families():
+            problems.append(Problem("containerd.version", f"got {ctd['version']!r} with install.method package, "
+                                    f"expected {supported_versions(package_families())}: a package install "
+                                    f"supports only the families Debian packages (containerd "
+                                    f"{', '.join(package_families())}); containerd {family} installs with "
+                                    "install.method: tarball (upstream's release)"))
         if not pkg["version"]:
             problems.append(Problem("containerd.install.package.version",
                                     "got null, expected the exact package version to pin (package method)"))
@@ -290,11 +299,13 @@ def _check_cri_loads(doc: dict, major: int, problems: list[Problem], warnings: l
         warnings.append(f"config.overrides.disabled_plugins: {', '.join(cri)} turns containerd's CRI plugin off; "
                         "this renders, but `imagebuild verify` proves what kubelet sees through CRI and fails "
                         "such an image (so bake's image is never published)")
-    grpc = _dig(cfg["overrides"], ("grpc",))
+    family = family_for(major, int(doc["containerd"]["version"].split(".")[1]))
+    server = KeyPaths(config_version_of(family)).grpc if family else ("grpc",)
+    grpc = _dig(cfg["overrides"], server)
     for name in ("max_recv_message_size", "max_send_message_size"):
         size = grpc.get(name) if isinstance(grpc, dict) else None
         if isinstance(size, int) and not isinstance(size, bool) and size < MIN_GRPC_MESSAGE:
-            problems.append(Problem(f"config.overrides.grpc.{name}",
+            problems.append(Problem(f"config.overrides.{'.'.join(server)}.{name}",
                                     f"got {size}, expected at least {MIN_GRPC_MESSAGE} (4 MiB, gRPC's own default): "
                                     "below it containerd cannot answer kubelet's CRI calls (\"trying to send "
                                     "message larger than max\")"))

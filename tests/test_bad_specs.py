@@ -218,16 +218,21 @@ CASES = [
         "got 'a b', expected a host, .domain"),
     # --- versions and install methods
     Bad("containerd-1.5", {"containerd": {"version": "1.5.9"}}, "containerd.version", "got '1.5.9', expected 1.6.x"),
-    Bad("containerd-2.3", {"containerd": {"version": "2.3.0"}}, "containerd.version", "got '2.3.0'"),
+    Bad("containerd-2.5", {"containerd": {"version": "2.5.0"}}, "containerd.version",
+        "got '2.5.0', expected 1.6.x-1.7.x, 2.0.x-2.4.x"),
     Bad("containerd-3", {"containerd": {"version": "3.0.0"}}, "containerd.version", "got '3.0.0'"),
     Bad("containerd-1.8", {"containerd": {"version": "1.8.0"}}, "containerd.version",
-        "got '1.8.0', expected 1.6.x, 1.7.x, 2.0.x-2.2.x (the versions whose reference config imagebuild carries: "
-        "1.6, 1.7, 2.1)"),
+        "got '1.8.0', expected 1.6.x-1.7.x, 2.0.x-2.4.x (the versions whose reference config imagebuild carries: "
+        "1.6, 1.7, 2.0, 2.1, 2.2, 2.3, 2.4)"),
     Bad("containerd-0", {"containerd": {"version": "0.2.0"}}, "containerd.version", "got '0.2.0', expected 1.6.x"),
     Bad("containerd-1.8-package", pkg("1.8.0-1") | {"containerd": {"version": "1.8.0", "install": {
         "method": "package", "package": {"version": "1.8.0-1"}}}}, "containerd.version", "got '1.8.0'"),
     Bad("containerd-two-part", {"containerd": {"version": "1.7"}}, "containerd.version",
         "got '1.7', expected a version"),
+    Bad("containerd-2.3-package", {"containerd": {"version": "2.3.7", "install": {"method": "package", "package": {
+        "version": "2.3.7-1"}}}}, "containerd.version",
+        "got '2.3.7' with install.method package, expected 1.6.x-1.7.x, 2.1.x: a package install supports only the "
+        "families Debian packages (containerd 1.6, 1.7, 2.1); containerd 2.3 installs with install.method: tarball"),
     Bad("package-without-version", pkg(), "containerd.install.package.version", "got null"),
     Bad("package-version-mismatch", pkg("1.7.24~ds1-6"), "containerd.install.package.version",
         "got '1.7.24~ds1-6', expected a version of containerd 1.6.20"),
@@ -243,7 +248,7 @@ CASES = [
     Bad("architecture-unknown", {"image": {"architecture": "x86_64"}}, "image.architecture",
         "got 'x86_64', expected one of amd64, arm64"),
     Bad("debian-13-containerd-1.6", {"image": {"os": "debian-13"}}, "containerd.version",
-        "got '1.6.20' with image.os debian-13, expected containerd 1.7.x, 2.0.x-2.2.x there"),
+        "got '1.6.20' with image.os debian-13, expected containerd 1.7.x, 2.0.x-2.4.x there"),
     Bad("debian-13-containerd-1.6-arm64", {"image": {"os": "debian-13", "architecture": "arm64"},
                                            "containerd": {"version": "1.6.38"}}, "containerd.version",
         "got '1.6.38' with image.os debian-13"),
