@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from .containerd_keys import KeyPaths
+from .containerd_renames import dropped_imports
 from .model import (
     CONTROL_CHARS,
     OS_RELEASES,
@@ -105,8 +106,8 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                                             f"sets {', '.join(extras)}, which the legacy registry.mirrors table "
                                             "cannot express; use mode: hosts"))
     if registry["mode"] == "legacy":
-        warnings.append("config.registry.mode: legacy registry.mirrors is deprecated and removed in containerd 2.4; "
-                        "use mode: hosts")
+        warnings.append("config.registry.mode: legacy registry.mirrors is deprecated (containerd 2.4 announces its "
+                        "removal for 2.7); use mode: hosts")
         if major >= 2 and minor >= 1:
             warnings.append("config.registry.mode: with legacy mirrors containerd 2.1+ falls back to local pull mode")
     for path in cfg["imports"]:
@@ -114,6 +115,7 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             warnings.append(f"config.imports: {path} names one file, and containerd {major}.x refuses to start "
                             "when it is missing; make sure something creates it, or use a glob "
                             "(/etc/containerd/conf.d/*.toml may match nothing)")
+    warnings += dropped_imports(doc)
     _check_cri_loads(doc, major, problems, warnings)
     if cfg["discard_unpacked_layers"] and major >= 2 and minor >= 1:
         warnings.append("config.discard_unpacked_layers: true makes containerd 2.1+ fall back to local pull mode")

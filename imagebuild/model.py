@@ -588,7 +588,7 @@ class Registry(Section):
 
     mode: Literal["hosts", "legacy"] = Field(
         "hosts", description="hosts: certs.d/<host>/hosts.toml (current); legacy: registry.mirrors table "
-        "(deprecated, removed in containerd 2.4)")
+        "(deprecated; containerd 2.4 announces its removal for 2.7)")
     config_path: AbsPath = Field("/etc/containerd/certs.d", description="directory of per-host hosts.toml files")
     mirrors: tuple[Mirror, ...] = Field(
         default_factory=lambda: tuple(Mirror.model_validate(m) for m in SEED_MIRRORS),

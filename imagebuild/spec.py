@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from . import checks
 from .containerd_keys import normalise_overrides
+from .containerd_renames import gone_keys
 from .model import (  # noqa: F401  (re-exported: consumers import the model's names from here)
     API_VERSION,
     API_VERSIONS,
@@ -164,7 +165,7 @@ def from_document(document: Any, source: str = "spec", *, current: bool = False)
     profile = {key: value for key, (value, _) in PROFILES[system["profile"]]["sysctls"].items()}
     system["sysctls"] = {**profile, **{key: str(value) for key, value in system["sysctls"].items()}}
     spec = Spec.model_validate(built)
-    problems = checks.override_conflicts(spec)
+    problems = checks.override_conflicts(spec) + gone_keys(spec)
     if problems:
         raise SpecError(problems, source)
     spec._warnings = tuple(warnings)
