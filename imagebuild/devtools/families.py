@@ -14,7 +14,7 @@ from imagebuild.devtools import debian_artifacts, upstream
 from imagebuild.errors import ImagebuildError
 
 #: Families without a Debian package -> the latest patch release of each on the Go module proxy
-#: (`go list -m -versions github.com/containerd/containerd/v2`, read 2026-12-08).
+#: (`go list -m -versions github.com/containerd/containerd/v2`, read 2026-12-07).
 UPSTREAM_ONLY: Mapping[str, str] = MappingProxyType({"2.0": "2.0.14", "2.2": "2.2.10", "2.3": "2.3.7",
                                                      "2.4": "2.4.2"})
 
