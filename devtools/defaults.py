@@ -1,6 +1,7 @@
-"""Regenerate imagebuild/defaults/: containerd's own `config default` of every family, twice: upstream's
-build (defaults/upstream/, what a tarball install renders from) and Debian's (defaults/debian/, what a
-package install renders from), of the same release.
+"""Regenerate imagebuild/defaults/: containerd's own `config default` of every family: upstream's build
+(defaults/upstream/, what a tarball install renders from) and, for the families Debian packages, Debian's
+(defaults/debian/, what a package install renders from), of the same release. The families Debian does not
+package (2.0, 2.2, 2.3, 2.4) are upstream's latest patch release (`devtools.families`).
 
 Why: rendering and tests compare against what each containerd family really defaults to, as the install
 method installs it; these files are generated from the real binaries, never edited.
@@ -11,8 +12,8 @@ import os
 from pathlib import Path
 
 import imagebuild
-from devtools import upstream
-from devtools.debian_artifacts import FAMILIES, binary, fetched_versions, upstream_version, version
+from devtools import families, upstream
+from devtools.debian_artifacts import FAMILIES, binary, fetched_versions, version
 from imagebuild.run import run
 
 
@@ -31,7 +32,8 @@ containerd family, run with the real binary of one release built two ways:
   (`devtools/upstream.py`): what a tarball install (`containerd.install.method: tarball`)
   installs, so what its config.toml is rendered from;
 - `debian/`: Debian's `containerd` package, with Debian's patches (its 1.7, for one, looks for CNI
-  plugins in `/usr/lib/cni`, upstream's in `/opt/cni/bin`): what a package install renders from.
+  plugins in `/usr/lib/cni`, upstream's in `/opt/cni/bin`): what a package install renders from. Only
+  the families Debian packages have one; the others install from upstream's tarball only.
 
 | family | release | upstream: `containerd --version` | Debian suite and package |
 |---|---|---|---|
@@ -52,19 +54,24 @@ def regenerate_defaults() -> list[Path]:
     """Write imagebuild/defaults/{upstream,debian}/config-<family>.toml (real `config default` output) + README."""
     target = defaults_dir()
     written, rows = [], []
-    for family, suite in FAMILIES.items():
-        package = fetched_versions(family)["containerd"]
-        release = upstream_version(package)
+    every = sorted({*FAMILIES, *families.UPSTREAM_ONLY}, key=lambda f: tuple(int(p) for p in f.split(".")))
+    for family in every:
+        release = families.release(family)
         built = upstream.containerd(release) / "bin" / "containerd"
-        outputs = {"upstream": _config_default(built, f"upstream containerd {release}"),
-                   "debian": _config_default(binary(family), f"Debian's containerd {package}")}
+        outputs = {"upstream": _config_default(built, f"upstream containerd {release}")}
+        if family in FAMILIES:
+            package = fetched_versions(family)["containerd"]
+            outputs["debian"] = _config_default(binary(family), f"Debian's containerd {package}")
+            debian = f"{FAMILIES[family]}: `{package}` (`--version`: {version(family)})"
+        else:
+            debian = "none (not packaged by Debian: tarball installs only)"
         for source, text in outputs.items():
             path = target / source / f"config-{family}.toml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(text)
             written.append(path)
         said = run([str(built), "--version"], what="containerd --version").stdout.strip()
-        rows.append(f"| {family} | {release} | `{said}` | {suite}: `{package}` (`--version`: {version(family)}) |")
+        rows.append(f"| {family} | {release} | `{said}` | {debian} |")
     readme = target / "README.md"
     readme.write_text(_DEFAULTS_README.format(rows="\n".join(rows)))
     written.append(readme)

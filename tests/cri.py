@@ -3,7 +3,8 @@ v1 client over gRPC.
 
 - `RegistryServer`: imagebuild.verify.registry's (Debian's `docker-registry` on 127.0.0.1, `skopeo` pushes, its
   access log says which paths were requested, with which status).
-- `Containerd`: the real daemon of a family started with a rendered config.toml on its own root,
+- `Containerd`: the real daemon of a family (Debian's build where Debian packages the family, else
+  upstream's, `devtools.families`) started with a rendered config.toml on its own root,
   state and socket. Host-only rewrites, stated here once: the gRPC/ttrpc sockets move to the scratch
   directory, and on this host (PID 1 is not systemd, CAP_SYS_RESOURCE may be missing) the CRI
   runtime gets `restrict_oom_score_adj = true`; a metrics address gets a free port (daemons share
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import tomlkit
 
-from devtools import debian_artifacts
+from devtools import families
+from imagebuild.spec.containerd_keys import KeyPaths
 from imagebuild.verify import registry
 
 free_port = registry.free_port
@@ -81,15 +83,24 @@ def unit_environment(dropin: str) -> dict[str, str]:
     return env
 
 
+def _table(doc, keys: tuple[str, ...]):
+    node = doc
+    for key in keys:
+        node = node.setdefault(key, tomlkit.table())
+    return node
+
+
 def host_only(config_text: str, config_version: int, work: Path) -> str:
-    """The rendered config with this host's rewrites (see the module docstring)."""
+    """The rendered config with this host's rewrites (see the module docstring), at the key paths of its
+    config version (version 4: the server plugins)."""
+    paths = KeyPaths(config_version)
     doc = tomlkit.parse(config_text)
-    doc.setdefault("grpc", tomlkit.table())["address"] = str(work / "c.sock")
-    doc.setdefault("ttrpc", tomlkit.table())["address"] = str(work / "c.sock.ttrpc")
-    if doc.get("metrics", {}).get("address"):   # a fixed port would collide between daemons on one host
-        doc["metrics"]["address"] = f"127.0.0.1:{free_port()}"
-    runtime = ("io.containerd.grpc.v1.cri",) if config_version == 2 else ("io.containerd.cri.v1.runtime",)
-    doc["plugins"][runtime[0]]["restrict_oom_score_adj"] = True
+    _table(doc, paths.grpc)["address"] = str(work / "c.sock")
+    _table(doc, paths.ttrpc)["address"] = str(work / "c.sock.ttrpc")
+    metrics = _table(doc, paths.metrics)
+    if metrics.get("address"):   # a fixed port would collide between daemons on one host
+        metrics["address"] = f"127.0.0.1:{free_port()}"
+    _table(doc, paths.log_line)["restrict_oom_score_adj"] = True   # the CRI runtime plugin's table
     return tomlkit.dumps(doc)
 
 
@@ -103,7 +114,7 @@ class Containerd:
         self.config.write_text(config_text)
         self.log_path = self.work / "containerd.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([str(debian_artifacts.binary(family)), "--config", str(self.config)],
+        self.proc = subprocess.Popen([str(families.binary(family)), "--config", str(self.config)],
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
                                           **(env or {})})

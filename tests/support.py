@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from devtools import debian_artifacts
+from devtools import families
 from imagebuild import cli
 from imagebuild import spec as spec_module
 from imagebuild.spec import API_VERSION, Spec
@@ -29,8 +29,10 @@ from imagebuild.vm.guest import BootResult
 ROOT = Path(__file__).resolve().parents[1]
 ZERO_CHECKSUM = "sha256:" + "0" * 64
 GZIP_MAGIC = b"\x1f\x8b"
-#: containerd versions the Debian mirror carries, one per reference-default family.
-FAMILY_VERSIONS = {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}
+#: One containerd release per reference-default family: the one Debian packages (1.6, 1.7, 2.1), else the
+#: family's latest patch on the Go module proxy (devtools.families.UPSTREAM_ONLY).
+FAMILY_VERSIONS = {"1.6": "1.6.20", "1.7": "1.7.24", "2.0": "2.0.14", "2.1": "2.1.9", "2.2": "2.2.10",
+                   "2.3": "2.3.7", "2.4": "2.4.2"}
 #: Debian package versions of those families (bookworm, trixie, sid).
 PACKAGE_VERSIONS = {"1.6": "1.6.20~ds1-1+deb12u3", "1.7": "1.7.24~ds1-6+deb13u1", "2.1": "2.1.9+ds1-5"}
 #: The system's python3: cloud-init's own modules live there, not in the venv.
@@ -117,7 +119,7 @@ def containerd_dump(config_text: str, family: str, workdir: Path) -> tuple[subpr
     """`containerd --config FILE config dump` with the real binary of *family*: (process, parsed dump)."""
     path = Path(workdir) / f"config-{family}.toml"
     path.write_text(config_text)
-    proc = subprocess.run([str(debian_artifacts.binary(family)), "--config", str(path), "config", "dump"],
+    proc = subprocess.run([str(families.binary(family)), "--config", str(path), "config", "dump"],
                           capture_output=True, text=True, timeout=60)
     dumped = tomllib.loads(proc.stdout) if proc.returncode == 0 else None
     return proc, dumped

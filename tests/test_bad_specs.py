@@ -218,16 +218,21 @@ CASES = [
         "got 'a b', expected a host, .domain"),
     # --- versions and install methods
     Bad("containerd-1.5", {"containerd": {"version": "1.5.9"}}, "containerd.version", "got '1.5.9', expected 1.6.x"),
-    Bad("containerd-2.3", {"containerd": {"version": "2.3.0"}}, "containerd.version", "got '2.3.0'"),
+    Bad("containerd-2.5", {"containerd": {"version": "2.5.0"}}, "containerd.version",
+        "got '2.5.0', expected 1.6.x-1.7.x, 2.0.x-2.4.x"),
     Bad("containerd-3", {"containerd": {"version": "3.0.0"}}, "containerd.version", "got '3.0.0'"),
     Bad("containerd-1.8", {"containerd": {"version": "1.8.0"}}, "containerd.version",
-        "got '1.8.0', expected 1.6.x, 1.7.x, 2.0.x-2.2.x (the versions whose reference config imagebuild carries: "
-        "1.6, 1.7, 2.1)"),
+        "got '1.8.0', expected 1.6.x-1.7.x, 2.0.x-2.4.x (the versions whose reference config imagebuild carries: "
+        "1.6, 1.7, 2.0, 2.1, 2.2, 2.3, 2.4)"),
     Bad("containerd-0", {"containerd": {"version": "0.2.0"}}, "containerd.version", "got '0.2.0', expected 1.6.x"),
     Bad("containerd-1.8-package", pkg("1.8.0-1") | {"containerd": {"version": "1.8.0", "install": {
         "method": "package", "package": {"version": "1.8.0-1"}}}}, "containerd.version", "got '1.8.0'"),
     Bad("containerd-two-part", {"containerd": {"version": "1.7"}}, "containerd.version",
         "got '1.7', expected a version"),
+    Bad("containerd-2.3-package", {"containerd": {"version": "2.3.7", "install": {"method": "package", "package": {
+        "version": "2.3.7-1"}}}}, "containerd.version",
+        "got '2.3.7' with install.method package, expected 1.6.x-1.7.x, 2.1.x: a package install supports only the "
+        "families Debian packages (containerd 1.6, 1.7, 2.1); containerd 2.3 installs with install.method: tarball"),
     Bad("package-without-version", pkg(), "containerd.install.package.version", "got null"),
     Bad("package-version-mismatch", pkg("1.7.24~ds1-6"), "containerd.install.package.version",
         "got '1.7.24~ds1-6', expected a version of containerd 1.6.20"),
@@ -243,7 +248,7 @@ CASES = [
     Bad("architecture-unknown", {"image": {"architecture": "x86_64"}}, "image.architecture",
         "got 'x86_64', expected one of amd64, arm64"),
     Bad("debian-13-containerd-1.6", {"image": {"os": "debian-13"}}, "containerd.version",
-        "got '1.6.20' with image.os debian-13, expected containerd 1.7.x, 2.0.x-2.2.x there"),
+        "got '1.6.20' with image.os debian-13, expected containerd 1.7.x, 2.0.x-2.4.x there"),
     Bad("debian-13-containerd-1.6-arm64", {"image": {"os": "debian-13", "architecture": "arm64"},
                                            "containerd": {"version": "1.6.38"}}, "containerd.version",
         "got '1.6.38' with image.os debian-13"),
@@ -498,6 +503,74 @@ CASES = [
         "config.overrides.debug.level", "lone UTF-16 surrogate"),
     Bad("description-surrogate", 'unit:\n  description: "containerd \\udfff"\n', "unit.description",
         "lone UTF-16 surrogate"),
+    # --- keys a containerd family moved or removed (imagebuild/spec/renames.py): the replacement is named
+    Bad("removed-2.4-enable-cdi", {"containerd": {"version": "2.4.2"}, "config": {"overrides": {
+        "plugins": {"io.containerd.cri.v1.runtime": {"enable_cdi": False}}}}},
+        "config.overrides.plugins.io.containerd.cri.v1.runtime.enable_cdi",
+        "got False, but containerd 2.4 has no plugins.io.containerd.cri.v1.runtime.enable_cdi: CDI is always on"),
+    Bad("removed-2.4-cni-bin-dir", {"containerd": {"version": "2.4.2"}, "config": {"overrides": {
+        "plugins.io.containerd.cri.v1.runtime.cni.bin_dir": "/usr/lib/cni"}}},
+        "config.overrides.plugins.io.containerd.cri.v1.runtime.cni.bin_dir",
+        "got '/usr/lib/cni', but containerd 2.4 (config version 4) reads it at "
+        "plugins.io.containerd.cri.v1.runtime.cni.bin_dirs (containerd 2.4 removed the single CNI bin_dir (bin_dirs "
+        "is a list)), and ignores it here: set config.overrides.plugins.io.containerd.cri.v1.runtime.cni.bin_dirs "
+        "instead"),
+    Bad("removed-2.4-v2-cni-bin-dir", {"containerd": {"version": "2.4.0"}, "config": {"overrides": {
+        "plugins": {"io.containerd.grpc.v1.cri": {"cni": {"bin_dir": "/usr/lib/cni"}}}}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.cni.bin_dir",
+        "set config.overrides.plugins.io.containerd.cri.v1.runtime.cni.bin_dirs instead"),
+    Bad("removed-2.4-otlp", {"containerd": {"version": "2.4.2"}, "config": {"overrides": {
+        "plugins": {"io.containerd.tracing.processor.v1.otlp": {"endpoint": "otel.example:4317"}}}}},
+        "config.overrides.plugins.io.containerd.tracing.processor.v1.otlp.endpoint",
+        "got 'otel.example:4317', but containerd 2.4 has no plugins.io.containerd.tracing.processor.v1.otlp: "
+        "containerd 2.4 reads tracing settings only from OTEL_* environment variables"),
+    Bad("removed-2.4-tracing", {"containerd": {"version": "2.4.2"}, "config": {"overrides": {
+        "plugins.io.containerd.internal.v1.tracing.sampling_ratio": 0.5}}},
+        "config.overrides.plugins.io.containerd.internal.v1.tracing.sampling_ratio", "OTEL_TRACES_SAMPLER"),
+    Bad("removed-2.4-restore-via-create", {"containerd": {"version": "2.4.2"}, "config": {"overrides": {
+        "plugins.io.containerd.cri.v1.runtime.enable_experimental_restore_via_create": True}}},
+        "config.overrides.plugins.io.containerd.cri.v1.runtime.enable_experimental_restore_via_create",
+        "got True, but containerd 2.4 has no"),
+    Bad("moved-v4-grpc", {"containerd": {"version": "2.3.7"}, "config": {"overrides": {
+        "grpc": {"max_recv_message_size": 33554432}}}}, "config.overrides.grpc.max_recv_message_size",
+        "got 33554432, but containerd 2.3 (config version 4) reads it at "
+        "plugins.io.containerd.server.v1.grpc.max_recv_message_size (config version 4 moved the server settings into "
+        "plugins), and ignores it here: set "
+        "config.overrides.plugins.io.containerd.server.v1.grpc.max_recv_message_size"),
+    Bad("moved-v4-grpc-dotted", {"containerd": {"version": "2.4.2"}, "config": {"overrides": {
+        "grpc.max_send_message_size": 33554432}}}, "config.overrides.grpc.max_send_message_size",
+        "set config.overrides.plugins.io.containerd.server.v1.grpc.max_send_message_size instead"),
+    Bad("moved-v4-grpc-tcp", {"containerd": {"version": "2.3.7"}, "config": {"overrides": {
+        "grpc": {"tcp_address": "0.0.0.0:1234"}}}}, "config.overrides.grpc.tcp_address",
+        "set config.overrides.plugins.io.containerd.server.v1.grpc-tcp.address instead"),
+    Bad("moved-v4-ttrpc", {"containerd": {"version": "2.3.7"}, "config": {"overrides": {
+        "ttrpc": {"uid": 1000}}}}, "config.overrides.ttrpc.uid",
+        "set config.overrides.plugins.io.containerd.server.v1.ttrpc.uid instead"),
+    Bad("moved-v4-debug-address", {"containerd": {"version": "2.3.7"}, "config": {"overrides": {
+        "debug": {"level": "info", "address": "/run/containerd/debug.sock"}}}}, "config.overrides.debug.address",
+        "set config.overrides.plugins.io.containerd.server.v1.debug.address instead"),
+    Bad("moved-v4-metrics", {"containerd": {"version": "2.4.2"}, "config": {"overrides": {
+        "metrics": {"address": "127.0.0.1:1338", "grpc_histogram": True}}}}, "config.overrides.metrics.grpc_histogram",
+        "set config.overrides.plugins.io.containerd.metrics.v1.grpc-prometheus.grpc_histogram instead"),
+    Bad("moved-v3-cri-runtime-key", {"containerd": {"version": "2.1.9"}, "config": {"overrides": {
+        "plugins.io.containerd.grpc.v1.cri.enable_selinux": True}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.enable_selinux",
+        "got True, but containerd 2.1 (config version 3) reads it at "
+        "plugins.io.containerd.cri.v1.runtime.enable_selinux (config version 3 moved the CRI plugin's settings), "
+        "and ignores it here: set "
+        "config.overrides.plugins.io.containerd.cri.v1.runtime.enable_selinux instead"),
+    Bad("moved-v3-cri-images-key", {"containerd": {"version": "2.3.7"}, "config": {"overrides": {
+        "plugins": {"io.containerd.grpc.v1.cri": {"max_concurrent_downloads": 5}}}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.max_concurrent_downloads",
+        "set config.overrides.plugins.io.containerd.cri.v1.images.max_concurrent_downloads instead"),
+    Bad("moved-v3-sandbox-image", {"containerd": {"version": "2.2.10"}, "config": {"overrides": {
+        "plugins": {"io.containerd.grpc.v1.cri": {"sandbox_image": "registry.k8s.io/pause:3.10"}}}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.sandbox_image",
+        "reads it at plugins.io.containerd.cri.v1.images.pinned_images.sandbox (config version 3 moved the CRI "
+        "plugin's settings), and ignores it here: set config.sandbox_image instead"),
+    Bad("grpc-message-limit-too-small-v4", {"containerd": {"version": "2.3.7"}, "config": {"overrides": {
+        "plugins": {"io.containerd.server.v1.grpc": {"max_recv_message_size": 1024}}}}},
+        "config.overrides.plugins.io.containerd.server.v1.grpc.max_recv_message_size", "got 1024, expected at least"),
     # --- spec versions and renamed keys
     Bad("api-version-unknown", {"apiVersion": "imagebuild/v2"}, "apiVersion",
         "got 'imagebuild/v2', expected one of imagebuild/v1 (the spec versions this imagebuild reads)"),

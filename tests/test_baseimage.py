@@ -443,8 +443,9 @@ def test_golden_matrix_names_every_os_and_architecture(monkeypatch, tmp_path):
     monkeypatch.setenv("IMAGEBUILD_CACHE", str(tmp_path / "cache"))      # nothing cached
     rows = {(r[0], r[1]): r for r in golden.matrix()}
     assert set(rows) == {(o, a) for o in ("debian-12", "debian-13") for a in ("amd64", "arm64")}
-    assert rows["debian-13", "amd64"][2:] == ("uefi-preferred", "1.7, 2.1", "yes, base image builds first (~2-3 min)")
-    assert rows["debian-12", "amd64"][2:4] == ("uefi-preferred", "1.6, 1.7, 2.1")  # runc: bookworm's on Debian 12
+    assert rows["debian-13", "amd64"][2:] == ("uefi-preferred", "1.7, 2.0, 2.1, 2.2, 2.3, 2.4",
+                                              "yes, base image builds first (~2-3 min)")
+    assert rows["debian-12", "amd64"][2:4] == ("uefi-preferred", "1.6, 1.7, 2.0, 2.1, 2.2, 2.3, 2.4")
     assert rows["debian-13", "arm64"][2] == "uefi" and rows["debian-13", "arm64"][4].startswith("no: arm64")
 
 

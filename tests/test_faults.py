@@ -19,6 +19,7 @@ import pytest
 
 from imagebuild import cli
 from imagebuild.build import baseimage
+from imagebuild.cli import commands
 from tests.support import run_cli, run_main, snapshot, temp_dir_of_its_own, write_spec
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs / builds as root")
@@ -169,7 +170,7 @@ def test_a_second_sigterm_does_not_cut_the_cleanup_short(monkeypatch):
             time.sleep(0.05)
             cleaned.append(True)
 
-    monkeypatch.setattr(cli, "cmd_schema", long_command)
+    monkeypatch.setattr(commands, "cmd_schema", long_command)   # the parser binds it when main() builds it
     started = time.monotonic()
     code, _, err = run_main(["schema"])
     assert code == 143 and err == "imagebuild: interrupted (SIGTERM)\n"

@@ -46,8 +46,9 @@ from imagebuild.guest.check import dig
 from imagebuild.render import config_toml, expected
 from imagebuild.render.config_toml import KeyPaths
 from imagebuild.spec import Spec, SpecError, parse
-from imagebuild.spec.rules import MIN_GRPC_MESSAGE
-from tests.support import FAMILY_VERSIONS, cloud_init_schema, containerd_dump, packer_validate, ungzip
+from imagebuild.spec.containerd import config_version_of
+from imagebuild.spec.rules import MIN_GRPC_MESSAGE, is_graviton
+from tests.support import FAMILY_VERSIONS, PACKAGE_VERSIONS, cloud_init_schema, containerd_dump, packer_validate, ungzip
 
 pytestmark = pytest.mark.slow  # 1-12 s per property in the ci profile, ~30 s for the file
 
@@ -139,8 +140,8 @@ def artifacts(draw, versioned: bool) -> dict:
 
 
 @st.composite
-def installs(draw, version: str) -> dict:
-    if draw(st.booleans()):
+def installs(draw, version: str, family: str) -> dict:
+    if draw(st.booleans()) or family not in PACKAGE_VERSIONS:   # a package install: the families Debian packages
         out: dict = {"method": "tarball"} if draw(st.booleans()) else {}
         optional(draw, out, "tarball", artifacts(False))
         optional(draw, out, "runc", artifacts(True))
@@ -222,15 +223,18 @@ def runtimes(draw) -> dict:
 
 
 def _override_catalogue(family: str) -> list[tuple[tuple[str, ...], st.SearchStrategy]]:
-    """Keys containerd knows and dumps back (so the check can see them), none owned by a typed setting."""
+    """Keys containerd knows and dumps back (so the check can see them), none owned by a typed setting; the
+    server settings where the family's config version has them (version 4: in plugins)."""
     gc = ("plugins", "io.containerd.gc.v1.scheduler")
+    paths = KeyPaths(config_version_of(family))
+    histogram = ("metrics",) if len(paths.metrics) == 1 else ("plugins", "io.containerd.metrics.v1.grpc-prometheus")
     leaves = [
         (("debug", "level"), st.sampled_from(["trace", "debug", "info", "warn", "error"])),
         (("debug", "format"), st.sampled_from(["text", "json"])),
-        (("grpc", "max_recv_message_size"), st.integers(MIN_GRPC_MESSAGE, 2**31 - 1)),
-        (("grpc", "max_send_message_size"), st.integers(MIN_GRPC_MESSAGE, 2**31 - 1)),
-        (("metrics", "address"), port.map(lambda p: f"127.0.0.1:{p}")),
-        (("metrics", "grpc_histogram"), st.booleans()),
+        (paths.grpc + ("max_recv_message_size",), st.integers(MIN_GRPC_MESSAGE, 2**31 - 1)),
+        (paths.grpc + ("max_send_message_size",), st.integers(MIN_GRPC_MESSAGE, 2**31 - 1)),
+        (paths.metrics + ("address",), port.map(lambda p: f"127.0.0.1:{p}")),
+        (histogram + ("grpc_histogram",), st.booleans()),
         (gc + ("pause_threshold",), st.floats(0.0, 1.0)),
         (gc + ("deletion_threshold",), st.integers(0, 100000)),
         (gc + ("mutation_threshold",), st.integers(0, 100000)),
@@ -293,7 +297,7 @@ def spec_documents(draw) -> dict:
     version = FAMILY_VERSIONS[family]
     doc: dict = {}
     optional(draw, doc, "name", regex(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?"))
-    doc["containerd"] = {"version": version, "install": draw(installs(version))}
+    doc["containerd"] = {"version": version, "install": draw(installs(version, family))}
 
     config: dict = {}
     optional(draw, config, "root", abs_path.filter(lambda p: posixpath.normpath(p) != "/run/containerd"))
@@ -322,7 +326,7 @@ def spec_documents(draw) -> dict:
     # Globs in directories the host does not have (a glob matching nothing is fine for every
     # family); a plain file path only where containerd tolerates it missing (2.x).
     imports = st.lists(segment, min_size=1, max_size=2).map(lambda p: "/etc/imagebuild-fuzz/" + "/".join(p) + "/*.toml")
-    if family == "2.1":
+    if not family.startswith("1."):
         imports = imports | abs_path.map(lambda p: "/etc/imagebuild-fuzz" + p)
     optional(draw, config, "imports", st.lists(imports, unique=True, max_size=3))
     optional(draw, config, "overrides", overrides(family))
@@ -390,7 +394,8 @@ def spec_documents(draw) -> dict:
     optional(draw, aws, "source_ami_owners", st.lists(regex(r"[0-9]{12}") | st.sampled_from(["self", "amazon",
                                                                                               "aws-marketplace"]),
                                                       min_size=1, max_size=3))
-    optional(draw, aws, "instance_type", regex(r"[a-z0-9]{1,4}\.[a-z0-9]{1,8}"))
+    # an x86_64 type (the specs drawn here are amd64): a Graviton-looking family is refused, rightly
+    optional(draw, aws, "instance_type", regex(r"[a-z0-9]{1,4}\.[a-z0-9]{1,8}").filter(lambda t: not is_graviton(t)))
     optional(draw, aws, "volume_size_gb", st.integers(2, 16384))
     if aws:
         image["aws"] = aws

@@ -178,7 +178,8 @@ LEGACY = {"mode": "legacy", "mirrors": [{"host": "docker.io", "endpoints": [{"ur
 @pytest.mark.parametrize("doc, fragment", [
     ({"config": {"oom_score": 100}}, "config.oom_score: 100 is outside the recommended -999..0"),
     ({"config": {"oom_score": -1000}, "unit": {"oom_score_adjust": -1000}}, "config.oom_score: -1000 is outside"),
-    ({"config": {"registry": LEGACY}}, "legacy registry.mirrors is deprecated and removed in containerd 2.4"),
+    ({"config": {"registry": LEGACY}},
+     "legacy registry.mirrors is deprecated (containerd 2.4 announces its removal for 2.7)"),
     ({"containerd": {"version": "2.1.9"}, "config": {"registry": LEGACY}},
      "containerd 2.1+ falls back to local pull mode"),
     ({"containerd": {"version": "2.1.9"}, "config": {"discard_unpacked_layers": True}},

@@ -15,7 +15,7 @@ def snapshot_bytes(directory):
 
 @pytest.mark.parametrize("version, family, config_version", [
     ("1.6.20", "1.6", 2), ("1.6.0", "1.6", 2), ("1.7.24", "1.7", 2),
-    ("2.0.5", "2.1", 3), ("2.1.9", "2.1", 3), ("2.2.1", "2.1", 3),
+    ("2.0.5", "2.0", 3), ("2.1.9", "2.1", 3), ("2.2.1", "2.2", 3), ("2.3.7", "2.3", 4), ("2.4.0", "2.4", 4),
 ])
 def test_family_and_config_version(version, family, config_version):
     ctd = spec_of({"containerd": {"version": version}}).containerd

@@ -153,16 +153,21 @@ def test_multiline_check_reaches_the_guest_shell_intact(tmp_path, monkeypatch, c
 # ---------------------------------------------------------------- versions that exist
 
 def test_supported_versions_come_from_the_reference_defaults():
-    for source in ("upstream", "debian"):
+    expected = {"upstream": ["1.6", "1.7", "2.0", "2.1", "2.2", "2.3", "2.4"], "debian": ["1.6", "1.7", "2.1"]}
+    for source, wanted in expected.items():
         families = sorted(p.name[len("config-"):-len(".toml")] for p in
                           (Path(spec_module.__file__).parents[1] / "defaults" / source).glob("config-*.toml"))
-        assert families == ["1.6", "1.7", "2.1"], source
-    assert spec_module.supported_versions() == "1.6.x, 1.7.x, 2.0.x-2.2.x"
-    for version, family in [("1.6.0", "1.6"), ("1.7.99", "1.7"), ("2.0.0", "2.1"), ("2.2.3", "2.1")]:
-        assert spec_of({"containerd": {"version": version}}).containerd.family == family
-    # Every supported family renders (its reference default is there).
-    for version in ("1.6.1", "1.7.2", "2.0.1"):
-        assert render.payload(spec_of({"containerd": {"version": version}}))
+        assert families == wanted, source
+    assert spec_module.supported_versions() == "1.6.x-1.7.x, 2.0.x-2.4.x"
+    for version, family, config in [("1.6.0", "1.6", 2), ("1.7.99", "1.7", 2), ("2.0.0", "2.0", 3),
+                                    ("2.2.3", "2.2", 3), ("2.3.0", "2.3", 4), ("2.4.9", "2.4", 4)]:
+        containerd = spec_of({"containerd": {"version": version}}).containerd
+        assert (containerd.family, containerd.config_version) == (family, config)
+    # Every supported family renders (its reference default is there), in its own config version.
+    for version in ("1.6.1", "1.7.2", "2.0.1", "2.1.0", "2.2.1", "2.3.4", "2.4.0"):
+        spec = spec_of({"containerd": {"version": version}})
+        config = render.payload(spec)["/etc/containerd/config.toml"].content.decode()
+        assert f"\nversion = {spec.containerd.config_version}\n" in config
 
 
 def test_an_unknown_version_is_reported_with_the_other_problems():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools import debian_artifacts
+from devtools import debian_artifacts, families
 from imagebuild import render
 from imagebuild.render import expected
 from tests.support import FAMILY_VERSIONS, PACKAGE_VERSIONS, spec_of
@@ -40,7 +40,7 @@ def _make_root(tmp_path: Path, spec, payload: dict, package_unit: Path | None = 
     shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
     binary = root / spec.unit.exec_start.split()[0].lstrip("/")
     binary.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(debian_artifacts.binary(spec.containerd.family), binary)
+    shutil.copy2(families.binary(spec.containerd.family), binary)
     if package_unit is not None:
         shutil.copy2(package_unit, root / "usr/lib/systemd/system/containerd.service")
     for path, f in payload.items():
@@ -113,7 +113,7 @@ def test_tuned_unit_with_custom_exec_start_verifies(tmp_path):
         assert values[prop] == [value], prop
 
 
-@pytest.mark.parametrize("family", FAMILY_VERSIONS)
+@pytest.mark.parametrize("family", PACKAGE_VERSIONS)   # a package install: the families Debian packages
 def test_package_dropins_verify_against_the_debian_unit(tmp_path, family):
     spec = spec_of({"containerd": {"version": FAMILY_VERSIONS[family], "install": {
         "method": "package", "package": {"version": PACKAGE_VERSIONS[family]}}}})

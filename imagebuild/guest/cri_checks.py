@@ -255,10 +255,27 @@ def sandbox_process(rep, program: dict, call, pod: str) -> None:
     try:
         info = call("PodSandboxStatus", {"pod_sandbox_id": pod, "verbose": True}).get("info", {})
         pid = json.loads(info.get("info", "{}")).get("pid")
-        got = hashlib.sha256(Path(f"/proc/{pid}/exe").read_bytes()).hexdigest() if pid else "no pid in its status"
+        got = hashlib.sha256(_past_runtime_init(pid).read_bytes()).hexdigest() if pid else "no pid in its status"
     except (client.CRIError, OSError, ValueError) as exc:
         got = str(exc)[-300:]
     rep.check("cri.sandbox_process", program["sha256"], got, note=f"{program['path']} of the baked sandbox image")
+
+
+def _past_runtime_init(pid: int, wait: float = 10) -> Path:
+    """/proc/<pid>/exe once the sandbox's process has left its runtime's init: RunPodSandbox returns when
+    `runc start` has released `runc init`, which execs the image's program a moment later (measured: under
+    load the check read runc's own executable). Waits at most *wait* seconds, then reads what is there."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            comm = Path(f"/proc/{pid}/comm").read_bytes()
+        except OSError:
+            break
+        if not (argv[1:2] == [b"init"] and argv[0].endswith(b"runc")) and not comm.startswith(b"runc:"):
+            break
+        time.sleep(0.02)
+    return Path(f"/proc/{pid}/exe")
 
 
 def images_at_boot(rep, lab: dict, call) -> None:

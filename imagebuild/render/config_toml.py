@@ -3,7 +3,8 @@ Debian's for a package install), tuned by the spec.
 
 The reference defaults (imagebuild/spec/containerd_keys.py reads them from imagebuild/defaults/) keep
 every key containerd ships visible and documented. The spec's settings land at the key paths of the
-file's config version (2 for containerd 1.x, 3 for 2.0-2.2); `config.overrides` is deep-merged last.
+file's config version, the one the family's own default prints (2 for containerd 1.x, 3 for 2.0-2.2, 4 for
+2.3 and 2.4; version 4 keeps version 3's CRI paths); `config.overrides` is deep-merged last.
 """
 from __future__ import annotations
 

@@ -50,40 +50,61 @@ from imagebuild.spec.fields import (
 
 # --- containerd -----------------------------------------------------------------------------------
 
-@functools.cache
-def reference_families() -> tuple[str, ...]:
-    """The families whose `containerd config default` imagebuild carries (imagebuild/defaults/upstream/; every one
-    has Debian's beside it, tests/test_config_toml.py checks)."""
-    names = [entry.name for entry in resources.files("imagebuild").joinpath("defaults", "upstream").iterdir()]
+def _families_in(source: str) -> tuple[str, ...]:
+    names = [entry.name for entry in resources.files("imagebuild").joinpath("defaults", source).iterdir()]
     found = [m.group(1) for m in map(re.compile(r"^config-([0-9]+\.[0-9]+)\.toml$").match, names) if m]
     return tuple(sorted(found, key=lambda f: tuple(int(p) for p in f.split("."))))
 
 
+@functools.cache
+def reference_families() -> tuple[str, ...]:
+    """The families whose `containerd config default` imagebuild carries (imagebuild/defaults/upstream/):
+    the versions a spec may name, installed from upstream's release tarball."""
+    return _families_in("upstream")
+
+
+@functools.cache
+def package_families() -> tuple[str, ...]:
+    """The families a package install supports: those Debian packages, whose own (patched) `config default`
+    imagebuild carries beside upstream's (imagebuild/defaults/debian/)."""
+    return _families_in("debian")
+
+
+@functools.cache
+def config_version_of(family: str) -> int:
+    """The config version (`version = N`) of the family's own `config default`: what its config.toml is
+    written as (2 for 1.x, 3 for 2.0-2.2, 4 from 2.3 on, as each release prints it)."""
+    text = resources.files("imagebuild").joinpath("defaults", "upstream", f"config-{family}.toml").read_text()
+    match = re.search(r"^version = ([0-9]+)$", text, flags=re.M)
+    if not match:
+        raise ValueError(f"imagebuild/defaults/upstream/config-{family}.toml has no `version = N` line")
+    return int(match.group(1))
+
+
 def family_for(major: int, minor: int) -> str | None:
-    """The reference default (imagebuild/defaults/config-<family>.toml) a containerd minor is rendered
-    from, or None when imagebuild carries none: each 1.x minor has its own (config version 2), and
-    2.0-2.2 share 2.1's (config version 3; 2.3 would bring version 4)."""
-    family = f"1.{minor}" if major == 1 else "2.1" if major == 2 and minor <= 2 else None
+    """The reference default (imagebuild/defaults/<source>/config-<family>.toml) a containerd minor is
+    rendered from, or None when imagebuild carries none: every minor has its own."""
+    family = f"{major}.{minor}"
     return family if family in reference_families() else None
 
 
 def family_of(version: str) -> str:
-    """The reference-default family of a containerd version: 1.6, 1.7 or 2.1 (2.0-2.2 share config
-    version 3)."""
+    """The family (major.minor) of a containerd version, whose reference default it renders from."""
     major, minor = (int(part) for part in version.split(".")[:2])
     return family_for(major, minor) or f"{major}.{minor}"
 
 
 def supported_versions(families: tuple[str, ...] | None = None) -> str:
     """The supported containerd versions, from the reference defaults imagebuild carries (of
-    *families* only, when given)."""
-    groups = []
+    *families* only, when given): consecutive minors of a major as one span (`2.0.x-2.4.x`)."""
+    runs: list[list[tuple[int, int]]] = []
     for family in families or reference_families():
-        major = int(family.split(".")[0])
-        minors = [m for m in range(100) if family_for(major, m) == family]
-        span = f"{major}.{minors[0]}.x" if len(minors) == 1 else f"{major}.{minors[0]}.x-{major}.{minors[-1]}.x"
-        groups.append(span)
-    return ", ".join(groups)
+        major, minor = (int(part) for part in family.split("."))
+        if runs and runs[-1][-1] == (major, minor - 1):
+            runs[-1].append((major, minor))
+        else:
+            runs.append([(major, minor)])
+    return ", ".join(f"{r[0][0]}.{r[0][1]}.x" + (f"-{r[-1][0]}.{r[-1][1]}.x" if len(r) > 1 else "") for r in runs)
 
 
 class _Download:
@@ -193,7 +214,7 @@ class Containerd(Section):
     """what to install"""
 
     version: Version = Field("1.6.20", description="containerd version; picks the config version "
-                             "(v2 for 1.x, v3 for 2.0-2.2)")
+                             "(v2 for 1.x, v3 for 2.0-2.2, v4 from 2.3 on)")
     install: Install = Field(default_factory=Install, description=Install.__doc__)
 
     @model_validator(mode="after")
@@ -214,8 +235,8 @@ class Containerd(Section):
 
     @property
     def config_version(self) -> int:
-        major, minor, _ = self.version_tuple
-        return 2 if major == 1 else 3 if minor <= 2 else 4
+        """The `version = N` of the family's own `config default`, which its config.toml is rendered from."""
+        return config_version_of(self.family)
 
 
 # --- registry -------------------------------------------------------------------------------------
@@ -324,7 +345,7 @@ class Registry(Section):
 
     mode: Literal["hosts", "legacy"] = Field(
         "hosts", description="hosts: certs.d/<host>/hosts.toml (current); legacy: registry.mirrors table "
-        "(deprecated, removed in containerd 2.4)")
+        "(deprecated; containerd 2.4 announces its removal for 2.7)")
     config_path: AbsPath = Field("/etc/containerd/certs.d", description="directory of per-host hosts.toml files")
     mirrors: tuple[Mirror, ...] = Field(
         default_factory=lambda: tuple(Mirror.model_validate(m) for m in SEED_MIRRORS),

@@ -22,8 +22,8 @@ DEFAULTS_OF = {"tarball": "upstream", "package": "debian"}
 
 
 def reference_default(family: str, method: str = "tarball") -> str:
-    """The real `containerd config default` output of a family (1.6, 1.7 or 2.1) as the install *method*
-    installs it: upstream's build for a tarball, Debian's for a package."""
+    """The real `containerd config default` output of a family (1.6 ... 2.4) as the install *method*
+    installs it: upstream's build for a tarball, Debian's for a package (the families Debian packages)."""
     return resources.files("imagebuild").joinpath("defaults", DEFAULTS_OF[method], f"config-{family}.toml").read_text()
 
 
@@ -149,7 +149,8 @@ def _check_type(value: Any, reference: Any, name: str, family: str, problems: li
 
 class KeyPaths:
     """Where each tuned setting lives in one config version: key paths of containerd's own config
-    default (imagebuild/defaults/config-<family>.toml)."""
+    default (imagebuild/defaults/<source>/config-<family>.toml). Version 4 (2.3 on) keeps version 3's CRI
+    paths and moves the server settings into plugins."""
 
     def __init__(self, version: int):
         self.sandbox: tuple[tuple[str, ...], str]
@@ -157,6 +158,10 @@ class KeyPaths:
         self.images: tuple[str, ...]
         self.registry: tuple[str, ...]
         self.log_line: tuple[str, ...]
+        #: The server's gRPC table: top-level up to version 3, a plugin from version 4 on (containerd 2.3).
+        self.grpc: tuple[str, ...] = ("grpc",) if version < 4 else ("plugins", "io.containerd.server.v1.grpc")
+        self.ttrpc: tuple[str, ...] = ("ttrpc",) if version < 4 else ("plugins", "io.containerd.server.v1.ttrpc")
+        self.metrics: tuple[str, ...] = ("metrics",) if version < 4 else ("plugins", "io.containerd.server.v1.metrics")
         if version == 2:
             cri = ("plugins", "io.containerd.grpc.v1.cri")
             self.sandbox = (cri, "sandbox_image")

@@ -23,6 +23,7 @@ from imagebuild.spec.containerd_keys import normalise_overrides
 from imagebuild.spec.fields import API_VERSION, API_VERSIONS, RENAMES, Problem, show
 from imagebuild.spec.model import PROFILES, Spec
 from imagebuild.spec.problems import Written, plain, problems_of
+from imagebuild.spec.renames import gone_keys
 
 
 class SpecError(Exception):
@@ -139,7 +140,7 @@ def from_document(document: Any, source: str = "spec", *, current: bool = False,
     profile = {key: value for key, (value, _) in PROFILES[system["profile"]]["sysctls"].items()}
     system["sysctls"] = {**profile, **{key: str(value) for key, value in system["sysctls"].items()}}
     spec = Spec.model_validate(built)
-    problems = rules.override_conflicts(spec)
+    problems = rules.override_conflicts(spec) + gone_keys(spec)
     if problems:
         raise SpecError(problems, source)
     spec._warnings = tuple(warnings)

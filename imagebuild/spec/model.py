@@ -108,11 +108,14 @@ class System(Section):
 # --- the image ---------------------------------------------------------------------------------------
 
 #: What each image.os is: its Debian suite, the containerd families imagebuild installs there (a
-#: Debian 13 guest has no containerd 1.6: Debian dropped it, and its runc needs glibc 2.38, trixie's),
+#: Debian 13 guest has no containerd 1.6: Debian dropped it, and its runc needs glibc 2.38, trixie's;
+#: 2.0 and 2.2-2.4 are upstream's static builds, so tarball installs only, see package_families),
 #: and the containerd version its own package is (None: no rule, as before image.os existed).
 OS_RELEASES: dict[str, dict[str, Any]] = {
-    "debian-12": {"suite": "bookworm", "families": ("1.6", "1.7", "2.1"), "package_version": None},
-    "debian-13": {"suite": "trixie", "families": ("1.7", "2.1"), "package_version": "1.7.24"},
+    "debian-12": {"suite": "bookworm", "families": ("1.6", "1.7", "2.0", "2.1", "2.2", "2.3", "2.4"),
+                  "package_version": None},
+    "debian-13": {"suite": "trixie", "families": ("1.7", "2.0", "2.1", "2.2", "2.3", "2.4"),
+                  "package_version": "1.7.24"},
 }
 
 

@@ -11,10 +11,19 @@ import posixpath
 import re
 from typing import Any
 
-from imagebuild.spec.containerd import api_root, family_for, reference_families, supported_versions, url_parts
+from imagebuild.spec.containerd import (
+    api_root,
+    config_version_of,
+    family_for,
+    package_families,
+    reference_families,
+    supported_versions,
+    url_parts,
+)
 from imagebuild.spec.containerd_keys import KeyPaths
 from imagebuild.spec.fields import CONTROL_CHARS, SURROGATES, URL_CREDENTIALS, Problem, show
 from imagebuild.spec.model import OS_RELEASES, Spec
+from imagebuild.spec.renames import dropped_imports
 from imagebuild.spec.settings import config_expectations
 
 
@@ -38,6 +47,13 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             _check_url_arch(f"containerd.install.{name}", art, doc["image"]["architecture"], problems)
     else:
         pkg = install["package"]
+        family = family_for(major, minor)
+        if family is not None and family not in package_families():
+            problems.append(Problem("containerd.version", f"got {ctd['version']!r} with install.method package, "
+                                    f"expected {supported_versions(package_families())}: a package install "
+                                    f"supports only the families Debian packages (containerd "
+                                    f"{', '.join(package_families())}); containerd {family} installs with "
+                                    "install.method: tarball (upstream's release)"))
         if not pkg["version"]:
             problems.append(Problem("containerd.install.package.version",
                                     "got null, expected the exact package version to pin (package method)"
@@ -86,8 +102,8 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                                             f"sets {', '.join(extras)}, which the legacy registry.mirrors table "
                                             "cannot express; use mode: hosts"))
     if registry["mode"] == "legacy":
-        warnings.append("config.registry.mode: legacy registry.mirrors is deprecated and removed in containerd 2.4; "
-                        "use mode: hosts")
+        warnings.append("config.registry.mode: legacy registry.mirrors is deprecated (containerd 2.4 announces its "
+                        "removal for 2.7); use mode: hosts")
         if major >= 2 and minor >= 1:
             warnings.append("config.registry.mode: with legacy mirrors containerd 2.1+ falls back to local pull mode")
     for path in cfg["imports"]:
@@ -95,6 +111,7 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
             warnings.append(f"config.imports: {path} names one file, and containerd {major}.x refuses to start "
                             "when it is missing; make sure something creates it, or use a glob "
                             "(/etc/containerd/conf.d/*.toml may match nothing)")
+    warnings += dropped_imports(doc)
     _check_cri_loads(doc, major, problems, warnings)
     if cfg["discard_unpacked_layers"] and major >= 2 and minor >= 1:
         warnings.append("config.discard_unpacked_layers: true makes containerd 2.1+ fall back to local pull mode")
@@ -287,11 +304,13 @@ def _check_cri_loads(doc: dict, major: int, problems: list[Problem], warnings: l
         warnings.append(f"config.overrides.disabled_plugins: {', '.join(cri)} turns containerd's CRI plugin off; "
                         "this renders, but `imagebuild verify` proves what kubelet sees through CRI and fails "
                         "such an image (so bake's image is never published)")
-    grpc = _dig(cfg["overrides"], ("grpc",))
+    family = family_for(major, int(doc["containerd"]["version"].split(".")[1]))
+    server = KeyPaths(config_version_of(family)).grpc if family else ("grpc",)
+    grpc = _dig(cfg["overrides"], server)
     for name in ("max_recv_message_size", "max_send_message_size"):
         size = grpc.get(name) if isinstance(grpc, dict) else None
         if isinstance(size, int) and not isinstance(size, bool) and size < MIN_GRPC_MESSAGE:
-            problems.append(Problem(f"config.overrides.grpc.{name}",
+            problems.append(Problem(f"config.overrides.{'.'.join(server)}.{name}",
                                     f"got {size}, expected at least {MIN_GRPC_MESSAGE} (4 MiB, gRPC's own default): "
                                     "below it containerd cannot answer kubelet's CRI calls (\"trying to send "
                                     "message larger than max\")"))
