@@ -101,6 +101,10 @@ def test_an_unknown_variant_is_refused_and_nothing_written(spec_path, tmp_path):
     assert not (tmp_path / "out").exists()
     code, _, err = run_main(["matrix", "--format", "github-actions"])
     assert code == 2 and "variants: the spec has no variants" in err
+    code, out, err = run_main(["matrix", str(spec_path), "--write", str(tmp_path / "missing" / "specs")])
+    assert code == 2 and out == "" and f"--write {tmp_path}/missing/specs: the directory {tmp_path}/missing " \
+        "does not exist" in err, err
+    assert not (tmp_path / "missing").exists()
 
 
 def _emit(spec_path: Path, fmt: str, spec_arg: str | None = None) -> str:

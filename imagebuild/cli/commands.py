@@ -195,6 +195,10 @@ def cmd_matrix(args) -> int:
         print(text)
         return 0 if ok else 1
     if args.write:
+        problem = missing_parent(args.write, is_file=False)
+        if problem:
+            print(f"imagebuild: error: {problem.replace('-o ', '--write ', 1)}", file=sys.stderr)
+            return 2
         out = Path(args.write)
         for name in spec.expanded:
             write_file_atomic(out / f"{name}.yaml", workflow.variant_spec_yaml(spec, name, source).encode())
