@@ -163,7 +163,7 @@ def test_user_data_through_a_pipe_is_unchanged_gzip_and_raw_on_request(tmp_path)
 
 # --- -o into a missing directory ---------------------------------------------------------------------------
 
-OUTPUTS = {"render": False, "packer": False, "bake": False, "user-data": True, "init": True}
+OUTPUTS = {"render": False, "packer": False, "bake": False, "user-data": True, "init": True, "matrix": True}
 
 
 def test_every_command_with_an_output_is_checked():

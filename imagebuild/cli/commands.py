@@ -10,10 +10,15 @@ from pathlib import Path
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _spec(path: str | None):
-    from imagebuild.spec import load
+def _spec(path: str | None, variant: str | None = None):
+    from imagebuild.spec import Problem, SpecError, load
 
     spec = load(path)
+    if variant is not None:
+        try:
+            spec = spec.variant(variant)
+        except KeyError as exc:
+            raise SpecError([Problem("--variant", exc.args[0])], path or "default spec") from None
     for notice in spec.notices:
         print(f"imagebuild: note: {notice}", file=sys.stderr)
     for warning in spec.warnings:
@@ -22,7 +27,7 @@ def _spec(path: str | None):
 
 
 def cmd_validate(args) -> int:
-    spec = _spec(args.spec)
+    spec = _spec(args.spec, args.variant)
     image = spec.image
     print(f"{args.spec}: OK: {spec.name}, containerd {spec.containerd.version} ({spec.containerd.install.method}), "
           f"{image.os}/{image.architecture}")
@@ -32,7 +37,7 @@ def cmd_validate(args) -> int:
 def cmd_render(args) -> int:
     from imagebuild import render
 
-    out = render.write_tree(render.render_all(_spec(args.spec)), args.output)
+    out = render.write_tree(render.render_all(_spec(args.spec, args.variant)), args.output)
     print(out)
     return 0
 
@@ -40,7 +45,7 @@ def cmd_render(args) -> int:
 def cmd_user_data(args) -> int:
     from imagebuild import render
 
-    data = render.user_data(_spec(args.spec), args.format, compress=not args.raw)
+    data = render.user_data(_spec(args.spec, args.variant), args.format, compress=not args.raw)
     if args.output:
         render.write_file_atomic(Path(args.output), data)
         return 0
@@ -56,7 +61,7 @@ def cmd_user_data(args) -> int:
 def cmd_packer(args) -> int:
     from imagebuild.build.bake import packer_directory
 
-    out = packer_directory(_spec(args.spec), args.output)
+    out = packer_directory(_spec(args.spec, args.variant), args.output)
     print(out)
     return 0
 
@@ -97,7 +102,7 @@ def cmd_base_image(args) -> int:
 def cmd_bake(args) -> int:
     from imagebuild.build.bake import bake
 
-    result = bake(_spec(args.spec), Path(args.output), base=args.base, firmware=args.firmware)
+    result = bake(_spec(args.spec, args.variant), Path(args.output), base=args.base, firmware=args.firmware)
     print(result)
     return 0
 
@@ -105,7 +110,7 @@ def cmd_bake(args) -> int:
 def cmd_verify(args) -> int:
     from imagebuild.verify.boot import print_report, verify_image, verify_user_data
 
-    spec = _spec(args.spec)
+    spec = _spec(args.spec, args.variant)
     if args.user_data:
         report = verify_user_data(spec, base=args.base, log_dir=args.log_dir, platform=args.platform,
                                   firmware=args.firmware)
@@ -125,7 +130,7 @@ def cmd_publish(args) -> int:
     from imagebuild.aws.publish import publish
     from imagebuild.aws.target import target_of
 
-    record = publish(Path(args.image_dir), target_of(_spec(args.spec)))
+    record = publish(Path(args.image_dir), target_of(_spec(args.spec, args.variant)))
     print(json.dumps(record, indent=2))
     return 0
 
@@ -149,7 +154,7 @@ def cmd_prune(args) -> int:
     from imagebuild.aws.prune import format_table, prune
     from imagebuild.aws.target import target_of
 
-    decisions = prune(target_of(_spec(args.spec)), apply=args.apply)
+    decisions = prune(target_of(_spec(args.spec, args.variant)), apply=args.apply)
     print(format_table(decisions))
     if not args.apply:
         print("dry run: nothing was changed; pass --apply to deregister and delete")
@@ -159,7 +164,7 @@ def cmd_prune(args) -> int:
 def cmd_pipeline(args) -> int:
     from imagebuild.pipeline import run_pipeline
 
-    return run_pipeline(_spec(args.spec), work=Path(args.work), force=args.force,
+    return run_pipeline(_spec(args.spec, args.variant), work=Path(args.work), force=args.force,
                         publish=not args.no_publish, base=args.base)
 
 
@@ -173,6 +178,39 @@ def cmd_completion(args) -> int:
     from imagebuild.cli import completion
 
     sys.stdout.write(completion.SCRIPTS[args.shell](args.parser))
+    return 0
+
+
+def cmd_matrix(args) -> int:
+    from imagebuild.render import workflow, write_file_atomic
+    from imagebuild.spec import Problem, SpecError
+
+    spec = _spec(args.spec)
+    source = args.spec or "the default spec"
+    if not spec.expanded:
+        raise SpecError([Problem("variants", "the spec has no variants, expected at least one for "
+                                 "`imagebuild matrix` (docs/pipelines.md: the variant matrix)")], source)
+    if args.summary:
+        text, ok = workflow.summary(spec, Path(args.summary))
+        print(text)
+        return 0 if ok else 1
+    if args.write:
+        problem = missing_parent(args.write, is_file=False)
+        if problem:
+            print(f"imagebuild: error: {problem.replace('-o ', '--write ', 1)}", file=sys.stderr)
+            return 2
+        out = Path(args.write)
+        for name in spec.expanded:
+            write_file_atomic(out / f"{name}.yaml", workflow.variant_spec_yaml(spec, name, source).encode())
+            print(out / f"{name}.yaml")
+    elif args.format:
+        text = workflow.workflow(spec, args.spec or "", args.format)
+        if args.output and args.output != "-":
+            write_file_atomic(Path(args.output), text.encode())
+        else:
+            sys.stdout.write(text)
+    else:
+        print(workflow.table(workflow.rows(spec)))
     return 0
 
 

@@ -22,6 +22,11 @@ def _loudness(p: argparse.ArgumentParser, default) -> None:
                        help="log more: every command imagebuild runs, with its arguments")
 
 
+def _variant(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", metavar="NAME", help="the spec's variant NAME (its `variants`) instead of the spec "
+                   "itself")
+
+
 def _output(p: argparse.ArgumentParser, *, is_file: bool, help_text: str, **kwargs) -> None:
     """-o/--output; its parent directory must exist (checked before anything runs: imagebuild.cli.main)."""
     p.add_argument("-o", "--output", metavar="FILE" if is_file else "DIR", help=help_text, **kwargs)
@@ -36,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     _loudness(top, default=False)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, func, help_text: str, spec: str | None = "arg") -> argparse.ArgumentParser:
+    def command(name: str, func, help_text: str, spec: str | None = "arg",
+                variant: bool = True) -> argparse.ArgumentParser:
         """A subcommand; its spec is the positional SPEC, a --spec option, or none."""
         p = sub.add_parser(name, help=help_text, description=help_text)
         _loudness(p, default=argparse.SUPPRESS)
@@ -44,12 +50,15 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("spec", nargs="?", metavar="SPEC", help=SPEC_HELP)
         elif spec == "opt":
             p.add_argument("--spec", dest="spec", help=SPEC_HELP)
+        if spec is not None and variant:
+            _variant(p)
         p.set_defaults(func=func)
         return p
 
     p = command("validate", c.cmd_validate, "check a spec and write nothing: exit 0 (one OK line) or 2 (one line "
                 "per problem)", spec=None)
     p.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
+    _variant(p)
     p = command("render", c.cmd_render, "write every output of a spec into a directory, atomically")
     _output(p, is_file=False, required=True, help_text="directory (new, empty, or an earlier render); "
             "its parent must exist")
@@ -109,6 +118,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="build even when the inputs are unchanged")
     p.add_argument("--no-publish", action="store_true", help="stop after verify (no AWS)")
     p.add_argument("--base", help="base qcow2 overriding the spec's image.base")
+    p = command("matrix", c.cmd_matrix, "list the spec's variants (name, os, architecture, containerd); write "
+                "each as a spec file, or a CI workflow running one pipeline job per variant and a last job that "
+                "prunes and summarises", variant=False)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--write", metavar="DIR", help="write each variant's expanded, validated spec to DIR/NAME.yaml")
+    what.add_argument("--format", choices=["github-actions", "gitlab-ci"], help="print the workflow (YAML)")
+    what.add_argument("--summary", metavar="WORK", help="summarise each variant's WORK/NAME/last-run.json; exit 1 "
+                      "when a variant failed or left no record")
+    _output(p, is_file=True, help_text="with --format: write the workflow to this file instead of stdout")
     p = command("doctor", c.cmd_doctor, "what this machine lacks for each stage, and the command that installs "
                 "it: exit 0 when nothing is missing, 1 otherwise", spec=None)
     p.add_argument("--stage", action="append", choices=DOCTOR_STAGES,

@@ -17,11 +17,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from imagebuild.spec import rules
+from imagebuild.spec import rules, variants
 from imagebuild.spec.containerd import family_of
 from imagebuild.spec.containerd_keys import normalise_overrides
 from imagebuild.spec.fields import API_VERSION, API_VERSIONS, RENAMES, Problem, show
-from imagebuild.spec.model import PROFILES, Spec
+from imagebuild.spec.model import PROFILES, Matrix, Spec
 from imagebuild.spec.problems import Written, plain, problems_of
 from imagebuild.spec.renames import gone_keys
 
@@ -124,6 +124,11 @@ def from_document(document: Any, source: str = "spec", *, current: bool = False,
     except ValidationError as exc:
         raise SpecError([_as_written(p, renamed) for p in problems_of(exc, written=written)], source) from None
     doc = plain(first)  # the document with defaults filled in: spec.json, spec_hash
+    doc["variants"] = {name: {k: v for k, v in sections.items() if v is not None}
+                       for name, sections in doc["variants"].items()}
+    for key, empty in (("variants", {}), ("matrix", plain(Matrix()))):
+        if doc[key] == empty:
+            del doc[key]  # unset: not in spec.json, so a spec without variants hashes as before
     problems, found = rules.semantic_checks(doc)
     warnings += found
     if not problems:
@@ -146,7 +151,26 @@ def from_document(document: Any, source: str = "spec", *, current: bool = False,
     spec._warnings = tuple(warnings)
     spec._notices = tuple(notices)
     spec._document = doc
+    if spec.variants:
+        spec._expanded = _expand(document, doc, source)
     return spec
+
+
+def _expand(document: dict, doc: dict, source: str) -> dict[str, Spec]:
+    """Each variant of the spec (*document* as written, *doc* with defaults) as a whole, validated spec."""
+    problems = variants.name_problems(doc["name"], doc["variants"])
+    expanded: dict[str, Spec] = {}
+    for name, merged in variants.documents(document, doc["name"], doc["variants"]).items():
+        if any(p.path == f"variants.{name}" for p in problems):
+            continue
+        try:
+            expanded[name] = from_document(merged, source)
+        except SpecError as exc:
+            problems += [variants.within(name, p) for p in exc.problems]
+    problems += variants.collisions({name: s.image.aws.ssm_parameter for name, s in expanded.items()})
+    if problems:
+        raise SpecError(problems, source)
+    return expanded
 
 
 #: Input limits: a spec is a few KiB and a dozen levels deep; hostile YAML (an alias bomb, thousands

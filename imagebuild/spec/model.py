@@ -27,6 +27,7 @@ from imagebuild.spec.fields import (
     CHECK_NAME,
     KMS_KEY_ARN,
     MODULE,
+    NAME,
     ORG_ARN,
     OU_ARN,
     RESERVED_TAG_PREFIXES,
@@ -302,6 +303,59 @@ class Verify(Section):
                                       "exit 0 passes")
 
 
+#: The spec sections a variant may set (a partial spec, merged over the base spec): not apiVersion (one spec
+#: version), not name (a variant's family is derived: <name>-<variant>), not variants or matrix (no nesting).
+VARIANT_SECTIONS = ("containerd", "config", "unit", "proxy", "system", "image", "verify")
+_PARTIAL = "a partial spec section, merged over the base spec's (a mapping key by key; a list or a value replaces)"
+
+
+class Variant(Section):
+    """a named variant: sections of a partial spec merged over this spec; its family is <name>-<variant>"""
+
+    containerd: dict[str, Any] | None = Field(None, description=f"containerd: {_PARTIAL}")
+    config: dict[str, Any] | None = Field(None, description=f"config: {_PARTIAL}")
+    unit: dict[str, Any] | None = Field(None, description=f"unit: {_PARTIAL}")
+    proxy: dict[str, Any] | None = Field(None, description=f"proxy: {_PARTIAL}")
+    system: dict[str, Any] | None = Field(None, description=f"system: {_PARTIAL}")
+    image: dict[str, Any] | None = Field(None, description=f"image: {_PARTIAL}")
+    verify: dict[str, Any] | None = Field(None, description=f"verify: {_PARTIAL}")
+
+
+RunnerLabel = Annotated[str, Text(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", "a runner label: letters, digits, ._-")]
+
+
+class GithubRunners(Section):
+    """the GitHub Actions runner label (runs-on) of each image.architecture"""
+
+    amd64: RunnerLabel = Field("ubuntu-24.04", description="runs-on of amd64 variants")
+    arm64: RunnerLabel = Field("ubuntu-24.04-arm", description="runs-on of arm64 variants (GitHub's hosted arm64 "
+                               "runner; a self-hosted runner's label works too)")
+
+
+class GitlabTags(Section):
+    """the GitLab CI runner tags of each image.architecture"""
+
+    amd64: Annotated[tuple[RunnerLabel, ...], UNIQUE, UNIQUE_SCHEMA] = Field(
+        (), description="tags of amd64 jobs (none: the instance's default runners)")
+    arm64: Annotated[tuple[RunnerLabel, ...], UNIQUE, UNIQUE_SCHEMA] = Field(
+        ("saas-linux-small-arm64",), description="tags of arm64 jobs (GitLab.com's hosted arm64 runner)")
+
+
+class Matrix(Section):
+    """how `imagebuild matrix --format` runs the variants on a CI engine"""
+
+    github_runners: GithubRunners = Field(default_factory=GithubRunners, description=GithubRunners.__doc__)
+    gitlab_tags: GitlabTags = Field(default_factory=GitlabTags, description=GitlabTags.__doc__)
+    setup: tuple[Annotated[str, Text(multiline=True)], ...] = Field(
+        (), description="shell commands every job runs first (install imagebuild, QEMU, Packer); none: the "
+        "runner has them")
+    work_dir: Annotated[str, Text(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", "a relative path")] = Field(
+        "imagebuild-work", description="each job's work directory is <work_dir>/<variant>")
+
+
+VariantName = Annotated[str, Key(NAME, "lowercase letters, digits and -, at most 63 (a DNS label)")]
+
+
 class Spec(Section):
     """imagebuild spec: one file -> containerd config, user-data, Packer template, verified image"""
 
@@ -317,10 +371,15 @@ class Spec(Section):
     system: System = Field(default_factory=System, description=System.__doc__)
     image: Image = Field(default_factory=Image, description=Image.__doc__)
     verify: Verify = Field(default_factory=Verify, description=Verify.__doc__)
+    variants: Annotated[dict[VariantName, Variant], keys_schema(NAME)] = Field(
+        default_factory=dict, description="named variants of this spec (`imagebuild matrix`): each a partial spec "
+        "merged over this one and validated as a whole spec; its family (name) is <name>-<variant>")
+    matrix: Matrix = Field(default_factory=Matrix, description=Matrix.__doc__)
 
     _warnings: tuple[str, ...] = PrivateAttr(())
     _notices: tuple[str, ...] = PrivateAttr(())
     _document: dict = PrivateAttr(default_factory=dict)
+    _expanded: dict = PrivateAttr(default_factory=dict)  # variant -> its whole Spec (load sets it)
 
     @model_validator(mode="after")
     def _download_arch(self) -> Spec:
@@ -354,6 +413,18 @@ class Spec(Section):
     def document(self) -> dict:
         """The effective spec: the document with defaults filled in (spec.json); it loads back as is."""
         return self._document
+
+    def variant(self, name: str) -> Spec:
+        """The variant *name* as a whole spec (merged over this one and validated when it was loaded)."""
+        if name not in self._expanded:
+            known = ", ".join(sorted(self._expanded)) or "none: the spec has no variants"
+            raise KeyError(f"got {name!r}, expected a variant of the spec ({known})")
+        return self._expanded[name]
+
+    @property
+    def expanded(self) -> dict[str, Spec]:
+        """variant -> the variant as a whole spec, in the spec's order."""
+        return dict(self._expanded)
 
     @property
     def spec_hash(self) -> str:
