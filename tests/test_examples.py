@@ -60,7 +60,7 @@ def test_each_example_renders_what_it_shows(example):
         assert _runtime(render)["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
         assert images["pinned_images"]["sandbox"] == "registry.k8s.io/pause:3.10"
     elif name == "eks-like":
-        assert config["imports"] == ["/etc/containerd/config.d/*.toml"]
+        assert config["imports"] == ["/etc/containerd/conf.d/*.toml", "/etc/containerd/config.d/*.toml"]
         hcl = (render / "packer/imagebuild.pkr.hcl").read_text()
         assert "us-west-2" in hcl and "us-east-1" in hcl and "eu-west-1" in hcl
     elif name == "gpu-nvidia":
@@ -90,4 +90,4 @@ def test_each_example_renders_what_it_shows(example):
 
 def test_the_eks_like_example_moves_to_a_new_containerd_in_one_line():
     lines = (EXAMPLES / "eks-like.yaml").read_text().splitlines()
-    assert sum(1 for line in lines if "2.1" in line) == 1
+    assert sum(1 for line in lines if "2.3.7" in line) == 1

@@ -10,8 +10,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from imagebuild.spec import SpecError, load, model, problems
-from tests.support import run_cli, run_main, spec_of, write_spec
+from imagebuild.spec import SpecError, fields, load, model, problems
+from imagebuild.spec.load import init_spec
+from tests.support import eol_warning, run_cli, run_main, spec_of, write_spec
 
 SEED_MIRRORS = [
     ("docker.io", "https://registry-1.docker.io",
@@ -24,7 +25,7 @@ SEED_MIRRORS = [
 
 def test_default_spec_is_the_seed():
     spec = load()
-    assert spec.warnings == ()
+    assert spec.warnings == (eol_warning("1.6"),)   # the seed's containerd: past upstream's support, said once
     assert spec.name == "containerd-golden"
     assert spec.containerd.version == "1.6.20"
     assert (spec.containerd.family, spec.containerd.config_version) == ("1.6", 2)
@@ -92,15 +93,23 @@ def test_empty_or_default_valued_spec_equals_default(text):
     assert spec.spec_hash == load().spec_hash
 
 
-def test_init_output_parses_back_to_the_default(tmp_path):
+def test_init_writes_a_spec_for_today_and_the_empty_spec_stays_the_seeds(tmp_path):
+    """`init`: containerd's LTS release (2.3) on Debian 13 with the pause image and imports of 2.3's own
+    `config default`, no warning; the empty spec is still the seed's 1.6 setup (decided: imagebuild/v1)."""
     proc = run_cli("init")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
     text = proc.stdout.decode()
-    assert text.startswith("# imagebuild spec")
+    assert text.startswith("# imagebuild spec, a starting point for today")
     # Every key carries its description as a comment.
     assert "# pause image for pod sandboxes" in text
     spec = spec_of(text)
-    assert spec == load() and spec.spec_hash == load().spec_hash
+    assert spec == init_spec() and spec.spec_hash == init_spec().spec_hash
+    assert (spec.apiVersion, spec.image.os, spec.containerd.family, spec.containerd.config_version) == (
+        fields.API_VERSION, "debian-13", "2.3", 4)
+    assert spec.config.sandbox_image == "registry.k8s.io/pause:3.10.2"   # 2.3.7's own default's pin
+    assert spec.config.imports == ("/etc/containerd/conf.d/*.toml",)
+    assert spec.warnings == ()
+    assert spec_of("{}\n") == load() and load().containerd.version == "1.6.20"
     # And the file form: written once, refused without --force, rewritten with it.
     target = tmp_path / "spec.yaml"
     assert run_main(["init", "-o", str(target)])[0] == 0
@@ -201,7 +210,7 @@ def test_warnings_are_printed_and_render_still_succeeds(tmp_path, doc, fragment)
 
 
 def test_globs_do_not_warn_but_one_file_does_on_2x_too():
-    assert spec_of({"config": {"imports": ["/etc/containerd/conf.d/*.toml"]}}).warnings == ()
+    assert spec_of({"config": {"imports": ["/etc/containerd/conf.d/*.toml"]}}).warnings == (eol_warning("1.6"),)
     # containerd 2.1.9 exits as 1.x does: "open /etc/containerd/extra.toml: no such file or directory".
     assert any("containerd 2.x refuses to start" in w for w in spec_of(
         {"containerd": {"version": "2.1.9"}, "config": {"imports": ["/etc/containerd/extra.toml"]}}).warnings)
@@ -237,4 +246,4 @@ def test_init_carries_apiversion_and_reads_back_without_a_notice():
     assert "\napiVersion: imagebuild/v1\n" in text
     spec = spec_of(text)
     assert spec.notices == () and spec.warnings == ()
-    assert spec == load() and spec.document == load().document
+    assert spec == init_spec() and spec.document == init_spec().document

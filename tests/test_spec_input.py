@@ -196,3 +196,23 @@ def test_hostile_input_is_refused_in_bounded_memory(tmp_path, case_id):
     finally:
         tracemalloc.stop()
     assert peak < 16 * 1024 * 1024, f"{case_id}: peak {peak // 1024} KiB"  # at most about 1 MiB measured
+
+
+def test_a_family_past_upstreams_end_of_support_is_warned_with_the_date():
+    import datetime
+
+    from imagebuild.spec.containerd import END_OF_SUPPORT, end_of_support_warning, reference_families
+
+    assert end_of_support_warning("1.6", datetime.date(2025, 8, 23)) is None          # its last day
+    warning = end_of_support_warning("1.6", datetime.date(2025, 8, 24))
+    assert warning is not None and "2025-08-23" in warning and "2.3" in warning
+    assert end_of_support_warning("2.3", datetime.date(2026, 12, 7)) is None           # the LTS
+    assert end_of_support_warning("9.9") is None
+    assert set(END_OF_SUPPORT) == set(reference_families())        # every family the spec reads has its date
+    # On a spec: one line on containerd.version, for a family past it on the day it is read.
+    today = datetime.date.today()
+    for family, version in (("1.6", "1.6.20"), ("2.3", "2.3.7")):
+        spec = spec_of({"containerd": {"version": version}})
+        warned = [w for w in spec.warnings if w.startswith("containerd.version")]
+        past = today > datetime.date.fromisoformat(END_OF_SUPPORT[family])
+        assert warned == ([f"containerd.version: {end_of_support_warning(family)}"] if past else []), family

@@ -77,9 +77,12 @@ def cmd_schema(args) -> int:
 
 def cmd_init(args) -> int:
     from imagebuild.render import write_file_atomic
+    from imagebuild.spec.load import INIT_HEADER, init_document
+    from imagebuild.spec.model import Spec
     from imagebuild.spec.problems import commented_default
 
-    text = commented_default()
+    # the model's own values (a profile's sysctls are merged in when the file is read, not written out)
+    text = commented_default(Spec.model_validate(init_document()), INIT_HEADER)
     if args.output == "-":
         sys.stdout.write(text)
         return 0

@@ -3,6 +3,7 @@ and its family, registries and mirrors, runtimes, config.toml's settings, the sy
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import posixpath
 import re
@@ -79,6 +80,25 @@ def config_version_of(family: str) -> int:
     if not match:
         raise ValueError(f"imagebuild/defaults/upstream/config-{family}.toml has no `version = N` line")
     return int(match.group(1))
+
+
+#: When upstream support of each family ends (containerd's RELEASES.md; the month only where it names no day:
+#: its last day counts). A spec of a family past it is warned, never refused: images of it are still built.
+END_OF_SUPPORT: dict[str, str] = {
+    "1.6": "2025-08-23", "1.7": "2026-09-30", "2.0": "2027-03-31", "2.1": "2026-07-03", "2.2": "2026-11-06",
+    "2.3": "2028-04-30", "2.4": "2027-04-26",
+}
+#: The long-term-support family `imagebuild init` starts from, at the release of its reference default.
+LTS_VERSION = "2.3.7"
+
+
+def end_of_support_warning(family: str, today: datetime.date | None = None) -> str | None:
+    """One line when *family* is past upstream's end of support (on *today*, default: the date today)."""
+    end = END_OF_SUPPORT.get(family)
+    if end is None or (today or datetime.date.today()) <= datetime.date.fromisoformat(end):
+        return None
+    return (f"containerd {family} left upstream support on {end} (containerd's RELEASES.md): no more fixes; "
+            f"{LTS_VERSION.rsplit('.', 1)[0]} is the long-term-support release")
 
 
 def family_for(major: int, minor: int) -> str | None:

@@ -18,8 +18,8 @@ import yaml
 from pydantic import ValidationError
 
 from imagebuild.spec import rules, variants
-from imagebuild.spec.containerd import family_of
-from imagebuild.spec.containerd_keys import normalise_overrides
+from imagebuild.spec.containerd import LTS_VERSION, config_version_of, family_of
+from imagebuild.spec.containerd_keys import KeyPaths, normalise_overrides, reference_tree
 from imagebuild.spec.fields import API_VERSION, API_VERSIONS, RENAMES, Problem, show
 from imagebuild.spec.model import PROFILES, Matrix, Spec
 from imagebuild.spec.problems import Written, plain, problems_of
@@ -425,3 +425,29 @@ def load(path: str | Path | None = None) -> Spec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([Problem("", f"cannot read {path}: {exc}")], str(path)) from None
     return parse(text, str(path))
+
+
+#: What `imagebuild init` says of the spec it writes.
+INIT_HEADER = (
+    "# imagebuild spec, a starting point for today: containerd's long-term-support release on Debian 13, with",
+    "# the sandbox image its own `config default` names; every other key is the built-in default.",
+)
+
+
+def init_document() -> dict:
+    """The spec `imagebuild init` writes: the current apiVersion, image.os debian-13, containerd's LTS
+    release (containerd.LTS_VERSION), and the pause image and config imports that release's own default
+    config has. The empty spec stays what it was (the seed's setup, under imagebuild/v1)."""
+    family = family_of(LTS_VERSION)
+    table, key = KeyPaths(config_version_of(family)).sandbox
+    default = reference_tree(family)
+    pause: Any = default
+    for part in (*table, key):
+        pause = pause[part]
+    return {"apiVersion": API_VERSION, "image": {"os": "debian-13"}, "containerd": {"version": LTS_VERSION},
+            "config": {"sandbox_image": pause, "imports": default.get("imports", [])}}
+
+
+def init_spec() -> Spec:
+    """init_document() read as any spec is: what the file `imagebuild init` writes reads back as."""
+    return from_document(init_document(), "imagebuild init", current=True)

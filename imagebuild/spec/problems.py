@@ -42,10 +42,11 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def commented_default() -> str:
-    """The default spec as YAML, every key preceded by its description: `imagebuild init`."""
-    lines = ["# imagebuild spec: every key below is the built-in default (containerd's seed setup).",
-             "# Delete what you do not change; `imagebuild schema` prints the JSON Schema for editors."]
+def commented_default(spec: Spec | None = None, header: tuple[str, ...] = ()) -> str:
+    """*spec* (default: the built-in default spec) as YAML, every key preceded by its description:
+    `imagebuild init` (which gives the starting point of spec.load.init_spec and its *header*)."""
+    lines = list(header) or ["# imagebuild spec: every key below is the built-in default (containerd's seed setup)."]
+    lines.append("# Delete what you do not change; `imagebuild schema` prints the JSON Schema for editors.")
 
     def emit(section: BaseModel, indent: int) -> None:
         pad = "  " * indent
@@ -58,7 +59,7 @@ def commented_default() -> str:
                 continue
             text = yaml.safe_dump({key: plain(value)}, default_flow_style=False, sort_keys=False, width=4096)
             lines.extend(pad + line for line in text.rstrip("\n").split("\n"))
-    emit(Spec(), 0)
+    emit(spec or Spec(), 0)
     return "\n".join(lines) + "\n"
 
 

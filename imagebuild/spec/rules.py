@@ -14,6 +14,7 @@ from typing import Any
 from imagebuild.spec.containerd import (
     api_root,
     config_version_of,
+    end_of_support_warning,
     family_for,
     package_families,
     reference_families,
@@ -37,6 +38,8 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
         problems.append(Problem("containerd.version", f"got {ctd['version']!r}, expected {supported_versions()} "
                                 f"(the versions whose reference config imagebuild carries: "
                                 f"{', '.join(reference_families())})"))
+    elif (eol := end_of_support_warning(family_for(major, minor) or "")) is not None:
+        warnings.append(f"containerd.version: {eol}")
     install = ctd["install"]
     if install["method"] == "tarball":
         for name in ("tarball", "runc") + (("cni_plugins",) if install["cni_plugins"] else ()):
