@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from imagebuild.spec.aws_rules import section_problems
 from imagebuild.spec.containerd import Config, Containerd, Proxy, Sha256, Unit
 from imagebuild.spec.fields import (
     API_VERSION,
@@ -224,6 +225,7 @@ class Aws(Section):
             for region, arn in self.kms_keys.items():
                 if f":kms:{region}:" not in arn:
                     found.append((f"kms_keys.{region}", f"got {show(arn)}, expected a key of region {region}"))
+        found += section_problems(self)
         if found:
             raise _error("; ".join(message for _, message in found), problems=found)
         return self
