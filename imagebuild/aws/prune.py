@@ -44,6 +44,9 @@ USAGE_RESOURCE_TYPES = ("ec2:Instance", "ec2:LaunchTemplate")
 USAGE_REPORT_WAIT_S = 600.0  # how long prune waits for image usage reports (like botocore's waiter)
 USAGE_REPORT_POLL_S = 15.0
 _USAGE_CHUNK = 200  # report ids per DescribeImageUsageReports(Entries) request; account ids per report
+# What EC2 answers for a launch template, or a version of one, that no longer exists.
+GONE_TEMPLATE = ("InvalidLaunchTemplateId.NotFound", "InvalidLaunchTemplateName.NotFoundException",
+                 "InvalidLaunchTemplateId.VersionNotFound")
 # What an endpoint without an API answers (a partition or emulator that lacks it).
 UNSUPPORTED = ("InvalidAction", "UnsupportedOperation", "NotImplemented", "InvalidParameterValue")
 
@@ -233,8 +236,15 @@ def _launch_template_users(clients: ClientFactory, ec2: Any, region: str) -> Ite
         for template in page["LaunchTemplates"]:
             template_id = template["LaunchTemplateId"]
             label = template.get("LaunchTemplateName") or template_id
-            versions = ec2.get_paginator("describe_launch_template_versions").paginate(LaunchTemplateId=template_id)
-            for version_page in versions:
+            try:
+                pages = list(ec2.get_paginator("describe_launch_template_versions").paginate(
+                    LaunchTemplateId=template_id))
+            except Exception as exc:
+                if error_code(exc) not in GONE_TEMPLATE:
+                    raise
+                step(f"{region}: launch template {label} was deleted while prune read it; it keeps no AMI")
+                continue
+            for version_page in pages:
                 for version in version_page["LaunchTemplateVersions"]:
                     named = _template_image(clients, region, version)
                     if named:
@@ -273,7 +283,15 @@ def _auto_scaling_users(clients: ClientFactory, ec2: Any, region: str) -> Iterat
                 ref = ({"LaunchTemplateId": spec["LaunchTemplateId"]} if spec.get("LaunchTemplateId")
                        else {"LaunchTemplateName": spec["LaunchTemplateName"]})
                 wanted = spec.get("Version") or "$Default"
-                versions = ec2.describe_launch_template_versions(**ref, Versions=[wanted])["LaunchTemplateVersions"]
+                try:
+                    versions = ec2.describe_launch_template_versions(**ref, Versions=[wanted])["LaunchTemplateVersions"]
+                except Exception as exc:
+                    if error_code(exc) not in GONE_TEMPLATE:
+                        raise
+                    # a reference to nothing launches nothing: it cannot keep an AMI in use
+                    step(f"{region}: Auto Scaling group {name} names launch template {next(iter(ref.values()))} "
+                         f"version {wanted}, which no longer exists ({error_code(exc)}); it keeps no AMI")
+                    continue
                 for version in versions:
                     named = _template_image(clients, region, version)
                     if named:
