@@ -26,7 +26,7 @@ from imagebuild.aws.lookup import (
     wait_snapshot,
 )
 from imagebuild.aws.record import PublishRecord
-from imagebuild.aws.recover import reconcile
+from imagebuild.aws.recover import await_visible, reconcile, stamp
 from imagebuild.aws.release import deprecate, point_ssm_parameter, share
 from imagebuild.aws.request import (
     ami_name,
@@ -148,7 +148,8 @@ class _Publish(PublishJob):
         image_id = ec2.register_image(**request)["ImageId"]
         self.record.set_image(
             self.home,
-            {"id": image_id, "state": "pending", "source": "register", "snapshots": [snapshot_id]},
+            {"id": image_id, "state": "pending", "source": "register", "snapshots": [snapshot_id],
+             "created_at": stamp()},
             note=f"{self.home}: registered {image_id} from {snapshot_id}",
         )
 
@@ -286,6 +287,8 @@ class _Publish(PublishJob):
         entry = dict(self.record.images[region])
         ec2 = self.ec2(region)
         image = wait_image(ec2, entry["id"], self.wait_timeout, self.poll_interval)
+        if image is None and await_visible(self, region, entry) is not None:  # AWS was not consistent yet
+            image = wait_image(ec2, entry["id"], self.wait_timeout, self.poll_interval)
         if image is None or image.get("State") == "deregistered":
             self.record.set_image(region, None, note=f"{region}: {entry['id']} disappeared")
             raise _RegionFailed(region, f"AMI {entry['id']} disappeared before it became available")
@@ -344,7 +347,7 @@ class _Publish(PublishJob):
                 continue
             self.record.set_image(
                 region,
-                {"id": image_id, "state": "pending", "source": "copy", "snapshots": []},
+                {"id": image_id, "state": "pending", "source": "copy", "snapshots": [], "created_at": stamp()},
                 note=f"{region}: copy {image_id} of {home_id} started",
             )
             started.append(region)

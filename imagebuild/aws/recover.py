@@ -63,6 +63,8 @@ def reconcile(job: PublishJob) -> None:
     record = job.record
     for region, entry in list(record.images.items()):
         state = image_state(job.ec2(region), entry["id"])
+        if state is None and await_visible(job, region, entry) is not None:
+            state = image_state(job.ec2(region), entry["id"])
         if state in (None, "deregistered"):
             step(f"{region}: recorded AMI {entry['id']} is gone; will publish it again")
             record.set_image(region, None, note=f"{region}: {entry['id']} no longer exists")

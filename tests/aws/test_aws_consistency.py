@@ -1,0 +1,116 @@
+"""publish against what AWS documents and moto does not model: eventual consistency right after
+RegisterImage and CopyImage, a snapshot slower than the wait, a RegisterImage answer lost on the way,
+and StartSnapshot's client token after a kill.
+
+AWS's answers are given in the shapes of botocore's model through `before-send`/`after-call` on the
+code's session; every request the code sends is still model-checked and recorded (conftest)."""
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs
+
+import pytest
+
+from conftest import ec2_answer
+from imagebuild.aws import PublishTarget
+from imagebuild.aws.publish import publish
+from imagebuild.errors import ImagebuildError
+
+HOME = "eu-west-1"
+COPY = "us-west-2"
+
+
+def target(**changes) -> PublishTarget:
+    values = dict(region=HOME, copy_regions=[COPY], share_with_accounts=[], ssm_parameter="/imagebuild/golden/latest",
+                  keep=2, tags={}, family="containerd-golden")
+    values.update(changes)
+    return PublishTarget(**values)
+
+
+def record_of(image_dir):
+    return json.loads((image_dir / "publish.json").read_text())
+
+
+def form(request) -> dict[str, str]:
+    body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
+    return {k: v[0] for k, v in parse_qs(body).items()}
+
+
+def not_found(image_id: str):
+    return ec2_answer(400, "<Response><Errors><Error><Code>InvalidAMIID.NotFound</Code><Message>The image id "
+                           f"'[{image_id}]' does not exist</Message></Error></Errors><RequestID>r</RequestID>"
+                           "</Response>")
+
+
+class NotYetVisible:
+    """AWS's eventual consistency: after RegisterImage or CopyImage answered, DescribeImages naming
+    the new AMI answers InvalidAMIID.NotFound for its first *n* asks (moto knows the AMI at once)."""
+
+    def __init__(self, session, n: int):
+        self.n, self.left, self.answered = n, {}, 0
+        for operation in ("RegisterImage", "CopyImage"):
+            session.events.register(f"after-call.ec2.{operation}", self.created)
+        session.events.register_first("before-send.ec2.DescribeImages", self.describe)
+
+    def created(self, parsed, **_):
+        self.left[parsed["ImageId"]] = self.n
+
+    def describe(self, request, **_):
+        for key, image_id in form(request).items():
+            if key.startswith("ImageId.") and self.left.get(image_id, 0) > 0:
+                self.left[image_id] -= 1
+                self.answered += 1
+                return not_found(image_id)
+        return None
+
+
+def test_an_ami_not_yet_visible_after_register_and_copy_is_waited_for(aws, boto_session, make_image,
+                                                                     recording_clients):
+    image_dir, _ = make_image()
+    unseen = NotYetVisible(boto_session, 3)
+    record = publish(image_dir, target(), progress=lambda p: None, clients=recording_clients(), poll_interval=0.01)
+    assert record["complete"] is True and set(record["images"]) == {HOME, COPY}
+    assert unseen.answered == 6  # three NotFound answers for each new AMI, and then it was there
+    assert not any("disappeared" in note or "no longer exists" in note for note in record["notes"])
+    assert all(entry["state"] == "available" for entry in record["images"].values())
+
+
+def test_an_ami_that_never_shows_up_is_still_reported_gone(aws, boto_session, make_image, recording_clients,
+                                                           monkeypatch):
+    """Negative: the wait is bounded by AWS's consistency window (shortened here)."""
+    from imagebuild.aws import recover
+
+    monkeypatch.setattr(recover, "CONSISTENCY_WINDOW_S", 0.5)
+    image_dir, _ = make_image()
+    NotYetVisible(boto_session, 10**9)
+    with pytest.raises(ImagebuildError, match="disappeared before it became available"):
+        publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=recording_clients(),
+                poll_interval=0.01)
+    assert record_of(image_dir)["images"] == {}
+
+
+def test_a_rerun_right_after_a_kill_waits_for_the_recorded_ami(aws, boto_session, make_image, recording_clients):
+    """Killed right after RegisterImage was recorded; the rerun at once gets NotFound for that AMI and
+    waits, rather than dropping it from the record (and registering or adopting it again)."""
+    image_dir, _ = make_image()
+    unseen = NotYetVisible(boto_session, 0)
+
+    def killed(request, **_):
+        if any(unseen.left.get(v) is not None for k, v in form(request).items() if k.startswith("ImageId.")):
+            raise KeyboardInterrupt
+
+    boto_session.events.register_first("before-send.ec2.DescribeImages", killed, unique_id="kill")
+    with pytest.raises(KeyboardInterrupt):
+        publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=recording_clients(),
+                poll_interval=0.01)
+    boto_session.events.unregister("before-send.ec2.DescribeImages", unique_id="kill")
+    (image_id,) = unseen.left
+    assert record_of(image_dir)["images"][HOME]["id"] == image_id
+
+    unseen.left[image_id] = 3
+    rerun = recording_clients()
+    record = publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=rerun, poll_interval=0.01)
+    assert unseen.answered == 3 and record["complete"] is True
+    assert record["images"][HOME]["id"] == image_id and record["images"][HOME]["source"] == "register"
+    assert rerun.count("register_image") == 0
+    assert not any("no longer exists" in note for note in record["notes"])
