@@ -138,7 +138,10 @@ class _Publish(PublishJob):
         if self.adopt_existing(self.home):
             return
         snap = self.record.snapshot
-        if snap is None or snap.get("state") != "completed":
+        if snap is not None and snap.get("state") == "completing" and snap.get("id"):
+            step(f"waiting for snapshot {snap['id']}, uploaded by an earlier run")
+            snapshot_id = self.finish_snapshot(snap["id"])
+        elif snap is None or snap.get("state") != "completed":
             snapshot_id = self.upload()
         else:
             snapshot_id = snap["id"]
@@ -178,7 +181,6 @@ class _Publish(PublishJob):
         return True
 
     def upload(self) -> str:
-        ec2 = self.ec2(self.home)
         # Scratch beside the image: the raw disk is as large as the image's virtual size, and a
         # killed run leaves it where the image is, not in a possibly small /tmp.
         workdir = Path(tempfile.mkdtemp(prefix=".publish-scratch-", dir=self.qcow2.parent))
@@ -241,15 +243,25 @@ class _Publish(PublishJob):
                 "checksum": result.checksum,
             },
         )
-        state = wait_snapshot(ec2, snapshot_id, self.wait_timeout, self.poll_interval)
+        return self.finish_snapshot(snapshot_id)
+
+    def finish_snapshot(self, snapshot_id: str) -> str:
+        """Wait for AWS to finish a snapshot it accepted as complete. One still pending when the wait
+        ends is kept, recorded as completing, for the next run to wait for; one in error is deleted."""
+        state = wait_snapshot(self.ec2(self.home), snapshot_id, self.wait_timeout, self.poll_interval)
+        if state == "pending":
+            self.record.note(f"snapshot {snapshot_id} still pending after {self.wait_timeout:.0f} s; kept")
+            raise ImagebuildError(f"snapshot {snapshot_id} is still pending after {self.wait_timeout:.0f} s; it is "
+                                  "kept: run publish again to keep waiting for it")
         if state != "completed":
             self.delete_incomplete_snapshot(snapshot_id, f"it ended in state {state}")
             raise ImagebuildError(
                 f"snapshot {snapshot_id} ended in state {state!r} instead of completed; it was deleted")
         snap = dict(self.record.snapshot or {})
         snap["state"] = "completed"
-        self.record.set("snapshot", snap, note=f"snapshot {snapshot_id} completed ({result.blocks_written} blocks)")
-        step(f"snapshot {snapshot_id} completed: {result.blocks_written} blocks written")
+        self.record.set("snapshot", snap, note=f"snapshot {snapshot_id} completed ({snap.get('blocks_written')} "
+                        "blocks)")
+        step(f"snapshot {snapshot_id} completed: {snap.get('blocks_written')} blocks written")
         return snapshot_id
 
     def upload_failed(self, failed: UploadFailed) -> None:

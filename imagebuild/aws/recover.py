@@ -81,7 +81,8 @@ def reconcile(job: PublishJob) -> None:
     if snap.get("state") == "completing" and actual == "completed":
         # killed while waiting for AWS to finish a snapshot it had accepted as complete
         record.set("snapshot", {**snap, "state": "completed"}, note=f"snapshot {snap['id']} completed")
-    elif snap.get("state") != "completed" and record.image_id(job.home) is None:
+    elif snap.get("state") not in ("completed", "completing") and record.image_id(job.home) is None:
+        # (a completing one AWS is still at: make_home_image waits for it)
         # an earlier upload died without cleaning up (e.g. the process was killed)
         job.delete_incomplete_snapshot(snap["id"], "left by an interrupted earlier upload")
 

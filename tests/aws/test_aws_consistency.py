@@ -114,3 +114,60 @@ def test_a_rerun_right_after_a_kill_waits_for_the_recorded_ami(aws, boto_session
     assert record["images"][HOME]["id"] == image_id and record["images"][HOME]["source"] == "register"
     assert rerun.count("register_image") == 0
     assert not any("no longer exists" in note for note in record["notes"])
+
+
+class SlowSnapshot:
+    """A snapshot AWS takes longer to finish than the wait: DescribeSnapshots says `pending` (moto
+    completes a snapshot at once) while `slow` is set. The answer stays in botocore's parsed shape."""
+
+    def __init__(self, session):
+        self.slow = True
+        session.events.register("after-call.ec2.DescribeSnapshots", self.answer)
+
+    def answer(self, parsed, **_):
+        if self.slow:
+            for snapshot in parsed.get("Snapshots", []):
+                if snapshot.get("State") == "completed":
+                    snapshot["State"] = "pending"
+
+
+def test_a_snapshot_slower_than_the_wait_is_kept_for_the_rerun(aws, boto, boto_session, make_image,
+                                                               recording_clients):
+    image_dir, _ = make_image()
+    slow = SlowSnapshot(boto_session)
+    with pytest.raises(ImagebuildError, match=r"snapshot snap-\w+ is still pending after 0 s; it is kept"):
+        publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=recording_clients(),
+                wait_timeout=0.05, poll_interval=0.01)
+    first = record_of(image_dir)["snapshot"]
+    assert first["state"] == "completing" and first["id"]
+    assert boto("ec2").describe_snapshots(SnapshotIds=[first["id"]])["Snapshots"]  # not deleted
+
+    again = recording_clients()  # a rerun while AWS is still at it: waits again, deletes nothing
+    with pytest.raises(ImagebuildError, match="is still pending"):
+        publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=again, wait_timeout=0.05,
+                poll_interval=0.01)
+    assert again.count("start_snapshot") == 0 and again.count("delete_snapshot") == 0
+    assert record_of(image_dir)["snapshot"]["id"] == first["id"]
+
+    slow.slow = False  # AWS finished it
+    done = recording_clients()
+    record = publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=done, poll_interval=0.01)
+    assert record["complete"] is True and record["snapshot"]["id"] == first["id"]
+    assert first["id"] in record["images"][HOME]["snapshots"]  # (moto adds a snapshot of its own)
+    assert done.count("start_snapshot") == 0 and done.count("put_snapshot_block") == 0
+
+
+def test_a_snapshot_that_ends_in_error_is_still_deleted(aws, boto, boto_session, make_image, recording_clients):
+    """Negative: only a snapshot AWS is still completing is kept; one in state error is useless."""
+    image_dir, _ = make_image()
+
+    def error(parsed, **_):
+        for snapshot in parsed.get("Snapshots", []):
+            snapshot["State"] = "error"
+
+    boto_session.events.register("after-call.ec2.DescribeSnapshots", error)
+    with pytest.raises(ImagebuildError, match="ended in state 'error' instead of completed; it was deleted"):
+        publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=recording_clients(),
+                poll_interval=0.01)
+    assert record_of(image_dir)["snapshot"] is None
+    assert boto("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"] == []
