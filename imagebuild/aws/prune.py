@@ -164,8 +164,10 @@ def _orphan_snapshots(ec2: Any, family: str, region: str) -> list[Decision]:
     tagged = [s for s in tagged if _tags(s).get(FAMILY_TAG) == family and _tags(s).get(IMAGE_ID_TAG)]
     if not tagged:
         return []
-    images = [i for page in ec2.get_paginator("describe_images").paginate(Owners=["self"]) for i in page["Images"]
-              if i.get("State") != "deregistered"]
+    # IncludeDisabled: DescribeImages leaves disabled AMIs out by default, even for their owner, and
+    # their snapshots would look orphaned (DeleteSnapshot then fails InvalidSnapshot.InUse every night)
+    images = [i for page in ec2.get_paginator("describe_images").paginate(Owners=["self"], IncludeDisabled=True)
+              for i in page["Images"] if i.get("State") != "deregistered"]
     existing = {i["ImageId"] for i in images}
     in_use = {snapshot for image in images for snapshot in block_device_snapshots(image)}
     decisions = []

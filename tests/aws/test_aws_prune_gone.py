@@ -88,3 +88,46 @@ def test_any_other_error_of_the_lookup_still_stops_prune(aws, boto, boto_session
     with pytest.raises(ImagebuildError, match="prune stopped: UnauthorizedOperation"):
         prune(target(), clients=clients, apply=True)
     assert n0 in {i["ImageId"] for i in home.describe_images(Owners=["self"])["Images"]}
+
+
+class HidesDisabled:
+    """DescribeImages as AWS answers it: disabled AMIs are left out unless IncludeDisabled is true,
+    even for their owner (moto lists them always). The request is model-checked as usual; the answer
+    is filtered in botocore's parsed shape."""
+
+    def __init__(self, session):
+        session.events.register("before-parameter-build.ec2.DescribeImages", self.asked)
+        session.events.register("after-call.ec2.DescribeImages", self.answer)
+
+    @staticmethod
+    def asked(params, context, **_):
+        context["include_disabled"] = params.get("IncludeDisabled") is True
+
+    @staticmethod
+    def answer(parsed, context, **_):
+        if not context.get("include_disabled"):
+            parsed["Images"] = [i for i in parsed.get("Images", []) if i.get("State") != "disabled"]
+
+
+def test_snapshots_of_a_disabled_ami_are_not_orphans(aws, boto, boto_session, clients, api_calls):
+    home = boto("ec2", HOME)
+    (n0, snaps0), (n1, _), (n2, _) = (seed(home, n) for n in range(3))
+    home.disable_image(ImageId=n0)
+    HidesDisabled(boto_session)
+    decisions = prune(target(), clients=clients, apply=True)
+    assert not [d for d in decisions if d.kind == "snapshot"], [d.reason for d in decisions]
+    assert snaps0 <= {s["SnapshotId"] for s in home.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    (state,) = [i["State"] for i in home.describe_images(ImageIds=[n0])["Images"]]
+    assert state == "disabled"
+    assert any(p.get("IncludeDisabled") is True for p in api_calls.params("ec2:DescribeImages"))
+
+
+def test_snapshots_of_a_deregistered_ami_are_still_swept(aws, boto, boto_session, clients):
+    """Negative: IncludeDisabled shows disabled AMIs, not deregistered ones."""
+    home = boto("ec2", HOME)
+    (n0, snaps0), _, _ = (seed(home, n) for n in range(3))
+    HidesDisabled(boto_session)
+    home.deregister_image(ImageId=n0)
+    decisions = prune(target(), clients=clients, apply=True)
+    assert {s for d in decisions if d.kind == "snapshot" for s in d.snapshot_ids} == snaps0
+    assert not snaps0 & {s["SnapshotId"] for s in home.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
