@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, is_aws_error
+from imagebuild.aws import recover
+from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
 from imagebuild.aws.documents import PublishTarget
 from imagebuild.aws.job import PublishJob
 from imagebuild.aws.lookup import (
@@ -148,7 +150,16 @@ class _Publish(PublishJob):
             step(f"reusing uploaded snapshot {snapshot_id}")
         step(f"{self.home}: registering AMI {self.name}")
         request = register_request(self.manifest, self.target, snapshot_id)
-        image_id = ec2.register_image(**request)["ImageId"]
+        try:
+            image_id = ec2.register_image(**request)["ImageId"]
+        except Exception as exc:
+            if error_code(exc) != "InvalidAMIName.Duplicate":
+                raise
+            # RegisterImage takes no client token: when its answer was lost (a timeout) botocore sends it
+            # again, and AWS answers that the name is taken, by the AMI the first send made
+            self.record.note(f"{self.home}: RegisterImage answered {describe_error(exc)}; adopting that AMI")
+            self.adopt_after_duplicate()
+            return
         self.record.set_image(
             self.home,
             {"id": image_id, "state": "pending", "source": "register", "snapshots": [snapshot_id],
@@ -179,6 +190,17 @@ class _Publish(PublishJob):
         )
         step(f"{region}: found {found['ImageId']} ({self.name}) from an earlier run; using it")
         return True
+
+    def adopt_after_duplicate(self) -> None:
+        """Adopt the AMI that holds our name now; DescribeImages may take AWS's consistency window to show it."""
+        window = recover.CONSISTENCY_WINDOW_S
+        deadline = time.monotonic() + window
+        while not self.adopt_existing(self.home):
+            if time.monotonic() >= deadline:
+                raise ImagebuildError(f"{self.home}: RegisterImage says an AMI named {self.name} exists, but "
+                                      f"DescribeImages did not show it within {window:.0f} s; run "
+                                      "publish again to adopt it")
+            time.sleep(self.poll_interval)
 
     def upload(self) -> str:
         # Scratch beside the image: the raw disk is as large as the image's virtual size, and a

@@ -171,3 +171,66 @@ def test_a_snapshot_that_ends_in_error_is_still_deleted(aws, boto, boto_session,
                 poll_interval=0.01)
     assert record_of(image_dir)["snapshot"] is None
     assert boto("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"] == []
+
+
+def duplicate(name: str, image_id: str):
+    return ec2_answer(400, "<Response><Errors><Error><Code>InvalidAMIName.Duplicate</Code><Message>AMI name "
+                           f"{name} is already in use by AMI {image_id}</Message></Error></Errors>"
+                           "<RequestID>r</RequestID></Response>")
+
+
+class LostAnswer:
+    """The first RegisterImage reaches AWS, which makes the AMI, but its answer is lost (a read
+    timeout); botocore sends it again, and AWS answers InvalidAMIName.Duplicate (RegisterImage takes
+    no client token). moto would register a second AMI of the name: the retry is answered as AWS
+    does. *foreign*: instead, someone else's AMI of that name appeared first."""
+
+    def __init__(self, session, boto, foreign: bool = False):
+        self.sends, self.made, self.boto, self.foreign = 0, None, boto, foreign
+        session.events.register_first("before-send.ec2.RegisterImage", self.send)
+
+    def send(self, request, **_):
+        import re
+
+        from botocore.exceptions import ReadTimeoutError
+        from botocore.httpsession import URLLib3Session
+
+        self.sends += 1
+        name = form(request)["Name"]
+        if self.sends == 1:
+            if self.foreign:
+                self.made = self.boto("ec2", HOME).register_image(
+                    Name=name, RootDeviceName="/dev/xvda", VirtualizationType="hvm",
+                    BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 1}}])["ImageId"]
+            else:
+                answer = URLLib3Session().send(request)  # AWS gets the request and makes the AMI ...
+                self.made = re.search(r"<imageId>(ami-\w+)</imageId>", answer.content.decode()).group(1)
+            raise ReadTimeoutError(endpoint_url=request.url)  # ... and its answer is lost
+        if self.sends == 2:
+            return duplicate(name, self.made)
+        return None
+
+
+def test_a_lost_register_answer_is_adopted_on_the_spot(aws, boto, boto_session, make_image, recording_clients):
+    image_dir, _ = make_image()
+    lost = LostAnswer(boto_session, boto)
+    clients = recording_clients()
+    record = publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=clients,
+                     poll_interval=0.01)
+    assert lost.sends == 2 and clients.count("register_image") == 1  # one call, botocore sent it twice
+    assert record["complete"] is True and record["images"][HOME]["id"] == lost.made
+    assert record["images"][HOME]["source"] == "adopted"
+    assert any("InvalidAMIName.Duplicate" in note for note in record["notes"])
+    named = boto("ec2").describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [record["name"]]}])
+    assert [i["ImageId"] for i in named["Images"]] == [lost.made]
+
+
+def test_a_duplicate_name_of_another_image_is_not_adopted(aws, boto, boto_session, make_image, recording_clients):
+    """Negative: the AMI that holds the name was not made from this image: refused, not taken over."""
+    image_dir, _ = make_image()
+    lost = LostAnswer(boto_session, boto, foreign=True)
+    with pytest.raises(ImagebuildError, match=r"an AMI named containerd-golden-\w+ already exists \(ami-\w+\) "
+                                              "and was not made from this image"):
+        publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=recording_clients(),
+                poll_interval=0.01)
+    assert record_of(image_dir)["images"] == {} and lost.sends == 2
