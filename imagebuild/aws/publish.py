@@ -28,7 +28,7 @@ from imagebuild.aws.lookup import (
     wait_snapshot,
 )
 from imagebuild.aws.record import PublishRecord
-from imagebuild.aws.recover import await_visible, reconcile, stamp
+from imagebuild.aws.recover import await_visible, reconcile, stamp, sweep_own_orphans
 from imagebuild.aws.release import deprecate, point_ssm_parameter, share
 from imagebuild.aws.request import (
     ami_name,
@@ -224,6 +224,7 @@ class _Publish(PublishJob):
             # saved asks again with the same token, and AWS hands back the same snapshot.
             earlier = self.record.snapshot or {}
             token = earlier.get("client_token") if earlier.get("state") == "starting" else None
+            token_reused = token is not None
             token = token or str(uuid.uuid4())
             self.record.set("snapshot", {"id": None, "region": self.home, "state": "starting", "client_token": token},
                             note=f"starting a snapshot with client token {token}")
@@ -255,6 +256,8 @@ class _Publish(PublishJob):
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         snapshot_id = result.snapshot_id
+        if token_reused:
+            sweep_own_orphans(self)  # now that the record names the snapshot the token gave back
         self.record.set(
             "snapshot",
             {

@@ -70,10 +70,15 @@ def reconcile(job: PublishJob) -> None:
             record.set_image(region, None, note=f"{region}: {entry['id']} no longer exists")
         elif state not in ("available", "pending"):
             job.drop_image(region, f"it is {state}")
-    sweep_own_orphans(job)
     snap = record.snapshot
+    if snap is not None and snap.get("state") == "starting":
+        # a start whose answer never arrived: upload() asks again with the saved client token, and AWS
+        # answers with the snapshot that start made. Sweeping first would delete exactly that one; the
+        # upload sweeps once the answer names it.
+        return
+    sweep_own_orphans(job)
     if snap is None or not snap.get("id"):
-        return  # nothing, or a start whose answer never arrived: upload() reuses its client token
+        return
     actual = snapshot_state(job.ec2(job.home), snap["id"])
     if actual is None:
         record.set("snapshot", None, note=f"snapshot {snap['id']} no longer exists")
@@ -89,8 +94,9 @@ def reconcile(job: PublishJob) -> None:
 
 def sweep_own_orphans(job: PublishJob) -> None:
     """Delete snapshots of this image that nothing records or uses (a run killed between
-    StartSnapshot and saving its answer; AWS may not honour the client token after a while).
-    Only snapshots tagged with this image's sha256 are looked at; one an AMI uses is kept."""
+    StartSnapshot and saving its answer, whose client token AWS no longer honoured: its new start made
+    another snapshot). Only snapshots tagged with this image's sha256 are looked at; one an AMI uses,
+    and the one the record holds, are kept. Never called while a start's answer is outstanding."""
     record = job.record
     if record.image_id(job.home) is not None:
         return

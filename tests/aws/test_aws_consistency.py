@@ -234,3 +234,59 @@ def test_a_duplicate_name_of_another_image_is_not_adopted(aws, boto, boto_sessio
         publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=recording_clients(),
                 poll_interval=0.01)
     assert record_of(image_dir)["images"] == {} and lost.sends == 2
+
+
+class HonoursClientToken:
+    """StartSnapshot as AWS answers it: a ClientToken seen before gets the same snapshot back, in the
+    shape of botocore's ebs model (moto makes a new snapshot for every call)."""
+
+    def __init__(self, session):
+        self.by_token: dict[str, str] = {}
+        self.replayed = 0
+        session.events.register_first("before-send.ebs.StartSnapshot", self.send)
+        session.events.register_first("before-parameter-build.ebs.StartSnapshot", self.asked)
+        session.events.register_first("after-call.ebs.StartSnapshot", self.started)
+
+    @staticmethod
+    def asked(params, context, **_):
+        context["client_token"] = params.get("ClientToken")
+
+    def started(self, parsed, context, **_):
+        self.by_token.setdefault(context["client_token"], parsed["SnapshotId"])
+
+    def send(self, request, **_):
+        from botocore.awsrequest import AWSResponse
+
+        from conftest import _Body
+
+        token = json.loads(request.body)["ClientToken"]
+        if token not in self.by_token:
+            return None
+        self.replayed += 1
+        body = {"SnapshotId": self.by_token[token], "OwnerId": "123456789012", "Status": "pending",
+                "VolumeSize": 1, "BlockSize": 524288}
+        return AWSResponse(request.url, 201, {"Content-Type": "application/json"}, _Body(json.dumps(body).encode()))
+
+
+def test_one_rerun_recovers_from_a_kill_between_start_snapshot_and_the_record(aws, boto, boto_session, make_image,
+                                                                              recording_clients):
+    image_dir, _ = make_image()
+    tokens = HonoursClientToken(boto_session)
+
+    def killed(**_):
+        raise KeyboardInterrupt
+
+    boto_session.events.register("after-call.ebs.StartSnapshot", killed, unique_id="kill")
+    with pytest.raises(KeyboardInterrupt):
+        publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=recording_clients(),
+                poll_interval=0.01)
+    boto_session.events.unregister("after-call.ebs.StartSnapshot", unique_id="kill")
+    assert record_of(image_dir)["snapshot"]["state"] == "starting"
+    (started,) = tokens.by_token.values()  # AWS made it; no record holds it
+
+    rerun = recording_clients()
+    record = publish(image_dir, target(copy_regions=[]), progress=lambda p: None, clients=rerun, poll_interval=0.01)
+    assert tokens.replayed == 1 and record["complete"] is True
+    assert record["snapshot"]["id"] == started and started in record["images"][HOME]["snapshots"]
+    assert rerun.count("delete_snapshot") == 0  # the sweep did not take the snapshot the token gives back
+    assert boto("ec2").describe_snapshots(SnapshotIds=[started])["Snapshots"][0]["State"] == "completed"
