@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
 from imagebuild.aws.documents import Decision, PublishTarget, parse_build_time
+from imagebuild.aws.hold import hold_of
 from imagebuild.aws.lookup import IMAGE_ID_TAG, block_device_snapshots, ssm_parameter_value
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import step
@@ -124,6 +125,8 @@ def _decide_region(clients: ClientFactory, target: PublishTarget, region: str, s
         protection = image.get("DeregistrationProtection") or "disabled"
         if protection != "disabled":
             protected.setdefault(image["ImageId"], []).append(f"deregistration protection is {protection}")
+        if hold_of(image):
+            protected.setdefault(image["ImageId"], []).append(f"held by an operator ({hold_of(image)})")
     candidates = [image_id for image_id in ids[target.keep:] if not protected.get(image_id)]
     shared = _shared_use(ec2, region, candidates, *usage_wait)
 

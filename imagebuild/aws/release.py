@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from imagebuild.aws.clients import describe_error, error_code
+from imagebuild.aws.hold import held_parameter
 from imagebuild.aws.job import PublishJob
 from imagebuild.aws.lookup import launch_permission_set, launch_permissions, snapshot_volume_accounts
 from imagebuild.errors import ImagebuildError
@@ -45,12 +46,15 @@ def share(job: PublishJob) -> None:
 
 
 def point_ssm_parameter(job: PublishJob) -> None:
+    """The SSM parameter names each region's new AMI, unless an operator holds it at another AMI
+    (imagebuild.aws.hold): then it stays, and `ssm_held` in the record says where and why."""
     record, target = job.record, job.target
     name = target.ssm_parameter
     if not name:
         return
     regions = list(record.images) if target.ssm_all_regions else [job.home]
     done = record.data.setdefault("ssm_regions", {})
+    held = record.data["ssm_held"] = {}
     earlier = record.data.get("ssm_parameter") or {}
     if earlier.get("name") == name and job.home not in done:  # a record written before ssm_regions
         done[job.home] = earlier.get("value")
@@ -59,6 +63,14 @@ def point_ssm_parameter(job: PublishJob) -> None:
         if done.get(region) == image_id:
             continue  # set by this publish already; never move it back if a newer publish moved it
         ssm = job.clients("ssm", region)
+        hold = held_parameter(job.ec2(region), ssm, name)
+        if hold is not None and hold[0] != image_id:
+            held[region] = {"image": hold[0], "reason": hold[1]}
+            message = f"{region}: SSM parameter {name} stays at {hold[0]}: held ({hold[1]}); not moved to {image_id}"
+            record.note(message)
+            record.save()
+            step(message + "; remove the tag to release it")
+            continue
         step(f"{region}: SSM parameter {name} -> {image_id}")
         response = ssm.put_parameter(
             Name=name,
