@@ -517,6 +517,8 @@ CASES = [
         "image.aws.ssm_parameter", "got '/SSM-images/latest': AWS reserves names"),
     Bad("ssm-reserved-aws-prefix-of-a-word", {"image": {"aws": {"ssm_parameter": "/awsome/latest"}}},
         "image.aws.ssm_parameter", "'/awsome/latest'"),
+    Bad("lock-table-name", {"image": {"aws": {"lock_table": "locks table"}}}, "image.aws.lock_table",
+        "got 'locks table', expected a DynamoDB table name"),
     Bad("ssm-too-deep", {"image": {"aws": {"ssm_parameter": "/a" * 16}}}, "image.aws.ssm_parameter",
         "with 16 levels, expected at most 15"),
     # --- documents that are not a spec at all

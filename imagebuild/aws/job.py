@@ -7,6 +7,7 @@ snapshot and deregistering a failed AMI live here, beside the state they change.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ class PublishJob:
         self.name = ami_name(manifest, target)
         self.tags = image_tags(manifest, target)
         self.description = image_description(manifest, target)
+        self.check_lock: Callable[[], None] = lambda: None  # raises once the family's lock is lost
+
 
     def ec2(self, region: str) -> Any:
         return self.clients("ec2", region)

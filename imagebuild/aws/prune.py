@@ -22,6 +22,7 @@ snapshots whose AMI is gone (a delete that failed after deregistration) are swep
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -31,6 +32,7 @@ from typing import Any, NamedTuple
 from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
 from imagebuild.aws.documents import Decision, PublishTarget, parse_build_time
 from imagebuild.aws.hold import hold_of
+from imagebuild.aws.lock import family_lock
 from imagebuild.aws.lookup import IMAGE_ID_TAG, block_device_snapshots, ssm_parameter_value
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import step
@@ -79,13 +81,18 @@ def prune(
     regions = list(dict.fromkeys(regions if regions is not None else target.regions))
     if clients is None:
         clients = boto3_clients()
+    # with apply, one publish or prune of the family at a time (imagebuild.aws.lock); a dry run changes nothing
+    lock = family_lock(clients, target, "prune") if apply else contextlib.nullcontext(None)
     try:
-        decisions: list[Decision] = []
-        for region in regions:
-            ssm_image = _ssm_image(clients, target, region)
-            decisions.extend(_decide_region(clients, target, region, ssm_image, (usage_report_wait, poll_interval)))
-        if apply:
-            decisions = [_apply(clients, d) if d.action == "delete" else d for d in decisions]
+        with lock as lease:
+            decisions: list[Decision] = []
+            for region in regions:
+                ssm_image = _ssm_image(clients, target, region)
+                decisions.extend(_decide_region(clients, target, region, ssm_image,
+                                                (usage_report_wait, poll_interval)))
+            if lease is not None:
+                lease.check()
+                decisions = [_apply(clients, d) if d.action == "delete" else d for d in decisions]
     except Exception as exc:
         if not is_aws_error(exc):
             raise

@@ -19,6 +19,7 @@ from imagebuild.aws import recover
 from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
 from imagebuild.aws.documents import PublishTarget
 from imagebuild.aws.job import PublishJob
+from imagebuild.aws.lock import family_lock
 from imagebuild.aws.lookup import (
     IMAGE_ID_TAG,
     block_device_snapshots,
@@ -78,40 +79,40 @@ def publish(
     """
     image_dir = Path(image_dir)
     manifest, qcow2 = check_publishable(image_dir)
-    record = PublishRecord.open(
-        image_dir,
-        image=manifest.image,
-        image_sha256=manifest.sha256,
-        family=target.family,
-        name=ami_name(manifest, target),
-        home_region=target.region,
-    )
+    # a record of another publish is refused before any call; the record is used once the lock is ours
+    PublishRecord.open(image_dir, image=manifest.image, image_sha256=manifest.sha256, family=target.family,
+                       name=ami_name(manifest, target), home_region=target.region)
     if clients is None:
         clients = boto3_clients(max_pool_connections=max(workers, 1) + 4)
     check_tags(image_tags(manifest, target), clients, target.region, extra=1)  # +1: IMAGE_ID_TAG on snapshots
     root_volume_gib(manifest, target)
-    job = _Publish(
-        image_dir, qcow2, manifest, target, record, clients,
-        progress=progress if progress is not None else upload_bar(),
-        workers=workers, wait_timeout=wait_timeout, poll_interval=poll_interval,
-    )
-    try:
-        job.run()
-    except KeyboardInterrupt:
-        if not record.data.get("last_error"):
-            record.set("last_error", "interrupted; run publish again to finish")
-        raise
-    except ImagebuildError as exc:
-        record.set("last_error", str(exc))
-        raise
-    except Exception as exc:
-        if not is_aws_error(exc):
+    # one publish or prune of the family at a time (imagebuild.aws.lock)
+    with family_lock(clients, target, f"publish {ami_name(manifest, target)}") as lease:
+        record = PublishRecord.open(image_dir, image=manifest.image, image_sha256=manifest.sha256,
+                                    family=target.family, name=ami_name(manifest, target), home_region=target.region)
+        job = _Publish(
+            image_dir, qcow2, manifest, target, record, clients,
+            progress=progress if progress is not None else upload_bar(),
+            workers=workers, wait_timeout=wait_timeout, poll_interval=poll_interval,
+        )
+        job.check_lock = lease.check
+        try:
+            job.run()
+        except KeyboardInterrupt:
+            if not record.data.get("last_error"):
+                record.set("last_error", "interrupted; run publish again to finish")
             raise
-        message = f"publish stopped: {describe_error(exc)}"
-        record.set("last_error", message)
-        raise ImagebuildError(f"{message}. What exists is recorded in {record.path}; "
-                              "run publish again to finish.") from None
-    return record.as_dict()
+        except ImagebuildError as exc:
+            record.set("last_error", str(exc))
+            raise
+        except Exception as exc:
+            if not is_aws_error(exc):
+                raise
+            message = f"publish stopped: {describe_error(exc)}"
+            record.set("last_error", message)
+            raise ImagebuildError(f"{message}. What exists is recorded in {record.path}; "
+                                  "run publish again to finish.") from None
+        return record.as_dict()
 
 
 class _Publish(PublishJob):
@@ -122,20 +123,19 @@ class _Publish(PublishJob):
     def run(self) -> None:
         self.record.data["last_error"] = None
         self.record.data["complete"] = False
-        reconcile(self)
-        if self.record.image_id(self.home) is None:
-            self.make_home_image()
-        self.finish_image(self.home)
-        self.make_copies()
-        share(self)
-        deprecate(self)
-        point_ssm_parameter(self)
+        steps = [lambda: reconcile(self), self.make_home_image, lambda: self.finish_image(self.home), self.make_copies,
+                 lambda: share(self), lambda: deprecate(self), lambda: point_ssm_parameter(self)]
+        for action in steps:
+            self.check_lock()  # the lease is still ours: nothing changes after another run took it over
+            action()
         self.record.set("complete", True, note="publish complete")
         step(f"published {self.name}: " + ", ".join(f"{r} {e['id']}" for r, e in self.record.images.items()))
 
     # ------------------------------------------------------------------ home region
 
     def make_home_image(self) -> None:
+        if self.record.image_id(self.home) is not None:
+            return
         ec2 = self.ec2(self.home)
         if self.adopt_existing(self.home):
             return

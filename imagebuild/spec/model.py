@@ -195,6 +195,9 @@ class Aws(Section):
     deprecate_after_days: Annotated[int, Int(1, 36500)] | None = Field(
         None, description="publish marks the AMI deprecated this many days after its build "
         "(EnableImageDeprecation); null: never")
+    lock_table: Annotated[str, Text(r"^[A-Za-z0-9_.-]{3,255}$", "a DynamoDB table name")] | None = Field(
+        None, description="DynamoDB table in the home region (string partition key `lock`) whose lease makes "
+        "publish and prune of this family one at a time across machines; null: one at a time on each machine only")
 
     @model_validator(mode="after")
     def _rules(self) -> Aws:
