@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.metadata
+import importlib.util
+import json
 import re
+from pathlib import Path
 from typing import Any
 
+from imagebuild.errors import ImagebuildError
 from imagebuild.spec.fields import show
 
 #: SSM's naming constraints (botocore's ssm model, PutParameter Name): a name "can't be prefixed with
@@ -25,21 +30,27 @@ SSM_MAX_LEVELS = 15
 @functools.cache
 def partitions() -> dict[str, tuple[str, ...]]:
     """partition id (aws, aws-cn, aws-us-gov, ...) -> the region names botocore knows in it, from
-    botocore's partitions.json (endpoints.json where an older botocore has no partitions.json).
-    Pseudo-regions (aws-global) are left out: a region name matches its partition's regionRegex."""
-    import botocore.exceptions
-    import botocore.loaders
-
-    loader = botocore.loaders.create_loader()
+    botocore's data/partitions.json (data/endpoints.json where an older botocore has none). The files
+    are read without importing botocore (render and its friends never load it). Pseudo-regions
+    (aws-global) are left out: a region name matches its partition's regionRegex."""
     found: dict[str, tuple[str, ...]] = {}
-    try:
-        for part in loader.load_data("partitions")["partitions"]:
+    partitions_json = _botocore_data() / "partitions.json"
+    if partitions_json.is_file():
+        for part in json.loads(partitions_json.read_text(encoding="utf-8"))["partitions"]:
             regex = re.compile(part["regionRegex"])
             found[part["id"]] = tuple(sorted(r for r in part.get("regions", {}) if regex.match(r)))
-    except botocore.exceptions.DataNotFoundError:
-        for part in loader.load_data("endpoints")["partitions"]:
+    else:
+        endpoints = json.loads((_botocore_data() / "endpoints.json").read_text(encoding="utf-8"))
+        for part in endpoints["partitions"]:
             found[part["partition"]] = tuple(sorted(part.get("regions", {})))
     return found
+
+
+def _botocore_data() -> Path:
+    spec = importlib.util.find_spec("botocore")  # finds the package without running it
+    if spec is None or spec.origin is None:
+        raise ImagebuildError("checking AWS region names needs botocore (pip install boto3)")
+    return Path(spec.origin).parent / "data"
 
 
 def partition_of(region: str) -> str | None:
@@ -54,9 +65,7 @@ def arn_partition(arn: str) -> str:
 
 
 def _botocore_version() -> str:
-    import botocore
-
-    return str(botocore.__version__)
+    return importlib.metadata.version("botocore")
 
 
 def region_problem(region: str) -> str | None:
