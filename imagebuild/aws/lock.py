@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from imagebuild.aws.clients import ClientFactory, describe_error, error_code
+from imagebuild.aws.clients import ClientFactory, describe_error, error_code, is_aws_error
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
 from imagebuild.progress import step
@@ -60,6 +60,15 @@ class Lease:
 
     def acquire(self, wait: float = 0.0, poll: float = 5.0) -> None:
         """Take the lease, waiting at most *wait* seconds for a holder to finish (or its lease to expire)."""
+        try:
+            self._acquire(wait, poll)
+        except Exception as exc:
+            if not is_aws_error(exc):
+                raise
+            raise ImagebuildError(f"{self.what}: cannot take the lock in DynamoDB table {self.table}: "
+                                  f"{describe_error(exc)}") from None
+
+    def _acquire(self, wait: float, poll: float) -> None:
         deadline = time.monotonic() + wait
         while not self._try():
             holder = self._holder()

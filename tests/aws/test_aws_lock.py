@@ -254,3 +254,18 @@ def test_prune_applies_only_under_the_lock(table, boto, clients):
 def test_a_missing_lock_table_is_named(aws, clients):
     with pytest.raises(ImagebuildError, match=f"the lock table {TABLE} does not exist in this region"):
         prune(target(), clients=clients, apply=True)
+
+
+def test_a_lock_aws_refuses_is_a_clear_error(table, boto_session, clients):
+    """DynamoDB's own refusal (an IAM policy without dynamodb:PutItem), in the shape of its json protocol."""
+    from botocore.awsrequest import AWSResponse
+
+    from conftest import _Body
+
+    body = {"__type": "com.amazon.coral.service#AccessDeniedException",
+            "message": "User is not authorized to perform: dynamodb:PutItem"}
+    boto_session.events.register_first("before-send.dynamodb.PutItem", lambda request, **_: AWSResponse(
+        request.url, 400, {"Content-Type": "application/x-amz-json-1.0"}, _Body(json.dumps(body).encode())))
+    with pytest.raises(ImagebuildError, match=f"prune: cannot take the lock in DynamoDB table {TABLE}: "
+                                              "AccessDeniedException in PutItem"):
+        prune(target(), clients=clients, apply=True)
