@@ -5,6 +5,9 @@ step updates `publish.json` in the image directory (see imagebuild.aws.record), 
 that fails half-way says what exists, and running it again finishes the job: it never uploads
 again once the home AMI exists, copies only to regions that lack the AMI, and is a no-op once
 everything is done. The SSM parameter is set last, once every region has the shared AMI.
+
+The family's lock (imagebuild.aws.lock) is held throughout; what an earlier run left is read by
+imagebuild.aws.recover, and sharing, deprecation and the SSM parameter are imagebuild.aws.release's.
 """
 from __future__ import annotations
 
