@@ -75,11 +75,12 @@ def newest_ami(spec: Spec, clients=None) -> dict[str, Any] | None:
             "state": image.get("State", ""), "tags": _tags(image)}
 
 
-def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
+def unfinished_publish(spec: Spec, ami: dict[str, Any], clients, held: list[str] | None = None) -> list[str]:
     """What the publish of *ami* (the home AMI) still lacks; [] when it finished.
 
     Publish makes the home AMI, copies it (same name) to each copy region, shares every copy and
-    sets the SSM parameter last; a run that stopped half-way leaves some of that missing.
+    sets the SSM parameter last; a run that stopped half-way leaves some of that missing. An SSM
+    parameter an operator holds at another AMI (imagebuild.aws.hold) lacks nothing: it goes to *held*.
     """
     from imagebuild.aws.lookup import find_image_by_name, launch_permission_set, launch_permissions
     from imagebuild.aws.target import target_of
@@ -110,7 +111,14 @@ def unfinished_publish(spec: Spec, ami: dict[str, Any], clients) -> list[str]:
             if value is None:
                 missing.append(f"SSM parameter {aws.ssm_parameter} does not exist in {region}")
             elif value != image_id:
-                missing.append(f"SSM parameter {aws.ssm_parameter} in {region} names {value}, not {image_id}")
+                from imagebuild.aws.hold import hold_of
+                from imagebuild.aws.lookup import describe_image
+
+                hold = hold_of(describe_image(clients("ec2", region), value))
+                if hold is None:
+                    missing.append(f"SSM parameter {aws.ssm_parameter} in {region} names {value}, not {image_id}")
+                elif held is not None:
+                    held.append(f"SSM parameter {aws.ssm_parameter} in {region} is held at {value} ({hold})")
     return missing
 
 
@@ -164,11 +172,13 @@ def decide(spec: Spec, base_checksum: str, *, force: bool = False, clients=None)
             what = "an artifact checksum, the base image or the imagebuild version changed"
         return BuildDecision(True, f"{what}: {label} has inputs hash {(have or 'none')[:12]}, "
                                    f"these inputs hash to {wanted[:12]}", newest)
-    missing = unfinished_publish(spec, newest, clients)
+    held: list[str] = []
+    missing = unfinished_publish(spec, newest, clients, held)
     if missing:
         return BuildDecision(True, f"{label} has these inputs but its publish did not finish "
                                    f"({'; '.join(missing)}); building again", newest)
-    return BuildDecision(False, f"inputs unchanged: {label} has inputs hash {wanted[:12]}", newest)
+    holds = "".join(f"; {line}" for line in held)
+    return BuildDecision(False, f"inputs unchanged: {label} has inputs hash {wanted[:12]}{holds}", newest)
 
 
 # --------------------------------------------------------------------------- the base image's age
@@ -402,6 +412,7 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
                 "snapshot": (record.get("snapshot") or {}).get("id"),
                 "shared": record.get("shared", {}),
                 "ssm_parameter": record.get("ssm_parameter"),
+                "ssm_held": record.get("ssm_held") or {},
                 "record": str(image_dir / "publish.json")}
 
     def prune_step() -> dict:

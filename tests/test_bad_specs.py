@@ -586,6 +586,38 @@ CASES = [
     Bad("tag-key-imagebuild-other-case", tags({"ImageBuild:family": "x"}), "image.aws.tags.ImageBuild:family",
         "keys starting with aws: or imagebuild: are reserved, in any case"),
     Bad("aws-region-no-number", {"image": {"aws": {"region": "eu-west"}}}, "image.aws.region", "'eu-west'"),
+    # --- what AWS would refuse only after an upload: refused when the spec is read
+    Bad("disk-bigger-than-root-volume", {"image": {"disk_size_gb": 20}}, "image.aws.volume_size_gb",
+        "got 8 with image.disk_size_gb 20: an AMI's root volume cannot be smaller"),
+    Bad("share-org-encrypted-default-key", {"image": {"aws": {"encrypt_boot": True, "share_with_organizations": [
+        "arn:aws:organizations::123456789012:organization/o-abcdefghij"]}}}, "image.aws.share_with_organizations",
+        "with encrypt_boot: true and no kms_keys: AWS cannot share an AMI encrypted with the default key"),
+    Bad("share-ou-encrypted-default-key", {"image": {"aws": {"encrypt_boot": True, "share_with_ous": [
+        "arn:aws:organizations::123456789012:ou/o-abcdefghij/ou-ab12-cdefgh34"]}}}, "image.aws.share_with_ous",
+        "with encrypt_boot: true and no kms_keys"),
+    Bad("aws-region-misspelt", {"image": {"aws": {"region": "eu-wset-1"}}}, "image.aws.region",
+        "got 'eu-wset-1', which is no AWS region (did you mean 'eu-west-1'?); expected a region botocore"),
+    Bad("aws-copy-region-unknown", {"image": {"aws": {"region": "eu-west-1", "copy_regions": ["us-west-2",
+        "mars-north-1"]}}}, "image.aws.copy_regions[1]", "got 'mars-north-1', which is no AWS region"),
+    Bad("aws-copy-region-other-partition", {"image": {"aws": {"region": "eu-west-1", "copy_regions": [
+        "cn-north-1"]}}}, "image.aws.copy_regions[0]", "got 'cn-north-1' (partition aws-cn), but the home region "
+        "eu-west-1 is in partition aws"),
+    Bad("kms-key-other-partition", {"image": {"aws": {"region": "us-gov-west-1", "encrypt_boot": True, "kms_keys": {
+        "us-gov-west-1": "arn:aws:kms:us-gov-west-1:123456789012:key/abcd"}}}}, "image.aws.kms_keys.us-gov-west-1",
+        "(partition aws), expected a key ARN of partition aws-us-gov"),
+    Bad("share-org-other-partition", {"image": {"aws": {"region": "cn-north-1", "share_with_organizations": [
+        "arn:aws:organizations::123456789012:organization/o-abcdefghij"]}}},
+        "image.aws.share_with_organizations[0]", "(partition aws), expected an ARN of partition aws-cn"),
+    Bad("ssm-reserved-aws", {"image": {"aws": {"ssm_parameter": "/aws/service/imagebuild/latest"}}},
+        "image.aws.ssm_parameter", "got '/aws/service/imagebuild/latest': AWS reserves names starting with aws or ssm"),
+    Bad("ssm-reserved-ssm-any-case", {"image": {"aws": {"ssm_parameter": "/SSM-images/latest"}}},
+        "image.aws.ssm_parameter", "got '/SSM-images/latest': AWS reserves names"),
+    Bad("ssm-reserved-aws-prefix-of-a-word", {"image": {"aws": {"ssm_parameter": "/awsome/latest"}}},
+        "image.aws.ssm_parameter", "'/awsome/latest'"),
+    Bad("lock-table-name", {"image": {"aws": {"lock_table": "locks table"}}}, "image.aws.lock_table",
+        "got 'locks table', expected a DynamoDB table name"),
+    Bad("ssm-too-deep", {"image": {"aws": {"ssm_parameter": "/a" * 16}}}, "image.aws.ssm_parameter",
+        "with 16 levels, expected at most 15"),
     # --- documents that are not a spec at all
     Bad("top-level-list", "- name: x\n", "<spec>", "got list, expected a mapping"),
     Bad("invalid-yaml", "config: {oom_score: -999\n", "<spec>", "not valid YAML at {spec}:2:1: expected ','"),

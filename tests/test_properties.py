@@ -385,7 +385,8 @@ def spec_documents(draw) -> dict:
     optional(draw, aws, "encrypt_boot", st.booleans())
     if not aws.get("encrypt_boot"):
         optional(draw, aws, "share_with_accounts", st.lists(regex(r"[0-9]{12}"), unique=True, max_size=2))
-    optional(draw, aws, "ssm_parameter", regex(r"/[A-Za-z0-9_./-]{1,30}"))
+    optional(draw, aws, "ssm_parameter", regex(r"/[A-Za-z0-9_./-]{1,30}").filter(  # AWS reserves aws*, ssm*
+        lambda name: not name.lstrip("/").lower().startswith(("aws", "ssm")) and len(name.strip("/").split("/")) <= 15))
     optional(draw, aws, "keep", st.integers(1, 1000))
     optional(draw, aws, "tags", st.dictionaries(
         regex(r"[A-Za-z0-9 _.:/=+@-]{1,30}").filter(lambda k: not k.lower().startswith(("aws:", "imagebuild:"))),
@@ -396,7 +397,10 @@ def spec_documents(draw) -> dict:
                                                       min_size=1, max_size=3))
     # an x86_64 type (the specs drawn here are amd64): a Graviton-looking family is refused, rightly
     optional(draw, aws, "instance_type", regex(r"[a-z0-9]{1,4}\.[a-z0-9]{1,8}").filter(lambda t: not is_graviton(t)))
-    optional(draw, aws, "volume_size_gb", st.integers(2, 16384))
+    # the AMI's root volume holds the image: at least image.disk_size_gb (default 4)
+    optional(draw, aws, "volume_size_gb", st.integers(image.get("disk_size_gb", 4), 16384))
+    if image.get("disk_size_gb", 4) > aws.get("volume_size_gb", 8):
+        aws["volume_size_gb"] = image["disk_size_gb"]
     if aws:
         image["aws"] = aws
     if image:

@@ -22,6 +22,7 @@ snapshots whose AMI is gone (a delete that failed after deregistration) are swep
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -30,6 +31,8 @@ from typing import Any, NamedTuple
 
 from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
 from imagebuild.aws.documents import Decision, PublishTarget, parse_build_time
+from imagebuild.aws.hold import hold_of
+from imagebuild.aws.lock import family_lock
 from imagebuild.aws.lookup import IMAGE_ID_TAG, block_device_snapshots, ssm_parameter_value
 from imagebuild.errors import ImagebuildError
 from imagebuild.progress import step
@@ -44,6 +47,9 @@ USAGE_RESOURCE_TYPES = ("ec2:Instance", "ec2:LaunchTemplate")
 USAGE_REPORT_WAIT_S = 600.0  # how long prune waits for image usage reports (like botocore's waiter)
 USAGE_REPORT_POLL_S = 15.0
 _USAGE_CHUNK = 200  # report ids per DescribeImageUsageReports(Entries) request; account ids per report
+# What EC2 answers for a launch template, or a version of one, that no longer exists.
+GONE_TEMPLATE = ("InvalidLaunchTemplateId.NotFound", "InvalidLaunchTemplateName.NotFoundException",
+                 "InvalidLaunchTemplateId.VersionNotFound")
 # What an endpoint without an API answers (a partition or emulator that lacks it).
 UNSUPPORTED = ("InvalidAction", "UnsupportedOperation", "NotImplemented", "InvalidParameterValue")
 
@@ -75,13 +81,18 @@ def prune(
     regions = list(dict.fromkeys(regions if regions is not None else target.regions))
     if clients is None:
         clients = boto3_clients()
+    # with apply, one publish or prune of the family at a time (imagebuild.aws.lock); a dry run changes nothing
+    lock = family_lock(clients, target, "prune") if apply else contextlib.nullcontext(None)
     try:
-        decisions: list[Decision] = []
-        for region in regions:
-            ssm_image = _ssm_image(clients, target, region)
-            decisions.extend(_decide_region(clients, target, region, ssm_image, (usage_report_wait, poll_interval)))
-        if apply:
-            decisions = [_apply(clients, d) if d.action == "delete" else d for d in decisions]
+        with lock as lease:
+            decisions: list[Decision] = []
+            for region in regions:
+                ssm_image = _ssm_image(clients, target, region)
+                decisions.extend(_decide_region(clients, target, region, ssm_image,
+                                                (usage_report_wait, poll_interval)))
+            if lease is not None:
+                lease.check()
+                decisions = [_apply(clients, d) if d.action == "delete" else d for d in decisions]
     except Exception as exc:
         if not is_aws_error(exc):
             raise
@@ -121,6 +132,8 @@ def _decide_region(clients: ClientFactory, target: PublishTarget, region: str, s
         protection = image.get("DeregistrationProtection") or "disabled"
         if protection != "disabled":
             protected.setdefault(image["ImageId"], []).append(f"deregistration protection is {protection}")
+        if hold_of(image):
+            protected.setdefault(image["ImageId"], []).append(f"held by an operator ({hold_of(image)})")
     candidates = [image_id for image_id in ids[target.keep:] if not protected.get(image_id)]
     shared = _shared_use(ec2, region, candidates, *usage_wait)
 
@@ -161,8 +174,10 @@ def _orphan_snapshots(ec2: Any, family: str, region: str) -> list[Decision]:
     tagged = [s for s in tagged if _tags(s).get(FAMILY_TAG) == family and _tags(s).get(IMAGE_ID_TAG)]
     if not tagged:
         return []
-    images = [i for page in ec2.get_paginator("describe_images").paginate(Owners=["self"]) for i in page["Images"]
-              if i.get("State") != "deregistered"]
+    # IncludeDisabled: DescribeImages leaves disabled AMIs out by default, even for their owner, and
+    # their snapshots would look orphaned (DeleteSnapshot then fails InvalidSnapshot.InUse every night)
+    images = [i for page in ec2.get_paginator("describe_images").paginate(Owners=["self"], IncludeDisabled=True)
+              for i in page["Images"] if i.get("State") != "deregistered"]
     existing = {i["ImageId"] for i in images}
     in_use = {snapshot for image in images for snapshot in block_device_snapshots(image)}
     decisions = []
@@ -233,8 +248,15 @@ def _launch_template_users(clients: ClientFactory, ec2: Any, region: str) -> Ite
         for template in page["LaunchTemplates"]:
             template_id = template["LaunchTemplateId"]
             label = template.get("LaunchTemplateName") or template_id
-            versions = ec2.get_paginator("describe_launch_template_versions").paginate(LaunchTemplateId=template_id)
-            for version_page in versions:
+            try:
+                pages = list(ec2.get_paginator("describe_launch_template_versions").paginate(
+                    LaunchTemplateId=template_id))
+            except Exception as exc:
+                if error_code(exc) not in GONE_TEMPLATE:
+                    raise
+                step(f"{region}: launch template {label} was deleted while prune read it; it keeps no AMI")
+                continue
+            for version_page in pages:
                 for version in version_page["LaunchTemplateVersions"]:
                     named = _template_image(clients, region, version)
                     if named:
@@ -273,7 +295,15 @@ def _auto_scaling_users(clients: ClientFactory, ec2: Any, region: str) -> Iterat
                 ref = ({"LaunchTemplateId": spec["LaunchTemplateId"]} if spec.get("LaunchTemplateId")
                        else {"LaunchTemplateName": spec["LaunchTemplateName"]})
                 wanted = spec.get("Version") or "$Default"
-                versions = ec2.describe_launch_template_versions(**ref, Versions=[wanted])["LaunchTemplateVersions"]
+                try:
+                    versions = ec2.describe_launch_template_versions(**ref, Versions=[wanted])["LaunchTemplateVersions"]
+                except Exception as exc:
+                    if error_code(exc) not in GONE_TEMPLATE:
+                        raise
+                    # a reference to nothing launches nothing: it cannot keep an AMI in use
+                    step(f"{region}: Auto Scaling group {name} names launch template {next(iter(ref.values()))} "
+                         f"version {wanted}, which no longer exists ({error_code(exc)}); it keeps no AMI")
+                    continue
                 for version in versions:
                     named = _template_image(clients, region, version)
                     if named:

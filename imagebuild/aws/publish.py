@@ -5,38 +5,39 @@ step updates `publish.json` in the image directory (see imagebuild.aws.record), 
 that fails half-way says what exists, and running it again finishes the job: it never uploads
 again once the home AMI exists, copies only to regions that lack the AMI, and is a no-op once
 everything is done. The SSM parameter is set last, once every region has the shared AMI.
+
+The family's lock (imagebuild.aws.lock) is held throughout; what an earlier run left is read by
+imagebuild.aws.recover, and sharing, deprecation and the SSM parameter are imagebuild.aws.release's.
 """
 from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from imagebuild.aws import recover
 from imagebuild.aws.clients import ClientFactory, boto3_clients, describe_error, error_code, is_aws_error
-from imagebuild.aws.documents import Manifest, PublishTarget
+from imagebuild.aws.documents import PublishTarget
+from imagebuild.aws.job import PublishJob
+from imagebuild.aws.lock import family_lock
 from imagebuild.aws.lookup import (
     IMAGE_ID_TAG,
     block_device_snapshots,
     check_publishable,
     find_image_by_name,
-    image_state,
-    launch_permission_set,
-    launch_permissions,
-    snapshot_state,
-    snapshot_volume_accounts,
     wait_image,
     wait_snapshot,
 )
 from imagebuild.aws.record import PublishRecord
+from imagebuild.aws.recover import await_visible, reconcile, stamp, sweep_own_orphans
+from imagebuild.aws.release import deprecate, point_ssm_parameter, share
 from imagebuild.aws.request import (
     ami_name,
     ami_tags,
     check_tags,
-    image_description,
-    image_tags,
     register_request,
     root_volume_gib,
     tag_list,
@@ -81,163 +82,91 @@ def publish(
     """
     image_dir = Path(image_dir)
     manifest, qcow2 = check_publishable(image_dir)
-    record = PublishRecord.open(
-        image_dir,
-        image=manifest.image,
-        image_sha256=manifest.sha256,
-        family=target.family,
-        name=ami_name(manifest, target),
-        home_region=target.region,
-    )
+    # a record of another publish is refused before any call; the record is used once the lock is ours
+    PublishRecord.open(image_dir, image=manifest.image, image_sha256=manifest.sha256, family=target.family,
+                       name=ami_name(manifest, target), home_region=target.region)
     if clients is None:
         clients = boto3_clients(max_pool_connections=max(workers, 1) + 4)
     check_tags(ami_tags(manifest, target), clients, target.region)  # as many as snapshots get with IMAGE_ID_TAG
     root_volume_gib(manifest, target)
-    job = _Publish(
-        image_dir, qcow2, manifest, target, record, clients,
-        progress=progress if progress is not None else upload_bar(),
-        workers=workers, wait_timeout=wait_timeout, poll_interval=poll_interval,
-    )
-    try:
-        job.run()
-    except KeyboardInterrupt:
-        if not record.data.get("last_error"):
-            record.set("last_error", "interrupted; run publish again to finish")
-        raise
-    except ImagebuildError as exc:
-        record.set("last_error", str(exc))
-        raise
-    except Exception as exc:
-        if not is_aws_error(exc):
+    # one publish or prune of the family at a time (imagebuild.aws.lock)
+    with family_lock(clients, target, f"publish {ami_name(manifest, target)}") as lease:
+        record = PublishRecord.open(image_dir, image=manifest.image, image_sha256=manifest.sha256,
+                                    family=target.family, name=ami_name(manifest, target), home_region=target.region)
+        job = _Publish(
+            image_dir, qcow2, manifest, target, record, clients,
+            progress=progress if progress is not None else upload_bar(),
+            workers=workers, wait_timeout=wait_timeout, poll_interval=poll_interval,
+        )
+        job.check_lock = lease.check
+        try:
+            job.run()
+        except KeyboardInterrupt:
+            if not record.data.get("last_error"):
+                record.set("last_error", "interrupted; run publish again to finish")
             raise
-        message = f"publish stopped: {describe_error(exc)}"
-        record.set("last_error", message)
-        raise ImagebuildError(f"{message}. What exists is recorded in {record.path}; "
-                              "run publish again to finish.") from None
-    return record.as_dict()
+        except ImagebuildError as exc:
+            record.set("last_error", str(exc))
+            raise
+        except Exception as exc:
+            if not is_aws_error(exc):
+                raise
+            message = f"publish stopped: {describe_error(exc)}"
+            record.set("last_error", message)
+            raise ImagebuildError(f"{message}. What exists is recorded in {record.path}; "
+                                  "run publish again to finish.") from None
+        return record.as_dict()
 
 
-class _Publish:
-    def __init__(
-        self,
-        image_dir: Path,
-        qcow2: Path,
-        manifest: Manifest,
-        target: PublishTarget,
-        record: PublishRecord,
-        clients: ClientFactory,
-        *,
-        progress: ProgressCallback,
-        workers: int,
-        wait_timeout: float,
-        poll_interval: float,
-    ) -> None:
-        self.image_dir = image_dir
-        self.qcow2 = qcow2
-        self.manifest = manifest
-        self.target = target
-        self.record = record
-        self.clients = clients
-        self.progress = progress
-        self.workers = workers
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
-        self.home = target.region
-        self.name = ami_name(manifest, target)
-        self.tags = image_tags(manifest, target)
-        self.ami_tags = ami_tags(manifest, target)
-        self.description = image_description(manifest, target)
-
-    def ec2(self, region: str) -> Any:
-        return self.clients("ec2", region)
+class _Publish(PublishJob):
+    """The publish's flow: home image, copies, then release (imagebuild.aws.release)."""
 
     # ------------------------------------------------------------------ flow
 
     def run(self) -> None:
         self.record.data["last_error"] = None
         self.record.data["complete"] = False
-        self.reconcile()
-        if self.record.image_id(self.home) is None:
-            self.make_home_image()
-        self.finish_image(self.home)
-        self.make_copies()
-        self.share()
-        self.deprecate()
-        self.point_ssm_parameter()
+        steps = [lambda: reconcile(self), self.make_home_image, lambda: self.finish_image(self.home), self.make_copies,
+                 lambda: share(self), lambda: deprecate(self), lambda: point_ssm_parameter(self)]
+        for action in steps:
+            self.check_lock()  # the lease is still ours: nothing changes after another run took it over
+            action()
         self.record.set("complete", True, note="publish complete")
         step(f"published {self.name}: " + ", ".join(f"{r} {e['id']}" for r, e in self.record.images.items()))
-
-    def reconcile(self) -> None:
-        """Drop from the record what no longer exists, so the rerun recreates it."""
-        for region, entry in list(self.record.images.items()):
-            state = image_state(self.ec2(region), entry["id"])
-            if state in (None, "deregistered"):
-                step(f"{region}: recorded AMI {entry['id']} is gone; will publish it again")
-                self.record.set_image(region, None, note=f"{region}: {entry['id']} no longer exists")
-            elif state not in ("available", "pending"):
-                self.drop_image(region, f"it is {state}")
-        self.sweep_own_orphans()
-        snap = self.record.snapshot
-        if snap is None or not snap.get("id"):
-            return  # nothing, or a start whose answer never arrived: upload() reuses its client token
-        actual = snapshot_state(self.ec2(self.home), snap["id"])
-        if actual is None:
-            self.record.set("snapshot", None, note=f"snapshot {snap['id']} no longer exists")
-            return
-        if snap.get("state") == "completing" and actual == "completed":
-            # killed while waiting for AWS to finish a snapshot it had accepted as complete
-            self.record.set("snapshot", {**snap, "state": "completed"}, note=f"snapshot {snap['id']} completed")
-        elif snap.get("state") != "completed" and self.record.image_id(self.home) is None:
-            # an earlier upload died without cleaning up (e.g. the process was killed)
-            self.delete_incomplete_snapshot(snap["id"], "left by an interrupted earlier upload")
-
-    def sweep_own_orphans(self) -> None:
-        """Delete snapshots of this image that nothing records or uses (a run killed between
-        StartSnapshot and saving its answer; AWS may not honour the client token after a while).
-        Only snapshots tagged with this image's sha256 are looked at; one an AMI uses is kept."""
-        if self.record.image_id(self.home) is not None:
-            return
-        ec2 = self.ec2(self.home)
-        recorded = (self.record.snapshot or {}).get("id")
-        found = ec2.describe_snapshots(
-            OwnerIds=["self"],
-            Filters=[{"Name": "tag:imagebuild:image-sha256", "Values": [self.manifest.sha256]},
-                     {"Name": "tag:imagebuild:family", "Values": [self.target.family]}],
-        )["Snapshots"]
-        for snapshot in found:
-            tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
-            if snapshot["SnapshotId"] == recorded or tags.get("imagebuild:image-sha256") != self.manifest.sha256:
-                continue
-            if IMAGE_ID_TAG in tags:
-                continue  # registered once: prune's business
-            try:
-                ec2.delete_snapshot(SnapshotId=snapshot["SnapshotId"])
-            except Exception as exc:
-                if error_code(exc) not in ("InvalidSnapshot.NotFound", "InvalidSnapshot.InUse"):
-                    raise
-                continue
-            self.record.note(f"deleted snapshot {snapshot['SnapshotId']} of this image that no record held")
-            self.record.save()
-            step(f"deleted snapshot {snapshot['SnapshotId']}: left by an interrupted earlier upload of this image")
 
     # ------------------------------------------------------------------ home region
 
     def make_home_image(self) -> None:
+        if self.record.image_id(self.home) is not None:
+            return
         ec2 = self.ec2(self.home)
         if self.adopt_existing(self.home):
             return
         snap = self.record.snapshot
-        if snap is None or snap.get("state") != "completed":
+        if snap is not None and snap.get("state") == "completing" and snap.get("id"):
+            step(f"waiting for snapshot {snap['id']}, uploaded by an earlier run")
+            snapshot_id = self.finish_snapshot(snap["id"])
+        elif snap is None or snap.get("state") != "completed":
             snapshot_id = self.upload()
         else:
             snapshot_id = snap["id"]
             step(f"reusing uploaded snapshot {snapshot_id}")
         step(f"{self.home}: registering AMI {self.name}")
         request = register_request(self.manifest, self.target, snapshot_id)
-        image_id = ec2.register_image(**request)["ImageId"]
+        try:
+            image_id = ec2.register_image(**request)["ImageId"]
+        except Exception as exc:
+            if error_code(exc) != "InvalidAMIName.Duplicate":
+                raise
+            # RegisterImage takes no client token: when its answer was lost (a timeout) botocore sends it
+            # again, and AWS answers that the name is taken, by the AMI the first send made
+            self.record.note(f"{self.home}: RegisterImage answered {describe_error(exc)}; adopting that AMI")
+            self.adopt_after_duplicate()
+            return
         self.record.set_image(
             self.home,
-            {"id": image_id, "state": "pending", "source": "register", "snapshots": [snapshot_id]},
+            {"id": image_id, "state": "pending", "source": "register", "snapshots": [snapshot_id],
+             "created_at": stamp()},
             note=f"{self.home}: registered {image_id} from {snapshot_id}",
         )
 
@@ -265,8 +194,18 @@ class _Publish:
         step(f"{region}: found {found['ImageId']} ({self.name}) from an earlier run; using it")
         return True
 
+    def adopt_after_duplicate(self) -> None:
+        """Adopt the AMI that holds our name now; DescribeImages may take AWS's consistency window to show it."""
+        window = recover.CONSISTENCY_WINDOW_S
+        deadline = time.monotonic() + window
+        while not self.adopt_existing(self.home):
+            if time.monotonic() >= deadline:
+                raise ImagebuildError(f"{self.home}: RegisterImage says an AMI named {self.name} exists, but "
+                                      f"DescribeImages did not show it within {window:.0f} s; run "
+                                      "publish again to adopt it")
+            time.sleep(self.poll_interval)
+
     def upload(self) -> str:
-        ec2 = self.ec2(self.home)
         # Scratch beside the image: the raw disk is as large as the image's virtual size, and a
         # killed run leaves it where the image is, not in a possibly small /tmp.
         workdir = Path(tempfile.mkdtemp(prefix=".publish-scratch-", dir=self.qcow2.parent))
@@ -288,6 +227,7 @@ class _Publish:
             # saved asks again with the same token, and AWS hands back the same snapshot.
             earlier = self.record.snapshot or {}
             token = earlier.get("client_token") if earlier.get("state") == "starting" else None
+            token_reused = token is not None
             token = token or str(uuid.uuid4())
             self.record.set("snapshot", {"id": None, "region": self.home, "state": "starting", "client_token": token},
                             note=f"starting a snapshot with client token {token}")
@@ -319,6 +259,8 @@ class _Publish:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         snapshot_id = result.snapshot_id
+        if token_reused:
+            sweep_own_orphans(self)  # now that the record names the snapshot the token gave back
         self.record.set(
             "snapshot",
             {
@@ -329,15 +271,25 @@ class _Publish:
                 "checksum": result.checksum,
             },
         )
-        state = wait_snapshot(ec2, snapshot_id, self.wait_timeout, self.poll_interval)
+        return self.finish_snapshot(snapshot_id)
+
+    def finish_snapshot(self, snapshot_id: str) -> str:
+        """Wait for AWS to finish a snapshot it accepted as complete. One still pending when the wait
+        ends is kept, recorded as completing, for the next run to wait for; one in error is deleted."""
+        state = wait_snapshot(self.ec2(self.home), snapshot_id, self.wait_timeout, self.poll_interval)
+        if state == "pending":
+            self.record.note(f"snapshot {snapshot_id} still pending after {self.wait_timeout:.0f} s; kept")
+            raise ImagebuildError(f"snapshot {snapshot_id} is still pending after {self.wait_timeout:.0f} s; it is "
+                                  "kept: run publish again to keep waiting for it")
         if state != "completed":
             self.delete_incomplete_snapshot(snapshot_id, f"it ended in state {state}")
             raise ImagebuildError(
                 f"snapshot {snapshot_id} ended in state {state!r} instead of completed; it was deleted")
         snap = dict(self.record.snapshot or {})
         snap["state"] = "completed"
-        self.record.set("snapshot", snap, note=f"snapshot {snapshot_id} completed ({result.blocks_written} blocks)")
-        step(f"snapshot {snapshot_id} completed: {result.blocks_written} blocks written")
+        self.record.set("snapshot", snap, note=f"snapshot {snapshot_id} completed ({snap.get('blocks_written')} "
+                        "blocks)")
+        step(f"snapshot {snapshot_id} completed: {snap.get('blocks_written')} blocks written")
         return snapshot_id
 
     def upload_failed(self, failed: UploadFailed) -> None:
@@ -364,25 +316,6 @@ class _Publish:
             raise cause
         raise ImagebuildError(message) from None
 
-    def delete_incomplete_snapshot(self, snapshot_id: str, why: str) -> bool:
-        """Best effort; records the outcome. True when the snapshot is gone."""
-        try:
-            self.ec2(self.home).delete_snapshot(SnapshotId=snapshot_id)
-        except Exception as exc:  # best effort: report, never mask the original failure
-            if error_code(exc) == "InvalidSnapshot.NotFound":
-                self.record.set("snapshot", None, note=f"snapshot {snapshot_id} ({why}) was already gone")
-                return True
-            snap = dict(self.record.snapshot or {"id": snapshot_id, "region": self.home})
-            snap["state"] = "incomplete"
-            self.record.set(
-                "snapshot", snap,
-                note=f"could not delete incomplete snapshot {snapshot_id} ({why}): {describe_error(exc)}",
-            )
-            return False
-        self.record.set("snapshot", None, note=f"deleted incomplete snapshot {snapshot_id} ({why})")
-        step(f"deleted incomplete snapshot {snapshot_id} ({why})")
-        return True
-
     # ------------------------------------------------------------------ per-region AMIs
 
     def finish_image(self, region: str) -> None:
@@ -394,6 +327,8 @@ class _Publish:
         entry = dict(self.record.images[region])
         ec2 = self.ec2(region)
         image = wait_image(ec2, entry["id"], self.wait_timeout, self.poll_interval)
+        if image is None and await_visible(self, region, entry) is not None:  # AWS was not consistent yet
+            image = wait_image(ec2, entry["id"], self.wait_timeout, self.poll_interval)
         if image is None or image.get("State") == "deregistered":
             self.record.set_image(region, None, note=f"{region}: {entry['id']} disappeared")
             raise _RegionFailed(region, f"AMI {entry['id']} disappeared before it became available")
@@ -452,7 +387,7 @@ class _Publish:
                 continue
             self.record.set_image(
                 region,
-                {"id": image_id, "state": "pending", "source": "copy", "snapshots": []},
+                {"id": image_id, "state": "pending", "source": "copy", "snapshots": [], "created_at": stamp()},
                 note=f"{region}: copy {image_id} of {home_id} started",
             )
             started.append(region)
@@ -481,111 +416,6 @@ class _Publish:
         self.record.note(f"{region}: copy failed: {reason}")
         self.record.save()
         step(f"{region}: copy failed: {reason}")
-
-    def drop_image(self, region: str, why: str) -> None:
-        """Deregister a failed AMI (best effort) and drop it from the record if it is gone."""
-        entry = self.record.images.get(region)
-        if entry is None:
-            return
-        try:
-            self.ec2(region).deregister_image(ImageId=entry["id"])
-        except Exception as exc:
-            if not is_aws_error(exc):
-                raise
-            if error_code(exc) not in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
-                self.record.note(f"{region}: could not deregister {entry['id']} ({why}): {describe_error(exc)}")
-                self.record.save()
-                return
-        step(f"{region}: deregistered {entry['id']} ({why})")
-        self.record.set_image(region, None, note=f"{region}: deregistered {entry['id']} ({why})")
-
-    # ------------------------------------------------------------------ sharing, SSM
-
-    def share(self) -> None:
-        """Launch permission for every account, organization and OU; createVolumePermission on
-        each AMI's snapshots for the accounts (so they can copy the AMI or create volumes from it;
-        snapshots cannot be shared with organizations)."""
-        want = launch_permission_set(self.target)
-        accounts = sorted(set(self.target.share_with_accounts))
-        for region, entry in self.record.images.items():
-            ec2 = self.ec2(region)
-            current = launch_permissions(ec2, entry["id"])
-            missing = sorted(want - current)
-            if missing:
-                step(f"{region}: sharing {entry['id']} with {', '.join(value for _, value in missing)}")
-                ec2.modify_image_attribute(
-                    ImageId=entry["id"], LaunchPermission={"Add": [{key: value} for key, value in missing]}
-                )
-                current = launch_permissions(ec2, entry["id"])
-                still = sorted(want - current)
-                if still:
-                    raise ImagebuildError(f"{region}: {entry['id']} is still not shared with "
-                                          f"{', '.join(value for _, value in still)}")
-            for snapshot_id in entry.get("snapshots", []) if accounts else []:
-                have = snapshot_volume_accounts(ec2, snapshot_id)
-                lacking = [account for account in accounts if account not in have]
-                if lacking:
-                    ec2.modify_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission",
-                                                  OperationType="add", UserIds=lacking)
-            if current or region in self.record.shared:
-                self.record.shared[region] = sorted(value for _, value in current)
-                self.record.save()
-
-    def point_ssm_parameter(self) -> None:
-        name = self.target.ssm_parameter
-        if not name:
-            return
-        regions = list(self.record.images) if self.target.ssm_all_regions else [self.home]
-        done = self.record.data.setdefault("ssm_regions", {})
-        earlier = self.record.data.get("ssm_parameter") or {}
-        if earlier.get("name") == name and self.home not in done:  # a record written before ssm_regions
-            done[self.home] = earlier.get("value")
-        for region in regions:
-            image_id = self.record.image_id(region)
-            if done.get(region) == image_id:
-                continue  # set by this publish already; never move it back if a newer publish moved it
-            ssm = self.clients("ssm", region)
-            step(f"{region}: SSM parameter {name} -> {image_id}")
-            response = ssm.put_parameter(
-                Name=name,
-                Value=image_id,
-                Type="String",
-                DataType="aws:ec2:image",
-                Overwrite=True,
-                Description=f"latest {self.target.family} AMI (imagebuild)",
-            )
-            done[region] = image_id
-            if region == self.home:
-                self.record.data["ssm_parameter"] = {"name": name, "region": region, "value": image_id,
-                                                     "version": response.get("Version")}
-            self.record.note(f"{region}: SSM parameter {name} = {image_id}")
-            self.record.save()
-
-    def deprecate(self) -> None:
-        """EnableImageDeprecation on every region's AMI at build time + deprecate_after_days."""
-        days = self.target.deprecate_after_days
-        if not days:
-            return
-        at = self.manifest.build_datetime + timedelta(days=days)
-        at = max(at, datetime.now(UTC) + timedelta(minutes=10))  # AWS refuses a time in the past
-        stamp = at.strftime("%Y-%m-%dT%H:%M:00Z")
-        done = self.record.data.setdefault("deprecation", {})
-        for region, entry in self.record.images.items():
-            if done.get(region, {}).get("image") == entry["id"]:
-                continue
-            try:
-                self.ec2(region).enable_image_deprecation(ImageId=entry["id"],
-                                                          DeprecateAt=at.replace(second=0, microsecond=0))
-            except Exception as exc:
-                if error_code(exc) not in ("InvalidAction", "UnsupportedOperation"):
-                    raise
-                self.record.note(f"{region}: deprecation of {entry['id']} not set: {describe_error(exc)}")
-                self.record.save()
-                step(f"{region}: cannot deprecate {entry['id']} here ({error_code(exc)})")
-                continue
-            done[region] = {"image": entry["id"], "at": stamp}
-            self.record.note(f"{region}: {entry['id']} deprecates at {stamp}")
-            self.record.save()
 
 
 class _RegionFailed(ImagebuildError):

@@ -15,10 +15,14 @@ Layout (version 1):
                    "client_token": "<StartSnapshot ClientToken, saved before the call>",
                    "blocks_written": n, "checksum": "<base64>"} | null,
       "images": {"<region>": {"id": "ami-...", "state": "pending|available",
-                              "source": "register|copy|adopted", "snapshots": ["snap-..."]}},
+                              "source": "register|copy|adopted", "snapshots": ["snap-..."],
+                              "created_at": "<when RegisterImage/CopyImage answered: AWS's consistency
+                                             window runs from then>"}},
       "failed_regions": {"<region>": "<what went wrong>"},
       "shared": {"<region>": ["<account id>", ...]},
       "ssm_parameter": {"name": "...", "region": "...", "value": "ami-...", "version": n} | null,
+      "ssm_held": {"<region>": {"image": "ami-...", "reason": "imagebuild:hold=..."}},  (left where an
+                  operator holds it: imagebuild.aws.hold)
       "complete": bool,
       "last_error": "..." | null,
       "notes": ["<what happened, newest last>"],

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from imagebuild.spec.aws_rules import section_problems
 from imagebuild.spec.containerd import Config, Containerd, Proxy, Sha256, Unit
 from imagebuild.spec.fields import (
     API_VERSION,
@@ -198,6 +199,9 @@ class Aws(Section):
     deprecate_after_days: Annotated[int, Int(1, 36500)] | None = Field(
         None, description="publish marks the AMI deprecated this many days after its build "
         "(EnableImageDeprecation); null: never")
+    lock_table: Annotated[str, Text(r"^[A-Za-z0-9_.-]{3,255}$", "a DynamoDB table name")] | None = Field(
+        None, description="DynamoDB table in the home region (string partition key `lock`) whose lease makes "
+        "publish and prune of this family one at a time across machines; null: one at a time on each machine only")
 
     @model_validator(mode="after")
     def _rules(self) -> Aws:
@@ -228,6 +232,7 @@ class Aws(Section):
             for region, arn in self.kms_keys.items():
                 if f":kms:{region}:" not in arn:
                     found.append((f"kms_keys.{region}", f"got {show(arn)}, expected a key of region {region}"))
+        found += section_problems(self)
         if found:
             raise _error("; ".join(message for _, message in found), problems=found)
         return self

@@ -11,6 +11,7 @@ import posixpath
 import re
 from typing import Any
 
+from imagebuild.spec.aws_rules import volume_problems
 from imagebuild.spec.containerd import (
     api_root,
     config_version_of,
@@ -68,6 +69,7 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                                     f"(starting with {ctd['version']})" + _apt_cache_hint(doc)))
     _check_os(doc, problems)
     _check_instance_type(doc, problems)
+    problems += [Problem(path, message) for path, message in volume_problems(doc)]
     registry = cfg["registry"]
     seen: dict[str, int] = {}
     for index, mirror in enumerate(registry["mirrors"]):

@@ -375,3 +375,21 @@ def test_the_builtin_base_is_rebuilt_every_refresh_period(tmp_path, monkeypatch)
     assert first.exists()
     pipeline.scheduled_base_dir(start + 1 + pipeline.BASE_REFRESH_DAYS * day)
     assert not first.exists()  # two periods old: removed
+
+
+def test_a_held_rollback_is_not_built_over(aws, boto, clients):
+    """An operator points the SSM parameter back at an older AMI. Without a hold the newest AMI's publish
+    looks unfinished and the night builds and moves the parameter forward again; with imagebuild:hold
+    on the older AMI the run is skipped and the decision says why."""
+    spec = spec_of({})
+    param = spec.image.aws.ssm_parameter
+    old = publish_fake(boto, spec, build_time="2026-11-20T00:00:00Z")
+    new = publish_fake(boto, spec, build_time="2026-11-26T00:00:00Z")
+    boto("ssm", HOME).put_parameter(Name=param, Value=old[HOME], Type="String", DataType="aws:ec2:image",
+                                    Overwrite=True)
+    build, reason, _ = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert build and f"SSM parameter {param} in {HOME} names {old[HOME]}, not {new[HOME]}" in reason
+    boto("ec2", HOME).create_tags(Resources=[old[HOME]], Tags=[{"Key": "imagebuild:hold", "Value": "INC-42"}])
+    build, reason, _ = decide(spec, BASE_CHECKSUM, clients=clients)
+    assert not build, reason
+    assert reason.endswith(f"; SSM parameter {param} in {HOME} is held at {old[HOME]} (imagebuild:hold=INC-42)")

@@ -157,8 +157,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "aac5e795ad5cd39f602e5b056bee822bf7f368802137103f71ed4801fc06948f", "imagebuild:containerd-version" = "2.3.7"}
-  snapshot_tags = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "aac5e795ad5cd39f602e5b056bee822bf7f368802137103f71ed4801fc06948f", "imagebuild:containerd-version" = "2.3.7"}
+  tags          = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "af0117d04b2074dd4c0d44cc29911fdbb3ebdd28204b00742c5b57039d664f52", "imagebuild:containerd-version" = "2.3.7"}
+  snapshot_tags = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "af0117d04b2074dd4c0d44cc29911fdbb3ebdd28204b00742c5b57039d664f52", "imagebuild:containerd-version" = "2.3.7"}
 }
 
 build {
@@ -244,7 +244,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "workers-lts"
-      spec_hash  = "aac5e795ad5cd39f602e5b056bee822bf7f368802137103f71ed4801fc06948f"
+      spec_hash  = "af0117d04b2074dd4c0d44cc29911fdbb3ebdd28204b00742c5b57039d664f52"
       containerd = "2.3.7"
     }
   }

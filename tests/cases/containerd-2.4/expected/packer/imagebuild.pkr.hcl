@@ -157,8 +157,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "986bad8f3380154bdd4e3f908c41c8f69cf7ca49ff2284f1bc2ad984bec42c20", "imagebuild:containerd-version" = "2.4.2"}
-  snapshot_tags = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "986bad8f3380154bdd4e3f908c41c8f69cf7ca49ff2284f1bc2ad984bec42c20", "imagebuild:containerd-version" = "2.4.2"}
+  tags          = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "b8d91281ee99361ec7552da2e2fa510925b10dcac337833e52a890fb1dbeb7d9", "imagebuild:containerd-version" = "2.4.2"}
+  snapshot_tags = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "b8d91281ee99361ec7552da2e2fa510925b10dcac337833e52a890fb1dbeb7d9", "imagebuild:containerd-version" = "2.4.2"}
 }
 
 build {
@@ -244,7 +244,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "workers-next"
-      spec_hash  = "986bad8f3380154bdd4e3f908c41c8f69cf7ca49ff2284f1bc2ad984bec42c20"
+      spec_hash  = "b8d91281ee99361ec7552da2e2fa510925b10dcac337833e52a890fb1dbeb7d9"
       containerd = "2.4.2"
     }
   }

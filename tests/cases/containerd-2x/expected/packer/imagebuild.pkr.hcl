@@ -157,8 +157,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "a62740dfe8ece4ec78dc8ec3fbf5a9e1f0b29e31ed88d8c88ea8af1031295a01", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "a62740dfe8ece4ec78dc8ec3fbf5a9e1f0b29e31ed88d8c88ea8af1031295a01", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "966b270591a55cd46d36dde6230fcefe28a54de2c14b883b7ba84b482b87876b", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "966b270591a55cd46d36dde6230fcefe28a54de2c14b883b7ba84b482b87876b", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -244,7 +244,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "a62740dfe8ece4ec78dc8ec3fbf5a9e1f0b29e31ed88d8c88ea8af1031295a01"
+      spec_hash  = "966b270591a55cd46d36dde6230fcefe28a54de2c14b883b7ba84b482b87876b"
       containerd = "2.1.9"
     }
   }

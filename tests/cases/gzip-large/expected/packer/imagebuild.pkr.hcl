@@ -157,8 +157,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "0cc929ae7bbaec31136ae29e2d5a01fb012de9708794ef15829df577e34585ed", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "0cc929ae7bbaec31136ae29e2d5a01fb012de9708794ef15829df577e34585ed", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "99b583f7de4e3d55e251316ff3f598a488a91789c011d6006b280f4c2d82293b", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "99b583f7de4e3d55e251316ff3f598a488a91789c011d6006b280f4c2d82293b", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -244,7 +244,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "0cc929ae7bbaec31136ae29e2d5a01fb012de9708794ef15829df577e34585ed"
+      spec_hash  = "99b583f7de4e3d55e251316ff3f598a488a91789c011d6006b280f4c2d82293b"
       containerd = "1.6.20"
     }
   }

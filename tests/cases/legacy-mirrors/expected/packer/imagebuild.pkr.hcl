@@ -157,8 +157,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "8a3183f29f31fd438cf5d0e83abdb3b61d1dcc441d53cee9db6ba41de542e27b", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "8a3183f29f31fd438cf5d0e83abdb3b61d1dcc441d53cee9db6ba41de542e27b", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ea0549e88f6bd295774690c5591aea43aca6c5e6b5acca6be80e8bf9f10fbd65", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ea0549e88f6bd295774690c5591aea43aca6c5e6b5acca6be80e8bf9f10fbd65", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -244,7 +244,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "8a3183f29f31fd438cf5d0e83abdb3b61d1dcc441d53cee9db6ba41de542e27b"
+      spec_hash  = "ea0549e88f6bd295774690c5591aea43aca6c5e6b5acca6be80e8bf9f10fbd65"
       containerd = "1.7.24"
     }
   }

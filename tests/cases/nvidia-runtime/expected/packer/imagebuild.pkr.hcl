@@ -157,8 +157,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "231e6f2e7596731da01c61e0627583e11bf53313c68c113e0c72650a86529eda", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "231e6f2e7596731da01c61e0627583e11bf53313c68c113e0c72650a86529eda", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "07a6845be616620946cde85fe29503ef4cb24febbe507a9027656219bb24f3e7", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "07a6845be616620946cde85fe29503ef4cb24febbe507a9027656219bb24f3e7", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -244,7 +244,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "231e6f2e7596731da01c61e0627583e11bf53313c68c113e0c72650a86529eda"
+      spec_hash  = "07a6845be616620946cde85fe29503ef4cb24febbe507a9027656219bb24f3e7"
       containerd = "1.6.20"
     }
   }

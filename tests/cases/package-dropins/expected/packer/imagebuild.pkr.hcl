@@ -157,8 +157,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0b054c70201278e73f973a21c5e7d28b45928206bb0a1513d984cad8b2dbd89f", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0b054c70201278e73f973a21c5e7d28b45928206bb0a1513d984cad8b2dbd89f", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ef427b29d1fe39587b584468f75aa0591db1acb54625c59fc8fd778712acc866", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ef427b29d1fe39587b584468f75aa0591db1acb54625c59fc8fd778712acc866", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -244,7 +244,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "0b054c70201278e73f973a21c5e7d28b45928206bb0a1513d984cad8b2dbd89f"
+      spec_hash  = "ef427b29d1fe39587b584468f75aa0591db1acb54625c59fc8fd778712acc866"
       containerd = "1.6.20"
     }
   }

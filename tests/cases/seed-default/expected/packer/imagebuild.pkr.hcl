@@ -157,8 +157,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "bd499ebb7798e8ed4ed8d5fade48636606f9732db77eb47a08044fed56444e85", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "bd499ebb7798e8ed4ed8d5fade48636606f9732db77eb47a08044fed56444e85", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d12a889c5160214fbf167d0d200c8f0e170877b88163b791c027d446d839764e", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d12a889c5160214fbf167d0d200c8f0e170877b88163b791c027d446d839764e", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -244,7 +244,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "bd499ebb7798e8ed4ed8d5fade48636606f9732db77eb47a08044fed56444e85"
+      spec_hash  = "d12a889c5160214fbf167d0d200c8f0e170877b88163b791c027d446d839764e"
       containerd = "1.6.20"
     }
   }
