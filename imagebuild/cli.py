@@ -36,10 +36,18 @@ def _spec(path: str | None):
     return spec
 
 
+def _pinned(spec, args):
+    """*spec* with its checksum_urls read now and the sha256 pinned, or (--checksums-at-install) left to the
+    install."""
+    from imagebuild.render import downloads
+
+    return downloads.for_render(spec, at_install=args.checksums_at_install)
+
+
 def cmd_render(args) -> int:
     from imagebuild import render
 
-    out = render.write_tree(render.render_all(_spec(args.spec)), args.output)
+    out = render.write_tree(render.render_all(_pinned(_spec(args.spec), args)), args.output)
     print(out)
     return 0
 
@@ -47,7 +55,7 @@ def cmd_render(args) -> int:
 def cmd_user_data(args) -> int:
     from imagebuild import render
 
-    data = render.user_data(_spec(args.spec), args.format)
+    data = render.user_data(_pinned(_spec(args.spec), args), args.format)
     if args.output:
         render.write_file_atomic(Path(args.output), data)
     else:
@@ -58,7 +66,7 @@ def cmd_user_data(args) -> int:
 def cmd_packer(args) -> int:
     from imagebuild.build.bake import packer_directory
 
-    out = packer_directory(_spec(args.spec), args.output)
+    out = packer_directory(_pinned(_spec(args.spec), args), args.output)
     print(out)
     return 0
 
@@ -171,14 +179,23 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def checksums_at_install(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--checksums-at-install", action="store_true",
+                       help="do not read the artifacts' checksum_url now and pin the sha256 it names; install.sh "
+                            "reads it at install time instead (a first boot then trusts the checksum file served "
+                            "that day). IMAGEBUILD_CHECKSUMS_AT_INSTALL=1 does the same")
+
     p = command("render", cmd_render, "write every output of a spec into a directory, atomically")
     p.add_argument("-o", "--output", required=True, help="directory (new, empty, or an earlier render)")
+    checksums_at_install(p)
     p = command("user-data", cmd_user_data, "print cloud-init user-data that installs the tuned containerd")
     p.add_argument("--format", choices=["cloud-config", "mime"], default="cloud-config",
                    help="mime: a multipart message to merge with your own parts")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    checksums_at_install(p)
     p = command("packer", cmd_packer, "write a ready-to-run Packer directory (template, payload, build seed)")
     p.add_argument("-o", "--output", required=True, help="directory (new, empty, or an earlier render)")
+    checksums_at_install(p)
     command("schema", cmd_schema, "print the JSON Schema of the spec", spec=None)
     p = command("init", cmd_init, "write the default spec, commented, as a starting point", spec=None)
     p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")

@@ -332,6 +332,7 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
 
     image_dir = work / "image"
     made: dict[str, Any] = {}
+    spec = render.downloads.pin(spec)  # checksum_urls read once: the inputs hash, render and bake share them
 
     def decide_step() -> dict:
         # The built-in base is rebuilt every BASE_REFRESH_DAYS (see scheduled_base).

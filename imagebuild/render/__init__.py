@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuild.errors import ImagebuildError
-from imagebuild.render import config_toml, expected, hosts_toml, userdata
+from imagebuild.render import config_toml, downloads, expected, hosts_toml, userdata
 from imagebuild.render.templating import PACKAGE_DIR, render_template, shipped_dir
 from imagebuild.spec import platforms
 from imagebuild.spec.fields import normalized
@@ -81,7 +81,9 @@ def install_script(spec: Spec, files: dict[str, File]) -> str:
     entries = [{"path": path, "mode": f"{f.mode:04o}", "sha256": f.sha256} for path, f in files.items()]
     return render_template("install.sh.j2", spec=spec, files=entries, guest_dir=GUEST_DIR, sysctl_path=SYSCTL_PATH,
                            sandbox_pull=json.dumps({"image": {"image": spec.config.sandbox_image}}),
-                           sandbox_name=normalized(spec.config.sandbox_image))
+                           sandbox_name=normalized(spec.config.sandbox_image),
+                           protocols={name: downloads.curl_protocols(art) for name, art in downloads.artifacts(spec)},
+                           connect_timeout=downloads.CONNECT_TIMEOUT, retries=downloads.RETRIES)
 
 
 def guest_files(spec: Spec) -> dict[str, File]:

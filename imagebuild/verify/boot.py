@@ -339,6 +339,7 @@ def verify_user_data(spec: Spec, *, base: str | None = None, log_dir: str | None
     from imagebuild.build.base_source import resolve_base
 
     source, _ = resolve_base(spec, base)
+    spec = render.downloads.for_render(spec)  # the user-data as `imagebuild user-data` writes it
     out_dir = Path(log_dir or tempfile.mkdtemp(prefix="imagebuild-verify-ud-")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     label = "user-data.verify" if platform == "nocloud" else f"user-data.verify-{platform}"

@@ -149,8 +149,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "a62740dfe8ece4ec78dc8ec3fbf5a9e1f0b29e31ed88d8c88ea8af1031295a01", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "a62740dfe8ece4ec78dc8ec3fbf5a9e1f0b29e31ed88d8c88ea8af1031295a01", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "7ca93500e9b337c1ef4a0a5bc6aea52d91c6b223617bedbc719ec8553f95ce7f", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "7ca93500e9b337c1ef4a0a5bc6aea52d91c6b223617bedbc719ec8553f95ce7f", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -214,7 +214,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "a62740dfe8ece4ec78dc8ec3fbf5a9e1f0b29e31ed88d8c88ea8af1031295a01"
+      spec_hash  = "7ca93500e9b337c1ef4a0a5bc6aea52d91c6b223617bedbc719ec8553f95ce7f"
       containerd = "2.1.9"
     }
   }

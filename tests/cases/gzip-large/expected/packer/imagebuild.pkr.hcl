@@ -149,8 +149,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "0cc929ae7bbaec31136ae29e2d5a01fb012de9708794ef15829df577e34585ed", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "0cc929ae7bbaec31136ae29e2d5a01fb012de9708794ef15829df577e34585ed", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "64346f5dbebcf477bc10ba266d025c0994981cb1802010f66592aef67726bf98", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "64346f5dbebcf477bc10ba266d025c0994981cb1802010f66592aef67726bf98", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -214,7 +214,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "0cc929ae7bbaec31136ae29e2d5a01fb012de9708794ef15829df577e34585ed"
+      spec_hash  = "64346f5dbebcf477bc10ba266d025c0994981cb1802010f66592aef67726bf98"
       containerd = "1.6.20"
     }
   }

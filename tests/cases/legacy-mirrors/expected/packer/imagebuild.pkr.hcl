@@ -149,8 +149,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "8a3183f29f31fd438cf5d0e83abdb3b61d1dcc441d53cee9db6ba41de542e27b", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "8a3183f29f31fd438cf5d0e83abdb3b61d1dcc441d53cee9db6ba41de542e27b", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "23768bb45af8ed6b9d3c5737548f4296c40a106c824316cf678d452142289d3b", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "23768bb45af8ed6b9d3c5737548f4296c40a106c824316cf678d452142289d3b", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -214,7 +214,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "8a3183f29f31fd438cf5d0e83abdb3b61d1dcc441d53cee9db6ba41de542e27b"
+      spec_hash  = "23768bb45af8ed6b9d3c5737548f4296c40a106c824316cf678d452142289d3b"
       containerd = "1.7.24"
     }
   }

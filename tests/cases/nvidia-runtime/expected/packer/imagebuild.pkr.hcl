@@ -149,8 +149,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "231e6f2e7596731da01c61e0627583e11bf53313c68c113e0c72650a86529eda", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "231e6f2e7596731da01c61e0627583e11bf53313c68c113e0c72650a86529eda", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "9210c0dcab5c72b16e2412141c0114025e899a44d8e0a4d26167ddc4544bc4be", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "9210c0dcab5c72b16e2412141c0114025e899a44d8e0a4d26167ddc4544bc4be", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -214,7 +214,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "231e6f2e7596731da01c61e0627583e11bf53313c68c113e0c72650a86529eda"
+      spec_hash  = "9210c0dcab5c72b16e2412141c0114025e899a44d8e0a4d26167ddc4544bc4be"
       containerd = "1.6.20"
     }
   }

@@ -149,8 +149,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0b054c70201278e73f973a21c5e7d28b45928206bb0a1513d984cad8b2dbd89f", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0b054c70201278e73f973a21c5e7d28b45928206bb0a1513d984cad8b2dbd89f", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ca2de9f7d5c77b0c6e2a985122c0eaaa4bf201a5fff9fea8d87029e4f368cd08", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ca2de9f7d5c77b0c6e2a985122c0eaaa4bf201a5fff9fea8d87029e4f368cd08", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -214,7 +214,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "0b054c70201278e73f973a21c5e7d28b45928206bb0a1513d984cad8b2dbd89f"
+      spec_hash  = "ca2de9f7d5c77b0c6e2a985122c0eaaa4bf201a5fff9fea8d87029e4f368cd08"
       containerd = "1.6.20"
     }
   }

@@ -149,8 +149,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "bd499ebb7798e8ed4ed8d5fade48636606f9732db77eb47a08044fed56444e85", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "bd499ebb7798e8ed4ed8d5fade48636606f9732db77eb47a08044fed56444e85", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "59e02977f6682f3b3575da47769f5ab6ffcf875a0a6a7eb13ad1ec7daff3400f", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "59e02977f6682f3b3575da47769f5ab6ffcf875a0a6a7eb13ad1ec7daff3400f", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -214,7 +214,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "bd499ebb7798e8ed4ed8d5fade48636606f9732db77eb47a08044fed56444e85"
+      spec_hash  = "59e02977f6682f3b3575da47769f5ab6ffcf875a0a6a7eb13ad1ec7daff3400f"
       containerd = "1.6.20"
     }
   }
