@@ -359,7 +359,8 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
                 "newest_ami": {k: newest[k] for k in ("id", "name", "region", "state")} if newest else None}
 
     def render_step() -> dict:
-        files = render.render_all(spec)
+        # As `imagebuild render` writes it: no user-data carrying a literal secret (render.secrets).
+        files = render.render_all(spec, with_user_data=not render.secrets.refused_in_metadata(spec))
         render.write_tree(files, work / "render")
         return {"files": len(files), "directory": str(work / "render")}
 

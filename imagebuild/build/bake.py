@@ -24,12 +24,13 @@ from imagebuild.build.base_source import boot_mode, resolve_base
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
-from imagebuild.progress import heartbeat, step
+from imagebuild.progress import heartbeat, step, warning
 from imagebuild.render import downloads
 from imagebuild.render.templating import shipped_dir
 from imagebuild.run import PIPE, STDOUT, run, spawned
 from imagebuild.spec import Spec
 from imagebuild.spec.fields import normalized
+from imagebuild.spec.secrets import literal_secrets
 from imagebuild.vm import firmware as fw
 from imagebuild.vm.accel import accelerator as resolve_accelerator
 from imagebuild.vm.disks import image_info
@@ -40,6 +41,7 @@ PACKER = shutil.which("packer") or "/usr/bin/packer"
 def build_seed(seed_dir: Path) -> None:
     """NoCloud seed for the build VM: a build user with a fresh SSH key, made for this build only."""
     seed_dir.mkdir(parents=True, exist_ok=True)
+    seed_dir.chmod(0o700)  # the build user's private key
     key = seed_dir / "id_ed25519"
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", render.BUILD_USER, "-f", str(key)],
         what="ssh-keygen")
@@ -251,6 +253,11 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
         lab_content = lab_artifacts(artifacts)
         for what in lab_content:
             step(f"bake {spec.name}: lab content, so publish will refuse this image: {what}")
+        held = literal_secrets(spec)
+        for secret in held:
+            warning(f"bake {spec.name}: {secret.key} is a literal secret; the image holds it in {secret.path} "
+                 "(0600), the image file is 0600, and every AMI published from it carries it to the accounts it "
+                 "is shared with (the Packer directory that held it is removed after the build)")
         code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
         image = packer_out / f"{spec.name}.qcow2"
         if code != 0 or not image.is_file():
@@ -264,6 +271,8 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
             "build_firmware": build_firmware, "sandbox_image": sandbox, "lab_content": lab_content,
             "artifacts": [{"url": url, "sha256": sha} for url, sha in artifacts]}
         (packer_out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if held:
+            image.chmod(0o600)  # it holds the literal secret in its hosts.toml
         shutil.copyfile(log_path, packer_out / f"{spec.name}.packer.log")
         _publish_dir(packer_out, output)
         step(f"image: {output / image.name} ({manifest['disk_size'] / 2**20:.0f} MiB on disk, "

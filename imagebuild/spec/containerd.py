@@ -282,7 +282,9 @@ class Endpoint(Section):
     ca: AbsPath | None = Field(None, description="path of a CA certificate on the node")
     skip_verify: Bool = Field(False, description="skip TLS verification for this endpoint")
     headers: Annotated[dict[HeaderName, Annotated[str, Text()]], keys_schema(HEADER_NAME)] = Field(
-        default_factory=dict, description="HTTP headers sent to this endpoint")
+        default_factory=dict, description="HTTP headers sent to this endpoint (registry credentials: "
+        "Authorization); every value is taken for a secret: the files holding it (hosts.toml, spec.json, "
+        "user-data) are 0600, and `imagebuild user-data` needs --accept-secret-in-metadata")
 
     def api_root(self, mode: str) -> str:
         return api_root(self.url, self.path, self.override_path, mode)

@@ -23,6 +23,7 @@ from imagebuild.spec.containerd_keys import normalise_overrides
 from imagebuild.spec.fields import API_VERSION, API_VERSIONS, RENAMES, Problem, show
 from imagebuild.spec.model import PROFILES, Spec
 from imagebuild.spec.problems import plain, problems_of
+from imagebuild.spec.secrets import check_overrides_auth
 
 
 class SpecError(Exception):
@@ -129,6 +130,7 @@ def from_document(document: Any, source: str = "spec", *, current: bool = False)
         problems = [Problem(path, message) for path, message in pairs]
         rules.check_overrides(doc["config"]["overrides"], "config.overrides", problems,
                                quote_in_keys=not family.startswith("1."))
+        problems += check_overrides_auth(doc["config"]["overrides"])
     if problems:
         raise SpecError(problems, source)
     built = copy.deepcopy(doc)
