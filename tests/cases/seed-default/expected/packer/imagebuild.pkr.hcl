@@ -133,10 +133,14 @@ source "amazon-ebs" "golden" {
     most_recent = true
   }
   ssh_username  = "admin"
+  # Packer's temporary key leaves ~admin/.ssh/authorized_keys before the AMI is captured.
+  ssh_clear_authorized_keys = true
   ami_name      = "containerd-golden-${formatdate("YYYYMMDD'T'hhmmss'Z'", timestamp())}"
   ami_description = "containerd 1.6.20 golden image, built by imagebuild"
   ami_regions   = []
   ami_users     = []
+  # The same accounts may create volumes from its snapshots: without it they cannot copy the AMI.
+  snapshot_users = []
   encrypt_boot  = false
   ena_support   = true
   # Packer 1.6 knows neither metadata_options nor imds_support: set image.packer_version to 1.7 or
