@@ -89,11 +89,14 @@ def install_script(spec: Spec, files: dict[str, File]) -> str:
 def guest_files(spec: Spec) -> dict[str, File]:
     """What lands in GUEST_DIR on the machine: payload, install script, check and its expectations."""
     files = payload(spec)
-    exp = expected.render(spec, [{"path": p, "sha256": f.sha256} for p, f in files.items()], BUILD_USER)
+    exp = expected.render(spec, [{"path": p, "sha256": f.sha256, "mode": f"{f.mode:04o}"} for p, f in files.items()],
+                          BUILD_USER)
     out = {f"payload{path}": f for path, f in files.items()}
     out["install.sh"] = File(install_script(spec, files).encode(), 0o755)
     out["check.py"] = File((PACKAGE_DIR / "guest" / "check.py").read_bytes(), 0o755)
-    out["expected.json"] = File((json.dumps(exp, indent=2, sort_keys=True) + "\n").encode())
+    # root-only when it carries the sha256 of literal secrets (a weak one could be guessed from it)
+    out["expected.json"] = File((json.dumps(exp, indent=2, sort_keys=True) + "\n").encode(),
+                                secrets.PRIVATE if exp["secrets"]["sha256"] else 0o644)
     return out
 
 

@@ -200,6 +200,19 @@ install_tools() {
 
 }
 
+# cloud-init's logs record what user-data did: root-only, like the stored user-data (cloud-init 22.4 creates
+# cloud-init.log 0640 root:adm and cloud-init-output.log with tee, 0644). The image's hygiene creates them
+# 0600 for the next boot; cloud-init keeps an existing file's mode.
+private_logs() {
+  local log
+  live || return 0
+  for log in /var/log/cloud-init.log /var/log/cloud-init-output.log; do
+    if [[ -f $log ]] && [[ $(stat -c %a "$log") != 600 ]]; then
+      chmod 0600 "$log"
+    fi
+  done
+}
+
 apply_system() {
   if ! live; then
     log "scratch root: systemctl, modprobe and sysctl skipped"
@@ -231,6 +244,7 @@ check_payload
 install_binaries
 install_tools
 install_files
+private_logs
 apply_system
 if [[ ${2:-} == --pull-sandbox ]] && live; then
   log "pulling the sandbox image registry.cn-hangzhou.aliyuncs.com/google_containers/pause:3.6 through CRI"
