@@ -1,5 +1,5 @@
-"""The in-guest secret.* checks (imagebuild/guest/check.py), run on the host against a temporary root laid out
-as a machine would be, with what the render itself writes: the payload's hosts.toml and expected.json of a
+"""The verify boot's secret.* checks (imagebuild/guest/secret_checks.py), run on the host against a temporary
+root laid out as a machine would be, with what the render itself writes: the payload's hosts.toml and expected.json of a
 spec whose mirror carries `Authorization: Bearer <token>`. Each check can fail: a 0644 hosts.toml, a token in
 a world-readable log, cloud-init's logs or stored user-data readable by others."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from imagebuild import render
-from imagebuild.guest import check
+from imagebuild.guest import check, secret_checks
 from tests.support import spec_of
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.q7Fz-9_xYw"
@@ -39,7 +39,7 @@ def _machine(tmp_path: Path, rendered: dict, hosts_mode: int = 0o600) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(f.content)
             path.chmod(hosts_mode if rel == f"payload{HOSTS}" else f.mode)
-    for name in check.CLOUD_INIT_PRIVATE:
+    for name in secret_checks.CLOUD_INIT_PRIVATE:
         path = root / name.lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"cloud-init wrote this; the token stays out: {TOKEN[:6]}\n")
@@ -51,7 +51,7 @@ def _machine(tmp_path: Path, rendered: dict, hosts_mode: int = 0o600) -> Path:
 def _results(monkeypatch, exp: dict, root: Path) -> dict[str, dict]:
     out = io.StringIO()
     monkeypatch.setattr(check.sys, "stdout", out)
-    check.secret_checks(check.Reporter(None), exp, root)
+    secret_checks.run_all(check.Reporter(None), exp, root)
     found = [json.loads(line.split(" ", 1)[1]) for line in out.getvalue().splitlines()]
     return {r["check"]: r for r in found}
 
@@ -120,7 +120,7 @@ def test_a_symlink_to_the_secret_is_not_followed_but_its_target_is_judged(tmp_pa
     assert _results(monkeypatch, exp, root)["secret.readable"]["ok"]   # the target is 0600
 
 
-@pytest.mark.parametrize("name", check.CLOUD_INIT_PRIVATE)
+@pytest.mark.parametrize("name", secret_checks.CLOUD_INIT_PRIVATE)
 @pytest.mark.parametrize("mode, ok", [(0o600, True), (0o640, False), (0o644, False), (0o400, True)])
 def test_cloud_init_logs_and_stored_user_data_must_be_root_only(tmp_path, monkeypatch, rendered, name, mode, ok):
     root = _machine(tmp_path, rendered)
@@ -157,3 +157,28 @@ def test_a_basic_credential_is_found_with_or_without_its_padding(tmp_path, monke
         log.write_text(text + "\n")
         log.chmod(0o644)
         assert _results(monkeypatch, exp, tmp_path)["secret.readable"]["actual"] == ["/var/log/x.log"], text
+
+
+def test_secret_checks_run_beside_check_py_on_the_guests_python_and_their_absence_fails(tmp_path):
+    """In the guest both files sit in one directory, stdlib only (the system python3, isolated); without
+    secret_checks.py beside it, check.py reports a failing secret.checks instead of passing silently."""
+    import shutil
+    import subprocess
+
+    guest = Path(check.__file__).parent
+    shutil.copy(guest / "check.py", tmp_path / "check.py")
+    probe = ("import io, json, sys, check; sys.stdout = out = io.StringIO(); "
+             "check.secret_checks(check.Reporter(None), {'secrets': {}}); sys.stdout = sys.__stdout__; "
+             "print(json.dumps([json.loads(l.split(' ', 1)[1]) for l in out.getvalue().splitlines()]))")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {probe}"
+
+    def run() -> list[dict]:
+        done = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, cwd="/")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    [missing] = run()
+    assert missing["check"] == "secret.checks" and not missing["ok"]
+    shutil.copy(guest / "secret_checks.py", tmp_path / "secret_checks.py")
+    names = {r["check"] for r in run()}
+    assert names == {"secret.readable", *(f"secret.private.{n}" for n in secret_checks.CLOUD_INIT_PRIVATE)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
-from imagebuild.guest.check import secret_words
+from imagebuild.guest.secret_checks import secret_words
 from imagebuild.spec.model import Spec
 from imagebuild.spec.secrets import literal_secrets
 from imagebuild.spec.settings import config_expectations
