@@ -342,10 +342,14 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
 
     image_dir = work / "image"
     made: dict[str, Any] = {}
+    unpinned = spec
 
     def decide_step() -> dict:
+        nonlocal spec
         # The built-in base is rebuilt every BASE_REFRESH_DAYS (see scheduled_base).
-        source, checksum = resolve_base(spec, base or (None if spec.image.base else scheduled_base(spec)))
+        source, checksum = resolve_base(unpinned, base or (None if unpinned.image.base else scheduled_base(unpinned)))
+        # checksum_urls read once, after the base is found: the inputs hash, render and bake share them
+        spec = render.downloads.pin(unpinned)
         made["base"] = source
         made["inputs_hash"] = inputs_hash(spec, checksum)
         run.data |= {"base_image": {"source": source, "checksum": checksum}, "inputs_hash": made["inputs_hash"]}
@@ -368,7 +372,8 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
                 "newest_ami": {k: newest[k] for k in ("id", "name", "region", "state")} if newest else None}
 
     def render_step() -> dict:
-        files = render.render_all(spec)
+        # As `imagebuild render` writes it: no user-data carrying a literal secret (render.secrets).
+        files = render.render_all(spec, with_user_data=not render.secrets.refused_in_metadata(spec))
         render.write_tree(files, work / "render")
         return {"files": len(files), "directory": str(work / "render")}
 

@@ -40,8 +40,11 @@ build_firmware=bios
   printf '}, "firmware": "%s"}\n' "$build_firmware"
 } > "$STATE_DIR/build-facts.json"
 
-# cloud-init runs again, as on a new instance, on the next boot.
+# cloud-init runs again, as on a new instance, on the next boot. Its logs come back root-only: cloud-init
+# keeps an existing log's mode (22.4 would create cloud-init.log 0640 root:adm, tee cloud-init-output.log 0644).
 cloud-init clean --logs --seed
+install -m 0600 /dev/null /var/log/cloud-init.log
+install -m 0600 /dev/null /var/log/cloud-init-output.log
 # Per-build network configuration: the first boot writes it for the NIC the instance has
 # (another MAC, another name). cloud-init 22.4's `clean` leaves these behind.
 rm -f /etc/network/interfaces.d/50-cloud-init /etc/network/interfaces.d/50-cloud-init.cfg \

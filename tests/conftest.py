@@ -22,6 +22,26 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"marked arm64 but not e2e: {', '.join(loose)}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def checksums_at_install():
+    """This machine reaches no GitHub, where the default spec's checksum files are: every render here leaves
+    them to the install (IMAGEBUILD_CHECKSUMS_AT_INSTALL=1, as an offline host would set it). The tests of
+    the render-time read itself (test_install_script, test_tls_downloads) unset it: `checksums_at_render`."""
+    from imagebuild.render.downloads import AT_INSTALL_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(AT_INSTALL_ENV, "1")
+        yield
+
+
+@pytest.fixture
+def checksums_at_render(monkeypatch):
+    """Renders read checksum_url and pin the sha256, as they do by default outside this test suite."""
+    from imagebuild.render.downloads import AT_INSTALL_ENV
+
+    monkeypatch.delenv(AT_INSTALL_ENV, raising=False)
+
+
 @pytest.fixture(scope="session")
 def release_16(tmp_path_factory):
     """Release-shaped containerd 1.6 + runc artifacts served from 127.0.0.1 (ephemeral port).

@@ -391,7 +391,7 @@ CASES = [
     Bad("containerd-version-number", "containerd:\n  version: 2.1\n", "containerd.version", 'quote it: "2.1"'),
     Bad("base-as-url", {"image": {"base": "https://cloud.debian.org/images/cloud/bookworm/latest/"
                                           "debian-12-generic-amd64.qcow2"}}, "image.base",
-        "expected a mapping with the keys source (required), checksum (required), boot_mode; the URL goes in "
+        "expected a mapping with the keys source (required), checksum (required), boot_mode, insecure; the URL goes in "
         "image.base.source"),
     Bad("base-as-path", {"image": {"base": "/srv/images/base.qcow2"}}, "image.base",
         "the URL goes in image.base.source"),

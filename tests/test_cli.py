@@ -58,8 +58,8 @@ def test_renderer_exception_leaves_the_earlier_render(tmp_path, earlier, monkeyp
 def test_failure_in_the_middle_of_writing_leaves_the_earlier_render(tmp_path, earlier, monkeypatch):
     real = render.render_all
 
-    def half_writable(spec):
-        files = real(spec)
+    def half_writable(spec, **options):
+        files = real(spec, **options)
         files["zz/conflict"] = File(b"a file here ...")
         files["zz/conflict/below"] = File(b"... cannot also be a directory")
         return files

@@ -193,12 +193,14 @@ def test_dotted_keys_only_split_where_containerd_has_the_first_part():
     spec = spec_of({"config": {"registry": {"mode": "legacy", "mirrors": []}, "overrides": {
         "timeouts": {"my.timeout": "5s"},                          # timeouts has no key `my`: one key
         "plugins.io.containerd.grpc.v1.cri.enable_selinux": True,  # unquoted plugin name, joined back
-        "plugins": {"io.containerd.grpc.v1.cri": {"registry.configs": {"r.example": {"auth": {"username": "u"}}}}},
+        "plugins": {"io.containerd.grpc.v1.cri": {
+            "registry.configs": {"r.example": {"tls": {"insecure_skip_verify": True}}}}},
     }}})
     assert spec.config.overrides == {
         "timeouts": {"my.timeout": "5s"},
         "plugins": {"io.containerd.grpc.v1.cri": {"enable_selinux": True,
-                                                  "registry": {"configs": {"r.example": {"auth": {"username": "u"}}}}}}}
+                                                  "registry": {"configs": {
+                                                      "r.example": {"tls": {"insecure_skip_verify": True}}}}}}}
     # The normalised spec is its own normal form: spec.json loads back to the same spec.
     assert spec_of(spec.document) == spec
 

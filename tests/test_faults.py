@@ -20,7 +20,7 @@ import pytest
 from imagebuild import cli
 from imagebuild.build import baseimage
 from imagebuild.cli import commands
-from tests.support import run_cli, run_main, snapshot, temp_dir_of_its_own, write_spec
+from tests.support import run_cli, run_main, snapshot, temp_dir_of_its_own, without_eol, write_spec
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs / builds as root")
 
@@ -40,7 +40,7 @@ def test_bake_with_a_base_image_that_does_not_match_its_checksum_stops_before_pa
     elapsed = time.monotonic() - started
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
-    assert err.startswith("imagebuild: error: image.base.checksum: "), err
+    assert without_eol(err).startswith("imagebuild: error: image.base.checksum: "), err
     assert f"sha256:{actual}" in err and f"sha256:{pinned}" in err and "nothing was built" in err
     assert "Traceback" not in err
     assert "packer" not in err.lower()  # it stopped before the build started
@@ -66,7 +66,7 @@ def small_tmpfs(directory: Path, size: str):
 
 
 def _no_space(proc: subprocess.CompletedProcess, out: Path, kept: str) -> None:
-    err = proc.stderr.decode()
+    err = without_eol(proc.stderr.decode())   # the seed's 1.6 is past upstream's support: said on every run
     assert proc.returncode == 1, err
     assert proc.stdout == b""
     assert err.startswith(f"imagebuild: error: cannot write the render to {out}: No space left on device "
@@ -112,7 +112,7 @@ def test_user_data_onto_a_full_disk_fails_cleanly(tmp_path):
         proc = run_cli("user-data", "-o", str(target))
         err = proc.stderr.decode()
         assert proc.returncode == 1, err
-        assert err.startswith(f"imagebuild: error: cannot write {target}: No space left on device"), err
+        assert without_eol(err).startswith(f"imagebuild: error: cannot write {target}: No space left on device"), err
         assert "Traceback" not in err
         assert [p.name for p in small.iterdir()] == ["filler"]
 

@@ -23,7 +23,7 @@ from devtools import debian_artifacts
 from imagebuild import render
 from imagebuild.render import hosts_toml
 from imagebuild.run import stop
-from tests.support import FAMILY_VERSIONS, spec_of
+from tests.support import FAMILY_VERSIONS, eol_warning, spec_of
 
 SPEC = {"config": {"registry": {"mirrors": [
     {"host": "docker.io", "endpoints": [
@@ -240,4 +240,4 @@ def test_an_unsaid_path_and_override_path_are_warned_about():
     old = spec_of({"config": {"registry": {"mirrors": [{"host": "docker.io", "endpoints": [
         {"url": "https://m.example/proxy/v2", "override_path": True}]}]}}})
     assert any("override_path is deprecated" in w for w in old.warnings)
-    assert spec_of({}).warnings == ()  # the seed says what its paths are
+    assert spec_of({}).warnings == (eol_warning("1.6"),)  # the seed says what its paths are (1.6 is past support)

@@ -14,9 +14,10 @@ import pytest
 from devtools import debian_artifacts
 from imagebuild import render
 from imagebuild.render.templating import shipped_dir
-from tests.support import PACKAGE_VERSIONS, run_main, snapshot, spec_of, write_spec
+from tests.support import PACKAGE_VERSIONS, run_main, snapshot, spec_of, ungzip, write_spec
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh runs as root")
+pytestmark = pytest.mark.usefixtures("checksums_at_render")  # the default: checksum_url read at render
 
 
 # ------------------------------------------------------------------------------ static checks
@@ -59,18 +60,20 @@ def test_hygiene_script_passes_bash_n_and_shellcheck():
 def _doc(release: dict, *, pinned: bool = True, **config) -> dict:
     url = release["url"]
     ctd, runc = Path(release["containerd"]["path"]).name, Path(release["runc"]["path"]).name
-    tarball = {"url": f"{url}/{ctd}", "sha256": release["containerd"]["sha256"]}
-    runc_art = {"version": release["runc"]["version"], "url": f"{url}/{runc}", "sha256": release["runc"]["sha256"]}
+    # insecure: the lab's server is plain HTTP on 127.0.0.1 (sha256 pinned, or its checksum file read at render)
+    tarball = {"url": f"{url}/{ctd}", "sha256": release["containerd"]["sha256"], "insecure": True}
+    runc_art = {"version": release["runc"]["version"], "url": f"{url}/{runc}", "sha256": release["runc"]["sha256"],
+                "insecure": True}
     if not pinned:
-        tarball = {"url": f"{url}/{ctd}", "sha256": None, "checksum_url": "{url}.sha256sum"}
+        tarball = {"url": f"{url}/{ctd}", "sha256": None, "checksum_url": "{url}.sha256sum", "insecure": True}
         runc_art = {**runc_art, "sha256": None, "checksum_url": "{url}.sha256sum"}
     return {"containerd": {"version": release["containerd"]["version"],
                            "install": {"tarball": tarball, "runc": runc_art}}, **({"config": config} if config else {})}
 
 
-def _render(tmp_path: Path, doc: dict, name: str = "render") -> Path:
+def _render(tmp_path: Path, doc: dict, name: str = "render", *options: str) -> Path:
     out = tmp_path / name
-    code, _, err = run_main(["render", str(write_spec(tmp_path, doc, f"{name}.yaml")), "-o", str(out)])
+    code, _, err = run_main(["render", str(write_spec(tmp_path, doc, f"{name}.yaml")), "-o", str(out), *options])
     assert code == 0, err
     return out
 
@@ -160,7 +163,7 @@ def test_cni_plugins_are_verified_installed_and_then_left_alone(tmp_path, releas
     doc = _doc(release_16)
     url = f"{release_16['url']}/{Path(cni_release['path']).name}"
     # no sha256: the default checksum_url ({url}.sha256, upstream's layout) is fetched and checked
-    doc["containerd"]["install"]["cni_plugins"] = {"version": cni_release["version"], "url": url}
+    doc["containerd"]["install"]["cni_plugins"] = {"version": cni_release["version"], "url": url, "insecure": True}
     out = _render(tmp_path, doc)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -199,21 +202,62 @@ def test_wrong_sha256_fails_loudly_and_installs_nothing(tmp_path, release_16):
 
 
 @needs_root
-def test_checksum_url_mode(tmp_path, release_16):
-    """sha256 not pinned: the published checksum file is fetched; a multi-entry file (runc's own
+@pytest.mark.parametrize("when", ["render", "install"])
+def test_checksum_url_mode(tmp_path, release_16, when):
+    """sha256 not pinned: the published checksum file is read (by the render, which pins the sha256 into
+    install.sh, or with --checksums-at-install by install.sh itself); a multi-entry file (runc's own
     release has one runc.sha256sum for every architecture) is searched for the right name."""
     runc_name = Path(release_16["runc"]["path"]).name
     sums = release_16["dir"] / "runc-all.sha256sum"
     sums.write_text(f"{'1' * 64}  runc.arm64\n{release_16['runc']['sha256']} *{runc_name}\n{'2' * 64}  runc.386\n")
     doc = _doc(release_16, pinned=False)
     doc["containerd"]["install"]["runc"]["checksum_url"] = f"{release_16['url']}/runc-all.sha256sum"
+    out = _render(tmp_path, doc, "render", *(["--checksums-at-install"] if when == "install" else []))
+    script = (out / "install.sh").read_text()
+    pinned = [release_16[name]["sha256"] in script for name in ("containerd", "runc")]
+    assert pinned == ([True, True] if when == "render" else [False, False])
+    assert ("runc-all.sha256sum" in script) == (when == "install")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    proc = _install(_render(tmp_path, doc), scratch)
+    proc = _install(out, scratch)
     assert proc.returncode == 0, proc.stderr
     assert (scratch / "usr/local/bin/containerd").read_bytes() == debian_artifacts.binary("1.6").read_bytes()
     assert (scratch / "usr/local/sbin/runc").read_bytes() == debian_artifacts.binary("1.6", "runc").read_bytes()
     assert proc.stderr.count("sha256 verified") == 2
+
+
+def test_pinned_checksum_does_not_follow_the_checksum_file_after_the_render(tmp_path, release_16):
+    """The render reads checksum_url once: a checksum file changed afterwards (a release replaced behind
+    the same URL) changes nothing in install.sh or user-data; only a new render reads it again."""
+    name = Path(release_16["runc"]["path"]).name
+    sums = release_16["dir"] / "runc-later.sha256sum"
+    sums.write_text(f"{release_16['runc']['sha256']}  {name}\n")
+    doc = _doc(release_16)
+    doc["containerd"]["install"]["runc"] |= {"sha256": None,
+                                             "checksum_url": f"{release_16['url']}/runc-later.sha256sum"}
+    first = (_render(tmp_path, doc, "first") / "install.sh").read_text()
+    sums.write_text(f"{'9' * 64}  {name}\n")
+    assert (_render(tmp_path, doc, "first") / "install.sh").read_text() != first   # a new render reads it anew
+    sums.write_text(f"{release_16['runc']['sha256']}  {name}\n")
+    assert release_16["runc"]["sha256"] in first and "runc-later.sha256sum" not in first
+    code, _, err = run_main(["user-data", str(write_spec(tmp_path, doc, "ud.yaml")), "-o", str(tmp_path / "ud")])
+    assert code == 0, err
+    user_data = ungzip((tmp_path / "ud").read_bytes()).decode()
+    assert "runc-later.sha256sum" not in user_data and release_16["runc"]["sha256"] in user_data
+
+
+def test_unreadable_checksum_url_fails_the_render_naming_key_and_url(tmp_path, release_16):
+    doc = _doc(release_16)
+    doc["containerd"]["install"]["runc"] |= {"sha256": None, "checksum_url": f"{release_16['url']}/missing.sha256sum"}
+    out = tmp_path / "render"
+    code, _, err = run_main(["render", str(write_spec(tmp_path, doc)), "-o", str(out)])
+    assert code == 1 and not out.exists()
+    assert (f"containerd.install.runc.checksum_url: cannot read checksum_url {release_16['url']}/missing.sha256sum"
+            in err), err
+    assert "--checksums-at-install" in err and "containerd.install.runc.sha256" in err
+    code, _, err = run_main(["render", str(write_spec(tmp_path, doc)), "-o", str(out), "--checksums-at-install"])
+    assert code == 0, err
+    assert f"{release_16['url']}/missing.sha256sum" in (out / "install.sh").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +276,9 @@ def both_arches(tmp_path_factory):
 def _arch_doc(both: dict, arch: str) -> dict:
     """One spec for both architectures but image.architecture: URLs with {arch}, checksums from `{url}.sha256sum`."""
     return {"image": {"architecture": arch}, "containerd": {"version": "1.6.20", "install": {
-        "tarball": {"url": f"{both['url']}/containerd-{{version}}-linux-{{arch}}.tar.gz"},
+        "tarball": {"url": f"{both['url']}/containerd-{{version}}-linux-{{arch}}.tar.gz", "insecure": True},
         "runc": {"version": both["amd64"]["runc"]["version"], "url": f"{both['url']}/runc.{{arch}}",
-                 "checksum_url": "{url}.sha256sum"}}}}
+                 "checksum_url": "{url}.sha256sum", "insecure": True}}}}
 
 
 @needs_root
@@ -256,10 +300,10 @@ def test_arm64_script_names_the_arm64_files_and_refuses_this_amd64_machine(tmp_p
     arm64 checksum files), and on a machine of another architecture it stops before any download."""
     out = _render(tmp_path, _arch_doc(both_arches, "arm64"))
     script = (out / "install.sh").read_text()
-    url = both_arches["url"]
-    assert (f"fetch {url}/containerd-1.6.20-linux-arm64.tar.gz \"$WORK/containerd.tar.gz\" '' "
-            f"{url}/containerd-1.6.20-linux-arm64.tar.gz.sha256sum") in script
-    assert f"fetch {url}/runc.arm64 \"$WORK/runc\" '' {url}/runc.arm64.sha256sum" in script
+    url, arm64 = both_arches["url"], both_arches["arm64"]
+    assert (f"fetch {url}/containerd-1.6.20-linux-arm64.tar.gz \"$WORK/containerd.tar.gz\" "
+            f"{arm64['containerd']['sha256']} '' =http,https =http,https") in script
+    assert f"fetch {url}/runc.arm64 \"$WORK/runc\" {arm64['runc']['sha256']} '' =http,https =http,https" in script
     assert "amd64" not in script.replace("MACHINE=amd64", "")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -275,9 +319,13 @@ def test_checksum_file_without_the_artifact_fails(tmp_path, release_16):
     (release_16["dir"] / "other.sha256sum").write_text(f"{'1' * 64}  something-else.tar.gz\n")
     doc = _doc(release_16, pinned=False)
     doc["containerd"]["install"]["tarball"]["checksum_url"] = f"{release_16['url']}/other.sha256sum"
+    out = tmp_path / "refused"
+    code, _, err = run_main(["render", str(write_spec(tmp_path, doc)), "-o", str(out)])   # read at render: refused
+    assert code == 1 and not out.exists()
+    assert f"checksum_url {release_16['url']}/other.sha256sum names no sha256 for containerd-1.6.20-linux-" in err
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    proc = _install(_render(tmp_path, doc), scratch)
+    proc = _install(_render(tmp_path, doc, "render", "--checksums-at-install"), scratch)   # read at install
     assert proc.returncode != 0
     assert "no sha256 for containerd-1.6.20-linux-" in proc.stderr
     assert list(scratch.iterdir()) == []

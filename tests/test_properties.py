@@ -136,6 +136,10 @@ def artifacts(draw, versioned: bool) -> dict:
         out["checksum_url"] = draw(url_template)
     elif how == "suffix":
         out["checksum_url"] = "{url}" + draw(regex(r"[A-Za-z0-9._-]{0,10}"))
+    if any(str(out.get(key)).startswith("http://") for key in ("url", "checksum_url")):
+        out["insecure"] = True  # plain HTTP only for an artifact that says so (a spec error otherwise)
+    else:
+        optional(draw, out, "insecure", st.booleans())
     return out
 
 
@@ -369,7 +373,8 @@ def spec_documents(draw) -> dict:
     image: dict = {}
     optional(draw, image, "base", st.none() | st.fixed_dictionaries({
         "source": abs_path | http_url,
-        "checksum": hex64.map(lambda h: "sha256:" + h)}))
+        "checksum": hex64.map(lambda h: "sha256:" + h)}).map(
+            lambda b: b | {"insecure": True} if b["source"].startswith("http://") else b))
     optional(draw, image, "disk_size_gb", st.integers(2, 2048))
     optional(draw, image, "accelerator", st.sampled_from(["auto", "kvm", "tcg"]))
     optional(draw, image, "hygiene", st.booleans())

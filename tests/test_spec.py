@@ -26,7 +26,7 @@ def test_family_and_config_version(version, family, config_version):
 def test_artifact_urls_resolve():
     spec = spec_of({"containerd": {"version": "1.7.24", "install": {
         "tarball": {"url": "http://127.0.0.1:9/c/{version}/containerd-{version}.tgz",
-                    "checksum_url": "{url}.sha256sum"},
+                    "checksum_url": "{url}.sha256sum", "insecure": True},
         "runc": {"version": "1.1.15", "url": "file:///srv/runc-{version}", "sha256": "ab" * 32, "checksum_url": None},
         "cni_plugins": {"url": "https://example.com/cni-{version}.tgz", "checksum_url": "https://example.com/SUMS"}}}})
     install = spec.containerd.install

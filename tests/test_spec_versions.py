@@ -9,7 +9,7 @@ import json
 import pytest
 
 from imagebuild.spec import SpecError, fields, load, model
-from tests.support import run_main, spec_of
+from tests.support import run_main, spec_of, without_eol
 
 NOTICE = "imagebuild: note: the spec has no apiVersion; read as imagebuild/v1 (add `apiVersion: imagebuild/v1`)\n"
 
@@ -17,7 +17,8 @@ NOTICE = "imagebuild: note: the spec has no apiVersion; read as imagebuild/v1 (a
 def _render(tmp_path, text: str) -> tuple[int, str, str]:
     path = tmp_path / "spec.yaml"
     path.write_text(text)
-    return run_main(["render", str(path), "-o", str(tmp_path / "out")])
+    code, out, err = run_main(["render", str(path), "-o", str(tmp_path / "out")])
+    return code, out, without_eol(err)   # the seed's containerd 1.6 is past upstream's support: said on every run
 
 
 def test_the_current_version_is_the_last_and_the_first_is_v1():
@@ -37,7 +38,7 @@ def test_a_spec_with_apiversion_and_the_built_in_default_say_nothing(tmp_path):
     code, _, err = _render(tmp_path, "apiVersion: imagebuild/v1\nname: golden\n")
     assert (code, err) == (0, "")
     code, _, err = run_main(["render", "-o", str(tmp_path / "default")])
-    assert (code, err) == (0, "")
+    assert (code, without_eol(err)) == (0, "")
     assert load().notices == () and spec_of("name: x\n").notices != ()
 
 

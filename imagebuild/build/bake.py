@@ -11,7 +11,6 @@ import shutil
 import signal
 import tempfile
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,11 +24,13 @@ from imagebuild.build.base_source import boot_mode, resolve_base
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
-from imagebuild.progress import heartbeat, step
+from imagebuild.progress import heartbeat, step, warning
+from imagebuild.render import downloads
 from imagebuild.render.templating import shipped_dir
 from imagebuild.run import PIPE, STDOUT, run, spawned
 from imagebuild.spec import Spec
 from imagebuild.spec.fields import normalized
+from imagebuild.spec.secrets import literal_secrets
 from imagebuild.vm import firmware as fw
 from imagebuild.vm.accel import accelerator as resolve_accelerator
 from imagebuild.vm.disks import image_info
@@ -40,6 +41,7 @@ PACKER = shutil.which("packer") or "/usr/bin/packer"
 def build_seed(seed_dir: Path) -> None:
     """NoCloud seed for the build VM: a build user with a fresh SSH key, made for this build only."""
     seed_dir.mkdir(parents=True, exist_ok=True)
+    seed_dir.chmod(0o700)  # the build user's private key
     key = seed_dir / "id_ed25519"
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", render.BUILD_USER, "-f", str(key)],
         what="ssh-keygen")
@@ -72,12 +74,8 @@ def inputs_hash(spec: Spec, base_checksum: str, artifacts: list[tuple[str, str]]
 
 def resolved_artifacts(spec: Spec) -> list[tuple[str, str]]:
     """(URL, sha256) of every download the install makes (none for a package install): a sha256 given by
-    `checksum_url` is the one that file names today."""
-    install = spec.containerd.install
-    if install.method != "tarball":
-        return []
-    return [(a.resolved_url, a.sha256 or named_checksum(a.resolved_url, a.resolved_checksum_url))
-            for a in (install.tarball, install.runc, install.cni_plugins) if a is not None]
+    `checksum_url` is the one that file names today, read once (render.downloads.pin: what install.sh pins)."""
+    return [(art.resolved_url, art.pinned_sha256) for _, art in downloads.artifacts(downloads.pin(spec))]
 
 
 def lab_artifacts(artifacts: list[tuple[str, str]]) -> list[str]:
@@ -101,26 +99,6 @@ def sandbox_source(spec: Spec, packer_dir: Path) -> dict:
         return {"source": source, "url": archive.url} | oci_archive.sandbox_archive(
             archive.url, archive.sha256, spec.config.sandbox_image, packer_dir / render.SANDBOX_ARCHIVE)
     return {"source": source, "name": name, "digest": None}
-
-
-def named_checksum(url: str, checksum_url: str | None, timeout: float = 60) -> str:
-    """The sha256 the checksum file at *checksum_url* gives for *url*'s file (a lone hash, or the
-    `<hash>  <name>` line of that name, like sha256sum's output)."""
-    if not checksum_url:
-        raise ImagebuildError(f"no sha256 and no checksum_url for {url}")
-    try:
-        with urllib.request.urlopen(checksum_url, timeout=timeout) as response:
-            text = response.read(1 << 20).decode("utf-8", "replace")
-    except (OSError, ValueError) as exc:
-        raise ImagebuildError(f"cannot read checksum_url {checksum_url}: {exc}") from None
-    name = url.rsplit("/", 1)[-1]
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) == 1 or (len(fields) >= 2 and fields[1] in (name, "*" + name)):
-            if re.fullmatch(r"[0-9a-f]{64}", fields[0]):
-                return fields[0]
-            break
-    raise ImagebuildError(f"checksum_url {checksum_url} names no sha256 for {name}")
 
 
 # Packer UI messages that open each phase of a qemu build, for the duration breakdown, and the
@@ -242,7 +220,9 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     base_source, base_checksum = resolve_base(spec, base)
-    # Before the build, not after it: a checksum_url this host cannot read fails in seconds.
+    # Before the build, not after it: a checksum_url this host cannot read fails in seconds. Read once:
+    # the inputs hash and install.sh's pinned sha256 are the same.
+    spec = downloads.pin(spec)
     artifacts = resolved_artifacts(spec)
     inputs = inputs_hash(spec, base_checksum, artifacts)
     accelerator = resolve_accelerator(spec.image.accelerator, spec.image.architecture)
@@ -275,6 +255,11 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
         lab_content = lab_artifacts(artifacts)
         for what in lab_content:
             step(f"bake {spec.name}: lab content, so publish will refuse this image: {what}")
+        held = literal_secrets(spec)
+        for secret in held:
+            warning(f"bake {spec.name}: {secret.key} is a literal secret; the image holds it in {secret.path} "
+                 "(0600), the image file is 0600, and every AMI published from it carries it to the accounts it "
+                 "is shared with (the Packer directory that held it is removed after the build)")
         code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")
         image = packer_out / f"{spec.name}.qcow2"
         if code != 0 or not image.is_file():
@@ -295,6 +280,8 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
                                             provenance.builder(spec.image.architecture, build_firmware, PACKER,
                                                                accelerator))
         (packer_out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if held:
+            image.chmod(0o600)  # it holds the literal secret in its hosts.toml
         shutil.copyfile(log_path, packer_out / f"{spec.name}.packer.log")
         _publish_dir(packer_out, output)
         step(f"image: {output / image.name} ({manifest['disk_size'] / 2**20:.0f} MiB on disk, "

@@ -14,10 +14,10 @@ import json
 import os
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from imagebuild.errors import ImagebuildError
+from imagebuild.render.downloads import open_url
 from imagebuild.spec.fields import normalized
 
 NAME_ANNOTATIONS = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
@@ -34,7 +34,7 @@ def fetch(url: str, sha256: str, dest: Path, timeout: float = 300) -> Path:
     try:
         with os.fdopen(fd, "wb") as out:
             if url.startswith("https://"):
-                with urllib.request.urlopen(url, timeout=timeout) as response:
+                with open_url(url, timeout=timeout) as response:  # https only, redirects included
                     _copy(response, out, digest)
             else:
                 with open(url.removeprefix("file://"), "rb") as source:

@@ -34,20 +34,59 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _pinned(spec, args):
+    """*spec* with its checksum_urls read now and the sha256 pinned, or (--checksums-at-install) left to the
+    install."""
+    from imagebuild.render import downloads
+
+    return downloads.for_render(spec, at_install=args.checksums_at_install)
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"imagebuild: warning: {line}", file=sys.stderr)
+
+
 def cmd_render(args) -> int:
     from imagebuild import render
+    from imagebuild.render import secrets
 
-    out = render.write_tree(render.render_all(_spec(args.spec, args.variant)), args.output)
+    spec = _pinned(_spec(args.spec, args.variant), args)
+    held = secrets.refused_in_metadata(spec)
+    with_user_data = not held or args.accept_secret_in_metadata
+    files = render.render_all(spec, with_user_data=with_user_data)
+    out = render.write_tree(files, args.output)
+    _warn(secrets.where_they_went(spec, files, out))
+    if not with_user_data:
+        _warn([f"user-data not written: it would carry {', '.join(held)} into instance metadata, which anything "
+               f"on the instance that reaches the metadata service can read; pass {secrets.ACCEPT_FLAG} to "
+               "write it anyway"])
     print(out)
     return 0
 
 
 def cmd_user_data(args) -> int:
     from imagebuild import render
+    from imagebuild.render import secrets
+    from imagebuild.spec import Problem, SpecError
 
-    data = render.user_data(_spec(args.spec, args.variant), args.format, compress=not args.raw)
+    spec = _pinned(_spec(args.spec, args.variant), args)
+    held = secrets.refused_in_metadata(spec)
+    if held and not args.accept_secret_in_metadata:
+        raise SpecError([Problem(key, "a literal secret: user-data would carry it into instance metadata, which "
+                                 "anything on the instance that reaches the metadata service can read; bake it "
+                                 "into an image (imagebuild bake), or pass "
+                                 f"{secrets.ACCEPT_FLAG} to write it anyway") for key in held], args.spec or "spec")
+    data = render.user_data(spec, args.format, compress=not args.raw)
+    where = f"{args.output} (0600)" if args.output else "the user-data on standard output"
+    _warn([f"{key} is a literal secret; it is in {where}, in the instance metadata of every machine given this "
+           f"user-data, and goes to {path} (0600) on every node"
+           for key, path in ((s.key, s.path) for s in secrets.literal_secrets(spec))])
     if args.output:
-        render.write_file_atomic(Path(args.output), data)
+        path = Path(args.output)
+        render.write_file_atomic(path, data, secrets.PRIVATE if held else 0o644)
+        if held and secrets.open_to_others(path.resolve().parent):
+            _warn([f"{path.resolve().parent} can be entered by other users: keep {path} in a 0700 directory"])
         return 0
     if data.startswith(GZIP_MAGIC) and sys.stdout.isatty():
         print("imagebuild: error: this user-data is gzipped (it is over EC2's 16 KB as text) and stdout is a "
@@ -60,8 +99,11 @@ def cmd_user_data(args) -> int:
 
 def cmd_packer(args) -> int:
     from imagebuild.build.bake import packer_directory
+    from imagebuild.render import secrets
 
-    out = packer_directory(_spec(args.spec, args.variant), args.output)
+    spec = _pinned(_spec(args.spec, args.variant), args)
+    out = packer_directory(spec, args.output)
+    _warn(secrets.where_they_went(spec, [rel for rel in secrets.outputs(spec) if rel != "user-data"], out))
     print(out)
     return 0
 

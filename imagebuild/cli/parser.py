@@ -12,6 +12,20 @@ SPEC_HELP = "spec file (YAML); omitted: the built-in default, containerd's seed 
 DOCTOR_STAGES = ("render", "bake", "verify", "publish")
 
 
+def _checksums_at_install(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checksums-at-install", action="store_true",
+                   help="do not read the artifacts' checksum_url now and pin the sha256 it names; install.sh "
+                        "reads it at install time instead (a first boot then trusts the checksum file served "
+                        "that day). IMAGEBUILD_CHECKSUMS_AT_INSTALL=1 does the same")
+
+
+def _accept_secret(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--accept-secret-in-metadata", action="store_true",
+                   help=f"{what} the spec holds a literal secret (a mirror endpoint's headers): it then goes "
+                        "into instance metadata, which anything on the instance that reaches the metadata "
+                        "service can read (refused without this flag)")
+
+
 def _loudness(p: argparse.ArgumentParser, default) -> None:
     """-q/--quiet and -v/--verbose, before the subcommand (default False) or after it (SUPPRESS: given
     there, it sets the value; not given, it leaves what the top level set)."""
@@ -62,15 +76,20 @@ def parser() -> argparse.ArgumentParser:
     p = command("render", c.cmd_render, "write every output of a spec into a directory, atomically")
     _output(p, is_file=False, required=True, help_text="directory (new, empty, or an earlier render); "
             "its parent must exist")
+    _checksums_at_install(p)
+    _accept_secret(p, "write user-data even when")
     p = command("user-data", c.cmd_user_data, "print cloud-init user-data that installs the tuned containerd")
     p.add_argument("--format", choices=["cloud-config", "mime"], default="cloud-config",
                    help="mime: a multipart message to merge with your own parts")
     p.add_argument("--raw", action="store_true", help="never gzip (the default gzips past EC2's 16 KB, and then "
                    "refuses to write to a terminal)")
     _output(p, is_file=True, help_text="write to this file instead of stdout")
+    _checksums_at_install(p)
+    _accept_secret(p, "write the user-data even when")
     p = command("packer", c.cmd_packer, "write a ready-to-run Packer directory (template, payload, build seed)")
     _output(p, is_file=False, required=True, help_text="directory (new, empty, or an earlier render); "
             "its parent must exist")
+    _checksums_at_install(p)
     command("schema", c.cmd_schema, "print the JSON Schema of the spec", spec=None)
     p = command("init", c.cmd_init, "write the default spec, commented, as a starting point", spec=None)
     _output(p, is_file=True, default="-", help_text="file to write (default: stdout)")

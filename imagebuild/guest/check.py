@@ -348,6 +348,20 @@ def hygiene_checks(rep: Reporter, exp: dict, instance_id: str | None) -> None:
               note="the install's payload (secrets included), install script and check are gone after it")
 
 
+def secret_checks(rep: Reporter, exp: dict) -> None:
+    """Literal secrets stay secret: secret_checks.py, which the verify boot stages beside this file (it is not
+    installed on machines)."""
+    try:
+        from imagebuild.guest import secret_checks as more  # on the host (tests)
+    except ImportError:
+        try:
+            import secret_checks as more  # type: ignore[no-redef]  # in the guest
+        except ImportError as exc:
+            rep.check("secret.checks", "secret_checks.py beside check.py", f"<{exc}>", False)
+            return
+    more.run_all(rep, exp)
+
+
 def boot_checks(rep: Reporter, boot: dict) -> None:
     """What this verify boot presented (platform, NIC, hostname, IMDS): boot_checks.py, which the verify
     boot stages beside this file (it is not installed on machines)."""
@@ -396,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         container_checks(rep, args.test_image)
         cri_ready_at = cri_checks(rep, json.loads(Path(args.cri_lab).read_text()) if args.cri_lab else None)
         hygiene_checks(rep, exp, args.instance_id or boot.get("instance_id"))
+        secret_checks(rep, exp)
         if boot:
             boot_checks(rep, boot)
     extra_checks(rep, exp)

@@ -16,11 +16,11 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imagebuild.errors import ImagebuildError
-from imagebuild.render import config_toml, expected, hosts_toml, userdata
+from imagebuild.render import config_toml, downloads, expected, hosts_toml, secrets, userdata
 from imagebuild.render.templating import PACKAGE_DIR, render_template, shipped_dir
 from imagebuild.spec import platforms
 from imagebuild.spec.fields import normalized
@@ -81,17 +81,22 @@ def install_script(spec: Spec, files: dict[str, File]) -> str:
     entries = [{"path": path, "mode": f"{f.mode:04o}", "sha256": f.sha256} for path, f in files.items()]
     return render_template("install.sh.j2", spec=spec, files=entries, guest_dir=GUEST_DIR, sysctl_path=SYSCTL_PATH,
                            sandbox_pull=json.dumps({"image": {"image": spec.config.sandbox_image}}),
-                           sandbox_name=normalized(spec.config.sandbox_image))
+                           sandbox_name=normalized(spec.config.sandbox_image),
+                           protocols={name: downloads.curl_protocols(art) for name, art in downloads.artifacts(spec)},
+                           connect_timeout=downloads.CONNECT_TIMEOUT, retries=downloads.RETRIES)
 
 
 def guest_files(spec: Spec) -> dict[str, File]:
     """What lands in GUEST_DIR on the machine: payload, install script, check and its expectations."""
     files = payload(spec)
-    exp = expected.render(spec, [{"path": p, "sha256": f.sha256} for p, f in files.items()], BUILD_USER)
+    exp = expected.render(spec, [{"path": p, "sha256": f.sha256, "mode": f"{f.mode:04o}"} for p, f in files.items()],
+                          BUILD_USER)
     out = {f"payload{path}": f for path, f in files.items()}
     out["install.sh"] = File(install_script(spec, files).encode(), 0o755)
     out["check.py"] = File((PACKAGE_DIR / "guest" / "check.py").read_bytes(), 0o755)
-    out["expected.json"] = File((json.dumps(exp, indent=2, sort_keys=True) + "\n").encode())
+    # root-only when it carries the sha256 of literal secrets (a weak one could be guessed from it)
+    out["expected.json"] = File((json.dumps(exp, indent=2, sort_keys=True) + "\n").encode(),
+                                secrets.PRIVATE if exp["secrets"]["sha256"] else 0o644)
     return out
 
 
@@ -157,14 +162,16 @@ def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:
     # Document order (the model's key order, mappings as written): sorted keys reordered sysctls, headers
     # and runtimes, so spec.json rendered different files than the spec it came from.
     files["spec.json"] = File((json.dumps(spec.document, indent=2) + "\n").encode())
-    return files
+    holding = secrets.outputs(spec)  # what holds a literal secret (headers) is root-only
+    return {rel: replace(f, mode=secrets.PRIVATE) if rel in holding else f for rel, f in files.items()}
 
 
 def write_tree(files: dict[str, File], out_dir: str | Path) -> Path:
     """Write *files* under *out_dir* all at once: on any failure *out_dir* is left as it was.
 
     The tree is written to a sibling temporary directory and swapped in by rename. An existing
-    *out_dir* is replaced only if it is empty or an earlier render (it holds the marker file).
+    *out_dir* is replaced only if it is empty or an earlier render (it holds the marker file). A tree
+    holding a root-only file (a literal secret: imagebuild.render.secrets) is 0700, every directory in it.
     """
     out = Path(out_dir).resolve()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
@@ -189,7 +196,9 @@ def write_tree(files: dict[str, File], out_dir: str | Path) -> Path:
                 raise
             path.chmod(f.mode)
         (tmp / MARKER).write_text("written by imagebuild render; replaced whole on the next render\n")
-        tmp.chmod(0o755)
+        tree_mode = 0o700 if any(secrets.private(f.mode) for f in files.values()) else 0o755
+        for directory in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+            directory.chmod(tree_mode)
         if out.exists():
             old = out.parent / f"{tmp.name}.old"
             out.rename(old)

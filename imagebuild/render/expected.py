@@ -5,7 +5,11 @@ host-side tests that load rendered configs into real containerd binaries.
 """
 from __future__ import annotations
 
+import hashlib
+
+from imagebuild.guest.secret_checks import secret_words
 from imagebuild.spec.model import Spec
+from imagebuild.spec.secrets import literal_secrets
 from imagebuild.spec.settings import config_expectations
 
 #: Where the install script unpacks the CNI plugins: containerd's default CNI bin_dir.
@@ -41,8 +45,20 @@ def runtime_expectations(spec: Spec) -> list[dict]:
             for name, rt in spec.config.runtimes.items()]
 
 
+def secret_expectations(spec: Spec, files: list[dict]) -> dict:
+    """What the check's secret.* checks look for: each payload file holding a literal secret with its owner and
+    mode, and the sha256 of every word of every secret (the check hashes the words of world-readable files);
+    never a secret itself. A secret without a word of 8+ token characters cannot be searched: counted."""
+    found = literal_secrets(spec)
+    paths = {s.path for s in found}
+    words = [secret_words(s.value.encode()) for s in found]
+    return {"files": [{"path": f["path"], "owner": "root", "mode": f["mode"]} for f in files if f["path"] in paths],
+            "sha256": sorted({hashlib.sha256(w).hexdigest() for found_words in words for w in found_words}),
+            "unsearchable": sum(not found_words for found_words in words)}
+
+
 def render(spec: Spec, files: list[dict], build_user: str) -> dict:
-    """The whole expectation document; *files* are the payload entries (path, sha256)."""
+    """The whole expectation document; *files* are the payload entries (path, sha256, mode)."""
     method = spec.containerd.install.method
     pkg = spec.containerd.install.package
     return {
@@ -63,4 +79,5 @@ def render(spec: Spec, files: list[dict], build_user: str) -> dict:
         "packages": [{"name": name, "probe": list(probe)} for name, probe in spec.system.package_probes.items()],
         "build_user": build_user if spec.image.hygiene else None,
         "extra_checks": [{"name": c.name, "run": c.run} for c in spec.verify.checks],
+        "secrets": secret_expectations(spec, files),
     }

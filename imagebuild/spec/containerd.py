@@ -133,8 +133,11 @@ class _Download:
     if TYPE_CHECKING:
         url: str
         checksum_url: str | None
+        sha256: str | None
+        insecure: bool
         version: str
         _arch: str
+        _pinned: str | None
 
     @property
     def arch(self) -> str:
@@ -156,14 +159,24 @@ class _Download:
     def filename(self) -> str:
         return self.resolved_url.rstrip("/").rsplit("/", 1)[-1]
 
+    @property
+    def pinned_sha256(self) -> str | None:
+        """The sha256 install.sh checks: the spec's, or the one its checksum_url named when the render
+        resolved it (imagebuild.render.downloads.pin); None leaves the checksum file to the install."""
+        return self.sha256 or self._pinned
+
 
 _VERSION_DOC = "upstream version, substituted for {version} in the URLs"
 _URL_DOC = "download URL; {version} and {arch} (image.architecture: amd64, arm64) are replaced"
 _SHA_DOC = "expected sha256 of the download (64 hex digits); pins the artifact"
-_CHECKSUM_DOC = "URL of a published checksum file, used when sha256 is not pinned"
-UrlTemplate = Annotated[str, Text(URL_TEMPLATE, "an http(s):// or file:// URL")]
+_CHECKSUM_DOC = ("URL of a published checksum file, used when sha256 is not pinned: render and bake read it "
+                 "once and pin the sha256 it names into install.sh and user-data")
+_INSECURE_DOC = ("allow plain http:// for url and checksum_url, and redirects to http: (a lab mirror); "
+                 "false: https:// or file:// only, an http:// URL is a spec error")
+UrlTemplate = Annotated[str, Text(URL_TEMPLATE, "an https:// or file:// URL (http:// with insecure: true)")]
 Sha256 = Annotated[str, Text(SHA256, "64 lowercase hex digits")]
-ChecksumUrl = Annotated[str, Text(CHECKSUM_URL, "an http(s):// or file:// URL, or {url} plus a suffix")]
+ChecksumUrl = Annotated[str, Text(CHECKSUM_URL, "an https:// or file:// URL (http:// with insecure: true), or {url} "
+                                                "plus a suffix")]
 Version = Annotated[str, Text(VERSION, "a version like 1.2.3")]
 
 
@@ -173,8 +186,10 @@ class Tarball(Section, _Download):
     url: UrlTemplate = Field(DEFAULT_CONTAINERD_URL, description=_URL_DOC)
     sha256: Sha256 | None = Field(None, description=_SHA_DOC)
     checksum_url: ChecksumUrl | None = Field("{url}.sha256sum", description=_CHECKSUM_DOC)
+    insecure: Bool = Field(False, description=_INSECURE_DOC)
     _version: str = PrivateAttr("")
     _arch: str = PrivateAttr("amd64")
+    _pinned: str | None = PrivateAttr(None)
 
     @property
     def version(self) -> str:  # type: ignore[override]
@@ -190,7 +205,9 @@ class Runc(Section, _Download):
     sha256: Sha256 | None = Field(None, description=_SHA_DOC)
     checksum_url: ChecksumUrl | None = Field(
         GITHUB + "/opencontainers/runc/releases/download/v{version}/runc.sha256sum", description=_CHECKSUM_DOC)
+    insecure: Bool = Field(False, description=_INSECURE_DOC)
     _arch: str = PrivateAttr("amd64")
+    _pinned: str | None = PrivateAttr(None)
 
 
 class CniPlugins(Section, _Download):
@@ -200,7 +217,9 @@ class CniPlugins(Section, _Download):
     url: UrlTemplate = Field(DEFAULT_CNI_URL, description=_URL_DOC)
     sha256: Sha256 | None = Field(None, description=_SHA_DOC)
     checksum_url: ChecksumUrl | None = Field("{url}.sha256", description=_CHECKSUM_DOC)
+    insecure: Bool = Field(False, description=_INSECURE_DOC)
     _arch: str = PrivateAttr("amd64")
+    _pinned: str | None = PrivateAttr(None)
 
 
 #: The name consumers use for any of the three.
@@ -305,7 +324,9 @@ class Endpoint(Section):
     ca: AbsPath | None = Field(None, description="path of a CA certificate on the node")
     skip_verify: Bool = Field(False, description="skip TLS verification for this endpoint")
     headers: Annotated[dict[HeaderName, Annotated[str, Text()]], keys_schema(HEADER_NAME)] = Field(
-        default_factory=dict, description="HTTP headers sent to this endpoint")
+        default_factory=dict, description="HTTP headers sent to this endpoint (registry credentials: "
+        "Authorization); every value is taken for a secret: the files holding it (hosts.toml, spec.json, "
+        "user-data) are 0600, and `imagebuild user-data` needs --accept-secret-in-metadata")
 
     def api_root(self, mode: str) -> str:
         return api_root(self.url, self.path, self.override_path, mode)

@@ -24,6 +24,7 @@ from imagebuild.spec.fields import API_VERSION, API_VERSIONS, RENAMES, Problem, 
 from imagebuild.spec.model import PROFILES, Matrix, Spec
 from imagebuild.spec.problems import Written, plain, problems_of
 from imagebuild.spec.renames import gone_keys
+from imagebuild.spec.secrets import check_overrides_auth
 
 
 class SpecError(Exception):
@@ -137,6 +138,7 @@ def from_document(document: Any, source: str = "spec", *, current: bool = False,
         problems = [Problem(path, message) for path, message in pairs]
         rules.check_overrides(doc["config"]["overrides"], "config.overrides", problems,
                                quote_in_keys=not family.startswith("1."))
+        problems += check_overrides_auth(doc["config"]["overrides"])
     if problems:
         raise SpecError(problems, source)
     built = copy.deepcopy(doc)

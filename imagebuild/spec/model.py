@@ -125,12 +125,15 @@ class BaseImage(Section):
     """base image for the qemu build; null uses `imagebuild base-image`"""
 
     source: Annotated[str, Text(r"^[A-Za-z0-9._~%/:+@=-]+$", "a URL or path without spaces or quotes")] = Field(
-        description="URL or path of a qcow2 cloud image")
+        description="URL or path of a qcow2 cloud image; an http:// URL needs insecure: true")
     checksum: Annotated[str, Text(r"^sha256:[0-9a-f]{64}$", "sha256: followed by 64 hex digits")] = Field(
         description="sha256:<hex> of the base image")
     boot_mode: Literal["legacy-bios", "uefi", "uefi-preferred"] | None = Field(
         None, description="firmware the base image boots under (uefi-preferred: BIOS and UEFI); it decides the "
         "verify boot's firmware and the AMI's boot mode; null: legacy-bios on amd64, uefi on arm64")
+    insecure: Bool = Field(
+        False, description="allow an http:// source (a lab mirror); false: an http:// source is a spec error "
+        "(the checksum still pins the image)")
 
 
 class SandboxArchive(Section):

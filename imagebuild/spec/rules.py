@@ -27,6 +27,7 @@ from imagebuild.spec.fields import CONTROL_CHARS, SURROGATES, URL_CREDENTIALS, P
 from imagebuild.spec.model import OS_RELEASES, Spec
 from imagebuild.spec.renames import dropped_imports
 from imagebuild.spec.settings import config_expectations
+from imagebuild.spec.tls import check_tls
 
 
 def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
@@ -149,6 +150,7 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
                                     "(an empty value sets nothing and systemd-sysctl rejects it; remove the key)"))
     _check_sandbox(doc, problems)
     _check_url_credentials(doc, "", problems)
+    problems += check_tls(doc)
     if doc["image"]["aws"]["ssm_parameter"] is None:
         doc["image"]["aws"]["ssm_parameter"] = f"/imagebuild/{doc['name']}/latest"
     for index, check in enumerate(doc["verify"]["checks"]):

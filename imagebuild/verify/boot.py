@@ -124,9 +124,11 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
         source = (sandbox or {}).get("source", spec.image.sandbox.source)
         with cri_lab.start(spec, work, platform, test_image, baked=not install,
                            sandbox_baked=not install and source != "none", sandbox=sandbox) as lab:
-            # boot_checks.py rides on the seed disk like the CRI checks: the user-data must fit EC2's 16 KB.
+            # boot_checks.py and secret_checks.py ride on the seed disk like the CRI checks: the user-data must
+            # fit EC2's 16 KB.
             disk_files = {TEST_IMAGE: test_image.read_bytes(),
                           "boot_checks.py": (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(),
+                          "secret_checks.py": (PACKAGE_DIR / "guest" / "secret_checks.py").read_bytes(),
                           **lab.seed_files(PACKAGE_DIR / "guest")}
             step(f"verify {label}: booting {disk.name} as {platform} under {firmware} "
                  f"(timeout {spec.verify.timeout}s)")
@@ -339,6 +341,7 @@ def verify_user_data(spec: Spec, *, base: str | None = None, log_dir: str | None
     from imagebuild.build.base_source import resolve_base
 
     source, _ = resolve_base(spec, base)
+    spec = render.downloads.for_render(spec)  # the user-data as `imagebuild user-data` writes it
     out_dir = Path(log_dir or tempfile.mkdtemp(prefix="imagebuild-verify-ud-")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     label = "user-data.verify" if platform == "nocloud" else f"user-data.verify-{platform}"

@@ -9,12 +9,17 @@ else it might try (Go never proxies loopback).
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import http.client
+import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
+import urllib.parse
 
 import pytest
 
@@ -164,3 +169,88 @@ def test_kms_keys_reach_the_amazon_ebs_source_and_packer_accepts_them(tmp_path):
     (tmp_path / "plain").mkdir()
     plain = (_render(tmp_path / "plain")).joinpath("imagebuild.pkr.hcl").read_text()
     assert "kms_key_id" not in plain and "region_kms_key_ids" not in plain
+
+
+# --------------------------------------------------------------------------------- the build VM's settings
+
+
+@contextlib.contextmanager
+def _recording_proxy(upstream: str):
+    """A 127.0.0.1 HTTP server in front of *upstream* (moto) that forwards every request as it came and keeps
+    its form-encoded body: moto 5 ignores the `CreateVolumePermission.Add.N.UserId` form of
+    ModifySnapshotAttribute that Packer (aws-sdk-go) sends, so what Packer asked for is read here."""
+    target = urllib.parse.urlsplit(upstream)
+    bodies: list[dict[str, list[str]]] = []
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # the stdlib's name
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            bodies.append(urllib.parse.parse_qs(body.decode("utf-8", "replace")))
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            conn.request("POST", self.path, body, dict(self.headers.items()))
+            answer = conn.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            conn.close()
+
+        def log_message(self, format: str, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_amazon_ebs_clears_the_temporary_key_and_shares_snapshots_where_packer_1_6_validates(tmp_path):
+    """ssh_clear_authorized_keys and snapshot_users (beside ami_users) are in the amazon-ebs source only, and
+    Packer 1.6.6 knows them: it accepts the template and refuses a misspelt one (so acceptance means known)."""
+    from tests.support import packer_validate
+
+    packer_dir = _render(tmp_path)
+    path = packer_dir / "imagebuild.pkr.hcl"
+    template = path.read_text()
+    qemu, ebs = template.split('source "amazon-ebs" "golden"')
+    assert "ssh_clear_authorized_keys = true" in ebs and "ssh_clear_authorized_keys" not in qemu
+    assert f'ami_users     = ["{ACCOUNT}"]' in ebs and f'snapshot_users = ["{ACCOUNT}"]' in ebs
+    assert packer_validate(packer_dir).returncode == 0
+    for setting in ("ssh_clear_authorized_keys", "snapshot_users"):
+        path.write_text(template.replace(f"  {setting} ", f"  {setting}_x "))
+        proc = packer_validate(packer_dir)
+        assert proc.returncode != 0 and f'"{setting}_x" is not expected here' in proc.stdout + proc.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_plumbing_build_asks_aws_to_share_every_snapshot(moto_canonical, tmp_path):
+    """snapshot_users reaches EC2: Packer asks for createVolumePermission for the shared account on the
+    snapshot of the AMI in every region (read at a proxy in front of moto, see _recording_proxy)."""
+    url, _ = moto_canonical
+    spec = spec_of(DOC)
+    packer_dir = _render(tmp_path)
+    with _recording_proxy(url) as (proxy, bodies):
+        proc = subprocess.run(
+            ["packer", "build", "-color=false", "-only", f"{spec.name}.amazon-ebs.plumbing",
+             "-var", f"aws_endpoint={proxy}", "-var", f"output_directory={tmp_path / 'out'}", "imagebuild.pkr.hcl"],
+            cwd=packer_dir, env=_packer_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    manifest = json.loads((tmp_path / "out-packer-manifest.json").read_text())
+    build = next(b for b in manifest["builds"] if b["packer_run_uuid"] == manifest["last_run_uuid"])
+    made = dict(pair.split(":", 1) for pair in build["artifact_id"].split(","))
+    shared = {body["SnapshotId"][0] for body in bodies if body.get("Action") == ["ModifySnapshotAttribute"]
+              and body.get("CreateVolumePermission.Add.1.UserId") == [ACCOUNT]}
+    for region, image_id in made.items():
+        image = _client(url, "ec2", region).describe_images(ImageIds=[image_id])["Images"][0]
+        snapshots = {m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"] if "Ebs" in m}
+        assert snapshots and snapshots <= shared, (region, snapshots, shared)

@@ -40,10 +40,11 @@ def mirror(tmp_path_factory):
         port = url.rsplit(':', 1)[1]
 
         def mirrored_spec(spec, family: str, *, guest_host: str = GUEST_HOST):
-            """*spec* downloading from the mirror, sha256 pinned. Not through `{url}.sha256`: the bake
-            reads a checksum_url on the host (for the inputs hash) and the guest reads it too, and the
-            lab has no address both reach (127.0.0.1 here, 10.0.2.2 there); the install script's
-            checksum_url path is proved by tests/test_install_script.py against a real server.
+            """*spec* downloading from the mirror, sha256 pinned, each artifact `insecure: true` (the lab's
+            mirror is plain HTTP; local_mirror_spec sets it). Not through `{url}.sha256`: the bake reads a
+            checksum_url on the host (to pin it and for the inputs hash) at the guest's address, and the
+            lab has no address both reach (127.0.0.1 here, 10.0.2.2 there); the checksum_url paths are
+            proved by tests/test_install_script.py and tests/test_tls_downloads.py against real servers.
             *guest_host*: the host as the guest sees it (qemu.EC2_HOST on the EC2 verify boot's network)."""
             guest_url = f"http://{guest_host}:{port}"
             return local_mirror_spec(spec, mirrored(artifacts[family]["containerd"], guest_url, root),

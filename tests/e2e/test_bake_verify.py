@@ -30,6 +30,10 @@ SEED_CHECKS = {
     "container.own_cgroup", "container.restart_containerd", "container.survives_restart",
     "hygiene.cloud_init_fresh", "hygiene.machine_id", "hygiene.ssh_host_keys",
     "file./etc/containerd/certs.d/k8s.gcr.io/hosts.toml", "file./etc/containerd/config.toml",
+    # cloud-init's logs and stored user-data root-only; no secret to search for (no e2e spec carries headers:
+    # tests/test_secret_checks.py runs these checks against a spec that does, on the host)
+    "secret.private./var/log/cloud-init.log", "secret.private./var/log/cloud-init-output.log",
+    "secret.private./var/lib/cloud/instance/user-data.txt", "secret.readable",
 }
 
 # What the verify boot proves through CRI (imagebuild/guest/cri_checks.py, in the guest) and from the
@@ -287,6 +291,11 @@ def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
     assert EC2_CHECKS | CRI_CHECKS <= {c["check"] for c in report["checks"]}
     assert report["timings"]["containerd_active_s"] is not None
     assert report["user_data_bytes"] == len(render.user_data(spec)) <= 16384
+    by_name = {c["check"]: c for c in report["checks"]}
+    # cloud-init wrote its logs on this first boot (0640, 0644); the install made them root-only
+    assert {by_name[f"secret.private.{log}"]["actual"] for log in (
+        "/var/log/cloud-init.log", "/var/log/cloud-init-output.log", "/var/lib/cloud/instance/user-data.txt")} == {
+        "root 0600"}
     assert json.loads((tmp_path / "verify-user-data-ec2.json").read_text())["platform"] == "ec2"
 
 

@@ -2,9 +2,9 @@
 baked with Packer's qemu builder under SeaBIOS and verified under OVMF, so every Debian 13 golden boots
 through both firmware paths (as the Debian 12 golden, hybrid too, does in test_bake_verify.py).
 
-containerd 1.7 with trixie's own runc (the runc of a family needs its suite's glibc: 2.38 here),
-served as release tarballs from 127.0.0.1 like the Debian 12 golden's; and containerd 2.x (sid's 2.1
-with sid's runc) with the CNI plugins, baked under OVMF.
+containerd 2.3 LTS (config version 4) with the CNI plugins, upstream's builds served as release
+tarballs from 127.0.0.1 like the Debian 12 golden's: make test's golden of the LTS, its pod network
+included; and (make test-extra) containerd 2.x with the CNI plugins, baked under OVMF.
 """
 from __future__ import annotations
 
@@ -39,7 +39,12 @@ def debian13(tmp_path_factory):
     times["base_image_s"] = round(time.monotonic() - t0, 1)
     # Its sandbox image is a real pause (catatonit) under a local name, from an OCI archive: the Debian 12
     # golden bakes none, this one proves a baked, pinned sandbox image (image.sandbox.source archive).
-    golden, archive = with_pause_archive(default_spec_on("debian-13", "amd64", "1.7"), tmp_path_factory.mktemp("p"))
+    # containerd 2.3 LTS (config version 4) with the CNI plugins: the boot also proves a pod's network there.
+    doc = yaml.safe_load(yaml.safe_dump(default_spec_on("debian-13", "amd64", "2.3").document))
+    doc["containerd"]["install"]["cni_plugins"] = {}
+    doc["config"]["imports"] = ["/etc/containerd/conf.d/*.toml"]   # 2.3's own default
+    lts = parse(yaml.safe_dump(doc), "Debian 13 golden spec, containerd 2.3 LTS")
+    golden, archive = with_pause_archive(lts, tmp_path_factory.mktemp("p"))
     with local_mirror(golden) as spec:
         t0 = time.monotonic()
         image = bake(spec, tmp_path_factory.mktemp("golden13") / "output")
@@ -50,7 +55,8 @@ def debian13(tmp_path_factory):
 def test_debian13_golden_is_hybrid_and_built_under_seabios(debian13):
     spec, image, times = debian13
     manifest = json.loads((image.parent / "manifest.json").read_text())
-    assert manifest["image"] == image.name and manifest["containerd_version"].startswith("1.7.")
+    assert manifest["image"] == image.name and manifest["containerd_version"].startswith("2.3.")
+    assert spec.containerd.config_version == 4
     assert (manifest["boot_mode"], manifest["architecture"], manifest["build_firmware"]) == (
         "uefi-preferred", "x86_64", "bios")
     assert manifest["base_image"]["source"].endswith("/" + baseimage.names(FLAVOR)[0])
@@ -86,6 +92,8 @@ def test_debian13_golden_verifies_under_uefi(debian13, tmp_path):
     assert by_name["cri.sandbox_pinned"]["actual"] is True
     assert by_name["cri.sandbox_process"]["actual"] == hashlib.sha256(pause_image.CATATONIT.read_bytes()).hexdigest()
     assert "every registry unreachable" in by_name["cri.pod_sandbox"]["note"]
+    # containerd 2.3 finds the CNI plugins where the tarball install put them: a pod gets an address.
+    assert by_name["cri.pod_network"]["ok"] and by_name["cni.bin_dir"]["ok"], by_name.get("cri.pod_network")
     # No 5-minute DHCPv6 wait (ifupdown's dhclient -6 held Debian 13 boots for networking.service's timeout).
     assert report["timings"]["check_done_s"] < 240, report["timings"]
     print(f"\nDebian 13 verify under UEFI: {report['timings']}")

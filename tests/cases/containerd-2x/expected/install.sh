@@ -41,14 +41,22 @@ esac
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-# fetch URL DEST SHA256 CHECKSUM_URL: download, then prove the bytes before anyone uses them.
+# download URL DEST PROTOCOLS REDIRECT_PROTOCOLS: curl over the protocols the spec allows (https; http
+# only for an artifact marked insecure), redirects included, failing on HTTP errors, with retries.
+download() {
+  curl --fail --silent --show-error --location --proto "$3" --proto-redir "$4" \
+    --connect-timeout 20 --retry 5 --retry-connrefused -o "$2" "$1"
+}
+
+# fetch URL DEST SHA256 CHECKSUM_URL PROTOCOLS REDIRECT_PROTOCOLS: download, then prove the bytes before
+# anyone uses them. SHA256 is pinned at render time; CHECKSUM_URL is read here only when it is not.
 fetch() {
-  local url=$1 dest=$2 want=$3 sums=$4 name got
+  local url=$1 dest=$2 want=$3 sums=$4 proto=$5 redirect=$6 name got
   name=${url##*/}
   log "downloading $url"
-  curl -fsSL --retry 3 --retry-connrefused -o "$dest" "$url" || die "download failed: $url"
+  download "$url" "$dest" "$proto" "$redirect" || die "download failed: $url"
   if [[ -z $want ]]; then
-    curl -fsSL --retry 3 --retry-connrefused -o "$WORK/sums" "$sums" || die "download failed: $sums"
+    download "$sums" "$WORK/sums" "$proto" "$redirect" || die "download failed: $sums"
     want=$(awk -v n="$name" 'NF == 1 { print $1; exit } $2 == n || $2 == "*" n { print $1; exit }' "$WORK/sums")
     [[ $want =~ ^[0-9a-f]{64}$ ]] || die "no sha256 for $name in $sums"
   fi
@@ -95,17 +103,17 @@ record() {
 
 download_artifacts() {
   if ! installed containerd https://github.com/containerd/containerd/releases/download/v2.1.9/containerd-2.1.9-linux-amd64.tar.gz; then
-    fetch https://github.com/containerd/containerd/releases/download/v2.1.9/containerd-2.1.9-linux-amd64.tar.gz "$WORK/containerd.tar.gz" '' https://github.com/containerd/containerd/releases/download/v2.1.9/containerd-2.1.9-linux-amd64.tar.gz.sha256sum
+    fetch https://github.com/containerd/containerd/releases/download/v2.1.9/containerd-2.1.9-linux-amd64.tar.gz "$WORK/containerd.tar.gz" '' https://github.com/containerd/containerd/releases/download/v2.1.9/containerd-2.1.9-linux-amd64.tar.gz.sha256sum =https =https
     mkdir "$WORK/containerd"
     tar -xzf "$WORK/containerd.tar.gz" -C "$WORK/containerd"
     [[ -x $WORK/containerd/bin/containerd ]] || die "the containerd tarball has no bin/containerd"
   fi
   if ! installed runc https://github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64; then
-    fetch https://github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64 "$WORK/runc" '' https://github.com/opencontainers/runc/releases/download/v1.3.6/runc.sha256sum
+    fetch https://github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64 "$WORK/runc" '' https://github.com/opencontainers/runc/releases/download/v1.3.6/runc.sha256sum =https =https
   fi
 
   if ! installed cni-plugins https://github.com/containernetworking/plugins/releases/download/v1.6.2/cni-plugins-linux-amd64-v1.6.2.tgz; then
-    fetch https://github.com/containernetworking/plugins/releases/download/v1.6.2/cni-plugins-linux-amd64-v1.6.2.tgz "$WORK/cni.tgz" '' https://github.com/containernetworking/plugins/releases/download/v1.6.2/cni-plugins-linux-amd64-v1.6.2.tgz.sha256
+    fetch https://github.com/containernetworking/plugins/releases/download/v1.6.2/cni-plugins-linux-amd64-v1.6.2.tgz "$WORK/cni.tgz" '' https://github.com/containernetworking/plugins/releases/download/v1.6.2/cni-plugins-linux-amd64-v1.6.2.tgz.sha256 =https =https
     mkdir "$WORK/cni"
     tar -xzf "$WORK/cni.tgz" -C "$WORK/cni"
   fi
@@ -216,6 +224,19 @@ install_tools() {
 
 }
 
+# cloud-init's logs record what user-data did: root-only, like the stored user-data (cloud-init 22.4 creates
+# cloud-init.log 0640 root:adm and cloud-init-output.log with tee, 0644). The image's hygiene creates them
+# 0600 for the next boot; cloud-init keeps an existing file's mode.
+private_logs() {
+  local log
+  live || return 0
+  for log in /var/log/cloud-init.log /var/log/cloud-init-output.log; do
+    if [[ -f $log ]] && [[ $(stat -c %a "$log") != 600 ]]; then
+      chmod 0600 "$log"
+    fi
+  done
+}
+
 apply_system() {
   if ! live; then
     log "scratch root: systemctl, modprobe and sysctl skipped"
@@ -247,6 +268,7 @@ check_payload
 install_binaries
 install_tools
 install_files
+private_logs
 apply_system
 if [[ ${2:-} == --pull-sandbox ]] && live; then
   log "pulling the sandbox image registry.cn-hangzhou.aliyuncs.com/google_containers/pause:3.6 through CRI"

@@ -141,10 +141,14 @@ source "amazon-ebs" "golden" {
     most_recent = true
   }
   ssh_username  = "admin"
+  # Packer's temporary key leaves ~admin/.ssh/authorized_keys before the AMI is captured.
+  ssh_clear_authorized_keys = true
   ami_name      = "workers-lts-${formatdate("YYYYMMDD'T'hhmmss'Z'", timestamp())}"
   ami_description = "containerd 2.3.7 golden image, built by imagebuild"
   ami_regions   = []
   ami_users     = []
+  # The same accounts may create volumes from its snapshots: without it they cannot copy the AMI.
+  snapshot_users = []
   encrypt_boot  = false
   ena_support   = true
   # Packer 1.6 knows neither metadata_options nor imds_support: set image.packer_version to 1.7 or
@@ -157,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "af0117d04b2074dd4c0d44cc29911fdbb3ebdd28204b00742c5b57039d664f52", "imagebuild:containerd-version" = "2.3.7"}
-  snapshot_tags = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "af0117d04b2074dd4c0d44cc29911fdbb3ebdd28204b00742c5b57039d664f52", "imagebuild:containerd-version" = "2.3.7"}
+  tags          = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "bdd960bb3738c5f571770992d1068e8df532c1d8ff1c6231abe96bb397121c99", "imagebuild:containerd-version" = "2.3.7"}
+  snapshot_tags = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "bdd960bb3738c5f571770992d1068e8df532c1d8ff1c6231abe96bb397121c99", "imagebuild:containerd-version" = "2.3.7"}
 }
 
 build {
@@ -244,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "workers-lts"
-      spec_hash  = "af0117d04b2074dd4c0d44cc29911fdbb3ebdd28204b00742c5b57039d664f52"
+      spec_hash  = "bdd960bb3738c5f571770992d1068e8df532c1d8ff1c6231abe96bb397121c99"
       containerd = "2.3.7"
     }
   }

@@ -141,10 +141,14 @@ source "amazon-ebs" "golden" {
     most_recent = true
   }
   ssh_username  = "admin"
+  # Packer's temporary key leaves ~admin/.ssh/authorized_keys before the AMI is captured.
+  ssh_clear_authorized_keys = true
   ami_name      = "workers-next-${formatdate("YYYYMMDD'T'hhmmss'Z'", timestamp())}"
   ami_description = "containerd 2.4.2 golden image, built by imagebuild"
   ami_regions   = []
   ami_users     = []
+  # The same accounts may create volumes from its snapshots: without it they cannot copy the AMI.
+  snapshot_users = []
   encrypt_boot  = false
   ena_support   = true
   # Packer 1.6 knows neither metadata_options nor imds_support: set image.packer_version to 1.7 or
@@ -157,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "b8d91281ee99361ec7552da2e2fa510925b10dcac337833e52a890fb1dbeb7d9", "imagebuild:containerd-version" = "2.4.2"}
-  snapshot_tags = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "b8d91281ee99361ec7552da2e2fa510925b10dcac337833e52a890fb1dbeb7d9", "imagebuild:containerd-version" = "2.4.2"}
+  tags          = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "d9d212110d74f602bdfae6fbaec89889d70ccf372b4dbae62afa198fe0211fe2", "imagebuild:containerd-version" = "2.4.2"}
+  snapshot_tags = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "d9d212110d74f602bdfae6fbaec89889d70ccf372b4dbae62afa198fe0211fe2", "imagebuild:containerd-version" = "2.4.2"}
 }
 
 build {
@@ -244,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "workers-next"
-      spec_hash  = "b8d91281ee99361ec7552da2e2fa510925b10dcac337833e52a890fb1dbeb7d9"
+      spec_hash  = "d9d212110d74f602bdfae6fbaec89889d70ccf372b4dbae62afa198fe0211fe2"
       containerd = "2.4.2"
     }
   }

@@ -141,10 +141,14 @@ source "amazon-ebs" "golden" {
     most_recent = true
   }
   ssh_username  = "admin"
+  # Packer's temporary key leaves ~admin/.ssh/authorized_keys before the AMI is captured.
+  ssh_clear_authorized_keys = true
   ami_name      = "containerd-golden-${formatdate("YYYYMMDD'T'hhmmss'Z'", timestamp())}"
   ami_description = "containerd 2.1.9 golden image, built by imagebuild"
   ami_regions   = []
   ami_users     = []
+  # The same accounts may create volumes from its snapshots: without it they cannot copy the AMI.
+  snapshot_users = []
   encrypt_boot  = false
   ena_support   = true
   # Packer 1.6 knows neither metadata_options nor imds_support: set image.packer_version to 1.7 or
@@ -157,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "966b270591a55cd46d36dde6230fcefe28a54de2c14b883b7ba84b482b87876b", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "966b270591a55cd46d36dde6230fcefe28a54de2c14b883b7ba84b482b87876b", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "690cbc67a0f8b1907d25ced06380e75e20d89a5f0b06ad0d85650c27660cd130", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "690cbc67a0f8b1907d25ced06380e75e20d89a5f0b06ad0d85650c27660cd130", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -244,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "966b270591a55cd46d36dde6230fcefe28a54de2c14b883b7ba84b482b87876b"
+      spec_hash  = "690cbc67a0f8b1907d25ced06380e75e20d89a5f0b06ad0d85650c27660cd130"
       containerd = "2.1.9"
     }
   }

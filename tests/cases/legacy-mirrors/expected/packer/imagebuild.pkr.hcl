@@ -141,10 +141,14 @@ source "amazon-ebs" "golden" {
     most_recent = true
   }
   ssh_username  = "admin"
+  # Packer's temporary key leaves ~admin/.ssh/authorized_keys before the AMI is captured.
+  ssh_clear_authorized_keys = true
   ami_name      = "containerd-golden-${formatdate("YYYYMMDD'T'hhmmss'Z'", timestamp())}"
   ami_description = "containerd 1.7.24 golden image, built by imagebuild"
   ami_regions   = []
   ami_users     = []
+  # The same accounts may create volumes from its snapshots: without it they cannot copy the AMI.
+  snapshot_users = []
   encrypt_boot  = false
   ena_support   = true
   # Packer 1.6 knows neither metadata_options nor imds_support: set image.packer_version to 1.7 or
@@ -157,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ea0549e88f6bd295774690c5591aea43aca6c5e6b5acca6be80e8bf9f10fbd65", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ea0549e88f6bd295774690c5591aea43aca6c5e6b5acca6be80e8bf9f10fbd65", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "1555437d93753461ca1a3bbbcb37478a76cc03130ce7e152ada0fd278996bfa3", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "1555437d93753461ca1a3bbbcb37478a76cc03130ce7e152ada0fd278996bfa3", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -244,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "ea0549e88f6bd295774690c5591aea43aca6c5e6b5acca6be80e8bf9f10fbd65"
+      spec_hash  = "1555437d93753461ca1a3bbbcb37478a76cc03130ce7e152ada0fd278996bfa3"
       containerd = "1.7.24"
     }
   }

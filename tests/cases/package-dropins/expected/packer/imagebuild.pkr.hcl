@@ -141,10 +141,14 @@ source "amazon-ebs" "golden" {
     most_recent = true
   }
   ssh_username  = "admin"
+  # Packer's temporary key leaves ~admin/.ssh/authorized_keys before the AMI is captured.
+  ssh_clear_authorized_keys = true
   ami_name      = "containerd-golden-${formatdate("YYYYMMDD'T'hhmmss'Z'", timestamp())}"
   ami_description = "containerd 1.6.20 golden image, built by imagebuild"
   ami_regions   = []
   ami_users     = []
+  # The same accounts may create volumes from its snapshots: without it they cannot copy the AMI.
+  snapshot_users = []
   encrypt_boot  = false
   ena_support   = true
   # Packer 1.6 knows neither metadata_options nor imds_support: set image.packer_version to 1.7 or
@@ -157,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ef427b29d1fe39587b584468f75aa0591db1acb54625c59fc8fd778712acc866", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "ef427b29d1fe39587b584468f75aa0591db1acb54625c59fc8fd778712acc866", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "53cc4891f2ae711cde447a8b4be50dffe49cc4293dba3add99c1289446a094b9", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "53cc4891f2ae711cde447a8b4be50dffe49cc4293dba3add99c1289446a094b9", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -244,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "ef427b29d1fe39587b584468f75aa0591db1acb54625c59fc8fd778712acc866"
+      spec_hash  = "53cc4891f2ae711cde447a8b4be50dffe49cc4293dba3add99c1289446a094b9"
       containerd = "1.6.20"
     }
   }

@@ -141,10 +141,14 @@ source "amazon-ebs" "golden" {
     most_recent = true
   }
   ssh_username  = "admin"
+  # Packer's temporary key leaves ~admin/.ssh/authorized_keys before the AMI is captured.
+  ssh_clear_authorized_keys = true
   ami_name      = "containerd-golden-${formatdate("YYYYMMDD'T'hhmmss'Z'", timestamp())}"
   ami_description = "containerd 1.6.20 golden image, built by imagebuild"
   ami_regions   = []
   ami_users     = []
+  # The same accounts may create volumes from its snapshots: without it they cannot copy the AMI.
+  snapshot_users = []
   encrypt_boot  = false
   ena_support   = true
   # Packer 1.6 knows neither metadata_options nor imds_support: set image.packer_version to 1.7 or
@@ -157,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d12a889c5160214fbf167d0d200c8f0e170877b88163b791c027d446d839764e", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "d12a889c5160214fbf167d0d200c8f0e170877b88163b791c027d446d839764e", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0b9d579561a54c8c67ce79d12bc0141c07655bb75fcdc38d04000d3f626fead2", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0b9d579561a54c8c67ce79d12bc0141c07655bb75fcdc38d04000d3f626fead2", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -244,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "d12a889c5160214fbf167d0d200c8f0e170877b88163b791c027d446d839764e"
+      spec_hash  = "0b9d579561a54c8c67ce79d12bc0141c07655bb75fcdc38d04000d3f626fead2"
       containerd = "1.6.20"
     }
   }
