@@ -40,8 +40,9 @@ test-e2e: venv
 test-arm64: venv
 	$(PY) -m pytest -m arm64 -v --timeout=7200
 
-## test-extra: the end-to-end boots beyond make test's budget (Debian 13: the golden's EC2 verify, containerd 2.x
-## baked under OVMF; Debian 12: the golden's SeaBIOS verify, two verifies at once, a bake with a wrong checksum)
+## test-extra: the end-to-end boots beyond make test's budget (Debian 13: the golden's EC2 verify, containerd 2.4
+## baked under OVMF; Debian 12: the golden's NoCloud and SeaBIOS verifies, two verifies at once, a bake with a wrong
+## checksum)
 test-extra: venv
 	$(PY) -m pytest -m extra -v --timeout=3600
 
@@ -80,8 +81,8 @@ lock: venv
 	$(MAKE) venv
 	$(PY) -m pytest tests/test_cases.py tests/test_dependency_range.py -q
 
-## regen-defaults: re-read `containerd config default` of 1.6, 1.7 and 2.1 from upstream's builds (defaults/upstream/, tarball
-## installs) and Debian's (defaults/debian/, package installs) of the same releases
+## regen-defaults: re-read `containerd config default` of every family from upstream's builds (defaults/upstream/, tarball
+## installs) and, for the families Debian packages (1.6, 1.7, 2.1), Debian's (defaults/debian/, package installs)
 regen-defaults: venv
 	$(PY) -m devtools defaults
 

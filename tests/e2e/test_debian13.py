@@ -115,25 +115,26 @@ def test_debian13_golden_verifies_as_ec2_presents_it(debian13, tmp_path):
 
 # 267 s in CI (2026-12-02): over make test's budget beside the rest; `make test-extra`.
 @pytest.mark.extra
-def test_containerd_2x_with_cni_plugins_bakes_under_uefi_and_verifies(tmp_path):
-    """containerd 2.x on Debian 13 (sid's 2.1 with the runc of its own suite, config version 3) with the
+def test_containerd_2_4_with_cni_plugins_bakes_under_uefi_and_verifies(tmp_path):
+    """containerd 2.4 on Debian 13 (config version 4, no enable_cdi and no single CNI bin_dir) with the
     CNI plugins, baked by Packer's qemu builder booting the hybrid disk under OVMF (`bake --firmware
-    uefi`, where the golden above is built under SeaBIOS) and verified under OVMF.
+    uefi`, where the golden above is built under SeaBIOS) and verified under OVMF; its pod gets a network.
 
     profile none: the worker profile's apt install in the guest (60-100 s under TCG) is proved by the
-    goldens; this bake is about containerd 2.x, CNI and the UEFI build."""
-    two, _ = with_pause_archive(default_spec_on("debian-13", "amd64", "2.1"), tmp_path)
+    goldens; this bake is about containerd 2.4, CNI and the UEFI build."""
+    two, _ = with_pause_archive(default_spec_on("debian-13", "amd64", "2.4"), tmp_path)
     doc = yaml.safe_load(yaml.safe_dump(two.document))
     doc |= {"name": "containerd-two", "system": {"profile": "none"}}
     doc["containerd"]["install"]["cni_plugins"] = {}
-    with local_mirror(parse(yaml.safe_dump(doc), "Debian 13 containerd 2.x e2e spec")) as spec:
-        assert spec.containerd.config_version == 3 and spec.containerd.install.cni_plugins is not None
+    doc["config"]["imports"] = ["/etc/containerd/conf.d/*.toml"]   # 2.4's own default
+    with local_mirror(parse(yaml.safe_dump(doc), "Debian 13 containerd 2.4 e2e spec")) as spec:
+        assert spec.containerd.config_version == 4 and spec.containerd.install.cni_plugins is not None
         t0 = time.monotonic()
         image = bake(spec, tmp_path / "output", firmware="uefi")
         bake_s = round(time.monotonic() - t0, 1)
     manifest = json.loads((image.parent / "manifest.json").read_text())
     assert (manifest["boot_mode"], manifest["build_firmware"]) == ("uefi-preferred", "uefi")
-    assert manifest["containerd_version"] == FAMILY_VERSIONS["2.1"]
+    assert manifest["containerd_version"] == FAMILY_VERSIONS["2.4"]
     report = verify_image(image, spec, log_dir=str(tmp_path))
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
     by_name = {c["check"]: c for c in report["checks"]}
@@ -141,7 +142,8 @@ def test_containerd_2x_with_cni_plugins_bakes_under_uefi_and_verifies(tmp_path):
     assert by_name["boot.build_firmware"]["actual"] == "uefi"   # Packer's build VM booted under OVMF
     assert by_name["config.sandbox_image"]["actual"] == spec.config.sandbox_image
     assert by_name["cni.loopback"]["ok"], by_name["cni.loopback"]   # the plugins run in the guest
+    assert by_name["cri.pod_network"]["ok"], by_name["cri.pod_network"]   # ... where 2.4's bin_dirs finds them
     # 2.x's Status shows no image config: pulls, sandbox prove it. The pause came from an archive: pinned.
     assert CRI_CHECKS - {"cri.mirror.sandbox_image"} | BAKED_CHECKS | SANDBOX_BAKED_CHECKS <= set(by_name)
     assert by_name["cri.sandbox_pinned"]["actual"] is True
-    print(f"\nDebian 13 containerd 2.x: bake under UEFI {bake_s} s, verify {report['timings']}")
+    print(f"\nDebian 13 containerd 2.4: bake under UEFI {bake_s} s, verify {report['timings']}")
