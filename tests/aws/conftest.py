@@ -277,6 +277,8 @@ def make_image_dir(
     architecture: str = "x86_64",
     sandbox_image: dict | None = None,
     lab_content: tuple[str, ...] = (),
+    family: str = "containerd-golden",
+    containerd_version: str = "1.6.20",
 ) -> tuple[Path, bytes]:
     """A baked-image directory: <name>.qcow2 made by qemu-img from a sparse raw, manifest, its records (from the
     inventory of a real bake, tests/records), verify."""
@@ -297,10 +299,10 @@ def make_image_dir(
         "sha256": sha,
         "virtual_size": size,
         "disk_size": qcow2.stat().st_size,
-        "family": "containerd-golden",
+        "family": family,
         "spec_hash": "ab" * 32,
         "inputs_hash": hashlib.sha256(build_time.encode()).hexdigest(),
-        "containerd_version": "1.6.20",
+        "containerd_version": containerd_version,
         "runc_version": "1.1.5",
         "base_image": {"source": "debian-12-genericcloud-amd64.qcow2", "checksum": "sha256:" + "cd" * 32},
         "build_time": build_time,
