@@ -37,9 +37,6 @@ FREE_FORM: dict[str, str] = {
     "plugins.*.containerd.*_runtime.options": "1.x default/untrusted runtime options belong to its shim",
 }
 
-#: Top-level keys containerd reads that its `config default` leaves out when they are empty.
-TOP_LEVEL = ("plugin_dir",)
-
 #: Options the shims of other runtimes take beside runc's (gVisor runsc and kata read ConfigPath; CRI reads
 #: TypeUrl for every runtime) and runc options some families' defaults leave out.
 SHIM_OPTIONS = ("TypeUrl", "ConfigPath", "NoPivotRoot", "CriuPath", "CriuImagePath", "CriuWorkPath",
@@ -57,11 +54,8 @@ def unknown_keys(overrides: dict, family: str, config_version: int,
                  extra_plugins: tuple[str, ...] = ()) -> list[Problem]:
     """Problems for key paths in *overrides* (nested, as normalise_overrides leaves them) that *family*'s
     own default lacks, each naming the nearest real key among the siblings where the path goes astray."""
-    reference = dict(reference_tree(family))
-    for key in TOP_LEVEL:
-        reference.setdefault(key, "")
     problems: list[Problem] = []
-    _walk(overrides, reference, (), family, config_version, set(extra_plugins), problems)
+    _walk(overrides, reference_tree(family), (), family, config_version, set(extra_plugins), problems)
     return problems
 
 
