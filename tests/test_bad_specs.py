@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
+from imagebuild.spec import SpecError
 from tests.support import run_cli, run_main, snapshot, spec_of, without_eol, write_spec
 
 SHA = "0123456789abcdef" * 4
@@ -463,6 +464,32 @@ CASES = [
         "use config.registry instead"),
     Bad("override-version", {"config": {"overrides": {"version": 3}}}, "config.overrides.version",
         "use containerd.version instead"),
+    # --- override key paths the family's own default lacks (spec.override_keys); moved keys stay renames'
+    Bad("override-typo-2.3", {"containerd": {"version": "2.3.7"}, "config": {"overrides": {
+        'plugins."io.containerd.cri.v1.runtime".enable_cdl': True}}},
+        "config.overrides.plugins.io.containerd.cri.v1.runtime.enable_cdl",
+        "containerd 2.3 (config version 4) has no key enable_cdl under plugins.io.containerd.cri.v1.runtime in "
+        "its default config, and would ignore it; nearest real key: plugins.io.containerd.cri.v1.runtime.enable_cdi"),
+    Bad("override-v2-path-on-2.1", {"containerd": {"version": "2.1.9"}, "config": {"overrides": {
+        'plugins."io.containerd.grpc.v1.cri".containerd.snapshotter': "native"}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.containerd.snapshotter",
+        "reads it at plugins.io.containerd.cri.v1.images.snapshotter"),
+    Bad("override-unknown-plugin", {"containerd": {"version": "2.3.7"}, "config": {"overrides": {
+        "plugins": {"io.containerd.snapshoter.v1.overlayfs": {"sync_remove": True}}}}},
+        "config.overrides.plugins.io.containerd.snapshoter.v1.overlayfs",
+        "containerd 2.3 (config version 4) has no plugin io.containerd.snapshoter.v1.overlayfs under plugins in its "
+        "default config, and would ignore it; nearest real plugin: plugins.io.containerd.snapshotter.v1.overlayfs; "
+        "a plugin outside the default config (a third-party proxy plugin) goes in config.extra_plugins"),
+    Bad("override-runc-option-typo", {"containerd": {"version": "2.3.7"}, "config": {"overrides": {
+        "plugins.io.containerd.cri.v1.runtime.containerd.runtimes.runc.options": {"NoNewKeyrin": True}}}},
+        "config.overrides.plugins.io.containerd.cri.v1.runtime.containerd.runtimes.runc.options.NoNewKeyrin",
+        "nearest real key: plugins.io.containerd.cri.v1.runtime.containerd.runtimes.runc.options.NoNewKeyring"),
+    Bad("override-own-runtime-key-typo", {"containerd": {"version": "1.7.24"}, "config": {"overrides": {
+        'plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata': {"runtime_typ": "io.containerd.kata.v2"}}}},
+        "config.overrides.plugins.io.containerd.grpc.v1.cri.containerd.runtimes.kata.runtime_typ",
+        "containerd 1.7 (config version 2) has no key runtime_typ under "
+        "plugins.io.containerd.grpc.v1.cri.containerd.runtimes.kata"),
+    Bad("extra-plugin-bad-name", {"config": {"extra_plugins": ["a b"]}}, "config.extra_plugins[0]", "'a b'"),
     # containerd 1.x's TOML parser refuses `"a\"b" = ...` (2.x reads it): the config would not load.
     Bad("override-key-quote-1x", {"config": {"overrides": {"timeouts": {'my"timeout': "5s"}}}},
         'config.overrides.timeouts.my"timeout', "containerd 1.x cannot read a key holding a double quote"),
@@ -839,3 +866,39 @@ def test_a_number_is_shown_as_the_file_wrote_it():
     assert look(("name",)) is None and look(("image", "copy_regions", 1)) is None  # text, no number
     assert look(("image", "missing")) is None and look(("image", "copy_regions", 5)) is None
     assert written_numbers("{not: [valid")(("not",)) is None  # unreadable text: no hint, no error
+
+
+#: Overrides of names that are the user's own: an opt-out plugin (everything under it unchecked), a
+#: runtime with its shim's options, runc's options with what other shims take, a proxy plugin, a timeout.
+OWN_NAMES = {
+    "proxy_plugins": {"stargz": {"type": "snapshot", "address": "/run/stargz.sock"}},
+    "plugins.io.containerd.snapshotter.v1.stargz": {"watch": {"any": 1}},
+    "plugins.io.containerd.cri.v1.runtime.containerd.runtimes.kata": {
+        "runtime_type": "io.containerd.kata.v2", "options": {"ConfigPath": "/etc/kata/configuration.toml", "Own": 1}},
+    "plugins.io.containerd.cri.v1.runtime.containerd.runtimes.runc.options": {"NoNewKeyring": True,
+                                                                               "TypeUrl": "x"},
+    "timeouts": {"io.containerd.timeout.own": "1s"},
+}
+
+
+def test_overrides_of_the_users_own_names_are_accepted():
+    spec = spec_of({"containerd": {"version": "2.3.7"},
+                    "config": {"extra_plugins": ["io.containerd.snapshotter.v1.stargz"], "overrides": OWN_NAMES}})
+    plugins = spec.config.overrides["plugins"]
+    assert plugins["io.containerd.snapshotter.v1.stargz"] == {"watch": {"any": 1}}
+    assert plugins["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["kata"]["options"]["Own"] == 1
+
+
+def test_a_plugin_outside_the_default_is_refused_without_the_opt_out():
+    with pytest.raises(SpecError) as caught:
+        spec_of({"containerd": {"version": "2.3.7"}, "config": {"overrides": OWN_NAMES}})
+    assert [p.path for p in caught.value.problems] == ["config.overrides.plugins.io.containerd.snapshotter.v1.stargz"]
+    assert caught.value.problems[0].message.startswith("containerd 2.3 (config version 4) has no plugin "
+                                                       "io.containerd.snapshotter.v1.stargz under plugins")
+    assert "config.extra_plugins" in caught.value.problems[0].message
+
+
+def test_registry_host_maps_left_out_of_the_2x_default_are_accepted():
+    spec = spec_of({"containerd": {"version": "2.3.7"}, "config": {"overrides": {
+        "plugins.io.containerd.cri.v1.images.registry.configs": {"r.example": {"tls": {"ca_file": "/ca.pem"}}}}}})
+    assert "r.example" in spec.config.overrides["plugins"]["io.containerd.cri.v1.images"]["registry"]["configs"]

@@ -411,6 +411,10 @@ RuntimeName = Annotated[str, Key(RUNTIME_NAME, "runtime names of letters, digits
 Glob = Annotated[str, Text(ABS_GLOB, "an absolute path or glob")]
 
 
+#: A plugin name as containerd registers it (type.name, e.g. io.containerd.snapshotter.v1.stargz).
+PLUGIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class Config(Section):
     """containerd's config.toml, rendered from containerd's own defaults"""
 
@@ -438,7 +442,12 @@ class Config(Section):
     imports: Annotated[tuple[Glob, ...], UNIQUE, UNIQUE_SCHEMA] = Field(
         (), description="extra config files merged by containerd (conf.d)")
     overrides: dict[Any, Any] = Field(default_factory=dict, description="free-form TOML deep-merged over the "
-                                      "result, last (containerd's key paths; dotted keys are key paths)")
+                                      "result, last (containerd's key paths; dotted keys are key paths, each "
+                                      "checked against the family's own default config)")
+    extra_plugins: Annotated[tuple[Annotated[str, Text(PLUGIN_NAME, "a containerd plugin name")], ...],
+                             UNIQUE, UNIQUE_SCHEMA] = Field(
+        (), description="plugins outside the default config, such as third-party proxy plugins, whose "
+        "config.overrides.plugins.<name> tables are written unchecked")
 
 
 # --- the unit, proxy, system ------------------------------------------------------------------------

@@ -90,13 +90,17 @@ def _split_key(key: str, reference: Any) -> list[str]:
     return path
 
 
-def normalise_overrides(overrides: dict, family: str,
-                        where: str = "config.overrides") -> tuple[dict, list[tuple[str, str]]]:
+def normalise_overrides(overrides: dict, family: str, where: str = "config.overrides",
+                        extra_plugins: tuple[str, ...] = ()) -> tuple[dict, list[tuple[str, str]]]:
     """config.overrides as nested tables (dotted keys split, see _split_key), each value checked against
-    the type the same key path has in containerd's own default of *family*: (nested, [(path, problem)])."""
+    the type the same key path has in containerd's own default of *family*: (nested, [(path, problem)]).
+    *extra_plugins* (config.extra_plugins) are plugin names too, so a dotted key spells them whole."""
     out: dict = {}
     problems: list[tuple[str, str]] = []
-    _normalise(overrides, reference_tree(family), out, where, family, problems)
+    reference = reference_tree(family)
+    if extra_plugins:
+        reference = {**reference, "plugins": {**{name: {} for name in extra_plugins}, **reference.get("plugins", {})}}
+    _normalise(overrides, reference, out, where, family, problems)
     return out, problems
 
 

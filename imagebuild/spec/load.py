@@ -22,6 +22,7 @@ from imagebuild.spec.containerd import LTS_VERSION, config_version_of, family_of
 from imagebuild.spec.containerd_keys import KeyPaths, normalise_overrides, reference_tree
 from imagebuild.spec.fields import API_VERSION, API_VERSIONS, RENAMES, Problem, show
 from imagebuild.spec.model import PROFILES, Matrix, Spec
+from imagebuild.spec.override_keys import unknown_keys
 from imagebuild.spec.problems import Written, plain, problems_of
 from imagebuild.spec.renames import gone_keys
 from imagebuild.spec.secrets import check_overrides_auth
@@ -130,15 +131,21 @@ def from_document(document: Any, source: str = "spec", *, current: bool = False,
     for key, empty in (("variants", {}), ("matrix", plain(Matrix()))):
         if doc[key] == empty:
             del doc[key]  # unset: not in spec.json, so a spec without variants hashes as before
+    if not doc["config"]["extra_plugins"]:
+        del doc["config"]["extra_plugins"]  # likewise: a spec without the opt-out hashes as before
     problems, found = rules.semantic_checks(doc)
     warnings += found
     if not problems:
         family = family_of(doc["containerd"]["version"])
-        doc["config"]["overrides"], pairs = normalise_overrides(doc["config"]["overrides"], family)
+        extra = tuple(doc["config"].get("extra_plugins", ()))
+        doc["config"]["overrides"], pairs = normalise_overrides(doc["config"]["overrides"], family,
+                                                             extra_plugins=extra)
         problems = [Problem(path, message) for path, message in pairs]
         rules.check_overrides(doc["config"]["overrides"], "config.overrides", problems,
                                quote_in_keys=not family.startswith("1."))
         problems += check_overrides_auth(doc["config"]["overrides"])
+        if not problems:
+            problems = unknown_keys(doc["config"]["overrides"], family, config_version_of(family), extra)
     if problems:
         raise SpecError(problems, source)
     built = copy.deepcopy(doc)
