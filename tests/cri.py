@@ -104,10 +104,18 @@ def host_only(config_text: str, config_version: int, work: Path) -> str:
     return tomlkit.dumps(doc)
 
 
+class DaemonExited(Exception):
+    """containerd exited before its socket came up (a refused config). A daemon still running without a
+    socket after the start timeout is a hang, and raises AssertionError instead: a failure, not this."""
+
+
 class Containerd:
     """The real containerd of *family* with *config_text* (already host-rewritten)."""
 
-    def __init__(self, family: str, config_text: str, work: Path, env: dict[str, str] | None = None):
+    BOOTED = "containerd successfully booted"   # logged once every plugin has loaded, failed or been skipped
+
+    def __init__(self, family: str, config_text: str, work: Path, env: dict[str, str] | None = None,
+                 start_timeout: float = 30.0):
         self.work = Path(work)
         self.sock = self.work / "c.sock"
         self.config = self.work / "config.toml"
@@ -118,13 +126,28 @@ class Containerd:
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
                                           **(env or {})})
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while not self.sock.exists():
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log()
+            if self.proc.poll() is not None:
+                self._log.close()
+                raise DaemonExited(f"containerd exited with {self.proc.returncode} at start:\n{self.log()[-2000:]}")
+            if time.monotonic() > deadline:
+                _stop(self.proc)
+                self._log.close()
+                raise AssertionError(f"containerd hung: no socket after {start_timeout:g} s:\n{self.log()[-2000:]}")
+            time.sleep(0.05)
+
+    def wait_booted(self, timeout: float = 30.0) -> None:
+        """Until the daemon logs that it booted (all plugins loaded, failed or skipped)."""
+        deadline = time.monotonic() + timeout
+        while self.BOOTED not in self.log():
+            assert self.proc.poll() is None, f"containerd exited with {self.proc.returncode}:\n{self.log()[-2000:]}"
+            assert time.monotonic() < deadline, f"containerd did not boot in {timeout:g} s:\n{self.log()[-2000:]}"
             time.sleep(0.05)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def close(self) -> None:
