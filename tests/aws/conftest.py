@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-import model_check  # tests/aws is on sys.path (rootdir-relative conftest)
 from imagebuild.run import stop
+from tests.aws import model_check
 from tests.records import with_records
 
 MIB = 1024 * 1024
