@@ -14,7 +14,7 @@ import pytest
 from imagebuild.aws import PublishTarget
 from imagebuild.aws.publish import publish
 from imagebuild.errors import ImagebuildError
-from tests.aws.conftest import ec2_answer
+from tests.aws.fixtures import ec2_answer
 
 HOME = "eu-west-1"
 COPY = "us-west-2"
@@ -257,7 +257,7 @@ class HonoursClientToken:
     def send(self, request, **_):
         from botocore.awsrequest import AWSResponse
 
-        from tests.aws.conftest import _Body
+        from tests.aws.fixtures import _Body
 
         token = json.loads(request.body)["ClientToken"]
         if token not in self.by_token:

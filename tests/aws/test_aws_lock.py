@@ -261,7 +261,7 @@ def test_a_lock_aws_refuses_is_a_clear_error(table, boto_session, clients):
     """DynamoDB's own refusal (an IAM policy without dynamodb:PutItem), in the shape of its json protocol."""
     from botocore.awsrequest import AWSResponse
 
-    from tests.aws.conftest import _Body
+    from tests.aws.fixtures import _Body
 
     body = {"__type": "com.amazon.coral.service#AccessDeniedException",
             "message": "User is not authorized to perform: dynamodb:PutItem"}

@@ -10,7 +10,7 @@ import pytest
 from imagebuild.aws import PublishTarget
 from imagebuild.aws.prune import format_table, newest_first_key, prune
 from imagebuild.aws.publish import publish
-from tests.aws.conftest import ec2_answer
+from tests.aws.fixtures import ec2_answer
 
 HOME = "eu-west-1"
 COPY = "us-west-2"

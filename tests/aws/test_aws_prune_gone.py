@@ -74,7 +74,7 @@ def test_any_other_error_of_the_lookup_still_stops_prune(aws, boto, boto_session
     import pytest
 
     from imagebuild.errors import ImagebuildError
-    from tests.aws.conftest import ec2_answer
+    from tests.aws.fixtures import ec2_answer
 
     home, autoscaling = boto("ec2", HOME), boto("autoscaling", HOME)
     n0, _ = seed(home, 0)

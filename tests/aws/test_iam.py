@@ -7,7 +7,7 @@ from imagebuild.aws.prune import prune
 from imagebuild.aws.publish import publish
 from imagebuild.pipeline import decide
 from tests.aws import model_check
-from tests.aws.conftest import ec2_answer
+from tests.aws.fixtures import ec2_answer
 from tests.support import spec_of
 
 HOME, COPY = "eu-west-1", "us-west-2"

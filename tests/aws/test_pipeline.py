@@ -296,7 +296,7 @@ def test_a_publish_that_keeps_failing_is_resumed_and_pruned(aws, boto, boto_sess
     night, and the night the copy works the publish finishes."""
     from imagebuild.aws.publish import publish
     from imagebuild.aws.target import target_of
-    from tests.aws.conftest import make_image_dir
+    from tests.aws.fixtures import make_image_dir
 
     spec = spec_of({"image": {"aws": {"region": HOME, "copy_regions": [OTHER], "keep": 2}}})
     work = tmp_path / "work"

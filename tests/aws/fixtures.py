@@ -1,4 +1,6 @@
-"""A real moto server on 127.0.0.1 for the AWS tests, reset between tests, and small images.
+"""A real moto server on 127.0.0.1 for the AWS tests, reset between tests, and small images: a pytest plugin
+that tests/conftest.py loads (`pytest_plugins`), so tests/aws and tests/e2e/test_pipeline_e2e.py share it;
+its helpers are imported as `from tests.aws.fixtures import ...`.
 
 boto3 is used unmodified: the fixture only sets the environment boto3 reads anyway (fake
 credentials, `AWS_ENDPOINT_URL` pointing at the local server).
