@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+# The AWS fixtures (a local moto server, boto3 sessions, small images): tests/aws and the pipeline's e2e test.
+pytest_plugins = ["tests.aws.fixtures"]
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

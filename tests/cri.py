@@ -21,7 +21,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import tomlkit
@@ -29,6 +28,9 @@ import tomlkit
 from devtools import families
 from imagebuild.spec.containerd_keys import KeyPaths
 from imagebuild.verify import registry
+from tests.daemons import Daemon, DaemonExited
+
+__all__ = ["Containerd", "DaemonExited", "RegistryServer", "Tinyproxy", "cri", "free_port", "host_only", "scratch"]
 
 free_port = registry.free_port
 _stop = registry.stop
@@ -48,16 +50,14 @@ class Tinyproxy:
         config = self.work / "tinyproxy.conf"
         config.write_text(f"Port {self.port}\nListen 127.0.0.1\nAllow 127.0.0.1\nLogFile \"{self.log_path}\"\n"
                           f"LogLevel Info\nMaxClients 20\nupstream http {upstream} \"{domain}\"\n")
-        self._out = open(self.work / "tinyproxy.out", "wb")
-        self.proc = subprocess.Popen(["tinyproxy", "-d", "-c", str(config)], stdout=self._out,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
+        self.daemon = Daemon(["tinyproxy", "-d", "-c", str(config)], self.work / "tinyproxy.out")
+        self.proc = self.daemon.proc
+
+        def listening() -> bool:
             with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    break
-            assert self.proc.poll() is None and time.monotonic() < deadline, "tinyproxy did not start"
-            time.sleep(0.05)
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        self.daemon.wait_ready(listening, 10, f"listening on 127.0.0.1:{self.port}")
         self.url = f"http://127.0.0.1:{self.port}"
 
     def requests(self) -> list[str]:
@@ -68,8 +68,7 @@ class Tinyproxy:
                           flags=re.M)
 
     def close(self) -> None:
-        _stop(self.proc)
-        self._out.close()
+        self.daemon.stop()
 
 
 def unit_environment(dropin: str) -> dict[str, str]:
@@ -107,29 +106,29 @@ def host_only(config_text: str, config_version: int, work: Path) -> str:
 class Containerd:
     """The real containerd of *family* with *config_text* (already host-rewritten)."""
 
-    def __init__(self, family: str, config_text: str, work: Path, env: dict[str, str] | None = None):
+    BOOTED = "containerd successfully booted"   # logged once every plugin has loaded, failed or been skipped
+
+    def __init__(self, family: str, config_text: str, work: Path, env: dict[str, str] | None = None,
+                 start_timeout: float = 30.0):
         self.work = Path(work)
         self.sock = self.work / "c.sock"
         self.config = self.work / "config.toml"
         self.config.write_text(config_text)
         self.log_path = self.work / "containerd.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([str(families.binary(family)), "--config", str(self.config)],
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
-                                          **(env or {})})
-        deadline = time.monotonic() + 30
-        while not self.sock.exists():
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log()
-            time.sleep(0.05)
+        self.daemon = Daemon([str(families.binary(family)), "--config", str(self.config)], self.log_path,
+                             env={**{k: v for k, v in os.environ.items() if "proxy" not in k.lower()}, **(env or {})})
+        self.proc = self.daemon.proc
+        self.daemon.wait_ready(self.sock.exists, start_timeout, f"serving {self.sock}")
+
+    def wait_booted(self, timeout: float = 30.0) -> None:
+        """Until the daemon logs that it booted (all plugins loaded, failed or skipped)."""
+        self.daemon.wait_ready(lambda: self.BOOTED in self.log(), timeout, "booted")
 
     def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        return self.daemon.log()
 
     def close(self) -> None:
-        _stop(self.proc)
-        self._log.close()
+        self.daemon.stop()
         # Sandboxes leave mounts under the root: unmount before removing (best effort, own dirs only).
         mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
                   if line.split()[1].startswith(str(self.work))]

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 import tomllib
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from devtools import debian_artifacts
 from imagebuild import render
 from imagebuild.render import hosts_toml
-from imagebuild.run import stop
+from tests.daemons import Daemon
 from tests.support import FAMILY_VERSIONS, eol_warning, spec_of
 
 SPEC = {"config": {"registry": {"mirrors": [
@@ -132,18 +131,13 @@ def containerd_daemon(request):
         'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", '
         '"io.containerd.cri.v1.runtime"]\n'
         f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n')
-    log = open(work / "containerd.log", "wb")
-    proc = subprocess.Popen([str(debian_artifacts.binary(family)), "--config", str(work / "config.toml")],
-                            stdout=log, stderr=subprocess.STDOUT)
+    daemon = Daemon([str(debian_artifacts.binary(family)), "--config", str(work / "config.toml")],
+                    work / "containerd.log")
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, (work / "containerd.log").read_text()
-            time.sleep(0.05)
+        daemon.wait_ready(sock.exists, 20, f"serving {sock}")
         yield family, debian_artifacts.binary(family, "ctr"), sock
     finally:
-        stop(proc)
-        log.close()
+        daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

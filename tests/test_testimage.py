@@ -19,8 +19,8 @@ import pytest
 from devtools import debian_artifacts as da
 from devtools import testimage as dev_testimage
 from imagebuild.errors import ImagebuildError
-from imagebuild.run import stop
 from imagebuild.verify import testimage
+from tests.daemons import Daemon
 
 #: The manifest digest of the default test image. It changes only when the image's content does
 #: (the program, its links, the config): a different digest on another machine is a reproducibility bug.
@@ -247,7 +247,7 @@ def test_a_broken_arm64_program_fails_the_echo_check(tmp_path):
 # ----------------------------------------------------------------- the real containerd runs it
 
 
-def _start_containerd(family: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+def _start_containerd(family: str, workdir: Path) -> tuple[Daemon, str]:
     sock = str(workdir / "sock")
     config = workdir / "config.toml"
     config.write_text(
@@ -258,16 +258,10 @@ def _start_containerd(family: str, workdir: Path) -> tuple[subprocess.Popen, str
     # runc from bookworm: the trixie/sid runc builds need glibc 2.38, newer than this host's
     path = os.pathsep.join([str(da.binary("1.6", "runc").parent), str(da.binary(family).parent),
                             os.environ.get("PATH", "")])
-    log = open(workdir / "containerd.log", "wb")
-    proc = subprocess.Popen([da.binary(family), "--config", config], stdout=log, stderr=log,
-                            env={**os.environ, "PATH": path})
-    deadline = time.monotonic() + 20
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"containerd did not start:\n{(workdir / 'containerd.log').read_text()}")
-        time.sleep(0.05)
-    return proc, sock
+    daemon = Daemon([da.binary(family), "--config", config], workdir / "containerd.log",
+                    env={**os.environ, "PATH": path})
+    daemon.wait_ready(lambda: os.path.exists(sock), 20, f"serving {sock}")
+    return daemon, sock
 
 
 @pytest.fixture(params=list(da.FAMILIES))
@@ -276,11 +270,11 @@ def ctr(request):
     assert os.geteuid() == 0, "running containers needs root"
     family = request.param
     workdir = Path(tempfile.mkdtemp(prefix="ctrd-"))
-    proc, sock = _start_containerd(family, workdir)
+    daemon, sock = _start_containerd(family, workdir)
     try:
         yield [str(da.binary(family, "ctr")), "-a", sock, "-n", "k8s.io"]
     finally:
-        stop(proc, grace=20)
+        daemon.stop(grace=20)
         subprocess.run(["rm", "-rf", "--one-file-system", str(workdir)], check=False)
 
 
@@ -327,7 +321,7 @@ def test_a_broken_image_fails_the_echo_check(tmp_path, monkeypatch):
     assert os.geteuid() == 0, "running containers needs root"
     monkeypatch.setattr(testimage, "APPLETS", tuple(a for a in testimage.APPLETS if a != "echo"))
     broken = testimage.test_oci_image(tmp_path / "broken.tar")
-    proc, sock = _start_containerd("1.6", tmp_path)
+    daemon, sock = _start_containerd("1.6", tmp_path)
     ctr = [str(da.binary("1.6", "ctr")), "-a", sock, "-n", "k8s.io"]
     try:
         assert _ctr(ctr, "images", "import", broken["path"]).returncode == 0
@@ -335,8 +329,7 @@ def test_a_broken_image_fails_the_echo_check(tmp_path, monkeypatch):
         assert once.returncode != 0 and "imagebuild-ok" not in once.stdout
         assert "echo" in once.stderr and "no such file" in once.stderr.lower(), once.stderr
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        daemon.stop(grace=20)
         subprocess.run(["umount", "-R", str(tmp_path / "state")], capture_output=True, check=False)
 
 

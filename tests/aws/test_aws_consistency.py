@@ -11,10 +11,10 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from conftest import ec2_answer
 from imagebuild.aws import PublishTarget
 from imagebuild.aws.publish import publish
 from imagebuild.errors import ImagebuildError
+from tests.aws.fixtures import ec2_answer
 
 HOME = "eu-west-1"
 COPY = "us-west-2"
@@ -257,7 +257,7 @@ class HonoursClientToken:
     def send(self, request, **_):
         from botocore.awsrequest import AWSResponse
 
-        from conftest import _Body
+        from tests.aws.fixtures import _Body
 
         token = json.loads(request.body)["ClientToken"]
         if token not in self.by_token:

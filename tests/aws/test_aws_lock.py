@@ -1,6 +1,7 @@
 """Publish and prune of one family, one at a time: a lease in DynamoDB (moto's) across machines, an
 flock on one machine. "Another machine" is another process with its own cache directory
-(tests/aws/lock_holder.py), publishing a copy of the same image, as a manual run beside the nightly does."""
+(tests/aws/lock_holder.py, run as `python -m tests.aws.lock_holder`), publishing a copy of the same image,
+as a manual run beside the nightly does."""
 from __future__ import annotations
 
 import json
@@ -137,7 +138,7 @@ def machines():
 def holder(machines, image_dir, tmp_path, *, die=False, lease=None):
     """lock_holder.py publishing *image_dir* in its own process, with its own cache (another machine)."""
     holding, go = tmp_path / "holding", tmp_path / "go"
-    command = [sys.executable, str(ROOT / "tests/aws/lock_holder.py"), str(image_dir),
+    command = [sys.executable, "-m", "tests.aws.lock_holder", str(image_dir),
                json.dumps(target().model_dump(mode="json")), str(holding), str(go)]
     command += ["--die"] * die + (["--lease", str(lease)] if lease else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "IMAGEBUILD_CACHE": str(tmp_path / "other-machine-cache")}
@@ -260,7 +261,7 @@ def test_a_lock_aws_refuses_is_a_clear_error(table, boto_session, clients):
     """DynamoDB's own refusal (an IAM policy without dynamodb:PutItem), in the shape of its json protocol."""
     from botocore.awsrequest import AWSResponse
 
-    from conftest import _Body
+    from tests.aws.fixtures import _Body
 
     body = {"__type": "com.amazon.coral.service#AccessDeniedException",
             "message": "User is not authorized to perform: dynamodb:PutItem"}

@@ -7,10 +7,10 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from conftest import ec2_answer
 from imagebuild.aws import PublishTarget
 from imagebuild.aws.prune import format_table, newest_first_key, prune
 from imagebuild.aws.publish import publish
+from tests.aws.fixtures import ec2_answer
 
 HOME = "eu-west-1"
 COPY = "us-west-2"

@@ -73,8 +73,8 @@ def test_any_other_error_of_the_lookup_still_stops_prune(aws, boto, boto_session
     """Negative: only "it no longer exists" is resolved; a throttle or a denial still stops prune."""
     import pytest
 
-    from conftest import ec2_answer
     from imagebuild.errors import ImagebuildError
+    from tests.aws.fixtures import ec2_answer
 
     home, autoscaling = boto("ec2", HOME), boto("autoscaling", HOME)
     n0, _ = seed(home, 0)

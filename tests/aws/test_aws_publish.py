@@ -240,7 +240,7 @@ def test_refuses_an_image_never_verified_as_ec2(aws, make_image, recording_clien
 
 def test_refuses_an_image_whose_ec2_verify_failed(aws, make_image, recording_clients):
     """The NoCloud boot passed, the EC2 boot did not: verify-ec2.json as verify writes it."""
-    from conftest import write_verify_report
+    from tests.aws.fixtures import write_verify_report
 
     image_dir, _ = make_image()
     nocloud = json.loads((image_dir / "verify.json").read_text())
@@ -662,7 +662,7 @@ def test_ssm_parameter_in_every_region(aws, boto, make_image, recording_clients)
 
 def test_deprecation_at_the_spec_age(aws, boto_session, make_image, recording_clients, api_calls):
     """moto 5.2.5 lacks EnableImageDeprecation (HTTP 500); AWS's answer is given, the request model-checked."""
-    from conftest import ec2_answer
+    from tests.aws.fixtures import ec2_answer
 
     boto_session.events.register_first(
         "before-send.ec2.EnableImageDeprecation",

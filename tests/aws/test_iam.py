@@ -2,12 +2,12 @@
 (recorded through botocore's events on moto), and the check can fail."""
 from __future__ import annotations
 
-import model_check
-from conftest import ec2_answer
 from imagebuild.aws import PublishTarget
 from imagebuild.aws.prune import prune
 from imagebuild.aws.publish import publish
 from imagebuild.pipeline import decide
+from tests.aws import model_check
+from tests.aws.fixtures import ec2_answer
 from tests.support import spec_of
 
 HOME, COPY = "eu-west-1", "us-west-2"

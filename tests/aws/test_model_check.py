@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-import model_check
+from tests.aws import model_check
 
 
 def test_a_too_long_start_snapshot_tag_is_caught_though_moto_accepts_it(boto_session, boto, api_calls):

@@ -294,9 +294,9 @@ def test_a_publish_that_keeps_failing_is_resumed_and_pruned(aws, boto, boto_sess
     """Copying to one region is denied night after night (keep 2): the image baked on night 1 is
     published once, each later night resumes it instead of baking a new one, prune runs every
     night, and the night the copy works the publish finishes."""
-    from conftest import make_image_dir
     from imagebuild.aws.publish import publish
     from imagebuild.aws.target import target_of
+    from tests.aws.fixtures import make_image_dir
 
     spec = spec_of({"image": {"aws": {"region": HOME, "copy_regions": [OTHER], "keep": 2}}})
     work = tmp_path / "work"

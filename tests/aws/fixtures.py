@@ -1,4 +1,6 @@
-"""A real moto server on 127.0.0.1 for the AWS tests, reset between tests, and small images.
+"""A real moto server on 127.0.0.1 for the AWS tests, reset between tests, and small images: a pytest plugin
+that tests/conftest.py loads (`pytest_plugins`), so tests/aws and tests/e2e/test_pipeline_e2e.py share it;
+its helpers are imported as `from tests.aws.fixtures import ...`.
 
 boto3 is used unmodified: the fixture only sets the environment boto3 reads anyway (fake
 credentials, `AWS_ENDPOINT_URL` pointing at the local server).
@@ -14,29 +16,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-import model_check  # tests/aws is on sys.path (rootdir-relative conftest)
-from imagebuild.run import stop
+from tests.aws import model_check
+from tests.daemons import Daemon
 from tests.records import with_records
 
 MIB = 1024 * 1024
 BLOCK = 512 * 1024
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when pytest dies, so a killed test run leaves no server behind."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 def _moto_command() -> list[str]:
@@ -59,31 +49,18 @@ def moto_process(env_overrides: dict[str, str] | None = None):
     env = dict(os.environ)
     env.pop("MOTO_PORT", None)
     env.update(env_overrides or {})
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*_moto_command(), "-H", "127.0.0.1", "-p", "0"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
+    daemon = Daemon([*_moto_command(), "-H", "127.0.0.1", "-p", "0"], log, env=env)
+    found: list[str] = []
+
+    def running() -> bool:
+        found.extend(m.decode() for m in re.findall(rb"Running on (http://127\.0\.0\.1:\d+)", log.read_bytes()))
+        return bool(found)
+
     try:
-        url = None
-        deadline = time.monotonic() + 30
-        while url is None:
-            match = re.search(rb"Running on (http://127\.0\.0\.1:\d+)", log.read_bytes())
-            if match:
-                url = match.group(1).decode()
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"moto_server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("moto_server did not start within 30 s")
-            time.sleep(0.05)
-        yield url
+        daemon.wait_ready(running, 30, "listening")
+        yield found[0]
     finally:
-        stop(proc)
+        daemon.stop()
         shutil.rmtree(logdir, ignore_errors=True)
 
 

@@ -2,9 +2,9 @@
 (EBS direct APIs, register, copy, share, SSM), prune; then a second night with the same inputs.
 
 The spec is the built-in default with its containerd and runc downloads served from 127.0.0.1 (the e2e
-suite's mirror and golden_spec fixtures, imported from tests/e2e/conftest.py: upstream's builds, so no lab
-content that publish would refuse), published to moto's us-east-1 with one copy region and one account to
-share with.
+suite's mirror and golden_spec fixtures, tests/e2e/conftest.py: upstream's builds, so no lab content that
+publish would refuse), published to moto's us-east-1 with one copy region and one account to share with. The
+moto server and boto3 fixtures are tests/aws/fixtures.py's.
 """
 from __future__ import annotations
 
@@ -22,10 +22,6 @@ from imagebuild.build.bake import inputs_hash
 from imagebuild.digest import sha256_file
 from imagebuild.pipeline import PUBLISHED, UNCHANGED, run_pipeline
 from imagebuild.spec import parse
-from tests.e2e import conftest as e2e
-
-# The e2e suite's session fixtures, reused as they are (fixtures in a module's namespace are its own).
-base_image, golden_spec, mirror = e2e.base_image, e2e.golden_spec, e2e.mirror
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +62,7 @@ def publish_spec(golden_spec):
 @pytest.mark.timeout(2400)
 def test_pipeline_publishes_a_verified_image_then_skips(aws, boto, clients, publish_spec, base_image, monkeypatch,
                                                         tmp_path):
-    """*clients*: imagebuild's factory on the model-checked session (conftest), IAM-recorded too."""
+    """*clients*: imagebuild's factory on the model-checked session (tests/aws/fixtures.py), IAM-recorded too."""
     if _CACHE:
         monkeypatch.setenv("IMAGEBUILD_CACHE", _CACHE)
     else:
