@@ -5,9 +5,10 @@ DynamoDB lease and AWS are shared), each to its own family. Then two runners pub
 once: the lease lets one through and refuses the other.
 
 Each runner publishes a pre-made verified image directory (conftest.make_image_dir), not `imagebuild
-pipeline --variant`: the pipeline's bake and verify boot QEMU (tests/aws/test_pipeline_e2e.py). The
-runners are tests/aws/lock_holder.py (publish, held at its first PutSnapshotBlock until a file exists,
-so both provably hold their locks at the same time) and the `imagebuild publish --spec --variant` command.
+pipeline --variant`: the pipeline's bake and verify boot QEMU (tests/e2e/test_pipeline_e2e.py). The
+runners are tests/aws/lock_holder.py (`python -m tests.aws.lock_holder`: publish, held at its first
+PutSnapshotBlock until a file exists, so both provably hold their locks at the same time) and the
+`imagebuild publish --spec --variant` command.
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_dir
 from imagebuild.aws.target import target_of
 from imagebuild.spec import load
+from tests.aws.fixtures import make_image_dir
 from tests.support import run_main, write_spec
 
 HOME = "eu-west-1"
@@ -64,7 +65,7 @@ def held_runner(runners, image_dir: Path, target, work: Path, go: Path) -> tuple
     returns it and the file it writes once it holds the lock and its upload has started."""
     work.mkdir(parents=True)
     holding = work / "holding"
-    command = [sys.executable, str(ROOT / "tests/aws/lock_holder.py"), str(image_dir),
+    command = [sys.executable, "-m", "tests.aws.lock_holder", str(image_dir),
                json.dumps(target.model_dump(mode="json")), str(holding), str(go)]
     proc = subprocess.Popen(command, cwd=ROOT, env=_env(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
