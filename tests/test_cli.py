@@ -15,8 +15,9 @@ from tests.support import run_cli, run_main, snapshot, spec_of, without_eol, wri
 
 _RANDOM = random.Random(0)
 #: Valid in every key, but 48 KB of random hex: the user-data cannot get under 16 KB even gzipped.
-TOO_BIG = {"config": {"overrides": {"plugins": {"io.containerd.imagebuild.v1.padding": {
-    f"k{i}": _RANDOM.randbytes(64).hex() for i in range(384)}}}}}
+TOO_BIG = {"config": {"extra_plugins": ["io.containerd.imagebuild.v1.padding"],
+                      "overrides": {"plugins": {"io.containerd.imagebuild.v1.padding": {
+                          f"k{i}": _RANDOM.randbytes(64).hex() for i in range(384)}}}}}
 
 
 @pytest.fixture

@@ -50,19 +50,21 @@ def test_yaml_1_2_booleans_no_on_yes_off_are_text():
 
 def test_specs_inside_the_limits_load(tmp_path):
     # Nested deep, but within the depth limit (the root mapping is level 1).
-    depth = spec_module.MAX_DEPTH - 3
+    # (root, config, overrides, plugins, the plugin, x: five levels above the lists)
+    depth = spec_module.MAX_DEPTH - 5
     nested = "1"
     for _ in range(depth - 1):
         nested = "[" + nested + "]"
-    spec = spec_of("config:\n  overrides:\n    x: " + nested + "\n")
-    value = spec.config.overrides["x"]
+    spec = spec_of("config:\n  extra_plugins: [io.containerd.imagebuild.v1.depth]\n  overrides:\n    plugins:\n"
+                   "      io.containerd.imagebuild.v1.depth:\n        x: " + nested + "\n")
+    value = spec.config.overrides["plugins"]["io.containerd.imagebuild.v1.depth"]["x"]
     for _ in range(depth - 1):
         value = value[0]
     assert value == 1
     # Aliases used the ordinary way load, and expand.
     spec = spec_of("config:\n  imports: &i ['/etc/containerd/conf.d/*.toml']\n"
-                   "  overrides: {debug: {level: &l info}, x: *l}\n")
-    assert spec.config.overrides == {"debug": {"level": "info"}, "x": "info"}
+                   "  overrides: {debug: {level: &l info}, metrics: {address: *l}}\n")
+    assert spec.config.overrides == {"debug": {"level": "info"}, "metrics": {"address": "info"}}
     # A file of exactly the size limit loads.
     head = "name: golden\n#"
     path = write_spec(tmp_path, head + "x" * (spec_module.MAX_SPEC_BYTES - len(head) - 1) + "\n")

@@ -48,8 +48,9 @@ def _big_spec(mirrors: int = 36) -> dict:
 
 def _too_big_spec() -> dict:
     """Incompressible: 48 KB of random hex in overrides cannot get under 16 KB even gzipped."""
-    return {"config": {"overrides": {"plugins": {"io.containerd.imagebuild.v1.padding": {
-        f"k{i}": random.Random(i).randbytes(64).hex() for i in range(384)}}}}}
+    return {"config": {"extra_plugins": ["io.containerd.imagebuild.v1.padding"],
+                       "overrides": {"plugins": {"io.containerd.imagebuild.v1.padding": {
+                           f"k{i}": random.Random(i).randbytes(64).hex() for i in range(384)}}}}}
 
 
 def _check_cloud_config(tmp_path, text: str, spec) -> dict:
