@@ -303,3 +303,11 @@ def test_a_configured_runtime_needs_its_shim_and_its_binary_on_the_machine(monke
     results = _results(monkeypatch, exp, lambda rep, e: check.runtime_checks(rep, e, search=(str(bin_dir),)))
     assert [(r["check"], r["ok"]) for r in results][:2] == [("runtime.nvidia.shim", True),
                                                            ("runtime.nvidia.binary", False)]
+
+
+def test_extra_checks_are_told_the_phase(monkeypatch):
+    """verify.checks see IMAGEBUILD_CHECK_PHASE (build: the bake's build VM or verify.on_boot; boot: a verify boot)."""
+    exp = {"extra_checks": [{"name": "in-build", "run": 'test "$IMAGEBUILD_CHECK_PHASE" = build'}]}
+    build = _results(monkeypatch, exp, lambda rep, e: check.extra_checks(rep, e, "build"))
+    boot = _results(monkeypatch, exp, lambda rep, e: check.extra_checks(rep, e, "boot"))
+    assert [(r["check"], r["ok"]) for r in build + boot] == [("extra.in-build", True), ("extra.in-build", False)]

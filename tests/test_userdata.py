@@ -154,3 +154,34 @@ def test_build_seed_user_data_is_valid_cloud_config(tmp_path):
     doc = yaml.safe_load((tmp_path / "seed" / "user-data").read_text())
     assert doc["users"][0]["name"] == render.BUILD_USER
     assert doc["users"][0]["ssh_authorized_keys"] == [(tmp_path / "seed" / "id_ed25519.pub").read_text().strip()]
+
+
+def test_the_check_on_boot_is_opt_in_and_ends_with_the_checks_status(tmp_path):
+    """verify.on_boot: the user-data also carries check.py and expected.json, runs the check after the install
+    (results root-only in CHECK_LOG), removes it with the staging and ends with the check's exit status (so
+    cloud-init's final stage reports a failed check); off (the default) none of it is there."""
+    import subprocess
+
+    off = yaml.safe_load(gzip.decompress(render.user_data(spec_of({}))).decode())
+    assert not {f"{GUEST}/check.py", f"{GUEST}/expected.json"} & {e["path"] for e in off["write_files"]}
+    on_spec = spec_of({"verify": {"on_boot": True}})
+    on = yaml.safe_load(gzip.decompress(render.user_data(on_spec)).decode())
+    assert {f"{GUEST}/check.py", f"{GUEST}/expected.json"} <= {e["path"] for e in on["write_files"]}
+    assert len(render.user_data(on_spec)) <= LIMIT
+    install, (shell, flag, script) = on["runcmd"][-2:]
+    assert install == render.INSTALL_COMMAND and (shell, flag) == ("sh", "-c")
+    assert f"> {render.CHECK_LOG} 2>&1" in script and script.startswith("umask 077; ")
+    # Run the very script against a scratch guest dir: a failing check still removes the staging, and its
+    # status is the command's; a passing one exits 0.
+    for code in (1, 0):
+        guest = tmp_path / f"guest{code}"
+        (guest / "payload").mkdir(parents=True)
+        for name in ("install.sh", "expected.json"):
+            (guest / name).write_text("")
+        (guest / "check.py").write_text(f"import sys\nprint('DONE')\nsys.exit({code})\n")
+        log = tmp_path / f"check{code}.log"
+        local = script.replace(GUEST, str(guest)).replace(render.CHECK_LOG, str(log))
+        done = subprocess.run(["sh", "-c", local], capture_output=True, text=True)
+        assert done.returncode == code, done.stderr
+        assert list(guest.iterdir()) == [] and log.read_text() == "DONE\n"
+        assert log.stat().st_mode & 0o077 == 0      # root only, through the umask

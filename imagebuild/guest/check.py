@@ -58,9 +58,9 @@ class Reporter:
         return ok
 
 
-def run(*cmd: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+def run(*cmd: str, timeout: float = 60, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check, env=env)
     except FileNotFoundError:
         return subprocess.CompletedProcess(cmd, 127, "", f"{cmd[0]}: not found")
     except subprocess.TimeoutExpired:
@@ -373,9 +373,12 @@ def boot_checks(rep: Reporter, boot: dict) -> None:
     more.run_all(rep, boot, build_facts())
 
 
-def extra_checks(rep: Reporter, exp: dict) -> None:
+def extra_checks(rep: Reporter, exp: dict, phase: str = "boot") -> None:
+    """The spec's verify.checks; each command sees IMAGEBUILD_CHECK_PHASE: build (the bake's build VM, or
+    verify.on_boot's check after a user-data install) or boot (a verify boot)."""
+    env = {**os.environ, "IMAGEBUILD_CHECK_PHASE": phase}
     for item in exp["extra_checks"]:
-        done = run("bash", "-c", item["run"], timeout=300)
+        done = run("bash", "-c", item["run"], timeout=300, env=env)
         rep.check(f"extra.{item['name']}", "exit 0", f"exit {done.returncode}", done.returncode == 0,
                   note=(done.stdout + done.stderr).strip()[-300:])
 
@@ -413,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         secret_checks(rep, exp)
         if boot:
             boot_checks(rep, boot)
-    extra_checks(rep, exp)
+    extra_checks(rep, exp, args.phase)
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     rep.emit(DONE, {"passed": rep.passed, "failed": rep.failed, "phase": args.phase,
                     "containerd_active_at_s": round(active_at / 1e6, 2), "uptime_s": uptime,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -35,8 +36,11 @@ PROXY_DROPIN = "/etc/systemd/system/containerd.service.d/http-proxy.conf"
 INSTALL_COMMAND = ["bash", f"{GUEST_DIR}/install.sh", f"{GUEST_DIR}/payload"]
 #: After the install, its staging goes (the payload holds hosts.toml headers, credentials included).
 CLEANUP_COMMAND = ["rm", "-rf", "--", f"{GUEST_DIR}/payload", f"{GUEST_DIR}/install.sh"]
-#: The guest files only the Packer build's in-build check reads: production user-data carries none of them.
+#: The guest files only the Packer build's in-build check reads: production user-data carries them only when
+#: the spec asks for the check on boot (verify.on_boot).
 CHECK_FILES = ("check.py", "expected.json")
+#: Where verify.on_boot's check writes its results on the machine (root only: its umask).
+CHECK_LOG = "/var/log/imagebuild-check.log"
 #: The sandbox image's archive in the Packer directory (image.sandbox.source archive: bake puts it there).
 SANDBOX_ARCHIVE = "sandbox-image.tar"
 #: install.sh's arguments after the payload in the Packer build, by image.sandbox.source.
@@ -101,16 +105,30 @@ def guest_files(spec: Spec) -> dict[str, File]:
 
 
 def user_data_files(spec: Spec, files: dict[str, File] | None = None) -> list[tuple[str, bytes, int]]:
-    """(guest path, content, mode) of what production user-data writes: the payload and install.sh, no
-    verification tooling (the verify boots bring their own)."""
+    """(guest path, content, mode) of what production user-data writes: the payload and install.sh, and the
+    in-guest check only when the spec asks for it on boot (the verify boots bring their own tooling)."""
     files = guest_files(spec) if files is None else files
-    return [(f"{GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items() if rel not in CHECK_FILES]
+    return [(f"{GUEST_DIR}/{rel}", f.content, f.mode) for rel, f in files.items()
+            if rel not in CHECK_FILES or spec.verify.on_boot]
+
+
+def user_data_commands(spec: Spec) -> list[list[str]]:
+    """What user-data runs: the install, then its staging removed. With verify.on_boot the check runs between
+    them (its results to CHECK_LOG, root only), the check's files go with the staging, and the command ends
+    with the check's exit status, so cloud-init's final stage reports a failed check."""
+    if not spec.verify.on_boot:
+        return [INSTALL_COMMAND, CLEANUP_COMMAND]
+    check = ["python3", f"{GUEST_DIR}/check.py", "--phase", "build", "--expected", f"{GUEST_DIR}/expected.json"]
+    cleanup = CLEANUP_COMMAND + [f"{GUEST_DIR}/{name}" for name in CHECK_FILES]
+    script = (f"umask 077; {shlex.join(check)} > {shlex.quote(CHECK_LOG)} 2>&1; status=$?; "
+              f"{shlex.join(cleanup)}; exit $status")
+    return [INSTALL_COMMAND, ["sh", "-c", script]]
 
 
 def cloud_config(spec: Spec, files: dict[str, File] | None = None) -> str:
     """The #cloud-config document (never gzipped): the payload and install.sh via write_files, then the
-    install, then the staging removed."""
-    return userdata.cloud_config(user_data_files(spec, files), [INSTALL_COMMAND, CLEANUP_COMMAND])
+    install, then the staging removed (user_data_commands)."""
+    return userdata.cloud_config(user_data_files(spec, files), user_data_commands(spec))
 
 
 def user_data(spec: Spec, fmt: str = "cloud-config", files: dict[str, File] | None = None, *,

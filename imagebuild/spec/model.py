@@ -308,7 +308,13 @@ class Verify(Section):
     timeout: Annotated[int, Int(30, 7200)] = Field(
         900, description="seconds from QEMU start until the check must have reported")
     checks: tuple[Check, ...] = Field((), description="extra checks: a shell command run in the guest; "
-                                      "exit 0 passes")
+                                      "exit 0 passes; IMAGEBUILD_CHECK_PHASE says where: build (the bake's build "
+                                      "VM, or verify.on_boot) or boot (a verify boot)")
+    on_boot: Bool = Field(
+        False, description="also run the in-guest check (what the bake's build VM checks: versions, config, "
+        "files, unit, system, and verify.checks) once after the install on every machine given this user-data: "
+        "check.py and expected.json (about 23 KB) then go into the user-data, the results into "
+        "/var/log/imagebuild-check.log (root, 0600), and cloud-init's final stage fails when a check fails")
 
 
 #: The spec sections a variant may set (a partial spec, merged over the base spec): not apiVersion (one spec

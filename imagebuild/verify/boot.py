@@ -94,7 +94,7 @@ def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
                                 instance_id=boot["instance_id"],
                                 seed_label="cidata" if boot["platform"] == "nocloud" else DATA_LABEL)
     staged.append((f"{VERIFY_DIR}/run-check.sh", run_check.encode(), 0o755))
-    commands = ([render.INSTALL_COMMAND, render.CLEANUP_COMMAND] if install else []) + [
+    commands = (render.user_data_commands(spec) if install else []) + [
         ["bash", f"{VERIFY_DIR}/run-check.sh"], ["systemctl", "poweroff"]]
     return userdata.cloud_config(staged, commands).encode()
 

@@ -28,7 +28,15 @@ config:
     grpc.max_recv_message_size: 33554432
     plugins.io.containerd.grpc.v1.cri.enable_unprivileged_ports: true
 verify:
+  on_boot: true       # the production check on boot: the user-data runs it after the install
   checks:
+    - name: checked-on-boot
+      run: |
+        set -eu
+        test "$IMAGEBUILD_CHECK_PHASE" = boot || exit 0   # the verify boot's run reads the on-boot run's log
+        test "$(stat -c '%a %U' /var/log/imagebuild-check.log)" = "600 root"
+        grep -q '^IMAGEBUILD-DONE .*"failed": 0' /var/log/imagebuild-check.log
+        test ! -e /var/lib/imagebuild/check.py
     - <<: {name: config-in-guest}
       run: |
         set -eu
@@ -42,11 +50,12 @@ verify:
 
 def test_a_natural_yaml_spec_verifies_in_a_guest(mirror, base_image, tmp_path):
     spec = mirror(parse(NATURAL, "natural spec"), "1.7")
-    assert [c.name for c in spec.verify.checks] == ["config-in-guest"]  # from the merge key
+    assert [c.name for c in spec.verify.checks] == ["checked-on-boot", "config-in-guest"]  # the merge key
     report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path))
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
     by_name = {c["check"]: c for c in report["checks"]}
     assert by_name["extra.config-in-guest"]["ok"]
+    assert by_name["extra.checked-on-boot"]["ok"]   # verify.on_boot's check ran after the install, and passed
     assert by_name["config.overrides.disabled_plugins"]["actual"] == ["io.containerd.internal.v1.tracing"]
     assert by_name["config.overrides.grpc.max_recv_message_size"]["actual"] == 33554432
     assert by_name["unit.LimitNOFILE"]["actual"] == "1048576"

@@ -161,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "bdd960bb3738c5f571770992d1068e8df532c1d8ff1c6231abe96bb397121c99", "imagebuild:containerd-version" = "2.3.7"}
-  snapshot_tags = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "bdd960bb3738c5f571770992d1068e8df532c1d8ff1c6231abe96bb397121c99", "imagebuild:containerd-version" = "2.3.7"}
+  tags          = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "0adfb60b1a43b459f84cf1043a411ef7570c0af6b0ade0d2f6bfa621ba83a7f1", "imagebuild:containerd-version" = "2.3.7"}
+  snapshot_tags = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "0adfb60b1a43b459f84cf1043a411ef7570c0af6b0ade0d2f6bfa621ba83a7f1", "imagebuild:containerd-version" = "2.3.7"}
 }
 
 build {
@@ -248,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "workers-lts"
-      spec_hash  = "bdd960bb3738c5f571770992d1068e8df532c1d8ff1c6231abe96bb397121c99"
+      spec_hash  = "0adfb60b1a43b459f84cf1043a411ef7570c0af6b0ade0d2f6bfa621ba83a7f1"
       containerd = "2.3.7"
     }
   }

@@ -161,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "d9d212110d74f602bdfae6fbaec89889d70ccf372b4dbae62afa198fe0211fe2", "imagebuild:containerd-version" = "2.4.2"}
-  snapshot_tags = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "d9d212110d74f602bdfae6fbaec89889d70ccf372b4dbae62afa198fe0211fe2", "imagebuild:containerd-version" = "2.4.2"}
+  tags          = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "dce56b6a3e63908ec225eb26e3aa18577a95fe3f57cfa9b9a1a619bc4c296cfb", "imagebuild:containerd-version" = "2.4.2"}
+  snapshot_tags = {"Name" = "workers-next", "imagebuild:family" = "workers-next", "imagebuild:spec-hash" = "dce56b6a3e63908ec225eb26e3aa18577a95fe3f57cfa9b9a1a619bc4c296cfb", "imagebuild:containerd-version" = "2.4.2"}
 }
 
 build {
@@ -248,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "workers-next"
-      spec_hash  = "d9d212110d74f602bdfae6fbaec89889d70ccf372b4dbae62afa198fe0211fe2"
+      spec_hash  = "dce56b6a3e63908ec225eb26e3aa18577a95fe3f57cfa9b9a1a619bc4c296cfb"
       containerd = "2.4.2"
     }
   }

@@ -161,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "690cbc67a0f8b1907d25ced06380e75e20d89a5f0b06ad0d85650c27660cd130", "imagebuild:containerd-version" = "2.1.9"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "690cbc67a0f8b1907d25ced06380e75e20d89a5f0b06ad0d85650c27660cd130", "imagebuild:containerd-version" = "2.1.9"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "814dec7a0b7e78355e04e0b3eaa8fe808d62b47b6af6d4ea9ab501fea876be1c", "imagebuild:containerd-version" = "2.1.9"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "814dec7a0b7e78355e04e0b3eaa8fe808d62b47b6af6d4ea9ab501fea876be1c", "imagebuild:containerd-version" = "2.1.9"}
 }
 
 build {
@@ -248,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "690cbc67a0f8b1907d25ced06380e75e20d89a5f0b06ad0d85650c27660cd130"
+      spec_hash  = "814dec7a0b7e78355e04e0b3eaa8fe808d62b47b6af6d4ea9ab501fea876be1c"
       containerd = "2.1.9"
     }
   }

@@ -161,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "254fb4627a63b045077fb170f318f51c09ab7a85b98d23303345d902e20be04f", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "254fb4627a63b045077fb170f318f51c09ab7a85b98d23303345d902e20be04f", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "80ba717c8506ebbdb55e86c7f8a99d0bf4df6f4015814508c0e3900c332f2987", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "many-mirrors", "imagebuild:family" = "many-mirrors", "imagebuild:spec-hash" = "80ba717c8506ebbdb55e86c7f8a99d0bf4df6f4015814508c0e3900c332f2987", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -248,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "many-mirrors"
-      spec_hash  = "254fb4627a63b045077fb170f318f51c09ab7a85b98d23303345d902e20be04f"
+      spec_hash  = "80ba717c8506ebbdb55e86c7f8a99d0bf4df6f4015814508c0e3900c332f2987"
       containerd = "1.6.20"
     }
   }

@@ -161,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "1555437d93753461ca1a3bbbcb37478a76cc03130ce7e152ada0fd278996bfa3", "imagebuild:containerd-version" = "1.7.24"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "1555437d93753461ca1a3bbbcb37478a76cc03130ce7e152ada0fd278996bfa3", "imagebuild:containerd-version" = "1.7.24"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "7568373720a756c79af06b72254f56d7baea9120f73a3d7f023afc7cb57acc06", "imagebuild:containerd-version" = "1.7.24"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "7568373720a756c79af06b72254f56d7baea9120f73a3d7f023afc7cb57acc06", "imagebuild:containerd-version" = "1.7.24"}
 }
 
 build {
@@ -248,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "1555437d93753461ca1a3bbbcb37478a76cc03130ce7e152ada0fd278996bfa3"
+      spec_hash  = "7568373720a756c79af06b72254f56d7baea9120f73a3d7f023afc7cb57acc06"
       containerd = "1.7.24"
     }
   }

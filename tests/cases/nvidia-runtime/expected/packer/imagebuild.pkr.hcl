@@ -161,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "4097d6d61bb4b238f90a93392b736388378162c019e32dd0e2f91c09735b79b3", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "4097d6d61bb4b238f90a93392b736388378162c019e32dd0e2f91c09735b79b3", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "f3f99b5715157e277bc6d316aa5a43fcacd357ce85699d1393ab90d398f3c6eb", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "f3f99b5715157e277bc6d316aa5a43fcacd357ce85699d1393ab90d398f3c6eb", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -248,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "4097d6d61bb4b238f90a93392b736388378162c019e32dd0e2f91c09735b79b3"
+      spec_hash  = "f3f99b5715157e277bc6d316aa5a43fcacd357ce85699d1393ab90d398f3c6eb"
       containerd = "1.6.20"
     }
   }

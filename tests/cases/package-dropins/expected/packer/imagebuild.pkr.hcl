@@ -161,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "53cc4891f2ae711cde447a8b4be50dffe49cc4293dba3add99c1289446a094b9", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "53cc4891f2ae711cde447a8b4be50dffe49cc4293dba3add99c1289446a094b9", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "e52d746b03f0584cc5905e582ad3706bbacd43a61b37626777572ebfcc270aab", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "e52d746b03f0584cc5905e582ad3706bbacd43a61b37626777572ebfcc270aab", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -248,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "53cc4891f2ae711cde447a8b4be50dffe49cc4293dba3add99c1289446a094b9"
+      spec_hash  = "e52d746b03f0584cc5905e582ad3706bbacd43a61b37626777572ebfcc270aab"
       containerd = "1.6.20"
     }
   }

@@ -161,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0b9d579561a54c8c67ce79d12bc0141c07655bb75fcdc38d04000d3f626fead2", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "0b9d579561a54c8c67ce79d12bc0141c07655bb75fcdc38d04000d3f626fead2", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "b4168958a6b1dcbff8c87f6e4a34f5b892c8f2ed4ef3fde066c0579b038849ac", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "containerd-golden", "imagebuild:family" = "containerd-golden", "imagebuild:spec-hash" = "b4168958a6b1dcbff8c87f6e4a34f5b892c8f2ed4ef3fde066c0579b038849ac", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -248,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "containerd-golden"
-      spec_hash  = "0b9d579561a54c8c67ce79d12bc0141c07655bb75fcdc38d04000d3f626fead2"
+      spec_hash  = "b4168958a6b1dcbff8c87f6e4a34f5b892c8f2ed4ef3fde066c0579b038849ac"
       containerd = "1.6.20"
     }
   }
