@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ast
 import re
-import types
 import typing
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from devtools import spec_reference
+from imagebuild.spec.problems import bare
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -109,26 +109,15 @@ def test_a_stale_or_missing_spec_reference_is_reported_with_the_command_that_reg
     assert stale(copy) is None
 
 
-def _bare(hint):
-    """*hint* without Annotated metadata and without `| None`."""
-    while True:
-        if typing.get_origin(hint) is typing.Annotated:
-            hint = typing.get_args(hint)[0]
-        elif typing.get_origin(hint) in (types.UnionType, typing.Union):
-            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-        else:
-            return hint
-
-
 def _key_paths(cls, path: str = "") -> list[str]:
     """Every key path of the model, read from its type hints, as the reference spells them (a list of
     sections `key[]`, a mapping of them `key.<name>`)."""
     found = []
     for key, info in cls.model_fields.items():
         here = f"{path}.{key}" if path else key
-        hint = _bare(info.annotation)
+        hint = bare(info.annotation)
         origin = typing.get_origin(hint)
-        held = _bare(typing.get_args(hint)[0 if origin is tuple else -1]) if origin in (tuple, dict) else None
+        held = bare(typing.get_args(hint)[0 if origin is tuple else -1]) if origin in (tuple, dict) else None
         if isinstance(hint, type) and issubclass(hint, BaseModel):
             found += _key_paths(hint, here)
         elif isinstance(held, type) and issubclass(held, BaseModel):

@@ -77,7 +77,7 @@ def _path(loc: tuple) -> str:
     return out
 
 
-def _bare(hint: Any) -> Any:
+def bare(hint: Any) -> Any:
     """*hint* without Annotated metadata and without `| None`."""
     while True:
         if typing.get_origin(hint) is typing.Annotated:
@@ -92,7 +92,7 @@ def _section_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     """The section (model class) at key path *loc*, or None when it is no section."""
     hint: Any = root
     for part in loc:
-        hint = _bare(hint)
+        hint = bare(hint)
         if isinstance(hint, type) and issubclass(hint, BaseModel):
             if part not in hint.model_fields:
                 return None
@@ -101,7 +101,7 @@ def _section_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
             hint = typing.get_args(hint)[-1 if typing.get_origin(hint) is dict else 0]
         else:
             return None
-    hint = _bare(hint)
+    hint = bare(hint)
     return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
 
 

@@ -474,3 +474,14 @@ def clients(boto_session):
     from imagebuild.aws.clients import boto3_clients
 
     return boto3_clients(session=boto_session)
+
+
+@pytest.fixture
+def machines():
+    """The other machines' processes of a test, stopped when it ends (a failed test never set them going)."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -124,17 +124,6 @@ def test_a_holder_that_could_not_renew_in_time_stops_before_changing_anything(ta
 # ------------------------------------------------------------------ publish and prune under the lock
 
 
-@pytest.fixture
-def machines():
-    """The other machines' processes of a test, stopped when it ends (a failed test never set them going)."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
 def holder(machines, image_dir, tmp_path, *, die=False, lease=None):
     """lock_holder.py publishing *image_dir* in its own process, with its own cache (another machine)."""
     holding, go = tmp_path / "holding", tmp_path / "go"

@@ -4,7 +4,7 @@ processes, each a CI runner of its own (its own cache directory, so its own loca
 DynamoDB lease and AWS are shared), each to its own family. Then two runners publish the same variant at
 once: the lease lets one through and refuses the other.
 
-Each runner publishes a pre-made verified image directory (conftest.make_image_dir), not `imagebuild
+Each runner publishes a pre-made verified image directory (tests.aws.fixtures.make_image_dir), not `imagebuild
 pipeline --variant`: the pipeline's bake and verify boot QEMU (tests/e2e/test_pipeline_e2e.py). The
 runners are tests/aws/lock_holder.py (`python -m tests.aws.lock_holder`: publish, held at its first
 PutSnapshotBlock until a file exists, so both provably hold their locks at the same time) and the
@@ -45,22 +45,11 @@ def table(aws, boto):
     return lambda: boto("dynamodb").scan(TableName=TABLE, ConsistentRead=True)["Items"]
 
 
-@pytest.fixture
-def runners():
-    """The runners' processes of a test, killed when it ends early."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
 def _env(work: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "IMAGEBUILD_CACHE": str(work / "cache")}
 
 
-def held_runner(runners, image_dir: Path, target, work: Path, go: Path) -> tuple[subprocess.Popen, Path]:
+def held_runner(machines, image_dir: Path, target, work: Path, go: Path) -> tuple[subprocess.Popen, Path]:
     """A runner publishing *image_dir* to *target* that holds at its first PutSnapshotBlock until *go* exists;
     returns it and the file it writes once it holds the lock and its upload has started."""
     work.mkdir(parents=True)
@@ -69,7 +58,7 @@ def held_runner(runners, image_dir: Path, target, work: Path, go: Path) -> tuple
                json.dumps(target.model_dump(mode="json")), str(holding), str(go)]
     proc = subprocess.Popen(command, cwd=ROOT, env=_env(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    runners.append(proc)
+    machines.append(proc)
     return proc, holding
 
 
@@ -125,11 +114,11 @@ def variant_image(tmp_path: Path, variant: str) -> Path:
     return image_dir
 
 
-def test_two_variants_publish_concurrently_without_collision(table, boto, tmp_path, runners):
+def test_two_variants_publish_concurrently_without_collision(table, boto, tmp_path, machines):
     _, targets = expand(tmp_path)
     go = tmp_path / "go"
     image_dirs = {v: variant_image(tmp_path, v) for v in VERSIONS}
-    started = {v: held_runner(runners, image_dirs[v], targets[v], tmp_path / f"runner-{v}", go) for v in VERSIONS}
+    started = {v: held_runner(machines, image_dirs[v], targets[v], tmp_path / f"runner-{v}", go) for v in VERSIONS}
     wait_holding(started.values())
 
     # both hold their family's lease at once, each with its upload under way
@@ -173,13 +162,13 @@ def test_two_variants_publish_concurrently_without_collision(table, boto, tmp_pa
     assert table() == []
 
 
-def test_two_runners_publishing_one_variant_at_once_one_is_refused(table, boto, tmp_path, runners):
+def test_two_runners_publishing_one_variant_at_once_one_is_refused(table, boto, tmp_path, machines):
     spec_path, targets = expand(tmp_path)
     image_dir = variant_image(tmp_path, "c17")
     copy = tmp_path / "other-runner" / image_dir.name  # the same variant, baked and verified on another runner
     shutil.copytree(image_dir, copy)
     go = tmp_path / "go"
-    first, holding = held_runner(runners, image_dir, targets["c17"], tmp_path / "runner-1", go)
+    first, holding = held_runner(machines, image_dir, targets["c17"], tmp_path / "runner-1", go)
     wait_holding([(first, holding)])
     (in_flight,) = snapshots(boto, "fleet-c17")
 
