@@ -79,7 +79,7 @@ def test_verbatim_files_are_the_sources(name):
     files = render.render_all(load(cases.CASES_DIR / name / "spec.yaml"))
     for rel, source in cases.verbatim().items():
         assert files[rel].content == source.read_bytes(), rel
-        assert files[rel].mode == 0o755
+        assert files[rel].mode == (0o755 if source.read_bytes().startswith(b"#!") else 0o644), rel  # a script runs
 
 
 def test_the_cases_cover_what_they_are_named_for():

@@ -44,7 +44,7 @@ CHECK_LOG = "/var/log/imagebuild-check.log"
 #: The sandbox image's archive in the Packer directory (image.sandbox.source archive: bake puts it there).
 SANDBOX_ARCHIVE = "sandbox-image.tar"
 #: install.sh's arguments after the payload in the Packer build, by image.sandbox.source.
-SANDBOX_ARGS = {"registry": " --pull-sandbox /tmp/imagebuild-cri.py",
+SANDBOX_ARGS = {"registry": " --pull-sandbox /tmp/imagebuild-cri/cri.py",
                 "archive": " --import-sandbox /tmp/imagebuild-sandbox.tar", "none": ""}
 
 
@@ -177,6 +177,7 @@ def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:
     files["packer/inventory.py"] = File((PACKAGE_DIR / "guest" / "inventory.py").read_bytes(), 0o755)
     if spec.image.sandbox.source == "registry":  # the build's CRI client: install.sh --pull-sandbox uses it
         files["packer/cri.py"] = File((PACKAGE_DIR / "guest" / "cri.py").read_bytes(), 0o755)
+        files["packer/cri_hpack.py"] = File((PACKAGE_DIR / "guest" / "cri_hpack.py").read_bytes(), 0o644)
     # Document order (the model's key order, mappings as written): sorted keys reordered sysctls, headers
     # and runtimes, so spec.json rendered different files than the spec it came from.
     files["spec.json"] = File((json.dumps(spec.document, indent=2) + "\n").encode())

@@ -9,9 +9,10 @@ so its bytes are stable), and beside each gzipped file its text, `<file>.txt` (e
 `expected/user-data.txt`), so that a regeneration reads as a text diff in `git diff` and review.
 The test checks both: the blob byte for byte, and that it gunzips to exactly the `.txt`.
 Left out are the files the render copies verbatim from the source tree rather than renders,
-`check.py` (imagebuild/guest/check.py), `packer/cri.py` (imagebuild/guest/cri.py), `packer/inventory.py`
-(imagebuild/guest/inventory.py) and `packer/hygiene.sh` (packer/hygiene.sh): the test
-checks they are those files instead of keeping six copies that change whenever the sources do.
+`check.py` (imagebuild/guest/check.py), `packer/cri.py` and `packer/cri_hpack.py` (imagebuild/guest/cri.py,
+cri_hpack.py), `packer/inventory.py` (imagebuild/guest/inventory.py) and `packer/hygiene.sh`
+(packer/hygiene.sh): the test checks they are those files instead of keeping copies that change whenever
+the sources do.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def verbatim() -> dict[str, Path]:
 
     return {"check.py": PACKAGE_DIR / "guest" / "check.py", "packer/hygiene.sh": shipped_dir("packer") / "hygiene.sh",
             "packer/cri.py": PACKAGE_DIR / "guest" / "cri.py",
+            "packer/cri_hpack.py": PACKAGE_DIR / "guest" / "cri_hpack.py",
             "packer/inventory.py": PACKAGE_DIR / "guest" / "inventory.py"}
 
 
