@@ -1,8 +1,9 @@
 """Where a spec's literal secrets go among the outputs, kept root-only, and said.
 
 The outputs that hold a literal secret (imagebuild.spec.secrets: a mirror endpoint's header values) are
-known by construction (:func:`outputs`): the registry's payload hosts.toml, spec.json (the spec holds it)
-and user-data (it carries the payload). imagebuild.render.render_all writes each 0600, and write_tree makes
+known by construction (:func:`outputs`): the registry's payload hosts.toml (or the document the node writes
+it from, when another of its headers is read on the node: imagebuild.render.secret_refs), spec.json (when the
+spec holds it, not when it names a file or env the build host read) and user-data (it carries the payload). imagebuild.render.render_all writes each 0600, and write_tree makes
 a tree holding one 0700. install.sh, expected.json and the Packer template carry none of them
 (only paths and sha256), nor does a bake's manifest.json. The user-data goes into instance metadata, which
 anything on the instance that reaches the metadata service can read: it is written only when the user
@@ -14,6 +15,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from imagebuild.render import secret_refs
 from imagebuild.spec.model import Spec
 from imagebuild.spec.secrets import Secret, literal_secrets
 
@@ -25,8 +27,10 @@ PRIVATE = 0o600
 def outputs(spec: Spec) -> dict[str, list[Secret]]:
     """Render-relative path -> the literal secrets it holds (only the outputs that hold one)."""
     found: dict[str, list[Secret]] = {}
+    written_on_node = {refs[0].path: secret_refs.refs_path(host) for host, refs in secret_refs.on_node(spec).items()}
     for secret in literal_secrets(spec):
-        for rel in (f"payload{secret.path}", "spec.json", "user-data"):
+        for rel in (f"payload{written_on_node.get(secret.path, secret.path)}",
+                    *(["spec.json"] if secret.recorded else []), "user-data"):
             found.setdefault(rel, []).append(secret)
     return found
 
