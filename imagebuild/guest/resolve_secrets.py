@@ -74,7 +74,7 @@ def toml_string(value: str) -> str:
 
 
 def _open(request: urllib.request.Request):
-    return urllib.request.urlopen(request, timeout=TIMEOUT)  # noqa: S310 - http(s) URLs of the IMDS and AWS
+    return urllib.request.urlopen(request, timeout=TIMEOUT)
 
 
 class Metadata:
@@ -220,7 +220,7 @@ def fill(template: str, values: list[dict], texts: list[str]) -> str:
     """*template* with each value's placeholder (as the rendered TOML writes it) replaced by its text, as a
     TOML basic string. Each placeholder must be there exactly once."""
     out = template
-    for entry, text in zip(values, texts):
+    for entry, text in zip(values, texts, strict=True):
         if template.count(entry["placeholder"]) != 1:
             raise ResolveError(f"{entry['key']}: its placeholder is {template.count(entry['placeholder'])} times "
                                "in the rendered hosts.toml, expected once")

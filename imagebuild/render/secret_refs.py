@@ -83,10 +83,16 @@ def read_on_build_host(ref: Reference, environ: Mapping[str, str]) -> str:
     return ref.ref.prefix + value
 
 
-def stage(spec: Spec, environ: Mapping[str, str] | None = None) -> Spec:
+def stage(spec: Spec, environ: Mapping[str, str] | None = None, *, image: bool = False) -> Spec:
     """*spec* with every `file`/`env` header value read now on this host (a copy; *spec* itself is left as it
     is, and so is the copy's document: spec.json records the references). SpecError (exit 2) naming each key
-    this host has no value for."""
+    this host has no value for; for an *image* (a bake), naming each value the node would read: the build VM
+    would read it instead, with the build's role, and the image would hold it."""
+    if image and (node := references(spec, on_node=True)):
+        raise SpecError([Problem(r.key, f"{r.ref.describe()} is read on the node at install time, and a bake "
+                                 "installs in the build VM: the image would hold the value the build read. Give "
+                                 "this spec to the nodes as user-data (imagebuild user-data), or bake the value "
+                                 "in from the build host ({file: PATH} or {env: NAME})") for r in node])
     refs = references(spec, on_node=False)
     if not refs:
         return spec

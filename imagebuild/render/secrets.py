@@ -3,7 +3,8 @@
 The outputs that hold a literal secret (imagebuild.spec.secrets: a mirror endpoint's header values) are
 known by construction (:func:`outputs`): the registry's payload hosts.toml (or the document the node writes
 it from, when another of its headers is read on the node: imagebuild.render.secret_refs), spec.json (when the
-spec holds it, not when it names a file or env the build host read) and user-data (it carries the payload). imagebuild.render.render_all writes each 0600, and write_tree makes
+spec holds it, not when it names a file or env the build host read) and user-data (it carries the payload).
+imagebuild.render.render_all writes each 0600, and write_tree makes
 a tree holding one 0700. install.sh, expected.json and the Packer template carry none of them
 (only paths and sha256), nor does a bake's manifest.json. The user-data goes into instance metadata, which
 anything on the instance that reaches the metadata service can read: it is written only when the user
@@ -47,7 +48,8 @@ def where_they_went(spec: Spec, written: Iterable[str], base: Path | str) -> lis
     lines = []
     for secret in literal_secrets(spec):
         places = [str(Path(base) / rel) for rel in written if secret in holding.get(rel, ())]
-        lines.append(f"{secret.key} is a literal secret; it is in {', '.join(places)} (each 0600, in a 0700 "
+        kind = "a literal secret" if secret.recorded else "a secret read on this host (spec.json records where)"
+        lines.append(f"{secret.key} is {kind}; it is in {', '.join(places)} (each 0600, in a 0700 "
                      f"directory) and goes to {secret.path} (0600) on every node")
     return lines
 

@@ -101,9 +101,10 @@ class Instance:
         }
         if self.role:
             key, secret, token = self.role_credentials
+            profile = f"arn:aws:iam::{self.account_id}:instance-profile/{self.role}"
             meta["iam"] = {
                 "info": json.dumps({"Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z",
-                                    "InstanceProfileArn": f"arn:aws:iam::{self.account_id}:instance-profile/{self.role}",
+                                    "InstanceProfileArn": profile,
                                     "InstanceProfileId": "AIPA0123456789ABCDEFG"}),
                 "security-credentials": {self.role: json.dumps({
                     "Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z", "Type": "AWS-HMAC",
