@@ -280,7 +280,6 @@ def main(argv: list[str] | None = None, environ: dict | None = None) -> int:
     parser.add_argument("documents", nargs="+", help="the payload's registry-secrets/<host>.json")
     args = parser.parse_args(argv)
     environ = dict(os.environ if environ is None else environ)
-    os.umask(0o077)
     context: dict = {}
     for name in args.documents:
         try:
