@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imagebuild.errors import ImagebuildError
-from imagebuild.render import config_toml, downloads, expected, hosts_toml, secrets, userdata
+from imagebuild.render import config_toml, downloads, expected, hosts_toml, secret_refs, secrets, userdata
 from imagebuild.render.templating import PACKAGE_DIR, render_template, shipped_dir
 from imagebuild.spec import platforms
 from imagebuild.spec.fields import normalized
@@ -62,10 +62,17 @@ def payload(spec: Spec) -> dict[str, File]:
     """The files the install script places, keyed by their absolute path on the machine."""
     files: dict[str, File] = {"/etc/containerd/config.toml": File(config_toml.render(spec).encode())}
     if spec.config.registry.mode == "hosts":
+        node_refs = secret_refs.on_node(spec)  # their hosts.toml is written on the node (render.secret_refs)
         for mirror in spec.config.registry.mirrors:
             path = f"{spec.config.registry.config_path}/{mirror.host}/hosts.toml"
+            if mirror.host in node_refs:
+                files[secret_refs.refs_path(mirror.host)] = File(
+                    secret_refs.refs_document(mirror, path, node_refs[mirror.host]), 0o600)
+                continue
             secret = any(ep.headers for ep in mirror.endpoints)
             files[path] = File(hosts_toml.render(mirror).encode(), 0o600 if secret else 0o644)
+        if node_refs:
+            files[secret_refs.RESOLVER] = File((PACKAGE_DIR / "guest" / "resolve_secrets.py").read_bytes(), 0o755)
     context = {"unit": spec.unit, "system": spec.system}
     if spec.containerd.install.method == "tarball":
         files["/etc/systemd/system/containerd.service"] = File(
@@ -83,7 +90,10 @@ def payload(spec: Spec) -> dict[str, File]:
 
 def install_script(spec: Spec, files: dict[str, File]) -> str:
     entries = [{"path": path, "mode": f"{f.mode:04o}", "sha256": f.sha256} for path, f in files.items()]
+    resolved = [{"refs": secret_refs.refs_path(refs[0].host), "path": refs[0].path}
+                for refs in secret_refs.on_node(spec).values()] if spec.config.registry.mode == "hosts" else []
     return render_template("install.sh.j2", spec=spec, files=entries, guest_dir=GUEST_DIR, sysctl_path=SYSCTL_PATH,
+                           resolved=resolved, resolver=secret_refs.RESOLVER,
                            sandbox_pull=json.dumps({"image": {"image": spec.config.sandbox_image}}),
                            sandbox_name=normalized(spec.config.sandbox_image),
                            protocols={name: downloads.curl_protocols(art) for name, art in downloads.artifacts(spec)},
