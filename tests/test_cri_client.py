@@ -202,6 +202,36 @@ def _image(message) -> dict:
             "size": message.size, "pinned": message.pinned}
 
 
+def test_the_client_runs_as_shipped_with_the_standard_library_alone(lab, tmp_path):
+    """The Packer build runs packer/cri.py with packer/cri_hpack.py beside it (/tmp/imagebuild-cri/), the
+    verify seed both beside cri_checks.py: from such a directory, with no site-packages at all (-S -E: no
+    imagebuild to fall back on), it asks a real containerd and decodes its answer; without cri_hpack.py
+    beside it, it cannot even start."""
+    import json
+    import shutil
+    import subprocess
+
+    from imagebuild import render
+    from imagebuild.spec import load
+
+    files = render.render_all(load())
+    assert load().image.sandbox.source == "registry"      # the default: the build pulls through cri.py
+    for name in ("cri.py", "cri_hpack.py"):
+        (tmp_path / name).write_bytes(files[f"packer/{name}"].content)
+    daemon = _daemon("2.3", lab["registry"], cri.scratch("ib-cs-"))
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    argv = [python, "-S", "-E", str(tmp_path / "cri.py"), "--socket", str(daemon.sock), "--wait", "60", "Version"]
+    try:
+        ran = subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout)["runtime_name"] == "containerd"
+        (tmp_path / "cri_hpack.py").unlink()
+        alone = subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=60)
+    finally:
+        daemon.close()
+    assert alone.returncode == 1 and "No module named 'imagebuild'" in alone.stderr, alone.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILY_VERSIONS)
 def test_the_stdlib_client_gets_what_grpcio_gets_from_the_real_daemon(lab, family):
