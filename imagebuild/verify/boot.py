@@ -117,6 +117,8 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
         boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "", firmware)
         if build_firmware:
             boot["build_firmware"] = build_firmware
+        if egress == "proxy":
+            boot["routed"] = False  # restrict=on: QEMU's DHCP offers no gateway (boot.network.dhcp)
         user_data = _seed_files(spec, install=install, boot=boot)
         serial_log = log_dir / f"{label}.serial.log"
         # The registry lab of this boot (imagebuild/verify/cri_lab.py). A baked image (not the user-data path)

@@ -317,6 +317,9 @@ def test_user_data_path_verifies_on_ec2_with_the_proxy_its_only_way_out(mirror, 
     assert {by_name[f"secret.private.{log}"]["actual"] for log in (
         "/var/log/cloud-init.log", "/var/log/cloud-init-output.log", "/var/lib/cloud/instance/user-data.txt")} == {
         "root 0600"}
+    # No router in this network: DHCP configured the NIC, and the guest has no default route to leave by.
+    assert by_name["network.dhcp"]["expected"].endswith(": no default route, configured by DHCP")
+    assert "default route via <none>" in by_name["network.dhcp"]["actual"]
     saved = json.loads((tmp_path / "verify-user-data-ec2.json").read_text())
     assert (saved["platform"], saved["egress"]) == ("ec2", "proxy")
     # The proxy's own log: the tarball, the Debian archive (the worker profile's packages), every registry.
