@@ -46,12 +46,12 @@ CRI_CHECKS = {
     "cri.mirror.sandbox_image",
 }
 CRI_CONFIG_CHECKS = {"cri.config.sandbox_image", "cri.config.registry_config_path"}  # 1.x: Status shows its config
-# A baked image: no lab's hosts line, and containerd holds exactly what the bake put there (asked through CRI
-# at boot, and read from the content store without booting).
 # The proxy-only boot (egress proxy): what passed through the lab's proxy, from its log (imagebuild/verify/egress.py).
 EGRESS_CHECKS = {"egress.proxy.download.tarball", "egress.proxy.download.runc", "egress.proxy.apt",
                  *(f"egress.proxy.registry.{host}" for host in ("docker.io", "gcr.io", "k8s.gcr.io", "quay.io")),
                  "egress.proxy.registry.sandbox_image"}
+# A baked image: no lab's hosts line, and containerd holds exactly what the bake put there (asked through CRI
+# at boot, and read from the content store without booting).
 BAKED_CHECKS = {"hygiene.build_lab_removed", "cri.images_at_boot", "image.content_store"}
 # A baked sandbox image (image.sandbox.source archive): pinned, with its source's digest, running its program.
 SANDBOX_BAKED_CHECKS = {"cri.sandbox_pinned", "cri.sandbox_digest", "cri.sandbox_process"}
