@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import atexit
 import os
-import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -27,7 +25,7 @@ import tomlkit
 
 from devtools import families
 from imagebuild.spec.containerd_keys import KeyPaths
-from imagebuild.verify import registry
+from imagebuild.verify import egress, registry
 from tests.daemons import Daemon, DaemonExited
 
 __all__ = ["Containerd", "DaemonExited", "RegistryServer", "Tinyproxy", "cri", "free_port", "host_only", "scratch"]
@@ -37,38 +35,12 @@ _stop = registry.stop
 RegistryServer = registry.RegistryServer  # the product's: verify's lab serves from it too
 
 
-class Tinyproxy:
-    """Debian's tinyproxy, a real forward proxy, on 127.0.0.1. Requests for hosts under *domain*
-    go on to *upstream* (host:port) as to a next proxy, so names that do not resolve here (`.test`)
-    still reach a local registry; anything else is looked up and fails. Its log lists every request."""
-
-    def __init__(self, work: Path, domain: str, upstream: str):
-        self.work = Path(work)
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.log_path = self.work / "tinyproxy.log"
-        config = self.work / "tinyproxy.conf"
-        config.write_text(f"Port {self.port}\nListen 127.0.0.1\nAllow 127.0.0.1\nLogFile \"{self.log_path}\"\n"
-                          f"LogLevel Info\nMaxClients 20\nupstream http {upstream} \"{domain}\"\n")
-        self.daemon = Daemon(["tinyproxy", "-d", "-c", str(config)], self.work / "tinyproxy.out")
-        self.proc = self.daemon.proc
-
-        def listening() -> bool:
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-        self.daemon.wait_ready(listening, 10, f"listening on 127.0.0.1:{self.port}")
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def requests(self) -> list[str]:
-        """The request lines it received ("GET http://host/path HTTP/1.1")."""
-        if not self.log_path.exists():
-            return []
-        return re.findall(r"Request \(file descriptor \d+\): (.+)$", self.log_path.read_text(errors="replace"),
-                          flags=re.M)
-
-    def close(self) -> None:
-        self.daemon.stop()
+def Tinyproxy(work: Path, domain: str, upstream: str) -> egress.Tinyproxy:
+    """Debian's tinyproxy, a real forward proxy, on 127.0.0.1: the verify lab's (imagebuild.verify.egress).
+    Requests for hosts under *domain* go on to *upstream* (host:port) as to a next proxy, so names that do
+    not resolve here (`.test`) still reach a local registry; anything else is looked up and fails. Its log
+    lists every request (`requests()`)."""
+    return egress.Tinyproxy(work, {domain: upstream})
 
 
 def unit_environment(dropin: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The one launcher of the tests' daemons (containerd, tinyproxy, ...), on the product's process module.
+"""The one launcher of the tests' daemons (containerd, moto, ...), on the product's process module.
 
 `Daemon(argv, log_path)` starts *argv* with `imagebuild.run.spawn`: its own process group, SIGKILLed by the
 kernel if the test process dies (die_with_parent), stdout and stderr into *log_path*. `wait_ready(ready,

@@ -30,6 +30,12 @@ STATIC_SPECS = {
     "package-hold": {"containerd": {"install": {"method": "package", "package": {"version": PACKAGE_VERSIONS["1.6"]}}}},
     "package-no-hold": {"containerd": {"install": {"method": "package", "package": {
         "version": PACKAGE_VERSIONS["1.6"], "hold": False}}}},
+    # the proxy's lines for curl and apt (tests/test_install_proxy.py), with and without apt-get in the script
+    "tarball-proxy": {"proxy": {"http": "http://p.example:3128", "https": "http://p.example:3129",
+                                "no_proxy": [".svc", "10.96.0.0/12", "::1", "db.internal:5432"]}},
+    "tarball-proxy-no-apt": {"proxy": {"https": "http://p.example:3129"}, "system": {"profile": "none"}},
+    "package-proxy": {"proxy": {"http": "http://p.example:3128"}, "containerd": {"install": {
+        "method": "package", "package": {"version": PACKAGE_VERSIONS["1.6"]}}}},
 }
 
 

@@ -145,9 +145,13 @@ def platform_checks(rep, boot: dict) -> None:
         if dev:
             ifindex = Path(f"/sys/class/net/{dev}/ifindex").read_text().strip()
             how, dhcp = dhcp_configured(dev, ifindex)
-        rep.check("network.dhcp", f"the NIC with MAC {mac}: default route, configured by DHCP",
+        # boot.routed false: a network with no router (the lab's proxy-only one: its DHCP offers no gateway, and
+        # everything the guest reaches is on the link), where a default route would be a way out.
+        routed = boot.get("routed", True)
+        rep.check("network.dhcp", f"the NIC with MAC {mac}: {'default route' if routed else 'no default route'}, "
+                  "configured by DHCP",
                   f"{dev or '<no such NIC>'}: default route via {route_dev or '<none>'}, {how}",
-                  bool(dev) and route_dev == dev and dhcp)
+                  bool(dev) and dhcp and (route_dev == dev if routed else not route))
 
 
 def ec2_checks(rep, boot: dict) -> None:

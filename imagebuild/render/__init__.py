@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imagebuild.errors import ImagebuildError
-from imagebuild.render import config_toml, downloads, expected, hosts_toml, secret_refs, secrets, userdata
+from imagebuild.render import config_toml, downloads, expected, hosts_toml, proxy, secret_refs, secrets, userdata
 from imagebuild.render.templating import PACKAGE_DIR, render_template, shipped_dir
 from imagebuild.spec import platforms
 from imagebuild.spec.fields import normalized
@@ -97,7 +97,9 @@ def install_script(spec: Spec, files: dict[str, File]) -> str:
                            sandbox_pull=json.dumps({"image": {"image": spec.config.sandbox_image}}),
                            sandbox_name=normalized(spec.config.sandbox_image),
                            protocols={name: downloads.curl_protocols(art) for name, art in downloads.artifacts(spec)},
-                           connect_timeout=downloads.CONNECT_TIMEOUT, retries=downloads.RETRIES)
+                           connect_timeout=downloads.CONNECT_TIMEOUT, retries=downloads.RETRIES,
+                           stall_seconds=downloads.STALL_SECONDS,
+                           proxy_env=proxy.install_environment(spec.proxy), apt_proxy=proxy.apt_options(spec.proxy))
 
 
 def guest_files(spec: Spec) -> dict[str, File]:

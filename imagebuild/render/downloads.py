@@ -31,6 +31,8 @@ AT_INSTALL_ENV = "IMAGEBUILD_CHECKSUMS_AT_INSTALL"
 #: install.sh's curl: seconds to connect, and how often a failed download is tried again.
 CONNECT_TIMEOUT = 20
 RETRIES = 5
+#: ... and after how many seconds without a byte a transfer counts as failed (and is tried again).
+STALL_SECONDS = 60
 
 
 def artifacts(spec: Spec) -> list[tuple[str, Any]]:

@@ -493,7 +493,7 @@ NoProxyEntry = Annotated[str, Text(NO_PROXY_ENTRY, "a host, .domain, IP address,
 
 
 class Proxy(Section):
-    """HTTP(S) proxy for containerd's pulls (a containerd.service.d/http-proxy.conf drop-in)"""
+    """HTTP(S) proxy for containerd's pulls (an http-proxy.conf drop-in) and install.sh's downloads and apt-get"""
 
     http: HttpUrl | None = Field(None, description="HTTP_PROXY: proxy for http:// registries")
     https: HttpUrl | None = Field(None, description="HTTPS_PROXY: proxy for https:// registries")

@@ -107,15 +107,18 @@ def _public_key(work: Path) -> str:
 
 def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: Path, label: str,
           platform: str = "nocloud", firmware: str = "bios", build_firmware: str | None = None,
-          sandbox: dict | None = None) -> dict:
+          sandbox: dict | None = None, egress: str = "open") -> dict:
     """One verify boot. *build_firmware*: what the bake's manifest says its build VM booted under, which
     the guest compares with what hygiene.sh recorded there (boot.build_firmware). *sandbox*: the manifest's
-    record of the image's sandbox image (default: what image.sandbox says the bake did)."""
+    record of the image's sandbox image (default: what image.sandbox says the bake did). *egress*: the lab's
+    network ("proxy": the lab's proxy is the guest's one way out; its log goes to <label>.proxy.log)."""
     work = Path(tempfile.mkdtemp(prefix="imagebuild-verify-"))
     try:
         boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "", firmware)
         if build_firmware:
             boot["build_firmware"] = build_firmware
+        if egress == "proxy":
+            boot["routed"] = False  # restrict=on: QEMU's DHCP offers no gateway (boot.network.dhcp)
         user_data = _seed_files(spec, install=install, boot=boot)
         serial_log = log_dir / f"{label}.serial.log"
         # The registry lab of this boot (imagebuild/verify/cri_lab.py). A baked image (not the user-data path)
@@ -123,7 +126,8 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
         # before any registry is reachable.
         source = (sandbox or {}).get("source", spec.image.sandbox.source)
         with cri_lab.start(spec, work, platform, test_image, baked=not install,
-                           sandbox_baked=not install and source != "none", sandbox=sandbox) as lab:
+                           sandbox_baked=not install and source != "none", sandbox=sandbox, egress=egress,
+                           proxy_log=log_dir / f"{label}.proxy.log" if egress == "proxy" else None) as lab:
             # boot_checks.py and secret_checks.py ride on the seed disk like the CRI checks: the user-data must
             # fit EC2's 16 KB.
             disk_files = {TEST_IMAGE: test_image.read_bytes(),
@@ -144,6 +148,7 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
             else:
                 report = _boot_ec2(disk, spec, boot, user_data, disk_files, work, serial_log, lab.netdev_options())
             report["firmware"] = firmware
+            report["egress"] = egress
             return _add_checks(report, lab.host_checks()) if report.get("summary") else report
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -335,9 +340,10 @@ def write_image_report(out_dir: Path, report: dict, image: Path, image_sha: str,
 
 
 def verify_user_data(spec: Spec, *, base: str | None = None, log_dir: str | None = None,
-                     platform: str = "nocloud", firmware: str | None = None) -> dict:
+                     platform: str = "nocloud", firmware: str | None = None, egress: str = "open") -> dict:
     """Boot the plain base image with the spec's user-data (on EC2: through the IMDS, gzipped), then
-    run the same check."""
+    run the same check. *egress* "proxy": the guest's one way out is the lab's proxy, which the spec's proxy
+    must name (imagebuild.verify.egress); its log is <label>.proxy.log in *log_dir*."""
     from imagebuild.build.base_source import resolve_base
 
     source, _ = resolve_base(spec, base)
@@ -347,7 +353,7 @@ def verify_user_data(spec: Spec, *, base: str | None = None, log_dir: str | None
     label = "user-data.verify" if platform == "nocloud" else f"user-data.verify-{platform}"
     report = _boot(Path(source), spec, install=True, test_image=_test_image(spec.image.architecture),
                    log_dir=out_dir, label=label, platform=platform,
-                   firmware=image_firmware(Path(source), spec, firmware))
+                   firmware=image_firmware(Path(source), spec, firmware), egress=egress)
     report |= {"base_image": source, "spec_hash": spec.spec_hash, "mode": "user-data",
                "user_data_bytes": len(render.user_data(spec))}
     render.write_file_atomic(out_dir / report_name(platform, user_data=True),

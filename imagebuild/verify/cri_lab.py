@@ -24,8 +24,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagebuild.errors import ImagebuildError
+from imagebuild.render import downloads
 from imagebuild.spec import Spec, api_root
 from imagebuild.spec.fields import normalized
+from imagebuild.verify import egress as egress_lab
 from imagebuild.verify import imds
 from imagebuild.verify.registry import RegistryServer, lab_ca
 from imagebuild.verify.testimage import test_oci_image
@@ -43,6 +46,7 @@ class Pull:
     image: str            # what the guest asks CRI to pull
     port: int             # the port of the endpoint that must serve it
     manifest: str         # the path (with query) that endpoint must be asked for
+    endpoint: str = ""    # that endpoint's URL (scheme://host[:port]...)
 
     def as_json(self) -> dict:
         return {"host": self.host, "image": self.image, "port": self.port, "manifest": self.manifest}
@@ -85,7 +89,7 @@ def plan(spec: Spec, *, sandbox_baked: bool = False) -> Plan:
         repo = f"imagebuild/verify-{index}"
         pushes.append(("test", f"{root[len('/v2'):].strip('/')}/{repo}:{TAG}".lstrip("/")))
         pull = Pull(mirror.host, f"{mirror.host}/{repo}:{TAG}", _port(urllib.parse.urlsplit(ep.url)),
-                    f"{root}/{repo}/manifests/{TAG}?ns={mirror.host}")
+                    f"{root}/{repo}/manifests/{TAG}?ns={mirror.host}", ep.url)
         pulls.append(pull)
         by_host[mirror.host] = (ep, root)
     image = spec.config.sandbox_image
@@ -93,11 +97,11 @@ def plan(spec: Spec, *, sandbox_baked: bool = False) -> Plan:
     repo, _, tag = rest.rpartition(":")
     if host in by_host:
         ep, root = by_host[host]
-        port = _port(urllib.parse.urlsplit(ep.url))
+        port, endpoint = _port(urllib.parse.urlsplit(ep.url)), ep.url
     elif sandbox_baked:
         return Plan(names=names, ports=ports, pulls=pulls, sandbox=None, pushes=pushes)
     else:  # no mirror for it: the lab stands in for its registry itself
-        root, port = "/v2", 443
+        root, port, endpoint = "/v2", 443, f"https://{host}"
         if host not in names:
             names.append(host)
         ports.setdefault(443, True)
@@ -105,7 +109,7 @@ def plan(spec: Spec, *, sandbox_baked: bool = False) -> Plan:
         pushes.append(("sandbox", f"{root[len('/v2'):].strip('/')}/{repo}:{tag}".lstrip("/")))
     # containerd names the upstream in `?ns=` only when it asks a mirror, not the registry itself.
     query = f"?ns={host}" if host in by_host else ""
-    sandbox = Pull(host, image, port, f"{root}/{repo}/manifests/{tag}{query}")
+    sandbox = Pull(host, image, port, f"{root}/{repo}/manifests/{tag}{query}", endpoint)
     return Plan(names=names, ports=ports, pulls=pulls, sandbox=sandbox, pushes=pushes)
 
 
@@ -169,31 +173,41 @@ def mirror_checks(lab_plan: Plan, registries: dict[int, RegistryServer], *, sand
 
 
 def start(spec: Spec, work: Path, platform: str, test_image: Path, *, baked: bool = False,
-          sandbox_baked: bool = False, sandbox: dict | None = None) -> Lab:
+          sandbox_baked: bool = False, sandbox: dict | None = None, egress: str = "open",
+          proxy_log: Path | None = None) -> Lab:
     """The lab for *spec*: the test image under each mirrored name, and unless the image holds its own
     (*sandbox_baked*), a stand-in sandbox image (the test image's program, sleeping) under the spec's
-    sandbox image name, for this boot's overlay."""
+    sandbox image name, for this boot's overlay. *egress* "proxy": the guest's one way out is the lab's
+    proxy (imagebuild.verify.egress), which logs to *proxy_log*."""
     images = {"test": test_image}
     if not sandbox_baked:
         images["sandbox"] = work / "sandbox-image.tar"
         test_oci_image(images["sandbox"], cmd=("/bin/sleep", "3600"), arch=spec.image.architecture)
-    return Lab(spec, work / "lab", platform, images, baked=baked, sandbox_baked=sandbox_baked, sandbox=sandbox)
+    return Lab(spec, work / "lab", platform, images, baked=baked, sandbox_baked=sandbox_baked, sandbox=sandbox,
+               egress=egress, proxy_log=proxy_log)
 
 
 class Lab:
     """The running lab of *spec* for a boot on *platform*: registries up, images pushed."""
 
     def __init__(self, spec: Spec, work: Path, platform: str, images: dict[str, Path], *, baked: bool = False,
-                 sandbox_baked: bool = False, sandbox: dict | None = None):
-        self.spec, self.platform, self.baked = spec, platform, baked
+                 sandbox_baked: bool = False, sandbox: dict | None = None, egress: str = "open",
+                 proxy_log: Path | None = None):
+        if egress not in egress_lab.EGRESS:
+            raise ImagebuildError(f"unknown egress {egress!r}: use {' or '.join(egress_lab.EGRESS)}")
+        self.spec, self.platform, self.baked, self.egress = spec, platform, baked, egress
         self.sandbox_baked, self.sandbox = sandbox_baked, sandbox
         self.plan = plan(spec, sandbox_baked=sandbox_baked)
         self.work = Path(work)
         self.ip = LAB_IP[platform]
         self.tls = lab_ca(self.work / "ca", self.plan.names)
         self.registries: dict[int, RegistryServer] = {}
+        self.relay: egress_lab.Relay | None = None
+        self.proxy: egress_lab.Tinyproxy | None = None
         storage = self.work / "storage"
         try:
+            if egress == "proxy":
+                egress_lab.check_spec_proxy(spec.proxy, self.ip)
             for port, tls in sorted(self.plan.ports.items()):
                 self.registries[port] = RegistryServer(self.work / f"registry-{port}", storage=storage,
                                                  tls=(self.tls["cert"], self.tls["key"]) if tls else None)
@@ -205,12 +219,32 @@ class Lab:
             finally:
                 if pusher is not plain:
                     pusher.close()
+            if egress == "proxy":
+                self._start_proxy(proxy_log)
         except BaseException:
             self.close()
             raise
 
+    def _start_proxy(self, log: Path | None) -> None:
+        """The proxy-only network's proxy, and the relay that resolves the lab's names for it."""
+        ports = {port: reg.port for port, reg in self.registries.items()}
+        names = set(self.plan.names)
+
+        def route(host: str, port: int) -> int | None:
+            if host == egress_lab.HOST_NAME:
+                return port
+            return ports.get(port) if host in names else None
+
+        self.relay = egress_lab.Relay(route)
+        self.proxy = egress_lab.Tinyproxy(self.work / "proxy", {
+            name: f"127.0.0.1:{self.relay.port}" for name in [*self.plan.names, egress_lab.HOST_NAME]}, log_path=log)
+
     def netdev_options(self) -> str:
-        """``-netdev user`` options: the guest's LAB_IP:<port> relayed to the host registry of that port."""
+        """``-netdev user`` options: the guest's LAB_IP:<port> relayed to the host registry of that port; in the
+        proxy-only network (egress proxy), the guest isolated (restrict=on) but for LAB_IP:PROXY_PORT, the proxy."""
+        if self.proxy:
+            return (f"restrict=on,guestfwd=tcp:{self.ip}:{egress_lab.PROXY_PORT}-cmd:"
+                    f"{imds.relay_command(self.proxy.port)}")
         return ",".join(f"guestfwd=tcp:{self.ip}:{port}-cmd:{imds.relay_command(reg.port)}"
                         for port, reg in sorted(self.registries.items()))
 
@@ -230,11 +264,27 @@ class Lab:
         return [f"{self.ip} {name}" for name in self.plan.names]
 
     def host_checks(self) -> list[dict]:
-        return mirror_checks(self.plan, self.registries, sandbox_baked=self.sandbox_baked)
+        checks = mirror_checks(self.plan, self.registries, sandbox_baked=self.sandbox_baked)
+        if self.proxy:
+            install = self.spec.containerd.install
+            arts = downloads.artifacts(self.spec)
+            fetched = [(key, art.resolved_url) for key, art in arts]
+            fetched += [(f"{key}.checksum_url", art.resolved_checksum_url) for key, art in arts
+                        if not art.pinned_sha256 and art.resolved_checksum_url]
+            pulls = [p for p in self.plan.pulls + [self.plan.sandbox] if p and p.endpoint]
+            checks += egress_lab.checks(self.proxy.requests(), fetched,
+                                        install.method == "package" or bool(self.spec.system.packages),
+                                        [(p.host if p is not self.plan.sandbox else "sandbox_image", p.endpoint)
+                                         for p in pulls])
+        return checks
 
     def close(self) -> None:
         for reg in self.registries.values():
             reg.close()
+        if self.proxy:
+            self.proxy.close()
+        if self.relay:
+            self.relay.close()
 
     def __enter__(self) -> Lab:
         return self

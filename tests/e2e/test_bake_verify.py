@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 
 import pytest
 import yaml
 
-from imagebuild import render, vm
+from imagebuild import render
 from imagebuild.build import base_disk, lab_ledger
 from imagebuild.cli import main
 from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.spec import parse
+from imagebuild.verify import cri_lab, egress
 from imagebuild.verify.boot import verify_image, verify_user_data
 from imagebuild.vm.disks import OfflineImage
 from tests.support import qemu_processes_using
@@ -44,6 +46,10 @@ CRI_CHECKS = {
     "cri.mirror.sandbox_image",
 }
 CRI_CONFIG_CHECKS = {"cri.config.sandbox_image", "cri.config.registry_config_path"}  # 1.x: Status shows its config
+# The proxy-only boot (egress proxy): what passed through the lab's proxy, from its log (imagebuild/verify/egress.py).
+EGRESS_CHECKS = {"egress.proxy.download.tarball", "egress.proxy.download.runc", "egress.proxy.apt",
+                 *(f"egress.proxy.registry.{host}" for host in ("docker.io", "gcr.io", "k8s.gcr.io", "quay.io")),
+                 "egress.proxy.registry.sandbox_image"}
 # A baked image: no lab's hosts line, and containerd holds exactly what the bake put there (asked through CRI
 # at boot, and read from the content store without booting).
 BAKED_CHECKS = {"hygiene.build_lab_removed", "cri.images_at_boot", "image.content_store"}
@@ -291,14 +297,19 @@ def test_an_image_whose_datasources_exclude_ec2_fails_the_ec2_verify(base_image,
     image.unlink()   # a sparse 3 GiB raw: not kept in pytest's temp directories
 
 
-def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
-    """The rendered user-data, gzipped as EC2 hands it over, through the IMDS to the plain base image."""
+def test_user_data_path_verifies_on_ec2_with_the_proxy_its_only_way_out(mirror, base_image, tmp_path):
+    """The rendered user-data, gzipped as EC2 hands it over, through the IMDS to the plain base image, in a
+    network whose only way out is the spec's proxy (egress proxy: QEMU's restrict=on, the lab's tinyproxy the one
+    forward besides the IMDS). The install's downloads (a host only the proxy reaches), the worker profile's apt
+    and containerd's pulls all pass through it: its own log says so."""
     from imagebuild.spec import load
 
-    spec = mirror(load(), "1.6", guest_host=vm.EC2_HOST)
-    report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path), platform="ec2")
+    lab_proxy = egress.proxy_url(cri_lab.LAB_IP["ec2"])
+    spec = mirror(with_changes(load(), proxy={"http": lab_proxy, "https": lab_proxy}), "1.6",
+                  guest_host=egress.HOST_NAME)
+    report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path), platform="ec2", egress="proxy")
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
-    assert EC2_CHECKS | CRI_CHECKS <= {c["check"] for c in report["checks"]}
+    assert EC2_CHECKS | CRI_CHECKS | EGRESS_CHECKS <= {c["check"] for c in report["checks"]}
     assert report["timings"]["containerd_active_s"] is not None
     assert report["user_data_bytes"] == len(render.user_data(spec)) <= 16384
     by_name = {c["check"]: c for c in report["checks"]}
@@ -306,7 +317,19 @@ def test_user_data_path_verifies_on_ec2(mirror, base_image, tmp_path):
     assert {by_name[f"secret.private.{log}"]["actual"] for log in (
         "/var/log/cloud-init.log", "/var/log/cloud-init-output.log", "/var/lib/cloud/instance/user-data.txt")} == {
         "root 0600"}
-    assert json.loads((tmp_path / "verify-user-data-ec2.json").read_text())["platform"] == "ec2"
+    # No router in this network: DHCP configured the NIC, and the guest has no default route to leave by.
+    assert by_name["network.dhcp"]["expected"].endswith(": no default route, configured by DHCP")
+    assert "default route via <none>" in by_name["network.dhcp"]["actual"]
+    saved = json.loads((tmp_path / "verify-user-data-ec2.json").read_text())
+    assert (saved["platform"], saved["egress"]) == ("ec2", "proxy")
+    # The proxy's own log: the tarball, the Debian archive (the worker profile's packages), every registry.
+    asked = re.findall(r"Request \(file descriptor \d+\): (\S+ \S+)",
+                       (tmp_path / "user-data.verify-ec2.proxy.log").read_text())
+    install = spec.containerd.install
+    assert f"GET {install.tarball.resolved_url}" in asked and f"GET {install.runc.resolved_url}" in asked, asked
+    assert [a for a in asked if re.match(r"GET http://\S+/pool/\S+/(conntrack|socat|ebtables)_\S+\.deb$", a)], asked
+    for mirror_host in ("docker", "gcr", "quay"):
+        assert f"CONNECT {mirror_host}.mirrors.ustc.edu.cn:443" in asked, asked
 
 
 def test_a_containerd_whose_cri_plugin_is_off_fails_verify(mirror, base_image, tmp_path):

@@ -41,11 +41,15 @@ esac
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
+APT_PROXY=()  # apt-get's options: the spec's proxy, if any
+
 # download URL DEST PROTOCOLS REDIRECT_PROTOCOLS: curl over the protocols the spec allows (https; http
-# only for an artifact marked insecure), redirects included, failing on HTTP errors, with retries.
+# only for an artifact marked insecure), redirects included, failing on HTTP errors, with retries; a
+# connection that stalls (no byte for 60 s) counts as a failed try, not a hung first boot.
 download() {
   curl --fail --silent --show-error --location --proto "$3" --proto-redir "$4" \
-    --connect-timeout 20 --retry 5 --retry-connrefused -o "$2" "$1"
+    --connect-timeout 20 --speed-limit 1 --speed-time 60 \
+    --retry 5 --retry-connrefused -o "$2" "$1"
 }
 
 # fetch URL DEST SHA256 CHECKSUM_URL PROTOCOLS REDIRECT_PROTOCOLS: download, then prove the bytes before
@@ -217,8 +221,8 @@ install_tools() {
     return 0
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  apt-get "${APT_PROXY[@]}" update -q
+  apt-get "${APT_PROXY[@]}" install -y -q --no-install-recommends "${missing[@]}"
   changes+=("packages ${missing[*]}")
 
 }
