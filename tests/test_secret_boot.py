@@ -219,3 +219,13 @@ def test_a_stand_in_needs_the_ec2_boot(tmp_path):
         boot._boot(tmp_path / "disk.qcow2", spec_of(NODE), install=False, test_image=tmp_path / "t.tar",
                    log_dir=tmp_path, label="x", platform="nocloud", aws=STAND_IN)
 
+
+
+def test_the_note_gives_the_units_state_in_one_order_whatever_order_systemctl_prints(monkeypatch):
+    printed = "Result=exit-code\nActiveState=failed\n"  # systemctl show prints the Service properties first
+    monkeypatch.setattr(secret_checks.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=printed, stderr=""))
+    assert secret_checks.unit_state(secret_refs.UNIT) == "ActiveState=failed Result=exit-code"
+    monkeypatch.setattr(secret_checks.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 1, stdout="", stderr="not booted"))
+    assert secret_checks.unit_state(secret_refs.UNIT) == "<unknown>"

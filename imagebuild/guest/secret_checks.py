@@ -118,7 +118,8 @@ def unit_state(unit: str) -> str:
                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"<{exc}>"
-    return " ".join(line.strip() for line in done.stdout.splitlines()) or "<unknown>"
+    shown = dict(line.strip().split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return " ".join(f"{name}={shown[name]}" for name in ("ActiveState", "Result") if name in shown) or "<unknown>"
 
 
 def resolved_check(rep, entry: dict, root: Path = Path("/")) -> None:

@@ -84,8 +84,10 @@ def test_a_node_reference_bakes_without_its_value_and_verifies_as_ec2(mirror, ba
     packer_log = (image.parent / f"{spec.name}.packer.log").read_text()
     assert f"image build: {DOCKER} is not written now" in packer_log
     assert f"secret.not_in_image.{DOCKER}" in packer_log and SSM_VALUE not in packer_log
-    manifest = (image.parent / "manifest.json").read_text()
-    assert SSM_VALUE not in manifest and FILE_VALUE not in manifest and PARAMETER in manifest
+    records = {p.name: p.read_text() for p in image.parent.glob("*.json")}  # manifest, provenance, SBOM, inventory
+    assert {"manifest.json", f"{image.stem}.provenance.json"} <= set(records)
+    assert [name for name, text in records.items() if SSM_VALUE in text or FILE_VALUE in text] == []
+    assert PARAMETER in records[f"{image.stem}.provenance.json"]  # the spec as written: the reference
 
     with OfflineImage(image, tmp_path) as disk:
         assert disk.read(DOCKER) is None  # written at each boot of a machine, never by the build
