@@ -349,7 +349,7 @@ def _run(run: Run, spec: Spec, work: Path, *, force: bool, publish: bool, base: 
         # The built-in base is rebuilt every BASE_REFRESH_DAYS (see scheduled_base).
         source, checksum = resolve_base(unpinned, base or (None if unpinned.image.base else scheduled_base(unpinned)))
         # checksum_urls read once, after the base is found: the inputs hash, render and bake share them
-        spec = render.secret_refs.stage(render.downloads.pin(unpinned), image=True)
+        spec = render.secret_refs.stage(render.downloads.pin(unpinned))
         made["base"] = source
         made["inputs_hash"] = inputs_hash(spec, checksum)
         run.data |= {"base_image": {"source": source, "checksum": checksum}, "inputs_hash": made["inputs_hash"]}

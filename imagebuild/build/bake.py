@@ -223,7 +223,7 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
     # Before the build, not after it: a checksum_url this host cannot read fails in seconds. Read once:
     # the inputs hash and install.sh's pinned sha256 are the same. Header values given by the build host are
     # read now too; they reach the image only through the Packer directory's payload (0600, in a 0700 tree).
-    spec = secret_refs.stage(downloads.pin(spec), image=True)
+    spec = secret_refs.stage(downloads.pin(spec))
     artifacts = resolved_artifacts(spec)
     inputs = inputs_hash(spec, base_checksum, artifacts)
     accelerator = resolve_accelerator(spec.image.accelerator, spec.image.architecture)

@@ -362,6 +362,16 @@ def secret_checks(rep: Reporter, exp: dict) -> None:
     more.run_all(rep, exp)
 
 
+def image_build_checks(rep: Reporter, exp: dict) -> None:
+    """In an image's build: no hosts.toml written from a value read on the node (SSM, Secrets Manager) is in the
+    image; each machine's boots write it with their own role (imagebuild-resolve-secrets.service)."""
+    for entry in (exp.get("secrets") or {}).get("on_node", []):
+        present = Path(entry["path"]).exists()
+        rep.check(f"secret.not_in_image.{entry['path']}", "absent: written at each boot by " + entry["unit"],
+                  "present: the image would hold a value the build read" if present
+                  else "absent: written at each boot by " + entry["unit"])
+
+
 def boot_checks(rep: Reporter, boot: dict) -> None:
     """What this verify boot presented (platform, NIC, hostname, IMDS): boot_checks.py, which the verify
     boot stages beside this file (it is not installed on machines)."""
@@ -392,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instance-id", help="the instance-id this boot's seed carries")
     parser.add_argument("--results", help="also write result lines here (e.g. a virtio-serial port)")
     parser.add_argument("--cri-lab", help="the verify boot's registry lab (cri-lab.json) for the CRI checks")
+    parser.add_argument("--image-build", action="store_true",
+                        help="build phase of an image (the Packer build): a value read on the node is not in it")
     parser.add_argument("--boot", help="JSON facts of this verify boot: platform, instance_id, hostname, mac, "
                                        "public_key (boot phase)")
     args = parser.parse_args(argv)
@@ -416,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         secret_checks(rep, exp)
         if boot:
             boot_checks(rep, boot)
+    if args.phase == "build" and args.image_build:
+        image_build_checks(rep, exp)
     extra_checks(rep, exp, args.phase)
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     rep.emit(DONE, {"passed": rep.passed, "failed": rep.failed, "phase": args.phase,

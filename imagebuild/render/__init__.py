@@ -73,6 +73,7 @@ def payload(spec: Spec) -> dict[str, File]:
             files[path] = File(hosts_toml.render(mirror).encode(), 0o600 if secret else 0o644)
         if node_refs:
             files[secret_refs.RESOLVER] = File((PACKAGE_DIR / "guest" / "resolve_secrets.py").read_bytes(), 0o755)
+            files[secret_refs.UNIT_PATH] = File(secret_refs.unit(list(node_refs)).encode())
     context = {"unit": spec.unit, "system": spec.system}
     if spec.containerd.install.method == "tarball":
         files["/etc/systemd/system/containerd.service"] = File(
@@ -93,7 +94,7 @@ def install_script(spec: Spec, files: dict[str, File]) -> str:
     resolved = [{"refs": secret_refs.refs_path(refs[0].host), "path": refs[0].path}
                 for refs in secret_refs.on_node(spec).values()] if spec.config.registry.mode == "hosts" else []
     return render_template("install.sh.j2", spec=spec, files=entries, guest_dir=GUEST_DIR, sysctl_path=SYSCTL_PATH,
-                           resolved=resolved, resolver=secret_refs.RESOLVER,
+                           resolved=resolved, resolver=secret_refs.RESOLVER, secrets_unit=secret_refs.UNIT,
                            sandbox_pull=json.dumps({"image": {"image": spec.config.sandbox_image}}),
                            sandbox_name=normalized(spec.config.sandbox_image),
                            protocols={name: downloads.curl_protocols(art) for name, art in downloads.artifacts(spec)},
@@ -164,7 +165,9 @@ def packer_template(spec: Spec) -> str:
         base_source=base.source if base else "", base_checksum=base.checksum if base else "none",
         accelerator="kvm" if spec.image.accelerator == "kvm" and arch == "amd64" else "tcg",
         qemu=packer_qemu(arch), required_plugins=(major, minor) >= (1, 7),
-        sandbox_archive=SANDBOX_ARCHIVE, sandbox_args=SANDBOX_ARGS[spec.image.sandbox.source])
+        sandbox_archive=SANDBOX_ARCHIVE, sandbox_args=SANDBOX_ARGS[spec.image.sandbox.source],
+        # a value the node reads is read at each boot of the image, never by the build (render.secret_refs)
+        image_build=spec.config.registry.mode == "hosts" and bool(secret_refs.on_node(spec)))
 
 
 def packer_qemu(arch: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 
 from imagebuild.guest.secret_checks import secret_words
+from imagebuild.render.secret_refs import UNIT
 from imagebuild.spec.model import Spec
 from imagebuild.spec.secrets import literal_secrets, references
 from imagebuild.spec.settings import config_expectations
@@ -54,10 +55,25 @@ def secret_expectations(spec: Spec, files: list[dict]) -> dict:
     words = [secret_words(s.value.encode()) for s in found]
     # a hosts.toml the node writes from a value it reads (SSM, Secrets Manager) is 0600 root's, like the others
     on_node = sorted({r.path for r in references(spec, on_node=True)} - {f["path"] for f in files})
-    return {"files": [{"path": f["path"], "owner": "root", "mode": f["mode"]} for f in files if f["path"] in paths]
-            + [{"path": path, "owner": "root", "mode": "0600"} for path in on_node],
-            "sha256": sorted({hashlib.sha256(w).hexdigest() for found_words in words for w in found_words}),
-            "unsearchable": sum(not found_words for found_words in words)}
+    out = {"files": [{"path": f["path"], "owner": "root", "mode": f["mode"]} for f in files if f["path"] in paths]
+           + [{"path": path, "owner": "root", "mode": "0600"} for path in on_node],
+           "sha256": sorted({hashlib.sha256(w).hexdigest() for found_words in words for w in found_words}),
+           "unsearchable": sum(not found_words for found_words in words)}
+    if on_node:  # the secret.resolved checks (and a bake's secret.not_in_image): only a spec with such values
+        out["on_node"] = on_node_expectations(spec)
+    return out
+
+
+def on_node_expectations(spec: Spec) -> list[dict]:
+    """Each hosts.toml the node writes from values it reads (render.secret_refs), and the headers in it: the
+    hosts.toml entry's URL and the header's name (never a value)."""
+    mirrors = {m.host: m for m in spec.config.registry.mirrors}
+    found: dict[str, dict] = {}
+    for ref in references(spec, on_node=True):
+        entry = found.setdefault(ref.path, {"path": ref.path, "unit": UNIT, "headers": []})
+        url = mirrors[ref.host].endpoints[ref.endpoint].hosts_entry[0]
+        entry["headers"].append({"key": ref.key, "url": url, "name": ref.header})
+    return list(found.values())
 
 
 def render(spec: Spec, files: list[dict], build_user: str) -> dict:

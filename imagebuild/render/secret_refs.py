@@ -9,10 +9,13 @@ Read on the node (`ssm`, `secretsmanager`): that registry's hosts.toml is not in
 carries, per registry, REFS_DIR/<host>.json: the hosts.toml rendered as every other (tomlkit, imagebuild's
 style) with a placeholder string where each such value goes, and what each placeholder stands for. install.sh
 places it with the payload, then runs RESOLVER (imagebuild/guest/resolve_secrets.py), which reads each value
-with the instance's role and writes the hosts.toml, 0600. A placeholder starts with NUL, which no literal
-header value can hold (the spec refuses control characters), so the text tomlkit writes for it
-(`"\\u0000imagebuild-secret:..."`) is found in that file's text nowhere else; the resolver replaces exactly
-that text with the value as a TOML basic string.
+with the instance's role and writes the hosts.toml, 0600; UNIT runs it again at every boot, before containerd.
+A bake's install (IMAGEBUILD_IMAGE_BUILD=1) does not run it: the image holds the resolver, the unit and the
+documents, never a value, and each machine's first boot reads them with its own role.
+
+A placeholder starts with NUL, which no literal header value can hold (the spec refuses control characters),
+so the text tomlkit writes for it (`"\\u0000imagebuild-secret:..."`) is found in that file's text nowhere else;
+the resolver replaces exactly that text with the value as a TOML basic string.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from imagebuild.render import hosts_toml
+from imagebuild.render.templating import render_template
 from imagebuild.render.toml_items import item
 from imagebuild.spec.containerd import Mirror
 from imagebuild.spec.fields import Problem
@@ -32,6 +36,11 @@ from imagebuild.spec.secrets import Reference, references
 #: Where the payload puts the per-registry documents and the resolver on the node.
 REFS_DIR = "/etc/imagebuild/registry-secrets"
 RESOLVER = "/usr/local/libexec/imagebuild/resolve-secrets"
+#: The oneshot unit that runs RESOLVER at every boot, before containerd (templates/resolve-secrets.service.j2).
+UNIT = "imagebuild-resolve-secrets.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT}"
+#: How long a boot waits for it: the resolver gives up on each service after 3 attempts of 5 s.
+UNIT_TIMEOUT_S = 120
 
 
 def placeholder(endpoint: int, header: str) -> str:
@@ -60,6 +69,12 @@ def refs_document(mirror: Mirror, path: str, refs: list[Reference]) -> bytes:
     return (json.dumps(doc, indent=2) + "\n").encode()
 
 
+def unit(hosts: list[str]) -> str:
+    """UNIT: the resolver over the documents of *hosts*, before containerd, at every boot."""
+    return render_template("resolve-secrets.service.j2", resolver=RESOLVER, timeout=UNIT_TIMEOUT_S,
+                           documents=[refs_path(host) for host in hosts])
+
+
 def read_on_build_host(ref: Reference, environ: Mapping[str, str]) -> str:
     """The value of a `file` or `env` reference, prefix included; SpecError naming the key when this host has
     none (never the value)."""
@@ -83,16 +98,11 @@ def read_on_build_host(ref: Reference, environ: Mapping[str, str]) -> str:
     return ref.ref.prefix + value
 
 
-def stage(spec: Spec, environ: Mapping[str, str] | None = None, *, image: bool = False) -> Spec:
+def stage(spec: Spec, environ: Mapping[str, str] | None = None) -> Spec:
     """*spec* with every `file`/`env` header value read now on this host (a copy; *spec* itself is left as it
     is, and so is the copy's document: spec.json records the references). SpecError (exit 2) naming each key
-    this host has no value for; for an *image* (a bake), naming each value the node would read: the build VM
-    would read it instead, with the build's role, and the image would hold it."""
-    if image and (node := references(spec, on_node=True)):
-        raise SpecError([Problem(r.key, f"{r.ref.describe()} is read on the node at install time, and a bake "
-                                 "installs in the build VM: the image would hold the value the build read. Give "
-                                 "this spec to the nodes as user-data (imagebuild user-data), or bake the value "
-                                 "in from the build host ({file: PATH} or {env: NAME})") for r in node])
+    this host has no value for. The values the node reads (ssm, secretsmanager) are left to the node: in a bake,
+    to each boot of the image (UNIT)."""
     refs = references(spec, on_node=False)
     if not refs:
         return spec

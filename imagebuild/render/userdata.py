@@ -48,9 +48,13 @@ def base_document() -> dict:
     return yaml.safe_load((shipped_dir("cloud-init") / "user-data.yaml").read_text())
 
 
-def cloud_config(guest_files: Iterable[tuple[str, bytes, int]], commands: list[list[str]]) -> str:
-    """#cloud-config writing *guest_files* (guest path, content, mode), then running *commands*."""
+def cloud_config(guest_files: Iterable[tuple[str, bytes, int]], commands: list[list[str]],
+                 bootcmd: list[list[str]] | None = None) -> str:
+    """#cloud-config writing *guest_files* (guest path, content, mode), then running *commands*; *bootcmd*: run
+    first, in cloud-init's init stage (before network-online.target)."""
     doc = base_document()
+    if bootcmd:
+        doc["bootcmd"] = list(doc.get("bootcmd") or []) + bootcmd
     doc["write_files"] = list(doc.get("write_files") or [])
     for path, content, mode in guest_files:
         entry = {"path": path, "owner": "root:root", "permissions": f"{mode:04o}"}

@@ -26,7 +26,8 @@ from imagebuild.render import userdata
 from imagebuild.render.templating import PACKAGE_DIR, render_template
 from imagebuild.run import run
 from imagebuild.spec import Spec
-from imagebuild.verify import cri_lab, imds
+from imagebuild.verify import cri_lab, imds, node_secrets
+from imagebuild.verify.node_secrets import AwsStandIn
 from imagebuild.verify.testimage import test_oci_image
 from imagebuild.vm import firmware as fw
 from imagebuild.vm.disks import OfflineImage
@@ -81,10 +82,11 @@ def image_firmware(image: Path, spec: Spec, firmware: str | None = None) -> str:
     return fw.for_boot_mode(boot_mode(spec, str(image)))
 
 
-def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
+def _seed_files(spec: Spec, *, install: bool, boot: dict, aws: AwsStandIn | None = None) -> bytes:
     """The user-data of a verify boot: the check, what it expects and this boot's facts, a script that
     runs it and reports over the results port, then power-off. *install* first installs the spec the
-    way its own user-data does (the user-data path)."""
+    way its own user-data does (the user-data path). *aws*: the stand-in the image's boot-time resolver of
+    registry headers is pointed at (imagebuild.verify.node_secrets), before it runs."""
     files = render.guest_files(spec)
     staged = render.user_data_files(spec, files) if install else []
     staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode) for name in render.CHECK_FILES]
@@ -96,7 +98,7 @@ def _seed_files(spec: Spec, *, install: bool, boot: dict) -> bytes:
     staged.append((f"{VERIFY_DIR}/run-check.sh", run_check.encode(), 0o755))
     commands = (render.user_data_commands(spec) if install else []) + [
         ["bash", f"{VERIFY_DIR}/run-check.sh"], ["systemctl", "poweroff"]]
-    return userdata.cloud_config(staged, commands).encode()
+    return userdata.cloud_config(staged, commands, node_secrets.bootcmd(aws) if aws else None).encode()
 
 
 def _public_key(work: Path) -> str:
@@ -107,11 +109,15 @@ def _public_key(work: Path) -> str:
 
 def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: Path, label: str,
           platform: str = "nocloud", firmware: str = "bios", build_firmware: str | None = None,
-          sandbox: dict | None = None, egress: str = "open") -> dict:
+          sandbox: dict | None = None, egress: str = "open", aws: AwsStandIn | None = None) -> dict:
     """One verify boot. *build_firmware*: what the bake's manifest says its build VM booted under, which
     the guest compares with what hygiene.sh recorded there (boot.build_firmware). *sandbox*: the manifest's
     record of the image's sandbox image (default: what image.sandbox says the bake did). *egress*: the lab's
-    network ("proxy": the lab's proxy is the guest's one way out; its log goes to <label>.proxy.log)."""
+    network ("proxy": the lab's proxy is the guest's one way out; its log goes to <label>.proxy.log). *aws*:
+    an AWS stand-in for the registry headers the node reads (EC2 only: its IMDS serves the role)."""
+    if aws and platform != "ec2":
+        raise ImagebuildError("an AWS stand-in for the registry headers the node reads needs the EC2 boot "
+                              "(--platform ec2): the instance's role comes from its IMDS")
     work = Path(tempfile.mkdtemp(prefix="imagebuild-verify-"))
     try:
         boot = _boot_facts(platform, _public_key(work) if platform == "ec2" else "", firmware)
@@ -119,7 +125,7 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
             boot["build_firmware"] = build_firmware
         if egress == "proxy":
             boot["routed"] = False  # restrict=on: QEMU's DHCP offers no gateway (boot.network.dhcp)
-        user_data = _seed_files(spec, install=install, boot=boot)
+        user_data = _seed_files(spec, install=install, boot=boot, aws=aws)
         serial_log = log_dir / f"{label}.serial.log"
         # The registry lab of this boot (imagebuild/verify/cri_lab.py). A baked image (not the user-data path)
         # must hold exactly what the bake put there and, when it baked its sandbox image, start a pod
@@ -146,7 +152,8 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
                                    firmware=firmware)
                 report = _report(result, serial_log) | {"platform": platform}
             else:
-                report = _boot_ec2(disk, spec, boot, user_data, disk_files, work, serial_log, lab.netdev_options())
+                report = _boot_ec2(disk, spec, boot, user_data, disk_files, work, serial_log, lab.netdev_options(),
+                                   aws)
             report["firmware"] = firmware
             report["egress"] = egress
             return _add_checks(report, lab.host_checks()) if report.get("summary") else report
@@ -164,9 +171,10 @@ def _add_checks(report: dict, checks: list[dict]) -> dict:
 
 
 def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, disk_files: dict[str, bytes], work: Path,
-              serial_log: Path, netdev_options: str) -> dict:
+              serial_log: Path, netdev_options: str, aws: AwsStandIn | None = None) -> dict:
     """The boot as EC2 presents it: SMBIOS identity, IMDSv2 (the user-data gzipped, as EC2 hands it
-    over), a new NIC in another slot, a disk larger than the image; no NoCloud seed."""
+    over), a new NIC in another slot, a disk larger than the image; no NoCloud seed. With *aws*, the IMDS
+    serves its role's credentials, in its region."""
     packed = gzip.compress(user_data, compresslevel=9, mtime=0)
     if len(packed) > userdata.EC2_LIMIT:
         raise ImagebuildError(f"the verify user-data is {len(packed)} bytes gzipped, over EC2's {userdata.EC2_LIMIT}")
@@ -174,6 +182,9 @@ def _boot_ec2(disk: Path, spec: Spec, boot: dict, user_data: bytes, disk_files: 
                              public_key=boot["public_key"], user_data=packed,
                              architecture=spec.image.ec2_architecture,
                              instance_type=imds.INSTANCE_TYPES[spec.image.ec2_architecture])
+    if aws:
+        instance = dataclasses.replace(instance, role=aws.role, role_credentials=aws.credentials, region=aws.region,
+                                       availability_zone=f"{aws.region}a")
     overlay = vm.overlay(disk, work, size=vm.virtual_size(disk) + EC2_EXTRA_DISK)
     data = vm.data_iso(work / "data.iso", disk_files, label=DATA_LABEL)
     with imds.ImdsServer(instance) as server:
@@ -282,10 +293,11 @@ def report_name(platform: str, *, user_data: bool = False) -> str:
 
 
 def verify_image(image: Path, spec: Spec, *, log_dir: str | None = None, platform: str = "nocloud",
-                 firmware: str | None = None) -> dict:
+                 firmware: str | None = None, aws: AwsStandIn | None = None) -> dict:
     """Boot *image* on an overlay with the check of *spec*, as *platform* presents it, under *firmware*
     (default: what the image boots under, see image_firmware); writes verify.json (NoCloud) or
-    verify-ec2.json (EC2) beside the image."""
+    verify-ec2.json (EC2) beside the image. *aws*: where the image's boot reads the registry headers given
+    by reference (imagebuild.verify.node_secrets; EC2 only)."""
     image = image.resolve()
     if not image.is_file():
         raise ImagebuildError(f"image {image} does not exist")
@@ -300,7 +312,7 @@ def verify_image(image: Path, spec: Spec, *, log_dir: str | None = None, platfor
     stored = content_store_check(image, spec, manifest.get("sandbox_image"))
     report = _boot(image, spec, install=False, test_image=_test_image(spec.image.architecture), log_dir=out_dir,
                    label=label, platform=platform, firmware=firmware, build_firmware=build_firmware,
-                   sandbox=manifest.get("sandbox_image"))
+                   sandbox=manifest.get("sandbox_image"), aws=aws)
     if report.get("summary") and stored:
         report = _add_checks(report, [stored])
     if sha256_file(image) != image_sha:
