@@ -11,6 +11,9 @@ Each build is upstream's own recipe (its Makefile, build script), as far as the 
   family's tarball comes with the runc of `RUNC` (the one its own release names, as far as the proxy has it).
 - CNI plugins: static, without cgo, with `buildversion.BuildVersion`.
 - crictl (cri-tools): static, without cgo, with `version.Version` (the tag less its "v"), for the tests.
+- kubelet (k8s.io/kubernetes): static, without cgo, on request only (`kubelet()`; nothing calls it by default:
+  its first build takes about 20 minutes on 2 shared cores). Its go.mod replaces the staging modules
+  (k8s.io/api, ...) by local paths: it builds in a wrapper module that pins each at v0.<minor>.<patch>.
 The module proxy does not say which commit a tag names, so the revision (`version.Revision`, runc's
 `gitCommit`) is the module's go.sum hash (`gomod-h1:...`): it names the exact source that was built.
 
@@ -50,6 +53,8 @@ CNI_VERSION = "1.10.0"
 #: cri-tools' crictl: the proxy serves v1.34.0 and v1.37.0; 1.37 speaks the CRI of the newest families
 #: (containerd 2.4.2 requires k8s.io/cri-api v0.37.0, 2.3.7 v0.36.3) and CRI v1 to every older one.
 CRICTL_VERSION = "1.37.0"
+#: Kubernetes' newest release on the proxy (v1.34.4, v1.35.4, v1.36.3, v1.37.2 are the newest patches there).
+KUBELET_VERSION = "1.37.2"
 CNI_PLUGINS = ("main/bridge", "main/host-device", "main/ipvlan", "main/loopback", "main/macvlan", "main/ptp",
                "main/vlan", "main/dummy", "main/tap", "ipam/dhcp", "ipam/host-local", "ipam/static",
                "meta/bandwidth", "meta/firewall", "meta/portmap", "meta/sbr", "meta/tuning", "meta/vrf")
@@ -246,6 +251,37 @@ def crictl(version: str = CRICTL_VERSION) -> Path:
         return {"module": module, "version": version, "revision": revision}
 
     _once(target, f"crictl {version}", build)
+    return target
+
+
+def kubelet(version: str = KUBELET_VERSION) -> Path:
+    """A static kubelet of Kubernetes *version*: `<dir>/kubelet` (docs/contributing.md: running it standalone)."""
+    target = cache_dir("upstream") / f"kubelet-{version}-linux-amd64"
+    module = "k8s.io/kubernetes"
+
+    def build(tmp: Path) -> dict:
+        info = module_info(module, version)
+        revision = "gomod-" + info["Sum"]
+        go_mod = Path(info["GoMod"]).read_text()
+        staging = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", go_mod, flags=re.M)
+        if not staging:
+            raise ImagebuildError(f"{module}@v{version}'s go.mod replaces no staging module: not a release to wrap")
+        pin = "v0." + version.split(".", 1)[1]
+        wrapper = tmp / "src"
+        wrapper.mkdir()
+        head = "\n".join(re.findall(r"^(?:go|godebug) .*$", go_mod, flags=re.M))
+        (wrapper / "go.mod").write_text(f"module imagebuild.local/kubelet\n\n{head}\n\nrequire {module} v{version}\n\n"
+                                        "replace (\n" + "".join(f"\t{m} => {m} {pin}\n" for m in staging) + ")\n")
+        _go(["get", f"{module}/cmd/kubelet@v{version}"], f"go get kubelet v{version}", cwd=wrapper)
+        var, minor = "k8s.io/component-base/version", version.split(".")[1]
+        ldflags = (f"-s -w -X {var}.gitVersion=v{version} -X {var}.gitMajor=1 -X {var}.gitMinor={minor} "
+                   f"-X {var}.gitCommit={revision} -X {var}.gitTreeState=clean")
+        _go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp / "kubelet"), f"{module}/cmd/kubelet"],
+            f"go build kubelet v{version}", cwd=wrapper)
+        shutil.rmtree(wrapper)
+        return {"module": module, "version": version, "revision": revision, "staging": pin}
+
+    _once(target, f"kubelet {version}", build)
     return target
 
 
