@@ -41,7 +41,7 @@ from imagebuild.run import locked, run
 #: in devtools.families names in its module's `script/setup/runc-version`, the runc built for it). The runc
 #: built is the one named where the proxy serves it as a release of RUNC_MINORS, else the newest patch of
 #: that minor there, else (a minor before them) the oldest minor's newest (`runc_for`; of these minors the
-#: proxy serves v1.4.0-v1.4.4 and v1.5.0-v1.5.3). Read 2026-12-08 from 1.6.20, 1.7.24, 2.0.14, 2.1.9,
+#: proxy serves v1.4.0-v1.4.4 and v1.5.0-v1.5.3). Read 2026-12-07 from 1.6.20, 1.7.24, 2.0.14, 2.1.9,
 #: 2.2.10, 2.3.7, 2.4.2; tests/test_upstream.py checks every row against upstream's file and the proxy.
 RUNC: Mapping[str, tuple[str, str]] = MappingProxyType({
     "1.6": ("v1.1.5", "1.4.4"), "1.7": ("v1.2.2", "1.4.4"), "2.0": ("v1.3.6", "1.4.4"), "2.1": ("v1.3.6", "1.4.4"),
