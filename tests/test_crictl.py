@@ -99,24 +99,23 @@ class Crictl:
 def node(request):
     family = request.param
     work = cri.scratch("ib-k-")
-    registry = cri.RegistryServer(work / "registry")
     busybox = Path(testimage.test_oci_image(work / "busybox.tar")["path"])
     pause = Path(testimage.test_oci_image(work / "pause.tar", cmd=("/bin/sleep", "3600"))["path"])
     sandbox_image = spec_module.from_document({"containerd": {"version": FAMILY_VERSIONS[family]}}).config.sandbox_image
     sandbox_host, sandbox_repo = sandbox_image.split("/", 1)
     assert "." in sandbox_host, sandbox_image   # a registry host, as every family's default names one
-    registry.push(busybox, "imagebuild/busybox:t")
-    registry.push(pause, sandbox_repo)
-    spec = _spec(family, work, registry, sandbox_host)
-    (work / "net.d").mkdir()
-    daemon = _start(spec, family, work)
-    try:
-        yield {"family": family, "work": work, "spec": spec, "daemon": daemon, "registry": registry,
-               "sandbox_image": sandbox_image, "sandbox_host": sandbox_host, "sandbox_repo": sandbox_repo,
-               "crictl": Crictl(daemon.sock, work)}
-    finally:
-        daemon.close()
-        registry.close()
+    with cri.RegistryServer(work / "registry") as registry:
+        registry.push(busybox, "imagebuild/busybox:t")
+        registry.push(pause, sandbox_repo)
+        spec = _spec(family, work, registry, sandbox_host)
+        (work / "net.d").mkdir()
+        daemon = _start(spec, family, work)
+        try:
+            yield {"family": family, "work": work, "spec": spec, "daemon": daemon, "registry": registry,
+                   "sandbox_image": sandbox_image, "sandbox_host": sandbox_host, "sandbox_repo": sandbox_repo,
+                   "crictl": Crictl(daemon.sock, work)}
+        finally:
+            daemon.close()
 
 
 def test_crictl_info_shows_the_runtime_ready_and_the_network_ready_once_a_cni_config_is_there(node):
