@@ -2,7 +2,8 @@
 
 The families Debian packages (1.6, 1.7, 2.1: `debian_artifacts.FAMILIES`) run Debian's binaries, as they
 always have here; the others (2.0, 2.2, 2.3 LTS, 2.4) have no Debian package to take them from, so they run
-upstream's build of the family's latest patch release on the Go module proxy (`devtools.upstream`).
+upstream's build of the family's latest patch release on the Go module proxy (`devtools.upstream`). Every
+family's runc is upstream's static build of the runc its release names (`upstream.RUNC`), which runs here.
 """
 from __future__ import annotations
 
@@ -39,3 +40,10 @@ def binary(family: str, name: str = "containerd") -> Path:
             raise ImagebuildError(f"no binary {name!r} in upstream's containerd {UPSTREAM_ONLY[family]}")
         return path
     return debian_artifacts.binary(family, name)
+
+
+def runc(family: str) -> Path:
+    """The runc of *family*'s release files (upstream.RUNC: what its release names, as far as the proxy has it)."""
+    if family not in upstream.RUNC:
+        raise ImagebuildError(f"unknown containerd family {family!r}; upstream.RUNC knows {', '.join(upstream.RUNC)}")
+    return upstream.runc(upstream.RUNC[family][1]) / "runc"

@@ -91,7 +91,7 @@ def local_mirror(spec: Spec) -> Iterator[Spec]:
     mirror_dir = served_dir(spec)
     cni = None
     if upstream_built(spec):
-        step(f"upstream containerd {spec.containerd.version}, runc {upstream.RUNC_VERSION}"
+        step(f"upstream containerd {spec.containerd.version}, runc {upstream.runc_version(spec.containerd.version)}"
              + (f" and CNI plugins {upstream.CNI_VERSION}" if spec.containerd.install.cni_plugins else "")
              + " as their release files, built from the Go module proxy")
         artifacts = upstream.release_tarballs(spec.containerd.version, mirror_dir)

@@ -7,8 +7,13 @@ Each build is upstream's own recipe (its Makefile, build script), as far as the 
   the shim static without cgo; `version.Version` and `.Package` as upstream's Makefile sets them.
   Modules whose go.mod carries replace or exclude directives (1.6, 1.7) refuse `go install pkg@v`: they
   build in a small wrapper module that requires the release and repeats those directives.
-- runc: static-pie with seccomp (Debian's libseccomp, where upstream bundles a newer one).
+- runc: static-pie with seccomp (Debian's libseccomp, where upstream bundles a newer one); each containerd
+  family's tarball comes with the runc of `RUNC` (the one its own release names, as far as the proxy has it).
 - CNI plugins: static, without cgo, with `buildversion.BuildVersion`.
+- crictl (cri-tools): static, without cgo, with `version.Version` (the tag less its "v"), for the tests.
+- kubelet (k8s.io/kubernetes): static, without cgo, on request only (`kubelet()`; nothing calls it by default:
+  its first build takes about 20 minutes on 2 shared cores). Its go.mod replaces the staging modules
+  (k8s.io/api, ...) by local paths: it builds in a wrapper module that pins each at v0.<minor>.<patch>.
 The module proxy does not say which commit a tag names, so the revision (`version.Revision`, runc's
 `gitCommit`) is the module's go.sum hash (`gomod-h1:...`): it names the exact source that was built.
 
@@ -22,7 +27,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 from devtools import release_files
 from imagebuild.errors import ImagebuildError
@@ -30,8 +37,24 @@ from imagebuild.paths import cache_dir
 from imagebuild.progress import step
 from imagebuild.run import locked, run
 
-RUNC_VERSION = "1.4.4"
+#: The runc each containerd family's release files come with: family -> (the runc that the family's release
+#: in devtools.families names in its module's `script/setup/runc-version`, the runc built for it). The runc
+#: built is the one named where the proxy serves it as a release of RUNC_MINORS, else the newest patch of
+#: that minor there, else (a minor before them) the oldest minor's newest (`runc_for`; of these minors the
+#: proxy serves v1.4.0-v1.4.4 and v1.5.0-v1.5.3). Read 2026-12-07 from 1.6.20, 1.7.24, 2.0.14, 2.1.9,
+#: 2.2.10, 2.3.7, 2.4.2; tests/test_upstream.py checks every row against upstream's file and the proxy.
+RUNC: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "1.6": ("v1.1.5", "1.4.4"), "1.7": ("v1.2.2", "1.4.4"), "2.0": ("v1.3.6", "1.4.4"), "2.1": ("v1.3.6", "1.4.4"),
+    "2.2": ("v1.3.6", "1.4.4"), "2.3": ("v1.5.2", "1.5.2"), "2.4": ("v1.5.2", "1.5.2"),
+})
+#: The runc minors imagebuild builds (the issue's "runc 1.4/1.5"; the proxy serves older ones too, unused).
+RUNC_MINORS = ("1.4", "1.5")
 CNI_VERSION = "1.10.0"
+#: cri-tools' crictl: the proxy serves v1.34.0 and v1.37.0; 1.37 speaks the CRI of the newest families
+#: (containerd 2.4.2 requires k8s.io/cri-api v0.37.0, 2.3.7 v0.36.3) and CRI v1 to every older one.
+CRICTL_VERSION = "1.37.0"
+#: Kubernetes' newest release on the proxy (v1.34.4, v1.35.4, v1.36.3, v1.37.2 are the newest patches there).
+KUBELET_VERSION = "1.37.2"
 CNI_PLUGINS = ("main/bridge", "main/host-device", "main/ipvlan", "main/loopback", "main/macvlan", "main/ptp",
                "main/vlan", "main/dummy", "main/tap", "ipam/dhcp", "ipam/host-local", "ipam/static",
                "meta/bandwidth", "meta/firewall", "meta/portmap", "meta/sbr", "meta/tuning", "meta/vrf")
@@ -60,6 +83,11 @@ def module_info(module: str, version: str) -> dict:
     if info.get("Error"):
         raise ImagebuildError(f"the Go module proxy has no {module}@v{version}: {info['Error']}")
     return info
+
+
+def module_versions(module: str) -> list[str]:
+    """`go list -m -versions MODULE`: the versions the Go module proxy lists, oldest first."""
+    return _go(["list", "-m", "-versions", module], f"go list -m -versions {module}", cwd=cache_dir("go")).split()[1:]
 
 
 def directives(go_mod: str) -> str:
@@ -143,7 +171,44 @@ def containerd(version: str) -> Path:
     return target
 
 
-def runc(version: str = RUNC_VERSION) -> Path:
+def _release(version: str) -> tuple[int, ...] | None:
+    """(major, minor, patch) of a plain release "v1.5.2" / "1.5.2"; None for a pre-release or anything else."""
+    match = re.fullmatch(r"v?(\d+)\.(\d+)\.(\d+)", version.strip())
+    return tuple(int(n) for n in match.groups()) if match else None
+
+
+def runc_for(named: str, served: Sequence[str]) -> str:
+    """The runc to build for a containerd release whose `script/setup/runc-version` says *named*, given the
+    runc versions the module proxy *served*: *named* where it is a release of RUNC_MINORS there, else the
+    newest patch of its minor there, else (an older minor) the oldest of RUNC_MINORS' newest patch."""
+    want = _release(named)
+    if want is None:
+        raise ImagebuildError(f"runc-version {named!r} is not a runc release (vMAJOR.MINOR.PATCH)")
+    minors = [tuple(int(n) for n in m.split(".")) for m in RUNC_MINORS]
+    releases = sorted({r for r in map(_release, served) if r is not None and r[:2] in minors})
+    if want[:2] > minors[-1]:
+        raise ImagebuildError(f"containerd names runc {named}, newer than the runc minors imagebuild builds "
+                              f"({', '.join(RUNC_MINORS)}): add its minor to upstream.RUNC_MINORS")
+    minor = want[:2] if want[:2] in minors else minors[0]
+    if want in releases:
+        return ".".join(map(str, want))
+    patches = [r for r in releases if r[:2] == minor]
+    if not patches:
+        raise ImagebuildError(f"the Go module proxy serves no runc {'.'.join(map(str, minor))}.x "
+                              f"(served: {', '.join(served) or 'nothing'})")
+    return ".".join(map(str, patches[-1]))
+
+
+def runc_version(containerd_version: str) -> str:
+    """The runc the release files of containerd *containerd_version* come with: its family's row of RUNC."""
+    family = ".".join(containerd_version.split(".")[:2])
+    if family not in RUNC:
+        raise ImagebuildError(f"no runc is chosen for containerd {containerd_version} (family {family}); "
+                              f"upstream.RUNC knows {', '.join(RUNC)}")
+    return RUNC[family][1]
+
+
+def runc(version: str) -> Path:
     """A static-pie runc *version* with seccomp: `<dir>/runc`."""
     target = cache_dir("upstream") / f"runc-{version}-linux-amd64"
     module = "github.com/opencontainers/runc"
@@ -174,14 +239,62 @@ def cni_plugins(version: str = CNI_VERSION) -> Path:
     return target
 
 
+def crictl(version: str = CRICTL_VERSION) -> Path:
+    """A static crictl of cri-tools *version*: `<dir>/crictl`."""
+    target = cache_dir("upstream") / f"crictl-{version}-linux-amd64"
+    module = "sigs.k8s.io/cri-tools"
+
+    def build(tmp: Path) -> dict:
+        revision = "gomod-" + module_info(module, version)["Sum"]
+        _go(["install", "-trimpath", "-ldflags", f"-X {module}/pkg/version.Version={version} -s -w",
+             f"{module}/cmd/crictl@v{version}"], f"go install crictl v{version}", env={"GOBIN": str(tmp)})
+        return {"module": module, "version": version, "revision": revision}
+
+    _once(target, f"crictl {version}", build)
+    return target
+
+
+def kubelet(version: str = KUBELET_VERSION) -> Path:
+    """A static kubelet of Kubernetes *version*: `<dir>/kubelet` (docs/contributing.md: running it standalone)."""
+    target = cache_dir("upstream") / f"kubelet-{version}-linux-amd64"
+    module = "k8s.io/kubernetes"
+
+    def build(tmp: Path) -> dict:
+        info = module_info(module, version)
+        revision = "gomod-" + info["Sum"]
+        go_mod = Path(info["GoMod"]).read_text()
+        staging = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", go_mod, flags=re.M)
+        if not staging:
+            raise ImagebuildError(f"{module}@v{version}'s go.mod replaces no staging module: not a release to wrap")
+        pin = "v0." + version.split(".", 1)[1]
+        wrapper = tmp / "src"
+        wrapper.mkdir()
+        head = "\n".join(re.findall(r"^(?:go|godebug) .*$", go_mod, flags=re.M))
+        (wrapper / "go.mod").write_text(f"module imagebuild.local/kubelet\n\n{head}\n\nrequire {module} v{version}\n\n"
+                                        "replace (\n" + "".join(f"\t{m} => {m} {pin}\n" for m in staging) + ")\n")
+        _go(["get", f"{module}/cmd/kubelet@v{version}"], f"go get kubelet v{version}", cwd=wrapper)
+        var, minor = "k8s.io/component-base/version", version.split(".")[1]
+        ldflags = (f"-s -w -X {var}.gitVersion=v{version} -X {var}.gitMajor=1 -X {var}.gitMinor={minor} "
+                   f"-X {var}.gitCommit={revision} -X {var}.gitTreeState=clean")
+        _go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp / "kubelet"), f"{module}/cmd/kubelet"],
+            f"go build kubelet v{version}", cwd=wrapper)
+        shutil.rmtree(wrapper)
+        return {"module": module, "version": version, "revision": revision, "staging": pin}
+
+    _once(target, f"kubelet {version}", build)
+    return target
+
+
 def release_tarballs(containerd_version: str, out_dir: Path | str, compresslevel: int = 6) -> dict[str, dict]:
     """`containerd-<v>-linux-amd64.tar.gz` (bin/containerd, bin/containerd-shim-runc-v2, bin/ctr, as the
     release tarball lays them out), `runc.amd64` and their `.sha256sum` files in *out_dir*, built from
-    upstream. Returns {"containerd": {"path", "sha256", "version"}, "runc": {...}}."""
+    upstream, runc that of the family's row of RUNC. Returns {"containerd": {"path", "sha256", "version"},
+    "runc": {...}}."""
+    runc_release = runc_version(containerd_version)
     built = containerd(containerd_version) / "bin"
     return release_files.containerd_and_runc(
         out_dir, "amd64", containerd_version, {name: built / name for name in release_files.TARBALL_BINARIES},
-        RUNC_VERSION, runc() / "runc", compresslevel)
+        runc_release, runc(runc_release) / "runc", compresslevel)
 
 
 def cni_tarball(out_dir: Path | str, compresslevel: int = 6) -> dict:

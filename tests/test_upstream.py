@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools import upstream
+from devtools import families, upstream
 from imagebuild.errors import ImagebuildError
 from tests.support import FAMILY_VERSIONS
 
@@ -55,7 +55,7 @@ def test_the_release_files_hold_upstreams_static_binaries_printing_the_release_v
     assert out[:3] == ["containerd", "github.com/containerd/containerd", f"v{version}"]
     assert out[3].startswith("gomod-h1:")  # the module's go.sum hash: the proxy names no commit
     runc = subprocess.run([made["runc"]["path"], "--version"], capture_output=True, text=True).stdout
-    assert runc.startswith(f"runc version {upstream.RUNC_VERSION}\n") and "libseccomp:" in runc
+    assert runc.startswith(f"runc version {upstream.runc_version(version)}\n") and "libseccomp:" in runc
     for binary in (tmp_path / "x/bin/containerd", tmp_path / "x/bin/ctr", Path(made["runc"]["path"])):
         kind = subprocess.run(["file", "-L", binary], capture_output=True, text=True).stdout
         assert "statically linked" in kind or "static-pie linked" in kind, kind
@@ -69,3 +69,54 @@ def test_a_release_the_module_proxy_does_not_have_fails_loudly():
     """Never replaced by another build: the error names the module and version."""
     with pytest.raises(ImagebuildError, match=r"github.com/containerd/containerd@v1\.6\.999"):
         upstream.containerd("1.6.999")
+
+
+def test_each_family_gets_the_runc_its_release_names_as_far_as_the_proxy_serves_it():
+    """Every row of upstream.RUNC against upstream's own file (script/setup/runc-version in the module of
+    the family's release) and the runc releases the Go module proxy lists today."""
+    assert set(upstream.RUNC) == set(FAMILY_VERSIONS)
+    served = upstream.module_versions("github.com/opencontainers/runc")
+    for family, (named, built) in upstream.RUNC.items():
+        release = families.release(family)
+        assert release == FAMILY_VERSIONS[family]
+        module = "github.com/containerd/containerd" + ("/v2" if release.startswith("2.") else "")
+        pin = Path(upstream.module_info(module, release)["Dir"]) / "script/setup/runc-version"
+        assert pin.read_text().strip() == named, (family, release)
+        assert upstream.runc_for(named, served) == built, (family, named, built)
+        assert f"v{built}" in served
+
+
+@pytest.mark.parametrize(("named", "built"), [
+    ("v1.5.2", "1.5.2"),          # named and served
+    ("v1.5.9", "1.5.3"),          # a patch the proxy lacks: that minor's newest
+    ("v1.4.0", "1.4.0"),
+    ("v1.3.6", "1.4.4"),          # a minor before 1.4: 1.4's newest
+    ("v1.1.5", "1.4.4"),          # served, but not a minor imagebuild builds
+])
+def test_the_runc_chosen_for_what_a_release_names(named, built):
+    served = ["v1.1.5", "v1.3.6", "v1.4.0", "v1.4.4", "v1.5.0-rc.3", "v1.5.2", "v1.5.3", "v1.6.0-rc.1"]
+    assert upstream.runc_for(named, served) == built
+
+
+@pytest.mark.parametrize(("named", "served", "error"), [
+    ("v1.6.0", ["v1.5.3", "v1.6.0"], r"runc v1\.6\.0, newer than the runc minors imagebuild builds \(1\.4, 1\.5\)"),
+    ("v1.5.2", ["v1.4.4"], r"serves no runc 1\.5\.x \(served: v1\.4\.4\)"),
+    ("main", ["v1.4.4"], r"runc-version 'main' is not a runc release"),
+])
+def test_a_runc_imagebuild_cannot_choose_is_an_error_naming_it(named, served, error):
+    with pytest.raises(ImagebuildError, match=error):
+        upstream.runc_for(named, served)
+    with pytest.raises(ImagebuildError, match=r"containerd 2\.9\.0 \(family 2\.9\); upstream\.RUNC knows 1\.6"):
+        upstream.runc_version("2.9.0")
+
+
+def test_a_23_familys_runc_prints_15_and_a_17_familys_14():
+    """The release files of 2.3 LTS come with runc 1.5 (what containerd 2.3.7 names), 1.7's with 1.4's newest:
+    two different builds, each printing its own version."""
+    printed = {}
+    for family in ("2.3", "1.7"):
+        release = upstream.runc_version(FAMILY_VERSIONS[family])
+        out = subprocess.run([upstream.runc(release) / "runc", "--version"], capture_output=True, text=True).stdout
+        printed[family] = out.splitlines()[0]
+        assert "libseccomp:" in out
+    assert printed == {"2.3": "runc version 1.5.2", "1.7": "runc version 1.4.4"}
