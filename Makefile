@@ -25,6 +25,7 @@ golden: venv
 	$(PY) -m devtools golden --work $(BUILD)/golden
 
 ## test: everything CI runs but the arm64 tests (their own job: make test-arm64) and the extra boots (make test-extra)
+test: export IMAGEBUILD_PREBUILD = 1
 test: venv
 	$(PY) -m pytest -m "not arm64 and not extra" -v --timeout=3600 --durations=40
 

@@ -1,5 +1,5 @@
-"""`python -m devtools golden|fetch|defaults|tarballs OUT|testimage|spec-reference`: the developer tools'
-commands."""
+"""`python -m devtools golden|prebuild|fetch|defaults|tarballs OUT|testimage|spec-reference`: the developer
+tools' commands."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from devtools import debian_artifacts, defaults, golden, spec_reference, testimage
+from devtools import debian_artifacts, defaults, golden, prebuild, spec_reference, testimage
 from imagebuild import cli
 from imagebuild.errors import ImagebuildError
 
@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                        "mirror, verify")
     p.add_argument("spec", nargs="?", metavar="SPEC", help="spec file (default: the built-in default spec)")
     p.add_argument("--work", type=Path, default=Path("build/golden"), help="work directory (default: build/golden)")
+    sub.add_parser("prebuild", help="build and fetch into the cache what make test needs (make test starts it "
+                   "in the background)")
     p = sub.add_parser("fetch", help="download and unpack Debian's containerd families (default: all)")
     p.add_argument("families", nargs="*", metavar="FAMILY")
     sub.add_parser("defaults", help="rewrite imagebuild/defaults/ from `config default`")
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "golden":  # the product's signal policy and error lines, as `imagebuild` has them
             return cli.guarded(lambda: golden.run(args.work, args.spec))
+        if args.command == "prebuild":
+            return cli.guarded(prebuild.run)
         if args.command == "fetch":
             for family in args.families or debian_artifacts.FAMILIES:
                 print(f"{family}\t{debian_artifacts.fetch(family)}\t{debian_artifacts.version(family)}")

@@ -32,6 +32,42 @@ def pytest_collection_modifyitems(config, items):
               if bool(item.get_closest_marker("e2e")) != item.nodeid.startswith(E2E_DIR)]
     if astray:
         raise pytest.UsageError(f"an e2e test outside {E2E_DIR} or a test there not marked e2e: {', '.join(astray)}")
+    # The boots last: the fast tests report first, and a first run's builds (PREBUILD_ENV) get their time.
+    items.sort(key=lambda item: bool(item.get_closest_marker("e2e")))
+
+
+#: Set by `make test`: build what the suite needs into the cache in the background (devtools/prebuild.py).
+PREBUILD_ENV = "IMAGEBUILD_PREBUILD"
+_prebuild: list = []
+
+
+def pytest_sessionstart(session):
+    """With PREBUILD_ENV=1, `python -m devtools prebuild` runs beside the tests (its log: prebuild.log in the
+    imagebuild cache); a first run on a fresh machine then builds while the tests that need no build run."""
+    import os
+
+    if os.environ.get(PREBUILD_ENV) != "1" or hasattr(session.config, "workerinput"):
+        return
+    import sys
+
+    from imagebuild.paths import cache_dir
+    from imagebuild.run import spawn
+
+    log = open(cache_dir() / "prebuild.log", "w")  # closed at the session's end
+    _prebuild.append((spawn(["nice", "-n", "5", sys.executable, "-m", "devtools", "prebuild"], stdout=log,
+                            stderr=log, die_with_parent=True), log))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The prebuild is stopped if the tests ended first (a failure with -x); an unfinished piece is redone
+    next time, never half-used (devtools.upstream._once, baseimage.build)."""
+    import signal
+
+    from imagebuild.run import kill_group
+
+    for proc, log in _prebuild:
+        kill_group(proc, sig=signal.SIGTERM, grace=30)
+        log.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -43,3 +43,25 @@ def test_every_make_target_says_what_it_does_with_arm64():
     assert targets["test-e2e"].startswith('-m "e2e and not arm64 and ')
     assert targets["test-arm64"].startswith("-m arm64")
     assert "-m 'not arm64'" in (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_boots_run_last_in_the_order_they_came():
+    items = [_Item("tests/e2e/a::boot", "e2e"), _Item("tests/a::fast"), _Item("tests/e2e/b::boot", "e2e"),
+             _Item("tests/b::fast")]
+    pytest_collection_modifyitems(None, items)
+    assert [i.nodeid for i in items] == ["tests/a::fast", "tests/b::fast", "tests/e2e/a::boot", "tests/e2e/b::boot"]
+
+
+def test_make_test_prebuilds_every_family_and_runc_it_tests():
+    """`make test` sets IMAGEBUILD_PREBUILD (tests/conftest.py starts devtools.prebuild beside the tests),
+    and the prebuild covers every family's binaries, each runc the families use, and both base images."""
+    from devtools import prebuild, upstream
+    from tests.conftest import PREBUILD_ENV
+    from tests.support import FAMILY_VERSIONS
+
+    assert f"test: export {PREBUILD_ENV} = 1\n" in (ROOT / "Makefile").read_text()
+    names = [what for what, _ in prebuild.pieces()]
+    for family, version in FAMILY_VERSIONS.items():
+        assert f"containerd {version}" in names or f"containerd {family} (upstream's)" in names, family
+    assert {f"runc {built}" for _, built in upstream.RUNC.values()} <= set(names)
+    assert {"base image bookworm amd64", "base image trixie amd64"} <= set(names)
