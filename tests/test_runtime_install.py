@@ -63,6 +63,8 @@ def _runsc(url: str, *, insecure: bool = True, **extra) -> dict:
     ({"install": [{"url": "https://lab.example/dir/", "sha256": "a" * 64}]}, "config.runtimes.runsc.install[0].url",
      "ending in a file name"),
     ({"install": [{"url": "https://lab.example/runsc"}]}, "config.runtimes.runsc.install[0].sha256", ""),
+    ({"runtime_type": RUNSC, "config_path": "/etc/containerd/runsc.toml", "config": {"runsc_config": {"a": None}}},
+     "config.runtimes.runsc.config.runsc_config.a", "TOML has no null"),
 ])
 def test_bad_runtime_installs_are_refused_naming_the_key(runtime, key, says):
     with pytest.raises(SpecError) as err:

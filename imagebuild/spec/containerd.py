@@ -401,7 +401,8 @@ class RuntimeFile(Section):
         description="download URL; the file is installed to /usr/local/bin/<its name in the URL>, mode 0755")
     sha256: Sha256 = Field(description="sha256 of the file (64 hex digits): the install checks it before "
                            "installing anything")
-    insecure: Bool = Field(False, description=_INSECURE_DOC)
+    insecure: Bool = Field(False, description="allow plain http:// for url, and redirects to http: (a lab "
+                           "mirror); false: https:// or file:// only, an http:// URL is a spec error")
 
     @property
     def path(self) -> str:

@@ -126,6 +126,9 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
         problems.append(Problem("config.runtimes.runc", "runc is built in; tune it with config.systemd_cgroup "
                                 "or config.overrides"))
     problems += check_runtimes(doc)
+    for name, runtime in cfg["runtimes"].items():   # the shim's config file is written as TOML, like overrides
+        if runtime.get("config") is not None:
+            check_overrides(runtime["config"], f"config.runtimes.{name}.config", problems)
     if cfg["default_runtime"] != "runc" and cfg["default_runtime"] not in cfg["runtimes"]:
         problems.append(Problem("config.default_runtime", f"got {cfg['default_runtime']!r}, expected runc or one of "
                                 f"config.runtimes ({', '.join(cfg['runtimes']) or 'none defined'})"))
