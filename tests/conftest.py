@@ -17,12 +17,21 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"could not run, so it fails: {reason}"
 
+#: Where the end-to-end tests live (node ids are relative to the repository).
+E2E_DIR = "tests/e2e/"
+
 
 def pytest_collection_modifyitems(config, items):
-    """An arm64 test is an end-to-end test too: `-m "not e2e"` (test-fast) must never run one."""
+    """An arm64 test is an end-to-end test too: `-m "not e2e"` (test-fast) must never run one. Every
+    end-to-end test lives under tests/e2e/ (the tests mirror the package; the slow ones are in one place),
+    and everything there is marked e2e."""
     loose = [item.nodeid for item in items if item.get_closest_marker("arm64") and not item.get_closest_marker("e2e")]
     if loose:
         raise pytest.UsageError(f"marked arm64 but not e2e: {', '.join(loose)}")
+    astray = [item.nodeid for item in items
+              if bool(item.get_closest_marker("e2e")) != item.nodeid.startswith(E2E_DIR)]
+    if astray:
+        raise pytest.UsageError(f"an e2e test outside {E2E_DIR} or a test there not marked e2e: {', '.join(astray)}")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -79,7 +79,7 @@ def test_verbatim_files_are_the_sources(name):
     files = render.render_all(load(cases.CASES_DIR / name / "spec.yaml"))
     for rel, source in cases.verbatim().items():
         assert files[rel].content == source.read_bytes(), rel
-        assert files[rel].mode == 0o755
+        assert files[rel].mode == (0o755 if source.read_bytes().startswith(b"#!") else 0o644), rel  # a script runs
 
 
 def test_the_cases_cover_what_they_are_named_for():
@@ -95,3 +95,22 @@ def test_the_cases_cover_what_they_are_named_for():
     assert stored["user-data"][:2] == b"\x1f\x8b" and len(stored["user-data"]) < 16384
     assert not [rel for rel in cases.stored("legacy-mirrors") if rel.endswith("hosts.toml")]
     assert [rel for rel in cases.stored("package-dropins") if "containerd.service.d" in rel]
+
+
+def test_a_case_keeps_only_what_it_changes_and_inherits_the_rest(tmp_path, monkeypatch):
+    """A case's expected/ holds the files that differ from the default case's, and ABSENT the default's
+    paths it does not render; a difference in an inherited file, or a file listed ABSENT yet rendered, fails."""
+    monkeypatch.setattr(cases, "CASES_DIR", tmp_path)
+    renders = {cases.DEFAULT: {"a": b"1\n", "b": b"2\n", "gone": b"x\n"}, "other": {"a": b"1\n", "b": b"changed\n"}}
+    monkeypatch.setattr(cases, "rendered", lambda name: dict(renders[name]))
+    for name in renders:
+        (tmp_path / name / "spec.yaml").parent.mkdir()
+        (tmp_path / name / "spec.yaml").write_text("{}\n")
+    cases.regen()
+    assert cases._own("other") == {"b": b"changed\n", cases.ABSENT: b"gone\n"}
+    assert cases.stored("other") == renders["other"] and cases.differences("other") == []
+    renders["other"]["a"] = b"drifted\n"                     # an inherited file now differs
+    assert [d for d in cases.differences("other") if "other/expected/a" in d]
+    renders["other"]["a"] = b"1\n"
+    renders["other"]["gone"] = b"x\n"                        # listed ABSENT, rendered after all
+    assert cases.differences("other") == ["+++ other: gone is rendered but not in other/expected (1 lines)\n"]

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from imagebuild import spec as spec_module
 from imagebuild.guest import cri as client
+from imagebuild.guest import cri_hpack
 from imagebuild.render import config_toml
 from imagebuild.verify import testimage
 from tests import cri
@@ -121,8 +122,8 @@ def test_the_static_table_and_huffman_codes_are_rfc_7541s():
     from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
     from hpack.table import HeaderTable
 
-    assert client.STATIC_TABLE == [(n.decode(), v.decode()) for n, v in HeaderTable.STATIC_TABLE]
-    assert client.HUFFMAN_CODES == tuple(zip(REQUEST_CODES, REQUEST_CODES_LENGTH, strict=True))
+    assert cri_hpack.STATIC_TABLE == [(n.decode(), v.decode()) for n, v in HeaderTable.STATIC_TABLE]
+    assert cri_hpack.HUFFMAN_CODES == tuple(zip(REQUEST_CODES, REQUEST_CODES_LENGTH, strict=True))
 
 
 headers_strategy = st.lists(st.tuples(st.text(st.characters(min_codepoint=97, max_codepoint=122), min_size=1,
@@ -135,7 +136,7 @@ headers_strategy = st.lists(st.tuples(st.text(st.characters(min_codepoint=97, ma
 def test_hpack_blocks_of_an_independent_encoder_decode_to_the_same_headers(blocks, huffman):
     import hpack
 
-    encoder, decoder = hpack.Encoder(), client.HpackDecoder()
+    encoder, decoder = hpack.Encoder(), cri_hpack.Decoder()
     for headers in blocks:  # one connection: later blocks index into what earlier ones added
         block = encoder.encode([(":status", "200"), *headers, ("grpc-status", "0")], huffman=huffman)
         assert decoder.decode(block) == [(":status", "200"), *headers, ("grpc-status", "0")]
@@ -146,22 +147,22 @@ def test_huffman_decoding_inverts_an_independent_encoder(data):
     from hpack.huffman import HuffmanEncoder
     from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
-    assert client.huffman_decode(HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(data)) == data
+    assert cri_hpack.huffman_decode(HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(data)) == data
 
 
 def test_malformed_hpack_is_refused():
     with pytest.raises(ValueError, match="padding"):
-        client.huffman_decode(b"\x00")  # '0' (00000) padded with zeros, not ones
+        cri_hpack.huffman_decode(b"\x00")  # '0' (00000) padded with zeros, not ones
     with pytest.raises(ValueError, match="padding"):
-        client.huffman_decode(b"\xff")  # eight bits of padding
+        cri_hpack.huffman_decode(b"\xff")  # eight bits of padding
     with pytest.raises(ValueError, match="EOS"):
-        client.huffman_decode(b"\xff\xff\xff\xfc")  # EOS (30 ones) is never a symbol
+        cri_hpack.huffman_decode(b"\xff\xff\xff\xfc")  # EOS (30 ones) is never a symbol
     with pytest.raises(ValueError, match="not in the table"):
-        client.HpackDecoder().decode(b"\xbe")  # index 62: the dynamic table is empty
+        cri_hpack.Decoder().decode(b"\xbe")  # index 62: the dynamic table is empty
     with pytest.raises(ValueError, match="above the limit"):
-        client.HpackDecoder().decode(b"\x3f\xe1\x3f")  # table size update to 8192 > 4096
+        cri_hpack.Decoder().decode(b"\x3f\xe1\x3f")  # table size update to 8192 > 4096
     with pytest.raises(ValueError, match="past the block"):
-        client.HpackDecoder().decode(b"\x00\x05ab")
+        cri_hpack.Decoder().decode(b"\x00\x05ab")
 
 
 # ------------------------------------------------------------------------- the real daemons, whole
@@ -199,6 +200,36 @@ def _daemon(family: str, registry: cri.Registry, work: Path, **config) -> cri.Co
 def _image(message) -> dict:
     return {"id": message.id, "repo_tags": list(message.repo_tags), "repo_digests": list(message.repo_digests),
             "size": message.size, "pinned": message.pinned}
+
+
+def test_the_client_runs_as_shipped_with_the_standard_library_alone(lab, tmp_path):
+    """The Packer build runs packer/cri.py with packer/cri_hpack.py beside it (/tmp/imagebuild-cri/), the
+    verify seed both beside cri_checks.py: from such a directory, with no site-packages at all (-S -E: no
+    imagebuild to fall back on), it asks a real containerd and decodes its answer; without cri_hpack.py
+    beside it, it cannot even start."""
+    import json
+    import shutil
+    import subprocess
+
+    from imagebuild import render
+    from imagebuild.spec import load
+
+    files = render.render_all(load())
+    assert load().image.sandbox.source == "registry"      # the default: the build pulls through cri.py
+    for name in ("cri.py", "cri_hpack.py"):
+        (tmp_path / name).write_bytes(files[f"packer/{name}"].content)
+    daemon = _daemon("2.3", lab["registry"], cri.scratch("ib-cs-"))
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    argv = [python, "-S", "-E", str(tmp_path / "cri.py"), "--socket", str(daemon.sock), "--wait", "60", "Version"]
+    try:
+        ran = subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout)["runtime_name"] == "containerd"
+        (tmp_path / "cri_hpack.py").unlink()
+        alone = subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=60)
+    finally:
+        daemon.close()
+    assert alone.returncode == 1 and "No module named 'imagebuild'" in alone.stderr, alone.stderr
 
 
 @pytest.mark.slow

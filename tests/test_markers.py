@@ -20,9 +20,18 @@ class _Item:
 
 
 def test_an_arm64_test_without_e2e_stops_the_collection():
-    pytest_collection_modifyitems(None, [_Item("t::ok", "e2e", "arm64"), _Item("t::amd64", "e2e"), _Item("t::fast")])
-    with pytest.raises(pytest.UsageError, match="marked arm64 but not e2e: t::loose"):
-        pytest_collection_modifyitems(None, [_Item("t::ok", "e2e", "arm64"), _Item("t::loose", "arm64")])
+    pytest_collection_modifyitems(None, [_Item("tests/e2e/t::ok", "e2e", "arm64"), _Item("tests/e2e/t::amd64", "e2e"),
+                                         _Item("tests/t::fast")])
+    with pytest.raises(pytest.UsageError, match="marked arm64 but not e2e: tests/t::loose"):
+        pytest_collection_modifyitems(None, [_Item("tests/e2e/t::ok", "e2e", "arm64"),
+                                             _Item("tests/t::loose", "arm64")])
+
+
+def test_an_e2e_test_outside_tests_e2e_stops_the_collection():
+    with pytest.raises(pytest.UsageError, match="outside tests/e2e/.*: tests/aws/t::boot$"):
+        pytest_collection_modifyitems(None, [_Item("tests/e2e/t::ok", "e2e"), _Item("tests/aws/t::boot", "e2e")])
+    with pytest.raises(pytest.UsageError, match="not marked e2e: tests/e2e/t::unmarked$"):
+        pytest_collection_modifyitems(None, [_Item("tests/e2e/t::unmarked")])
 
 
 def test_every_make_target_says_what_it_does_with_arm64():

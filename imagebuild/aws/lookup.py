@@ -30,9 +30,12 @@ def check_publishable(image_dir: Path) -> tuple[Manifest, Path]:
         records.check(Path(image_dir), manifest.records, manifest.sha256)
     except ImagebuildError as exc:
         raise ImagebuildError(f"refusing to publish {image_dir}: {exc}") from None
-    # Both boots must have passed: the NoCloud one and the one that boots the image as EC2 does.
+    # An AMI boots only on EC2: the boot that proves it is the one that boots the image as EC2 does, and it
+    # must have passed. A NoCloud verify beside it (the qcow2's own, `imagebuild verify`) must have passed too.
     for name, what in (("verify.json", "verification"), ("verify-ec2.json", "EC2 verification")):
-        if name == "verify-ec2.json" and not (Path(image_dir) / name).is_file():
+        if not (Path(image_dir) / name).is_file():
+            if name == "verify.json":
+                continue
             raise ImagebuildError(f"refusing to publish {image_dir}: it has no {name}; run "
                                   f"`imagebuild verify --platform ec2` on it first")
         verify = VerifyResult.load(image_dir, name)

@@ -25,7 +25,7 @@ from imagebuild.digest import sha256_file
 from imagebuild.errors import ImagebuildError
 from imagebuild.paths import cache_dir
 from imagebuild.progress import heartbeat, step, warning
-from imagebuild.render import downloads
+from imagebuild.render import downloads, secret_refs
 from imagebuild.render.templating import shipped_dir
 from imagebuild.run import PIPE, STDOUT, run, spawned
 from imagebuild.spec import Spec
@@ -221,8 +221,9 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
     output.parent.mkdir(parents=True, exist_ok=True)
     base_source, base_checksum = resolve_base(spec, base)
     # Before the build, not after it: a checksum_url this host cannot read fails in seconds. Read once:
-    # the inputs hash and install.sh's pinned sha256 are the same.
-    spec = downloads.pin(spec)
+    # the inputs hash and install.sh's pinned sha256 are the same. Header values given by the build host are
+    # read now too; they reach the image only through the Packer directory's payload (0600, in a 0700 tree).
+    spec = secret_refs.stage(downloads.pin(spec), image=True)
     artifacts = resolved_artifacts(spec)
     inputs = inputs_hash(spec, base_checksum, artifacts)
     accelerator = resolve_accelerator(spec.image.accelerator, spec.image.architecture)
@@ -257,7 +258,8 @@ def bake(spec: Spec, output: Path, *, base: str | None = None, packer_vars: dict
             step(f"bake {spec.name}: lab content, so publish will refuse this image: {what}")
         held = literal_secrets(spec)
         for secret in held:
-            warning(f"bake {spec.name}: {secret.key} is a literal secret; the image holds it in {secret.path} "
+            kind = "a literal secret" if secret.recorded else "a secret read on this host"
+            warning(f"bake {spec.name}: {secret.key} is {kind}; the image holds it in {secret.path} "
                  "(0600), the image file is 0600, and every AMI published from it carries it to the accounts it "
                  "is shared with (the Packer directory that held it is removed after the build)")
         code = run.run(render_dir / "packer" / "imagebuild.pkr.hcl", variables, only=f"{spec.name}.qemu.golden")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imagebuild.errors import ImagebuildError
-from imagebuild.render import config_toml, downloads, expected, hosts_toml, secrets, toml_items, userdata
+from imagebuild.render import config_toml, downloads, expected, hosts_toml, secret_refs, secrets, toml_items, userdata
 from imagebuild.render.templating import PACKAGE_DIR, render_template, shipped_dir
 from imagebuild.spec import platforms
 from imagebuild.spec.fields import normalized
@@ -44,7 +44,7 @@ CHECK_LOG = "/var/log/imagebuild-check.log"
 #: The sandbox image's archive in the Packer directory (image.sandbox.source archive: bake puts it there).
 SANDBOX_ARCHIVE = "sandbox-image.tar"
 #: install.sh's arguments after the payload in the Packer build, by image.sandbox.source.
-SANDBOX_ARGS = {"registry": " --pull-sandbox /tmp/imagebuild-cri.py",
+SANDBOX_ARGS = {"registry": " --pull-sandbox /tmp/imagebuild-cri/cri.py",
                 "archive": " --import-sandbox /tmp/imagebuild-sandbox.tar", "none": ""}
 
 
@@ -62,10 +62,17 @@ def payload(spec: Spec) -> dict[str, File]:
     """The files the install script places, keyed by their absolute path on the machine."""
     files: dict[str, File] = {"/etc/containerd/config.toml": File(config_toml.render(spec).encode())}
     if spec.config.registry.mode == "hosts":
+        node_refs = secret_refs.on_node(spec)  # their hosts.toml is written on the node (render.secret_refs)
         for mirror in spec.config.registry.mirrors:
             path = f"{spec.config.registry.config_path}/{mirror.host}/hosts.toml"
+            if mirror.host in node_refs:
+                files[secret_refs.refs_path(mirror.host)] = File(
+                    secret_refs.refs_document(mirror, path, node_refs[mirror.host]), 0o600)
+                continue
             secret = any(ep.headers for ep in mirror.endpoints)
             files[path] = File(hosts_toml.render(mirror).encode(), 0o600 if secret else 0o644)
+        if node_refs:
+            files[secret_refs.RESOLVER] = File((PACKAGE_DIR / "guest" / "resolve_secrets.py").read_bytes(), 0o755)
     context = {"unit": spec.unit, "system": spec.system}
     if spec.containerd.install.method == "tarball":
         files["/etc/systemd/system/containerd.service"] = File(
@@ -86,7 +93,10 @@ def payload(spec: Spec) -> dict[str, File]:
 
 def install_script(spec: Spec, files: dict[str, File]) -> str:
     entries = [{"path": path, "mode": f"{f.mode:04o}", "sha256": f.sha256} for path, f in files.items()]
+    resolved = [{"refs": secret_refs.refs_path(refs[0].host), "path": refs[0].path}
+                for refs in secret_refs.on_node(spec).values()] if spec.config.registry.mode == "hosts" else []
     return render_template("install.sh.j2", spec=spec, files=entries, guest_dir=GUEST_DIR, sysctl_path=SYSCTL_PATH,
+                           resolved=resolved, resolver=secret_refs.RESOLVER,
                            sandbox_pull=json.dumps({"image": {"image": spec.config.sandbox_image}}),
                            sandbox_name=normalized(spec.config.sandbox_image),
                            protocols={name: downloads.curl_protocols(art) for name, art in downloads.artifacts(spec)},
@@ -181,6 +191,7 @@ def render_all(spec: Spec, *, with_user_data: bool = True) -> dict[str, File]:
     files["packer/inventory.py"] = File((PACKAGE_DIR / "guest" / "inventory.py").read_bytes(), 0o755)
     if spec.image.sandbox.source == "registry":  # the build's CRI client: install.sh --pull-sandbox uses it
         files["packer/cri.py"] = File((PACKAGE_DIR / "guest" / "cri.py").read_bytes(), 0o755)
+        files["packer/cri_hpack.py"] = File((PACKAGE_DIR / "guest" / "cri_hpack.py").read_bytes(), 0o644)
     # Document order (the model's key order, mappings as written): sorted keys reordered sysctls, headers
     # and runtimes, so spec.json rendered different files than the spec it came from.
     files["spec.json"] = File((json.dumps(spec.document, indent=2) + "\n").encode())

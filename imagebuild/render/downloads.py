@@ -21,6 +21,7 @@ import urllib.request
 from typing import Any
 
 from imagebuild.errors import ImagebuildError
+from imagebuild.render import secret_refs
 from imagebuild.spec.model import Spec
 
 #: The key of each release artifact under containerd.install.
@@ -115,10 +116,9 @@ def pin(spec: Spec) -> Spec:
 
 def for_render(spec: Spec, *, at_install: bool = False) -> Spec:
     """What render, user-data, packer and verify --user-data render: *spec* pinned (:func:`pin`), or as it
-    is when the checksum files are left to the install (*at_install*, or IMAGEBUILD_CHECKSUMS_AT_INSTALL=1)."""
-    if at_install or os.environ.get(AT_INSTALL_ENV) == "1":
-        return spec
-    return pin(spec)
+    is when the checksum files are left to the install (*at_install*, or IMAGEBUILD_CHECKSUMS_AT_INSTALL=1);
+    header values given as a file or env of this host read (render.secret_refs.stage)."""
+    return secret_refs.stage(spec if at_install or os.environ.get(AT_INSTALL_ENV) == "1" else pin(spec))
 
 
 def curl_protocols(art: Any) -> dict[str, str]:

@@ -9,7 +9,7 @@ import hashlib
 
 from imagebuild.guest.secret_checks import secret_words
 from imagebuild.spec.model import Spec
-from imagebuild.spec.secrets import literal_secrets
+from imagebuild.spec.secrets import literal_secrets, references
 from imagebuild.spec.settings import config_expectations
 
 #: Where the install script unpacks the CNI plugins: containerd's default CNI bin_dir.
@@ -52,7 +52,10 @@ def secret_expectations(spec: Spec, files: list[dict]) -> dict:
     found = literal_secrets(spec)
     paths = {s.path for s in found}
     words = [secret_words(s.value.encode()) for s in found]
-    return {"files": [{"path": f["path"], "owner": "root", "mode": f["mode"]} for f in files if f["path"] in paths],
+    # a hosts.toml the node writes from a value it reads (SSM, Secrets Manager) is 0600 root's, like the others
+    on_node = sorted({r.path for r in references(spec, on_node=True)} - {f["path"] for f in files})
+    return {"files": [{"path": f["path"], "owner": "root", "mode": f["mode"]} for f in files if f["path"] in paths]
+            + [{"path": path, "owner": "root", "mode": "0600"} for path in on_node],
             "sha256": sorted({hashlib.sha256(w).hexdigest() for found_words in words for w in found_words}),
             "unsearchable": sum(not found_words for found_words in words)}
 

@@ -1,8 +1,10 @@
 """Where a spec's literal secrets go among the outputs, kept root-only, and said.
 
 The outputs that hold a literal secret (imagebuild.spec.secrets: a mirror endpoint's header values) are
-known by construction (:func:`outputs`): the registry's payload hosts.toml, spec.json (the spec holds it)
-and user-data (it carries the payload). imagebuild.render.render_all writes each 0600, and write_tree makes
+known by construction (:func:`outputs`): the registry's payload hosts.toml (or the document the node writes
+it from, when another of its headers is read on the node: imagebuild.render.secret_refs), spec.json (when the
+spec holds it, not when it names a file or env the build host read) and user-data (it carries the payload).
+imagebuild.render.render_all writes each 0600, and write_tree makes
 a tree holding one 0700. install.sh, expected.json and the Packer template carry none of them
 (only paths and sha256), nor does a bake's manifest.json. The user-data goes into instance metadata, which
 anything on the instance that reaches the metadata service can read: it is written only when the user
@@ -14,6 +16,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from imagebuild.render import secret_refs
 from imagebuild.spec.model import Spec
 from imagebuild.spec.secrets import Secret, literal_secrets
 
@@ -25,8 +28,10 @@ PRIVATE = 0o600
 def outputs(spec: Spec) -> dict[str, list[Secret]]:
     """Render-relative path -> the literal secrets it holds (only the outputs that hold one)."""
     found: dict[str, list[Secret]] = {}
+    written_on_node = {refs[0].path: secret_refs.refs_path(host) for host, refs in secret_refs.on_node(spec).items()}
     for secret in literal_secrets(spec):
-        for rel in (f"payload{secret.path}", "spec.json", "user-data"):
+        for rel in (f"payload{written_on_node.get(secret.path, secret.path)}",
+                    *(["spec.json"] if secret.recorded else []), "user-data"):
             found.setdefault(rel, []).append(secret)
     return found
 
@@ -43,7 +48,8 @@ def where_they_went(spec: Spec, written: Iterable[str], base: Path | str) -> lis
     lines = []
     for secret in literal_secrets(spec):
         places = [str(Path(base) / rel) for rel in written if secret in holding.get(rel, ())]
-        lines.append(f"{secret.key} is a literal secret; it is in {', '.join(places)} (each 0600, in a 0700 "
+        kind = "a literal secret" if secret.recorded else "a secret read on this host (spec.json records where)"
+        lines.append(f"{secret.key} is {kind}; it is in {', '.join(places)} (each 0600, in a 0700 "
                      f"directory) and goes to {secret.path} (0600) on every node")
     return lines
 

@@ -48,6 +48,7 @@ from imagebuild.spec.fields import (
     UnitLimit,
     keys_schema,
 )
+from imagebuild.spec.secret_refs import HeaderValue
 
 # --- containerd -----------------------------------------------------------------------------------
 
@@ -323,10 +324,14 @@ class Endpoint(Section):
         False, description="deprecated, use path: api-root (containerd's hosts.toml override_path)")
     ca: AbsPath | None = Field(None, description="path of a CA certificate on the node")
     skip_verify: Bool = Field(False, description="skip TLS verification for this endpoint")
-    headers: Annotated[dict[HeaderName, Annotated[str, Text()]], keys_schema(HEADER_NAME)] = Field(
+    headers: Annotated[dict[HeaderName, HeaderValue], keys_schema(HEADER_NAME)] = Field(
         default_factory=dict, description="HTTP headers sent to this endpoint (registry credentials: "
-        "Authorization); every value is taken for a secret: the files holding it (hosts.toml, spec.json, "
-        "user-data) are 0600, and `imagebuild user-data` needs --accept-secret-in-metadata")
+        "Authorization); every value is taken for a secret. A value written out is a literal secret: the files "
+        "holding it (hosts.toml, spec.json, user-data) are 0600, and `imagebuild user-data` needs "
+        "--accept-secret-in-metadata. A value given by reference names its source instead, "
+        "{ssm|secretsmanager|file|env: NAME, prefix: TEXT}: ssm and secretsmanager are read on the node at "
+        "install time with the instance's role (no output holds the value), file and env on the build host at "
+        "render/bake time (spec.json records the reference)")
 
     def api_root(self, mode: str) -> str:
         return api_root(self.url, self.path, self.override_path, mode)

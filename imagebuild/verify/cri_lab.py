@@ -33,7 +33,7 @@ from imagebuild.verify.testimage import test_oci_image
 #: The address of the lab in the guest's user-mode network, per platform (outside the DHCP range).
 LAB_IP = {"nocloud": "10.0.2.100", "ec2": "169.254.20.20"}
 #: Files the lab puts on the verify seed (or the EC2 data disk).
-SEED_FILES = ("cri.py", "cri_checks.py", "runtime_pods.py", "cri-lab.json", "cri-lab-ca.crt")
+SEED_FILES = ("cri.py", "cri_hpack.py", "cri_checks.py", "runtime_pods.py", "cri-lab.json", "cri-lab-ca.crt")
 TAG = "1"
 
 
@@ -231,10 +231,11 @@ class Lab:
                         for port, reg in sorted(self.registries.items()))
 
     def seed_files(self, guest_dir: Path) -> dict[str, bytes]:
-        """The files the boot's seed carries for the CRI checks (cri.py and cri_checks.py from *guest_dir*)."""
+        """The files the boot's seed carries for the CRI checks (cri.py, cri_hpack.py and cri_checks.py from
+        *guest_dir*)."""
         lab = guest_lab(self.spec, self.plan, baked=self.baked, sandbox_baked=self.sandbox_baked,
                         sandbox=self.sandbox) | {"hosts": self.hosts()}
-        return {"cri.py": (guest_dir / "cri.py").read_bytes(),
+        return {**{name: (guest_dir / name).read_bytes() for name in ("cri.py", "cri_hpack.py")},
                 "cri_checks.py": (guest_dir / "cri_checks.py").read_bytes(),
                 "runtime_pods.py": (guest_dir / "runtime_pods.py").read_bytes(),
                 "cri-lab.json": (json.dumps(lab, indent=2) + "\n").encode(),

@@ -11,7 +11,9 @@ that runs :func:`relay` per connection), so the image's cloud-init finds what it
 - the tree cloud-init 22.4 crawls, under ``latest`` and any dated version: ``meta-data/``
   (instance-id, local-hostname, local-ipv4, mac, placement, public-keys, services,
   network/interfaces/macs/<mac>/...), ``dynamic/instance-identity/document`` and ``user-data``,
-  served byte for byte (gzipped user-data stays gzipped: cloud-init unpacks it, as on EC2).
+  served byte for byte (gzipped user-data stays gzipped: cloud-init unpacks it, as on EC2);
+- with a role (``Instance.role``), ``meta-data/iam/info`` and ``iam/security-credentials/<role>``: the
+  credentials an instance profile gives (those of a local AWS stand-in, for the tests of what reads them).
 
 Every request is logged (:attr:`ImdsServer.log`): method, path, status, and whether it carried
 a token (``none``, ``valid``, ``invalid``, ``expired``). :func:`token_violations` reads that log
@@ -57,6 +59,8 @@ class Instance:
     architecture: str = "x86_64"          # EC2's name (x86_64, arm64): the identity document's
     image_id: str = "ami-0123456789abcdef0"
     account_id: str = "123456789012"
+    role: str | None = None               # the instance profile's role: its credentials are served
+    role_credentials: tuple[str, str, str] = ("", "", "")   # AccessKeyId, SecretAccessKey, Token
 
     @property
     def local_hostname(self) -> str:
@@ -95,6 +99,17 @@ class Instance:
             "kernelId": None, "pendingTime": "2026-01-01T00:00:00Z", "privateIp": self.local_ipv4,
             "ramdiskId": None, "region": self.region, "version": "2017-09-30",
         }
+        if self.role:
+            key, secret, token = self.role_credentials
+            profile = f"arn:aws:iam::{self.account_id}:instance-profile/{self.role}"
+            meta["iam"] = {
+                "info": json.dumps({"Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z",
+                                    "InstanceProfileArn": profile,
+                                    "InstanceProfileId": "AIPA0123456789ABCDEFG"}),
+                "security-credentials": {self.role: json.dumps({
+                    "Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z", "Type": "AWS-HMAC",
+                    "AccessKeyId": key, "SecretAccessKey": secret, "Token": token,
+                    "Expiration": "2099-01-01T00:00:00Z"})}}
         return {"meta-data": meta,
                 "dynamic": {"instance-identity": {"document": json.dumps(document, indent=2)}}}
 

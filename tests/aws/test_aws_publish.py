@@ -238,6 +238,15 @@ def test_refuses_an_image_never_verified_as_ec2(aws, make_image, recording_clien
     assert clients.calls == []
 
 
+def test_an_image_verified_as_ec2_alone_publishes(aws, make_image, recording_clients):
+    """An AMI boots only on EC2: the EC2 verify is the one publish requires (the pipeline runs only it); a
+    NoCloud verify.json is not needed, and when there is one it must have passed (the tests above)."""
+    image_dir, _ = make_image()
+    (image_dir / "verify.json").unlink()
+    record = publish(image_dir, target(), clients=recording_clients())
+    assert record["complete"] and record["images"]
+
+
 def test_refuses_an_image_whose_ec2_verify_failed(aws, make_image, recording_clients):
     """The NoCloud boot passed, the EC2 boot did not: verify-ec2.json as verify writes it."""
     from tests.aws.fixtures import write_verify_report

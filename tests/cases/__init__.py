@@ -9,9 +9,14 @@ so its bytes are stable), and beside each gzipped file its text, `<file>.txt` (e
 `expected/user-data.txt`), so that a regeneration reads as a text diff in `git diff` and review.
 The test checks both: the blob byte for byte, and that it gunzips to exactly the `.txt`.
 Left out are the files the render copies verbatim from the source tree rather than renders,
-`check.py` (imagebuild/guest/check.py), `packer/cri.py` (imagebuild/guest/cri.py), `packer/inventory.py`
-(imagebuild/guest/inventory.py) and `packer/hygiene.sh` (packer/hygiene.sh): the test
-checks they are those files instead of keeping six copies that change whenever the sources do.
+`check.py` (imagebuild/guest/check.py), `packer/cri.py` and `packer/cri_hpack.py` (imagebuild/guest/cri.py,
+cri_hpack.py), `packer/inventory.py` (imagebuild/guest/inventory.py) and `packer/hygiene.sh`
+(packer/hygiene.sh): the test checks they are those files instead of keeping copies that change whenever
+the sources do.
+
+Each case but the default one (DEFAULT, the seed's empty spec) keeps only the files it changes: a file
+missing from its expected/ is expected to equal the default case's, and the paths the default renders
+but the case does not are listed in expected/ABSENT (one per line). `regen` writes them that way.
 """
 from __future__ import annotations
 
@@ -23,6 +28,10 @@ from pathlib import Path
 
 CASES_DIR = Path(__file__).resolve().parent
 EXPECTED = "expected"
+#: The case every other one is told apart from.
+DEFAULT = "seed-default"
+#: In a case's expected/: the default case's paths this case does not render.
+ABSENT = "ABSENT"
 TEXT_SUFFIX = ".txt"   # expected/<file>.txt: the gunzipped text of a gzipped expected/<file>
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -33,6 +42,7 @@ def verbatim() -> dict[str, Path]:
 
     return {"check.py": PACKAGE_DIR / "guest" / "check.py", "packer/hygiene.sh": shipped_dir("packer") / "hygiene.sh",
             "packer/cri.py": PACKAGE_DIR / "guest" / "cri.py",
+            "packer/cri_hpack.py": PACKAGE_DIR / "guest" / "cri_hpack.py",
             "packer/inventory.py": PACKAGE_DIR / "guest" / "inventory.py"}
 
 
@@ -64,9 +74,20 @@ def rendered(name: str) -> dict[str, bytes]:
     return with_texts({rel: f.content for rel, f in files.items() if rel not in skip})
 
 
-def stored(name: str) -> dict[str, bytes]:
+def _own(name: str) -> dict[str, bytes]:
+    """The files the case's expected/ holds itself (ABSENT included)."""
     base = CASES_DIR / name / EXPECTED
     return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def stored(name: str) -> dict[str, bytes]:
+    """What the case expects rendered: its own files over the default case's, less the ABSENT ones."""
+    own = _own(name)
+    if name == DEFAULT:
+        return own
+    absent = set(own.pop(ABSENT, b"").decode().split())
+    inherited = {rel: data for rel, data in _own(DEFAULT).items() if rel not in absent}
+    return dict(sorted((inherited | own).items()))
 
 
 def round_trip_errors(name: str) -> list[str]:
@@ -125,9 +146,15 @@ def differences(name: str) -> list[str]:
 def regen(selected: list[str] | None = None) -> list[Path]:
     """Rewrite expected/ of each case (all by default) from today's render; returns the case dirs."""
     done = []
-    for name in selected or names():
+    for name in sorted(selected or names(), key=lambda n: n != DEFAULT):  # the default first: the rest differ from it
         target = CASES_DIR / name / EXPECTED
         files = rendered(name)
+        if name != DEFAULT:
+            default = _own(DEFAULT)
+            absent = sorted(set(default) - set(files))
+            files = {rel: data for rel, data in files.items() if default.get(rel) != data}
+            if absent:
+                files[ABSENT] = "".join(f"{rel}\n" for rel in absent).encode()
         tmp = target.with_name(EXPECTED + ".new")
         shutil.rmtree(tmp, ignore_errors=True)
         for rel, data in files.items():

@@ -191,8 +191,8 @@ build {
   # The build's CRI client: install.sh --pull-sandbox pulls the sandbox image through it (not installed).
   provisioner "file" {
     except      = ["amazon-ebs.plumbing"]
-    source      = "${path.root}/cri.py"
-    destination = "/tmp/imagebuild-cri.py"
+    sources     = ["${path.root}/cri.py", "${path.root}/cri_hpack.py"]
+    destination = "/tmp/imagebuild-cri/"
   }
 
 
@@ -202,7 +202,7 @@ build {
     inline = [
       "install -d -m 0755 /var/lib/imagebuild",
       "cp -r /tmp/imagebuild/. /var/lib/imagebuild/",
-      "bash /var/lib/imagebuild/install.sh /var/lib/imagebuild/payload --pull-sandbox /tmp/imagebuild-cri.py",
+      "bash /var/lib/imagebuild/install.sh /var/lib/imagebuild/payload --pull-sandbox /tmp/imagebuild-cri/cri.py",
     ]
   }
 
