@@ -71,6 +71,10 @@ def test_each_example_renders_what_it_shows(example):
         runtime = _runtime(render)
         assert runtime["default_runtime_name"] == "runc"
         assert runtime["runtimes"]["runsc"]["runtime_type"] == "io.containerd.runsc.v1"
+        assert runtime["runtimes"]["runsc"]["options"] == {"TypeUrl": "io.containerd.runsc.v1.options",
+                                                           "ConfigPath": "/etc/containerd/runsc.toml"}
+        assert tomllib.loads((render / PAYLOAD / "containerd/runsc.toml").read_text()) == {
+            "runsc_config": {"platform": "systrap", "systemd-cgroup": "true"}}
     elif name == "airgapped-harbor":
         hosts = tomllib.loads((render / PAYLOAD / "containerd/certs.d/docker.io/hosts.toml").read_text())
         assert hosts["host"] == {"https://harbor.corp.example/v2/dockerhub-proxy": {

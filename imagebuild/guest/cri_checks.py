@@ -137,9 +137,24 @@ def run_all(rep, lab: dict | None, socket_path: str | None = None,
             sandbox_checks(rep, lab, call)
     if pod is not None:
         container_checks(rep, lab, call, pod, sandbox)
+    if lab.get("runtime_pods"):
+        runtime_pods(rep, lab, call, sandbox)
     if lab.get("pod_network"):
         pod_network(rep, lab["pod_network"], call, sandbox, conf_dir)
     return ready_at
+
+
+def runtime_pods(rep, lab: dict, call, sandbox: dict) -> None:
+    """A pod under each runtime the spec installs (runtime_pods.py, staged beside this file)."""
+    try:
+        from imagebuild.guest import runtime_pods as pods  # on the host (tests)
+    except ImportError:
+        try:
+            import runtime_pods as pods  # type: ignore[no-redef]  # in the guest
+        except ImportError as exc:
+            rep.check("cri.runtime_pods", "runtime_pods.py beside cri_checks.py", f"<{exc}>", False)
+            return
+    pods.run_all(rep, lab, call, sandbox, _cri_client().CRIError)
 
 
 def container_checks(rep, lab: dict, call, pod: str, sandbox: dict) -> None:

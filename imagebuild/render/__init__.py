@@ -21,7 +21,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imagebuild.errors import ImagebuildError
-from imagebuild.render import config_toml, downloads, expected, hosts_toml, proxy, secret_refs, secrets, userdata
+from imagebuild.render import (
+    config_toml,
+    downloads,
+    expected,
+    hosts_toml,
+    proxy,
+    secret_refs,
+    secrets,
+    toml_items,
+    userdata,
+)
 from imagebuild.render.templating import PACKAGE_DIR, render_template, shipped_dir
 from imagebuild.spec import platforms
 from imagebuild.spec.fields import normalized
@@ -84,6 +94,9 @@ def payload(spec: Spec) -> dict[str, File]:
                 render_template(f"dropin-{name}.conf.j2", **context).encode())
     if spec.proxy.environment:  # a drop-in for the full unit (tarball) and the package's unit alike
         files[PROXY_DROPIN] = File(render_template("dropin-http-proxy.conf.j2", proxy=spec.proxy).encode())
+    for rt in spec.config.runtimes.values():
+        if rt.config is not None and rt.config_path:  # the shim's own config (runsc.toml), at the path it is told
+            files[rt.config_path] = File(toml_items.dumps(toml_items.table(rt.config)).encode())
     files["/etc/modules-load.d/containerd.conf"] = File(render_template("modules-load.conf.j2", **context).encode())
     files[SYSCTL_PATH] = File(render_template("sysctl.conf.j2", **context).encode())
     return files
@@ -98,6 +111,7 @@ def install_script(spec: Spec, files: dict[str, File]) -> str:
                            sandbox_pull=json.dumps({"image": {"image": spec.config.sandbox_image}}),
                            sandbox_name=normalized(spec.config.sandbox_image),
                            protocols={name: downloads.curl_protocols(art) for name, art in downloads.artifacts(spec)},
+                           runtime_files=downloads.runtime_files(spec),
                            connect_timeout=downloads.CONNECT_TIMEOUT, retries=downloads.RETRIES,
                            stall_seconds=downloads.STALL_SECONDS,
                            proxy_env=proxy.install_environment(spec.proxy), apt_proxy=proxy.apt_options(spec.proxy))

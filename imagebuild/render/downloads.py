@@ -131,3 +131,16 @@ def curl_protocols(art: Any) -> dict[str, str]:
     if any(u.lower().startswith("file://") for u in fetched):
         allowed.add("file")
     return {"proto": "=" + ",".join(sorted(allowed)), "redirect": "=" + ",".join(schemes(art.insecure))}
+
+
+def runtime_files(spec: Spec) -> list[dict[str, str]]:
+    """What install.sh downloads for config.runtimes (the files of each runtime's `install`), sha256 pinned in
+    the spec: {"name", "url", "sha256", "path", "proto", "redirect"}, curl's protocols as for the artifacts."""
+    out = []
+    for runtime in spec.config.runtimes.values():
+        for file in runtime.install:
+            allowed = set(schemes(file.insecure)) | ({"file"} if file.url.lower().startswith("file://") else set())
+            out.append({"name": file.path.rsplit("/", 1)[1], "url": file.url, "sha256": file.sha256,
+                        "path": file.path, "proto": "=" + ",".join(sorted(allowed)),
+                        "redirect": "=" + ",".join(schemes(file.insecure))})
+    return out

@@ -398,6 +398,23 @@ class Registry(Section):
         json_schema_extra={"default": typing.cast(Any, SEED_MIRRORS)}, description="registries and their mirrors")
 
 
+class RuntimeFile(Section):
+    """a binary of a runtime (its shim, the runtime itself), downloaded by install.sh and checked against its sha256"""
+
+    url: Annotated[str, Text(r"^(https?|file)://[A-Za-z0-9.:-]*(/[A-Za-z0-9._~%+@=-]*)*/[A-Za-z0-9._+@=-]+$",
+                             "an https:// or file:// URL ending in a file name (http:// with insecure: true)")] = Field(
+        description="download URL; the file is installed to /usr/local/bin/<its name in the URL>, mode 0755")
+    sha256: Sha256 = Field(description="sha256 of the file (64 hex digits): the install checks it before "
+                           "installing anything")
+    insecure: Bool = Field(False, description="allow plain http:// for url, and redirects to http: (a lab "
+                           "mirror); false: https:// or file:// only, an http:// URL is a spec error")
+
+    @property
+    def path(self) -> str:
+        """Where install.sh puts it: /usr/local/bin/<the URL's file name> (containerd finds shims on PATH)."""
+        return "/usr/local/bin/" + self.url.rsplit("/", 1)[-1]
+
+
 class Runtime(Section):
     """an extra OCI runtime handler for the CRI plugin"""
 
@@ -410,6 +427,10 @@ class Runtime(Section):
         (), description="pod annotations passed through to the runtime")
     privileged_without_host_devices: Bool = Field(
         False, description="do not pass host devices to privileged pods")
+    config: dict[str, Any] | None = Field(
+        None, description="the shim's config file (gVisor's runsc.toml, ...), written as TOML to config_path")
+    install: tuple[RuntimeFile, ...] = Field(
+        (), description="binaries install.sh downloads for this runtime (its shim, the runtime), sha256 pinned")
 
 
 RuntimeName = Annotated[str, Key(RUNTIME_NAME, "runtime names of letters, digits, _ and -")]

@@ -26,6 +26,7 @@ from imagebuild.spec.containerd_keys import KeyPaths
 from imagebuild.spec.fields import CONTROL_CHARS, SURROGATES, URL_CREDENTIALS, Problem, show
 from imagebuild.spec.model import OS_RELEASES, Spec
 from imagebuild.spec.renames import dropped_imports
+from imagebuild.spec.runtime_rules import check_runtimes
 from imagebuild.spec.settings import config_expectations
 from imagebuild.spec.tls import check_tls
 
@@ -124,6 +125,10 @@ def semantic_checks(doc: dict) -> tuple[list[Problem], list[str]]:
     if "runc" in cfg["runtimes"]:
         problems.append(Problem("config.runtimes.runc", "runc is built in; tune it with config.systemd_cgroup "
                                 "or config.overrides"))
+    problems += check_runtimes(doc)
+    for name, runtime in cfg["runtimes"].items():   # the shim's config file is written as TOML, like overrides
+        if runtime.get("config") is not None:
+            check_overrides(runtime["config"], f"config.runtimes.{name}.config", problems)
     if cfg["default_runtime"] != "runc" and cfg["default_runtime"] not in cfg["runtimes"]:
         problems.append(Problem("config.default_runtime", f"got {cfg['default_runtime']!r}, expected runc or one of "
                                 f"config.runtimes ({', '.join(cfg['runtimes']) or 'none defined'})"))

@@ -32,6 +32,14 @@ def check_tls(doc: dict) -> list[Problem]:
                     f"got {show(art[field])}: plain HTTP, which anyone on the network path can read and change; "
                     f"expected an https:// or file:// URL, or insecure: true on containerd.install.{name} to allow "
                     "http:// for this artifact (a lab mirror)"))
+    for name, rt in doc["config"]["runtimes"].items():
+        for index, file in enumerate(rt.get("install") or ()):
+            if not file.get("insecure") and plain_http(file["url"]):
+                problems.append(Problem(
+                    f"config.runtimes.{name}.install[{index}].url",
+                    f"got {show(file['url'])}: plain HTTP, which anyone on the network path can read and change; "
+                    "expected an https:// or file:// URL, or insecure: true on this file to allow http:// (a lab "
+                    "mirror)"))
     base = doc["image"].get("base")
     if base and not base.get("insecure") and plain_http(base.get("source")):
         problems.append(Problem("image.base.source", f"got {show(base['source'])}: plain HTTP, which anyone on the "

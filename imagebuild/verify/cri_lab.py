@@ -36,7 +36,7 @@ from imagebuild.verify.testimage import test_oci_image
 #: The address of the lab in the guest's user-mode network, per platform (outside the DHCP range).
 LAB_IP = {"nocloud": "10.0.2.100", "ec2": "169.254.20.20"}
 #: Files the lab puts on the verify seed (or the EC2 data disk).
-SEED_FILES = ("cri.py", "cri_hpack.py", "cri_checks.py", "cri-lab.json", "cri-lab-ca.crt")
+SEED_FILES = ("cri.py", "cri_hpack.py", "cri_checks.py", "runtime_pods.py", "cri-lab.json", "cri-lab-ca.crt")
 TAG = "1"
 
 
@@ -149,7 +149,23 @@ def guest_lab(spec: Spec, lab_plan: Plan, *, baked: bool = False, sandbox_baked:
             "family": spec.containerd.family, "systemd_cgroup": spec.config.systemd_cgroup,
             "pulls": [p.as_json() for p in lab_plan.pulls],
             "sandbox": lab_plan.sandbox.as_json() if lab_plan.sandbox else None,
-            "pod_network": pod_network(spec)}
+            "pod_network": pod_network(spec), "runtime_pods": runtime_pods(spec)}
+
+
+def runtime_pods(spec: Spec) -> list[dict]:
+    """The runtimes the spec installs (config.runtimes.<name>.install), whose pods the guest starts; for gVisor
+    (runsc runs the pod's sandbox as a process of its own binary) the sha256 that process's executable must
+    have: the runsc the spec installed, or the runsc that binary_name in its config names."""
+    pods = []
+    for name, rt in spec.config.runtimes.items():
+        if not rt.install:
+            continue
+        exe = None
+        if rt.runtime_type == "io.containerd.runsc.v1":
+            binary = (rt.config or {}).get("binary_name") or "runsc"
+            exe = next((f.sha256 for f in rt.install if f.path == binary or f.path.endswith("/" + binary)), None)
+        pods.append({"name": name, "exe_sha256": exe})
+    return pods
 
 
 def mirror_checks(lab_plan: Plan, registries: dict[int, RegistryServer], *, sandbox_baked: bool = False) -> list[dict]:
@@ -255,6 +271,7 @@ class Lab:
                         sandbox=self.sandbox) | {"hosts": self.hosts()}
         return {**{name: (guest_dir / name).read_bytes() for name in ("cri.py", "cri_hpack.py")},
                 "cri_checks.py": (guest_dir / "cri_checks.py").read_bytes(),
+                "runtime_pods.py": (guest_dir / "runtime_pods.py").read_bytes(),
                 "cri-lab.json": (json.dumps(lab, indent=2) + "\n").encode(),
                 "cri-lab-ca.crt": self.tls["ca"].read_bytes()}
 

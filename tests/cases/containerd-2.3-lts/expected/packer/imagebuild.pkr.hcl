@@ -161,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "0adfb60b1a43b459f84cf1043a411ef7570c0af6b0ade0d2f6bfa621ba83a7f1", "imagebuild:containerd-version" = "2.3.7"}
-  snapshot_tags = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "0adfb60b1a43b459f84cf1043a411ef7570c0af6b0ade0d2f6bfa621ba83a7f1", "imagebuild:containerd-version" = "2.3.7"}
+  tags          = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "c7dde3dcfd5ddf4577c0731e0157a9993a06c798fca03c94322b0ee9617cb584", "imagebuild:containerd-version" = "2.3.7"}
+  snapshot_tags = {"Name" = "workers-lts", "imagebuild:family" = "workers-lts", "imagebuild:spec-hash" = "c7dde3dcfd5ddf4577c0731e0157a9993a06c798fca03c94322b0ee9617cb584", "imagebuild:containerd-version" = "2.3.7"}
 }
 
 build {
@@ -248,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "workers-lts"
-      spec_hash  = "0adfb60b1a43b459f84cf1043a411ef7570c0af6b0ade0d2f6bfa621ba83a7f1"
+      spec_hash  = "c7dde3dcfd5ddf4577c0731e0157a9993a06c798fca03c94322b0ee9617cb584"
       containerd = "2.3.7"
     }
   }

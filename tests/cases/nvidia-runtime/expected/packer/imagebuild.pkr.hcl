@@ -161,8 +161,8 @@ source "amazon-ebs" "golden" {
     throughput            = 125
     delete_on_termination = true
   }
-  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "f3f99b5715157e277bc6d316aa5a43fcacd357ce85699d1393ab90d398f3c6eb", "imagebuild:containerd-version" = "1.6.20"}
-  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "f3f99b5715157e277bc6d316aa5a43fcacd357ce85699d1393ab90d398f3c6eb", "imagebuild:containerd-version" = "1.6.20"}
+  tags          = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "64e5a92d6656c285a090e348784e78302522778c9e63cc8cad5a638796de10e2", "imagebuild:containerd-version" = "1.6.20"}
+  snapshot_tags = {"Name" = "gpu-workers", "imagebuild:family" = "gpu-workers", "imagebuild:spec-hash" = "64e5a92d6656c285a090e348784e78302522778c9e63cc8cad5a638796de10e2", "imagebuild:containerd-version" = "1.6.20"}
 }
 
 build {
@@ -248,7 +248,7 @@ build {
     strip_path = true
     custom_data = {
       family     = "gpu-workers"
-      spec_hash  = "f3f99b5715157e277bc6d316aa5a43fcacd357ce85699d1393ab90d398f3c6eb"
+      spec_hash  = "64e5a92d6656c285a090e348784e78302522778c9e63cc8cad5a638796de10e2"
       containerd = "1.6.20"
     }
   }
