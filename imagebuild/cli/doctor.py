@@ -32,7 +32,7 @@ PACKAGES: dict[str, str] = {
     "qemu-system-aarch64": "qemu-system-arm", "mmdebstrap": "mmdebstrap", "sfdisk": "fdisk",
     "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs", "mkfs.vfat": "dosfstools", "mmd": "mtools",
     "mcopy": "mtools", "xorriso": "xorriso", "genisoimage": "genisoimage", "ssh-keygen": "openssh-client",
-    "openssl": "openssl", "docker-registry": "docker-registry", "skopeo": "skopeo",
+    "openssl": "openssl", "docker-registry": "docker-registry", "skopeo": "skopeo", "tinyproxy": "tinyproxy",
     "chroot": "coreutils", "umount": "mount", "apt-config": "apt", "setpriv": "util-linux", "dpkg-query": "dpkg",
 }
 #: Beside BUILD_TOOLS, what a base image build runs: mmdebstrap's tree is entered, its mounts undone, and the
@@ -118,6 +118,7 @@ def needs(stage: str, arch: str) -> list[Need]:
                 _program(stage, "openssl", why="the registry lab's CA and certificate"),
                 _program(stage, "docker-registry", why="the registry lab the guest pulls from"),
                 _program(stage, "skopeo", why="pushes the test image into the registry lab"),
+                _program(stage, "tinyproxy", why="the lab's proxy, when the guest's one way out is the spec's proxy"),
                 _program(stage, "debugfs", why="reads the image offline (hygiene checks)"),
                 _program(stage, "sfdisk", why="finds the image's partitions offline"),
                 _uefi(stage, arch, "UEFI firmware: a uefi or uefi-preferred image boots under it"),
