@@ -72,7 +72,8 @@ def test_install_script_curl_is_https_only_with_timeouts_retries_and_fail():
         "cni_plugins": {"url": "http://m.example/cni.tgz", "sha256": ZERO, "insecure": True}}}}))["install.sh"]
     text = script.content.decode()
     assert ('curl --fail --silent --show-error --location --proto "$3" --proto-redir "$4" \\\n'
-            '    --connect-timeout 20 --retry 5 --retry-connrefused -o "$2" "$1"') in text
+            '    --connect-timeout 20 --speed-limit 1 --speed-time 60 \\\n'
+            '    --retry 5 --retry-connrefused -o "$2" "$1"') in text   # a stalled transfer is a failed try
     lines = [line.strip() for line in text.splitlines() if line.strip().startswith("fetch ")]
     assert [line.split()[-2:] for line in lines] == [["=https", "=https"], ["=file,https", "=https"],
                                                       ["=http,https", "=http,https"]]
