@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imagebuild.errors import ImagebuildError
-from imagebuild.render import config_toml, downloads, expected, hosts_toml, secrets, userdata
+from imagebuild.render import config_toml, downloads, expected, hosts_toml, packer_plugins, secrets, userdata
 from imagebuild.render.templating import PACKAGE_DIR, render_template, shipped_dir
 from imagebuild.spec import platforms
 from imagebuild.spec.fields import normalized
@@ -151,7 +151,8 @@ def packer_template(spec: Spec) -> str:
         "imagebuild.pkr.hcl.j2", spec=spec, aws=aws, tags=tags, guest_dir=GUEST_DIR, build_user=BUILD_USER,
         base_source=base.source if base else "", base_checksum=base.checksum if base else "none",
         accelerator="kvm" if spec.image.accelerator == "kvm" and arch == "amd64" else "tcg",
-        qemu=packer_qemu(arch), required_plugins=(major, minor) >= (1, 7),
+        qemu=packer_qemu(arch), packer_tested=packer_plugins.PACKER,
+        required_plugins=packer_plugins.required_plugins() if (major, minor) >= (1, 7) else {},
         sandbox_archive=SANDBOX_ARCHIVE, sandbox_args=SANDBOX_ARGS[spec.image.sandbox.source])
 
 

@@ -3,14 +3,13 @@
 `packer build -only=<name>.amazon-ebs.plumbing` runs the whole AMI pipeline without provisioning
 (find the source AMI by the spec's filter, launch, stop, create the AMI, copy, share, tag, clean
 up). The source AMI is one of moto's own built-in Canonical AMIs: a separate moto server loads
-just those (MOTO_AMIS_PATH) instead of the ~1,300 defaults. Packer only ever talks to 127.0.0.1:
-its EC2 endpoint is the `aws_endpoint` variable, and a proxy that does not exist catches anything
-else it might try (Go never proxies loopback).
+just those (MOTO_AMIS_PATH) instead of the ~1,300 defaults (the moto_canonical fixture). Packer only
+ever talks to 127.0.0.1: its EC2 endpoint is the `aws_endpoint` variable, and a proxy that does not
+exist catches anything else it might try (Go never proxies loopback).
 """
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import http.client
 import http.server
 import json
@@ -23,16 +22,16 @@ import urllib.parse
 
 import pytest
 
+from tests.aws.fixtures import CANONICAL, CANONICAL_AMIS
 from tests.support import run_cli, spec_of, write_spec
 
 HOME, COPY = "us-east-1", "us-west-2"
 ACCOUNT = "111122223333"
-CANONICAL = "099720109477"
 DOC = {
     "name": "plumbing-check",
     "image": {"aws": {
         "region": HOME, "copy_regions": [COPY], "share_with_accounts": [ACCOUNT], "encrypt_boot": False,
-        "source_ami_name": "ubuntu/images/hvm-ssd/ubuntu-*", "source_ami_owners": [CANONICAL],
+        "source_ami_name": CANONICAL_AMIS, "source_ami_owners": [CANONICAL],
         "tags": {"team": "platform"},
     }},
 }
@@ -43,22 +42,6 @@ def _render(tmp_path, doc=DOC):
     proc = run_cli("packer", str(write_spec(tmp_path, doc)), "-o", str(out))
     assert proc.returncode == 0, proc.stderr.decode()
     return out / "packer"
-
-
-@pytest.fixture(scope="module")
-def moto_canonical(start_moto, tmp_path_factory):
-    """A moto server whose only public AMIs are moto's built-in Canonical Ubuntu ones."""
-    pytest.importorskip("moto")
-    from moto.utilities.utils import load_resource
-
-    amis = [a for a in load_resource("ec2/resources/amis.json")
-            if a.get("owner_id") == CANONICAL
-            and fnmatch.fnmatch(a.get("name") or "", "ubuntu/images/hvm-ssd/ubuntu-*")]
-    assert amis, "moto's built-in AMIs changed: no Canonical ubuntu/images/hvm-ssd image left"
-    path = tmp_path_factory.mktemp("moto-amis") / "amis.json"
-    path.write_text(json.dumps(amis))
-    with start_moto({"MOTO_AMIS_PATH": str(path), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}) as url:
-        yield url, amis
 
 
 def _packer_env(tmp_path) -> dict[str, str]:
