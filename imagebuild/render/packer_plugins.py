@@ -9,7 +9,7 @@ from __future__ import annotations
 PACKER = "1.16.0"
 # name in required_plugins -> (source, tested version)
 PLUGINS: dict[str, tuple[str, str]] = {
-    "qemu": ("github.com/hashicorp/qemu", "1.1.7"),
+    "qemu": ("github.com/hashicorp/qemu", "1.0.9"),  # the newest the Go module proxy serves whole (docs/aws.md)
     "amazon": ("github.com/hashicorp/amazon", "1.8.2"),
 }
 

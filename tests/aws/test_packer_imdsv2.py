@@ -50,6 +50,10 @@ def _plumbing_build(new_packer, moto_canonical, tmp_path, version: str):
     packer_dir = _render(tmp_path, _doc(version))
     env = _packer_env(tmp_path) | {"PACKER_PLUGIN_PATH": new_packer[1]["PACKER_PLUGIN_PATH"]}
     with _recording_proxy(url) as (proxy, bodies):
+        # The amazon plugin checks the credentials with STS GetCallerIdentity (Packer 1.6.6 did not), and
+        # its copy to the other regions ignores custom_endpoint_ec2: both reach moto through the SDK's own
+        # endpoint settings, as they would reach AWS's regional endpoints without them.
+        env |= {"AWS_ENDPOINT_URL_STS": proxy, "AWS_ENDPOINT_URL_EC2": proxy}
         proc = _packer(new_packer, packer_dir, "build", "-color=false", "-only", f"{spec.name}.amazon-ebs.plumbing",
                        "-var", f"aws_endpoint={proxy}", "-var", f"output_directory={tmp_path / 'out'}",
                        "imagebuild.pkr.hcl", env=env, timeout=600)
