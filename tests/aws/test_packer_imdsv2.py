@@ -93,7 +93,7 @@ def test_the_plumbing_build_instance_requires_imds_tokens(new_packer, moto_canon
     assert len(made) == 2  # the home region and the copy
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(3600)  # as any of these tests, when it is the first to run
 def test_the_check_fails_for_a_template_without_metadata_options(new_packer, moto_canonical, tmp_path):
     """image.packer_version 1.6 renders neither metadata_options nor imds_support: the same Packer then
     launches a build instance that answers IMDSv1, and the check says so."""
