@@ -1,5 +1,5 @@
-"""`python -m devtools golden|prebuild|fetch|defaults|tarballs OUT|testimage|spec-reference`: the developer
-tools' commands."""
+"""`python -m devtools golden|prebuild|fetch|defaults|tarballs OUT|testimage|spec-reference|packer`: the
+developer tools' commands."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from devtools import debian_artifacts, defaults, golden, prebuild, spec_reference, testimage
+from devtools import debian_artifacts, defaults, golden, packer, prebuild, spec_reference, testimage
 from imagebuild import cli
 from imagebuild.errors import ImagebuildError
 
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="this architecture's program (repeatable; default: every one)")
     p = sub.add_parser("spec-reference", help="rewrite docs/spec.md, the spec reference, from the model")
     p.add_argument("--output", type=Path, default=spec_reference.SPEC_MD, help="default: docs/spec.md")
+    sub.add_parser("packer", help="build the Packer release and plugins the template's required_plugins names "
+                   "(once; cached); print the binary and the directory for PACKER_PLUGIN_PATH")
     args = parser.parse_args(argv)
     try:
         if args.command == "golden":  # the product's signal policy and error lines, as `imagebuild` has them
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}\t{sha256}")
         elif args.command == "spec-reference":
             print(spec_reference.write(args.output))
+        elif args.command == "packer":
+            binary, plugins = packer.tools()
+            print(f"{binary}\nPACKER_PLUGIN_PATH={plugins}")
     except ImagebuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

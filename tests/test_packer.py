@@ -141,7 +141,7 @@ def test_amazon_ebs_is_imdsv2_only_where_the_packer_version_knows_how(tmp_path):
     assert packer_validate(packer_dir).returncode == 0
     newer = render.packer_template(spec_of({"image": {"packer_version": "1.9"}}))
     assert 'imds_support  = "v2.0"' in newer and 'http_tokens                 = "required"' in newer
-    assert 'version = ">= 1.2.1"' in newer
+    assert 'version = "~> 1.8.2"' in newer  # the release tests/aws/test_packer_imdsv2.py runs
 
 
 @pytest.mark.parametrize("setting", ['imds_support = "v2.0"', 'metadata_options {\n    http_tokens = "required"\n  }'])

@@ -26,6 +26,7 @@ from imagebuild.render import (
     downloads,
     expected,
     hosts_toml,
+    packer_plugins,
     proxy,
     secret_refs,
     secrets,
@@ -178,7 +179,8 @@ def packer_template(spec: Spec) -> str:
         "imagebuild.pkr.hcl.j2", spec=spec, aws=aws, tags=tags, guest_dir=GUEST_DIR, build_user=BUILD_USER,
         base_source=base.source if base else "", base_checksum=base.checksum if base else "none",
         accelerator="kvm" if spec.image.accelerator == "kvm" and arch == "amd64" else "tcg",
-        qemu=packer_qemu(arch), required_plugins=(major, minor) >= (1, 7),
+        qemu=packer_qemu(arch), packer_tested=packer_plugins.PACKER,
+        required_plugins=packer_plugins.required_plugins() if (major, minor) >= (1, 7) else {},
         sandbox_archive=SANDBOX_ARCHIVE, sandbox_args=SANDBOX_ARGS[spec.image.sandbox.source],
         # a value the node reads is read at each boot of the image, never by the build (render.secret_refs)
         image_build=spec.config.registry.mode == "hosts" and bool(secret_refs.on_node(spec)))

@@ -270,7 +270,8 @@ class Image(Section):
         "apt lists, logs, fstrim")
     sandbox: Sandbox = Field(default_factory=Sandbox, description=Sandbox.__doc__)
     packer_version: Annotated[str, Text(r"^[0-9]+\.[0-9]+$", "a version like 1.6")] = Field(
-        "1.6", description="Packer version the template targets; required_plugins from 1.7")
+        "1.6", description="Packer version the template targets; from 1.7: required_plugins (the tested qemu "
+        "and amazon plugin releases) and an IMDSv2-only amazon-ebs build")
     aws: Aws = Field(default_factory=Aws, description=Aws.__doc__)
 
     @property

@@ -8,6 +8,7 @@ credentials, `AWS_ENDPOINT_URL` pointing at the local server).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -413,6 +414,24 @@ def client_error():
 def start_moto():
     """`with start_moto({"MOTO_...": ...}) as url:` a separate moto server with its own settings."""
     return moto_process
+
+
+CANONICAL = "099720109477"
+CANONICAL_AMIS = "ubuntu/images/hvm-ssd/ubuntu-*"
+
+
+@pytest.fixture(scope="module")
+def moto_canonical(start_moto, tmp_path_factory):
+    """A moto server whose only public AMIs are moto's built-in Canonical Ubuntu ones: (url, those AMIs)."""
+    from moto.utilities.utils import load_resource
+
+    amis = [a for a in load_resource("ec2/resources/amis.json")
+            if a.get("owner_id") == CANONICAL and fnmatch.fnmatch(a.get("name") or "", CANONICAL_AMIS)]
+    assert amis, "moto's built-in AMIs changed: no Canonical ubuntu/images/hvm-ssd image left"
+    path = tmp_path_factory.mktemp("moto-amis") / "amis.json"
+    path.write_text(json.dumps(amis))
+    with start_moto({"MOTO_AMIS_PATH": str(path), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}) as url:
+        yield url, amis
 
 
 # --------------------------------------------------------------------------- AWS error answers

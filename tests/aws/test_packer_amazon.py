@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import re
 
+from tests.aws.fixtures import CANONICAL, CANONICAL_AMIS
 from tests.support import run_cli, write_spec
 
 HOME, COPY = "us-east-1", "us-west-2"
 ACCOUNT = "111122223333"
-CANONICAL = "099720109477"
 DOC = {
     "name": "plumbing-check",
     "image": {"aws": {
         "region": HOME, "copy_regions": [COPY], "share_with_accounts": [ACCOUNT], "encrypt_boot": False,
-        "source_ami_name": "ubuntu/images/hvm-ssd/ubuntu-*", "source_ami_owners": [CANONICAL],
+        "source_ami_name": CANONICAL_AMIS, "source_ami_owners": [CANONICAL],
         "tags": {"team": "platform"},
     }},
 }

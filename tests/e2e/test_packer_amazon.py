@@ -10,7 +10,6 @@ else it might try (Go never proxies loopback).
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import http.client
 import http.server
 import json
@@ -23,25 +22,10 @@ import urllib.parse
 
 import pytest
 
-from tests.aws.test_packer_amazon import ACCOUNT, CANONICAL, COPY, DOC, HOME, _render
+from tests.aws.test_packer_amazon import ACCOUNT, COPY, DOC, HOME, _render
 from tests.support import spec_of
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def moto_canonical(start_moto, tmp_path_factory):
-    """A moto server whose only public AMIs are moto's built-in Canonical Ubuntu ones."""
-    from moto.utilities.utils import load_resource
-
-    amis = [a for a in load_resource("ec2/resources/amis.json")
-            if a.get("owner_id") == CANONICAL
-            and fnmatch.fnmatch(a.get("name") or "", "ubuntu/images/hvm-ssd/ubuntu-*")]
-    assert amis, "moto's built-in AMIs changed: no Canonical ubuntu/images/hvm-ssd image left"
-    path = tmp_path_factory.mktemp("moto-amis") / "amis.json"
-    path.write_text(json.dumps(amis))
-    with start_moto({"MOTO_AMIS_PATH": str(path), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}) as url:
-        yield url, amis
 
 
 def _packer_env(tmp_path) -> dict[str, str]:
