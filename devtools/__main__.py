@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
                        "mirror, verify")
     p.add_argument("spec", nargs="?", metavar="SPEC", help="spec file (default: the built-in default spec)")
     p.add_argument("--work", type=Path, default=Path("build/golden"), help="work directory (default: build/golden)")
-    sub.add_parser("prebuild", help="build and fetch into the cache what make test needs (make test starts it "
-                   "in the background)")
+    p = sub.add_parser("prebuild", help="build and fetch into the cache what make test needs (make test starts "
+                       "both lanes in the background)")
+    p.add_argument("--lane", choices=prebuild.LANES, help="only the Go builds or only the images (default: both)")
     p = sub.add_parser("fetch", help="download and unpack Debian's containerd families (default: all)")
     p.add_argument("families", nargs="*", metavar="FAMILY")
     sub.add_parser("defaults", help="rewrite imagebuild/defaults/ from `config default`")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "golden":  # the product's signal policy and error lines, as `imagebuild` has them
             return cli.guarded(lambda: golden.run(args.work, args.spec))
         if args.command == "prebuild":
-            return cli.guarded(prebuild.run)
+            return cli.guarded(lambda: prebuild.run(args.lane))
         if args.command == "fetch":
             for family in args.families or debian_artifacts.FAMILIES:
                 print(f"{family}\t{debian_artifacts.fetch(family)}\t{debian_artifacts.version(family)}")

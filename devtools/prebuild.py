@@ -18,22 +18,27 @@ from devtools import actionlint, debian_artifacts, families, upstream
 from imagebuild.build import baseimage
 from imagebuild.progress import step
 
+#: The two lanes `make test` runs side by side: Go builds use the CPUs, image builds mostly the network and disk.
+LANES = ("go", "images")
 
-def pieces() -> list[tuple[str, Callable[[], object]]]:
-    """(what, build) in the order the suite first needs them (tests/conftest.py runs the boots last)."""
-    out: list[tuple[str, Callable[[], object]]] = []
-    out += [(f"Debian's containerd {family}", partial(debian_artifacts.fetch, family))
-            for family in debian_artifacts.FAMILIES]
-    out += [(f"containerd {version}", partial(upstream.containerd, version))
-            for version in families.UPSTREAM_ONLY.values()]
-    out += [(f"runc {version}", partial(upstream.runc, version))
-            for version in sorted({built for _, built in upstream.RUNC.values()})]
-    out += [("CNI plugins", upstream.cni_plugins), ("crictl", upstream.crictl), ("actionlint", actionlint.actionlint)]
-    out += [(f"containerd {family} (upstream's)", partial(_upstream_of_debian_family, family))
-            for family in debian_artifacts.FAMILIES]
-    out += [(f"base image {flavor.release} {flavor.arch}", partial(baseimage.build, flavor=flavor))
-            for flavor in (baseimage.DEFAULT, baseimage.Flavor.of("debian-13", "amd64"))]
-    return out
+
+def pieces(lane: str | None = None) -> list[tuple[str, Callable[[], object]]]:
+    """(what, build) of *lane* (default: both, Go first), each lane in the order the suite first needs it
+    (tests/conftest.py runs the boots last)."""
+    go: list[tuple[str, Callable[[], object]]] = []
+    go += [(f"containerd {version}", partial(upstream.containerd, version))
+           for version in families.UPSTREAM_ONLY.values()]
+    go += [(f"runc {version}", partial(upstream.runc, version))
+           for version in sorted({built for _, built in upstream.RUNC.values()})]
+    go += [("CNI plugins", upstream.cni_plugins), ("crictl", upstream.crictl), ("actionlint", actionlint.actionlint)]
+    go += [(f"containerd {family} (upstream's)", partial(_upstream_of_debian_family, family))
+           for family in debian_artifacts.FAMILIES]
+    images: list[tuple[str, Callable[[], object]]] = []
+    images += [(f"Debian's containerd {family}", partial(debian_artifacts.fetch, family))
+               for family in debian_artifacts.FAMILIES]
+    images += [(f"base image {flavor.release} {flavor.arch}", partial(baseimage.build, flavor=flavor))
+               for flavor in (baseimage.DEFAULT, baseimage.Flavor.of("debian-13", "amd64"))]
+    return {"go": go, "images": images, None: go + images}[lane]
 
 
 def _upstream_of_debian_family(family: str) -> object:
@@ -41,10 +46,10 @@ def _upstream_of_debian_family(family: str) -> object:
     return upstream.containerd(families.release(family))
 
 
-def run() -> int:
-    """Build every piece; the first failure stops it (the test that needs the piece builds it again and
-    fails there, with the error in its own output)."""
-    for what, build in pieces():
+def run(lane: str | None = None) -> int:
+    """Build every piece of *lane* (default: all); the first failure stops it (the test that needs the piece
+    builds it again and fails there, with the error in its own output)."""
+    for what, build in pieces(lane):
         started = time.monotonic()
         build()
         step(f"prebuild: {what} ready ({time.monotonic() - started:.0f} s)")

@@ -42,20 +42,23 @@ _prebuild: list = []
 
 
 def pytest_sessionstart(session):
-    """With PREBUILD_ENV=1, `python -m devtools prebuild` runs beside the tests (its log: prebuild.log in the
-    imagebuild cache); a first run on a fresh machine then builds while the tests that need no build run."""
+    """With PREBUILD_ENV=1, `python -m devtools prebuild` runs beside the tests, one process per lane (logs:
+    prebuild-<lane>.log in the imagebuild cache); a first run on a fresh machine then builds while the tests
+    that need no build run."""
     import os
 
     if os.environ.get(PREBUILD_ENV) != "1" or hasattr(session.config, "workerinput"):
         return
     import sys
 
+    from devtools.prebuild import LANES
     from imagebuild.paths import cache_dir
     from imagebuild.run import spawn
 
-    log = open(cache_dir() / "prebuild.log", "w")  # closed at the session's end
-    _prebuild.append((spawn(["nice", "-n", "5", sys.executable, "-m", "devtools", "prebuild"], stdout=log,
-                            stderr=log, die_with_parent=True), log))
+    for lane in LANES:  # side by side: the Go builds use the CPUs, the image builds mostly network and disk
+        log = open(cache_dir() / f"prebuild-{lane}.log", "w")  # closed at the session's end
+        _prebuild.append((spawn(["nice", "-n", "5", sys.executable, "-m", "devtools", "prebuild", "--lane", lane],
+                                stdout=log, stderr=log, die_with_parent=True), log))
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -219,6 +219,9 @@ def test_golden_image_verifies_under_seabios_too(golden_image, golden_spec, tmp_
     print(f"\nDebian 12 golden verify under SeaBIOS: {report['timings']}")
 
 
+# make test-extra (~30 s): make test's budget. The boot's own timeout (the message, the serial log's last lines,
+# no QEMU left) is tests/e2e/test_qemu_boots.py's test_boot_timeout_is_clear_and_kills_qemu, in make test.
+@pytest.mark.extra
 def test_verify_times_out_on_a_guest_that_never_boots(tmp_path, golden_spec):
     blank = tmp_path / "blank.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(blank), "1G"], check=True)
@@ -332,6 +335,9 @@ def test_user_data_path_verifies_on_ec2_with_the_proxy_its_only_way_out(mirror, 
         assert f"CONNECT {mirror_host}.mirrors.ustc.edu.cn:443" in asked, asked
 
 
+# make test-extra (~80 s): make test's budget. The CRI checks fail on a dead CRI plugin on real daemons of every
+# family in make test (tests/test_cri_checks.py, tests/test_cri_client.py); this is the same through a boot.
+@pytest.mark.extra
 def test_a_containerd_whose_cri_plugin_is_off_fails_verify(mirror, base_image, tmp_path):
     """Can the CRI checks fail a boot? A spec that disables the CRI plugin gives a containerd that runs,
     answers ctr and holds every rendered file, yet kubelet could not use it: verify must fail, on the

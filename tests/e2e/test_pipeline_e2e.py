@@ -59,6 +59,10 @@ def publish_spec(golden_spec):
     return parse(yaml.safe_dump(doc), "pipeline e2e spec")
 
 
+# make test-extra (a bake, an EC2 boot and a publish: ~3 min): make test's budget. make test proves the
+# pipeline's steps against moto with small images (tests/aws/test_pipeline.py), the bake and the EC2 verify of
+# the golden image (tests/e2e/test_bake_verify.py), and publish's refusals and records (tests/aws).
+@pytest.mark.extra
 @pytest.mark.timeout(2400)
 def test_pipeline_publishes_a_verified_image_then_skips(aws, boto, clients, publish_spec, base_image, monkeypatch,
                                                         tmp_path):

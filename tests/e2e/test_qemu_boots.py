@@ -52,6 +52,9 @@ def test_kvm_probe_answers_quickly_and_the_probe_sees_tcg(base_image, monkeypatc
     assert not _qemu_pids("imagebuild-probe-")
 
 
+# make test-extra (~45 s): make test's budget. Every verify boot in make test reports through the same
+# vm.boot: results on the results port, kernel/cloud-init/done timings, the image unchanged.
+@pytest.mark.extra
 def test_boot_reports_results_and_timings(base_image, tmp_path):
     script = guest_emit_function() + """imagebuild_emit '{"hello": 1}'"""
     user_data = "#cloud-config\n" + yaml.safe_dump({
