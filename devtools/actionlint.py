@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from devtools.upstream import _go, _once, module_info
-from imagebuild.paths import cache_dir
+from devtools.upstream import go_install
 from imagebuild.run import run
 
 ACTIONLINT_VERSION = "1.7.12"
@@ -20,16 +19,9 @@ MODULE = "github.com/rhysd/actionlint"
 
 def actionlint(version: str = ACTIONLINT_VERSION) -> Path:
     """The actionlint binary of *version*: `<cache>/actionlint-<version>-linux-amd64/actionlint`."""
-    target = cache_dir("upstream") / f"actionlint-{version}-linux-amd64"
-
-    def build(tmp: Path) -> dict:
-        revision = "gomod-" + module_info(MODULE, version)["Sum"]
-        _go(["install", "-trimpath", "-ldflags", f"-s -w -X {MODULE}.version=v{version}",
-             f"{MODULE}/cmd/actionlint@v{version}"], f"go install actionlint v{version}", env={"GOBIN": str(tmp)})
-        return {"module": MODULE, "version": version, "revision": revision}
-
-    _once(target, f"actionlint {version}", build)
-    return target / "actionlint"
+    return go_install("actionlint", MODULE, version, lambda _: [
+        "-trimpath", "-ldflags", f"-s -w -X {MODULE}.version=v{version}", f"{MODULE}/cmd/actionlint@v{version}"]) \
+        / "actionlint"
 
 
 def lint(workflow: Path) -> tuple[int, str]:

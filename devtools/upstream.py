@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
@@ -208,50 +208,43 @@ def runc_version(containerd_version: str) -> str:
     return RUNC[family][1]
 
 
-def runc(version: str) -> Path:
-    """A static-pie runc *version* with seccomp: `<dir>/runc`."""
-    target = cache_dir("upstream") / f"runc-{version}-linux-amd64"
-    module = "github.com/opencontainers/runc"
+def go_install(name: str, module: str, version: str, args: Callable[[str], list[str]], *, cgo: bool = False) -> Path:
+    """`go install` of *module* at *version* into `<cache>/upstream/<name>-<version>-linux-amd64` (once, under
+    its lock): *args(revision)* are the arguments after `install` (flags, then the packages at their version);
+    the revision is the module's go.sum hash (`gomod-h1:...`)."""
+    target = cache_dir("upstream") / f"{name}-{version}-linux-amd64"
 
     def build(tmp: Path) -> dict:
         revision = "gomod-" + module_info(module, version)["Sum"]
-        _go(["install", "-trimpath", "-buildmode=pie", "-tags", "seccomp urfave_cli_no_docs netgo osusergo",
-             "-ldflags", f"-X main.gitCommit={revision} -w -s -buildid= -linkmode external -extldflags -static-pie",
-             f"{module}@v{version}"], f"go install runc v{version}", cgo=True, env={"GOBIN": str(tmp)})
+        _go(["install", *args(revision)], f"go install {name} v{version}", cgo=cgo, env={"GOBIN": str(tmp)})
         return {"module": module, "version": version, "revision": revision}
 
-    _once(target, f"runc {version}", build)
+    _once(target, f"{name} {version}", build)
     return target
+
+
+def runc(version: str) -> Path:
+    """A static-pie runc *version* with seccomp: `<dir>/runc`."""
+    module = "github.com/opencontainers/runc"
+    return go_install("runc", module, version, lambda revision: [
+        "-trimpath", "-buildmode=pie", "-tags", "seccomp urfave_cli_no_docs netgo osusergo", "-ldflags",
+        f"-X main.gitCommit={revision} -w -s -buildid= -linkmode external -extldflags -static-pie",
+        f"{module}@v{version}"], cgo=True)
 
 
 def cni_plugins(version: str = CNI_VERSION) -> Path:
     """The CNI plugins of release *version*, static, in one directory (as the release tarball holds them)."""
-    target = cache_dir("upstream") / f"cni-plugins-{version}-linux-amd64"
     module = "github.com/containernetworking/plugins"
-
-    def build(tmp: Path) -> dict:
-        ldflags = f"-extldflags -static -X {module}/pkg/utils/buildversion.BuildVersion=v{version}"
-        _go(["install", "-ldflags", ldflags, *(f"{module}/plugins/{p}@v{version}" for p in CNI_PLUGINS)],
-            f"go install CNI plugins v{version}", env={"GOBIN": str(tmp)})
-        return {"module": module, "version": version}
-
-    _once(target, f"CNI plugins {version}", build)
-    return target
+    return go_install("cni-plugins", module, version, lambda _: [
+        "-ldflags", f"-extldflags -static -X {module}/pkg/utils/buildversion.BuildVersion=v{version}",
+        *(f"{module}/plugins/{p}@v{version}" for p in CNI_PLUGINS)])
 
 
 def crictl(version: str = CRICTL_VERSION) -> Path:
     """A static crictl of cri-tools *version*: `<dir>/crictl`."""
-    target = cache_dir("upstream") / f"crictl-{version}-linux-amd64"
     module = "sigs.k8s.io/cri-tools"
-
-    def build(tmp: Path) -> dict:
-        revision = "gomod-" + module_info(module, version)["Sum"]
-        _go(["install", "-trimpath", "-ldflags", f"-X {module}/pkg/version.Version={version} -s -w",
-             f"{module}/cmd/crictl@v{version}"], f"go install crictl v{version}", env={"GOBIN": str(tmp)})
-        return {"module": module, "version": version, "revision": revision}
-
-    _once(target, f"crictl {version}", build)
-    return target
+    return go_install("crictl", module, version, lambda _: [
+        "-trimpath", "-ldflags", f"-X {module}/pkg/version.Version={version} -s -w", f"{module}/cmd/crictl@v{version}"])
 
 
 def kubelet(version: str = KUBELET_VERSION) -> Path:
