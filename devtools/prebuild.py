@@ -1,12 +1,13 @@
-"""Everything `make test` builds or fetches once into the cache, in the order the suite needs it: Debian's
-containerd families, upstream's containerd of every family with its runc, the CNI plugins, crictl and
-actionlint (all from the Go module proxy), then the Debian 12 and 13 base images.
+"""Everything `make test` builds or fetches once into the cache: Debian's containerd families, upstream's
+containerd of every family with its runc, the CNI plugins, crictl and actionlint (all from the Go module proxy),
+and the Debian 12 and 13 base images.
 
-`make test` starts this in the background when pytest starts (tests/conftest.py), so that the first build on
-a fresh machine overlaps the tests that need none of it (the spec, render and AWS tests; the end-to-end boots
-run last). Each piece is built under its own lock, exactly as a test builds it on demand: a test that needs
-a piece not built yet waits for this build of it or builds it itself, never both. Once cached, this is a few
-seconds of stamp reads.
+`make test` starts this in the background when pytest starts (tests/conftest.py), one process per lane, so that
+the first build on a fresh machine overlaps the tests: the Go lane builds first what the boots serve (BOOTED),
+while the fast tests that need no build run, then the rest during the boots, whose QEMU leaves a core idle; the
+fast tests that use a Go build (marked `builds`) run last. Each piece is built under its own lock, exactly as a
+test builds it on demand: a test that needs a piece not built yet waits for this build of it or builds it
+itself, never both. Once cached, this is a few seconds of stamp reads.
 """
 from __future__ import annotations
 
@@ -20,19 +21,22 @@ from imagebuild.progress import step
 
 #: The two lanes `make test` runs side by side: Go builds use the CPUs, image builds mostly the network and disk.
 LANES = ("go", "images")
+#: The families whose upstream builds `make test`'s boots serve (tests/e2e: the mirror's 1.6 and 1.7, Debian 13's
+#: 2.3 LTS): the Go lane builds them, their runc and the CNI plugins first.
+BOOTED = ("1.6", "1.7", "2.3")
 
 
 def pieces(lane: str | None = None) -> list[tuple[str, Callable[[], object]]]:
-    """(what, build) of *lane* (default: both, Go first), each lane in the order the suite first needs it
-    (tests/conftest.py runs the boots last)."""
+    """(what, build) of *lane* (default: both, Go first), each lane in the order the suite first needs it:
+    the boots' pieces, then the fast `builds` tests' (tests/conftest.py runs them after the boots)."""
+    order = [*BOOTED, *(family for family in upstream.RUNC if family not in BOOTED)]
     go: list[tuple[str, Callable[[], object]]] = []
-    go += [(f"containerd {version}", partial(upstream.containerd, version))
-           for version in families.UPSTREAM_ONLY.values()]
+    go += [(f"containerd {family}", partial(_containerd, family)) for family in BOOTED]
     go += [(f"runc {version}", partial(upstream.runc, version))
-           for version in sorted({built for _, built in upstream.RUNC.values()})]
-    go += [("CNI plugins", upstream.cni_plugins), ("crictl", upstream.crictl), ("actionlint", actionlint.actionlint)]
-    go += [(f"containerd {family} (upstream's)", partial(_upstream_of_debian_family, family))
-           for family in debian_artifacts.FAMILIES]
+           for version in dict.fromkeys(upstream.RUNC[family][1] for family in order)]
+    go += [("CNI plugins", upstream.cni_plugins)]
+    go += [(f"containerd {family}", partial(_containerd, family)) for family in order[len(BOOTED):]]
+    go += [("crictl", upstream.crictl), ("actionlint", actionlint.actionlint)]
     images: list[tuple[str, Callable[[], object]]] = []
     images += [(f"Debian's containerd {family}", partial(debian_artifacts.fetch, family))
                for family in debian_artifacts.FAMILIES]
@@ -41,8 +45,9 @@ def pieces(lane: str | None = None) -> list[tuple[str, Callable[[], object]]]:
     return {"go": go, "images": images, None: go + images}[lane]
 
 
-def _upstream_of_debian_family(family: str) -> object:
-    """Upstream's build of the release Debian packages for *family* (the e2e boots serve it)."""
+def _containerd(family: str) -> object:
+    """Upstream's build of *family*'s release (families.release: the Debian package's release, or the latest
+    patch of a family Debian does not package)."""
     return upstream.containerd(families.release(family))
 
 

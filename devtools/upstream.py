@@ -60,6 +60,9 @@ CNI_PLUGINS = ("main/bridge", "main/host-device", "main/ipvlan", "main/loopback"
                "meta/bandwidth", "meta/firewall", "meta/portmap", "meta/sbr", "meta/tuning", "meta/vrf")
 _STAMP = ".built.json"
 _TIMEOUT = 1800
+#: Called with *what* on every `_once` call, built or found in the cache (tests/conftest.py: a fast test
+#: that uses a Go-built piece must say so with the `builds` marker, so a first run orders it after the boots).
+watchers: list[Callable[[str], None]] = []
 
 
 def _go_env(cgo: bool) -> dict[str, str]:
@@ -120,6 +123,8 @@ def _built(target: Path) -> dict | None:
 def _once(target: Path, what: str, build) -> dict:
     """Run *build(tmp_dir) -> facts* once for *target* (a cache directory), under a lock; the result is
     swapped in whole, with its stamp, so an interrupted build is redone."""
+    for watcher in watchers:
+        watcher(what)
     done = _built(target)
     if done:
         return done

@@ -9,13 +9,47 @@ pytest_plugins = ["tests.aws.fixtures"]
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A check that could not run fails loudly: every skip (missing tool, not root) is a failure."""
+    """A check that could not run fails loudly: every skip (missing tool, not root) is a failure. A fast test
+    that used a Go-built piece without the `builds` marker fails too (`unmarked_build_use`)."""
     outcome = yield
     report = outcome.get_result()
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"could not run, so it fails: {reason}"
+    if call.when == "call" and report.passed:
+        unmarked = unmarked_build_use(item, _used.pop(item.nodeid, []))
+        if unmarked:
+            report.outcome = "failed"
+            report.longrepr = unmarked
+
+
+#: nodeid -> the Go-built pieces (devtools.upstream._once) that test's setup and call used.
+_used: dict[str, list[str]] = {}
+_running: list[str] = []
+
+
+def pytest_configure(config):
+    from devtools import upstream
+
+    upstream.watchers.append(lambda what: _running and _used.setdefault(_running[0], []).append(what))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _running[:] = [item.nodeid]
+    yield
+    _running.clear()
+
+
+def unmarked_build_use(item, used: list[str]) -> str | None:
+    """Why *item* fails if it used Go-built pieces (*used*) without saying so: on a first run those pieces are
+    still building in the background (PREBUILD_ENV), and only the `builds` marker orders the test after the
+    boots, by when they are built. None if it is marked, used none, or is no fast test of `make test` (e2e, extra)."""
+    if not used or any(item.get_closest_marker(name) for name in ("builds", "e2e", "extra")):
+        return None
+    return (f"{item.nodeid} used {', '.join(dict.fromkeys(used))}, built from the Go module proxy on a first run: "
+            "mark it `builds` (pytest.mark.builds), so that run orders it after the boots, by when it is built")
 
 #: Where the end-to-end tests live (node ids are relative to the repository).
 E2E_DIR = "tests/e2e/"
@@ -32,8 +66,16 @@ def pytest_collection_modifyitems(config, items):
               if bool(item.get_closest_marker("e2e")) != item.nodeid.startswith(E2E_DIR)]
     if astray:
         raise pytest.UsageError(f"an e2e test outside {E2E_DIR} or a test there not marked e2e: {', '.join(astray)}")
-    # The boots last: the fast tests report first, and a first run's builds (PREBUILD_ENV) get their time.
-    items.sort(key=lambda item: bool(item.get_closest_marker("e2e")))
+    items.sort(key=_stage)
+
+
+def _stage(item) -> int:
+    """Where *item* runs: the fast tests that need no Go build first, then the boots, then the fast tests marked
+    `builds`. A first run (PREBUILD_ENV) builds the boots' pieces first, while the first fast tests run, and
+    the others during the boots, whose QEMU leaves a core idle; the `builds` tests then find them built."""
+    if item.get_closest_marker("e2e"):
+        return 1
+    return 2 if item.get_closest_marker("builds") else 0
 
 
 #: Set by `make test`: build what the suite needs into the cache in the background (devtools/prebuild.py).

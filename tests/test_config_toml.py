@@ -67,6 +67,7 @@ def _spec(family: str, variant: str):
     return spec_of(doc)
 
 
+@pytest.mark.builds
 @pytest.mark.parametrize("family, variant", CASES, ids=[f"{f}-{v}" for f, v in CASES])
 def test_real_containerd_loads_the_config_and_reports_every_expectation(tmp_path, family, variant):
     spec = _spec(family, variant)
@@ -158,6 +159,7 @@ def _typed_overrides(family: str) -> dict:
     return out
 
 
+@pytest.mark.builds
 @pytest.mark.parametrize("family", FAMILY_VERSIONS)
 def test_typed_overrides_are_what_real_containerd_reads(tmp_path, family):
     spec = spec_of({"containerd": {"version": FAMILY_VERSIONS[family]},
@@ -235,6 +237,7 @@ def test_every_family_has_upstreams_default_and_the_families_debian_packages_hav
                 reference_default(family, "package")
 
 
+@pytest.mark.builds
 @pytest.mark.parametrize("family", FAMILY_VERSIONS)
 def test_a_tarball_install_looks_for_cni_plugins_where_it_puts_them(tmp_path, family):
     """A tarball install renders from upstream's default, whose CNI bin_dir is where install.sh unpacks the

@@ -36,7 +36,7 @@ from imagebuild.verify import testimage
 from tests import cases, cri
 from tests.support import FAMILY_VERSIONS, ungzip
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.builds]   # builds: Go-built pieces, run after the boots
 
 
 def _specs() -> dict:

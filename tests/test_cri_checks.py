@@ -29,6 +29,8 @@ from imagebuild.verify import cri_lab, testimage
 from tests import cri
 from tests.support import FAMILY_VERSIONS
 
+pytestmark = pytest.mark.builds   # real daemons with Go-built pieces: run after the boots
+
 
 def test_the_plan_of_the_default_spec():
     spec = spec_module.load()

@@ -28,6 +28,8 @@ from imagebuild.verify import testimage
 from tests import cri
 from tests.support import FAMILY_VERSIONS
 
+pytestmark = pytest.mark.builds   # real daemons with Go-built pieces: run after the boots
+
 # ------------------------------------------------------------------------------------------- protobuf
 
 _KINDS = {9: "string", 8: "bool", 4: "uint64", 3: "int64", 5: "int32", 13: "uint32", 14: "enum", 12: "bytes"}

@@ -27,7 +27,7 @@ from imagebuild.verify import testimage
 from tests import cri
 from tests.support import FAMILY_VERSIONS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.builds]   # builds: Go-built pieces, run after the boots
 
 FAMILIES = tuple(FAMILY_VERSIONS)
 #: A bridge network as a CNI installer (Calico, Flannel, the plugins' own docs) writes it: what turns

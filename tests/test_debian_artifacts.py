@@ -179,6 +179,7 @@ def test_default_config_parses_with_real_binary(family, source):
     assert "version = " in proc.stdout
 
 
+@pytest.mark.builds
 @pytest.mark.parametrize("family", list(da.FAMILIES))
 def test_packaged_defaults_match_binary(family):
     """imagebuild/defaults/debian is the byte-for-byte `config default` of Debian's build, defaults/upstream

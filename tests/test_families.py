@@ -22,6 +22,7 @@ from tests import cases
 from tests.support import FAMILY_VERSIONS, PACKAGE_VERSIONS, spec_of
 
 NEW = ("2.0", "2.2", "2.3", "2.4")
+pytestmark = pytest.mark.builds   # the families' real daemons, built from the Go module proxy: run after the boots
 
 
 def test_the_new_families_are_upstreams_latest_patches_and_the_tests_run_them():

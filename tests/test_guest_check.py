@@ -275,6 +275,7 @@ def test_dhcp_by_ifupdown_needs_stanza_and_lease(tmp_path):
     assert not boot_checks.dhcp_configured("ens2", "2", *args)[1]          # lease, static stanza
 
 
+@pytest.mark.builds
 def test_a_configured_runtime_needs_its_shim_and_its_binary_on_the_machine(monkeypatch, tmp_path):
     """runtime.<name>.shim / .binary: the shim containerd starts for the runtime type (beside containerd or on
     systemd's PATH) and the binary the runtime names; a missing one fails, naming where it looked."""

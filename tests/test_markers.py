@@ -1,4 +1,5 @@
-"""The arm64 marker: deselected by default (pyproject's addopts), and never without e2e (tests/conftest.py)."""
+"""The markers' rules (tests/conftest.py): arm64 deselected by default (pyproject's addopts) and never without
+e2e; e2e only under tests/e2e; the order (fast, boots, `builds`); a Go build used by a fast test unmarked fails it."""
 from __future__ import annotations
 
 import re
@@ -45,23 +46,52 @@ def test_every_make_target_says_what_it_does_with_arm64():
     assert "-m 'not arm64'" in (ROOT / "pyproject.toml").read_text()
 
 
-def test_the_boots_run_last_in_the_order_they_came():
-    items = [_Item("tests/e2e/a::boot", "e2e"), _Item("tests/a::fast"), _Item("tests/e2e/b::boot", "e2e"),
-             _Item("tests/b::fast")]
+def test_the_boots_run_after_the_fast_tests_and_before_those_that_wait_for_a_build_each_in_the_order_it_came():
+    items = [_Item("tests/e2e/a::boot", "e2e"), _Item("tests/a::built", "builds"), _Item("tests/a::fast"),
+             _Item("tests/e2e/b::boot", "e2e"), _Item("tests/b::fast"), _Item("tests/b::built", "builds")]
     pytest_collection_modifyitems(None, items)
-    assert [i.nodeid for i in items] == ["tests/a::fast", "tests/b::fast", "tests/e2e/a::boot", "tests/e2e/b::boot"]
+    assert [i.nodeid for i in items] == ["tests/a::fast", "tests/b::fast", "tests/e2e/a::boot", "tests/e2e/b::boot",
+                                         "tests/a::built", "tests/b::built"]
 
 
-def test_make_test_prebuilds_every_family_and_runc_it_tests():
+def test_a_fast_test_that_uses_a_go_build_unmarked_fails_naming_what_it_used():
+    from tests.conftest import unmarked_build_use
+
+    said = unmarked_build_use(_Item("tests/a::t"), ["containerd 2.3.7", "runc 1.5.2", "containerd 2.3.7"])
+    assert said.startswith("tests/a::t used containerd 2.3.7, runc 1.5.2, built from the Go module proxy")
+    assert "mark it `builds`" in said
+    for marks in (("builds",), ("e2e",), ("extra",)):
+        assert unmarked_build_use(_Item("tests/a::t", *marks), ["containerd 2.3.7"]) is None
+    assert unmarked_build_use(_Item("tests/a::t"), []) is None
+
+
+def test_every_use_of_a_go_build_is_seen_even_from_the_cache(tmp_path, request):
+    """The watcher sees a piece found built in the cache too, so a warm run fails an unmarked test as a first
+    run would (this test takes its record back: it is the one test allowed to use a piece unmarked)."""
+    from devtools import upstream
+    from tests import conftest
+
+    target = tmp_path / "piece"
+    target.mkdir()
+    (target / upstream._STAMP).write_text('{"built": "before"}')
+    assert upstream._once(target, "a piece built before", lambda tmp: pytest.fail("built again")) == {"built": "before"}
+    assert conftest._used.pop(request.node.nodeid) == ["a piece built before"]
+
+
+def test_make_test_prebuilds_every_family_and_runc_it_tests_the_boots_pieces_first():
     """`make test` sets IMAGEBUILD_PREBUILD (tests/conftest.py starts devtools.prebuild beside the tests),
-    and the prebuild covers every family's binaries, each runc the families use, and both base images."""
+    and the prebuild covers every family's binaries, each runc the families use, and both base images; the
+    Go lane builds the boots' families (BOOTED), their runc and the CNI plugins before anything else."""
     from devtools import prebuild, upstream
     from tests.conftest import PREBUILD_ENV
     from tests.support import FAMILY_VERSIONS
 
     assert f"test: export {PREBUILD_ENV} = 1\n" in (ROOT / "Makefile").read_text()
     names = [what for what, _ in prebuild.pieces()]
-    for family, version in FAMILY_VERSIONS.items():
-        assert f"containerd {version}" in names or f"containerd {family} (upstream's)" in names, family
+    assert {f"containerd {family}" for family in FAMILY_VERSIONS} <= set(names)
     assert {f"runc {built}" for _, built in upstream.RUNC.values()} <= set(names)
     assert {"base image bookworm amd64", "base image trixie amd64"} <= set(names)
+    go = [what for what, _ in prebuild.pieces("go")]
+    booted = {f"containerd {family}" for family in prebuild.BOOTED} | {"CNI plugins"} | {
+        f"runc {upstream.RUNC[family][1]}" for family in prebuild.BOOTED}
+    assert set(go[:len(booted)]) == booted, go

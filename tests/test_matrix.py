@@ -120,6 +120,7 @@ def _lint(tmp_path: Path, text: str) -> tuple[int, str]:
     return actionlint_lint(workflows / "imagebuild.yml")
 
 
+@pytest.mark.builds
 def test_actionlint_is_the_pinned_release_built_from_the_module_proxy():
     out = actionlint().parent / ".built.json"
     assert json.loads(out.read_text())["version"] == ACTIONLINT_VERSION
@@ -127,6 +128,7 @@ def test_actionlint_is_the_pinned_release_built_from_the_module_proxy():
     assert run([str(actionlint()), "-version"]).stdout.splitlines()[0] == f"v{ACTIONLINT_VERSION}"
 
 
+@pytest.mark.builds
 def test_the_github_workflow_passes_actionlint_and_runs_each_variant_on_its_runner(spec_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = _emit(spec_path, "github-actions", "fleet.yaml")
@@ -155,6 +157,7 @@ def test_the_github_workflow_passes_actionlint_and_runs_each_variant_on_its_runn
     assert "&" not in text and "*id" not in text  # no YAML anchors: each step written out
 
 
+@pytest.mark.builds
 def test_a_broken_github_workflow_fails_actionlint(spec_path, tmp_path):
     """The negative: actionlint does find what is wrong (a job needing one that does not exist, a bad runner
     expression), so the clean result above means something."""

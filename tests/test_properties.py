@@ -443,6 +443,7 @@ documents_and_specs = spec_documents().flatmap(lambda doc: st.tuples(st.just(doc
 # --------------------------------------------------------------------------------- properties
 
 
+@pytest.mark.builds
 @PROFILE
 @given(specs)
 def test_a_config_toml_loads_in_real_containerd_with_every_expected_value(spec):
@@ -585,6 +586,7 @@ def test_f_spec_json_loads_back_to_the_same_spec_and_outputs(spec):
     assert json.loads(files["spec.json"].content) == spec.document
 
 
+@pytest.mark.builds
 @PROFILE
 @given(specs)
 def test_g_the_cri_plugin_loads_on_the_running_daemon(spec):

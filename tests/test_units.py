@@ -80,6 +80,7 @@ def _unit_values(*texts: str) -> dict[str, list[str]]:
     return values
 
 
+@pytest.mark.builds
 @pytest.mark.parametrize("family", FAMILY_VERSIONS)
 def test_tarball_unit_verifies(tmp_path, family):
     spec = spec_of({"containerd": {"version": FAMILY_VERSIONS[family]}})

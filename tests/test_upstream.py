@@ -12,7 +12,7 @@ from devtools import families, upstream
 from imagebuild.errors import ImagebuildError
 from tests.support import FAMILY_VERSIONS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.builds]   # builds: Go-built pieces, run after the boots
 
 
 def test_the_wrapper_module_repeats_upstreams_replace_and_exclude_directives():

@@ -34,7 +34,7 @@ def mirror(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("mirror")
     artifacts = {family: upstream.release_tarballs(FAMILY_VERSIONS[family], root / family)
-                 for family in ("1.6", "1.7")}
+                 for family in ("1.6", "1.7")}   # built first on a first run: devtools.prebuild.BOOTED
     cni = upstream.cni_tarball(root / "cni")
     with serve(root) as url:
         port = url.rsplit(':', 1)[1]
