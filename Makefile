@@ -29,7 +29,7 @@ test: export IMAGEBUILD_PREBUILD = 1
 test: venv
 	$(PY) -m pytest -m "not arm64 and not extra" -v --timeout=3600 --durations=40
 
-## test-fast: unit and real-tool tests, no QEMU boots (about four minutes on 2 cores)
+## test-fast: unit and real-tool tests, no QEMU boots (about eight minutes on 2 cores, the upstream builds cached)
 test-fast: venv
 	$(PY) -m pytest -m "not e2e and not arm64 and not extra" -q
 

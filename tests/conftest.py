@@ -51,6 +51,7 @@ def unmarked_build_use(item, used: list[str]) -> str | None:
     return (f"{item.nodeid} used {', '.join(dict.fromkeys(used))}, built from the Go module proxy on a first run: "
             "mark it `builds` (pytest.mark.builds), so that run orders it after the boots, by when it is built")
 
+
 #: Where the end-to-end tests live (node ids are relative to the repository).
 E2E_DIR = "tests/e2e/"
 
