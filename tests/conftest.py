@@ -100,23 +100,8 @@ def pytest_sessionstart(session):
 
     for lane in LANES:  # side by side: the Go builds use the CPUs, the image builds mostly network and disk
         log = open(cache_dir() / f"prebuild-{lane}.log", "w")  # closed at the session's end
-        proc = spawn(["nice", "-n", "19", sys.executable, "-m", "devtools", "prebuild", "--lane", lane],
-                     stdout=log, stderr=log, die_with_parent=True)
-        in_the_background(proc.pid)
-        _prebuild.append((proc, log))
-
-
-def in_the_background(pid: int) -> None:
-    """Give the session of *pid* the least CPU share. Where the kernel schedules by session (autogroups: the
-    prebuild, pytest and each QEMU have a session of their own), a task's nice ranks it only inside its
-    session, so the session's nice is set too: the tests and the boots keep their cores, and the builds get
-    what they leave."""
-    from pathlib import Path
-
-    try:
-        Path(f"/proc/{pid}/autogroup").write_text("19")
-    except OSError:   # a kernel without autogroups: the task's own nice ranks it
-        pass
+        _prebuild.append((spawn(["nice", "-n", "5", sys.executable, "-m", "devtools", "prebuild", "--lane", lane],
+                                stdout=log, stderr=log, die_with_parent=True), log))
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -1,6 +1,5 @@
 """The markers' rules (tests/conftest.py): arm64 deselected by default (pyproject's addopts) and never without
-e2e; e2e only under tests/e2e; the order (fast, boots, `builds`); a Go build used by a fast test unmarked fails it;
-the prebuild beside the tests takes the least CPU share."""
+e2e; e2e only under tests/e2e; the order (fast, boots, `builds`); a Go build used by a fast test unmarked fails it."""
 from __future__ import annotations
 
 import re
@@ -96,22 +95,3 @@ def test_make_test_prebuilds_every_family_and_runc_it_tests_the_boots_pieces_fir
     booted = {f"containerd {family}" for family in prebuild.BOOTED} | {"CNI plugins"} | {
         f"runc {upstream.RUNC[family][1]}" for family in prebuild.BOOTED}
     assert set(go[:len(booted)]) == booted, go
-
-
-def test_the_prebuilds_session_gets_the_least_cpu_share_and_others_keep_theirs():
-    """nice alone ranks a task only inside its session where the kernel groups by session (autogroup), and
-    every spawned process has a session of its own: the prebuild's whole session is set to nice 19."""
-    from imagebuild.run import kill_group, spawn
-    from tests.conftest import in_the_background
-
-    autogroup = Path("/proc/self/autogroup")
-    if not autogroup.exists():
-        pytest.fail("this kernel has no autogroups: the prebuild's nice ranks it (nothing here to check)")
-    builder, other = spawn(["sleep", "30"]), spawn(["sleep", "30"])
-    try:
-        in_the_background(builder.pid)
-        assert Path(f"/proc/{builder.pid}/autogroup").read_text().split()[-2:] == ["nice", "19"]
-        assert Path(f"/proc/{other.pid}/autogroup").read_text().split()[-2:] == ["nice", "0"]
-    finally:
-        kill_group(builder)
-        kill_group(other)
