@@ -15,9 +15,10 @@ Everything is built once into the cache, under a lock.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
-from devtools.upstream import _go, _once, directives, module_info
+from devtools.upstream import _go, _once, module_info, wrapper_module
 from imagebuild.paths import cache_dir
 from imagebuild.render import packer_plugins
 from imagebuild.run import run
@@ -37,16 +38,10 @@ def _build(module: str, version: str, name: str) -> Path:
 
     def build(tmp: Path) -> dict:
         info = module_info(module, version)
-        wrapper = tmp / "src"
-        wrapper.mkdir()
-        go_mod = f"module imagebuild.local/{name}\n\ngo 1.22\n\nrequire {module} v{version}\n\n"
-        (wrapper / "go.mod").write_text(go_mod + directives(Path(info["GoMod"]).read_text()) + "\n")
-        _go(["get", f"{module}@v{version}"], f"go get {name} v{version}", cwd=wrapper)
+        wrapper = wrapper_module(tmp, name, module, version, info, [module])
         _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp / name), module],
             f"go build {name} v{version}", cwd=wrapper)
-        (wrapper / "go.mod").unlink()
-        wrapper.joinpath("go.sum").unlink(missing_ok=True)
-        wrapper.rmdir()
+        shutil.rmtree(wrapper)
         return {"module": module, "version": version, "revision": "gomod-" + info["Sum"]}
 
     _once(target, f"{name} {version}", build)

@@ -113,6 +113,18 @@ def directives(go_mod: str) -> str:
     return "\n".join(out)
 
 
+def wrapper_module(tmp: Path, name: str, module: str, version: str, info: dict, packages: list[str]) -> Path:
+    """`<tmp>/src`: a module imagebuild.local/*name* requiring *module* at *version* with the replace and exclude
+    directives of its go.mod (*info*: module_info's), *packages* fetched at *version*: build them there. (A
+    module with such directives refuses `go install pkg@v`.)"""
+    wrapper = tmp / "src"
+    wrapper.mkdir()
+    go_mod = f"module imagebuild.local/{name}\n\ngo 1.22\n\nrequire {module} v{version}\n\n"
+    (wrapper / "go.mod").write_text(go_mod + directives(Path(info["GoMod"]).read_text()) + "\n")
+    _go(["get", *(f"{package}@v{version}" for package in packages)], f"go get {name} v{version}", cwd=wrapper)
+    return wrapper
+
+
 def _built(target: Path) -> dict | None:
     try:
         return json.loads((target / _STAMP).read_text())
@@ -153,12 +165,8 @@ def containerd(version: str) -> Path:
     def build(tmp: Path) -> dict:
         info = module_info(module, version)
         revision = "gomod-" + info["Sum"]
-        wrapper = tmp / "src"
-        wrapper.mkdir()
-        go_mod = f"module imagebuild.local/containerd\n\ngo 1.22\n\nrequire {module} v{version}\n\n"
-        (wrapper / "go.mod").write_text(go_mod + directives(Path(info["GoMod"]).read_text()) + "\n")
         cmds = [f"{module}/cmd/{name}" for name in release_files.TARBALL_BINARIES]
-        _go(["get", *(f"{c}@v{version}" for c in cmds)], f"go get containerd v{version}", cwd=wrapper)
+        wrapper = wrapper_module(tmp, "containerd", module, version, info, cmds)
         ldflags = (f"-X {module}/version.Version=v{version} -X {module}/version.Revision={revision} "
                    f"-X {module}/version.Package={module} -s -w -extldflags -static")
         tags = [] if version.startswith("1.6.") else ["urfave_cli_no_docs"]

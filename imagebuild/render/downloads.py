@@ -124,23 +124,21 @@ def for_render(spec: Spec, *, at_install: bool = False) -> Spec:
 
 
 def curl_protocols(art: Any) -> dict[str, str]:
-    """install.sh's curl --proto and --proto-redir for *art*: https (and http when insecure), file for a
-    file:// URL it fetches; redirects to https (and http when insecure) only."""
-    allowed = set(schemes(art.insecure))
-    fetched = [art.resolved_url] + ([] if art.pinned_sha256 else [art.resolved_checksum_url or ""])
-    if any(u.lower().startswith("file://") for u in fetched):
-        allowed.add("file")
-    return {"proto": "=" + ",".join(sorted(allowed)), "redirect": "=" + ",".join(schemes(art.insecure))}
+    """install.sh's curl --proto and --proto-redir for *art*: `protocols` of the URLs it fetches."""
+    return protocols(art.insecure, [art.resolved_url] + ([] if art.pinned_sha256 else [art.resolved_checksum_url]))
+
+
+def protocols(insecure: bool, fetched: list[str | None]) -> dict[str, str]:
+    """curl's --proto and --proto-redir for a download of the URLs *fetched*: https (and http when *insecure*),
+    file for a file:// URL among them; redirects to https (and http when *insecure*) only."""
+    allowed = set(schemes(insecure)) | ({"file"} if any((u or "").lower().startswith("file://") for u in fetched)
+                                        else set())
+    return {"proto": "=" + ",".join(sorted(allowed)), "redirect": "=" + ",".join(schemes(insecure))}
 
 
 def runtime_files(spec: Spec) -> list[dict[str, str]]:
     """What install.sh downloads for config.runtimes (the files of each runtime's `install`), sha256 pinned in
     the spec: {"name", "url", "sha256", "path", "proto", "redirect"}, curl's protocols as for the artifacts."""
-    out = []
-    for runtime in spec.config.runtimes.values():
-        for file in runtime.install:
-            allowed = set(schemes(file.insecure)) | ({"file"} if file.url.lower().startswith("file://") else set())
-            out.append({"name": file.path.rsplit("/", 1)[1], "url": file.url, "sha256": file.sha256,
-                        "path": file.path, "proto": "=" + ",".join(sorted(allowed)),
-                        "redirect": "=" + ",".join(schemes(file.insecure))})
-    return out
+    return [{"name": file.path.rsplit("/", 1)[1], "url": file.url, "sha256": file.sha256, "path": file.path,
+             **protocols(file.insecure, [file.url])}
+            for runtime in spec.config.runtimes.values() for file in runtime.install]

@@ -17,6 +17,11 @@ def plain_http(url: str | None) -> bool:
     return bool(url) and url.lower().startswith("http://")  # type: ignore[union-attr]
 
 
+def _plain_http(key: str, url: str, insecure_where: str) -> Problem:
+    return Problem(key, f"got {show(url)}: plain HTTP, which anyone on the network path can read and change; "
+                   f"expected an https:// or file:// URL, or insecure: true {insecure_where} (a lab mirror)")
+
+
 def check_tls(doc: dict) -> list[Problem]:
     """Problems for every http:// download of an artifact not marked insecure."""
     problems: list[Problem] = []
@@ -27,19 +32,13 @@ def check_tls(doc: dict) -> list[Problem]:
             continue
         for field in ("url", "checksum_url"):
             if plain_http(art.get(field)):
-                problems.append(Problem(
-                    f"containerd.install.{name}.{field}",
-                    f"got {show(art[field])}: plain HTTP, which anyone on the network path can read and change; "
-                    f"expected an https:// or file:// URL, or insecure: true on containerd.install.{name} to allow "
-                    "http:// for this artifact (a lab mirror)"))
+                problems.append(_plain_http(f"containerd.install.{name}.{field}", art[field],
+                                            f"on containerd.install.{name} to allow http:// for this artifact"))
     for name, rt in doc["config"]["runtimes"].items():
         for index, file in enumerate(rt.get("install") or ()):
             if not file.get("insecure") and plain_http(file["url"]):
-                problems.append(Problem(
-                    f"config.runtimes.{name}.install[{index}].url",
-                    f"got {show(file['url'])}: plain HTTP, which anyone on the network path can read and change; "
-                    "expected an https:// or file:// URL, or insecure: true on this file to allow http:// (a lab "
-                    "mirror)"))
+                problems.append(_plain_http(f"config.runtimes.{name}.install[{index}].url", file["url"],
+                                            "on this file to allow http://"))
     base = doc["image"].get("base")
     if base and not base.get("insecure") and plain_http(base.get("source")):
         problems.append(Problem("image.base.source", f"got {show(base['source'])}: plain HTTP, which anyone on the "
