@@ -103,6 +103,7 @@ def test_unit_limits_take_numbers_and_render_as_numbers(tmp_path):
 
 MULTILINE = """\
 verify:
+  on_boot: true
   checks:
     - name: multi
       run: |
@@ -121,13 +122,10 @@ verify:
 
 
 def _extra_checks_as_delivered(spec) -> list[dict]:
-    """verify.checks as the guest gets them: expected.json inside the verify boot's #cloud-config user-data
-    (production user-data carries no verification tooling)."""
-    from imagebuild.verify import boot as verify
-
-    seed = verify._seed_files(spec, install=True, boot=verify._boot_facts("nocloud", ""))
-    cloud = yaml.safe_load(seed.decode())
-    (entry,) = [f for f in cloud["write_files"] if f["path"].endswith("/verify/expected.json")]
+    """verify.checks as the guest gets them in YAML: expected.json inside the #cloud-config user-data that
+    verify.on_boot ships (a verify boot brings it on its seed disk, a Packer build uploads it)."""
+    cloud = yaml.safe_load(render.user_data(spec, compress=False).decode())
+    (entry,) = [f for f in cloud["write_files"] if f["path"] == f"{render.GUEST_DIR}/expected.json"]
     return json.loads(entry["content"])["extra_checks"]
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuild import vm
+from imagebuild import render, vm
 from imagebuild.errors import ImagebuildError
 from imagebuild.verify import boot as verify
 
@@ -77,11 +77,19 @@ def test_verify_user_data_carries_the_boot_facts_and_mounts_its_disk(platform, l
     doc = yaml.safe_load(verify._seed_files(spec_of({}), install=False, boot=boot).decode())
     files = {f["path"]: f["content"] for f in doc["write_files"]}
     assert json.loads(files[f"{verify.VERIFY_DIR}/boot.json"]) == boot
-    assert f"{verify.VERIFY_DIR}/boot_checks.py" not in files            # on the seed disk: the user-data stays small
+    for name in ("boot_checks.py", *render.CHECK_FILES):                # on the seed disk: the user-data stays small
+        assert f"{verify.VERIFY_DIR}/{name}" not in files
     run_check = files[f"{verify.VERIFY_DIR}/run-check.sh"]
     assert f'cp "$seed/boot_checks.py" {verify.VERIFY_DIR}/' in run_check
+    assert f'cp "$seed/check.py" {verify.VERIFY_DIR}/' in run_check
+    assert f'install -m 0600 "$seed/expected.json" {verify.VERIFY_DIR}/' in run_check
     assert f"/dev/disk/by-label/{label}" in run_check and f"--boot {verify.VERIFY_DIR}/boot.json" in run_check
-    assert len(gzip.compress(verify._seed_files(spec_of({}), install=True, boot=boot), 9)) <= 16384
+    # The user-data path: the spec's own user-data keeps nearly all of EC2's 16 KB (the verify adds its boot
+    # facts and run-check.sh; with check.py and expected.json in the user-data it added about 9 KB).
+    spec = spec_of({"containerd": {"install": {"cni_plugins": {}}}, "proxy": {"https": "http://192.0.2.1:3128"}})
+    own = len(gzip.compress(render.user_data(spec, compress=False), 9, mtime=0))
+    verifying = len(gzip.compress(verify._seed_files(spec, install=True, boot=boot), 9, mtime=0))
+    assert own < verifying <= own + 1536, (own, verifying)
 
 
 def test_print_report_says_why_a_boot_failed():

@@ -82,14 +82,15 @@ def image_firmware(image: Path, spec: Spec, firmware: str | None = None) -> str:
     return fw.for_boot_mode(boot_mode(spec, str(image)))
 
 
-def _seed_files(spec: Spec, *, install: bool, boot: dict, aws: AwsStandIn | None = None) -> bytes:
-    """The user-data of a verify boot: the check, what it expects and this boot's facts, a script that
-    runs it and reports over the results port, then power-off. *install* first installs the spec the
-    way its own user-data does (the user-data path). *aws*: the stand-in the image's boot-time resolver of
-    registry headers is pointed at (imagebuild.verify.node_secrets), before it runs."""
-    files = render.guest_files(spec)
+def _seed_files(spec: Spec, *, install: bool, boot: dict, aws: AwsStandIn | None = None,
+                files: dict[str, render.File] | None = None) -> bytes:
+    """The user-data of a verify boot: this boot's facts and a script that copies the check and what it
+    expects from the boot's disk (_disk_files), runs it and reports over the results port, then power-off.
+    *install* first installs the spec the way its own user-data does (the user-data path), so the spec's own
+    user-data keeps nearly all of EC2's 16 KB. *aws*: the stand-in the image's boot-time resolver of registry
+    headers is pointed at (imagebuild.verify.node_secrets), before it runs. *files*: render.guest_files(spec)."""
+    files = render.guest_files(spec) if files is None else files
     staged = render.user_data_files(spec, files) if install else []
-    staged += [(f"{VERIFY_DIR}/{name}", files[name].content, files[name].mode) for name in render.CHECK_FILES]
     staged.append((f"{VERIFY_DIR}/boot.json", (json.dumps(boot, indent=2) + "\n").encode(), 0o644))
     run_check = render_template("run-check.sh.j2", verify_dir=VERIFY_DIR, seed_mount=SEED_MOUNT,
                                 results_port=vm.RESULTS_PORT, test_image=TEST_IMAGE,
@@ -125,7 +126,8 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
             boot["build_firmware"] = build_firmware
         if egress == "proxy":
             boot["routed"] = False  # restrict=on: QEMU's DHCP offers no gateway (boot.network.dhcp)
-        user_data = _seed_files(spec, install=install, boot=boot, aws=aws)
+        files = render.guest_files(spec)
+        user_data = _seed_files(spec, install=install, boot=boot, aws=aws, files=files)
         serial_log = log_dir / f"{label}.serial.log"
         # The registry lab of this boot (imagebuild/verify/cri_lab.py). A baked image (not the user-data path)
         # must hold exactly what the bake put there and, when it baked its sandbox image, start a pod
@@ -134,9 +136,10 @@ def _boot(disk: Path, spec: Spec, *, install: bool, test_image: Path, log_dir: P
         with cri_lab.start(spec, work, platform, test_image, baked=not install,
                            sandbox_baked=not install and source != "none", sandbox=sandbox, egress=egress,
                            proxy_log=log_dir / f"{label}.proxy.log" if egress == "proxy" else None) as lab:
-            # boot_checks.py and secret_checks.py ride on the seed disk like the CRI checks: the user-data must
-            # fit EC2's 16 KB.
+            # The check and what it expects, boot_checks.py and secret_checks.py ride on the seed disk like the
+            # CRI checks: the user-data must fit EC2's 16 KB, the spec's own (the user-data path) with it.
             disk_files = {TEST_IMAGE: test_image.read_bytes(),
+                          **{name: files[name].content for name in render.CHECK_FILES},
                           "boot_checks.py": (PACKAGE_DIR / "guest" / "boot_checks.py").read_bytes(),
                           "secret_checks.py": (PACKAGE_DIR / "guest" / "secret_checks.py").read_bytes(),
                           **lab.seed_files(PACKAGE_DIR / "guest")}
