@@ -43,7 +43,7 @@ test-arm64: venv
 
 ## test-extra: the end-to-end boots beyond make test's budget (Debian 13: the golden's EC2 verify, containerd 2.4
 ## baked under OVMF; Debian 12: the golden's NoCloud and SeaBIOS verifies, two verifies at once, a bake with a wrong
-## checksum)
+## checksum, the check on boot of a user-data install)
 test-extra: venv
 	$(PY) -m pytest -m extra -v --timeout=3600
 

@@ -21,21 +21,26 @@ from imagebuild.progress import step
 
 #: The two lanes `make test` runs side by side: Go builds use the CPUs, image builds mostly the network and disk.
 LANES = ("go", "images")
-#: The families whose upstream builds `make test`'s boots serve (tests/e2e: the mirror's 1.6 and 1.7, Debian 13's
-#: 2.3 LTS): the Go lane builds them, their runc and the CNI plugins first.
+#: The families whose upstream builds `make test`'s boots serve, in the order the boots first need them
+#: (tests/e2e: the golden bake's 1.6, the user-data boot's 1.7 with the CNI plugins, Debian 13's 2.3 LTS): the
+#: Go lane builds each with its runc first, the CNI plugins after BOOTED_WITH_CNI, so the first boot waits only
+#: for its own family.
 BOOTED = ("1.6", "1.7", "2.3")
+BOOTED_WITH_CNI = "1.7"
 
 
 def pieces(lane: str | None = None) -> list[tuple[str, Callable[[], object]]]:
     """(what, build) of *lane* (default: both, Go first), each lane in the order the suite first needs it:
     the boots' pieces, then the fast `builds` tests' (tests/conftest.py runs them after the boots)."""
-    order = [*BOOTED, *(family for family in upstream.RUNC if family not in BOOTED)]
     go: list[tuple[str, Callable[[], object]]] = []
-    go += [(f"containerd {family}", partial(_containerd, family)) for family in BOOTED]
+    for family in BOOTED:
+        go += [(f"containerd {family}", partial(_containerd, family))]
+        go += [(f"runc {upstream.RUNC[family][1]}", partial(upstream.runc, upstream.RUNC[family][1]))]
+        go += [("CNI plugins", upstream.cni_plugins)] if family == BOOTED_WITH_CNI else []
+    go += [(f"containerd {family}", partial(_containerd, family)) for family in upstream.RUNC if family not in BOOTED]
     go += [(f"runc {version}", partial(upstream.runc, version))
-           for version in dict.fromkeys(upstream.RUNC[family][1] for family in order)]
-    go += [("CNI plugins", upstream.cni_plugins)]
-    go += [(f"containerd {family}", partial(_containerd, family)) for family in order[len(BOOTED):]]
+           for version in dict.fromkeys(runc for _, runc in upstream.RUNC.values())]
+    go = list({what: (what, build) for what, build in go}.values())   # each piece once, where first named
     go += [("crictl", upstream.crictl), ("actionlint", actionlint.actionlint)]
     images: list[tuple[str, Callable[[], object]]] = []
     images += [(f"Debian's containerd {family}", partial(debian_artifacts.fetch, family))

@@ -83,6 +83,28 @@ def test_a_link_to_no_file_is_reported_and_urls_anchors_and_code_are_not(tmp_pat
     assert broken_links(page) == ["docs/gone.md", "img/none.png", "docs/missing.md"]
 
 
+_SOURCE_PATH = re.compile(r"`((?:imagebuild|devtools|tests)/[\w./-]+\.(?:py|j2|sh))\b")
+
+
+def missing_sources(path: Path, root: Path = ROOT) -> list[str]:
+    """The repository files *path* names in code spans (`imagebuild/...py`, a template, a test) that do not exist:
+    a module moved and the docs still send the reader to its old place."""
+    return [name for name in _SOURCE_PATH.findall(path.read_text(encoding="utf-8")) if not (root / name).exists()]
+
+
+def test_every_source_file_the_docs_name_exists():
+    missing = {str(path.relative_to(ROOT)): found for path in user_docs() if (found := missing_sources(path))}
+    assert not missing, f"docs name files that are not there: {missing}"
+
+
+def test_a_moved_module_named_by_the_docs_is_reported(tmp_path):
+    (tmp_path / "imagebuild" / "verify").mkdir(parents=True)
+    (tmp_path / "imagebuild" / "verify" / "imds.py").write_text("")
+    page = tmp_path / "verify.md"
+    page.write_text("the emulator (`imagebuild/verify/imds.py`), once `imagebuild/imds.py`; `tests/gone.py`\n")
+    assert missing_sources(page, tmp_path) == ["imagebuild/imds.py", "tests/gone.py"]
+
+
 # --------------------------------------------------------------------------- the generated spec reference
 
 def stale(path: Path) -> str | None:

@@ -1,6 +1,6 @@
 """The verify lab's proxy-only network (imagebuild.verify.egress), on the host with its real parts: the lab's
 registries, Debian's tinyproxy and the relay that resolves the lab's names for it. The boot itself is
-tests/e2e/test_bake_verify.py::test_user_data_path_verifies_on_ec2_with_the_proxy_its_only_way_out."""
+tests/e2e/test_bake_verify.py::test_a_natural_spec_by_user_data_verifies_on_ec2_with_the_proxy_its_only_way_out."""
 from __future__ import annotations
 
 import subprocess

@@ -81,7 +81,8 @@ def test_every_use_of_a_go_build_is_seen_even_from_the_cache(tmp_path, request):
 def test_make_test_prebuilds_every_family_and_runc_it_tests_the_boots_pieces_first():
     """`make test` sets IMAGEBUILD_PREBUILD (tests/conftest.py starts devtools.prebuild beside the tests),
     and the prebuild covers every family's binaries, each runc the families use, and both base images; the
-    Go lane builds the boots' families (BOOTED), their runc and the CNI plugins before anything else."""
+    Go lane builds the boots' families (BOOTED), their runc and the CNI plugins before anything else, the first
+    boot's family and its runc first of all."""
     from devtools import prebuild, upstream
     from tests.conftest import PREBUILD_ENV
     from tests.support import FAMILY_VERSIONS
@@ -95,3 +96,6 @@ def test_make_test_prebuilds_every_family_and_runc_it_tests_the_boots_pieces_fir
     booted = {f"containerd {family}" for family in prebuild.BOOTED} | {"CNI plugins"} | {
         f"runc {upstream.RUNC[family][1]}" for family in prebuild.BOOTED}
     assert set(go[:len(booted)]) == booted, go
+    # the first boot (the golden bake, the mirror's first family) waits for its own containerd and runc only
+    first = prebuild.BOOTED[0]
+    assert go[:2] == [f"containerd {first}", f"runc {upstream.RUNC[first][1]}"], go

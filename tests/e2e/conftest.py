@@ -27,29 +27,41 @@ def base_image() -> Path:
 
 @pytest.fixture(scope="session")
 def mirror(tmp_path_factory):
-    """Upstream's release files of containerd 1.6 and 1.7 (FAMILY_VERSIONS), runc and the CNI plugins, built from the Go
-    module proxy (`devtools.upstream`, as `make golden` serves them), on 127.0.0.1 for amd64 guests.
-    Yields a function: (spec, family) -> spec with downloads mirrored. (Debian 13 and arm64 specs:
+    """Upstream's release files of containerd 1.6 and 1.7 (FAMILY_VERSIONS) with their runc, and the CNI plugins,
+    built from the Go module proxy (`devtools.upstream`, as `make golden` serves them), on 127.0.0.1 for amd64
+    guests. Yields a function: (spec, family) -> spec with downloads mirrored. A family's files (and the CNI
+    plugins) are made when a spec first asks for them, so a first run's golden bake waits only for 1.6 and runc
+    (devtools.prebuild.BOOTED: the order the Go lane builds them in). (Debian 13 and arm64 specs:
     `golden.local_mirror`.)
     """
     root = tmp_path_factory.mktemp("mirror")
-    artifacts = {family: upstream.release_tarballs(FAMILY_VERSIONS[family], root / family)
-                 for family in ("1.6", "1.7")}   # built first on a first run: devtools.prebuild.BOOTED
-    cni = upstream.cni_tarball(root / "cni")
+    made: dict[str, dict] = {}
+
+    def files(family: str) -> dict:
+        if family not in made:
+            made[family] = (upstream.cni_tarball(root / "cni") if family == "cni" else
+                            upstream.release_tarballs(FAMILY_VERSIONS[family], root / family))
+        return made[family]
+
     with serve(root) as url:
         port = url.rsplit(':', 1)[1]
 
         def mirrored_spec(spec, family: str, *, guest_host: str = GUEST_HOST):
-            """*spec* downloading from the mirror, sha256 pinned, each artifact `insecure: true` (the lab's
-            mirror is plain HTTP; local_mirror_spec sets it). Not through `{url}.sha256`: the bake reads a
-            checksum_url on the host (to pin it and for the inputs hash) at the guest's address, and the
-            lab has no address both reach (127.0.0.1 here, 10.0.2.2 there); the checksum_url paths are
-            proved by tests/test_install_script.py and tests/test_tls_downloads.py against real servers.
-            *guest_host*: the host as the guest sees it (qemu.EC2_HOST on the EC2 verify boot's network)."""
+            """*spec* downloading *family*'s containerd and runc from the mirror, sha256 pinned, each artifact
+            `insecure: true` (the lab's mirror is plain HTTP; local_mirror_spec sets it). Not through
+            `{url}.sha256`: the bake reads a checksum_url on the host (to pin it and for the inputs hash) at
+            the guest's address, and the lab has no address both reach (127.0.0.1 here, 10.0.2.2 there); the
+            checksum_url paths are proved by tests/test_install_script.py and tests/test_tls_downloads.py
+            against real servers. *guest_host*: the host as the guest sees it (qemu.EC2_HOST on the EC2 verify
+            boot's network)."""
+            if family not in ("1.6", "1.7"):
+                raise ValueError(f"the e2e mirror serves containerd 1.6 and 1.7, not {family!r}")
             guest_url = f"http://{guest_host}:{port}"
-            return local_mirror_spec(spec, mirrored(artifacts[family]["containerd"], guest_url, root),
-                                     mirrored(artifacts["1.6"]["runc"], guest_url, root),
-                                     mirrored(cni, guest_url, root) if spec.containerd.install.cni_plugins else None)
+            artifacts = files(family)
+            return local_mirror_spec(spec, mirrored(artifacts["containerd"], guest_url, root),
+                                     mirrored(artifacts["runc"], guest_url, root),
+                                     mirrored(files("cni"), guest_url, root) if spec.containerd.install.cni_plugins
+                                     else None)
         yield mirrored_spec
 
 

@@ -300,22 +300,64 @@ def test_an_image_whose_datasources_exclude_ec2_fails_the_ec2_verify(base_image,
     image.unlink()   # a sparse 3 GiB raw: not kept in pytest's temp directories
 
 
-def test_user_data_path_verifies_on_ec2_with_the_proxy_its_only_way_out(mirror, base_image, tmp_path):
-    """The rendered user-data, gzipped as EC2 hands it over, through the IMDS to the plain base image, in a
-    network whose only way out is the spec's proxy (egress proxy: QEMU's restrict=on, the lab's tinyproxy the one
-    forward besides the IMDS). The install's downloads (a host only the proxy reaches), the worker profile's apt
-    and containerd's pulls all pass through it: its own log says so."""
-    from imagebuild.spec import load
+# A spec written the way people write YAML: numbers for limits, a list and dotted keys under config.overrides, a
+# multi-line check, a merge key. The one user-data boot of make test: containerd 1.7 from its release files with
+# the CNI plugins (the pod network), the worker profile's apt, behind a proxy. (Not verify.on_boot: its check.py
+# and expected.json, about 8.7 KB gzipped, take this spec's user-data past EC2's 16 KB, and the product refuses it;
+# tests/e2e/test_check_on_boot.py boots that.)
+NATURAL = """\
+name: natural-yaml
+containerd:
+  version: 1.7.24
+  install: {{cni_plugins: {{}}}}
+proxy:
+  http: "{proxy}"
+  https: "{proxy}"
+unit:
+  limit_nofile: 1048576
+  tasks_max: 4096
+  restart: always
+config:
+  overrides:
+    disabled_plugins: [io.containerd.internal.v1.tracing]
+    grpc.max_recv_message_size: 33554432
+    plugins.io.containerd.grpc.v1.cri.enable_unprivileged_ports: true
+verify:
+  checks:
+    - <<: {{name: config-in-guest}}
+      run: |
+        set -eu
+        dump="$(containerd config dump)"
+        grep -qx 'disabled_plugins = \\["io.containerd.internal.v1.tracing"\\]' <<<"$dump"
+        grep -q 'max_recv_message_size = 33554432' <<<"$dump"
+        test "$(systemctl show -p LimitNOFILE --value containerd)" = 1048576
+        test "$(systemctl show -p TasksMax --value containerd)" = 4096
+"""
 
+
+def test_a_natural_spec_by_user_data_verifies_on_ec2_with_the_proxy_its_only_way_out(mirror, base_image, tmp_path):
+    """The rendered user-data of a spec written as people write YAML (NATURAL), gzipped as EC2 hands it over,
+    through the IMDS to the plain base image, in a network whose only way out is the spec's proxy (egress proxy:
+    QEMU's restrict=on, the lab's tinyproxy the one forward besides the IMDS). The install's downloads (a host
+    only the proxy reaches), the worker profile's apt and containerd's pulls all pass through it: its own log
+    says so. The same boot proves the spec as read (merge key, numbers, dotted overrides) in the guest, and a
+    1.7 tarball install with the CNI plugins giving a pod its network (cri.pod_network)."""
     lab_proxy = egress.proxy_url(cri_lab.LAB_IP["ec2"])
-    spec = mirror(with_changes(load(), proxy={"http": lab_proxy, "https": lab_proxy}), "1.6",
-                  guest_host=egress.HOST_NAME)
+    spec = mirror(parse(NATURAL.format(proxy=lab_proxy), "natural spec"), "1.7", guest_host=egress.HOST_NAME)
+    assert [c.name for c in spec.verify.checks] == ["config-in-guest"]  # the merge key
     report = verify_user_data(spec, base=str(base_image), log_dir=str(tmp_path), platform="ec2", egress="proxy")
     assert report["passed"], [c for c in report["checks"] if not c["ok"]]
     assert EC2_CHECKS | CRI_CHECKS | EGRESS_CHECKS <= {c["check"] for c in report["checks"]}
     assert report["timings"]["containerd_active_s"] is not None
     assert report["user_data_bytes"] == len(render.user_data(spec)) <= 16384
     by_name = {c["check"]: c for c in report["checks"]}
+    # The spec as written, in the guest: its own check, overrides and unit.
+    assert by_name["extra.config-in-guest"]["ok"]
+    assert by_name["config.overrides.disabled_plugins"]["actual"] == ["io.containerd.internal.v1.tracing"]
+    assert by_name["config.overrides.grpc.max_recv_message_size"]["actual"] == 33554432
+    assert by_name["unit.LimitNOFILE"]["actual"] == "1048576"
+    # The CNI plugins where the rendered config looks for them: a pod of its own network gets an address.
+    assert by_name["cni.bin_dir"]["ok"] and by_name["cri.pod_network"]["ok"], by_name.get("cri.pod_network")
     # cloud-init wrote its logs on this first boot (0640, 0644); the install made them root-only
     assert {by_name[f"secret.private.{log}"]["actual"] for log in (
         "/var/log/cloud-init.log", "/var/log/cloud-init-output.log", "/var/lib/cloud/instance/user-data.txt")} == {
@@ -325,11 +367,13 @@ def test_user_data_path_verifies_on_ec2_with_the_proxy_its_only_way_out(mirror, 
     assert "default route via <none>" in by_name["network.dhcp"]["actual"]
     saved = json.loads((tmp_path / "verify-user-data-ec2.json").read_text())
     assert (saved["platform"], saved["egress"]) == ("ec2", "proxy")
-    # The proxy's own log: the tarball, the Debian archive (the worker profile's packages), every registry.
+    # The proxy's own log: every release file, the Debian archive (the worker profile's packages), every registry.
     asked = re.findall(r"Request \(file descriptor \d+\): (\S+ \S+)",
                        (tmp_path / "user-data.verify-ec2.proxy.log").read_text())
     install = spec.containerd.install
-    assert f"GET {install.tarball.resolved_url}" in asked and f"GET {install.runc.resolved_url}" in asked, asked
+    for art in (install.tarball, install.runc, install.cni_plugins):
+        assert f"GET {art.resolved_url}" in asked, asked
+    assert by_name["egress.proxy.download.cni_plugins"]["ok"]
     assert [a for a in asked if re.match(r"GET http://\S+/pool/\S+/(conntrack|socat|ebtables)_\S+\.deb$", a)], asked
     for mirror_host in ("docker", "gcr", "quay"):
         assert f"CONNECT {mirror_host}.mirrors.ustc.edu.cn:443" in asked, asked
