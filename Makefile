@@ -24,10 +24,10 @@ export CHECKPOINT_DISABLE := 1
 golden: venv
 	$(PY) -m devtools golden --work $(BUILD)/golden
 
-## test: everything CI runs but the arm64 tests (their own job: make test-arm64) and the extra boots (make test-extra)
-test: export IMAGEBUILD_PREBUILD = 1
+## test: everything CI runs but the arm64 tests (their own job: make test-arm64) and the extra boots (make test-extra):
+## the fast tests and the boots as two pytest processes side by side, a first run's builds beside them (devtools/testrun.py)
 test: venv
-	$(PY) -m pytest -m "not arm64 and not extra" -v --timeout=3600 --durations=40
+	$(PY) -m devtools test
 
 ## test-fast: unit and real-tool tests, no QEMU boots (about eight minutes on 2 cores, the upstream builds cached)
 test-fast: venv

@@ -1,4 +1,4 @@
-"""`python -m devtools golden|prebuild|fetch|defaults|tarballs OUT|testimage|spec-reference|packer`: the
+"""`python -m devtools golden|test|prebuild|fetch|defaults|tarballs OUT|testimage|spec-reference|packer`: the
 developer tools' commands."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from devtools import debian_artifacts, defaults, golden, packer, prebuild, spec_reference, testimage
+from devtools import debian_artifacts, defaults, golden, packer, prebuild, spec_reference, testimage, testrun
 from imagebuild import cli
 from imagebuild.errors import ImagebuildError
 
@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
                        "mirror, verify")
     p.add_argument("spec", nargs="?", metavar="SPEC", help="spec file (default: the built-in default spec)")
     p.add_argument("--work", type=Path, default=Path("build/golden"), help="work directory (default: build/golden)")
+    p = sub.add_parser("test", help="`make test`: the fast tests and the boots as two pytest processes side by "
+                       "side, the prebuild beside them")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="PYTEST_ARG",
+                   help="passed to both pytest processes (test paths, options)")
     p = sub.add_parser("prebuild", help="build and fetch into the cache what make test needs (make test starts "
                        "both lanes in the background)")
     p.add_argument("--lane", choices=prebuild.LANES, help="only the Go builds or only the images (default: both)")
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "golden":  # the product's signal policy and error lines, as `imagebuild` has them
             return cli.guarded(lambda: golden.run(args.work, args.spec))
+        if args.command == "test":
+            return cli.guarded(lambda: testrun.run(args.pytest_args))
         if args.command == "prebuild":
             return cli.guarded(lambda: prebuild.run(args.lane))
         if args.command == "fetch":

@@ -2,10 +2,10 @@
 containerd of every family with its runc, the CNI plugins, crictl and actionlint (all from the Go module proxy),
 and the Debian 12 and 13 base images.
 
-`make test` starts this in the background when pytest starts (tests/conftest.py), one process per lane, so that
+`make test` starts this beside its two pytest processes (devtools/testrun.py), one process per lane, so that
 the first build on a fresh machine overlaps the tests: the Go lane builds first what the boots serve (BOOTED),
-while the fast tests that need no build run, then the rest during the boots, whose QEMU leaves a core idle; the
-fast tests that use a Go build (marked `builds`) run last. Each piece is built under its own lock, exactly as a
+while the fast tests and the boots that need no build run, then the rest; the fast tests that use a Go build
+(marked `builds`) run last. Each piece is built under its own lock, exactly as a
 test builds it on demand: a test that needs a piece not built yet waits for this build of it or builds it
 itself, never both. Once cached, this is a few seconds of stamp reads.
 """
@@ -31,7 +31,7 @@ BOOTED_WITH_CNI = "1.7"
 
 def pieces(lane: str | None = None) -> list[tuple[str, Callable[[], object]]]:
     """(what, build) of *lane* (default: both, Go first), each lane in the order the suite first needs it:
-    the boots' pieces, then the fast `builds` tests' (tests/conftest.py runs them after the boots)."""
+    the boots' pieces, then the fast `builds` tests' (tests/conftest.py runs them last)."""
     go: list[tuple[str, Callable[[], object]]] = []
     for family in BOOTED:
         go += [(f"containerd {family}", partial(_containerd, family))]

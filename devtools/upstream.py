@@ -61,7 +61,7 @@ CNI_PLUGINS = ("main/bridge", "main/host-device", "main/ipvlan", "main/loopback"
 _STAMP = ".built.json"
 _TIMEOUT = 1800
 #: Called with *what* on every `_once` call, built or found in the cache (tests/conftest.py: a fast test
-#: that uses a Go-built piece must say so with the `builds` marker, so a first run orders it after the boots).
+#: that uses a Go-built piece must say so with the `builds` marker, so a first run orders it last).
 watchers: list[Callable[[str], None]] = []
 
 

@@ -44,12 +44,12 @@ def pytest_runtest_protocol(item, nextitem):
 
 def unmarked_build_use(item, used: list[str]) -> str | None:
     """Why *item* fails if it used Go-built pieces (*used*) without saying so: on a first run those pieces are
-    still building in the background (PREBUILD_ENV), and only the `builds` marker orders the test after the
-    boots, by when they are built. None if it is marked, used none, or is no fast test of `make test` (e2e, extra)."""
+    still building in the background (make test's prebuild), and only the `builds` marker orders the test
+    last, by when they are built. None if it is marked, used none, or is no fast test of `make test` (e2e, extra)."""
     if not used or any(item.get_closest_marker(name) for name in ("builds", "e2e", "extra")):
         return None
     return (f"{item.nodeid} used {', '.join(dict.fromkeys(used))}, built from the Go module proxy on a first run: "
-            "mark it `builds` (pytest.mark.builds), so that run orders it after the boots, by when it is built")
+            "mark it `builds` (pytest.mark.builds), so that run orders it last, by when it is built")
 
 
 #: Where the end-to-end tests live (node ids are relative to the repository).
@@ -70,50 +70,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_stage)
 
 
+#: The e2e fixtures that serve a piece built from the Go module proxy (the mirror's containerd 1.6 and 1.7, the
+#: Debian 13 golden's 2.3): a boot that uses one waits for it on a first run.
+GO_BUILT_FIXTURES = frozenset({"mirror", "debian13"})
+
+
 def _stage(item) -> int:
-    """Where *item* runs: the fast tests that need no Go build first, then the boots, then the fast tests marked
-    `builds`. A first run (PREBUILD_ENV) builds the boots' pieces first, while the first fast tests run, and
-    the others during the boots, whose QEMU leaves a core idle; the `builds` tests then find them built."""
+    """Where *item* runs: the fast tests that need no Go build, the boots that need none, the other boots,
+    then the fast tests marked `builds`. `make test` runs the boots and the fast tests in two processes
+    (devtools/testrun.py) while a first run builds, the boots' pieces first (devtools/prebuild.py): each
+    process first runs what needs no build."""
     if item.get_closest_marker("e2e"):
-        return 1
-    return 2 if item.get_closest_marker("builds") else 0
-
-
-#: Set by `make test`: build what the suite needs into the cache in the background (devtools/prebuild.py).
-PREBUILD_ENV = "IMAGEBUILD_PREBUILD"
-_prebuild: list = []
-
-
-def pytest_sessionstart(session):
-    """With PREBUILD_ENV=1, `python -m devtools prebuild` runs beside the tests, one process per lane (logs:
-    prebuild-<lane>.log in the imagebuild cache); a first run on a fresh machine then builds while the tests
-    that need no build run."""
-    import os
-
-    if os.environ.get(PREBUILD_ENV) != "1" or hasattr(session.config, "workerinput"):
-        return
-    import sys
-
-    from devtools.prebuild import LANES
-    from imagebuild.paths import cache_dir
-    from imagebuild.run import spawn
-
-    for lane in LANES:  # side by side: the Go builds use the CPUs, the image builds mostly network and disk
-        log = open(cache_dir() / f"prebuild-{lane}.log", "w")  # closed at the session's end
-        _prebuild.append((spawn(["nice", "-n", "5", sys.executable, "-m", "devtools", "prebuild", "--lane", lane],
-                                stdout=log, stderr=log, die_with_parent=True), log))
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """The prebuild is stopped if the tests ended first (a failure with -x); an unfinished piece is redone
-    next time, never half-used (devtools.upstream._once, baseimage.build)."""
-    import signal
-
-    from imagebuild.run import kill_group
-
-    for proc, log in _prebuild:
-        kill_group(proc, sig=signal.SIGTERM, grace=30)
-        log.close()
+        return 2 if GO_BUILT_FIXTURES & set(item.fixturenames) else 1
+    return 3 if item.get_closest_marker("builds") else 0
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,12 @@ PACKAGE_VERSIONS = {"1.6": "1.6.20~ds1-1+deb12u3", "1.7": "1.7.24~ds1-6+deb13u1"
 #: The system's python3: cloud-init's own modules live there, not in the venv.
 SYSTEM_PYTHON = "/usr/bin/python3"
 
+
+def as_from_a_terminal() -> None:
+    """preexec_fn of a child a test sends SIGINT as Ctrl-C: SIGINT at its default action, as a shell in a
+    terminal starts a program (a job a non-interactive shell starts in the background has it ignored, and a
+    child inherits that: Python then raises no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 def spec_of(doc: dict | str | None = None) -> Spec:
     """A validated Spec from a YAML document (text, or a dict dumped to YAML first)."""

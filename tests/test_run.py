@@ -19,7 +19,7 @@ import pytest
 from imagebuild import progress
 from imagebuild.errors import ImagebuildError
 from imagebuild.run import kill_group, locked, run, spawn, spawned
-from tests.support import ROOT
+from tests.support import ROOT, as_from_a_terminal
 
 # A shell that starts a grandchild (sleep), writes its pid, and waits for it.
 FAMILY = 'sleep 300 & echo $! > "$1"; wait'
@@ -112,7 +112,7 @@ def test_an_interrupt_stops_the_group_before_it_unwinds(tmp_path):
     """Ctrl-C (SIGINT -> KeyboardInterrupt) in a process blocked in run(): the group is stopped."""
     pidfile = tmp_path / "pid"
     caller = subprocess.Popen([sys.executable, "-c", INTERRUPTED, FAMILY, str(pidfile)], cwd=ROOT,
-                              stderr=subprocess.PIPE)
+                              stderr=subprocess.PIPE, preexec_fn=as_from_a_terminal)
     grandchild = wait_for_pid(pidfile)
     caller.send_signal(signal.SIGINT)
     _, err = caller.communicate(timeout=30)

@@ -85,10 +85,11 @@ def image_firmware(image: Path, spec: Spec, firmware: str | None = None) -> str:
 def _seed_files(spec: Spec, *, install: bool, boot: dict, aws: AwsStandIn | None = None,
                 files: dict[str, render.File] | None = None) -> bytes:
     """The user-data of a verify boot: this boot's facts and a script that copies the check and what it
-    expects from the boot's disk (_disk_files), runs it and reports over the results port, then power-off.
-    *install* first installs the spec the way its own user-data does (the user-data path), so the spec's own
-    user-data keeps nearly all of EC2's 16 KB. *aws*: the stand-in the image's boot-time resolver of registry
-    headers is pointed at (imagebuild.verify.node_secrets), before it runs. *files*: render.guest_files(spec)."""
+    expects from the boot's disk (its NoCloud seed or EC2 data disk: _boot), runs it and reports over the
+    results port, then power-off. *install* first installs the spec the way its own user-data does (the
+    user-data path), so the spec's own user-data keeps nearly all of EC2's 16 KB. *aws*: the stand-in the
+    image's boot-time resolver of registry headers is pointed at (imagebuild.verify.node_secrets), before it
+    runs. *files*: render.guest_files(spec)."""
     files = render.guest_files(spec) if files is None else files
     staged = render.user_data_files(spec, files) if install else []
     staged.append((f"{VERIFY_DIR}/boot.json", (json.dumps(boot, indent=2) + "\n").encode(), 0o644))

@@ -16,7 +16,7 @@ import yaml
 from imagebuild import vm
 from imagebuild.errors import ImagebuildError
 from imagebuild.vm import accel, disks
-from tests.support import guest_emit_function, parse_marked_json, records
+from tests.support import as_from_a_terminal, guest_emit_function, parse_marked_json, records
 
 pytestmark = pytest.mark.e2e
 
@@ -140,7 +140,7 @@ KILL_SCRIPT = textwrap.dedent("""
 def test_killing_the_caller_leaves_no_qemu(tmp_path, sig):
     name = f"imagebuild-kill-{sig.name.lower()}-{os.getpid()}"
     caller = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, name, str(tmp_path / "s.log")],
-                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                              cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     try:
         deadline = time.monotonic() + 30
         while not _qemu_pids(name):
