@@ -120,3 +120,38 @@ def test_a_23_familys_runc_prints_15_and_a_17_familys_14():
         printed[family] = out.splitlines()[0]
         assert "libseccomp:" in out
     assert printed == {"2.3": "runc version 1.5.2", "1.7": "runc version 1.4.4"}
+
+
+PRIORITY_PROGRAM = """package main
+
+import (
+\t"fmt"
+\t"os"
+\t"syscall"
+)
+
+func main() {
+\tgroup, _ := os.ReadFile("/proc/self/autogroup")
+\tnice, _ := syscall.Getpriority(syscall.PRIO_PROCESS, 0)
+\tfmt.Printf("%s|%d\\n", group, 20-nice)
+}
+"""
+
+
+def test_go_commands_yield_the_cpus_in_their_own_autogroup_and_process(tmp_path):
+    """What a Go command starts (here `go run`'s program) runs at nice 19, and where the kernel has autogroups so
+    does its session's autogroup: a boot's QEMU beside a build keeps its CPU share. (Getpriority's raw value
+    is 20 - nice.) The negative: `go run` started as run() starts any command reports the nice it inherits."""
+    import os
+    import re
+
+    from imagebuild.run import run
+
+    (tmp_path / "priority.go").write_text(PRIORITY_PROGRAM)
+    group, nice = upstream._go(["run", str(tmp_path / "priority.go")], "go run priority.go").strip().rsplit("|", 1)
+    assert int(nice) == 19
+    if Path("/proc/self/autogroup").exists():
+        assert re.fullmatch(r"/autogroup-\d+ nice 19", group.strip()), group
+        assert group.split()[0] != Path("/proc/self/autogroup").read_text().split()[0]   # a session of its own
+    plain = run(["go", "run", str(tmp_path / "priority.go")], env=upstream._go_env(False)).stdout
+    assert int(plain.strip().rsplit("|", 1)[1]) == os.nice(0) != 19
