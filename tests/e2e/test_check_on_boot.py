@@ -1,7 +1,7 @@
 """verify.on_boot in a guest: the user-data runs the production check after its install, the results root-only
 in the check log, the check's files gone with the staging (NoCloud user-data path).
 
-make test-extra (about 150 s): make test's budget. make test proves the command the user-data runs, failing and
+make test-extra (about 3 minutes): make test's budget. make test proves the command the user-data runs, failing and
 passing, on the host (tests/test_userdata.py), and check.py's build phase in every bake's build VM; its one
 user-data boot (tests/e2e/test_bake_verify.py, EC2 with a proxy) cannot carry on_boot, whose files take that
 spec's user-data past EC2's 16 KB."""
