@@ -46,6 +46,7 @@ def as_from_a_terminal() -> None:
     child inherits that: Python then raises no KeyboardInterrupt)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+
 def spec_of(doc: dict | str | None = None) -> Spec:
     """A validated Spec from a YAML document (text, or a dict dumped to YAML first)."""
     text = doc if isinstance(doc, str) else yaml.safe_dump(doc or {}, sort_keys=False)
