@@ -24,7 +24,7 @@ from typing import IO
 
 from devtools.prebuild import LANES
 from imagebuild.paths import cache_dir
-from imagebuild.run import PIPE, STDOUT, describe_status, kill_group, spawned
+from imagebuild.run import PIPE, STDOUT, describe_status, spawned
 
 #: The two pytest processes: name -> marker expression. Together they are `make test`: neither arm64 (a CI
 #: job of its own: make test-arm64) nor extra (make test-extra).
@@ -71,8 +71,6 @@ def run(args: Sequence[str] = (), *, cwd: Path | None = None, prebuild: bool = T
             proc.wait()
         for copier in copiers:
             copier.join()
-        for proc in procs.values():
-            kill_group(proc)   # what a suite left in its group
     statuses = {name: proc.returncode for name, proc in procs.items()}
     out.write("make test: " + ", ".join(f"{name} {'passed' if code == 0 else describe_status(code)}"
                                         for name, code in statuses.items())
